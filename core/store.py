@@ -1,0 +1,319 @@
+"""A content-addressed block store on disk, shared by edge nodes, the client cache and the CLI.
+
+On-disk tree under ``root``::
+
+    blocks/sha256/ab/abcdef...      one file per block, named by its sha256 (first 2 hex = fan-out)
+    manifests/<model_id>.json       canonical manifest JSON of each model the store knows
+    quarantine/<block_id>.<n>       blocks whose bytes stopped matching their id (kept to inspect)
+
+Invariants:
+
+- a block file's name is the sha256 of its bytes when written: every write hashes what it
+  writes and refuses a mismatch (:class:`DigestMismatchError`), and writes are atomic
+  (:mod:`core.fsutil`), so a crash leaves at most a ``.tmp-*`` file, swept on open;
+- block ids are validated before any path is built (no path traversal);
+- ``capacity_bytes`` (if set) bounds the sum of block sizes; a write that would pass it raises
+  :class:`StoreFullError` and stores nothing;
+- bytes that rot on disk after the write are caught by :meth:`BlockStore.verify` /
+  :meth:`BlockStore.read` with ``verify=True``: the block is moved to ``quarantine/`` and the
+  caller sees :class:`BlockNotFoundError` (so it refetches), never the bad bytes.
+
+The in-memory index (id -> size) is rebuilt from the directory tree on open; it is guarded by a
+lock, so one store can be shared by the threads of a web server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from core.digest import CHUNK_BYTES, BlockId, check_block_id, is_block_id
+from core.errors import BlockNotFoundError, DigestMismatchError, StoreFullError
+from core.fsutil import TMP_PREFIX, atomic_write_bytes, sweep_temp_files
+from core.manifest import ModelManifest, check_model_id
+
+
+class BlockStore:
+    """Content-addressed blocks and manifests under one directory.
+
+    Args:
+        root: the store directory (created if missing).
+        capacity_bytes: bound on the total size of blocks, or None for unbounded.
+        durable: fsync each write (turn off only for throwaway stores).
+
+    >>> import tempfile
+    >>> store = BlockStore(tempfile.mkdtemp())
+    >>> bid = store.put(b"hello")
+    >>> store.read(bid), store.used_bytes
+    (b'hello', 5)
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        capacity_bytes: int | None = None,
+        durable: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.capacity_bytes = capacity_bytes
+        self.durable = durable
+        self._blocks_dir = self.root / "blocks" / "sha256"
+        self._manifests_dir = self.root / "manifests"
+        self._quarantine_dir = self.root / "quarantine"
+        self._tmp_dir = self.root / "tmp"
+        for d in (self._blocks_dir, self._manifests_dir, self._tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        sweep_temp_files(self.root)
+        self._lock = threading.Lock()
+        self._sizes: dict[BlockId, int] = {}
+        self._used = 0
+        self._reload_index()
+
+    # -- index -----------------------------------------------------------------------------
+    def _reload_index(self) -> None:
+        sizes: dict[BlockId, int] = {}
+        for fan in self._blocks_dir.iterdir():
+            if not fan.is_dir():
+                continue
+            for entry in os.scandir(fan):
+                if is_block_id(entry.name) and entry.name[:2] == fan.name:
+                    sizes[BlockId(entry.name)] = entry.stat().st_size
+        with self._lock:
+            self._sizes = sizes
+            self._used = sum(sizes.values())
+
+    def path(self, block_id: str) -> Path:
+        """Where a block lives (validates the id first)."""
+        bid = check_block_id(block_id)
+        return self._blocks_dir / bid[:2] / bid
+
+    def has(self, block_id: str) -> bool:
+        return check_block_id(block_id) in self._sizes
+
+    def size(self, block_id: str) -> int:
+        bid = check_block_id(block_id)
+        try:
+            return self._sizes[bid]
+        except KeyError:
+            raise BlockNotFoundError(bid, self.root) from None
+
+    def ids(self) -> list[BlockId]:
+        with self._lock:
+            return list(self._sizes)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def free_bytes(self) -> int | None:
+        return None if self.capacity_bytes is None else self.capacity_bytes - self._used
+
+    # -- writes ----------------------------------------------------------------------------
+    def put(self, data: bytes | memoryview, block_id: str | None = None) -> BlockId:
+        """Store ``data``; if ``block_id`` is given the bytes must hash to it. Returns the id."""
+        actual = BlockId(hashlib.sha256(data).hexdigest())
+        if block_id is not None and check_block_id(block_id) != actual:
+            raise DigestMismatchError(f"block {block_id}", block_id, actual)
+        if actual in self._sizes:
+            return actual
+        self._reserve(actual, len(data))
+        try:
+            atomic_write_bytes(self.path(actual), bytes(data), durable=self.durable)
+        except BaseException:
+            self._release(actual)
+            raise
+        return actual
+
+    def put_stream(
+        self,
+        chunks: Iterable[bytes | memoryview],
+        *,
+        block_id: str | None = None,
+        size: int | None = None,
+    ) -> BlockId:
+        """Store a block arriving in chunks, hashing as it is written.
+
+        With ``block_id`` the bytes must hash to it, else :class:`DigestMismatchError` and nothing
+        is stored. ``size`` (if known) is checked against capacity before any byte is written.
+        """
+        expected = check_block_id(block_id) if block_id is not None else None
+        if expected is not None and expected in self._sizes:
+            for _ in chunks:  # drain so a streaming producer is not left half-read
+                pass
+            return expected
+        if size is not None and self.capacity_bytes is not None:
+            if self._used + size > self.capacity_bytes:
+                raise StoreFullError(self._used + size, self.capacity_bytes)
+        digest = hashlib.sha256()
+        written = 0
+        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self._tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    fh.write(chunk)
+                    written += len(chunk)
+                if self.durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            actual = BlockId(digest.hexdigest())
+            if expected is not None and actual != expected:
+                raise DigestMismatchError(f"block {expected}", expected, actual)
+            if size is not None and written != size:
+                raise DigestMismatchError(f"block {actual} length", str(size), str(written))
+            if actual not in self._sizes:
+                self._reserve(actual, written)
+                dest = self.path(actual)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(tmp_name, dest)
+                except BaseException:
+                    self._release(actual)
+                    raise
+            return actual
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+
+    def _reserve(self, block_id: BlockId, size: int) -> None:
+        with self._lock:
+            if block_id in self._sizes:
+                return
+            if self.capacity_bytes is not None and self._used + size > self.capacity_bytes:
+                raise StoreFullError(self._used + size, self.capacity_bytes)
+            self._sizes[block_id] = size
+            self._used += size
+
+    def _release(self, block_id: BlockId) -> None:
+        with self._lock:
+            size = self._sizes.pop(block_id, None)
+            if size is not None:
+                self._used -= size
+
+    def delete(self, block_id: str) -> bool:
+        """Remove a block; returns False if it was not there."""
+        bid = check_block_id(block_id)
+        with self._lock:
+            size = self._sizes.pop(bid, None)
+            if size is None:
+                return False
+            self._used -= size
+        self.path(bid).unlink(missing_ok=True)
+        return True
+
+    # -- reads -----------------------------------------------------------------------------
+    def open(self, block_id: str) -> BinaryIO:
+        """Open a block for reading (no verification; see :meth:`read_verified_chunks`)."""
+        bid = check_block_id(block_id)
+        try:
+            return open(self.path(bid), "rb")
+        except FileNotFoundError:
+            self._release(bid)
+            raise BlockNotFoundError(bid, self.root) from None
+
+    def read(self, block_id: str, *, verify: bool = True) -> bytes:
+        """The block's bytes; with ``verify`` a block that no longer matches is quarantined."""
+        with self.open(block_id) as fh:
+            data = fh.read()
+        if verify and hashlib.sha256(data).hexdigest() != block_id:
+            self.quarantine(block_id)
+            raise BlockNotFoundError(block_id, f"{self.root} (corrupt copy quarantined)")
+        return data
+
+    def iter_range(
+        self,
+        block_id: str,
+        start: int = 0,
+        end: int | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> Iterator[bytes]:
+        """Yield bytes ``[start, end)`` of a block in chunks (no verification)."""
+        with self.open(block_id) as fh:
+            fh.seek(start)
+            remaining = (self.size(block_id) if end is None else end) - start
+            while remaining > 0:
+                chunk = fh.read(min(chunk_bytes, remaining))
+                if not chunk:
+                    raise BlockNotFoundError(block_id, f"{self.root} (truncated on disk)")
+                remaining -= len(chunk)
+                yield chunk
+
+    def verify(self, block_id: str) -> bool:
+        """Re-hash a block; quarantine it and return False if its bytes no longer match."""
+        digest = hashlib.sha256()
+        try:
+            for chunk in self.iter_range(block_id):
+                digest.update(chunk)
+        except BlockNotFoundError:
+            return False
+        if digest.hexdigest() == block_id:
+            return True
+        self.quarantine(block_id)
+        return False
+
+    def quarantine(self, block_id: str) -> None:
+        """Move a corrupt block out of the store (kept under quarantine/ for inspection)."""
+        bid = check_block_id(block_id)
+        self._quarantine_dir.mkdir(parents=True, exist_ok=True)
+        self._release(bid)
+        src = self.path(bid)
+        n = 0
+        while (dest := self._quarantine_dir / f"{bid}.{n}").exists():
+            n += 1
+        try:
+            os.replace(src, dest)
+        except FileNotFoundError:
+            pass
+
+    def scrub(self) -> list[BlockId]:
+        """Verify every block; return the ids that were corrupt (now quarantined)."""
+        return [bid for bid in self.ids() if not self.verify(bid)]
+
+    # -- manifests -------------------------------------------------------------------------
+    def _manifest_path(self, model_id: str) -> Path:
+        return self._manifests_dir / f"{check_model_id(model_id)}.json"
+
+    def put_manifest(self, manifest: ModelManifest) -> None:
+        atomic_write_bytes(
+            self._manifest_path(manifest.model_id),
+            manifest.to_json().encode(),
+            durable=self.durable,
+        )
+
+    def get_manifest(self, model_id: str) -> ModelManifest:
+        path = self._manifest_path(model_id)
+        try:
+            return ModelManifest.from_json(path.read_bytes())
+        except FileNotFoundError:
+            raise KeyError(model_id) from None
+
+    def has_manifest(self, model_id: str) -> bool:
+        return self._manifest_path(model_id).exists()
+
+    def delete_manifest(self, model_id: str) -> bool:
+        path = self._manifest_path(model_id)
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        return existed
+
+    def manifests(self) -> list[ModelManifest]:
+        """All manifests, sorted by model id."""
+        return [
+            ModelManifest.from_json(p.read_bytes())
+            for p in sorted(self._manifests_dir.glob("*.json"))
+        ]
+
+    def missing_blocks(self, manifest: ModelManifest) -> dict[BlockId, int]:
+        """Blocks of ``manifest`` this store lacks (id -> size)."""
+        return {b: n for b, n in manifest.block_sizes().items() if b not in self._sizes}
+
+    def is_complete(self, manifest: ModelManifest) -> bool:
+        return not self.missing_blocks(manifest)

@@ -1,0 +1,64 @@
+"""Session fixtures shared by every test package: a clean environment, a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers import wait_until
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("EDGE_", "CONTROLLER_", "TRIMCACHE_", "ORIGIN_")):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a unix socket for the whole session; yields its URL."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found: run `make setup`")
+    path = tmp_path_factory.mktemp("redis") / "redis.sock"
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(path),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"unix://{path}"
+    wait_until(lambda: redis.Redis.from_url(url).ping())
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """The session redis, flushed after each test."""
+    import redis
+
+    yield redis_server
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    client.close()
