@@ -13,10 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,29 +39,82 @@ _INMEMORY_BLOCK_BYTES = 64 << 20
 BlockSink = Callable[[Iterable[bytes], int], BlockId]
 
 
+class _Pipeline:
+    """Apply ``fn`` to items in order on a background thread, with bounded memory.
+
+    At most ``max_pending_bytes`` of submitted items wait (an item larger than that is still
+    accepted when nothing else waits). The first error of ``fn`` is kept; later items are then
+    skipped, :meth:`submit` raises it, and :meth:`close` waits for the thread and raises it.
+    """
+
+    def __init__(self, fn: Callable[[Any], object], max_pending_bytes: int) -> None:
+        self._fn = fn
+        self._max = max_pending_bytes
+        self._items: deque[tuple[Any, int]] = deque()
+        self._pending = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Any, nbytes: int) -> None:
+        with self._cond:
+            while self._pending and self._pending + nbytes > self._max and not self._error:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+            self._items.append((item, nbytes))
+            self._pending += nbytes
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._closed:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                item, nbytes = self._items[0]
+                failed = self._error is not None
+            if not failed:
+                try:
+                    self._fn(item)
+                except BaseException as exc:  # handed to the submitting thread
+                    with self._cond:
+                        self._error = exc
+            with self._cond:
+                self._items.popleft()
+                self._pending -= nbytes
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wait until every item is processed; raise the first error, if any."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class _FileHasher:
     """sha256 of a whole file computed on a second thread while the caller hashes blocks.
 
     hashlib releases the GIL on large updates, so the file digest and the block digests run on
-    two cores and splitting costs about one hashing pass, not two.
+    two cores and splitting costs about one hashing pass, not two. Chunks are queued by
+    reference (no copy), at most ``_INMEMORY_BLOCK_BYTES`` of them at a time.
     """
 
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._digest.update(chunk)
+        self._pipeline = _Pipeline(self._digest.update, _INMEMORY_BLOCK_BYTES)
 
     def update(self, chunk: bytes) -> None:
-        self._queue.put(chunk)
+        self._pipeline.submit(chunk, len(chunk))
 
     def hexdigest(self) -> str:
-        self._queue.put(None)
-        self._thread.join()
+        self._pipeline.close()
         return self._digest.hexdigest()
 
 
@@ -89,20 +143,28 @@ def _hash_sink(chunks: Iterable[bytes], _size: int) -> BlockId:
     return BlockId(digest.hexdigest())
 
 
-def _store_sink(store: BlockStore) -> BlockSink:
+def _store_sink(store: BlockStore, writer: _Pipeline) -> BlockSink:
+    """Hash each in-memory block here and let ``writer`` store it (write, fsync, rename) while
+    the next block is read and hashed: with a durable store the fsync waits overlap the work."""
+
     def sink(chunks: Iterable[bytes], size: int) -> BlockId:
         if size <= _INMEMORY_BLOCK_BYTES:
-            data = b"".join(chunks)
-            return store.put(data)  # hashes first; skips the write if already stored
+            data = b"".join(chunks)  # one chunk (see _read_exact): no copy
+            block_id = BlockId(hashlib.sha256(data).hexdigest())
+            if not store.has(block_id):
+                writer.submit((data, block_id), size)
+            return block_id
         return store.put_stream(chunks, size=size)
 
     return sink
 
 
 def _read_exact(fh: Any, length: int, path: Path, hasher: _FileHasher) -> Iterator[bytes]:
+    # A block that is hashed in memory anyway is read in one piece (no join copy later).
+    chunk_bytes = length if length <= _INMEMORY_BLOCK_BYTES else CHUNK_BYTES
     remaining = length
     while remaining > 0:
-        chunk = fh.read(min(CHUNK_BYTES, remaining))
+        chunk = fh.read(min(chunk_bytes, remaining))
         if not chunk:
             raise ManifestError(f"{path}: file changed while reading (truncated)")
         hasher.update(chunk)
@@ -114,10 +176,12 @@ def describe_file(path: Path, relpath: str, sink: BlockSink = _hash_sink) -> Fil
     """One file as a :class:`FileEntry`, passing each block's bytes to ``sink``."""
     if not relpath.endswith(".safetensors"):
         size = path.stat().st_size
-        with open(path, "rb") as fh:
-            hasher = _FileHasher()
-            block_id = sink(_read_exact(fh, size, path, hasher), size)
-            file_sha = hasher.hexdigest()
+        hasher = _FileHasher()
+        try:
+            with open(path, "rb") as fh:
+                block_id = sink(_read_exact(fh, size, path, hasher), size)
+        finally:
+            file_sha = hasher.hexdigest()  # also ends the hashing thread on an error
         if file_sha != block_id:  # same bytes, two hashes: only a concurrent change differs
             raise ManifestError(f"{path}: file changed while reading")
         return FileEntry(relpath, size, file_sha, "file", (BlockRef(block_id, 0, size),))
@@ -170,12 +234,26 @@ def build_manifest(
         ManifestError: the directory is empty or a path is unsafe.
     """
     model_dir = Path(model_dir)
-    sink = _store_sink(store) if store is not None else _hash_sink
+    files = _iter_model_files(model_dir)
+    writer = None
+    sink: BlockSink = _hash_sink
+    if store is not None:
+        writer = _Pipeline(lambda item: store._put_hashed(*item), _INMEMORY_BLOCK_BYTES)
+        sink = _store_sink(store, writer)
     entries = []
-    for relpath, full in _iter_model_files(model_dir):
-        entries.append(describe_file(full, relpath, sink))
-        if on_file is not None:
-            on_file(relpath, entries[-1].size)
+    try:
+        for relpath, full in files:
+            entries.append(describe_file(full, relpath, sink))
+            if on_file is not None:
+                on_file(relpath, entries[-1].size)
+    except BaseException:
+        if writer is not None:
+            # Let in-flight writes finish (each is atomic); the first error is the one to report.
+            with contextlib.suppress(BaseException):
+                writer.close()
+        raise
+    if writer is not None:
+        writer.close()  # every block is stored before a manifest can refer to it
     return ModelManifest(
         model_id=model_id,
         repo_id=repo_id or f"local/{model_id}",

@@ -82,6 +82,8 @@ class BlockRef:
         check_block_id(self.block_id)
         if self.offset < 0 or self.length < 0:
             raise ManifestError(f"block {self.block_id}: negative offset or length")
+        if self.name is not None and not isinstance(self.name, str):
+            raise ManifestError(f"block {self.block_id}: tensor name {self.name!r} is not a string")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,8 @@ class FileEntry:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FileEntry:
+        if not isinstance(data, Mapping):
+            raise ManifestError(f"malformed file entry {data!r:.80}: not a JSON object")
         try:
             header_b64 = data.get("header", "")
             header = base64.b64decode(header_b64, validate=True) if header_b64 else b""

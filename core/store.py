@@ -72,6 +72,9 @@ class BlockStore:
         sweep_temp_files(self.root)
         self._lock = threading.Lock()
         self._sizes: dict[BlockId, int] = {}
+        # Blocks reserved in the index whose file is still being written: set when done, so
+        # a second writer or a reader of the same block waits instead of racing the rename.
+        self._writing: dict[BlockId, threading.Event] = {}
         self._used = 0
         self._reload_index()
 
@@ -123,15 +126,20 @@ class BlockStore:
         actual = BlockId(hashlib.sha256(data).hexdigest())
         if block_id is not None and check_block_id(block_id) != actual:
             raise DigestMismatchError(f"block {block_id}", block_id, actual)
-        if actual in self._sizes:
-            return actual
-        self._reserve(actual, len(data))
-        try:
-            atomic_write_bytes(self.path(actual), bytes(data), durable=self.durable)
-        except BaseException:
-            self._release(actual)
-            raise
+        self._put_hashed(bytes(data), actual)
         return actual
+
+    def _put_hashed(self, data: bytes, block_id: BlockId) -> None:
+        """:meth:`put` for a caller in core that has just hashed this immutable ``data``."""
+        if not self._reserve(block_id, len(data)):
+            return
+        try:
+            atomic_write_bytes(self.path(block_id), data, durable=self.durable)
+        except BaseException:
+            self._release(block_id)
+            raise
+        finally:
+            self._written(block_id)
 
     def put_stream(
         self,
@@ -146,7 +154,7 @@ class BlockStore:
         is stored. ``size`` (if known) is checked against capacity before any byte is written.
         """
         expected = check_block_id(block_id) if block_id is not None else None
-        if expected is not None and expected in self._sizes:
+        if expected is not None and self._is_stored(expected):
             for _ in chunks:  # drain so a streaming producer is not left half-read
                 pass
             return expected
@@ -170,27 +178,55 @@ class BlockStore:
                 raise DigestMismatchError(f"block {expected}", expected, actual)
             if size is not None and written != size:
                 raise DigestMismatchError(f"block {actual} length", str(size), str(written))
-            if actual not in self._sizes:
-                self._reserve(actual, written)
+            if self._reserve(actual, written):
                 dest = self.path(actual)
-                dest.parent.mkdir(parents=True, exist_ok=True)
                 try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(tmp_name, dest)
                 except BaseException:
                     self._release(actual)
                     raise
+                finally:
+                    self._written(actual)
             return actual
         finally:
             Path(tmp_name).unlink(missing_ok=True)
 
-    def _reserve(self, block_id: BlockId, size: int) -> None:
+    def _reserve(self, block_id: BlockId, size: int) -> bool:
+        """Claim the write of a new block: False if it is stored (waits for an in-flight write).
+
+        On True the caller writes the file, then calls :meth:`_release` on failure and
+        :meth:`_written` in any case.
+        """
+        while True:
+            with self._lock:
+                pending = self._writing.get(block_id)
+                if pending is None:
+                    if block_id in self._sizes:
+                        return False
+                    if self.capacity_bytes is not None and self._used + size > self.capacity_bytes:
+                        raise StoreFullError(self._used + size, self.capacity_bytes)
+                    self._sizes[block_id] = size
+                    self._used += size
+                    self._writing[block_id] = threading.Event()
+                    return True
+            pending.wait()  # the other writer may fail: then loop and write it ourselves
+
+    def _written(self, block_id: BlockId) -> None:
         with self._lock:
-            if block_id in self._sizes:
-                return
-            if self.capacity_bytes is not None and self._used + size > self.capacity_bytes:
-                raise StoreFullError(self._used + size, self.capacity_bytes)
-            self._sizes[block_id] = size
-            self._used += size
+            pending = self._writing.pop(block_id, None)
+        if pending is not None:
+            pending.set()
+
+    def _wait_written(self, block_id: BlockId) -> None:
+        with self._lock:
+            pending = self._writing.get(block_id)
+        if pending is not None:
+            pending.wait()
+
+    def _is_stored(self, block_id: BlockId) -> bool:
+        self._wait_written(block_id)
+        return block_id in self._sizes
 
     def _release(self, block_id: BlockId) -> None:
         with self._lock:
@@ -201,6 +237,7 @@ class BlockStore:
     def delete(self, block_id: str) -> bool:
         """Remove a block; returns False if it was not there."""
         bid = check_block_id(block_id)
+        self._wait_written(bid)
         with self._lock:
             size = self._sizes.pop(bid, None)
             if size is None:
@@ -213,6 +250,7 @@ class BlockStore:
     def open(self, block_id: str) -> BinaryIO:
         """Open a block for reading (no verification; see :meth:`read_verified_chunks`)."""
         bid = check_block_id(block_id)
+        self._wait_written(bid)
         try:
             return open(self.path(bid), "rb")
         except FileNotFoundError:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,11 @@ def redis_url(redis_server: str) -> Iterator[str]:
     client = redis.Redis.from_url(redis_server)
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def zoo_dir() -> Path:
+    """The shared test model zoo (built once, see tests/zoo_fixture.py)."""
+    from tests.zoo_fixture import test_zoo_dir
+
+    return test_zoo_dir()

@@ -1,1 +1,95 @@
-"""TrimCache package."""
+"""Placement algorithms: which blocks each edge server holds (pure code, no I/O).
+
+The problem, result, JSON formats and the one objective live in
+:mod:`controller.placement.problem`. :data:`SOLVERS` maps each solver's public name to its
+``solve(problem, *, seed=None, time_limit_s=None) -> PlacementResult`` function (style P1/P4);
+settings and the CLI choose solvers by these names, and the tests run every invariant over
+every entry.
+
+Example:
+    >>> from controller.placement import SOLVERS, PlacementProblem
+    >>> p = PlacementProblem(blocks={"b": 1}, models={"m": ["b"]}, servers={"s": 1},
+    ...     requests={"u": {"m": 1.0}}, reachable={"u": {"s": ["m"]}})
+    >>> SOLVERS["trimcaching-gen"](p).hit_ratio
+    1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Protocol
+
+from controller.placement import greedy, online, optimal, popularity, spec
+from controller.placement.problem import (
+    PROBLEM_SCHEMA,
+    RESULT_SCHEMA,
+    PlacementProblem,
+    PlacementResult,
+    ServerPlacement,
+    Status,
+    evaluate,
+    make_result,
+    problem_from_json,
+    problem_to_json,
+    result_from_json,
+    result_to_json,
+    used_bytes,
+)
+from controller.placement.spec import TooManySharedBlocksError
+
+
+class Solver(Protocol):
+    def __call__(
+        self,
+        problem: PlacementProblem,
+        *,
+        seed: int | None = None,
+        time_limit_s: float | None = None,
+    ) -> PlacementResult: ...
+
+
+SOLVERS: Mapping[str, Solver] = MappingProxyType(
+    {
+        "trimcaching-spec": spec.solve,
+        "trimcaching-gen": greedy.solve,
+        "independent": greedy.solve_independent,
+        "popularity": popularity.solve,
+        "lru": online.solve_lru,
+        "lfu": online.solve_lfu,
+        "optimal": optimal.solve,
+    }
+)
+
+
+def get_solver(name: str) -> Solver:
+    """The solver registered as ``name``.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    try:
+        return SOLVERS[name]
+    except KeyError:
+        raise ValueError(f"unknown solver {name!r}; choose from {', '.join(SOLVERS)}") from None
+
+
+__all__ = [
+    "PROBLEM_SCHEMA",
+    "RESULT_SCHEMA",
+    "SOLVERS",
+    "PlacementProblem",
+    "PlacementResult",
+    "ServerPlacement",
+    "Solver",
+    "Status",
+    "TooManySharedBlocksError",
+    "evaluate",
+    "get_solver",
+    "make_result",
+    "problem_from_json",
+    "problem_to_json",
+    "result_from_json",
+    "result_to_json",
+    "used_bytes",
+]

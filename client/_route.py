@@ -1,0 +1,96 @@
+"""Routes: which sources may serve each block of a model, best first.
+
+A :class:`Route` is the parsed answer of the controller's ``GET /v1/routes/{model_id}``
+(docs/api.md), or one built locally when there is no controller (a single edge node, or the origin
+alone). Invariant: every block of the manifest has a non-empty candidate list, and when the route
+has an origin it is the last candidate of every block ("ending at the origin").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from core.digest import BlockId
+from core.errors import ManifestError
+from core.manifest import ModelManifest
+
+from ._errors import ClientError
+
+SourceKind = Literal["edge", "origin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One place blocks can come from: an edge node (blocks API) or the origin (Range reads)."""
+
+    url: str
+    kind: SourceKind
+    node_id: str | None = None
+    expected_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A manifest plus, for every block, the indexes of its sources in preference order."""
+
+    model_id: str
+    manifest: ModelManifest
+    sources: tuple[Source, ...]
+    blocks: Mapping[BlockId, tuple[int, ...]]
+
+    def candidates(self, block_id: BlockId) -> tuple[int, ...]:
+        return self.blocks[block_id]
+
+
+def _with_origin_last(indexes: list[int], origin: int | None) -> tuple[int, ...]:
+    out: list[int] = []
+    for i in indexes:
+        if i not in out and i != origin:
+            out.append(i)
+    if origin is not None:
+        out.append(origin)
+    return tuple(out)
+
+
+def parse_route(data: Any) -> Route:
+    """Parse and check a controller route (``GET /v1/routes/{model_id}``).
+
+    Raises:
+        ClientError: the answer is malformed (bad manifest, bad source indexes).
+    """
+    try:
+        manifest = ModelManifest.from_dict(data["manifest"])
+        sources = tuple(
+            Source(
+                url=str(s["url"]).rstrip("/"),
+                kind="origin" if s.get("kind") == "origin" else "edge",
+                node_id=s.get("node_id"),
+                expected_ms=s.get("expected_ms"),
+            )
+            for s in data["sources"]
+        )
+        raw_blocks: Mapping[str, Any] = data.get("blocks") or {}
+    except (KeyError, TypeError, AttributeError, ManifestError) as exc:
+        raise ClientError(f"malformed route from controller: {exc}") from exc
+    origins = [i for i, s in enumerate(sources) if s.kind == "origin"]
+    origin = origins[-1] if origins else None
+    blocks: dict[BlockId, tuple[int, ...]] = {}
+    for block_id in manifest.block_sizes():
+        listed = raw_blocks.get(block_id, [])
+        if not isinstance(listed, list) or not all(
+            isinstance(i, int) and 0 <= i < len(sources) for i in listed
+        ):
+            raise ClientError(f"malformed route: bad source indexes for block {block_id}")
+        candidates = _with_origin_last(listed, origin)
+        if not candidates:
+            raise ClientError(f"route for {manifest.model_id} names no source for {block_id}")
+        blocks[block_id] = candidates
+    return Route(manifest.model_id, manifest, sources, blocks)
+
+
+def single_source_route(manifest: ModelManifest, source: Source) -> Route:
+    """A route where one source serves every block (edge-only or origin-only fetches)."""
+    blocks = dict.fromkeys(manifest.block_sizes(), (0,))
+    return Route(manifest.model_id, manifest, (source,), blocks)

@@ -1,0 +1,26 @@
+"""``python -m controller``: Settings from ``CONTROLLER_*`` env -> create_app -> uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import uvicorn
+
+from controller.app import create_app
+from controller.settings import Settings
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TRIMCACHE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+    settings = Settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The controller's HTTP layer: thin routes over :mod:`controller.state` and the planner."""

@@ -1,0 +1,1 @@
+"""Routers of the controller API, one module per resource."""

@@ -1,0 +1,54 @@
+"""Client demand reports: ``POST /v1/demand``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from controller.api.deps import MetricsDep, SettingsDep, StateDep
+from controller.errors import ModelNotFoundError
+
+router = APIRouter(tags=["demand"])
+
+UNKNOWN_AREA = "unknown"
+
+
+class DemandReport(BaseModel):
+    model_id: str
+    area_id: str | None = Field(default=None, max_length=200)
+    outcome: Literal["hit", "miss", "error"] = "hit"
+    seconds: float | None = Field(default=None, ge=0)
+    bytes_by_source: dict[str, int] = Field(default_factory=dict)
+
+
+@router.post("/v1/demand", status_code=202)
+def post_demand(
+    body: DemandReport, state: StateDep, settings: SettingsDep, metrics: MetricsDep
+) -> dict[str, Any]:
+    if state.get_model(body.model_id) is None:
+        raise ModelNotFoundError(body.model_id)
+    edge_urls = {n.url for n in state.live_nodes()}
+    by_kind: dict[str, int] = {}
+    for source, nbytes in body.bytes_by_source.items():
+        url = source.rstrip("/")
+        if source == "local":
+            kind = "local"
+        elif url == settings.origin_url:
+            kind = "origin"
+        elif url in edge_urls:
+            kind = "edge"
+        else:
+            kind = "other"
+        by_kind[kind] = by_kind.get(kind, 0) + max(0, int(nbytes))
+    area_id = body.area_id or UNKNOWN_AREA
+    count = state.record_demand(
+        area_id=area_id,
+        model_id=body.model_id,
+        outcome=body.outcome,
+        bytes_by_kind=by_kind,
+        half_life_s=settings.demand_half_life_s,
+    )
+    metrics.demand.labels(outcome=body.outcome).inc()
+    return {"model_id": body.model_id, "area_id": area_id, "decayed_count": round(count, 6)}

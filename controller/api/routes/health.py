@@ -1,0 +1,78 @@
+"""Liveness, metrics and the JSON status: ``/healthz``, ``/metrics``, ``/v1/status``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from controller.api.deps import MetricsDep, PlannerDep, SettingsDep, StateDep
+from controller.api.routes.nodes import node_view
+from controller.api.routes.placement import placement_view
+from controller.errors import StateUnavailableError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz(state: StateDep) -> JSONResponse:
+    try:
+        state.ping()
+    except StateUnavailableError as exc:
+        return JSONResponse(
+            {
+                "status": "unavailable",
+                "redis": "down",
+                "error": {"code": exc.code, "message": str(exc)},
+            },
+            status_code=503,
+            headers={"X-Error-Code": exc.code},
+        )
+    return JSONResponse({"status": "ok", "redis": "ok"})
+
+
+@router.get("/metrics")
+def metrics_text(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/status")
+def status(state: StateDep, planner: PlannerDep, settings: SettingsDep) -> dict[str, Any]:
+    now = time.time()
+    nodes = state.live_nodes()
+    view = planner.topology_view(nodes)
+    outcomes = state.outcomes()
+    requests = outcomes.get("requests", 0)
+    attempt = state.get_plan_attempt()
+    if attempt is not None:
+        attempt = {k: v for k, v in attempt.items() if k not in ("signature", "schema_version")}
+    placement = placement_view(state.get_placement(), settings.solver)
+    return {
+        "nodes": [node_view(n, now) for n in nodes],
+        "placement": placement,
+        "last_plan": attempt,
+        "catalogue": {
+            "models": len(state.list_models()),
+            "version": state.catalogue_version(),
+        },
+        "topology": {
+            "source": view.source,
+            "version": view.version,
+            "areas": len(view.topology.areas),
+        },
+        "demand": {
+            "requests": requests,
+            "hit": outcomes.get("hit", 0),
+            "miss": outcomes.get("miss", 0),
+            "error": outcomes.get("error", 0),
+            "hit_ratio": (outcomes.get("hit", 0) / requests) if requests else None,
+            "bytes_by_kind": {
+                k.removeprefix("bytes:"): v for k, v in outcomes.items() if k.startswith("bytes:")
+            },
+        },
+        "expected_hit_ratio": placement.get("hit_ratio", 0.0),
+        "solver": settings.solver,
+    }

@@ -1,0 +1,89 @@
+"""Edge node registration and heartbeats: ``/v1/nodes``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, Field
+
+from controller.api.deps import AuthDep, MetricsDep, SettingsDep, StateDep
+from controller.errors import NodeNotFoundError
+from controller.state import NodeRecord
+
+router = APIRouter(tags=["nodes"])
+
+NodeId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
+class Heartbeat(BaseModel):
+    url: str = Field(pattern=r"^https?://")
+    capacity_bytes: int | None = Field(default=None, ge=0)
+    position: tuple[float, float] = (0.0, 0.0)
+    physical_bytes: int = Field(default=0, ge=0)
+    models: list[str] = Field(default_factory=list)
+    blocks_digest: str | None = None
+
+
+def node_view(node: NodeRecord, now_s: float | None = None) -> dict[str, Any]:
+    now = time.time() if now_s is None else now_s
+    return {
+        "node_id": node.node_id,
+        "url": node.url,
+        "capacity_bytes": node.capacity_bytes if node.capacity_bytes >= 0 else None,
+        "position": list(node.position),
+        "physical_bytes": node.physical_bytes,
+        "models": list(node.models),
+        "dropping": list(node.dropping),
+        "blocks_digest": node.blocks_digest,
+        "registered_at": node.registered_at,
+        "last_seen": node.last_seen,
+        "age_s": round(max(0.0, now - node.last_seen), 3),
+    }
+
+
+@router.put("/v1/nodes/{node_id}")
+def put_node(
+    node_id: NodeId, body: Heartbeat, state: StateDep, settings: SettingsDep, metrics: MetricsDep
+) -> dict[str, Any]:
+    now = time.time()
+    record = NodeRecord(
+        node_id=node_id,
+        url=body.url.rstrip("/"),
+        capacity_bytes=body.capacity_bytes if body.capacity_bytes is not None else -1,
+        position=(float(body.position[0]), float(body.position[1])),
+        physical_bytes=body.physical_bytes,
+        models=tuple(body.models),
+        blocks_digest=body.blocks_digest,
+        registered_at=now,
+        last_seen=now,
+    )
+    new = state.put_node(record, ttl_s=settings.heartbeat_expiry_s)
+    metrics.heartbeats.inc()
+    return {
+        "node_id": node_id,
+        "registered": new,
+        "expires_in_s": settings.heartbeat_expiry_s,
+    }
+
+
+@router.get("/v1/nodes")
+def list_nodes(state: StateDep) -> dict[str, Any]:
+    now = time.time()
+    return {"nodes": [node_view(n, now) for n in state.live_nodes()]}
+
+
+@router.get("/v1/nodes/{node_id}")
+def get_node(node_id: NodeId, state: StateDep) -> dict[str, Any]:
+    node = state.get_node(node_id)
+    if node is None:
+        raise NodeNotFoundError(node_id)
+    return node_view(node)
+
+
+@router.delete("/v1/nodes/{node_id}", dependencies=[AuthDep])
+def delete_node(node_id: NodeId, state: StateDep) -> dict[str, Any]:
+    if not state.delete_node(node_id):
+        raise NodeNotFoundError(node_id)
+    return {"node_id": node_id, "deleted": True}

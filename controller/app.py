@@ -1,0 +1,92 @@
+"""The controller's FastAPI app: ``create_app(settings)``.
+
+The lifespan opens the one Redis client (:class:`controller.state.RedisState`), builds the
+planner and, with ``auto_plan``, starts its background loop; shutdown stops the loop and closes
+the client. Redis may be down at startup: requests then answer 503 ``state_unavailable`` and
+everything recovers when it returns. Errors follow docs/api.md: any
+:class:`~core.errors.TrimCacheError` becomes ``{"error": {"code", "message"}}`` with an
+``X-Error-Code`` header; anything else is a logged 500 ``internal``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from controller.api.routes import demand, health, models, nodes, placement, routing, topology
+from controller.errors import StateUnavailableError
+from controller.metrics import Metrics
+from controller.planner import Planner, load_topology_file
+from controller.settings import Settings
+from controller.state import RedisState
+from core.errors import TrimCacheError
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> FastAPI:
+    """Build the controller app. ``transport`` replaces the HTTP transport to edge nodes
+    (tests only; production talks to real nodes)."""
+    metrics = Metrics()
+    file_topology = load_topology_file(settings.topology_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = RedisState(settings.redis_url, timeout_s=settings.redis_timeout_s)
+        planner = Planner(
+            state, settings, metrics=metrics, file_topology=file_topology, transport=transport
+        )
+        app.state.settings = settings
+        app.state.redis_state = state
+        app.state.planner = planner
+        app.state.metrics = metrics
+        if settings.auto_plan:
+            planner.start()
+        try:
+            yield
+        finally:
+            planner.close()
+            state.close()
+
+    app = FastAPI(title="TrimCache controller", version="1", lifespan=lifespan)
+
+    @app.exception_handler(TrimCacheError)
+    async def _trimcache_error(_request: Request, exc: TrimCacheError) -> JSONResponse:
+        if isinstance(exc, StateUnavailableError):
+            metrics.state_errors.inc()
+        return JSONResponse(
+            {"error": {"code": exc.code, "message": str(exc)}},
+            status_code=exc.status_code,
+            headers={"X-Error-Code": exc.code},
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"error": {"code": "internal", "message": "internal server error"}},
+            status_code=500,
+            headers={"X-Error-Code": "internal"},
+        )
+
+    @app.middleware("http")
+    async def _count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        metrics.requests.labels(route=name, status=str(response.status_code)).inc()
+        metrics.request_seconds.labels(route=name).observe(time.perf_counter() - started)
+        return response
+
+    for module in (nodes, models, demand, topology, placement, routing, health):
+        app.include_router(module.router)
+    return app

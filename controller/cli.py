@@ -1,0 +1,173 @@
+"""The controller's ``trimcache`` subcommands: ``place``, ``solvers``, ``sim``.
+
+``testbed/cli.py`` calls :func:`add_parsers`, which runs every function of :data:`COMMANDS`
+on the shared subparsers object. Each adds one subcommand and sets ``func`` to a handler
+``(args) -> int``. Heavy imports (numpy, highspy, matplotlib) happen inside the handlers so
+``trimcache --help`` stays fast. Bad input raises ``ValueError``, which the top-level CLI turns
+into one line on stderr and exit code 2. Output goes through ``sys.stdout.write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def _read_json(path: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` -> [0..4]; ``"1,3"`` -> [1, 3]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise ValueError(f"--seeds: expected e.g. 0-4 or 1,3, got {text!r}") from None
+    return seeds
+
+
+def _parse_floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
+# place -----------------------------------------------------------------------------------------
+def _add_place(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser(
+        "place", help="solve a placement problem (JSON) and print the result JSON"
+    )
+    p.add_argument("problem_json", metavar="PROBLEM_JSON", help="problem file, or - for stdin")
+    p.add_argument("--solver", default="trimcaching-gen", help="a name from `trimcache solvers`")
+    p.add_argument("--seed", type=int, default=None, help="seed (lru/lfu traces, HiGHS)")
+    p.add_argument("--time-limit-s", type=float, default=None, help="time limit (optimal)")
+    p.set_defaults(func=_run_place)
+
+
+def _run_place(args: argparse.Namespace) -> int:
+    from controller.placement import get_solver, problem_from_json, result_to_json
+
+    solve = get_solver(args.solver)
+    problem = problem_from_json(_read_json(args.problem_json))
+    result = solve(problem, seed=args.seed, time_limit_s=args.time_limit_s)
+    sys.stdout.write(json.dumps(result_to_json(result), indent=2) + "\n")
+    return 0
+
+
+# solvers ---------------------------------------------------------------------------------------
+def _add_solvers(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("solvers", help="list placement solvers, one per line")
+    p.set_defaults(func=_run_solvers)
+
+
+def _run_solvers(args: argparse.Namespace) -> int:
+    del args
+    from controller.placement import SOLVERS
+
+    sys.stdout.write("".join(f"{name}\n" for name in SOLVERS))
+    return 0
+
+
+# sim -------------------------------------------------------------------------------------------
+def _add_sim(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser(
+        "sim",
+        help="simulation sweeps: hit ratio of every solver vs a parameter (CSV + PNG)",
+        description="Sweep one scenario parameter and write DIR/sim_<sweep>.csv and "
+        "DIR/sim_<sweep>.png (mean hit ratio over seeds, one line per solver).",
+    )
+    p.add_argument(
+        "--sweep",
+        default="capacity",
+        help="comma list of capacity, users, servers, zipf, sharing, or all (default capacity)",
+    )
+    p.add_argument("--values", default=None, help="comma list of values (one sweep only)")
+    p.add_argument("--solvers", default=None, help="comma list of solvers (default: all)")
+    p.add_argument("--seeds", default="0", help="e.g. 0-4 or 1,3 (default 0)")
+    p.add_argument("--out", default="sim-results", help="output directory")
+    p.add_argument("--time-limit-s", type=float, default=10.0, help="per solve (optimal)")
+    p.add_argument("--servers", type=int, default=None, help="edge servers (default 9)")
+    p.add_argument("--users", type=int, default=None, help="users (default 60)")
+    p.add_argument("--models-per-family", type=int, default=None, help="default 5")
+    p.add_argument("--capacity-gb", type=float, default=None, help="per server (default 0.6)")
+    p.add_argument("--zipf", type=float, default=None, help="Zipf exponent (default 0.8)")
+    p.add_argument("--sharing", type=float, default=None, help="frozen fraction (default 0.5)")
+    p.set_defaults(func=_run_sim)
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from controller import sim
+
+    sweeps = list(sim.SWEEPS) if args.sweep == "all" else args.sweep.split(",")
+    for name in sweeps:
+        if name not in sim.SWEEPS:
+            raise ValueError(
+                f"--sweep: unknown sweep {name!r}; choose from {', '.join(sim.SWEEPS)}"
+            )
+    values = _parse_floats(args.values, "--values") if args.values else None
+    if values is not None and len(sweeps) != 1:
+        raise ValueError("--values needs exactly one --sweep")
+    overrides = {
+        "n_servers": args.servers,
+        "n_users": args.users,
+        "models_per_family": args.models_per_family,
+        "capacity_gb": args.capacity_gb,
+        "zipf_exponent": args.zipf,
+        "sharing": args.sharing,
+    }
+    base = dataclasses.replace(
+        sim.Scenario(), **{k: v for k, v in overrides.items() if v is not None}
+    )
+    solvers = args.solvers.split(",") if args.solvers else None
+    out = Path(args.out)
+    for name in sweeps:
+        rows = sim.run_sweep(
+            name,
+            values=values,
+            base=base,
+            solvers=solvers,
+            seeds=_parse_seeds(args.seeds),
+            time_limit_s=args.time_limit_s,
+        )
+        csv_path, png_path = out / f"sim_{name}.csv", out / f"sim_{name}.png"
+        sim.write_csv(rows, csv_path)
+        sim.plot(rows, png_path)
+        sys.stdout.write(f"{csv_path}\n{png_path}\n")
+    return 0
+
+
+# Each entry adds one subcommand. `controller serve` (the FastAPI service) is added by the
+# service's own function appended to this list; keep the placement commands above.
+def _add_serve(subparsers: Subparsers) -> None:
+    """`trimcache controller serve` (the service; owned by controller/service_cli.py)."""
+    from controller.service_cli import add_serve_parser
+
+    add_serve_parser(subparsers)
+
+
+COMMANDS: list[Callable[[Subparsers], None]] = [_add_place, _add_solvers, _add_sim, _add_serve]
+
+
+def add_parsers(subparsers: Subparsers) -> None:
+    """Add the controller's subcommands to the ``trimcache`` parser."""
+    for add in COMMANDS:
+        add(subparsers)

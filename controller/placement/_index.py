@@ -1,0 +1,173 @@
+"""Integer-indexed numpy view of a :class:`PlacementProblem`, shared by the solvers.
+
+Ids become positions in input order (servers ``s``, blocks ``b``, models ``m``, users ``u``).
+The reachability of every (server, model) *pair* is stored once, as CSR over the users that
+can be served by it, with each user's weight ``p[u][m] / |U|`` (its share of the hit ratio);
+pairs are sorted by ``(s, m)`` so that ties between solvers' candidates break the same way on
+every run. Pairs nobody requests (all weights 0) are dropped.
+
+Memory is dense in ``(users x models)`` for coverage and ``(servers x models)`` for per-server
+state: fine up to a few thousand of each, which is what the controller plans for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.placement.problem import PlacementProblem
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """The problem as arrays (see the module docstring)."""
+
+    server_ids: tuple[str, ...]
+    block_ids: tuple[str, ...]
+    model_ids: tuple[str, ...]
+    user_ids: tuple[str, ...]
+    block_size: IntArray  # (B,)
+    capacity: IntArray  # (S,)
+    model_blocks: tuple[IntArray, ...]  # m -> block indexes
+    model_size: IntArray  # (M,) sum of its blocks
+    block_models: tuple[IntArray, ...]  # b -> models using it
+    pair_server: IntArray  # (P,)
+    pair_model: IntArray  # (P,)
+    pair_start: IntArray  # (P+1,) CSR offsets into pair_users / pair_weight
+    pair_users: IntArray  # user indexes
+    pair_weight: FloatArray  # p[u][m] / |U|
+    pair_of: IntArray  # (S, M) pair index or -1
+
+    @property
+    def n_servers(self) -> int:
+        return len(self.server_ids)
+
+    @property
+    def n_models(self) -> int:
+        return len(self.model_ids)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def pair_gain0(self) -> FloatArray:
+        """Each pair's hit-ratio gain when nothing is cached yet."""
+        sums = (
+            np.add.reduceat(self.pair_weight, self.pair_start[:-1])
+            if len(self.pair_server)
+            else np.zeros(0)
+        )
+        return np.asarray(sums, dtype=np.float64)
+
+    def placement(self, on_server: BoolArray) -> dict[str, frozenset[str]]:
+        """Server id -> block ids from a boolean (S, B) matrix."""
+        return {
+            s: frozenset(self.block_ids[b] for b in np.flatnonzero(on_server[i]))
+            for i, s in enumerate(self.server_ids)
+        }
+
+
+def build_index(problem: PlacementProblem) -> Index:
+    """Compile a problem into an :class:`Index` (O(total reachable entries))."""
+    server_ids = tuple(problem.servers)
+    block_ids = tuple(problem.blocks)
+    model_ids = tuple(problem.models)
+    user_ids = tuple(problem.requests)
+    s_of = {s: i for i, s in enumerate(server_ids)}
+    b_of = {b: i for i, b in enumerate(block_ids)}
+    m_of = {m: i for i, m in enumerate(model_ids)}
+    n_s, n_m, n_u = len(server_ids), len(model_ids), len(user_ids)
+
+    block_size = np.fromiter(problem.blocks.values(), dtype=np.int64, count=len(block_ids))
+    capacity = np.fromiter(problem.servers.values(), dtype=np.int64, count=n_s)
+    model_blocks = tuple(
+        np.fromiter((b_of[b] for b in ids), dtype=np.int64, count=len(ids))
+        for ids in problem.models.values()
+    )
+    model_size = np.array([int(block_size[mb].sum()) for mb in model_blocks], dtype=np.int64)
+    models_of_block: list[list[int]] = [[] for _ in block_ids]
+    for m, mb in enumerate(model_blocks):
+        for b in mb:
+            models_of_block[int(b)].append(m)
+    block_models = tuple(np.asarray(ms, dtype=np.int64) for ms in models_of_block)
+
+    prob = np.zeros((max(n_u, 1), max(n_m, 1)), dtype=np.float64)
+    for u, row in enumerate(problem.requests.values()):
+        for model_id, p in row.items():
+            prob[u, m_of[model_id]] = p
+
+    # Flatten reachable into (user, server, model) triples. Equal model sets (common: the
+    # wireless model yields nested thresholds) are converted to index arrays once.
+    group_user: list[int] = []
+    group_server: list[int] = []
+    chunks: list[IntArray] = []
+    as_array: dict[frozenset[str], IntArray] = {}
+    u_of = {u: i for i, u in enumerate(user_ids)}
+    for user_id, by_server in problem.reachable.items():
+        u = u_of[user_id]
+        for server_id, ms in by_server.items():
+            if not ms:
+                continue
+            ms = cast(frozenset[str], ms)  # stored as frozensets by PlacementProblem
+            arr = as_array.get(ms)
+            if arr is None:
+                arr = np.sort(np.fromiter((m_of[m] for m in ms), dtype=np.int64, count=len(ms)))
+                as_array[ms] = arr
+            group_user.append(u)
+            group_server.append(s_of[server_id])
+            chunks.append(arr)
+    counts = np.asarray([len(c) for c in chunks], dtype=np.int64)
+    t_user = np.repeat(np.asarray(group_user, dtype=np.int64), counts)
+    t_server = np.repeat(np.asarray(group_server, dtype=np.int64), counts)
+    t_model = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    weight = prob[t_user, t_model] if len(t_model) else np.zeros(0)
+    keep = weight > 0
+    t_user, t_server, t_model, weight = t_user[keep], t_server[keep], t_model[keep], weight[keep]
+    key = t_server * n_m + t_model
+    order = np.lexsort((t_user, key))
+    key, t_user, weight = key[order], t_user[order], weight[order]
+    uniq, starts = np.unique(key, return_index=True)
+    pair_start = np.append(starts, len(key)).astype(np.int64)
+    pair_server = (uniq // max(n_m, 1)).astype(np.int64)
+    pair_model = (uniq % max(n_m, 1)).astype(np.int64)
+    pair_of = np.full((n_s, n_m), -1, dtype=np.int64)
+    pair_of[pair_server, pair_model] = np.arange(len(uniq), dtype=np.int64)
+    return Index(
+        server_ids=server_ids,
+        block_ids=block_ids,
+        model_ids=model_ids,
+        user_ids=user_ids,
+        block_size=block_size,
+        capacity=capacity,
+        model_blocks=model_blocks,
+        model_size=model_size,
+        block_models=block_models,
+        pair_server=pair_server,
+        pair_model=pair_model,
+        pair_start=pair_start,
+        pair_users=t_user.astype(np.int64),
+        pair_weight=(weight / max(n_u, 1)).astype(np.float64),
+        pair_of=pair_of,
+    )
+
+
+def blocks_of_models(
+    index: Index, models_by_server: Mapping[int, Collection[int]]
+) -> dict[str, frozenset[str]]:
+    """Server id -> union of the blocks of the given models (indexes), for every server."""
+    out: dict[str, frozenset[str]] = {}
+    for s, server_id in enumerate(index.server_ids):
+        ms = models_by_server.get(s, ())
+        blocks: set[int] = set()
+        for m in ms:
+            blocks.update(int(b) for b in index.model_blocks[m])
+        out[server_id] = frozenset(index.block_ids[b] for b in blocks)
+    return out

@@ -1,0 +1,549 @@
+"""The planner: state -> placement problem -> solver -> diff -> migration plans pushed to nodes.
+
+The only module that turns state into actions on edge nodes. Internal logic of
+:meth:`Planner.plan`:
+
+1. under the cross-process plan lock, read live nodes, the catalogue, the topology (stored >
+   file > default) and the decayed demand from Redis;
+2. build the :class:`~controller.placement.PlacementProblem`: servers are live nodes (capacity
+   from their registration), blocks are *parameter blocks* (:func:`core.group_by_sharing` over the
+   catalogue manifests), users are topology areas with probabilities from
+   :mod:`controller.demand`, reachability from :mod:`controller.topology`;
+3. run the configured solver; an exception or an ``infeasible`` result keeps the old placement;
+4. store the new placement (version from ``INCR``) with every push ``pending``;
+5. push each node its plan (manifests of the models to hold, and for each block it lacks, the
+   live peers whose *confirmed* holdings include it), one node at a time, choosing next a node
+   whose evictions remove no last copy that a pending node still needs from a peer; after each
+   push the node's confirmed models come from its response, so later nodes migrate from it and
+   the origin serves each missing block at most once.
+
+A node that rejects or fails its plan is recorded (``push[node].status``) and retried by the
+background loop (:meth:`Planner.tick`), which also re-plans when membership, catalogue or
+topology change (after ``settle_s`` of quiet), every ``plan_interval_s``, and re-pushes the
+current plan to a node whose reported models drift from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.demand import request_probabilities
+from controller.errors import StateUnavailableError
+from controller.metrics import Metrics
+from controller.placement import SOLVERS, PlacementProblem, PlacementResult
+from controller.routing import held_blocks, manifest_block_ids
+from controller.settings import Settings
+from controller.state import CatalogueEntry, NodeRecord, RedisState
+from controller.topology import Topology, default_topology, reachable_sets
+from core import ModelManifest, TrimCacheError, group_by_sharing
+
+logger = logging.getLogger(__name__)
+
+EDGE_PLAN_SCHEMA = "trimcache.edge-plan/v1"
+LOCK_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyView:
+    topology: Topology
+    version: int
+    source: str  # "stored" | "file" | "default"
+
+
+def load_topology_file(path: Path | None) -> Topology | None:
+    if path is None:
+        return None
+    return Topology.from_json(json.loads(Path(path).read_text()))
+
+
+class Planner:
+    """Plans and pushes placements; one per app, shared by the API and the background loop."""
+
+    def __init__(
+        self,
+        state: RedisState,
+        settings: Settings,
+        *,
+        metrics: Metrics,
+        file_topology: Topology | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.state = state
+        self.settings = settings
+        self.metrics = metrics
+        self.file_topology = file_topology
+        token = settings.edge_auth_token or settings.auth_token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(
+            headers=headers, timeout=settings.push_timeout_s, transport=transport
+        )
+        self._blocks_cache: dict[tuple[str, str], frozenset[str]] = {}
+        self._pending_sig: tuple[str, float] | None = None
+        self._adopt_backoff: dict[tuple[str, str], float] = {}
+        self._redis_down = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        self.stop()
+        self.http.close()
+
+    # -- reading state --------------------------------------------------------------------
+    def topology_view(self, nodes: Sequence[NodeRecord]) -> TopologyView:
+        version, doc = self.state.get_topology()
+        if doc is not None:
+            return TopologyView(Topology.from_json(doc), version, "stored")
+        if self.file_topology is not None:
+            return TopologyView(self.file_topology, 0, "file")
+        return TopologyView(default_topology({n.node_id: n.position for n in nodes}), 0, "default")
+
+    def blocks_by_model(self, catalogue: Sequence[CatalogueEntry]) -> dict[str, frozenset[str]]:
+        """Model id -> its block ids (cached per (model, revision): manifests never change)."""
+        out: dict[str, frozenset[str]] = {}
+        for entry in catalogue:
+            cache_key = (entry.model_id, entry.revision)
+            blocks = self._blocks_cache.get(cache_key)
+            if blocks is None:
+                blocks = manifest_block_ids(entry.manifest)
+                if len(self._blocks_cache) > 4096:
+                    self._blocks_cache.clear()
+                self._blocks_cache[cache_key] = blocks
+            out[entry.model_id] = blocks
+        return out
+
+    def adopt_models(self, nodes: Sequence[NodeRecord], *, now_s: float) -> list[str]:
+        """Rebuild lost catalogue entries from the nodes' reports (after Redis lost its data).
+
+        A model a live node reports but the catalogue lacks (and that was not deleted on
+        purpose) is added with the manifest the node serves at ``/v1/models/{id}/manifest``.
+        """
+        present, deleted = self.state.model_ids()
+        adopted: list[str] = []
+        for node in nodes:
+            for model_id in node.models:
+                if model_id in present or model_id in deleted:
+                    continue
+                if now_s < self._adopt_backoff.get((node.node_id, model_id), 0.0):
+                    continue
+                try:
+                    response = self.http.get(
+                        f"{node.url}/v1/models/{model_id}/manifest", timeout=10.0
+                    )
+                    response.raise_for_status()
+                    manifest = ModelManifest.from_dict(response.json())
+                except (httpx.HTTPError, ValueError, TrimCacheError) as exc:
+                    logger.warning(
+                        "cannot adopt model_id=%s from node_id=%s: %s", model_id, node.node_id, exc
+                    )
+                    self._adopt_backoff[(node.node_id, model_id)] = now_s + 30.0
+                    continue
+                if manifest.model_id != model_id:
+                    continue
+                self.state.put_model(
+                    CatalogueEntry(
+                        model_id=model_id,
+                        repo_id=manifest.repo_id,
+                        revision=manifest.revision,
+                        requested_revision=manifest.revision,
+                        total_bytes=manifest.total_bytes,
+                        blocks=len(manifest.block_sizes()),
+                        manifest=manifest.to_dict(),
+                        indexed_at=now_s,
+                        adopted_from=node.node_id,
+                    )
+                )
+                present.add(model_id)
+                adopted.append(model_id)
+                logger.info("adopted model_id=%s from node_id=%s", model_id, node.node_id)
+        return adopted
+
+    def signature(self, nodes: Sequence[NodeRecord], view: TopologyView) -> str:
+        """What a placement depends on besides demand: membership, catalogue, topology."""
+        doc = {
+            "nodes": [[n.node_id, n.url, n.capacity_bytes, list(n.position)] for n in nodes],
+            "catalogue": self.state.catalogue_version(),
+            "topology": [view.source, view.version],
+        }
+        return json.dumps(doc, sort_keys=True)
+
+    # -- building the problem -------------------------------------------------------------
+    def build_problem(
+        self,
+        nodes: Sequence[NodeRecord],
+        catalogue: Sequence[CatalogueEntry],
+        view: TopologyView,
+    ) -> PlacementProblem:
+        manifests = [ModelManifest.from_dict(e.manifest) for e in catalogue]
+        groups = group_by_sharing(manifests)
+        blocks = {g.pb_id: g.size_bytes for g in groups}
+        models = {
+            m.model_id: tuple(g.pb_id for g in groups if m.model_id in g.model_ids)
+            for m in manifests
+        }
+        total = sum(blocks.values())
+        servers = {n.node_id: (n.capacity_bytes if n.capacity_bytes >= 0 else total) for n in nodes}
+        topology = view.topology
+        positions = {n.node_id: topology.positions.get(n.node_id, n.position) for n in nodes}
+        model_ids = [m.model_id for m in manifests]
+        counts = self.state.demand_counts(half_life_s=self.settings.demand_half_life_s)
+        probs = request_probabilities(topology.areas, model_ids, counts)
+        max_weight = max((a.weight for a in topology.areas.values()), default=1.0) or 1.0
+        requests = {
+            area_id: {m: p * topology.areas[area_id].weight / max_weight for m, p in row.items()}
+            for area_id, row in probs.items()
+        }
+        sizes = {m.model_id: m.total_bytes for m in manifests}
+        reachable = {
+            area_id: {n: frozenset(ms) for n, ms in by_node.items()}
+            for area_id, by_node in reachable_sets(topology, positions, sizes).items()
+        }
+        return PlacementProblem(
+            blocks=blocks, models=models, servers=servers, requests=requests, reachable=reachable
+        )
+
+    # -- planning -------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self, *, blocking_timeout_s: float) -> Iterator[bool]:
+        """The cross-process plan lock, renewed in the background while held."""
+        guard = self.state.plan_lock(
+            timeout_s=LOCK_TIMEOUT_S, blocking_timeout_s=blocking_timeout_s
+        )
+        with guard as acquired:
+            if not acquired:
+                yield False
+                return
+            done = threading.Event()
+
+            def renew() -> None:
+                while not done.wait(LOCK_TIMEOUT_S / 3):
+                    try:
+                        guard.reacquire()
+                    except Exception:  # noqa: BLE001 - Redis gone: the lock expires by itself
+                        logger.warning("could not renew the plan lock")
+
+            renewer = threading.Thread(target=renew, name="plan-lock-renew", daemon=True)
+            renewer.start()
+            try:
+                yield True
+            finally:
+                done.set()
+                renewer.join(timeout=5)
+
+    def plan(
+        self, *, trigger: str = "manual", blocking_timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Solve, store and push a new placement; returns the stored placement record.
+
+        Raises:
+            StateUnavailableError: Redis is down (nothing is pushed).
+        """
+        timeout = self.settings.push_timeout_s if blocking_timeout_s is None else blocking_timeout_s
+        with self._locked(blocking_timeout_s=timeout) as acquired:
+            if not acquired:
+                current = self.state.get_placement()
+                return current if current is not None else {"version": 0, "servers": {}}
+            return self._plan_locked(trigger)
+
+    def _plan_locked(self, trigger: str) -> dict[str, Any]:
+        started = time.time()
+        nodes = self.state.live_nodes()
+        catalogue = self.state.list_models()
+        view = self.topology_view(nodes)
+        signature = self.signature(nodes, view)
+        previous = self.state.get_placement()
+        attempt: dict[str, Any] = {"at": started, "trigger": trigger, "signature": signature}
+
+        result: PlacementResult | None = None
+        problem: PlacementProblem | None = None
+        if nodes and catalogue:
+            try:
+                problem = self.build_problem(nodes, catalogue, view)
+                solver = SOLVERS[self.settings.solver]
+                result = solver(
+                    problem,
+                    seed=self.settings.solver_seed,
+                    time_limit_s=self.settings.solver_time_limit_s,
+                )
+            except StateUnavailableError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a solver failure must not stop the loop
+                logger.exception("planning failed trigger=%s", trigger)
+                attempt.update(outcome="error", error=f"{type(exc).__name__}: {exc}")
+                self.state.save_plan_attempt(attempt)
+                self.metrics.plans.labels(outcome="error").inc()
+                return previous or {"version": 0, "servers": {}}
+            if result.status == "infeasible":
+                attempt.update(outcome="infeasible", error="the solver found no feasible placement")
+                self.state.save_plan_attempt(attempt)
+                self.metrics.plans.labels(outcome="infeasible").inc()
+                return previous or {"version": 0, "servers": {}}
+
+        version = self.state.next_placement_version()
+        servers: dict[str, dict[str, Any]] = {}
+        for node in nodes:
+            placed = result.servers.get(node.node_id) if result is not None else None
+            servers[node.node_id] = {
+                "models": list(placed.models) if placed else [],
+                "blocks": list(placed.blocks) if placed else [],
+                "used_bytes": placed.used_bytes if placed else 0,
+            }
+        record: dict[str, Any] = {
+            "version": version,
+            "solver": self.settings.solver,
+            "status": result.status if result is not None else "empty",
+            "hit_ratio": result.hit_ratio if result is not None else 0.0,
+            "solve_seconds": result.solve_seconds if result is not None else 0.0,
+            "planned_at": started,
+            "trigger": trigger,
+            "topology": view.source,
+            "nodes": {n.node_id: n.url for n in nodes},
+            "problem": {
+                "areas": len(problem.requests) if problem else 0,
+                "models": len(problem.models) if problem else len(catalogue),
+                "parameter_blocks": len(problem.blocks) if problem else 0,
+            },
+            "servers": servers,
+            "push": {
+                n.node_id: {"status": "pending", "version": version, "at": started} for n in nodes
+            },
+        }
+        self.state.save_placement(record)
+        self.metrics.plans.labels(outcome="ok").inc()
+        self.metrics.placement_version.set(version)
+        self.metrics.expected_hit_ratio.set(record["hit_ratio"])
+        logger.info(
+            "placement version=%d solver=%s hit_ratio=%.4f nodes=%d models=%d trigger=%s",
+            version,
+            self.settings.solver,
+            record["hit_ratio"],
+            len(nodes),
+            len(catalogue),
+            trigger,
+        )
+        attempt.update(outcome="ok", version=version)
+        self.state.save_plan_attempt(attempt)
+        self._push(record, nodes, catalogue)
+        return self.state.get_placement() or record
+
+    def repush(self, node_ids: Sequence[str]) -> None:
+        """Push the current placement again to some nodes (failed or drifted ones)."""
+        with self._locked(blocking_timeout_s=0.0) as acquired:
+            if not acquired:
+                return
+            record = self.state.get_placement()
+            if record is None:
+                return
+            nodes = self.state.live_nodes()
+            catalogue = self.state.list_models()
+            self._push(record, nodes, catalogue, only=set(node_ids))
+
+    # -- pushing --------------------------------------------------------------------------
+    def _push(
+        self,
+        record: Mapping[str, Any],
+        nodes: Sequence[NodeRecord],
+        catalogue: Sequence[CatalogueEntry],
+        *,
+        only: set[str] | None = None,
+    ) -> None:
+        version = int(record["version"])
+        entries = {e.model_id: e for e in catalogue}
+        blocks_by_model = self.blocks_by_model(catalogue)
+        live = {n.node_id: n for n in nodes}
+        targets: dict[str, frozenset[str]] = {}
+        target_models: dict[str, list[str]] = {}
+        for node_id, placed in record["servers"].items():
+            if node_id not in live:
+                continue
+            models = [m for m in placed["models"] if m in entries]
+            target_models[node_id] = models
+            targets[node_id] = frozenset().union(*(blocks_by_model[m] for m in models))
+        held = {n: held_blocks(live[n], blocks_by_model) for n in live}
+        pending = sorted(n for n in targets if only is None or n in only)
+        while pending:
+            node_id = _next_node(pending, targets, held)
+            pending.remove(node_id)
+            needed = targets[node_id] - held[node_id]
+            peers: dict[str, list[str]] = {}
+            for block_id in sorted(needed):
+                urls = [live[p].url for p in sorted(held) if p != node_id and block_id in held[p]]
+                if urls:
+                    peers[block_id] = urls
+            body = {
+                "schema": EDGE_PLAN_SCHEMA,
+                "version": version,
+                "manifests": [dict(entries[m].manifest) for m in target_models[node_id]],
+                "peers": peers,
+                "origin_url": self.settings.origin_url,
+            }
+            # Routes stop naming what this plan evicts before the node starts evicting (and
+            # name again what an earlier plan dropped but this one brings back).
+            dropping = sorted(set(live[node_id].models) - set(target_models[node_id]))
+            self.state.update_node_models(node_id, dropping=dropping)
+            status = self._push_one(live[node_id], body)
+            status["version"] = version
+            status["models"] = target_models[node_id]
+            if status["status"] == "applied":
+                held_models = status.get("held_models", target_models[node_id])
+                self.state.update_node_models(node_id, held_models)
+                held[node_id] = frozenset().union(
+                    *(blocks_by_model.get(m, frozenset()) for m in held_models)
+                )
+            self.state.update_push_status(version, node_id, status)
+            self.metrics.pushes.labels(status=status["status"]).inc()
+
+    def _push_one(self, node: NodeRecord, body: Mapping[str, Any]) -> dict[str, Any]:
+        url = f"{node.url}/v1/plan"
+        started = time.time()
+        status: dict[str, Any] = {"at": started}
+        try:
+            response = self.http.put(url, json=body)
+        except httpx.HTTPError as exc:
+            logger.warning("plan push failed node_id=%s url=%s error=%r", node.node_id, url, exc)
+            status.update(status="unreachable", code="upstream_unavailable", error=repr(exc))
+            return status
+        status["seconds"] = round(time.time() - started, 3)
+        if response.status_code != 200:
+            code = response.headers.get("X-Error-Code", f"http_{response.status_code}")
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:500]
+            logger.warning(
+                "plan rejected node_id=%s status=%d code=%s",
+                node.node_id,
+                response.status_code,
+                code,
+            )
+            status.update(
+                status="failed", code=code, error=message, http_status=response.status_code
+            )
+            return status
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = {}
+        held_models = [
+            m["model_id"] if isinstance(m, Mapping) else str(m) for m in doc.get("held_models", [])
+        ]
+        status.update(
+            status="applied",
+            held_models=held_models,
+            fetched_bytes_by_source=doc.get("fetched_bytes_by_source", {}),
+            evicted_bytes=doc.get("evicted_bytes", 0),
+        )
+        logger.info(
+            "plan applied node_id=%s version=%s fetched=%s",
+            node.node_id,
+            body["version"],
+            status["fetched_bytes_by_source"],
+        )
+        return status
+
+    # -- the background loop --------------------------------------------------------------
+    def tick(self, *, now_s: float | None = None) -> str | None:
+        """One pass of the loop: re-plan or re-push when needed; returns what it did."""
+        now = time.time() if now_s is None else now_s
+        nodes = self.state.live_nodes()
+        self.metrics.live_nodes.set(len(nodes))
+        self.adopt_models(nodes, now_s=now)
+        view = self.topology_view(nodes)
+        signature = self.signature(nodes, view)
+        last = self.state.get_plan_attempt()
+        if last is None or last.get("signature") != signature:
+            # Wait for the change to settle (nodes registering one by one, a batch of models).
+            if self._pending_sig is None or self._pending_sig[0] != signature:
+                self._pending_sig = (signature, now)
+            if now - self._pending_sig[1] >= self.settings.settle_s:
+                self._pending_sig = None
+                self.plan(trigger="change", blocking_timeout_s=0.0)
+                return "plan"
+            return None
+        self._pending_sig = None
+        interval = self.settings.plan_interval_s
+        if interval > 0 and now - float(last.get("at", 0.0)) >= interval:
+            self.plan(trigger="interval", blocking_timeout_s=0.0)
+            return "plan"
+        record = self.state.get_placement()
+        if record is None:
+            return None
+        retry = []
+        for node in nodes:
+            placed = record["servers"].get(node.node_id)
+            if placed is None:
+                continue
+            push = record.get("push", {}).get(node.node_id, {})
+            age = now - float(push.get("at", 0.0))
+            failed = push.get("status") in ("failed", "unreachable")
+            drifted = push.get("status") == "applied" and set(node.serving_models) != set(
+                placed["models"]
+            )
+            if (failed or drifted) and age >= self.settings.retry_interval_s:
+                retry.append(node.node_id)
+        if retry:
+            self.repush(retry)
+            return "repush"
+        return None
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                if self._redis_down:
+                    logger.info("planner loop: Redis is back")
+                self._redis_down = False
+            except StateUnavailableError as exc:
+                if not self._redis_down:  # once per outage, not every check interval
+                    logger.warning("planner loop: %s", exc)
+                self._redis_down = True
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                logger.exception("planner loop failed")
+            self._stop.wait(self.settings.check_interval_s)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run_forever, name="planner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+
+def _next_node(
+    pending: Sequence[str],
+    targets: Mapping[str, frozenset[str]],
+    held: Mapping[str, frozenset[str]],
+) -> str:
+    """The next node to push: one whose evictions remove no block that another pending node
+    still lacks and can only get from this node; otherwise the first pending node."""
+    for node_id in pending:
+        evicts = held[node_id] - targets[node_id]
+        if not evicts:
+            return node_id
+        safe = True
+        for other in pending:
+            if other == node_id:
+                continue
+            wanted = (targets[other] - held[other]) & evicts
+            for block_id in wanted:
+                if not any(block_id in held[p] for p in held if p not in (node_id, other)):
+                    safe = False
+                    break
+            if not safe:
+                break
+        if safe:
+            return node_id
+    return pending[0]

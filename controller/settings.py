@@ -1,0 +1,62 @@
+"""Controller settings: one frozen object built from ``CONTROLLER_*`` environment variables.
+
+``__main__`` builds it once; tests construct ``Settings(...)`` directly. Nothing reads the
+environment anywhere else in the controller.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONTROLLER_", frozen=True, extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    origin_url: str = "http://127.0.0.1:8000"
+    solver: str = "trimcaching-gen"
+    # Periodic re-plan (0: only on changes and on `POST /v1/placement:plan`).
+    plan_interval_s: float = Field(default=60.0, ge=0)
+    # Run the background loop at all (re-plans on membership/catalogue/topology changes,
+    # retries failed pushes). Off: only `POST /v1/placement:plan` plans.
+    auto_plan: bool = True
+    # How often the loop looks for changes, and how long a change must stay quiet before it
+    # triggers a re-plan (nodes registering one by one, a batch of models being indexed).
+    check_interval_s: float = Field(default=0.5, gt=0)
+    settle_s: float = Field(default=1.5, ge=0)
+    # A failed (or drifted) push is retried after this long.
+    retry_interval_s: float = Field(default=3.0, ge=0)
+    # A node whose last heartbeat is older than this drops out (Redis key TTL).
+    heartbeat_expiry_s: float = Field(default=15.0, gt=0)
+    # Half-life of the demand statistics.
+    demand_half_life_s: float = Field(default=600.0, gt=0)
+    # Bearer token for control endpoints and for pushing plans to edge nodes ("" = no auth).
+    auth_token: str = ""
+    # Token for pushing plans to edge nodes; defaults to auth_token.
+    edge_auth_token: str | None = None
+    topology_file: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Timeout of one plan push (a node downloads its blocks before answering).
+    push_timeout_s: float = Field(default=600.0, gt=0)
+    # Timeout of one Redis command; also bounds how long a request waits when Redis is down.
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+    solver_time_limit_s: float | None = Field(default=30.0, gt=0)
+    solver_seed: int = 0
+
+    @field_validator("solver")
+    @classmethod
+    def _known_solver(cls, value: str) -> str:
+        from controller.placement import SOLVERS
+
+        if value not in SOLVERS:
+            raise ValueError(f"unknown solver {value!r}; choose from {', '.join(SOLVERS)}")
+        return value
+
+    @field_validator("origin_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")

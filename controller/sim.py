@@ -1,0 +1,241 @@
+"""Simulation sweeps: hit ratio of every solver as one scenario parameter varies.
+
+A :class:`Scenario` fixes a synthetic but realistic setting: fine-tuned model families over
+real architectures (:mod:`controller.library`), servers and users on a plane with the channel
+model and Zipf demand of :mod:`controller.wireless`. :func:`run_sweep` varies one parameter
+(capacity, users, servers, Zipf exponent, sharing degree), solves each instance with each
+solver for each seed, and returns rows; :func:`write_csv` and :func:`plot` turn them into the
+TrimCaching paper's kind of figure (mean hit ratio over seeds against the parameter).
+
+A solver that refuses an instance (``trimcaching-spec`` with too many shared blocks) gives a
+row with status ``skipped`` and a NaN hit ratio; it is left out of the plot. Nothing here reads
+the environment, the network or the clock (except ``perf_counter`` inside the solvers).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.library import architecture_library
+from controller.placement import SOLVERS, TooManySharedBlocksError, get_solver
+from controller.placement.problem import PlacementProblem
+from controller.wireless import build_problem, random_topology
+
+GB = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One simulated network; every field can be swept (see :data:`SWEEPS`)."""
+
+    n_servers: int = 9
+    n_users: int = 60
+    models_per_family: int = 5
+    archs: tuple[str, ...] = ("resnet18", "resnet50", "vit-b16", "bert-base")
+    capacity_gb: float = 0.6
+    zipf_exponent: float = 0.8
+    sharing: float = 0.5
+    area_m: float = 1000.0
+    deadline_range_s: tuple[float, float] = (2.0, 10.0)
+
+
+# sweep name -> (Scenario field, default values)
+SWEEPS: Mapping[str, tuple[str, tuple[float, ...]]] = {
+    "capacity": ("capacity_gb", (0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5)),
+    "users": ("n_users", (20, 40, 60, 80, 100)),
+    "servers": ("n_servers", (4, 6, 9, 12, 16)),
+    "zipf": ("zipf_exponent", (0.4, 0.6, 0.8, 1.0, 1.2)),
+    "sharing": ("sharing", (0.0, 0.25, 0.5, 0.75, 1.0)),
+}
+
+_LABELS = {
+    "capacity_gb": "storage capacity per edge server (GB)",
+    "n_users": "number of users",
+    "n_servers": "number of edge servers",
+    "zipf_exponent": "Zipf exponent",
+    "sharing": "sharing degree (mean frozen fraction)",
+}
+
+CSV_FIELDS = (
+    "sweep",
+    "parameter",
+    "value",
+    "seed",
+    "solver",
+    "hit_ratio",
+    "status",
+    "solve_seconds",
+    "used_bytes",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One (parameter value, seed, solver) outcome."""
+
+    sweep: str
+    parameter: str
+    value: float
+    seed: int
+    solver: str
+    hit_ratio: float
+    status: str
+    solve_seconds: float
+    used_bytes: int
+
+
+def make_problem(scenario: Scenario, *, seed: int) -> PlacementProblem:
+    """The placement problem of a scenario for one seed.
+
+    Example:
+        >>> p = make_problem(Scenario(n_servers=2, n_users=3, models_per_family=1), seed=0)
+        >>> len(p.servers), len(p.requests), len(p.models)
+        (2, 3, 4)
+    """
+    library = architecture_library(
+        scenario.models_per_family, archs=scenario.archs, sharing=scenario.sharing, seed=seed
+    )
+    topology = random_topology(
+        scenario.n_servers, scenario.n_users, area_m=scenario.area_m, seed=seed
+    )
+    return build_problem(
+        library,
+        topology,
+        capacity_bytes=int(scenario.capacity_gb * GB),
+        zipf_exponent=scenario.zipf_exponent,
+        deadline_range_s=scenario.deadline_range_s,
+        seed=seed,
+    )
+
+
+def _with(scenario: Scenario, field_name: str, value: float) -> Scenario:
+    current = getattr(scenario, field_name)
+    cast = int(value) if isinstance(current, int) else float(value)
+    changes: dict[str, Any] = {field_name: cast}
+    return dataclasses.replace(scenario, **changes)
+
+
+def run_sweep(
+    sweep: str,
+    *,
+    values: Sequence[float] | None = None,
+    base: Scenario | None = None,
+    solvers: Sequence[str] | None = None,
+    seeds: Iterable[int] = (0,),
+    time_limit_s: float | None = 10.0,
+) -> list[Row]:
+    """Solve every (value, seed) instance of a sweep with every solver.
+
+    Args:
+        sweep: a name of :data:`SWEEPS`.
+        values: parameter values (default: the sweep's defaults).
+        base: the scenario the other parameters come from.
+        solvers: solver names (default: all of :data:`~controller.placement.SOLVERS`).
+        seeds: instance seeds (the same seed gives the same library, topology and demand).
+        time_limit_s: passed to every solver (only ``optimal`` uses it).
+
+    Raises:
+        ValueError: unknown sweep or solver name, or invalid scenario values.
+    """
+    if sweep not in SWEEPS:
+        raise ValueError(f"unknown sweep {sweep!r}; choose from {', '.join(SWEEPS)}")
+    field_name, defaults = SWEEPS[sweep]
+    names = list(solvers) if solvers is not None else list(SOLVERS)
+    funcs = {name: get_solver(name) for name in names}
+    base = base or Scenario()
+    rows: list[Row] = []
+    for value in values if values is not None else defaults:
+        scenario = _with(base, field_name, value)
+        for seed in seeds:
+            problem = make_problem(scenario, seed=seed)
+            for name, solve in funcs.items():
+                try:
+                    result = solve(problem, seed=seed, time_limit_s=time_limit_s)
+                except TooManySharedBlocksError:
+                    rows.append(
+                        Row(
+                            sweep, field_name, float(value), seed, name, math.nan, "skipped", 0.0, 0
+                        )
+                    )
+                    continue
+                rows.append(
+                    Row(
+                        sweep=sweep,
+                        parameter=field_name,
+                        value=float(value),
+                        seed=seed,
+                        solver=name,
+                        hit_ratio=result.hit_ratio,
+                        status=result.status,
+                        solve_seconds=result.solve_seconds,
+                        used_bytes=sum(p.used_bytes for p in result.servers.values()),
+                    )
+                )
+    return rows
+
+
+def write_csv(rows: Sequence[Row], path: Path) -> None:
+    """Write rows with a header (:data:`CSV_FIELDS`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_FIELDS)
+        for row in rows:
+            writer.writerow([getattr(row, f) for f in CSV_FIELDS])
+
+
+def mean_by_solver(rows: Sequence[Row]) -> dict[str, dict[float, float]]:
+    """solver -> parameter value -> mean hit ratio over seeds (skipped rows left out)."""
+    acc: dict[str, dict[float, list[float]]] = {}
+    for row in rows:
+        if math.isnan(row.hit_ratio):
+            continue
+        acc.setdefault(row.solver, {}).setdefault(row.value, []).append(row.hit_ratio)
+    return {
+        solver: {v: sum(xs) / len(xs) for v, xs in sorted(by_value.items())}
+        for solver, by_value in acc.items()
+    }
+
+
+def plot(rows: Sequence[Row], path: Path, *, title: str | None = None) -> None:
+    """A PNG of mean hit ratio against the swept parameter, one line per solver."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("nothing to plot")
+    parameter = rows[0].parameter
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    markers = "os^vDPX*"
+    for i, (solver, series) in enumerate(mean_by_solver(rows).items()):
+        # The optimum is drawn dashed so the solvers that reach it stay visible underneath.
+        style: dict[str, Any] = (
+            {"linestyle": "--", "color": "black", "marker": "x"}
+            if solver == "optimal"
+            else {"marker": markers[i % len(markers)]}
+        )
+        ax.plot(list(series), list(series.values()), label=solver, **style)
+    ax.set_xlabel(_LABELS.get(parameter, parameter))
+    ax.set_ylabel("cache hit ratio")
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(True, alpha=0.3)
+    seeds = sorted({row.seed for row in rows})
+    ax.set_title(
+        title
+        or f"Hit ratio vs {_LABELS.get(parameter, parameter)}\n"
+        f"(mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''})",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

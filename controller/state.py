@@ -1,0 +1,535 @@
+"""All controller state, in Redis. The only module that imports ``redis``.
+
+Key schema (every key starts with ``ctl:``; every JSON value carries ``schema_version``):
+
+=============================  ======  =========================================================
+key                            type    value
+=============================  ======  =========================================================
+``ctl:node:{node_id}``         string  JSON :class:`NodeRecord`; TTL = heartbeat expiry, renewed
+                                       by every heartbeat (an expired key = a dead node)
+``ctl:nodes``                  set     node ids ever registered; members whose node key has
+                                       expired are pruned when read
+``ctl:model:{model_id}``       string  JSON :class:`CatalogueEntry` (manifest included)
+``ctl:models``                 set     model ids in the catalogue
+``ctl:models:deleted``         set     model ids removed by ``DELETE`` (never re-adopted from
+                                       edge nodes' reports; cleared by a new ``POST``)
+``ctl:catalogue:version``      int     bumped on every add/remove (the planner watches it)
+``ctl:demand``                 hash    ``{area_id}\\x1f{model_id}`` -> ``"{count} {at_s}"``, an
+                                       exponentially decayed request count as of ``at_s``
+``ctl:outcomes``               hash    counters: ``requests``, ``hit``, ``miss``, ``error``,
+                                       ``bytes:{edge|origin|local}``
+``ctl:topology``               string  JSON ``{"schema_version", "version", "topology"}``
+``ctl:placement``              string  JSON placement record (see :meth:`RedisState.save_placement`)
+``ctl:placement:version``      int     last placement version handed out (INCR)
+``ctl:plan:last``              string  JSON last planning attempt: ``at``, ``trigger``,
+                                       ``outcome``, ``error``, ``signature`` (what it saw)
+``ctl:lock:plan``              string  redis-py lock: one planner at a time across processes
+=============================  ======  =========================================================
+
+Invariants:
+
+- Read-modify-write goes through WATCH/MULTI (``client.transaction``) or a Lua script whose
+  KEYS/ARGV are commented above it.
+- ``redis.ConnectionError`` / ``redis.TimeoutError`` (``BusyLoadingError`` included) become
+  :class:`~controller.errors.StateUnavailableError` here. The client's pool drops broken
+  connections and reconnects on the next command, so the service recovers by itself when Redis
+  comes back; no connection is cached outside the pool.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar, cast
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from controller.errors import StateUnavailableError
+
+SCHEMA_VERSION = 1
+PREFIX = "ctl:"
+NODES_KEY = f"{PREFIX}nodes"
+MODELS_KEY = f"{PREFIX}models"
+DELETED_MODELS_KEY = f"{PREFIX}models:deleted"
+CATALOGUE_VERSION_KEY = f"{PREFIX}catalogue:version"
+DEMAND_KEY = f"{PREFIX}demand"
+OUTCOMES_KEY = f"{PREFIX}outcomes"
+TOPOLOGY_KEY = f"{PREFIX}topology"
+PLACEMENT_KEY = f"{PREFIX}placement"
+PLACEMENT_VERSION_KEY = f"{PREFIX}placement:version"
+PLAN_LOCK_KEY = f"{PREFIX}lock:plan"
+PLAN_ATTEMPT_KEY = f"{PREFIX}plan:last"
+_SEP = "\x1f"
+
+T = TypeVar("T")
+
+
+def node_key(node_id: str) -> str:
+    return f"{PREFIX}node:{node_id}"
+
+
+def model_key(model_id: str) -> str:
+    return f"{PREFIX}model:{model_id}"
+
+
+def demand_field(area_id: str, model_id: str) -> str:
+    return f"{area_id}{_SEP}{model_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A registered edge node as of its last heartbeat (or plan response)."""
+
+    node_id: str
+    url: str
+    capacity_bytes: int
+    position: tuple[float, float] = (0.0, 0.0)
+    physical_bytes: int = 0
+    models: tuple[str, ...] = ()
+    blocks_digest: str | None = None
+    registered_at: float = 0.0
+    last_seen: float = 0.0
+    # Models a pushed plan drops: not routed until a report shows them gone.
+    dropping: tuple[str, ...] = ()
+
+    @property
+    def serving_models(self) -> tuple[str, ...]:
+        """Complete models the node confirmed and is not about to drop."""
+        return tuple(m for m in self.models if m not in self.dropping)
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["position"] = list(self.position)
+        doc["models"] = list(self.models)
+        doc["dropping"] = list(self.dropping)
+        doc["schema_version"] = SCHEMA_VERSION
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> NodeRecord:
+        doc = json.loads(text)
+        doc.pop("schema_version", None)
+        doc["position"] = tuple(float(v) for v in doc.get("position", (0.0, 0.0)))
+        doc["models"] = tuple(doc.get("models", ()))
+        doc["dropping"] = tuple(doc.get("dropping", ()))
+        return cls(**doc)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueEntry:
+    """A model in the catalogue: its repo, the resolved commit and the manifest (a dict)."""
+
+    model_id: str
+    repo_id: str
+    revision: str
+    requested_revision: str
+    total_bytes: int
+    blocks: int
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+    indexed_at: float = 0.0
+    # Set when the entry was rebuilt from an edge node's manifest (state lost), not indexed.
+    adopted_from: str | None = None
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["manifest"] = dict(self.manifest)
+        doc["schema_version"] = SCHEMA_VERSION
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CatalogueEntry:
+        doc = json.loads(text)
+        doc.pop("schema_version", None)
+        return cls(**doc)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "total_bytes": self.total_bytes,
+            "blocks": self.blocks,
+        }
+
+
+# Decay one (area, model) demand counter to ``now`` and add to it, atomically.
+# KEYS[1] = ctl:demand hash
+# ARGV[1] = field "{area_id}\x1f{model_id}"; ARGV[2] = now (s); ARGV[3] = half-life (s);
+# ARGV[4] = increment
+_DEMAND_LUA = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local now = tonumber(ARGV[2])
+local value = 0
+if cur then
+  local sp = string.find(cur, ' ')
+  local old = tonumber(string.sub(cur, 1, sp - 1))
+  local at = tonumber(string.sub(cur, sp + 1))
+  local age = now - at
+  if age < 0 then age = 0 end
+  value = old * math.pow(2, -age / tonumber(ARGV[3]))
+end
+value = value + tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.12g %.6f', value, now))
+return tostring(value)
+"""
+
+
+def decayed(count: float, at_s: float, now_s: float, half_life_s: float) -> float:
+    """``count`` recorded at ``at_s``, decayed with half-life ``half_life_s`` to ``now_s``."""
+    return count * math.pow(2.0, -max(0.0, now_s - at_s) / half_life_s)
+
+
+@contextmanager
+def _redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StateUnavailableError(f"Redis is unavailable: {exc}") from exc
+
+
+class RedisState:
+    """Typed access to the controller's Redis keys (see the module docstring for the schema)."""
+
+    def __init__(self, url: str, *, timeout_s: float = 2.0) -> None:
+        self.url = url
+        self.client: redis.Redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # A short, bounded retry: a down Redis answers 503 quickly instead of stalling.
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+            health_check_interval=5,
+        )
+        self._demand_script = self.client.register_script(_DEMAND_LUA)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        with _redis_errors():
+            return fn()
+
+    def _transact(self, fn: Callable[[Any], T], *keys: str) -> T:
+        """Run ``fn(pipe)`` under WATCH ``keys`` (retried on conflict); returns its value."""
+        txn = cast(Callable[[Any], None], fn)
+        with _redis_errors():
+            return cast(T, self.client.transaction(txn, *keys, value_from_callable=True))
+
+    def ping(self) -> bool:
+        return bool(self._call(self.client.ping))
+
+    # -- nodes ----------------------------------------------------------------------------
+    def put_node(self, record: NodeRecord, *, ttl_s: float) -> bool:
+        """Store a heartbeat; returns True when the node was not live before (membership change).
+
+        Keeps ``registered_at`` of a live node, and its ``dropping`` list while the report still
+        names one of those models (a heartbeat sent before the node applied its plan).
+        """
+        ttl_ms = max(1, int(ttl_s * 1000))
+        key = node_key(record.node_id)
+
+        def txn(pipe: Any) -> bool:
+            text = pipe.get(key)
+            doc = json.loads(record.to_json())
+            if text:
+                old = json.loads(text)
+                doc["registered_at"] = old.get("registered_at", record.registered_at)
+                dropping = old.get("dropping", [])
+                if set(dropping) & set(record.models):
+                    doc["dropping"] = dropping
+            pipe.multi()
+            pipe.set(key, json.dumps(doc, sort_keys=True), px=ttl_ms)
+            pipe.sadd(NODES_KEY, record.node_id)
+            return text is None
+
+        return bool(self._transact(txn, key))
+
+    def get_node(self, node_id: str) -> NodeRecord | None:
+        text = self._call(lambda: self.client.get(node_key(node_id)))
+        return NodeRecord.from_json(cast(str, text)) if text else None
+
+    def live_nodes(self) -> list[NodeRecord]:
+        """Nodes whose heartbeat has not expired, sorted by id; prunes expired ids."""
+
+        def run() -> list[NodeRecord]:
+            node_ids = sorted(cast(set[str], self.client.smembers(NODES_KEY)))
+            if not node_ids:
+                return []
+            texts = cast(list[str | None], self.client.mget([node_key(n) for n in node_ids]))
+            dead = [n for n, t in zip(node_ids, texts, strict=True) if t is None]
+            if dead:
+                # Only remove ids whose key is still missing (a heartbeat may race in).
+                for node_id in dead:
+                    self._prune_node(node_id)
+            return [NodeRecord.from_json(t) for t in texts if t is not None]
+
+        return self._call(run)
+
+    def _prune_node(self, node_id: str) -> None:
+        def txn(pipe: Any) -> None:
+            exists = pipe.exists(node_key(node_id))
+            pipe.multi()
+            if not exists:
+                pipe.srem(NODES_KEY, node_id)
+
+        self.client.transaction(txn, node_key(node_id))
+
+    def update_node_models(
+        self,
+        node_id: str,
+        models: Sequence[str] | None = None,
+        *,
+        dropping: Sequence[str] | None = None,
+    ) -> bool:
+        """Record a node's confirmed complete models (from a plan response) and/or the models
+        a plan tells it to drop (routes stop naming those first); keeps the TTL."""
+
+        def txn(pipe: Any) -> bool:
+            text = pipe.get(node_key(node_id))
+            if text is None:
+                pipe.multi()
+                return False
+            doc = json.loads(text)
+            if models is not None:
+                doc["models"] = list(models)
+            if dropping is not None:
+                doc["dropping"] = list(dropping)
+            pipe.multi()
+            pipe.set(node_key(node_id), json.dumps(doc, sort_keys=True), keepttl=True)
+            return True
+
+        return bool(self._transact(txn, node_key(node_id)))
+
+    def delete_node(self, node_id: str) -> bool:
+        def run() -> bool:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(node_key(node_id))
+            pipe.srem(NODES_KEY, node_id)
+            deleted, _ = pipe.execute()
+            return bool(deleted)
+
+        return self._call(run)
+
+    # -- catalogue ------------------------------------------------------------------------
+    def put_model(self, entry: CatalogueEntry) -> None:
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(model_key(entry.model_id), entry.to_json())
+            pipe.sadd(MODELS_KEY, entry.model_id)
+            pipe.srem(DELETED_MODELS_KEY, entry.model_id)
+            pipe.incr(CATALOGUE_VERSION_KEY)
+            pipe.execute()
+
+        self._call(run)
+
+    def get_model(self, model_id: str) -> CatalogueEntry | None:
+        text = self._call(lambda: self.client.get(model_key(model_id)))
+        return CatalogueEntry.from_json(cast(str, text)) if text else None
+
+    def list_models(self) -> list[CatalogueEntry]:
+        """Every catalogue entry, sorted by model id."""
+
+        def run() -> list[CatalogueEntry]:
+            model_ids = sorted(cast(set[str], self.client.smembers(MODELS_KEY)))
+            if not model_ids:
+                return []
+            texts = cast(list[str | None], self.client.mget([model_key(m) for m in model_ids]))
+            return [CatalogueEntry.from_json(t) for t in texts if t]
+
+        return self._call(run)
+
+    def delete_model(self, model_id: str) -> bool:
+        def run() -> bool:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(model_key(model_id))
+            pipe.srem(MODELS_KEY, model_id)
+            pipe.sadd(DELETED_MODELS_KEY, model_id)
+            pipe.incr(CATALOGUE_VERSION_KEY)
+            deleted, _, _, _ = pipe.execute()
+            return bool(deleted)
+
+        return self._call(run)
+
+    def model_ids(self) -> tuple[set[str], set[str]]:
+        """``(catalogue model ids, deleted model ids)``."""
+
+        def run() -> tuple[set[str], set[str]]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.smembers(MODELS_KEY)
+            pipe.smembers(DELETED_MODELS_KEY)
+            present, deleted = pipe.execute()
+            return set(present), set(deleted)
+
+        return self._call(run)
+
+    def catalogue_version(self) -> int:
+        value = self._call(lambda: self.client.get(CATALOGUE_VERSION_KEY))
+        return int(cast(str, value)) if value else 0
+
+    # -- demand ---------------------------------------------------------------------------
+    def record_demand(
+        self,
+        *,
+        area_id: str,
+        model_id: str,
+        outcome: str,
+        bytes_by_kind: Mapping[str, int],
+        half_life_s: float,
+        now_s: float | None = None,
+    ) -> float:
+        """Add one request to the decayed (area, model) count and the outcome counters."""
+        now = time.time() if now_s is None else now_s
+
+        def run() -> float:
+            value = self._demand_script(
+                keys=[DEMAND_KEY], args=[demand_field(area_id, model_id), now, half_life_s, 1]
+            )
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hincrby(OUTCOMES_KEY, "requests", 1)
+            pipe.hincrby(OUTCOMES_KEY, outcome, 1)
+            for kind, nbytes in bytes_by_kind.items():
+                if nbytes:
+                    pipe.hincrby(OUTCOMES_KEY, f"bytes:{kind}", int(nbytes))
+            pipe.execute()
+            return float(value)
+
+        return self._call(run)
+
+    def demand_counts(
+        self, *, half_life_s: float, now_s: float | None = None
+    ) -> dict[str, dict[str, float]]:
+        """Decayed request counts: area id -> model id -> count as of ``now_s``."""
+        now = time.time() if now_s is None else now_s
+        raw = cast(dict[str, str], self._call(lambda: self.client.hgetall(DEMAND_KEY)))
+        counts: dict[str, dict[str, float]] = {}
+        for fld, text in raw.items():
+            area_id, _, model_id = fld.partition(_SEP)
+            count_s, _, at_s = text.partition(" ")
+            counts.setdefault(area_id, {})[model_id] = decayed(
+                float(count_s), float(at_s), now, half_life_s
+            )
+        return counts
+
+    def outcomes(self) -> dict[str, int]:
+        raw = cast(dict[str, str], self._call(lambda: self.client.hgetall(OUTCOMES_KEY)))
+        return {k: int(v) for k, v in raw.items()}
+
+    # -- topology -------------------------------------------------------------------------
+    def get_topology(self) -> tuple[int, dict[str, Any] | None]:
+        """``(version, topology document)``; ``(0, None)`` when none was stored."""
+        text = self._call(lambda: self.client.get(TOPOLOGY_KEY))
+        if not text:
+            return 0, None
+        doc = json.loads(cast(str, text))
+        return int(doc["version"]), doc["topology"]
+
+    def put_topology(self, topology: Mapping[str, Any]) -> int:
+        """Store a topology document; returns its new version."""
+
+        def txn(pipe: Any) -> int:
+            text = pipe.get(TOPOLOGY_KEY)
+            version = int(json.loads(text)["version"]) + 1 if text else 1
+            doc = {"schema_version": SCHEMA_VERSION, "version": version, "topology": topology}
+            pipe.multi()
+            pipe.set(TOPOLOGY_KEY, json.dumps(doc, sort_keys=True))
+            return version
+
+        return int(self._transact(txn, TOPOLOGY_KEY))
+
+    # -- placement ------------------------------------------------------------------------
+    def get_placement(self) -> dict[str, Any] | None:
+        text = self._call(lambda: self.client.get(PLACEMENT_KEY))
+        if not text:
+            return None
+        doc: dict[str, Any] = json.loads(cast(str, text))
+        return doc
+
+    def next_placement_version(self) -> int:
+        """A fresh version number, never handed out before (survives placement rewrites)."""
+
+        def run() -> int:
+            # The counter may be lost with a Redis restart without persistence while the
+            # placement record survives elsewhere; never go below the stored version.
+            current = self.client.get(PLACEMENT_KEY)
+            floor = int(json.loads(cast(str, current)).get("version", 0)) if current else 0
+            version = int(self.client.incr(PLACEMENT_VERSION_KEY))
+            if version <= floor:
+                self.client.set(PLACEMENT_VERSION_KEY, floor + 1)
+                version = floor + 1
+            return version
+
+        return self._call(run)
+
+    def save_placement(self, record: Mapping[str, Any]) -> None:
+        """Store the placement record (``version``, ``solver``, ``servers``, ``push``, ...)."""
+        doc = {**record, "schema_version": SCHEMA_VERSION}
+        self._call(lambda: self.client.set(PLACEMENT_KEY, json.dumps(doc, sort_keys=True)))
+
+    def update_push_status(self, version: int, node_id: str, status: Mapping[str, Any]) -> bool:
+        """Set ``push[node_id]`` of the stored placement if it is still ``version``."""
+
+        def txn(pipe: Any) -> bool:
+            text = pipe.get(PLACEMENT_KEY)
+            if text is None:
+                pipe.multi()
+                return False
+            doc = json.loads(text)
+            if doc.get("version") != version:
+                pipe.multi()
+                return False
+            doc.setdefault("push", {})[node_id] = dict(status)
+            pipe.multi()
+            pipe.set(PLACEMENT_KEY, json.dumps(doc, sort_keys=True))
+            return True
+
+        return bool(self._transact(txn, PLACEMENT_KEY))
+
+    def save_plan_attempt(self, attempt: Mapping[str, Any]) -> None:
+        doc = {**attempt, "schema_version": SCHEMA_VERSION}
+        self._call(lambda: self.client.set(PLAN_ATTEMPT_KEY, json.dumps(doc, sort_keys=True)))
+
+    def get_plan_attempt(self) -> dict[str, Any] | None:
+        text = self._call(lambda: self.client.get(PLAN_ATTEMPT_KEY))
+        if not text:
+            return None
+        doc: dict[str, Any] = json.loads(cast(str, text))
+        return doc
+
+    def plan_lock(self, *, timeout_s: float, blocking_timeout_s: float) -> PlanLock:
+        """A cross-process lock around planning (released on exit, expires after ``timeout_s``)."""
+        lock = self.client.lock(
+            PLAN_LOCK_KEY, timeout=timeout_s, blocking_timeout=blocking_timeout_s
+        )
+        return PlanLock(lock)
+
+
+class PlanLock(AbstractContextManager[bool]):
+    """Acquire on enter (returns whether it got the lock); release quietly on exit."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._held = False
+
+    def __enter__(self) -> bool:
+        with _redis_errors():
+            self._held = bool(self._lock.acquire())
+        return self._held
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held:
+            try:
+                self._lock.release()
+            except redis.RedisError:
+                pass  # expired or Redis gone: the lock times out by itself
+
+    def reacquire(self) -> None:
+        """Reset the lock's expiry to its full timeout (call while holding it)."""
+        with _redis_errors():
+            self._lock.reacquire()

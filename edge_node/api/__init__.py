@@ -1,0 +1,1 @@
+"""HTTP layer of the edge node: dependencies, request schemas and thin routes."""

@@ -1,0 +1,1 @@
+"""Routers of the edge node, one module per resource."""

@@ -1,0 +1,53 @@
+"""Plan routes: apply a placement plan (auth) and report the last one / progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from core.digest import check_block_id
+from core.errors import ManifestError
+from core.manifest import ModelManifest
+from edge_node.api.deps import AuthDep, HttpClientDep, NodeDep, ProgressDep
+from edge_node.api.schemas import PlanRequest
+from edge_node.errors import InvalidRequestError
+from edge_node.ingest import PLAN_SCHEMA, Plan, apply_plan
+
+router = APIRouter(tags=["plan"])
+
+
+def _to_plan(request: PlanRequest) -> Plan:
+    if request.schema_ != PLAN_SCHEMA:
+        raise InvalidRequestError(
+            f"unsupported plan schema {request.schema_!r}, want {PLAN_SCHEMA}"
+        )
+    try:
+        manifests = tuple(ModelManifest.from_dict(m) for m in request.manifests)
+    except ManifestError as exc:
+        raise InvalidRequestError(f"bad manifest in plan: {exc}") from exc
+    ids = [m.model_id for m in manifests]
+    if len(set(ids)) != len(ids):
+        raise InvalidRequestError("a model appears twice in the plan")
+    for url in [request.origin_url or "", *(u for urls in request.peers.values() for u in urls)]:
+        if url and not url.startswith(("http://", "https://")):
+            raise InvalidRequestError(f"not an http(s) URL: {url!r}")
+    peers = {check_block_id(b): tuple(urls) for b, urls in request.peers.items()}
+    return Plan(
+        version=request.version,
+        manifests=manifests,
+        peers=peers,
+        origin_url=request.origin_url,
+    )
+
+
+@router.put("/v1/plan", dependencies=[AuthDep])
+def put_plan(
+    request: PlanRequest, node: NodeDep, progress: ProgressDep, client: HttpClientDep
+) -> dict[str, Any]:
+    return apply_plan(node, _to_plan(request), client=client, progress=progress)
+
+
+@router.get("/v1/plan")
+def get_plan(progress: ProgressDep) -> dict[str, Any]:
+    return progress.to_json()

@@ -1,0 +1,167 @@
+"""``create_app(settings)``: the edge node's FastAPI app.
+
+The lifespan opens the node (block store, index rebuild, temp sweep), starts the background
+scrub, the repair worker and (with ``controller_url``) the heartbeat, and keeps everything on
+``app.state``: ``settings``, ``node``, ``plan_progress``, ``http_client``, ``metrics_registry``.
+
+Errors: every ``TrimCacheError`` (the ``EdgeError`` tree and core's errors) becomes
+``{"error": {"code", "message"}}`` with ``X-Error-Code``; anything else is a 500 ``internal``
+with the traceback logged, never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.errors import TrimCacheError
+from edge_node.api.routes import blocks, health, hf, models, plan, stats
+from edge_node.errors import RangeNotSatisfiableError, error_header_code
+from edge_node.heartbeat import Heartbeat
+from edge_node.ingest import PlanProgress, repair_fetcher
+from edge_node.metrics import Counters, make_registry
+from edge_node.node import EdgeNode
+from edge_node.settings import Settings
+from edge_node.streaming import LinkLatencyMiddleware
+from edge_node.zerocopy import zerocopy_send
+
+logger = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+class _RequestCounter:
+    """Counts every HTTP request and the error responses (status >= 400)."""
+
+    def __init__(self, app: ASGIApp, *, counters: Counters) -> None:
+        self.app = app
+        self.counters = counters
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.counters.add_request(status_code=status[0])
+
+
+def _error_response(code: str, message: str, status: int, header_code: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}},
+        status_code=status,
+        headers={"X-Error-Code": header_code, "X-Error-Message": message[:200]},
+    )
+
+
+class EdgeApp(FastAPI):
+    """FastAPI with the zero-copy send extension added where the server allows it.
+
+    It must happen here, at the outermost layer, where ``send`` is still the server's own.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope, send = zerocopy_send(scope, send)
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the edge node app for ``settings`` (nothing touches disk until the lifespan)."""
+    counters = Counters()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        node = EdgeNode(settings, counters=counters)
+        client = httpx.Client(
+            timeout=httpx.Timeout(settings.fetch_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            follow_redirects=True,
+        )
+        node.repair_fetch = repair_fetcher(node, client)
+        progress = PlanProgress(
+            version=node.plan_record.version,
+            status="applied" if node.plan_record.version is not None else "idle",
+        )
+        app.state.settings = settings
+        app.state.node = node
+        app.state.http_client = client
+        app.state.plan_progress = progress
+        app.state.metrics_registry = make_registry(node.stats)
+        node.start()
+        heartbeat = Heartbeat(node, client) if settings.controller_url else None
+        if heartbeat is not None:
+            heartbeat.start()
+        app.state.heartbeat = heartbeat
+        logger.info(
+            "edge node node_id=%s data_dir=%s blocks=%d physical_bytes=%d models=%d",
+            node.node_id,
+            settings.data_dir,
+            len(node.store),
+            node.store.used_bytes,
+            len(node.manifests()),
+        )
+        try:
+            yield
+        finally:
+            if heartbeat is not None:
+                heartbeat.stop()
+            node.stop()
+            client.close()
+
+    app = EdgeApp(title=f"TrimCache edge node {settings.node_id}", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.counters = counters
+
+    @app.exception_handler(TrimCacheError)
+    async def _trimcache_error(request: Request, exc: TrimCacheError) -> JSONResponse:
+        counters.add_error_code(exc.code)
+        if exc.status_code >= 500:
+            logger.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc)
+        response = _error_response(exc.code, str(exc), exc.status_code, error_header_code(exc))
+        if isinstance(exc, RangeNotSatisfiableError):
+            response.headers["Content-Range"] = f"bytes */{exc.size_bytes}"
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        counters.add_error_code(code)
+        response = _error_response(code, str(exc.detail), exc.status_code, code)
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        counters.add_error_code("internal")
+        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error_response("internal", "internal server error", 500, "internal")
+
+    for router in (
+        health.router,
+        stats.router,
+        blocks.router,
+        models.router,
+        plan.router,
+        hf.router,
+    ):
+        app.include_router(router)
+    if settings.link_latency_ms > 0:
+        app.add_middleware(LinkLatencyMiddleware, latency_ms=settings.link_latency_ms)
+    app.add_middleware(_RequestCounter, counters=counters)
+    return app

@@ -1,0 +1,97 @@
+"""Errors of the edge node and the one place that maps them to HTTP.
+
+Hierarchy::
+
+    TrimCacheError (core.errors)          code / status_code / exit_code class vars
+    ├── CoreError (core.errors)           also reach the handler unchanged:
+    │   ├── InvalidBlockIdError    400 invalid_block_id
+    │   ├── BlockNotFoundError     404 block_not_found
+    │   ├── DigestMismatchError    400 digest_mismatch
+    │   └── StoreFullError         507 store_full
+    └── EdgeError
+        ├── InvalidRequestError        400 invalid_request (a malformed plan or manifest)
+        ├── UnauthorizedError          401 unauthorized
+        ├── ModelNotFoundError         404 model_not_found (also a LookupError)
+        ├── HubError                   404s of the Hugging Face API; ``hub_code`` goes in
+        │   ├── RepoNotFoundError          ``X-Error-Code`` (RepoNotFound, RevisionNotFound,
+        │   ├── RevisionNotFoundError      EntryNotFound) because huggingface_hub maps those
+        │   └── EntryNotFoundError         headers to its own exception classes
+        ├── RangeNotSatisfiableError   416 range_not_satisfiable
+        └── UpstreamUnavailableError   502 upstream_unavailable (no peer nor origin delivered)
+
+Every error response is ``{"error": {"code", "message"}}`` with an ``X-Error-Code`` header
+(docs/api.md "Errors").
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from core.errors import TrimCacheError
+
+
+class EdgeError(TrimCacheError):
+    """Base of the edge node's own errors."""
+
+
+class InvalidRequestError(EdgeError, ValueError):
+    code = "invalid_request"
+    status_code = 400
+    exit_code = 2
+
+
+class UnauthorizedError(EdgeError):
+    code = "unauthorized"
+    status_code = 401
+
+
+class ModelNotFoundError(EdgeError, LookupError):
+    code = "model_not_found"
+    status_code = 404
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"model {model_id!r} is not held by this node")
+        self.model_id = model_id
+
+
+class HubError(EdgeError):
+    """A Hugging Face API 404; ``hub_code`` is the Hub's ``X-Error-Code``."""
+
+    hub_code: ClassVar[str] = ""
+    status_code = 404
+
+
+class RepoNotFoundError(HubError, LookupError):
+    code = "repo_not_found"
+    hub_code = "RepoNotFound"
+
+
+class RevisionNotFoundError(HubError, LookupError):
+    code = "revision_not_found"
+    hub_code = "RevisionNotFound"
+
+
+class EntryNotFoundError(HubError, LookupError):
+    code = "entry_not_found"
+    hub_code = "EntryNotFound"
+
+
+class RangeNotSatisfiableError(EdgeError):
+    code = "range_not_satisfiable"
+    status_code = 416
+
+    def __init__(self, message: str, *, size_bytes: int) -> None:
+        super().__init__(message)
+        self.size_bytes = size_bytes
+
+
+class UpstreamUnavailableError(EdgeError):
+    code = "upstream_unavailable"
+    status_code = 502
+
+
+def error_header_code(exc: TrimCacheError) -> str:
+    """The ``X-Error-Code`` value for ``exc`` (the Hub's code for Hub errors)."""
+    if isinstance(exc, HubError) and exc.hub_code:
+        return exc.hub_code
+    return exc.code

@@ -1,0 +1,79 @@
+"""Heartbeats to the controller: ``PUT {controller_url}/v1/nodes/{node_id}`` every interval.
+
+Body (docs/api.md "Edge node"): ``url``, ``capacity_bytes``, ``position`` ``[x_m, y_m]``,
+``physical_bytes``, ``models`` (complete models held) and ``blocks_digest``. Runs in a daemon
+thread; failures are logged and retried at the next tick, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import httpx
+
+from edge_node.node import EdgeNode
+
+logger = logging.getLogger(__name__)
+
+
+def heartbeat_body(node: EdgeNode) -> dict[str, Any]:
+    s = node.settings
+    return {
+        "url": s.url,
+        "capacity_bytes": s.capacity_bytes,
+        "position": [s.position_x_m, s.position_y_m],
+        "physical_bytes": node.store.used_bytes,
+        "models": [m.model_id for m in node.complete_models()],
+        "blocks_digest": node.blocks_digest(),
+    }
+
+
+class Heartbeat:
+    """Background heartbeat loop (start/stop from the app's lifespan)."""
+
+    def __init__(self, node: EdgeNode, client: httpx.Client) -> None:
+        self.node = node
+        self.client = client
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edge-heartbeat", daemon=True)
+        self.sent = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def beat(self) -> bool:
+        s = self.node.settings
+        url = f"{s.controller_url}/v1/nodes/{s.node_id}"
+        headers = {"Authorization": f"Bearer {s.auth_token}"} if s.auth_token else {}
+        try:
+            response = self.client.put(
+                url, json=heartbeat_body(self.node), headers=headers, timeout=5.0
+            )
+        except httpx.HTTPError as exc:
+            self.failures += 1
+            logger.warning("heartbeat node_id=%s to %s failed: %s", s.node_id, url, exc)
+            return False
+        if response.status_code >= 400:
+            self.failures += 1
+            logger.warning(
+                "heartbeat node_id=%s to %s answered %s", s.node_id, url, response.status_code
+            )
+            return False
+        self.sent += 1
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except Exception:  # never let the loop die
+                logger.exception("heartbeat crashed; retrying")
+            self._stop.wait(self.node.settings.heartbeat_interval_s)

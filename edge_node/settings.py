@@ -1,0 +1,61 @@
+"""The edge node's settings: one frozen object built from ``EDGE_*`` env vars (or arguments).
+
+Nothing reads it at import time: ``__main__``/the CLI build it once and ``create_app(settings)``
+stores it on ``app.state``; tests construct ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Edge node configuration (env prefix ``EDGE_``, e.g. ``EDGE_DATA_DIR``)."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_", frozen=True, extra="ignore")
+
+    node_id: str = Field(default="edge-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    data_dir: Path = Path("./edge-data")
+    #: Bound on the bytes of stored blocks (None: unbounded).
+    capacity_bytes: int | None = Field(default=None, ge=0)
+    #: Default origin (HF-compatible hub) when a plan names none, and for repairs.
+    origin_url: str | None = None
+    controller_url: str | None = None
+    #: Bearer token for control endpoints (plans, eviction). Unset: control endpoints refuse.
+    auth_token: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=0, le=65535)
+    #: URL other parties reach this node at (heartbeats); default ``http://host:port``.
+    public_url: str | None = None
+    position_x_m: float = 0.0
+    position_y_m: float = 0.0
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    #: Radio link emulation per response (None / 0: off).
+    link_rate_bytes_per_s: float | None = Field(default=None, gt=0)
+    link_latency_ms: float = Field(default=0.0, ge=0)
+    #: Parallel transfers while applying a plan.
+    fetch_workers: int = Field(default=4, ge=1, le=64)
+    fetch_timeout_s: float = Field(default=30.0, gt=0)
+    #: Re-hash every stored block in the background at startup, then every interval (0: never).
+    scrub_on_start: bool = True
+    scrub_interval_s: float = Field(default=0.0, ge=0)
+    #: Hash large trusted blocks while serving them too (slower; catches silent bit rot).
+    stream_verify: bool = False
+    #: fsync block writes (off only for throwaway nodes in benchmarks).
+    durable: bool = True
+
+    @field_validator("origin_url", "controller_url", "public_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"

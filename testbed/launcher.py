@@ -1,0 +1,825 @@
+"""The process testbed: Redis, the origin, the controller and N edge nodes as local processes.
+
+``up()`` starts every service as a detached subprocess (its own session and process group, so it
+outlives the launcher and ``down()`` can stop it with all its children), waits until each one is
+healthy, and records everything in ``STATE_DIR/testbed.json``. ``down()`` stops every recorded
+process group (SIGTERM, then SIGKILL after a grace period) and leaves no process behind.
+``status()`` probes each service.
+
+On disk::
+
+    STATE_DIR/testbed.json        the contract of docs/api.md ("Testbed"), written atomically
+    STATE_DIR/logs/<service>.log  stdout + stderr of each service (zoo.log for the zoo build)
+    STATE_DIR/redis/              Redis's working dir (AOF persistence on)
+    STATE_DIR/edges/<node_id>/    each edge node's data dir
+    STATE_DIR/hf/                 HF_HOME of the services (the controller's download cache)
+    STATE_DIR/zoo/                the model zoo, when no --zoo is given (built if absent)
+
+Services start in dependency order, like compose's ``depends_on``: Redis and the origin, then the
+controller, then the edge nodes (which register with the controller). Services are configured
+through their settings env vars (``EDGE_*``, ``CONTROLLER_*``) and started as
+``python -m testbed.cli ...``, so no console script needs to be on PATH.
+
+Invariants:
+
+- A pid is only ever signalled when it still is the process we started: each record carries the
+  process's start time (``/proc/<pid>/stat`` field 22), so a recycled pid is never killed.
+- ``testbed.json`` records each process as soon as it is spawned (``"status": "starting"``), so
+  ``down`` can stop a half-started testbed whose launcher died; ``up`` rewrites it with every URL
+  and ``"status": "running"`` once all services are healthy. A failed ``up`` stops what it had
+  started and removes the file before raising.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from core.errors import TrimCacheError
+from testbed.topology import Topology, grid_topology, node_id_for
+
+SCHEMA = "trimcache.testbed/v1"
+STATE_FILE = "testbed.json"
+LOOPBACK = "127.0.0.1"
+Profile = Literal["test", "full"]
+# Env prefixes of the services' settings: never leaked from the caller into a service.
+SERVICE_ENV_PREFIXES = ("EDGE_", "CONTROLLER_", "ORIGIN_")
+
+
+class TestbedError(TrimCacheError):
+    """The testbed could not be started, or its state dir is unusable."""
+
+    __test__ = False  # not a pytest test class despite the name
+    code = "testbed_error"
+    exit_code = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LinkProfile:
+    """Rate and one-way latency of an emulated link (None: no rate limit)."""
+
+    rate_mbps: float | None
+    latency_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rate_mbps": self.rate_mbps, "latency_ms": self.latency_ms}
+
+
+# The "full" profile is the papers' setting: the cloud behind a slower, longer backhaul than the
+# radio link to a near edge node. The "test" profile turns shaping off so tests run fast.
+DEFAULT_LINKS: dict[str, tuple[LinkProfile, LinkProfile]] = {
+    "full": (LinkProfile(100.0, 30.0), LinkProfile(400.0, 5.0)),
+    "test": (LinkProfile(None, 0.0), LinkProfile(None, 0.0)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchOptions:
+    """What ``up()`` starts. ``None`` link values fall back to the profile's defaults."""
+
+    state_dir: Path
+    edges: int = 3
+    zoo_dir: Path | None = None
+    capacity_bytes: int = 512 * 1024 * 1024
+    profile: Profile = "full"
+    backhaul: LinkProfile | None = None
+    radio: LinkProfile | None = None
+    auth_token: str | None = None
+    seed: int = 0
+    timeout_s: float = 120.0
+    solver: str | None = None
+
+    def links(self) -> tuple[LinkProfile, LinkProfile]:
+        backhaul, radio = DEFAULT_LINKS[self.profile]
+        return (self.backhaul or backhaul, self.radio or radio)
+
+
+@dataclass(slots=True)
+class Service:
+    """One started process: how to probe it and how to find it again."""
+
+    name: str
+    kind: Literal["redis", "origin", "controller", "edge"]
+    url: str
+    pid: int
+    start_ticks: int | None
+    log: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "url": self.url,
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "log": str(self.log),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Service:
+        return cls(
+            name=str(data["name"]),
+            kind=data["kind"],
+            url=str(data["url"]),
+            pid=int(data["pid"]),
+            start_ticks=None if data.get("start_ticks") is None else int(data["start_ticks"]),
+            log=Path(data["log"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """What ``status()`` found for one service."""
+
+    name: str
+    kind: str
+    url: str
+    pid: int
+    running: bool
+    healthy: bool
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "url": self.url,
+            "pid": self.pid,
+            "running": self.running,
+            "healthy": self.healthy,
+            "detail": self.detail,
+        }
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (None: no such process or no /proc)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _proc_stat(pid)
+    # Field 22 of stat (starttime) is index 19 once pid and comm are stripped.
+    return int(fields[19]) if fields is not None and len(fields) > 19 else None
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid`` if it is our own exited child (a zombie still answers kill(pid, 0))."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def process_alive(pid: int, start_ticks: int | None = None) -> bool:
+    """Whether ``pid`` runs (not a zombie) and, when given, started at ``start_ticks``."""
+    _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True  # no /proc: trust kill(pid, 0)
+    if fields[0] in ("Z", "X"):
+        return False
+    return start_ticks is None or _start_ticks(pid) == start_ticks
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process remains in process group ``pgid``."""
+    _reap(pgid)
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _proc_stat(int(entry.name))
+        if fields is not None and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _owns_group(service: Service) -> bool:
+    """Whether ``service.pid`` still names the process group we started.
+
+    True when the leader is our process, or when the leader is gone but members of its group
+    remain (a pid is not reused while a group with that id exists).
+    """
+    if process_alive(service.pid, service.start_ticks):
+        return True
+    try:
+        os.kill(service.pid, 0)
+    except ProcessLookupError:
+        return _group_alive(service.pid)
+    except PermissionError:
+        return False
+    fields = _proc_stat(service.pid)
+    return fields is not None and fields[0] in ("Z", "X") and _group_alive(service.pid)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def stop_services(services: Iterable[Service], *, grace_s: float = 10.0) -> list[str]:
+    """SIGTERM every service's process group, SIGKILL what is left after ``grace_s``.
+
+    Returns the names of the services that were running.
+    """
+    targets = [service for service in services if _owns_group(service)]
+    for service in targets:
+        _signal_group(service.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_group_alive(s.pid) for s in targets):
+        time.sleep(0.05)
+    for service in targets:
+        if _group_alive(service.pid):
+            _signal_group(service.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and any(_group_alive(s.pid) for s in targets):
+        time.sleep(0.05)
+    for service in targets:
+        if service.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                service.process.wait(timeout=1)
+        _reap(service.pid)
+    left = [s.name for s in targets if _group_alive(s.pid)]
+    if left:
+        raise TestbedError(f"processes survived SIGKILL: {', '.join(left)}")
+    return [service.name for service in targets]
+
+
+def _free_port(taken: set[int]) -> int:
+    """An unused loopback TCP port, never one already handed out in this launch."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port: int = sock.getsockname()[1]
+        if port not in taken:
+            taken.add(port)
+            return port
+
+
+def _child_env(extra: Mapping[str, str], state_dir: Path) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(SERVICE_ENV_PREFIXES)
+    }
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(state_dir / "hf"),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def _spawn(
+    name: str,
+    kind: Literal["redis", "origin", "controller", "edge"],
+    url: str,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log: Path,
+    cwd: Path,
+) -> Service:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as sink:
+        sink.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+        sink.flush()
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,  # own session + process group: survives us, killpg-able
+        )
+    return Service(name, kind, url, process.pid, _start_ticks(process.pid), log, process)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "testbed.cli", *args]
+
+
+# --------------------------------------------------------------------------- health
+
+
+def _redis_ping(url: str, *, timeout_s: float = 2.0) -> bool:
+    host, _, port = url.removeprefix("redis://").split("/")[0].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).startswith(b"+PONG")
+
+
+def probe(service: Service, *, timeout_s: float = 2.0) -> tuple[bool, str]:
+    """One health probe: Redis PING, or GET /healthz answering 200."""
+    try:
+        if service.kind == "redis":
+            ok = _redis_ping(service.url, timeout_s=timeout_s)
+            return ok, "PONG" if ok else "no PONG"
+        response = httpx.get(f"{service.url}/healthz", timeout=timeout_s)
+    except (OSError, httpx.HTTPError) as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    if response.status_code != 200:
+        return False, f"/healthz answered {response.status_code}: {response.text[:200]}"
+    return True, "ok"
+
+
+def log_tail(path: Path, *, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _wait_healthy(services: Sequence[Service], *, timeout_s: float) -> None:
+    """Block until every service is healthy; raise naming the first one that is not."""
+    pending = {service.name: service for service in services}
+    last: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        for name, service in list(pending.items()):
+            # Our own child: poll() reaps it and keeps its exit code (process_alive would
+            # reap it first and lose the code).
+            code = service.process.poll() if service.process is not None else None
+            if code is not None or not process_alive(service.pid, service.start_ticks):
+                raise TestbedError(
+                    f"{name} exited during startup (exit code {code}); "
+                    f"last lines of {service.log}:\n{log_tail(service.log)}"
+                )
+            ok, detail = probe(service)
+            if ok:
+                del pending[name]
+            else:
+                last[name] = detail
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            name, service = next(iter(pending.items()))
+            raise TestbedError(
+                f"{name} not healthy after {timeout_s:.0f}s at {service.url} "
+                f"({last.get(name, '')}); last lines of {service.log}:\n{log_tail(service.log)}"
+            )
+        time.sleep(0.1)
+
+
+def _wait_registered(
+    controller_url: str, node_ids: Sequence[str], *, edges: Sequence[Service], timeout_s: float
+) -> None:
+    """Block until the controller lists every edge node (their first heartbeats arrived)."""
+    deadline = time.monotonic() + timeout_s
+    missing = set(node_ids)
+    while True:
+        try:
+            response = httpx.get(f"{controller_url}/v1/nodes", timeout=5)
+            if response.status_code == 200:
+                listed = {str(node.get("node_id")) for node in response.json().get("nodes", [])}
+                missing = set(node_ids) - listed
+                if not missing:
+                    return
+        except (httpx.HTTPError, ValueError, AttributeError):
+            pass
+        if time.monotonic() > deadline:
+            first = next(s for s in edges if s.name in missing) if missing else edges[0]
+            raise TestbedError(
+                f"{first.name} did not register with the controller within {timeout_s:.0f}s; "
+                f"last lines of {first.log}:\n{log_tail(first.log)}"
+            )
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- state file
+
+
+def state_path(state_dir: Path) -> Path:
+    return Path(state_dir) / STATE_FILE
+
+
+def load_state(state_dir: Path) -> dict[str, Any] | None:
+    """The recorded testbed of ``state_dir``, or None when there is none."""
+    path = state_path(state_dir)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise TestbedError(f"{path} is unreadable: {exc}") from exc
+    if data.get("schema") != SCHEMA:
+        raise TestbedError(f"{path} has schema {data.get('schema')!r}, expected {SCHEMA!r}")
+    return data
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def services_of(state: Mapping[str, Any]) -> list[Service]:
+    return [Service.from_json(item) for item in state.get("services", [])]
+
+
+# --------------------------------------------------------------------------- zoo
+
+
+def ensure_zoo(
+    zoo_dir: Path, *, log: Path, seed: int, profile: Profile, timeout_s: float = 1800.0
+) -> bool:
+    """Build the zoo into ``zoo_dir`` unless its ``zoo.json`` exists. Returns True if it built."""
+    if (zoo_dir / "zoo.json").is_file():
+        return False
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = _cli("zoo", "build", "--out", str(zoo_dir), "--seed", str(seed), "--profile", profile)
+    with log.open("ab") as sink:
+        sink.write(f"\n=== {' '.join(argv)}\n".encode())
+        sink.flush()
+        try:
+            result = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                timeout=timeout_s, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            raise TestbedError(f"zoo build timed out after {timeout_s:.0f}s; see {log}") from exc
+    if result.returncode != 0 or not (zoo_dir / "zoo.json").is_file():
+        raise TestbedError(
+            f"zoo build failed (exit code {result.returncode}); last lines of {log}:\n"
+            f"{log_tail(log)}"
+        )
+    return True
+
+
+# --------------------------------------------------------------------------- up / down / status
+
+
+def _mbps_args(flag_rate: str, flag_latency: str, link: LinkProfile) -> list[str]:
+    args: list[str] = []
+    if link.rate_mbps is not None:
+        args += [flag_rate, f"{link.rate_mbps:g}"]
+    if link.latency_ms:
+        args += [flag_latency, f"{link.latency_ms:g}"]
+    return args
+
+
+def _edge_env(
+    *,
+    node_id: str,
+    url: str,
+    port: int,
+    data_dir: Path,
+    capacity_bytes: int,
+    position: tuple[float, float],
+    radio: LinkProfile,
+    origin_url: str,
+    controller_url: str,
+    auth_token: str,
+) -> dict[str, str]:
+    """The ``EDGE_*`` settings of one edge node (names: edge_node/settings.py)."""
+    env = {
+        "EDGE_NODE_ID": node_id,
+        "EDGE_HOST": LOOPBACK,
+        "EDGE_PORT": str(port),
+        "EDGE_PUBLIC_URL": url,
+        "EDGE_DATA_DIR": str(data_dir),
+        "EDGE_CAPACITY_BYTES": str(capacity_bytes),
+        "EDGE_ORIGIN_URL": origin_url,
+        "EDGE_CONTROLLER_URL": controller_url,
+        "EDGE_AUTH_TOKEN": auth_token,
+        "EDGE_POSITION_X_M": f"{position[0]:g}",
+        "EDGE_POSITION_Y_M": f"{position[1]:g}",
+        "EDGE_HEARTBEAT_INTERVAL_S": "2",
+        "EDGE_LINK_LATENCY_MS": f"{radio.latency_ms:g}",
+    }
+    if radio.rate_mbps is not None:
+        env["EDGE_LINK_RATE_BYTES_PER_S"] = f"{radio.rate_mbps * 1e6 / 8:.0f}"
+    return env
+
+
+def up(
+    options: LaunchOptions, *, on_progress: Callable[[str], object] | None = None
+) -> dict[str, Any]:
+    """Start the testbed and return what ``testbed.json`` records.
+
+    Internal logic:
+    1. A recorded testbed whose processes all run and answer is returned as is; a partly running
+       one is an error (``down`` first); a dead one is cleaned up.
+    2. Build the zoo if absent; start Redis + origin, then the controller, then the edge nodes,
+       each stage healthy before the next.
+    3. Write ``testbed.json`` atomically. On any failure, stop what was started and raise.
+    """
+    say = on_progress or (lambda _message: None)
+    state_dir = Path(options.state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    existing = load_state(state_dir)
+    if existing is not None:
+        recorded = services_of(existing)
+        running = [s for s in recorded if process_alive(s.pid, s.start_ticks)]
+        complete = existing.get("status", "running") == "running"
+        if (
+            complete
+            and running
+            and len(running) == len(recorded)
+            and all(probe(s)[0] for s in recorded)
+        ):
+            say(f"testbed already running in {state_dir}")
+            existing["already_running"] = True
+            return existing
+        if running:
+            names = ", ".join(s.name for s in running)
+            raise TestbedError(
+                f"a testbed is {'partly running' if complete else 'starting'} in {state_dir} "
+                f"({names}); "
+                f"run `trimcache testbed down --dir {state_dir}` first"
+            )
+        say(f"cleaning a stale testbed.json in {state_dir} (no process of it is running)")
+        stop_services(recorded, grace_s=1.0)  # leftover group members, if any
+        state_path(state_dir).unlink(missing_ok=True)
+
+    if options.edges < 1:
+        raise TestbedError(f"--edges must be at least 1, got {options.edges}")
+    redis_server = shutil.which("redis-server") or shutil.which(
+        "redis-server", path=str(Path(sys.executable).parent)
+    )
+    if redis_server is None:
+        raise TestbedError("redis-server not found on PATH: run `make setup`")
+
+    logs = state_dir / "logs"
+    zoo_dir = Path(options.zoo_dir).resolve() if options.zoo_dir else state_dir / "zoo"
+    backhaul, radio = options.links()
+    auth_token = options.auth_token or secrets.token_urlsafe(24)
+    topology = grid_topology(options.edges)
+    if ensure_zoo(zoo_dir, log=logs / "zoo.log", seed=options.seed, profile=options.profile):
+        say(f"built the model zoo in {zoo_dir}")
+
+    taken: set[int] = set()
+    started: list[Service] = []
+
+    def record(service: Service) -> Service:
+        # Recorded at once, so `down` finds the process even if this launcher dies mid-start.
+        started.append(service)
+        _write_json_atomic(
+            state_path(state_dir),
+            {
+                "schema": SCHEMA,
+                "status": "starting",
+                "state_dir": str(state_dir),
+                "pids": {s.name: s.pid for s in started},
+                "services": [s.to_json() for s in started],
+            },
+        )
+        return service
+
+    try:
+        # Stage 1: Redis and the origin.
+        redis_port = _free_port(taken)
+        redis_dir = state_dir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        redis_url = f"redis://{LOOPBACK}:{redis_port}/0"
+        record(
+            _spawn(
+                "redis", "redis", redis_url,
+                [redis_server, "--bind", LOOPBACK, "--port", str(redis_port),
+                 "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec",
+                 "--save", "", "--protected-mode", "yes", "--daemonize", "no"],
+                env=_child_env({}, state_dir), log=logs / "redis.log", cwd=redis_dir,
+            )
+        )  # fmt: skip
+        origin_port = _free_port(taken)
+        origin_url = f"http://{LOOPBACK}:{origin_port}"
+        origin_argv = _cli(
+            "origin", "serve", "--root", str(zoo_dir), "--host", LOOPBACK, "--port",
+            str(origin_port), *_mbps_args("--rate-mbps", "--latency-ms", backhaul),
+        )  # fmt: skip
+        record(
+            _spawn(
+                "origin", "origin", origin_url, origin_argv,
+                env=_child_env({}, state_dir), log=logs / "origin.log", cwd=state_dir,
+            )
+        )  # fmt: skip
+        _wait_healthy(started, timeout_s=options.timeout_s)
+        say(f"redis {redis_url} and origin {origin_url} are healthy")
+
+        # Stage 2: the controller.
+        controller_port = _free_port(taken)
+        controller_url = f"http://{LOOPBACK}:{controller_port}"
+        controller_env = _controller_env(
+            options=options,
+            port=controller_port,
+            redis_url=redis_url,
+            origin_url=origin_url,
+            auth_token=auth_token,
+            topology=topology,
+            backhaul=backhaul,
+            radio=radio,
+            state_dir=state_dir,
+        )
+        controller = record(
+            _spawn(
+                "controller", "controller", controller_url, _cli("controller", "serve"),
+                env=_child_env(controller_env, state_dir), log=logs / "controller.log",
+                cwd=state_dir,
+            )
+        )  # fmt: skip
+        _wait_healthy([controller], timeout_s=options.timeout_s)
+        say(f"controller {controller_url} is healthy")
+
+        # Stage 3: the edge nodes.
+        edges: list[Service] = []
+        edge_records: list[dict[str, Any]] = []
+        for index in range(options.edges):
+            node_id = node_id_for(index)
+            port = _free_port(taken)
+            url = f"http://{LOOPBACK}:{port}"
+            data_dir = state_dir / "edges" / node_id
+            data_dir.mkdir(parents=True, exist_ok=True)
+            site = topology.edge(node_id)
+            env = _edge_env(
+                node_id=node_id,
+                url=url,
+                port=port,
+                data_dir=data_dir,
+                capacity_bytes=options.capacity_bytes,
+                position=site.position,
+                radio=radio,
+                origin_url=origin_url,
+                controller_url=controller_url,
+                auth_token=auth_token,
+            )
+            service = record(
+                _spawn(
+                    node_id, "edge", url, _cli("edge", "serve"),
+                    env=_child_env(env, state_dir), log=logs / f"{node_id}.log", cwd=state_dir,
+                )
+            )  # fmt: skip
+            edges.append(service)
+            edge_records.append(
+                {
+                    "node_id": node_id,
+                    "url": url,
+                    "position": list(site.position),
+                    "data_dir": str(data_dir),
+                    "capacity_bytes": options.capacity_bytes,
+                    "area_id": topology.area_near(node_id).area_id,
+                }
+            )
+        _wait_healthy(edges, timeout_s=options.timeout_s)
+        _wait_registered(
+            controller_url, [s.name for s in edges], edges=edges, timeout_s=options.timeout_s
+        )
+        say(f"{len(edges)} edge nodes are healthy and registered with the controller")
+
+        state: dict[str, Any] = {
+            "schema": SCHEMA,
+            "status": "running",
+            "state_dir": str(state_dir),
+            "controller_url": controller_url,
+            "origin_url": origin_url,
+            "edge_urls": [service.url for service in edges],
+            "redis_url": redis_url,
+            "auth_token": auth_token,
+            "zoo_dir": str(zoo_dir),
+            "profile": options.profile,
+            "pids": {service.name: service.pid for service in started},
+            "logs": {service.name: str(service.log) for service in started},
+            "services": [service.to_json() for service in started],
+            "edges": edge_records,
+            "topology": topology.to_json(),
+            "links": {"backhaul": backhaul.to_json(), "radio": radio.to_json()},
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _write_json_atomic(state_path(state_dir), state)
+    except BaseException:
+        stop_services(started, grace_s=5.0)
+        state_path(state_dir).unlink(missing_ok=True)
+        raise
+    return state
+
+
+def _controller_env(
+    *,
+    options: LaunchOptions,
+    port: int,
+    redis_url: str,
+    origin_url: str,
+    auth_token: str,
+    topology: Topology,
+    backhaul: LinkProfile,
+    radio: LinkProfile,
+    state_dir: Path,
+) -> dict[str, str]:
+    env = {
+        "CONTROLLER_HOST": LOOPBACK,
+        "CONTROLLER_PORT": str(port),
+        "CONTROLLER_REDIS_URL": redis_url,
+        "CONTROLLER_ORIGIN_URL": origin_url,
+        "CONTROLLER_AUTH_TOKEN": auth_token,
+    }
+    if options.solver:
+        env["CONTROLLER_SOLVER"] = options.solver
+    env["CONTROLLER_TOPOLOGY_FILE"] = str(
+        write_controller_topology(
+            state_dir / "topology.json", topology, backhaul=backhaul, radio=radio
+        )
+    )
+    return env
+
+
+def controller_topology(
+    topology: Topology, *, backhaul: LinkProfile, radio: LinkProfile
+) -> dict[str, Any]:
+    """The testbed's geography and links as a controller topology document.
+
+    Format: controller/topology.py (``trimcache.topology/v1``); the channel's latency and the
+    backhaul rate mirror the emulated links, so the controller's expected latencies match them.
+    """
+    channel: dict[str, float] = {"latency_ms": radio.latency_ms}
+    if backhaul.rate_mbps is not None:
+        channel["backhaul_bps"] = backhaul.rate_mbps * 1e6
+    return {
+        "schema": "trimcache.topology/v1",
+        "areas": {
+            area.area_id: {"x_m": area.x_m, "y_m": area.y_m, "weight": 1.0}
+            for area in topology.areas
+        },
+        "channel": channel,
+        "positions": {site.node_id: [site.x_m, site.y_m] for site in topology.edges},
+    }
+
+
+def write_controller_topology(
+    path: Path, topology: Topology, *, backhaul: LinkProfile, radio: LinkProfile
+) -> Path:
+    """Write :func:`controller_topology` to ``path`` (for ``CONTROLLER_TOPOLOGY_FILE``)."""
+    _write_json_atomic(path, controller_topology(topology, backhaul=backhaul, radio=radio))
+    return path
+
+
+def down(state_dir: Path, *, grace_s: float = 10.0) -> list[str]:
+    """Stop every process recorded in ``state_dir``; return the names of those that ran."""
+    state = load_state(Path(state_dir))
+    if state is None:
+        return []
+    stopped = stop_services(services_of(state), grace_s=grace_s)
+    state_path(Path(state_dir)).unlink(missing_ok=True)
+    return stopped
+
+
+def status(state_dir: Path) -> list[ServiceStatus]:
+    """Probe every recorded service (empty when no testbed is recorded)."""
+    state = load_state(Path(state_dir))
+    if state is None:
+        return []
+    result: list[ServiceStatus] = []
+    for service in services_of(state):
+        running = process_alive(service.pid, service.start_ticks)
+        healthy, detail = probe(service) if running else (False, "process not running")
+        result.append(
+            ServiceStatus(
+                service.name, service.kind, service.url, service.pid, running, healthy, detail
+            )
+        )
+    return result

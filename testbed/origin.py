@@ -1,0 +1,535 @@
+"""The testbed's local Hugging Face Hub: serves a model zoo through the Hub's download API.
+
+Hugging Face is unreachable from our machines, so this origin stands in for it. Any unmodified
+client (``huggingface_hub.snapshot_download`` / ``hf_hub_download`` / ``get_safetensors_metadata``,
+``transformers`` ``from_pretrained``) pointed at it with ``HF_ENDPOINT`` or ``endpoint=`` works.
+
+On disk (the zoo layout of docs/api.md)::
+
+    ROOT/repos/<org>/<name>/<path>     one HF-format repo per model; repo id "<org>/<name>"
+
+Routes (all read-only):
+
+- ``GET /api/models/{repo_id}`` and ``GET /api/models/{repo_id}/revision/{revision}``: model info
+  (``id``, ``sha``, ``siblings`` with ``rfilename``, ``size`` and ``lfs`` for LFS-like files).
+- ``GET /api/models/{repo_id}/tree/{revision}[/{path}][?recursive=true]``: tree entries.
+- ``HEAD|GET /{repo_id}/resolve/{revision}/{path}``: the bytes, with ``ETag``, ``X-Repo-Commit``,
+  ``Content-Length``, ``Accept-Ranges: bytes``; one ``Range`` gives 206, a bad one 416.
+- ``GET /v1/stats``, ``POST /v1/stats/reset``: bytes served per repo; ``GET /healthz``.
+
+Invariants:
+
+- A repo's revision is a deterministic 40-hex id: sha1 over its sorted (path, file digest) pairs.
+  ``main`` resolves to it; any other revision is ``RevisionNotFound``.
+- ETags follow the Hub: LFS-like files (weights, or >= 10 MiB) carry their sha256 (also as
+  ``X-Linked-Etag``/``X-Linked-Size``), other files their git blob sha1. huggingface_hub names cache
+  blobs by ETag and checks ``X-Repo-Commit``.
+- Errors are 404s with the Hub's ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``,
+  ``EntryNotFound``), which ``huggingface_hub.utils.hf_raise_for_status`` maps to
+  ``RepositoryNotFoundError``, ``RevisionNotFoundError`` and ``RemoteEntryNotFoundError``; the body
+  is the project's ``{"error": {"code", "message"}}``.
+- Hashes are computed lazily per repo and cached until a file's size or mtime changes.
+- Link emulation: ``latency_ms`` is added once per Hub request (an ASGI middleware), and
+  ``rate_bytes_per_s`` paces every body through one shared token bucket, as one backhaul link would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024 * 1024
+LFS_MIN_BYTES = 10 * 1024 * 1024
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".onnx", ".gguf")
+DEFAULT_BRANCH = "main"
+# The time every repo claims for lastModified/createdAt: stable, so responses are deterministic.
+FIXED_TIMESTAMP = "2024-01-01T00:00:00.000Z"
+
+
+class OriginError(Exception):
+    """Base of the origin's HTTP errors; ``hub_code`` goes in ``X-Error-Code``."""
+
+    code: ClassVar[str] = "internal"
+    hub_code: ClassVar[str] = ""
+    status_code: ClassVar[int] = 500
+
+
+class RepoNotFoundError(OriginError):
+    code = "repo_not_found"
+    hub_code = "RepoNotFound"
+    status_code = 404
+
+
+class RevisionNotFoundError(OriginError):
+    code = "revision_not_found"
+    hub_code = "RevisionNotFound"
+    status_code = 404
+
+
+class EntryNotFoundError(OriginError):
+    code = "entry_not_found"
+    hub_code = "EntryNotFound"
+    status_code = 404
+
+
+class RangeNotSatisfiableError(OriginError):
+    code = "range_not_satisfiable"
+    status_code = 416
+
+    def __init__(self, message: str, *, size_bytes: int) -> None:
+        super().__init__(message)
+        self.size_bytes = size_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RepoFile:
+    """One file of a repo, with the digests the Hub exposes for it."""
+
+    path: str  # posix, relative to the repo root
+    size_bytes: int
+    git_oid: str  # git blob sha1 (for LFS files: sha1 of the LFS pointer, as on the Hub)
+    sha256: str | None  # set for LFS-like files only
+    pointer_size: int = 0
+
+    @property
+    def etag(self) -> str:
+        return self.sha256 or self.git_oid
+
+    def tree_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "type": "file",
+            "oid": self.git_oid,
+            "size": self.size_bytes,
+            "path": self.path,
+        }
+        if self.sha256 is not None:
+            entry["lfs"] = {
+                "oid": self.sha256,
+                "size": self.size_bytes,
+                "pointerSize": self.pointer_size,
+            }
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
+class RepoSnapshot:
+    """A repo's files at its one revision."""
+
+    repo_id: str
+    revision: str
+    root: Path
+    files: dict[str, RepoFile]
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _describe_file(root: Path, path: Path) -> RepoFile:
+    size = path.stat().st_size
+    rel = path.relative_to(root).as_posix()
+    if path.name.endswith(LFS_SUFFIXES) or size >= LFS_MIN_BYTES:
+        sha256 = _sha256_file(path)
+        pointer = (
+            f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
+        ).encode()
+        return RepoFile(rel, size, _git_blob_sha1(pointer), sha256, len(pointer))
+    return RepoFile(rel, size, _git_blob_sha1(path.read_bytes()), None)
+
+
+class RepoIndex:
+    """Finds repos under ``root/repos`` and caches their file digests and revision."""
+
+    def __init__(self, root: Path) -> None:
+        self.repos_dir = root / "repos"
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[tuple[Any, ...], RepoSnapshot]] = {}
+
+    def repo_ids(self) -> list[str]:
+        if not self.repos_dir.is_dir():
+            return []
+        return sorted(
+            f"{org.name}/{repo.name}"
+            for org in self.repos_dir.iterdir()
+            if org.is_dir() and not org.name.startswith(".")
+            for repo in org.iterdir()
+            if repo.is_dir() and not repo.name.startswith(".")
+        )
+
+    def snapshot(self, repo_id: str, revision: str = DEFAULT_BRANCH) -> RepoSnapshot:
+        """The repo at ``revision`` (``main`` or its 40-hex id); raises the Hub's 404s."""
+        org, _, name = repo_id.partition("/")
+        if not org or not name or "/" in name or org.startswith(".") or name.startswith("."):
+            raise RepoNotFoundError(f"repository {repo_id!r} not found")
+        repo_root = self.repos_dir / org / name
+        if not repo_root.is_dir():
+            raise RepoNotFoundError(f"repository {repo_id!r} not found")
+        paths = sorted(
+            p
+            for p in repo_root.rglob("*")
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(repo_root).parts)
+        )
+        signature = tuple(
+            (p.as_posix(), st.st_size, st.st_mtime_ns) for p in paths for st in [p.stat()]
+        )
+        with self._lock:
+            cached = self._cache.get(repo_id)
+        if cached is not None and cached[0] == signature:
+            snap = cached[1]
+        else:
+            files = {f.path: f for f in (_describe_file(repo_root, p) for p in paths)}
+            commit = hashlib.sha1(usedforsecurity=False)
+            for path in sorted(files):
+                commit.update(f"{path}\0{files[path].etag}\n".encode())
+            snap = RepoSnapshot(repo_id, commit.hexdigest(), repo_root, files)
+            with self._lock:
+                self._cache[repo_id] = (signature, snap)
+            logger.info("indexed repo_id=%s revision=%s", repo_id, snap.revision)
+        if revision not in (DEFAULT_BRANCH, snap.revision):
+            raise RevisionNotFoundError(f"revision {revision!r} not found in {repo_id!r}")
+        return snap
+
+    def file(self, repo_id: str, revision: str, path: str) -> tuple[RepoSnapshot, RepoFile]:
+        snap = self.snapshot(repo_id, revision)
+        entry = snap.files.get(path)
+        if entry is None:
+            raise EntryNotFoundError(f"{path!r} not found in {repo_id!r}@{snap.revision}")
+        return snap, entry
+
+
+@dataclass
+class ServedStats:
+    """Thread-safe counters of what the origin sent, per repo."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    bytes_served: int = 0
+    requests: int = 0
+    repos: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add_request(self, repo_id: str) -> None:
+        with self._lock:
+            self.requests += 1
+            repo = self.repos.setdefault(repo_id, {"bytes_served": 0, "requests": 0})
+            repo["requests"] += 1
+
+    def add_bytes(self, repo_id: str, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_served += nbytes
+            repo = self.repos.setdefault(repo_id, {"bytes_served": 0, "requests": 0})
+            repo["bytes_served"] += nbytes
+
+    def reset(self) -> None:
+        with self._lock:
+            self.bytes_served = 0
+            self.requests = 0
+            self.repos = {}
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "bytes_served": self.bytes_served,
+                "requests": self.requests,
+                "repos": {k: dict(v) for k, v in sorted(self.repos.items())},
+            }
+
+
+class LinkShaper:
+    """One shared token bucket: all bodies together go no faster than ``rate_bytes_per_s``.
+
+    A virtual clock marks when the link is next free; each chunk books ``n / rate`` seconds on it
+    and the sender sleeps until its booking ends. Idle time banks at most ``burst_bytes`` of credit.
+    """
+
+    def __init__(self, rate_bytes_per_s: float, *, burst_bytes: int = CHUNK_BYTES) -> None:
+        if rate_bytes_per_s <= 0:
+            raise ValueError(f"rate_bytes_per_s must be > 0, got {rate_bytes_per_s}")
+        self.rate_bytes_per_s = rate_bytes_per_s
+        self.burst_s = burst_bytes / rate_bytes_per_s
+        self._lock = threading.Lock()
+        self._free_at = 0.0
+
+    def chunk_bytes(self) -> int:
+        # About 20 bookings per second so pacing stays smooth at slow rates.
+        return int(max(64 * 1024, min(CHUNK_BYTES, self.rate_bytes_per_s / 20)))
+
+    def wait(self, nbytes: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._free_at, now - self.burst_s)
+            self._free_at = start + nbytes / self.rate_bytes_per_s
+            done_at = self._free_at
+        delay = done_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+class LatencyMiddleware:
+    """Adds ``latency_ms`` before every Hub request (not ``/v1/*`` nor ``/healthz``)."""
+
+    def __init__(self, app: ASGIApp, *, latency_ms: float) -> None:
+        self.app = app
+        self.latency_s = latency_ms / 1000.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.latency_s > 0:
+            path: str = scope.get("path", "")
+            if not (path.startswith("/v1/") or path == "/healthz"):
+                await anyio.sleep(self.latency_s)
+        await self.app(scope, receive, send)
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``bytes=a-b`` / ``a-`` / ``-n`` → inclusive (start, end); None means serve it all."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None  # multi-range or other unit: answer 200 with the whole file (RFC 9110 allows)
+    first, sep, last = spec.strip().partition("-")
+    if not sep:
+        return None
+    try:
+        if first == "":
+            suffix = int(last)
+            if suffix <= 0:
+                raise RangeNotSatisfiableError("empty suffix range", size_bytes=size)
+            return max(0, size - suffix), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size or end < start:
+        raise RangeNotSatisfiableError(f"range {spec!r} outside 0-{size - 1}", size_bytes=size)
+    return start, min(end, size - 1)
+
+
+def _iter_file(
+    path: Path,
+    start: int,
+    length: int,
+    *,
+    repo_id: str,
+    stats: ServedStats,
+    shaper: LinkShaper | None,
+) -> Iterator[bytes]:
+    chunk = shaper.chunk_bytes() if shaper else CHUNK_BYTES
+    with path.open("rb") as fh:
+        fh.seek(start)
+        remaining = length
+        while remaining > 0:
+            data = fh.read(min(chunk, remaining))
+            if not data:
+                break  # file shrank under us; the client sees a short body
+            if shaper is not None:
+                shaper.wait(len(data))
+            remaining -= len(data)
+            stats.add_bytes(repo_id, len(data))
+            yield data
+
+
+def _model_info(snap: RepoSnapshot) -> dict[str, Any]:
+    org, _, name = snap.repo_id.partition("/")
+    siblings = []
+    for f in sorted(snap.files.values(), key=lambda f: f.path):
+        sibling: dict[str, Any] = {"rfilename": f.path, "size": f.size_bytes}
+        if f.sha256 is not None:
+            sibling["blobId"] = f.git_oid
+            sibling["lfs"] = {
+                "sha256": f.sha256,
+                "size": f.size_bytes,
+                "pointerSize": f.pointer_size,
+            }
+        else:
+            sibling["blobId"] = f.git_oid
+        siblings.append(sibling)
+    return {
+        "_id": snap.revision[:24],
+        "id": snap.repo_id,
+        "modelId": snap.repo_id,
+        "author": org,
+        "sha": snap.revision,
+        "lastModified": FIXED_TIMESTAMP,
+        "createdAt": FIXED_TIMESTAMP,
+        "private": False,
+        "gated": False,
+        "disabled": False,
+        "downloads": 0,
+        "likes": 0,
+        "library_name": "transformers",
+        "tags": ["transformers", "safetensors", "trimcache-zoo"],
+        "siblings": siblings,
+        "usedStorage": sum(f.size_bytes for f in snap.files.values()),
+    }
+
+
+def _tree(snap: RepoSnapshot, prefix: str, *, recursive: bool) -> list[dict[str, Any]]:
+    prefix = prefix.strip("/")
+    base = f"{prefix}/" if prefix else ""
+    if prefix and prefix in snap.files:
+        return [snap.files[prefix].tree_entry()]
+    entries: list[dict[str, Any]] = []
+    dirs: set[str] = set()
+    for path in sorted(snap.files):
+        if not path.startswith(base):
+            continue
+        rest = path[len(base) :]
+        parts = rest.split("/")
+        for depth in range(1, len(parts)):
+            if recursive or depth == 1:
+                dirs.add(base + "/".join(parts[:depth]))
+        if recursive or len(parts) == 1:
+            entries.append(snap.files[path].tree_entry())
+    if prefix and not entries and not dirs:
+        raise EntryNotFoundError(f"{prefix!r} not found in {snap.repo_id!r}")
+    for d in sorted(dirs):
+        oid = hashlib.sha1(d.encode(), usedforsecurity=False).hexdigest()
+        entries.append({"type": "directory", "oid": oid, "size": 0, "path": d})
+    return entries
+
+
+def _file_headers(snap: RepoSnapshot, entry: RepoFile) -> dict[str, str]:
+    headers = {
+        "ETag": f'"{entry.etag}"',
+        "X-Repo-Commit": snap.revision,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'inline; filename="{entry.path.rsplit("/", 1)[-1]}"',
+    }
+    if entry.sha256 is not None:
+        headers["X-Linked-Etag"] = f'"{entry.sha256}"'
+        headers["X-Linked-Size"] = str(entry.size_bytes)
+    return headers
+
+
+def create_app(
+    root: Path,
+    *,
+    rate_bytes_per_s: float | None = None,
+    latency_ms: float = 0.0,
+) -> FastAPI:
+    """Build the origin app serving ``root/repos/<org>/<name>`` as Hub repos.
+
+    Args:
+        root: the zoo directory (the one holding ``repos/`` and ``zoo.json``).
+        rate_bytes_per_s: pace all response bodies together to this rate (None: no limit).
+        latency_ms: added once before every Hub request.
+    """
+    index = RepoIndex(Path(root))
+    stats = ServedStats()
+    shaper = LinkShaper(rate_bytes_per_s) if rate_bytes_per_s else None
+
+    app = FastAPI(title="TrimCache origin (local Hugging Face Hub)", docs_url=None)
+    app.state.index = index
+    app.state.stats = stats
+    if latency_ms > 0:
+        app.add_middleware(LatencyMiddleware, latency_ms=latency_ms)
+
+    @app.exception_handler(OriginError)
+    def _origin_error(_request: Request, exc: OriginError) -> JSONResponse:
+        headers = {"X-Error-Code": exc.hub_code or exc.code, "X-Error-Message": str(exc)}
+        if isinstance(exc, RangeNotSatisfiableError):
+            headers["Content-Range"] = f"bytes */{exc.size_bytes}"
+        return JSONResponse(
+            {"error": {"code": exc.code, "message": str(exc)}},
+            status_code=exc.status_code,
+            headers=headers,
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "repos": len(index.repo_ids())}
+
+    @app.get("/v1/stats")
+    def get_stats() -> dict[str, Any]:
+        return stats.to_json()
+
+    @app.post("/v1/stats/reset")
+    def reset_stats() -> dict[str, Any]:
+        stats.reset()
+        return stats.to_json()
+
+    @app.get("/api/models")
+    def list_models() -> list[dict[str, Any]]:
+        return [{"id": r, "modelId": r} for r in index.repo_ids()]
+
+    @app.get("/api/models/{org}/{name}")
+    def model_info(org: str, name: str) -> dict[str, Any]:
+        return _model_info(index.snapshot(f"{org}/{name}"))
+
+    @app.get("/api/models/{org}/{name}/revision/{revision:path}")
+    def model_info_at(org: str, name: str, revision: str) -> dict[str, Any]:
+        return _model_info(index.snapshot(f"{org}/{name}", revision))
+
+    @app.get("/api/models/{org}/{name}/tree/{revision}")
+    def tree_root(
+        org: str, name: str, revision: str, recursive: bool = False
+    ) -> list[dict[str, Any]]:
+        return _tree(index.snapshot(f"{org}/{name}", revision), "", recursive=recursive)
+
+    @app.get("/api/models/{org}/{name}/tree/{revision}/{path:path}")
+    def tree_path(
+        org: str, name: str, revision: str, path: str, recursive: bool = False
+    ) -> list[dict[str, Any]]:
+        return _tree(index.snapshot(f"{org}/{name}", revision), path, recursive=recursive)
+
+    @app.head("/{org}/{name}/resolve/{revision}/{path:path}")
+    def resolve_head(org: str, name: str, revision: str, path: str) -> Response:
+        snap, entry = index.file(f"{org}/{name}", revision, path)
+        headers = _file_headers(snap, entry)
+        headers["Content-Length"] = str(entry.size_bytes)
+        return Response(status_code=200, headers=headers, media_type="application/octet-stream")
+
+    @app.get("/{org}/{name}/resolve/{revision}/{path:path}")
+    def resolve_get(org: str, name: str, revision: str, path: str, request: Request) -> Response:
+        repo_id = f"{org}/{name}"
+        snap, entry = index.file(repo_id, revision, path)
+        headers = _file_headers(snap, entry)
+        size = entry.size_bytes
+        span = None
+        range_header = request.headers.get("range")
+        if range_header:
+            span = _parse_range(range_header, size)
+        status = 200
+        start, length = 0, size
+        if span is not None:
+            start, end = span
+            length = end - start + 1
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Length"] = str(length)
+        stats.add_request(repo_id)
+        body = _iter_file(
+            snap.root / entry.path,
+            start,
+            length,
+            repo_id=repo_id,
+            stats=stats,
+            shaper=shaper,
+        )
+        return StreamingResponse(
+            body,
+            status_code=status,
+            headers=headers,
+            media_type="application/octet-stream",
+        )
+
+    return app

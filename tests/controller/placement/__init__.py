@@ -1,0 +1,1 @@
+"""Tests of the placement algorithms, wireless model, libraries, simulator and their CLI."""

@@ -1,0 +1,109 @@
+"""`trimcache place`, `trimcache solvers` and `trimcache sim` through the real console entry."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from controller.placement import SOLVERS, evaluate, problem_from_json
+from tests.controller.placement.test_problem import DESIGN_EXAMPLE
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def problem_path(tmp_path):
+    path = tmp_path / "problem.json"
+    path.write_text(json.dumps(DESIGN_EXAMPLE))
+    return path
+
+
+def test_solvers_lists_the_registry():
+    proc = run_cli("solvers")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == list(SOLVERS)
+
+
+@pytest.mark.parametrize("solver", ["trimcaching-gen", "optimal"])
+def test_place_prints_result_json(problem_path, solver):
+    proc = run_cli("place", str(problem_path), "--solver", solver)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == "trimcache.placement-result/v1"
+    assert doc["solver"] == solver
+    assert doc["servers"] == {
+        "s0": {"models": ["m0", "m1"], "blocks": ["b0", "b1"], "used_bytes": 1572864}
+    }
+    assert doc["hit_ratio"] == 1.0
+    assert doc["status"] in {"feasible", "optimal"}
+    assert doc["solve_seconds"] >= 0
+    problem = problem_from_json(DESIGN_EXAMPLE)
+    blocks = {s: e["blocks"] for s, e in doc["servers"].items()}
+    assert evaluate(problem, blocks) == doc["hit_ratio"]
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"blocks": {"b0": -1, "b1": 1}}, "block 'b0'"),
+        ({"requests": {"u0": {"m0": 0.9, "m1": 0.4}}}, "user 'u0'"),
+        ({"requests": {"u0": {"m0": 1.2}}}, "probability of 'm0'"),
+        ({"reachable": {"u0": {"s7": ["m0"]}}}, "unknown server 's7'"),
+        ({"models": {}}, "empty model library"),
+    ],
+)
+def test_place_bad_input_is_one_line_exit_2(tmp_path, change, needle):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**DESIGN_EXAMPLE, **change}))
+    proc = run_cli("place", str(path))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert needle in proc.stderr
+
+
+def test_place_unknown_solver_and_unreadable_file(problem_path, tmp_path):
+    proc = run_cli("place", str(problem_path), "--solver", "nope")
+    assert proc.returncode == 2 and "unknown solver 'nope'" in proc.stderr
+    proc = run_cli("place", str(tmp_path / "missing.json"))
+    assert proc.returncode == 2 and "missing.json" in proc.stderr
+    (tmp_path / "junk.json").write_text("{not json")
+    proc = run_cli("place", str(tmp_path / "junk.json"))
+    assert proc.returncode == 2 and "not valid JSON" in proc.stderr
+
+
+def test_sim_tiny_sweep_writes_csv_and_png(tmp_path):
+    out = tmp_path / "sim"
+    proc = run_cli(
+        "sim",
+        "--sweep",
+        "capacity",
+        "--values",
+        "0.1,0.4",
+        "--seeds",
+        "0-1",
+        "--servers",
+        "3",
+        "--users",
+        "8",
+        "--models-per-family",
+        "1",
+        "--solvers",
+        "trimcaching-gen,independent,popularity",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(out / "sim_capacity.csv"), str(out / "sim_capacity.png")]
+    with (out / "sim_capacity.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 2 * 3
+    assert {r["solver"] for r in rows} == {"trimcaching-gen", "independent", "popularity"}
+    assert all(0.0 <= float(r["hit_ratio"]) <= 1.0 for r in rows)
+    assert (out / "sim_capacity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sim_rejects_unknown_sweep(tmp_path):
+    proc = run_cli("sim", "--sweep", "weather", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "unknown sweep 'weather'" in proc.stderr

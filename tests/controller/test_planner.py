@@ -1,0 +1,214 @@
+"""The planner: pure ordering/demand/topology pieces, then plans pushed to real edge apps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from controller.app import create_app
+from controller.demand import request_probabilities, zipf_prior
+from controller.planner import _next_node
+from controller.settings import Settings
+from controller.topology import Topology, default_topology, delivery_ms, reachable_sets
+from tests.controller.conftest import MINI_MODELS
+from tests.helpers import live_server
+
+TOKEN = "plan-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_next_node_keeps_last_copies_until_peers_fetched_them() -> None:
+    held = {"a": frozenset({"x"}), "b": frozenset()}
+    targets = {"a": frozenset({"y"}), "b": frozenset({"x"})}
+    # a would evict x, the only copy b still needs: b goes first.
+    assert _next_node(["a", "b"], targets, held) == "b"
+    # Once another node holds x too, a is safe.
+    held2 = {**held, "c": frozenset({"x"})}
+    assert _next_node(["a", "b"], targets, held2) == "a"
+    # Nothing safe: the first pending node.
+    cyc_held = {"a": frozenset({"x"}), "b": frozenset({"y"})}
+    cyc_targets = {"a": frozenset({"y"}), "b": frozenset({"x"})}
+    assert _next_node(["a", "b"], cyc_targets, cyc_held) == "a"
+
+
+def test_request_probabilities() -> None:
+    models = ["m0", "m1", "m2", "m3"]
+    none = request_probabilities(["a1", "a2"], models, {})
+    assert none["a1"] == pytest.approx(zipf_prior("a1", models), rel=1e-9)
+    assert none["a1"] != none["a2"]  # rankings differ per area, deterministically
+    assert request_probabilities(["a1"], models, {}) == request_probabilities(["a1"], models, {})
+    hot = request_probabilities(["a1"], models, {"a1": {"m3": 99.0, "gone": 5.0}})
+    assert sum(hot["a1"].values()) <= 1.0 and sum(hot["a1"].values()) == pytest.approx(1.0)
+    assert hot["a1"]["m3"] > 0.95 and min(hot["a1"].values()) > 0
+    assert request_probabilities(["a1"], [], {}) == {"a1": {}}
+
+
+def test_topology_reachability_and_delivery_times() -> None:
+    nodes = {"n1": (0.0, 0.0), "n2": (1000.0, 0.0)}
+    topo = default_topology(nodes)
+    assert set(topo.areas) == {"area-n1", "area-n2"}
+    reach = reachable_sets(topo, nodes, {"small": 10**6, "huge": 10**12})
+    assert reach["area-n1"] == {"n1": ["small"]}  # n2 is out of coverage and not a neighbour
+    times = delivery_ms(topo, (10.0, 0.0), nodes, 10**8)
+    assert times["n1"] < times["n2"]
+    tight = Topology.from_json(
+        {"areas": {"a": {"x_m": 0, "y_m": 0}}, "deadlines_s": {"default": 1e-6}}
+    )
+    assert reachable_sets(tight, nodes, {"small": 10**6}) == {"a": {}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans pushed to real edge node apps (in-process uvicorn servers).
+
+
+@pytest.fixture
+def edges(tmp_path: Path, mini_origin: str) -> Iterator[Any]:
+    from edge_node.app import create_app as create_edge
+    from edge_node.settings import Settings as EdgeSettings
+
+    with ExitStack() as stack:
+
+        def make(node_id: str, capacity_bytes: int | None) -> str:
+            settings = EdgeSettings(
+                node_id=node_id,
+                data_dir=tmp_path / node_id,
+                capacity_bytes=capacity_bytes,
+                auth_token=TOKEN,
+                origin_url=mini_origin,
+                durable=False,
+                scrub_on_start=False,
+            )
+            url: str = stack.enter_context(live_server(create_edge(settings)))
+            return url
+
+        yield make
+
+
+@pytest.fixture
+def controller(redis_url: str, mini_origin: str) -> Iterator[TestClient]:
+    settings = Settings(
+        redis_url=redis_url,
+        origin_url=mini_origin,
+        auth_token=TOKEN,
+        auto_plan=False,
+        retry_interval_s=0,
+    )
+    with TestClient(create_app(settings)) as client:
+        for model_id in MINI_MODELS:
+            r = client.post(
+                "/v1/models", json={"model_id": model_id, "repo_id": f"mini/{model_id}"}
+            )
+            assert r.status_code == 201, r.text
+        yield client
+
+
+def register(
+    client: TestClient, node_id: str, url: str, capacity: int | None, **extra: Any
+) -> None:
+    body = {"url": url, "capacity_bytes": capacity, "position": [0, 0], **extra}
+    assert client.put(f"/v1/nodes/{node_id}", json=body).status_code == 200
+
+
+def block_sizes(client: TestClient) -> dict[str, dict[str, int]]:
+    out = {}
+    for m in MINI_MODELS:
+        manifest = client.get(f"/v1/models/{m}").json()["manifest"]
+        out[m] = {row[0]: row[2] for f in manifest["files"] for row in f["blocks"]}
+    return out
+
+
+def edge_models(url: str) -> set[str]:
+    return {m["model_id"] for m in httpx.get(f"{url}/v1/models").json()["models"]}
+
+
+def test_plan_push_migrates_between_real_edges(
+    controller: TestClient, edges: Any, mini_origin: str
+) -> None:
+    sizes = block_sizes(controller)
+    unique = {b: n for s in sizes.values() for b, n in s.items()}
+    url1 = edges("edge-1", None)
+    register(controller, "edge-1", url1, None)
+    httpx.post(f"{mini_origin}/v1/stats/reset")
+    first = controller.post("/v1/placement:plan", headers=AUTH).json()
+    assert first["push"]["edge-1"]["status"] == "applied"
+    # Unbounded and alone: edge-1 holds the whole catalogue, every block from the origin once.
+    assert edge_models(url1) == set(MINI_MODELS) == set(first["servers"]["edge-1"]["models"])
+    origin_bytes = httpx.get(f"{mini_origin}/v1/stats").json()["bytes_served"]
+    assert origin_bytes == sum(unique.values())
+
+    # A second node far away (its users cannot reach edge-1): it gets models of its own, and
+    # they come from edge-1, not the origin.
+    url2 = edges("edge-2", None)
+    register(controller, "edge-2", url2, None, position=[5000, 0])
+    second = controller.post("/v1/placement:plan", headers=AUTH).json()
+    assert second["version"] == first["version"] + 1
+    assert second["push"]["edge-2"]["status"] == "applied"
+    assert edge_models(url2) == set(second["servers"]["edge-2"]["models"]) != set()
+    fetched = second["push"]["edge-2"]["fetched_bytes_by_source"]
+    assert set(fetched) <= {url1} and sum(fetched.values()) > 0
+    assert httpx.get(f"{mini_origin}/v1/stats").json()["bytes_served"] == origin_bytes
+    # The node's confirmed models came from the plan response.
+    assert set(controller.get("/v1/nodes/edge-2").json()["models"]) == edge_models(url2)
+    status = controller.get("/v1/status").json()
+    assert status["placement"]["version"] == second["version"]
+    assert status["last_plan"]["outcome"] == "ok"
+
+
+def test_rejected_plan_is_recorded_retried_and_never_routed(
+    controller: TestClient, edges: Any
+) -> None:
+    sizes = block_sizes(controller)
+    small = min(sum(s.values()) for s in sizes.values()) // 2
+    url = edges("edge-1", small)  # the node really holds less than half a model...
+    register(controller, "edge-1", url, 10**9)  # ...but registers a large capacity
+    placement = controller.post("/v1/placement:plan", headers=AUTH).json()
+    push = placement["push"]["edge-1"]
+    assert (
+        push["status"] == "failed" and push["code"] == "store_full" and push["http_status"] == 507
+    )
+    assert placement["servers"]["edge-1"]["models"]  # intended, but not confirmed
+    for m in MINI_MODELS:
+        route = controller.get(f"/v1/routes/{m}").json()
+        assert [s["kind"] for s in route["sources"]] == ["origin"]
+    # The loop retries failed pushes (same version).
+    planner = controller.app.state.planner  # type: ignore[attr-defined]
+    assert planner.tick() == "repush"
+    again = controller.get("/v1/placement").json()
+    assert again["version"] == placement["version"]
+    assert again["push"]["edge-1"]["status"] == "failed"
+    assert again["push"]["edge-1"]["at"] > push["at"]
+    # An unreachable node is recorded as such.
+    register(controller, "edge-1", "http://127.0.0.1:9", 10**9)
+    planner.repush(["edge-1"])
+    assert controller.get("/v1/placement").json()["push"]["edge-1"]["status"] == "unreachable"
+
+
+def test_catalogue_rebuilt_from_edge_reports(
+    controller: TestClient, edges: Any, redis_url: str
+) -> None:
+    import redis
+
+    url = edges("edge-1", None)
+    register(controller, "edge-1", url, None)
+    assert controller.post("/v1/placement:plan", headers=AUTH).status_code == 200
+    before = {m: controller.get(f"/v1/models/{m}").json()["manifest"] for m in MINI_MODELS}
+    # Redis loses everything (no persistence): the node's next heartbeat brings its models back.
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    assert controller.get("/v1/models").json() == {"models": []}
+    register(controller, "edge-1", url, None, models=list(MINI_MODELS))
+    planner = controller.app.state.planner  # type: ignore[attr-defined]
+    planner.tick()
+    after = {m: controller.get(f"/v1/models/{m}").json()["manifest"] for m in MINI_MODELS}
+    assert after == before
+    # A model deleted on purpose is not adopted again while a node still reports it.
+    assert controller.delete("/v1/models/tiny-a").status_code == 200
+    planner.tick()
+    assert controller.get("/v1/models/tiny-a").status_code == 404

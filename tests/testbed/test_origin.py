@@ -1,0 +1,220 @@
+"""The local Hub origin against real huggingface_hub / transformers clients, on a real server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from testbed.origin import create_app
+from testbed.zoo import load_zoo
+from tests.helpers import REPO_ROOT, live_server
+
+
+@pytest.fixture(scope="module")
+def origin_url(zoo_dir: Path):
+    with live_server(create_app(zoo_dir)) as url:
+        yield url
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".cache" not in p.relative_to(root).parts
+    }
+
+
+def test_snapshot_download_every_repo_is_byte_identical(zoo_dir, origin_url, tmp_path):
+    models = load_zoo(zoo_dir)["models"]
+    assert {m["kind"] for m in models} >= {"base", "classifier", "lora"}
+    for model in models:
+        repo_id = model["repo_id"]
+        local = snapshot_download(repo_id, endpoint=origin_url, cache_dir=tmp_path / "hf")
+        expected = _files(zoo_dir / "repos" / repo_id)
+        got = _files(Path(local))
+        assert got.keys() == expected.keys(), repo_id
+        for path, data in expected.items():
+            assert got[path] == data, f"{repo_id}/{path} differs"
+
+
+def test_revision_is_deterministic_and_main_resolves_to_it(zoo_dir, origin_url):
+    api = HfApi(endpoint=origin_url)
+    info = api.model_info("trimcache-zoo/bert-sst2")
+    assert info.sha is not None and len(info.sha) == 40
+    assert api.model_info("trimcache-zoo/bert-sst2", revision=info.sha).sha == info.sha
+    # A fresh app over the same files derives the same revision.
+    with live_server(create_app(zoo_dir)) as other:
+        other_info = HfApi(endpoint=other).model_info("trimcache-zoo/bert-sst2")
+        assert other_info.sha == info.sha
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    weights = siblings["model.safetensors"]
+    path = zoo_dir / "repos/trimcache-zoo/bert-sst2/model.safetensors"
+    assert weights.lfs is not None
+    assert weights.lfs.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_head_headers(zoo_dir, origin_url):
+    url = f"{origin_url}/trimcache-zoo/bert-sst2/resolve/main/model.safetensors"
+    r = httpx.head(url)
+    path = zoo_dir / "repos/trimcache-zoo/bert-sst2/model.safetensors"
+    assert r.status_code == 200
+    assert r.headers["content-length"] == str(path.stat().st_size)
+    assert r.headers["accept-ranges"] == "bytes"
+    assert r.headers["etag"] == f'"{hashlib.sha256(path.read_bytes()).hexdigest()}"'
+    sha = HfApi(endpoint=origin_url).model_info("trimcache-zoo/bert-sst2").sha
+    assert r.headers["x-repo-commit"] == sha
+
+
+def test_range_reads_return_exactly_the_asked_bytes(zoo_dir, origin_url):
+    path = zoo_dir / "repos/trimcache-zoo/bert-sst2/model.safetensors"
+    data = path.read_bytes()
+    size = len(data)
+    url = f"{origin_url}/trimcache-zoo/bert-sst2/resolve/main/model.safetensors"
+    cases = {
+        "bytes=0-7": data[:8],
+        "bytes=1000-3000999": data[1000:3001000],
+        f"bytes={size - 10}-": data[-10:],
+        "bytes=-100": data[-100:],
+        f"bytes=5-{size + 1000}": data[5:],
+    }
+    for header, expected in cases.items():
+        r = httpx.get(url, headers={"Range": header})
+        assert r.status_code == 206, header
+        assert r.content == expected, header
+        start = size - len(expected) if header.startswith("bytes=-") else None
+        assert r.headers["content-length"] == str(len(expected))
+        if start is not None:
+            assert r.headers["content-range"] == f"bytes {start}-{size - 1}/{size}"
+    r = httpx.get(url, headers={"Range": f"bytes={size}-"})
+    assert r.status_code == 416
+    assert r.headers["content-range"] == f"bytes */{size}"
+    assert httpx.get(url).content == data
+
+
+def test_hub_error_codes_map_to_huggingface_hub_errors(origin_url, tmp_path):
+    kwargs = {"endpoint": origin_url, "cache_dir": tmp_path}
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("trimcache-zoo/no-such-model", "config.json", **kwargs)
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download("trimcache-zoo/bert-sst2", "config.json", revision="v9", **kwargs)
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("trimcache-zoo/bert-sst2", "no-such-file.bin", **kwargs)
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=origin_url).model_info("trimcache-zoo/no-such-model")
+    with pytest.raises(RevisionNotFoundError):
+        snapshot_download("trimcache-zoo/bert-sst2", revision="v9", **kwargs)
+    r = httpx.get(f"{origin_url}/trimcache-zoo/bert-sst2/resolve/main/nope.txt")
+    assert r.status_code == 404
+    assert r.headers["x-error-code"] == "EntryNotFound"
+    assert r.json()["error"]["code"] == "entry_not_found"
+
+
+def test_tree_listing(zoo_dir, origin_url):
+    r = httpx.get(
+        f"{origin_url}/api/models/trimcache-zoo/bert-sst2/tree/main",
+        params={"recursive": "true"},
+    )
+    assert r.status_code == 200
+    entries = {e["path"]: e for e in r.json()}
+    repo = zoo_dir / "repos/trimcache-zoo/bert-sst2"
+    assert set(entries) == {p.name for p in repo.iterdir()}
+    weights = entries["model.safetensors"]
+    assert weights["size"] == (repo / "model.safetensors").stat().st_size
+    assert (
+        weights["lfs"]["oid"]
+        == hashlib.sha256((repo / "model.safetensors").read_bytes()).hexdigest()
+    )
+    assert "lfs" not in entries["config.json"]
+    r = httpx.get(f"{origin_url}/api/models/trimcache-zoo/bert-sst2/tree/main/missing")
+    assert r.headers["x-error-code"] == "EntryNotFound"
+
+
+def test_get_safetensors_metadata(origin_url):
+    meta = HfApi(endpoint=origin_url).get_safetensors_metadata("trimcache-zoo/bert-sst2")
+    assert not meta.sharded
+    tensors = meta.files_metadata["model.safetensors"].tensors
+    assert "classifier.weight" in tensors
+    assert tensors["classifier.weight"].shape == [2, 384]
+
+
+def test_stats_count_bytes_served_per_repo(zoo_dir, origin_url):
+    base = origin_url
+    assert httpx.post(f"{base}/v1/stats/reset").json()["bytes_served"] == 0
+    url = f"{base}/trimcache-zoo/bert-spam/resolve/main/config.json"
+    size = (zoo_dir / "repos/trimcache-zoo/bert-spam/config.json").stat().st_size
+    httpx.head(url)
+    httpx.get(url)
+    httpx.get(url, headers={"Range": "bytes=0-9"})
+    stats = httpx.get(f"{base}/v1/stats").json()
+    assert stats["bytes_served"] == size + 10
+    assert stats["repos"]["trimcache-zoo/bert-spam"] == {
+        "bytes_served": size + 10,
+        "requests": 2,
+    }
+
+
+def test_link_emulation_paces_bytes_and_adds_latency(zoo_dir):
+    rate = 8 * 1024 * 1024
+    app = create_app(zoo_dir, rate_bytes_per_s=rate, latency_ms=150)
+    with live_server(app) as url:
+        file_url = f"{url}/trimcache-zoo/minilm-base/resolve/main/model.safetensors"
+        started = time.monotonic()
+        httpx.head(file_url)
+        assert time.monotonic() - started >= 0.15
+        started = time.monotonic()
+        r = httpx.get(file_url, headers={"Range": "bytes=0-4194303"})
+        elapsed = time.monotonic() - started
+        assert len(r.content) == 4 * 1024 * 1024
+        # 4 MiB at 8 MiB/s, minus at most one MiB of burst credit, plus latency.
+        assert elapsed >= 0.15 + 3 / 8 - 0.05
+        started = time.monotonic()
+        httpx.get(f"{url}/v1/stats")
+        assert time.monotonic() - started < 0.15
+
+
+def test_transformers_from_pretrained_through_hf_endpoint(origin_url, tmp_path):
+    script = (
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        "import torch, json\n"
+        "tok = AutoTokenizer.from_pretrained('trimcache-zoo/bert-sst2')\n"
+        "m = AutoModelForSequenceClassification.from_pretrained('trimcache-zoo/bert-sst2')\n"
+        "m.eval()\n"
+        "with torch.no_grad():\n"
+        "    out = m(**tok(['I loved this film', 'a dull, lifeless mess'],"
+        " padding=True, return_tensors='pt')).logits.argmax(-1).tolist()\n"
+        "print(json.dumps([m.config.id2label[i] for i in out]))\n"
+    )
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": origin_url,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["positive", "negative"]
