@@ -10,9 +10,11 @@ One file of random bytes (``--size-mib``) is placed in a scratch zoo as
 - ``nginx``: ``/usr/sbin/nginx`` with a generated config (one worker, ``sendfile on``);
 - ``http.server``: the standard library's static server.
 
-The client is httpx, streaming with 1 MiB reads and discarding the bytes. Each server is
-downloaded ``--repeats`` times; the table gives MB/s (10^6 bytes/s), median and best. JSON lines
-go to ``bench/results/origin.jsonl``. The machine is shared: the load average is recorded too.
+Clients: httpx streaming (``iter_raw``, bytes discarded), as our services download, and curl
+(``-o /dev/null``), a C client that shows what the server side can do when the Python client is
+the bottleneck. All servers run at once and the downloads go round-robin, ``--repeats`` times
+each, so every server sees the same background load. The table gives MB/s (10^6 bytes/s),
+median and best; JSON lines go to ``bench/results/origin.jsonl`` with the load average.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,7 @@ http {{
 
 
 def _download(url: str) -> tuple[int, float]:
+    """httpx streaming download; ``iter_raw`` so the client copies as little as it can."""
     started = time.perf_counter()
     received = 0
     with (
@@ -114,9 +117,21 @@ def _download(url: str) -> tuple[int, float]:
         client.stream("GET", url) as response,
     ):
         response.raise_for_status()
-        for chunk in response.iter_bytes(CHUNK_BYTES):
+        for chunk in response.iter_raw():
             received += len(chunk)
     return received, time.perf_counter() - started
+
+
+def _curl(url: str) -> tuple[int, float]:
+    """The same download with curl, a C client, to show what the server side can do."""
+    result = subprocess.run(
+        ["curl", "-s", "-f", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    size, seconds = result.stdout.split()
+    return int(size), float(seconds)
 
 
 def _write_random(path: Path, size_mib: int) -> None:
@@ -140,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument(
         "--servers", default="origin,nginx,http.server", help="comma-separated subset"
+    )
+    parser.add_argument(
+        "--clients", default="httpx,curl", help="httpx (streaming, Python) and/or curl"
     )
     args = parser.parse_args(argv)
 
@@ -175,42 +193,49 @@ def main(argv: list[str] | None = None) -> int:
             f"http://127.0.0.1:{port}/{rel}",
             {},
         )
-        wanted = [s for s in args.servers.split(",") if s]
-        rows = []
-        for name in wanted:
-            if name not in servers:
-                sys.stderr.write(f"skipping {name}: not available\n")
-                continue
-            cmd, url, kwargs = servers[name]
-            with _process(cmd, url, **kwargs):
+        wanted = [s for s in args.servers.split(",") if s and s in servers]
+        clients = [c for c in args.clients.split(",") if c]
+        if "curl" in clients and shutil.which("curl") is None:
+            clients.remove("curl")
+        rates: dict[tuple[str, str], list[float]] = {(s, c): [] for s in wanted for c in clients}
+        with ExitStack() as stack:
+            for name in wanted:
+                cmd, url, kwargs = servers[name]
+                stack.enter_context(_process(cmd, url, **kwargs))
                 _download(url)  # warm the page cache and the server
-                rates = []
-                for _ in range(args.repeats):
-                    received, seconds = _download(url)
-                    if received != size:
-                        raise RuntimeError(f"{name}: got {received} of {size} bytes")
-                    rates.append(received / seconds / 1e6)
-            rows.append(
-                {
-                    "bench": "origin",
-                    "server": name,
-                    "size_bytes": size,
-                    "repeats": args.repeats,
-                    "median_mb_s": round(statistics.median(rates), 1),
-                    "best_mb_s": round(max(rates), 1),
-                    "load_avg_1m": round(os.getloadavg()[0], 2),
-                    "cpus": os.cpu_count(),
-                    "git_sha": _git_sha(),
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                }
-            )
-        sys.stdout.write(f"{'server':<12} {'median MB/s':>12} {'best MB/s':>10}\n")
+            # Round-robin so every server sees the same background load (the machine is shared).
+            for _ in range(args.repeats):
+                for name in wanted:
+                    url = servers[name][1]
+                    for client in clients:
+                        received, seconds = _curl(url) if client == "curl" else _download(url)
+                        if received != size:
+                            raise RuntimeError(f"{name}: got {received} of {size} bytes")
+                        rates[(name, client)].append(received / seconds / 1e6)
+        rows = [
+            {
+                "bench": "origin",
+                "server": name,
+                "client": client,
+                "size_bytes": size,
+                "repeats": args.repeats,
+                "median_mb_s": round(statistics.median(values), 1),
+                "best_mb_s": round(max(values), 1),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "cpus": os.cpu_count(),
+                "git_sha": _git_sha(),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            for (name, client), values in rates.items()
+        ]
+        sys.stdout.write(f"{'server':<12} {'client':<7} {'median MB/s':>12} {'best MB/s':>10}\n")
         for row in rows:
             sys.stdout.write(
-                f"{row['server']:<12} {row['median_mb_s']:>12.1f} {row['best_mb_s']:>10.1f}\n"
+                f"{row['server']:<12} {row['client']:<7} {row['median_mb_s']:>12.1f} "
+                f"{row['best_mb_s']:>10.1f}\n"
             )
         sys.stdout.write(
-            f"file {size / 1e6:.0f} MB, {args.repeats} repeats, httpx streaming client, "
+            f"file {size / 1e6:.0f} MB, {args.repeats} repeats (round-robin), "
             f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n"
         )
         args.out.mkdir(parents=True, exist_ok=True)

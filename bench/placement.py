@@ -112,18 +112,18 @@ def quality(args: argparse.Namespace, emit: Any) -> dict[str, list[float]]:
         f"{base.n_users} users, capacity {args.capacities_gb} GB "
         f"(optimal not proved on {not_optimal})\n"
     )
-    sys.stdout.write(f"{'solver':<18}{'mean ratio':>11}{'min ratio':>11}{'mean ms':>10}\n")
+    sys.stdout.write(f"{'solver':<23}{'mean ratio':>11}{'min ratio':>11}{'mean ms':>10}\n")
     for name in solvers:
         rs = ratios[name]
         if not rs:
-            sys.stdout.write(f"{name:<18}{'refused':>11}\n")
+            sys.stdout.write(f"{name:<23}{'refused':>11}\n")
             continue
         sys.stdout.write(
-            f"{name:<18}{statistics.fmean(rs):>11.4f}{min(rs):>11.4f}"
+            f"{name:<23}{statistics.fmean(rs):>11.4f}{min(rs):>11.4f}"
             f"{1000 * statistics.fmean(times[name]):>10.1f}\n"
         )
     sys.stdout.write(
-        f"{'optimal':<18}{1.0:>11.4f}{1.0:>11.4f}"
+        f"{'optimal':<23}{1.0:>11.4f}{1.0:>11.4f}"
         f"{1000 * statistics.fmean(times['optimal']):>10.1f}\n"
     )
     return ratios
@@ -159,11 +159,11 @@ def speed(args: argparse.Namespace, emit: Any) -> None:
         f"({len(problem.blocks)} blocks, {entries:,} reachable (user, server, model) entries, "
         f"capacity {scenario.capacity_gb} GB/server; instance built in {build_s:.1f} s)\n"
     )
-    sys.stdout.write(f"{'solver':<18}{'hit ratio':>10}{'solve s':>10}\n")
+    sys.stdout.write(f"{'solver':<23}{'hit ratio':>10}{'solve s':>10}\n")
     for name in ("trimcaching-gen", "independent", "popularity"):
         result = get_solver(name)(problem, seed=0)
         emit("large", name, 0, sizes, result.status, result.hit_ratio, result.solve_seconds, None)
-        sys.stdout.write(f"{name:<18}{result.hit_ratio:>10.4f}{result.solve_seconds:>10.2f}\n")
+        sys.stdout.write(f"{name:<23}{result.hit_ratio:>10.4f}{result.solve_seconds:>10.2f}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,6 +113,7 @@ class Client:
         edge_url: fetch from this edge node only.
         origin_url: fetch from this HF-compatible origin only.
         area_id: the user area sent with route queries and demand reports.
+        position: the device's ``(x_m, y_m)``, sent with route queries instead of the area.
         timeout_s: per-request connect/read timeout.
         transport: an httpx transport (tests use it to inject faults).
         options: download tuning (parallelism, batching, retries).
@@ -131,6 +132,7 @@ class Client:
         edge_url: str | None = None,
         origin_url: str | None = None,
         area_id: str | None = None,
+        position: tuple[float, float] | None = None,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         options: DownloadOptions | None = None,
@@ -141,8 +143,10 @@ class Client:
         self.origin_url = origin_url.rstrip("/") if origin_url else None
         self.mode: Mode = "edge" if self.edge_url else "origin" if self.origin_url else "controller"
         self.area_id = area_id
+        self.position = position
         self.cache = DeviceCache(cache_path, durable=durable)
         self.options = options or DownloadOptions()
+        self._origin_urls: set[str] = set()
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
@@ -182,8 +186,13 @@ class Client:
     def _route(self, model_id: str, repo_id: str | None, revision: str) -> tuple[Route, int]:
         """The route and the bytes already moved to get it (origin indexing only)."""
         if self.mode == "controller":
-            params = {"area_id": self.area_id} if self.area_id else None
-            data = self._get_json(f"{self.controller_url}/v1/routes/{model_id}", params=params)
+            params: dict[str, str] = {}
+            if self.position is not None:
+                params = {"x_m": str(self.position[0]), "y_m": str(self.position[1])}
+            elif self.area_id:
+                params = {"area_id": self.area_id}
+            url = f"{self.controller_url}/v1/routes/{model_id}"
+            data = self._get_json(url, params=params or None)
             route = parse_route(data)
             if route.manifest.model_id != model_id:
                 raise ClientError(f"controller answered for {route.manifest.model_id}")
@@ -288,14 +297,14 @@ class Client:
             raise
         fetched.report["phase_seconds"] = dict(timer.seconds)
         fetched.report["seconds"] = time.perf_counter() - start
-        origin_bytes = sum(
-            n
-            for url, n in fetched.report["bytes_by_source"].items()
-            if url in fetched.report.get("origin_urls", [])
-        )
+        by_kind = {LOCAL: 0, "edge": 0, "origin": 0}
+        for url, n in fetched.report["bytes_by_source"].items():
+            kind = LOCAL if url == LOCAL else "origin" if url in self._origin_urls else "edge"
+            by_kind[kind] += n
+        fetched.report["bytes_by_kind"] = by_kind
         self._report_demand(
             model_id,
-            "miss" if origin_bytes else "hit",
+            "miss" if by_kind["origin"] else "hit",
             fetched.report["seconds"],
             fetched.report["bytes_by_source"],
         )
@@ -319,6 +328,7 @@ class Client:
                     route, indexed_bytes = route_or_none, 0
                 manifest = route.manifest
                 cache.put_manifest(manifest)
+                self._origin_urls.update(s.url for s in route.sources if s.kind == "origin")
             sizes = manifest.block_sizes()
             report: dict[str, Any] = {
                 "model_id": model_id,
@@ -484,8 +494,9 @@ def fetch_model(
         A :class:`FetchedModel` with ``.path``, ``.model``, ``.tokenizer``, ``.predict(texts)``
         and ``.report``: ``bytes_by_source`` (source URL or ``"local"`` -> bytes),
         ``blocks_by_source``, ``seconds`` (total), ``phase_seconds`` (route, verify, download,
-        assemble, load; block hashes are checked while downloading), ``bytes_local``,
-        ``bytes_fetched``, ``blocks_fetched``, ``blocks_cached`` and ``failures``.
+        assemble, load; block hashes are checked while downloading), ``bytes_by_kind``
+        (``local``/``edge``/``origin``), ``bytes_local``, ``bytes_fetched``,
+        ``blocks_fetched``, ``blocks_cached`` and ``failures``.
 
     Raises:
         ModelNotFoundError: the model is unknown (also a ``LookupError``).

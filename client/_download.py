@@ -4,8 +4,9 @@ Internal logic:
 
 1. Each missing block starts at its best candidate source (the route's order). Blocks are grouped
    into requests per source: on an edge node, small blocks share one ``POST /v1/blocks:batch``
-   (up to ``batch_bytes``), large blocks get their own ``GET /v1/blocks/{id}``; on the origin,
-   blocks of one file are coalesced into Range reads of adjacent bytes
+   (up to ``batch_bytes``), large blocks get their own ``GET /v1/blocks/{id}``, and very large
+   ones (``split_bytes``) are read as parallel Range parts that are hashed in order; on the
+   origin, blocks of one file are coalesced into Range reads of adjacent bytes
    (``GET {origin}/{repo_id}/resolve/{revision}/{path}``).
 2. Requests run on a thread pool, at most ``connections_per_source`` at a time per source. A
    response is cut into blocks by the manifest's lengths; each block streams through
@@ -25,9 +26,10 @@ import errno
 import random
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -57,12 +59,26 @@ READ_CHUNK_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class DownloadOptions:
-    """Tuning knobs of the downloader (defaults measured on loopback; see bench/client.py)."""
+    """Tuning knobs of the downloader (see bench/client.py for measurements).
+
+    Attributes:
+        connections_per_source: parallel requests per source (also the Range window of a split
+            block).
+        batch_bytes: upper bound of one ``POST /v1/blocks:batch``.
+        large_block_bytes: blocks at least this big get their own ``GET``.
+        range_bytes: upper bound of one coalesced Range read from the origin.
+        split_bytes: blocks at least this big are read as parallel Range parts.
+        part_bytes: size of one such part.
+        retries: extra attempts of an idempotent GET after a transport error or 503.
+        backoff_s: base of the full-jitter backoff between attempts.
+    """
 
     connections_per_source: int = 4
     batch_bytes: int = 8 * 1024 * 1024
     large_block_bytes: int = 2 * 1024 * 1024
     range_bytes: int = 16 * 1024 * 1024
+    split_bytes: int = 16 * 1024 * 1024
+    part_bytes: int = 8 * 1024 * 1024
     retries: int = 2
     backoff_s: float = 0.05
 
@@ -353,6 +369,8 @@ class Downloader:
                 )
                 headers = {"Range": f"bytes={start}-{end - 1}"}
                 self._stream(source, "GET", url, run, out, headers=headers, skip=start)
+        elif kind == "block" and items[0].length >= self._opts.split_bytes:
+            self._split(source, items[0], out)
         elif kind == "block":
             url = f"{source.url}/v1/blocks/{items[0].block_id}"
             self._stream(source, "GET", url, items, out)
@@ -360,6 +378,21 @@ class Downloader:
             url = f"{source.url}/v1/blocks:batch"
             body = {"block_ids": [i.block_id for i in items]}
             self._stream(source, "POST", url, items, out, json=body)
+
+    def _count(self, source: Source) -> Callable[[int], None]:
+        def count(nbytes: int) -> None:
+            if self._on_bytes is not None:
+                self._on_bytes(source.url, nbytes)
+
+        return count
+
+    def _store_item(self, chunks: Iterable[bytes | memoryview], item: _Item, out: _Outcome) -> None:
+        try:
+            self._store.put_stream(chunks, block_id=item.block_id, size=item.length)
+        except DigestMismatchError as exc:
+            out.failed.append((item, f"bad sha256 ({exc.actual[:12]}...)"))
+            return
+        out.stored.append(item)
 
     def _stream(
         self,
@@ -373,36 +406,77 @@ class Downloader:
         json: object = None,
         skip: int = 0,
     ) -> None:
-        def count(nbytes: int) -> None:
-            if self._on_bytes is not None:
-                self._on_bytes(source.url, nbytes)
-
-        try:
+        with _mapped_errors(url):
             with self._http.stream(method, url, headers=headers, json=json) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise_for_error(response)
-                body = _Body(response.iter_raw(), count)
+                body = _Body(response.iter_raw(), self._count(source))
                 if skip and response.status_code == 200:
                     body.skip(skip)  # the server ignored our Range: drop the prefix
                 for item in items:
-                    try:
-                        self._store.put_stream(
-                            body.take(item.length), block_id=item.block_id, size=item.length
-                        )
-                    except DigestMismatchError as exc:
-                        # The stream is still aligned (exactly item.length bytes were read).
-                        out.failed.append((item, f"bad sha256 ({exc.actual[:12]}...)"))
-                        continue
-                    out.stored.append(item)
+                    # On a bad hash the stream stays aligned (exactly item.length bytes read).
+                    self._store_item(body.take(item.length), item, out)
                 body.finish()
-        except _ShortBodyError as exc:
-            raise BlockIntegrityError(f"{url}: short body: {exc}", url=url) from exc
-        except httpx.TransportError as exc:
-            raise transport_error(exc, url) from exc
-        except StoreFullError as exc:
-            raise DiskFullError(f"device cache full: {exc}") from exc
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DiskFullError(f"no space left for the device cache: {exc}") from exc
-            raise
+
+    def _get_part(self, source: Source, url: str, lo: int, hi: int) -> bytes:
+        with self._http.stream("GET", url, headers={"Range": f"bytes={lo}-{hi - 1}"}) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise_for_error(response)
+            body = _Body(response.iter_raw(), self._count(source))
+            if response.status_code == 200:
+                body.skip(lo)  # the server ignored our Range
+            data = b"".join(body.take(hi - lo))
+            body.finish()
+            return data
+
+    def _split(self, source: Source, item: _Item, out: _Outcome) -> None:
+        """One large block as parallel Range reads, hashed and stored in order.
+
+        A sliding window of ``connections_per_source`` parts is in flight; the parts are fed
+        to ``put_stream`` in order, so the hash runs while later parts still arrive and at most
+        window x ``part_bytes`` bytes wait in memory.
+        """
+        url = f"{source.url}/v1/blocks/{item.block_id}"
+        step = self._opts.part_bytes
+        spans = deque((lo, min(lo + step, item.length)) for lo in range(0, item.length, step))
+        window = max(1, self._opts.connections_per_source)
+        pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="trimcache-part")
+        pending: deque[Future[bytes]] = deque()
+
+        def submit_next() -> None:
+            if spans:
+                lo, hi = spans.popleft()
+                pending.append(pool.submit(self._get_part, source, url, lo, hi))
+
+        def parts() -> Iterator[bytes]:
+            while pending:
+                data = pending.popleft().result()
+                submit_next()
+                yield data
+
+        try:
+            with _mapped_errors(url):
+                for _ in range(window):
+                    submit_next()
+                self._store_item(parts(), item, out)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextmanager
+def _mapped_errors(url: str) -> Iterator[None]:
+    """Turn transport, short-body and disk errors into client errors (style E4)."""
+    try:
+        yield
+    except _ShortBodyError as exc:
+        raise BlockIntegrityError(f"{url}: short body: {exc}", url=url) from exc
+    except httpx.TransportError as exc:
+        raise transport_error(exc, url) from exc
+    except StoreFullError as exc:
+        raise DiskFullError(f"device cache full: {exc}") from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"no space left for the device cache: {exc}") from exc
+        raise

@@ -9,10 +9,13 @@ repo itself, else of the base.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -72,6 +75,23 @@ def _has_tokenizer(path: Path) -> bool:
     return any((path / name).exists() for name in ("tokenizer.json", "vocab.txt"))
 
 
+@contextmanager
+def _quiet(active: bool) -> Iterator[None]:
+    """Silence library notices that do not concern the user (transformers logs, FutureWarning)."""
+    if not active:
+        yield
+        return
+    hf_logger = logging.getLogger("transformers")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logger.setLevel(level)
+
+
 def load_classifier(path: Path, *, base_path: Path | None = None) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a local HF dir (a LoRA adapter needs ``base_path``)."""
     import torch
@@ -93,13 +113,16 @@ def load_classifier(path: Path, *, base_path: Path | None = None) -> tuple[Any, 
         )
     else:
         config = AutoConfig.from_pretrained(config_dir, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        weights_dir, config=config, local_files_only=True, dtype=torch.float32
-    )
-    if is_adapter:
-        from peft import PeftModel
+    with _quiet(is_adapter):
+        # For an adapter the base has no head yet: transformers' "newly initialized" notice
+        # is expected (peft loads the head saved with the adapter).
+        model = AutoModelForSequenceClassification.from_pretrained(
+            weights_dir, config=config, local_files_only=True, dtype=torch.float32
+        )
+        if is_adapter:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, path, local_files_only=True)
+            model = PeftModel.from_pretrained(model, path, local_files_only=True)
     model.eval()
     tokenizer_dir = path if _has_tokenizer(path) else weights_dir
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)

@@ -183,7 +183,8 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     )
     console = Console(highlight=False)
     console.print(table)
-    console.print(f"total {report['seconds']:.2f}s ({phases})")
+    kinds = ", ".join(f"{kind} {_human(n)}" for kind, n in report["bytes_by_kind"].items())
+    console.print(f"total {report['seconds']:.2f}s ({phases}); bytes: {kinds}")
     if report["failures"]:
         console.print(f"{len(report['failures'])} block transfer(s) failed and were refetched")
     return 0

@@ -9,7 +9,9 @@ over the catalogue (``prior_weight`` pseudo-requests), so
 - an area with lots of demand follows its demand, and every catalogue model keeps a small
   probability (nothing is forgotten entirely).
 
-Rows sum to 1. Models outside the catalogue are ignored.
+Demand recorded for an area the topology does not have (clients that send no area, or an area
+of an old topology) is spread evenly over the known areas. Rows sum to 1. Models outside the
+catalogue are ignored.
 """
 
 from __future__ import annotations
@@ -45,14 +47,23 @@ def request_probabilities(
     prior_weight: float = PRIOR_WEIGHT,
 ) -> dict[str, dict[str, float]]:
     """Area id -> model id -> request probability (rows sum to 1; empty catalogue: empty rows)."""
+    areas = list(area_ids)
+    known = set(areas)
+    spread: dict[str, float] = {}
+    for area_id, row in counts.items():
+        if area_id not in known and areas:
+            for model_id, count in row.items():
+                spread[model_id] = spread.get(model_id, 0.0) + count / len(areas)
     out: dict[str, dict[str, float]] = {}
-    for area_id in area_ids:
+    for area_id in areas:
         if not model_ids:
             out[area_id] = {}
             continue
         prior = zipf_prior(area_id, model_ids)
         row_counts = counts.get(area_id, {})
-        observed = {m: max(0.0, float(row_counts.get(m, 0.0))) for m in model_ids}
+        observed = {
+            m: max(0.0, float(row_counts.get(m, 0.0)) + spread.get(m, 0.0)) for m in model_ids
+        }
         total = sum(observed.values()) + prior_weight
         row = {m: (observed[m] + prior_weight * prior[m]) / total for m in model_ids}
         norm = sum(row.values())

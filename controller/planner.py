@@ -9,7 +9,8 @@ The only module that turns state into actions on edge nodes. Internal logic of
    from their registration), blocks are *parameter blocks* (:func:`core.group_by_sharing` over the
    catalogue manifests), users are topology areas with probabilities from
    :mod:`controller.demand`, reachability from :mod:`controller.topology`;
-3. run the configured solver; an exception or an ``infeasible`` result keeps the old placement;
+3. run the configured solver (if it raises, ``trimcaching-gen`` instead); an exception or an
+   ``infeasible`` result keeps the old placement;
 4. store the new placement (version from ``INCR``) with every push ``pending``;
 5. push each node its plan (manifests of the models to hold, and for each block it lacks, the
    live peers whose *confirmed* holdings include it), one node at a time, choosing next a node
@@ -18,7 +19,7 @@ The only module that turns state into actions on edge nodes. Internal logic of
    the origin serves each missing block at most once.
 
 A node that rejects or fails its plan is recorded (``push[node].status``) and retried by the
-background loop (:meth:`Planner.tick`), which also re-plans when membership, catalogue or
+background loop (:meth:`Planner.tick`), which also re-plans when membership or the
 topology change (after ``settle_s`` of quiet), every ``plan_interval_s``, and re-pushes the
 current plan to a node whose reported models drift from it.
 """
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 EDGE_PLAN_SCHEMA = "trimcache.edge-plan/v1"
 LOCK_TIMEOUT_S = 30.0
+FALLBACK_SOLVER = "trimcaching-gen"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +87,14 @@ class Planner:
         token = settings.edge_auth_token or settings.auth_token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(
-            headers=headers, timeout=settings.push_timeout_s, transport=transport
+            headers=headers,
+            timeout=httpx.Timeout(settings.push_timeout_s, connect=5.0),
+            transport=transport,
         )
         self._blocks_cache: dict[tuple[str, str], frozenset[str]] = {}
         self._pending_sig: tuple[str, float] | None = None
         self._adopt_backoff: dict[tuple[str, str], float] = {}
+        self._catalogue: tuple[tuple[str, int], dict[str, CatalogueEntry]] | None = None
         self._redis_down = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,6 +111,19 @@ class Planner:
         if self.file_topology is not None:
             return TopologyView(self.file_topology, 0, "file")
         return TopologyView(default_topology({n.node_id: n.position for n in nodes}), 0, "default")
+
+    def catalogue(self) -> dict[str, CatalogueEntry]:
+        """Every catalogue entry by model id, re-read only when the catalogue's stamp moves
+        (one small Redis round trip per call instead of parsing every manifest)."""
+        stamp = self.state.catalogue_stamp()
+        cached = self._catalogue
+        if cached is None or cached[0] != stamp:
+            entries = {e.model_id: e for e in self.state.list_models()}
+            # A write racing the read: keep the data, but do not trust it for this stamp.
+            if self.state.catalogue_stamp() == stamp:
+                self._catalogue = (stamp, entries)
+            return entries
+        return cached[1]
 
     def blocks_by_model(self, catalogue: Sequence[CatalogueEntry]) -> dict[str, frozenset[str]]:
         """Model id -> its block ids (cached per (model, revision): manifests never change)."""
@@ -168,10 +186,11 @@ class Planner:
         return adopted
 
     def signature(self, nodes: Sequence[NodeRecord], view: TopologyView) -> str:
-        """What a placement depends on besides demand: membership, catalogue, topology."""
+        """What triggers a re-plan by itself: membership (and each node's place and capacity)
+        and the topology. Catalogue and demand changes wait for the periodic or a manual plan,
+        so indexing a batch of models does not re-plan (and move blocks) after each one."""
         doc = {
             "nodes": [[n.node_id, n.url, n.capacity_bytes, list(n.position)] for n in nodes],
-            "catalogue": self.state.catalogue_version(),
             "topology": [view.source, view.version],
         }
         return json.dumps(doc, sort_keys=True)
@@ -265,15 +284,11 @@ class Planner:
 
         result: PlacementResult | None = None
         problem: PlacementProblem | None = None
+        solver_name = self.settings.solver
         if nodes and catalogue:
             try:
                 problem = self.build_problem(nodes, catalogue, view)
-                solver = SOLVERS[self.settings.solver]
-                result = solver(
-                    problem,
-                    seed=self.settings.solver_seed,
-                    time_limit_s=self.settings.solver_time_limit_s,
-                )
+                result, solver_name = self._solve(problem, attempt)
             except StateUnavailableError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a solver failure must not stop the loop
@@ -299,7 +314,7 @@ class Planner:
             }
         record: dict[str, Any] = {
             "version": version,
-            "solver": self.settings.solver,
+            "solver": solver_name,
             "status": result.status if result is not None else "empty",
             "hit_ratio": result.hit_ratio if result is not None else 0.0,
             "solve_seconds": result.solve_seconds if result is not None else 0.0,
@@ -324,7 +339,7 @@ class Planner:
         logger.info(
             "placement version=%d solver=%s hit_ratio=%.4f nodes=%d models=%d trigger=%s",
             version,
-            self.settings.solver,
+            solver_name,
             record["hit_ratio"],
             len(nodes),
             len(catalogue),
@@ -334,6 +349,25 @@ class Planner:
         self.state.save_plan_attempt(attempt)
         self._push(record, nodes, catalogue)
         return self.state.get_placement() or record
+
+    def _solve(
+        self, problem: PlacementProblem, attempt: dict[str, Any]
+    ) -> tuple[PlacementResult, str]:
+        """Run the configured solver; if it raises (e.g. ``trimcaching-spec`` on an instance with
+        too many shared blocks), fall back to ``trimcaching-gen`` and note it in ``attempt``."""
+        name = self.settings.solver
+        kwargs: dict[str, Any] = {
+            "seed": self.settings.solver_seed,
+            "time_limit_s": self.settings.solver_time_limit_s,
+        }
+        try:
+            return SOLVERS[name](problem, **kwargs), name
+        except Exception as exc:
+            if name == FALLBACK_SOLVER:
+                raise
+            logger.warning("solver %s failed (%s); falling back to %s", name, exc, FALLBACK_SOLVER)
+            attempt["fallback_from"] = {"solver": name, "error": f"{type(exc).__name__}: {exc}"}
+            return SOLVERS[FALLBACK_SOLVER](problem, **kwargs), FALLBACK_SOLVER
 
     def repush(self, node_ids: Sequence[str]) -> None:
         """Push the current placement again to some nodes (failed or drifted ones)."""
@@ -484,7 +518,9 @@ class Planner:
                 continue
             push = record.get("push", {}).get(node.node_id, {})
             age = now - float(push.get("at", 0.0))
-            failed = push.get("status") in ("failed", "unreachable")
+            # "pending" outside a running plan (repush takes the plan lock, so it only runs
+            # when no planner anywhere holds it): the process that pushed died mid-plan.
+            failed = push.get("status") in ("failed", "unreachable", "pending", None)
             drifted = push.get("status") == "applied" and set(node.serving_models) != set(
                 placed["models"]
             )

@@ -20,11 +20,11 @@ class Settings(BaseSettings):
     solver: str = "trimcaching-gen"
     # Periodic re-plan (0: only on changes and on `POST /v1/placement:plan`).
     plan_interval_s: float = Field(default=60.0, ge=0)
-    # Run the background loop at all (re-plans on membership/catalogue/topology changes,
+    # Run the background loop at all (re-plans on membership/topology changes,
     # retries failed pushes). Off: only `POST /v1/placement:plan` plans.
     auto_plan: bool = True
     # How often the loop looks for changes, and how long a change must stay quiet before it
-    # triggers a re-plan (nodes registering one by one, a batch of models being indexed).
+    # triggers a re-plan (nodes registering one by one).
     check_interval_s: float = Field(default=0.5, gt=0)
     settle_s: float = Field(default=1.5, ge=0)
     # A failed (or drifted) push is retried after this long.

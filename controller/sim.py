@@ -222,7 +222,13 @@ def plot(rows: Sequence[Row], path: Path, *, title: str | None = None) -> None:
             if solver == "optimal"
             else {"marker": markers[i % len(markers)]}
         )
-        ax.plot(list(series), list(series.values()), label=solver, **style)
+        label = solver
+        if solver == "optimal":
+            statuses = [row.status for row in rows if row.solver == "optimal"]
+            proved = statuses.count("optimal")
+            if proved < len(statuses):  # the rest: best found within the time limit
+                label = f"optimal (MILP; {proved}/{len(statuses)} proved)"
+        ax.plot(list(series), list(series.values()), label=label, **style)
     ax.set_xlabel(_LABELS.get(parameter, parameter))
     ax.set_ylabel("cache hit ratio")
     ax.set_ylim(0.0, 1.0)

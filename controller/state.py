@@ -13,7 +13,9 @@ key                            type    value
 ``ctl:models``                 set     model ids in the catalogue
 ``ctl:models:deleted``         set     model ids removed by ``DELETE`` (never re-adopted from
                                        edge nodes' reports; cleared by a new ``POST``)
-``ctl:catalogue:version``      int     bumped on every add/remove (the planner watches it)
+``ctl:catalogue:version``      int     bumped on every add/remove
+``ctl:catalogue:epoch``        string  random id set with the first entry: (epoch, version)
+                                       names one catalogue content, even across a data loss
 ``ctl:demand``                 hash    ``{area_id}\\x1f{model_id}`` -> ``"{count} {at_s}"``, an
                                        exponentially decayed request count as of ``at_s``
 ``ctl:outcomes``               hash    counters: ``requests``, ``hit``, ``miss``, ``error``,
@@ -41,9 +43,10 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar, cast
 
 import redis
@@ -58,6 +61,7 @@ NODES_KEY = f"{PREFIX}nodes"
 MODELS_KEY = f"{PREFIX}models"
 DELETED_MODELS_KEY = f"{PREFIX}models:deleted"
 CATALOGUE_VERSION_KEY = f"{PREFIX}catalogue:version"
+CATALOGUE_EPOCH_KEY = f"{PREFIX}catalogue:epoch"
 DEMAND_KEY = f"{PREFIX}demand"
 OUTCOMES_KEY = f"{PREFIX}outcomes"
 TOPOLOGY_KEY = f"{PREFIX}topology"
@@ -80,6 +84,12 @@ def model_key(model_id: str) -> str:
 
 def demand_field(area_id: str, model_id: str) -> str:
     return f"{area_id}{_SEP}{model_id}"
+
+
+def _known(cls: type, doc: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``doc`` that ``cls`` has (values written by a newer schema are skipped)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in doc.items() if k in names}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +128,7 @@ class NodeRecord:
         doc["position"] = tuple(float(v) for v in doc.get("position", (0.0, 0.0)))
         doc["models"] = tuple(doc.get("models", ()))
         doc["dropping"] = tuple(doc.get("dropping", ()))
-        return cls(**doc)
+        return cls(**_known(cls, doc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +154,7 @@ class CatalogueEntry:
 
     @classmethod
     def from_json(cls, text: str) -> CatalogueEntry:
-        doc = json.loads(text)
-        doc.pop("schema_version", None)
-        return cls(**doc)
+        return cls(**_known(cls, json.loads(text)))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -324,6 +332,7 @@ class RedisState:
             pipe.set(model_key(entry.model_id), entry.to_json())
             pipe.sadd(MODELS_KEY, entry.model_id)
             pipe.srem(DELETED_MODELS_KEY, entry.model_id)
+            pipe.set(CATALOGUE_EPOCH_KEY, uuid.uuid4().hex, nx=True)
             pipe.incr(CATALOGUE_VERSION_KEY)
             pipe.execute()
 
@@ -366,6 +375,15 @@ class RedisState:
             pipe.smembers(DELETED_MODELS_KEY)
             present, deleted = pipe.execute()
             return set(present), set(deleted)
+
+        return self._call(run)
+
+    def catalogue_stamp(self) -> tuple[str, int]:
+        """``(epoch, version)``: changes whenever the catalogue's content may have changed."""
+
+        def run() -> tuple[str, int]:
+            epoch, version = self.client.mget([CATALOGUE_EPOCH_KEY, CATALOGUE_VERSION_KEY])
+            return str(epoch or ""), int(version or 0)
 
         return self._call(run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,9 @@ def _dedup(args: argparse.Namespace) -> int:
     manifests = []
     seen: set[str] = set()
     for model_dir in args.model_dirs:
-        base = model_dir.resolve().name
+        # Ids only label the report: any directory name works ("my model (1)" -> "my-model-1").
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", model_dir.resolve().name).strip("._-")
+        base = re.sub(r"\.{2,}", ".", base)[:120] or "model"
         model_id, n = base, 1
         while model_id in seen:  # two dirs with the same name stay two models
             n += 1

@@ -1,11 +1,15 @@
 """Atomic file writes: unique temp file in the target's directory, fsync, ``os.replace``.
 
 A reader never sees a half-written file under its final name: after a crash only a ``.tmp-*``
-file can be left behind, and stores sweep those when they open.
+file can be left behind, and stores sweep those when they open. A writer holds an exclusive
+``flock`` on its temp file until the file has its final name, and the sweep leaves locked files
+alone, so opening a store never destroys another thread's or process's write in progress (the
+kernel drops the lock when a writer dies, which is what makes its leftover sweepable).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterable
@@ -27,7 +31,7 @@ def atomic_write(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    fd, tmp_name = make_temp(path.parent)
     written = 0
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -37,7 +41,7 @@ def atomic_write(
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
+            os.replace(tmp_name, path)  # before close: the lock guards the temp name until here
     finally:
         # After a successful replace the temp name no longer exists.
         Path(tmp_name).unlink(missing_ok=True)
@@ -48,11 +52,37 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -
     atomic_write(path, [data], durable=durable)
 
 
+def make_temp(directory: Path) -> tuple[int, str]:
+    """A new unique ``.tmp-*`` file in ``directory``, open and locked: ``(fd, path)``.
+
+    Keep the fd open until the file is renamed or removed; closing it releases the lock.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # new file: nobody else can hold it, never blocks
+    return fd, tmp_name
+
+
 def sweep_temp_files(root: Path) -> int:
-    """Remove leftover temp files (from a crash) under ``root``; return how many."""
+    """Remove leftover temp files (from a crash) under ``root``; return how many.
+
+    Files still locked by a live writer (see :func:`make_temp`) and directories are kept.
+    """
     removed = 0
     if root.exists():
         for tmp in root.rglob(f"{TMP_PREFIX}*"):
-            tmp.unlink(missing_ok=True)
-            removed += 1
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:  # renamed meanwhile, a symlink, or unreadable: not ours to remove
+                continue
+            try:
+                if not os.path.isfile(tmp):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a write in progress
+                tmp.unlink(missing_ok=True)
+                removed += 1
+            finally:
+                os.close(fd)
     return removed

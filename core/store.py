@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import BinaryIO
 
 from core.digest import CHUNK_BYTES, BlockId, check_block_id, is_block_id
 from core.errors import BlockNotFoundError, DigestMismatchError, StoreFullError
-from core.fsutil import TMP_PREFIX, atomic_write_bytes, sweep_temp_files
+from core.fsutil import atomic_write_bytes, make_temp, sweep_temp_files
 from core.manifest import ModelManifest, check_model_id
 
 
@@ -163,8 +162,9 @@ class BlockStore:
                 raise StoreFullError(self._used + size, self.capacity_bytes)
         digest = hashlib.sha256()
         written = 0
-        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self._tmp_dir)
+        fd, tmp_name = make_temp(self._tmp_dir)
         try:
+            # The temp file stays open (and locked, see core.fsutil) until it is renamed.
             with os.fdopen(fd, "wb") as fh:
                 for chunk in chunks:
                     digest.update(chunk)
@@ -173,21 +173,21 @@ class BlockStore:
                 if self.durable:
                     fh.flush()
                     os.fsync(fh.fileno())
-            actual = BlockId(digest.hexdigest())
-            if expected is not None and actual != expected:
-                raise DigestMismatchError(f"block {expected}", expected, actual)
-            if size is not None and written != size:
-                raise DigestMismatchError(f"block {actual} length", str(size), str(written))
-            if self._reserve(actual, written):
-                dest = self.path(actual)
-                try:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp_name, dest)
-                except BaseException:
-                    self._release(actual)
-                    raise
-                finally:
-                    self._written(actual)
+                actual = BlockId(digest.hexdigest())
+                if expected is not None and actual != expected:
+                    raise DigestMismatchError(f"block {expected}", expected, actual)
+                if size is not None and written != size:
+                    raise DigestMismatchError(f"block {actual} length", str(size), str(written))
+                if self._reserve(actual, written):
+                    dest = self.path(actual)
+                    try:
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(tmp_name, dest)
+                    except BaseException:
+                        self._release(actual)
+                        raise
+                    finally:
+                        self._written(actual)
             return actual
         finally:
             Path(tmp_name).unlink(missing_ok=True)

@@ -107,6 +107,8 @@ def create_app(settings: Settings) -> FastAPI:
         if heartbeat is not None:
             heartbeat.start()
         app.state.heartbeat = heartbeat
+        if not settings.auth_token:
+            logger.warning("EDGE_AUTH_TOKEN is not set: plans and deletes will be refused (401)")
         logger.info(
             "edge node node_id=%s data_dir=%s blocks=%d physical_bytes=%d models=%d",
             node.node_id,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,11 +151,11 @@ class Fetcher:
         node: EdgeNode,
         client: httpx.Client,
         *,
-        on_stored: Any = None,
+        on_stored: Callable[[str, BlockId, int], None] | None = None,
     ) -> None:
         self.node = node
         self.client = client
-        self._on_stored = on_stored  # (source, block_id, size) -> None
+        self._on_stored = on_stored
 
     def _stored(self, source: str, block_id: BlockId, size: int) -> None:
         self.node.mark_trusted(block_id)
@@ -290,6 +290,10 @@ def fetch_blocks(
 ) -> set[BlockId]:
     """Fetch ``missing`` (peers rank by rank, then the origin); return the ids still missing."""
     remaining = dict(missing)
+    for block_id in [b for b, size in remaining.items() if size == 0]:
+        fetcher.node.store.put(b"", block_id)  # an empty tensor needs no transfer
+        fetcher.node.mark_trusted(block_id)
+        del remaining[block_id]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-fetch") as pool:
         rank = 0
         while True:
@@ -448,7 +452,7 @@ def _make_room(node: EdgeNode, *, keep: set[BlockId], nbytes: int) -> int:
     return freed
 
 
-def repair_fetcher(node: EdgeNode, client: httpx.Client) -> Any:
+def repair_fetcher(node: EdgeNode, client: httpx.Client) -> Callable[[BlockId], bool]:
     """A function ``block_id -> bool`` that refetches one block (peers of the last plan, origin)."""
 
     def fetch(block_id: BlockId) -> bool:

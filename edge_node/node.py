@@ -11,16 +11,17 @@ On-disk tree under ``settings.data_dir`` (the :class:`core.store.BlockStore` lay
 Integrity (a flipped byte on disk is never served, and the block comes back):
 
 - A block is *trusted* while its file's ``(inode, size, mtime_ns, ctime_ns)`` equals the signature
-  recorded when the node last hashed it (on write, by the startup scrub, or on a read). Any write
-  to the file changes that signature.
+  recorded when the node last hashed it (on write, by the scrub, or on a read). A write to the
+  file changes that signature (up to the filesystem's timestamp granularity, a few ms).
 - Before a response starts, every block it covers that is not trusted is re-hashed; a mismatch
   quarantines it and the request gets 404 ``block_not_found`` before any byte is sent.
-- Blocks of at most one chunk (1 MiB) are hashed on every read before their bytes leave.
-  Larger blocks are hashed while they stream with the last chunk held back until the digest
-  matches when they are not trusted or when ``EDGE_STREAM_VERIFY`` is on; then even silent rot
-  (signature unchanged) never delivers a complete wrong block: the response is cut short.
-  By default a trusted large block streams unhashed (hashing halves serving throughput) and
-  silent rot is left to the scrub (at startup and every ``EDGE_SCRUB_INTERVAL_S``).
+- Blocks of at most ``EDGE_VERIFY_ON_READ_MAX_BYTES`` (64 KiB) are hashed on every read before
+  their bytes leave. Larger trusted blocks go out with ``sendfile`` unhashed (hashing on the
+  serving path costs more CPU than the transfer; see :mod:`edge_node.zerocopy`), so silent rot
+  (bytes changed, signature not) in them is left to the scrub (at startup and every
+  ``EDGE_SCRUB_INTERVAL_S``) unless ``EDGE_STREAM_VERIFY`` is on: then whole blocks stream
+  hashed with the last chunk held back until the digest matches, so a complete wrong block is
+  never delivered (the response is cut short instead).
 - A corrupt block is quarantined and queued for repair: refetched from the peers of the last plan
   or from the origin (where the held manifests say it lives).
 """
@@ -33,7 +34,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +52,6 @@ logger = logging.getLogger(__name__)
 
 #: Read size when serving: 1 MiB reads reach ~1.5 GB/s on loopback (64 KiB: ~0.3 GB/s).
 SERVE_CHUNK_BYTES = CHUNK_BYTES
-#: Blocks larger than this may go out with sendfile (unhashed, when trusted); smaller ones are
-#: hashed in memory on every read.
-ZEROCOPY_MIN_BYTES = int(os.environ.get("EDGE_EXPERIMENT_ZC", SERVE_CHUNK_BYTES))
 _PLAN_FILE = "plan.json"
 
 _Signature = tuple[int, int, int, int]
@@ -104,14 +102,14 @@ class EdgeNode:
                 continue
             self._manifests[manifest.model_id] = manifest
         self.plan_record = self._load_plan_record()
-        #: Serialises plan applies, model deletes and repairs' store writes against evictions.
+        #: Serialises plan applies, model deletes and repairs (so evictions never race them).
         self.plan_lock = threading.Lock()
         self._repairs: queue.Queue[BlockId | None] = queue.Queue()
         self._repairing: set[BlockId] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         #: Set by the app: fetches one block from peers/origin (see edge_node.ingest).
-        self.repair_fetch: Any = None
+        self.repair_fetch: Callable[[BlockId], bool] | None = None
 
     # -- background work -----------------------------------------------------------------
     def start(self) -> None:
@@ -133,7 +131,7 @@ class EdgeNode:
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def _spawn(self, name: str, target: Any) -> None:
+    def _spawn(self, name: str, target: Callable[[], object]) -> None:
         thread = threading.Thread(target=target, name=f"edge-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -330,7 +328,7 @@ class EdgeNode:
         """
         size = self.store.size(block_id)
         if (
-            size > ZEROCOPY_MIN_BYTES
+            size > self.settings.verify_on_read_max_bytes
             and not self.settings.stream_verify
             and self.is_trusted(block_id)
         ):
@@ -386,13 +384,17 @@ class EdgeNode:
     def _repair_loop(self) -> None:
         while (block_id := self._repairs.get()) is not None:
             try:
-                if block_id in self.referenced_blocks() and not self.store.has(block_id):
-                    fetch = self.repair_fetch
-                    if fetch is None:
-                        logger.warning("no repair fetcher; block_id=%s stays missing", block_id)
-                    elif fetch(block_id):
-                        self.counters.add_repaired()
-                        logger.info("repaired node_id=%s block_id=%s", self.node_id, block_id)
+                # Under the plan lock: a plan being applied decides what stays, so a repair
+                # never re-adds a block that plan is evicting (it may fetch it itself).
+                with self.plan_lock:
+                    wanted = block_id in self.referenced_blocks()
+                    if wanted and not self.store.has(block_id):
+                        fetch = self.repair_fetch
+                        if fetch is None:
+                            logger.warning("no repair fetcher; block_id=%s stays missing", block_id)
+                        elif fetch(block_id):
+                            self.counters.add_repaired()
+                            logger.info("repaired node_id=%s block_id=%s", self.node_id, block_id)
             except Exception:  # a background worker: log and keep serving
                 logger.exception("repair failed node_id=%s block_id=%s", self.node_id, block_id)
             finally:

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     #: Re-hash every stored block in the background at startup, then every interval (0: never).
     scrub_on_start: bool = True
     scrub_interval_s: float = Field(default=0.0, ge=0)
+    #: Blocks up to this size are re-hashed on every read; larger trusted ones use sendfile.
+    verify_on_read_max_bytes: int = Field(default=64 * 1024, ge=0)
     #: Hash large trusted blocks while serving them too (slower; catches silent bit rot).
     stream_verify: bool = False
     #: fsync block writes (off only for throwaway nodes in benchmarks).

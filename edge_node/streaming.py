@@ -22,7 +22,7 @@ import anyio.to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 _BATCH_BYTES = 1 << 20
-_BATCH_ITEMS = 256
+_BATCH_ITEMS = 64
 T = TypeVar("T")
 #: Paths never delayed by the link emulation (control and observability, not the radio link).
 _UNDELAYED_PREFIXES = ("/healthz", "/metrics", "/v1/stats", "/v1/plan")

@@ -62,7 +62,8 @@ Piece = bytes | FileSlice
 
 
 def _piece_size(piece: Piece) -> int:
-    return piece.count if isinstance(piece, FileSlice) else len(piece)
+    # Preparing a FileSlice only opens a file: let one read-ahead hop gather many of them.
+    return 0 if isinstance(piece, FileSlice) else len(piece)
 
 
 def coalesce(pieces: Iterator[Piece], *, max_bytes: int = _READ_BYTES) -> Iterator[Piece]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,13 +40,36 @@ def add_parsers(subparsers: Any) -> None:
         default="full",
         help="full: full zoo, emulated links; test: small zoo, no shaping (default full)",
     )
-    up.add_argument("--backhaul-mbps", type=float, default=None, metavar="R")
-    up.add_argument("--backhaul-latency-ms", type=float, default=None, metavar="L")
-    up.add_argument("--radio-mbps", type=float, default=None, metavar="R")
-    up.add_argument("--radio-latency-ms", type=float, default=None, metavar="L")
+    up.add_argument(
+        "--backhaul-mbps",
+        type=float,
+        default=None,
+        metavar="R",
+        help="origin link rate, Mbit/s, shared by all downloads (full profile: 100)",
+    )
+    up.add_argument(
+        "--backhaul-latency-ms",
+        type=float,
+        default=None,
+        metavar="L",
+        help="origin latency per request (full profile: 30)",
+    )
+    up.add_argument(
+        "--radio-mbps",
+        type=float,
+        default=None,
+        metavar="R",
+        help="edge node link rate, Mbit/s (full profile: 400)",
+    )
+    up.add_argument(
+        "--radio-latency-ms", type=float, default=None, metavar="L",
+        help="edge node latency per response (full profile: 5)",
+    )  # fmt: skip
     up.add_argument("--solver", default=None, help="controller placement solver")
     up.add_argument(
-        "--auth-token", default=None, help="control-plane token (default: a random one)"
+        "--auth-token",
+        default=None,
+        help="control-plane token (default: $TRIMCACHE_AUTH_TOKEN, else a random one)",
     )
     up.add_argument("--seed", type=int, default=0, help="zoo build seed")
     up.add_argument(
@@ -94,7 +118,7 @@ def _up(args: argparse.Namespace) -> int:
         profile=args.profile,
         backhaul=_link(args.backhaul_mbps, args.backhaul_latency_ms, backhaul_default, "backhaul"),
         radio=_link(args.radio_mbps, args.radio_latency_ms, radio_default, "radio"),
-        auth_token=args.auth_token,
+        auth_token=args.auth_token or os.environ.get("TRIMCACHE_AUTH_TOKEN") or None,
         seed=args.seed,
         timeout_s=args.timeout_s,
         solver=args.solver,

@@ -53,3 +53,20 @@ def require_token(request: Request, settings: SettingsDep) -> None:
 
 
 AuthDep = Depends(require_token)
+
+
+def require_node_token(request: Request, settings: SettingsDep) -> None:
+    """Heartbeats: the controller's token or the edge nodes' token (unset: open). Registering
+    must be authenticated because the controller sends its edge token to registered URLs."""
+    tokens = [t for t in (settings.auth_token, settings.edge_auth_token) if t]
+    if not tokens:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    given = token.strip().encode()
+    if scheme.lower() != "bearer" or not any(
+        hmac.compare_digest(given, t.encode()) for t in tokens
+    ):
+        raise UnauthorizedError("missing or wrong bearer token")
+
+
+NodeAuthDep = Depends(require_node_token)

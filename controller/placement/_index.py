@@ -132,7 +132,8 @@ def build_index(problem: PlacementProblem) -> Index:
     keep = weight > 0
     t_user, t_server, t_model, weight = t_user[keep], t_server[keep], t_model[keep], weight[keep]
     key = t_server * n_m + t_model
-    order = np.lexsort((t_user, key))
+    # A stable sort: within a pair, users keep the input order (so sums are reproducible).
+    order = np.argsort(key, kind="stable")
     key, t_user, weight = key[order], t_user[order], weight[order]
     uniq, starts = np.unique(key, return_index=True)
     pair_start = np.append(starts, len(key)).astype(np.int64)

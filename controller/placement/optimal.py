@@ -18,7 +18,8 @@ Variables (only for entries that can matter: pairs someone requests and can reac
 (an ``x`` set without use is dropped), so it never uses more storage than the MILP's.
 
 Status: ``optimal`` when HiGHS proves optimality (within ``mip_rel_gap``), ``time_limit``
-with the incumbent when the time limit hits (an empty placement if there is none), and
+with the incumbent when the time limit hits (HiGHS starts from the ``trimcaching-gen``
+placement, which is also returned should HiGHS stop without any incumbent), and
 ``infeasible`` otherwise (not expected: holding nothing is always feasible). For small
 instances only: the number of binaries grows with servers x (blocks + models).
 """
@@ -26,6 +27,7 @@ instances only: the number of binaries grows with servers x (blocks + models).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import highspy
 import numpy as np
@@ -145,13 +147,15 @@ def solve(
             np.full(n_int, highspy.HighsVarType.kInteger),
         )
     h.changeObjectiveSense(highspy.ObjSense.kMaximize)
+    fallback: dict[str, frozenset[str]] | None = None
     if warm_start and n_cols:
         # Start from the greedy placement: HiGHS then never returns worse than greedy, even
         # when the time limit hits.
         start = np.zeros(n_cols)
         s_of = {server_id: i for i, server_id in enumerate(ix.server_ids)}
         b_of = {block_id: i for i, block_id in enumerate(ix.block_ids)}
-        for server_id, held in greedy.solve(problem).blocks_by_server().items():
+        fallback = greedy.solve(problem).blocks_by_server()
+        for server_id, held in fallback.items():
             s = s_of[server_id]
             for b in (b_of[block_id] for block_id in held):
                 if (s, b) in x_of:
@@ -181,7 +185,11 @@ def solve(
         values = np.asarray(h.getSolution().col_value)
         for k in np.flatnonzero(values[:n_pairs] > 0.5).tolist():
             chosen.setdefault(int(ix.pair_server[k]), []).append(int(ix.pair_model[k]))
-    placement = blocks_of_models(ix, chosen)
+    placement: Mapping[str, frozenset[str]] = blocks_of_models(ix, chosen)
+    if fallback is not None and not (has_solution or status == "optimal"):
+        placement = fallback  # HiGHS stopped before using the start: keep the greedy's
+        if status == "infeasible":
+            status = "feasible"
     return make_result(
         problem,
         placement,

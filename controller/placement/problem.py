@@ -143,6 +143,7 @@ class PlacementProblem:
                 raise ValueError(f"user {user_id!r}: request probabilities sum to {total} > 1")
             requests[user_id] = MappingProxyType({m: float(p) for m, p in row.items()})
         reachable: dict[str, Mapping[str, frozenset[str]]] = {}
+        model_set = frozenset(models)
         for user_id, by_server in self.reachable.items():
             if user_id not in requests:
                 raise ValueError(f"reachable: unknown user {user_id!r}")
@@ -154,12 +155,13 @@ class PlacementProblem:
                     raise ValueError(
                         f"reachable[{user_id!r}][{server_id!r}]: must be a list of model ids"
                     )
-                for model_id in model_ids:
-                    if model_id not in models:
-                        raise ValueError(
-                            f"reachable[{user_id!r}][{server_id!r}]: unknown model {model_id!r}"
-                        )
-                frozen[server_id] = frozenset(model_ids)
+                as_set = frozenset(model_ids)
+                if not as_set <= model_set:  # one C-level check per (user, server)
+                    unknown = next(m for m in model_ids if m not in model_set)
+                    raise ValueError(
+                        f"reachable[{user_id!r}][{server_id!r}]: unknown model {unknown!r}"
+                    )
+                frozen[server_id] = as_set
             reachable[user_id] = MappingProxyType(frozen)
         object.__setattr__(self, "blocks", MappingProxyType(blocks))
         object.__setattr__(self, "models", MappingProxyType(models))

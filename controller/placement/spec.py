@@ -22,8 +22,10 @@ Internal logic:
 4. The server keeps the blocks of the chosen models (shared blocks of ``Q`` that no chosen
    model uses are dropped: never worse).
 
-Cost: O(|unions| * n^2 / ε) per server; ``max_shared_blocks`` (default 16) bounds |unions| by
-2^16, beyond which :class:`TooManySharedBlocksError` is raised: use ``trimcaching-gen``.
+Cost: O(|unions| * n^2 / ε) per server. Shared blocks used by exactly the same models are
+one unit (a parameter block); ``max_shared_blocks`` (default 16) bounds the units, hence
+|unions| by 2^16, beyond which :class:`TooManySharedBlocksError` (a ``ValueError``) is
+raised: use ``trimcaching-gen``.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def solve(
         seed: unused (deterministic).
         time_limit_s: unused.
         epsilon: knapsack accuracy; the guarantee is (1-ε)/2 of the optimum.
-        max_shared_blocks: refuse instances with more shared blocks than this.
+        max_shared_blocks: refuse instances with more shared blocks than this (blocks used
+            by exactly the same models count as one).
 
     Returns:
         A ``feasible`` result.
@@ -130,13 +133,23 @@ def solve(
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
     started = time.perf_counter()
     ix = build_index(problem)
-    shared = [b for b, ms in enumerate(ix.block_models) if len(ms) >= 2]
-    if len(shared) > max_shared_blocks:
+    # Shared blocks used by exactly the same models are always held together: one bit each
+    # group (a parameter block), so blocks given at tensor granularity do not blow up 2^k.
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, ms in enumerate(ix.block_models):
+        if len(ms) >= 2:
+            groups.setdefault(tuple(ms.tolist()), []).append(b)
+    if len(groups) > max_shared_blocks:
         raise TooManySharedBlocksError(
-            f"trimcaching-spec: {len(shared)} shared blocks > {max_shared_blocks} "
+            f"trimcaching-spec: {len(groups)} shared blocks > {max_shared_blocks} "
             "(too many subsets to enumerate); use trimcaching-gen"
         )
-    bit = {b: 1 << i for i, b in enumerate(shared)}
+    bit: dict[int, int] = {}
+    group_bytes: list[int] = []
+    for i, members in enumerate(groups.values()):
+        group_bytes.append(int(ix.block_size[members].sum()))
+        for b in members:
+            bit[b] = 1 << i
     n_m = ix.n_models
     shared_mask = [0] * n_m
     specific = np.zeros(n_m, dtype=np.int64)
@@ -152,7 +165,7 @@ def solve(
     union_list = sorted(unions)
 
     def mask_bytes(mask: int) -> int:
-        return sum(int(ix.block_size[b]) for b in shared if mask & bit[b])
+        return sum(size for i, size in enumerate(group_bytes) if mask >> i & 1)
 
     covered: BoolArray = np.zeros((n_m, max(ix.n_users, 1)), dtype=np.bool_)
     placement: dict[str, frozenset[str]] = {}

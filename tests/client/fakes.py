@@ -73,11 +73,15 @@ def create_block_app(
     app = FastAPI()
     app.state.faults = faults
 
-    async def body(block_ids: list[str]) -> AsyncIterator[bytes]:
+    async def body(
+        block_ids: list[str], span: tuple[int, int] | None = None
+    ) -> AsyncIterator[bytes]:
         for block_id in block_ids:
             data = store.read(block_id)
             if faults.corrupt and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
+            if span is not None:
+                data = data[span[0] : span[1]]
             for start in range(0, len(data), CHUNK):
                 piece = data[start : start + CHUNK]
                 faults.account(len(piece))
@@ -95,10 +99,24 @@ def create_block_app(
         check_alive(request)
         if not store.has(block_id):
             return _error(404, "block_not_found", f"block {block_id} not found")
+        size = store.size(block_id)
+        range_header = request.headers.get("range")
+        if range_header is None:
+            return StreamingResponse(
+                body([block_id]),
+                media_type="application/octet-stream",
+                headers={"Content-Length": str(size)},
+            )
+        first, _, last = range_header.removeprefix("bytes=").partition("-")
+        lo, hi = int(first), min(int(last) + 1 if last else size, size)
         return StreamingResponse(
-            body([block_id]),
+            body([block_id], (lo, hi)),
+            status_code=206,
             media_type="application/octet-stream",
-            headers={"Content-Length": str(store.size(block_id))},
+            headers={
+                "Content-Length": str(hi - lo),
+                "Content-Range": f"bytes {lo}-{hi - 1}/{size}",
+            },
         )
 
     @app.post("/v1/blocks:batch")

@@ -43,7 +43,8 @@ def test_raise_for_error_maps_codes(status, code, cls):
         raise_for_error(_response(status, code))
     err = info.value
     assert type(err) is cls
-    assert isinstance(err, TrimCacheError) and err.exit_code == 1
+    assert isinstance(err, ClientError) and isinstance(err, TrimCacheError)
+    assert err.exit_code == 1
     assert err.http_status == status and err.remote_code == code
     assert "boom" in str(err) and "http://edge/v1/blocks/x" in str(err)
 

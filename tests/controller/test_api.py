@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from controller.app import create_app
+from controller.errors import InvalidRequestError
 from controller.settings import Settings
 from tests.controller.conftest import MINI_MODELS
 from tests.helpers import free_port
@@ -76,10 +78,11 @@ def test_catalogue_bad_repos_leave_it_unchanged(client: TestClient, redis_url: s
         assert [m["model_id"] for m in other.get("/v1/models").json()["models"]] == ["tiny-a"]
 
 
-def heartbeat(client: TestClient, node_id: str, **body):
+def heartbeat(client: TestClient, node_id: str, token: str | None = TOKEN, **body):
     doc = {"url": f"http://{node_id}.test:8001", "capacity_bytes": 10**9, "position": [0, 0]}
     doc.update(body)
-    return client.put(f"/v1/nodes/{node_id}", json=doc)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.put(f"/v1/nodes/{node_id}", json=doc, headers=headers)
 
 
 def test_nodes_register_list_get(client: TestClient) -> None:
@@ -90,8 +93,12 @@ def test_nodes_register_list_get(client: TestClient) -> None:
     assert node["url"] == "http://edge-1.test:8001" and node["position"] == [0.0, 0.0]
     assert [n["node_id"] for n in client.get("/v1/nodes").json()["nodes"]] == ["edge-1"]
     assert_error(client.get("/v1/nodes/edge-9"), 404, "node_not_found")
+    # Registering needs the token: the controller pushes plans (with its token) to that URL.
+    assert_error(heartbeat(client, "edge-9", token=None), 401, "unauthorized")
+    assert_error(heartbeat(client, "edge-9", token="wrong"), 401, "unauthorized")
+    assert_error(client.get("/v1/nodes/edge-9"), 404, "node_not_found")
     assert heartbeat(client, "bad id!").status_code in (404, 422)
-    assert client.put("/v1/nodes/edge-2", json={"url": "ftp://x"}).status_code == 422
+    assert heartbeat(client, "edge-2", url="ftp://x").status_code == 422
     # Unbounded capacity (an edge without EDGE_CAPACITY_BYTES) is accepted.
     assert heartbeat(client, "edge-3", capacity_bytes=None).status_code == 200
     assert client.get("/v1/nodes/edge-3").json()["capacity_bytes"] is None
@@ -242,3 +249,26 @@ def test_redis_down_is_503_and_recovers(mini_origin: str, tmp_path) -> None:
             assert client.get("/healthz").status_code == 200
             assert heartbeat(client, "edge-1").status_code == 200
             assert [n["node_id"] for n in client.get("/v1/nodes").json()["nodes"]] == ["edge-1"]
+
+
+def test_topology_file_is_used_until_one_is_put(redis_url: str, mini_origin: str, tmp_path) -> None:
+    path = tmp_path / "topology.json"
+    doc = {
+        "schema": "trimcache.topology/v1",
+        "areas": {"area-1": {"x_m": 60, "y_m": 40, "weight": 1.0}},
+        "channel": {"latency_ms": 5.0, "backhaul_bps": 1e8},
+        "positions": {"edge-1": [0, 0]},
+    }
+    path.write_text(json.dumps(doc))
+    settings = Settings(
+        redis_url=redis_url, origin_url=mini_origin, topology_file=path, auto_plan=False
+    )
+    with TestClient(create_app(settings)) as client:
+        got = client.get("/v1/topology").json()
+        assert got["source"] == "file" and set(got["areas"]) == {"area-1"}
+        assert got["channel"]["latency_ms"] == 5.0 and got["positions"] == {"edge-1": [0.0, 0.0]}
+        assert client.put("/v1/topology", json={"areas": {}}).status_code == 200
+        assert client.get("/v1/topology").json()["source"] == "stored"
+    path.write_text(json.dumps({"areas": {"a": {}}}))
+    with pytest.raises(InvalidRequestError):
+        create_app(Settings(redis_url=redis_url, topology_file=path))

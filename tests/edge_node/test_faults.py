@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,43 @@ def test_origin_dying_mid_transfer_stores_no_partial_block(
     assert r.status_code == 200
     assert httpx.get(f"{url}/v1/stats").json()["physical_bytes"] == sum(sizes.values())
     assert os.listdir(data_dir / "tmp") == []
+
+
+def test_progress_is_visible_while_a_plan_applies(edge_factory, manifests, edge_zoo):
+    from testbed.origin import create_app as create_origin
+
+    base, clf_b = manifests["minilm-base"], manifests["clf-b"]
+    with live_server(create_origin(edge_zoo[0], rate_bytes_per_s=12e6)) as slow_origin:
+        url, app = edge_factory("edge-p", fetch_workers=1)
+        # Hold the base already (copied from the zoo files through the store API).
+        store = app.state.node.store
+        base_file = edge_zoo[1]["trimcache-zoo/minilm-base"] / "model.safetensors"
+        data = base_file.read_bytes()
+        for entry in base.files:
+            for ref in entry.blocks:
+                if entry.path == "model.safetensors":
+                    store.put(data[ref.offset : ref.offset + ref.length], ref.block_id)
+        missing_bytes = sum(store.missing_blocks(clf_b).values())
+        result: dict[str, Any] = {}
+
+        def apply() -> None:
+            result["r"] = _apply(url, plan_body([clf_b], version=5, origin_url=slow_origin))
+
+        thread = threading.Thread(target=apply)
+        thread.start()
+        seen = wait_until(
+            lambda: (
+                (p := httpx.get(f"{url}/v1/plan").json())["status"] == "applying"
+                and p["progress"]["bytes_done"] > 0
+                and p
+            ),
+            timeout_s=30,
+            interval_s=0.02,
+        )
+        thread.join(timeout=60)
+    assert seen["applying_version"] == 5
+    assert 0 < seen["progress"]["bytes_done"] < seen["progress"]["bytes_total"]
+    assert result["r"].status_code == 200, result["r"].text
+    done = httpx.get(f"{url}/v1/plan").json()
+    assert done["status"] == "applied" and done["version"] == 5
+    assert done["progress"]["bytes_done"] == missing_bytes

@@ -182,3 +182,18 @@ def test_stats_metrics_health(node_a, manifests):
     assert 0 < stats["bytes_sent_zerocopy"] <= stats["bytes_served"]
     health = httpx.get(f"{url}/healthz").json()
     assert health == {"status": "ok", "node_id": "edge-a"}
+
+
+def test_client_going_away_mid_body_does_not_hurt_the_node(node_a, manifests):
+    url, _ = node_a
+    block_id, size = _blocks_by_size(manifests["minilm-base"])[-1]
+    ids = list(manifests["clf-a"].block_sizes())
+    for _ in range(3):
+        with httpx.Client() as client:
+            with client.stream("GET", f"{url}/v1/blocks/{block_id}") as r:
+                next(r.iter_raw(65536))
+            with client.stream("POST", f"{url}/v1/blocks:batch", json={"block_ids": ids}) as r:
+                next(r.iter_raw(65536))
+    r = httpx.get(f"{url}/v1/blocks/{block_id}", timeout=30)
+    assert r.status_code == 200 and len(r.content) == size
+    assert hashlib.sha256(r.content).hexdigest() == block_id

@@ -250,20 +250,19 @@ def validate_compose(raw: Mapping[str, Any], env: Mapping[str, str] = TEST_ENV) 
             if not value.startswith(("http://", "redis://")):
                 continue
             url = urlsplit(value)
+            if var.endswith("PUBLIC_URL"):
+                if url.hostname != name or url.port != ports[name]:
+                    problems.append(f"{name}: {var} must be this service's own URL and port")
+                continue
             if url.hostname in services and url.port is not None:
-                target_port = ports.get(url.hostname)
-                if url.hostname == "redis":
-                    target_port = 6379
+                target_port = 6379 if url.scheme == "redis" else ports.get(url.hostname)
                 if url.port != target_port:
                     problems.append(
                         f"{name}: {var} points at {url.hostname}:{url.port}, "
                         f"which listens on {target_port}"
                     )
                 if url.hostname != name and url.hostname not in (depends or {}):
-                    if not var.endswith("PUBLIC_URL"):
-                        problems.append(f"{name}: uses {url.hostname} without depending on it")
-            elif var.endswith("PUBLIC_URL") and url.hostname != name:
-                problems.append(f"{name}: {var} should name the service itself")
+                    problems.append(f"{name}: uses {url.hostname} without depending on it")
     for unused in sorted(declared_volumes - used_volumes):
         problems.append(f"volume {unused!r} is declared but unused")
     return problems
@@ -417,6 +416,14 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "undeclared volume": (
         _set("services/edge1/volumes", ["edge9-data:/data"]),
         "volume 'edge9-data'",
+    ),
+    "public url of another node": (
+        _env("edge1", EDGE_PUBLIC_URL="http://edge2:8001"),
+        "edge1: EDGE_PUBLIC_URL must be this service's own URL",
+    ),
+    "dependency not awaited": (
+        _set("services/edge2/depends_on", {"origin": {"condition": "service_healthy"}}),
+        "edge2: uses controller without depending on it",
     ),
     "url on the wrong port": (
         _env("edge1", EDGE_ORIGIN_URL="http://origin:9999"),

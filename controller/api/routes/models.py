@@ -69,11 +69,12 @@ def list_models(state: StateDep) -> dict[str, Any]:
 
 
 @router.get("/v1/models/{model_id}")
-def get_model(model_id: ModelId, state: StateDep) -> dict[str, Any]:
+def get_model(model_id: ModelId, state: StateDep) -> JSONResponse:
     entry = state.get_model(model_id)
     if entry is None:
         raise ModelNotFoundError(model_id)
-    return {**entry.summary(), "indexed_at": entry.indexed_at, "manifest": dict(entry.manifest)}
+    doc = {**entry.summary(), "indexed_at": entry.indexed_at, "manifest": dict(entry.manifest)}
+    return JSONResponse(doc)
 
 
 @router.delete("/v1/models/{model_id}")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from controller.api.deps import AuthDep, MetricsDep, SettingsDep, StateDep
+from controller.api.deps import AuthDep, MetricsDep, NodeAuthDep, SettingsDep, StateDep
 from controller.errors import NodeNotFoundError
 from controller.state import NodeRecord
 
@@ -43,7 +43,7 @@ def node_view(node: NodeRecord, now_s: float | None = None) -> dict[str, Any]:
     }
 
 
-@router.put("/v1/nodes/{node_id}")
+@router.put("/v1/nodes/{node_id}", dependencies=[NodeAuthDep])
 def put_node(
     node_id: NodeId, body: Heartbeat, state: StateDep, settings: SettingsDep, metrics: MetricsDep
 ) -> dict[str, Any]:

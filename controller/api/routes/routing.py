@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
 
 from controller.api.deps import MetricsDep, PlannerDep, SettingsDep, StateDep
 from controller.errors import InvalidRequestError, ModelNotFoundError
@@ -23,8 +24,9 @@ def get_route(
     area_id: Annotated[str | None, Query(max_length=200)] = None,
     x_m: float | None = None,
     y_m: float | None = None,
-) -> dict[str, Any]:
-    entry = state.get_model(model_id)
+) -> JSONResponse:
+    catalogue = planner.catalogue()
+    entry = catalogue.get(model_id)
     if entry is None:
         raise ModelNotFoundError(model_id)
     nodes = state.live_nodes()
@@ -39,7 +41,7 @@ def get_route(
         point = (area.x_m, area.y_m)
     # An unknown area ranks edges as if no position were given: a route is still useful.
     held_ids = {m for n in nodes for m in n.serving_models}
-    held_entries = [e for e in state.list_models() if e.model_id in held_ids]
+    held_entries = [catalogue[m] for m in sorted(held_ids) if m in catalogue]
     route = build_route(
         entry,
         nodes=nodes,
@@ -49,4 +51,5 @@ def get_route(
         origin_url=settings.origin_url,
     )
     metrics.routes.inc()
-    return route
+    # Straight to JSON: FastAPI's encoder walks every manifest entry and dominates the latency.
+    return JSONResponse(route)

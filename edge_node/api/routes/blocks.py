@@ -11,7 +11,6 @@ from edge_node.api.deps import NodeDep
 from edge_node.api.routes._body import OCTET, pieces_response
 from edge_node.api.schemas import BatchRequest
 from edge_node.hub import parse_range
-from edge_node.node import SERVE_CHUNK_BYTES
 
 router = APIRouter(tags=["blocks"])
 
@@ -44,7 +43,7 @@ def get_block(
     if span is not None:
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    if size <= SERVE_CHUNK_BYTES and not node.settings.link_rate_bytes_per_s:
+    if size <= node.settings.verify_on_read_max_bytes and not node.settings.link_rate_bytes_per_s:
         # Small: hashed in full before a single byte (or header) goes out.
         data = node.read_verified(bid)[start:end]
         node.counters.add_served(len(data))

@@ -107,3 +107,22 @@ def test_sim_tiny_sweep_writes_csv_and_png(tmp_path):
 def test_sim_rejects_unknown_sweep(tmp_path):
     proc = run_cli("sim", "--sweep", "weather", "--out", str(tmp_path))
     assert proc.returncode == 2 and "unknown sweep 'weather'" in proc.stderr
+
+
+def test_place_spec_refuses_too_many_shared_blocks(tmp_path):
+    # Block i is shared by models i and i+1: 17 distinct sharing sets.
+    n = 18
+    doc = {
+        "schema": "trimcache.placement-problem/v1",
+        "blocks": {f"sh{i}": 1 for i in range(n - 1)},
+        "models": {f"m{i}": [f"sh{j}" for j in (i - 1, i) if 0 <= j < n - 1] for i in range(n)},
+        "servers": {"s0": 100},
+        "requests": {"u0": {"m0": 0.5, "m1": 0.5}},
+        "reachable": {"u0": {"s0": ["m0", "m1"]}},
+    }
+    path = tmp_path / "shared.json"
+    path.write_text(json.dumps(doc))
+    proc = run_cli("place", str(path), "--solver", "trimcaching-spec")
+    assert proc.returncode == 2
+    assert "17 shared blocks > 16" in proc.stderr
+    assert run_cli("place", str(path), "--solver", "trimcaching-gen").returncode == 0

@@ -99,6 +99,16 @@ def test_spec_refuses_many_shared_blocks():
     problem = tiny_problem(0, models=6, shared=5)
     with pytest.raises(TooManySharedBlocksError, match="shared blocks > 2"):
         spec.solve(problem, max_shared_blocks=2)
+    # Shared blocks with the same users count once: 40 tensors of one base are one unit.
+    base = {f"t{i}": 1 for i in range(40)}
+    lora = PlacementProblem(
+        blocks={**base, "a": 1, "b": 1},
+        models={"ma": [*base, "a"], "mb": [*base, "b"]},
+        servers={"s0": 42},
+        requests={"u0": {"ma": 0.5, "mb": 0.5}},
+        reachable={"u0": {"s0": ["ma", "mb"]}},
+    )
+    assert spec.solve(lora).hit_ratio == 1.0
     with pytest.raises(ValueError, match="epsilon"):
         spec.solve(problem, epsilon=0.0)
 
