@@ -7,7 +7,8 @@ its own process, durable writes off on both sides):
    tensors of 1.5 KB to 47 MB) into an empty device cache: batched small blocks, parallel
    requests, sha256 of every block, atomic store writes. ``single-file``: one block holding the
    same number of random bytes, downloaded with one ``GET /v1/blocks/{id}`` by httpx and written
-   to a file (no hashing) — what a plain file download costs. The ratio is
+   to a file (no hashing) — what a plain file download costs (also reported: the same download
+   hashed with sha256 while it is written, the floor of any verified download). The ratio is
    ``fetch MB/s / single-file MB/s`` over the download phase (target >= 0.8); the end-to-end fetch
    (route + download + assemble) is reported too.
 2. Time to a loaded model. ``fetch_model(..., load=True)`` from the same edge into an empty cache
@@ -22,6 +23,7 @@ Repeats alternate the cases; medians are reported. Writes JSON lines to
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -59,12 +61,17 @@ def _wait_http(url: str, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def _single_file(http: httpx.Client, url: str, dest: Path) -> tuple[int, float]:
+def _single_file(
+    http: httpx.Client, url: str, dest: Path, *, verify: bool = False
+) -> tuple[int, float]:
     start = time.perf_counter()
     size = 0
+    digest = hashlib.sha256()
     with http.stream("GET", url) as response, open(dest, "wb") as fh:
         response.raise_for_status()
         for chunk in response.iter_raw(1024 * 1024):
+            if verify:
+                digest.update(chunk)
             fh.write(chunk)
             size += len(chunk)
     return size, time.perf_counter() - start
@@ -140,12 +147,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         _from_pretrained(model_dir)
 
         single: list[float] = []
+        single_verified: list[float] = []
         fetch_dl: list[float] = []
         fetch_e2e: list[float] = []
         for i in range(args.repeats):
             size, seconds = _single_file(http, f"{edge}/v1/blocks/{big_id}", work / "single.bin")
             assert size == nbytes
             single.append(size / seconds / MB)
+            size, seconds = _single_file(
+                http, f"{edge}/v1/blocks/{big_id}", work / "single.bin", verify=True
+            )
+            single_verified.append(size / seconds / MB)
             report = _fetch(edge, work / f"cache-{i}", "bench-model", load=False)
             assert report["bytes_fetched"] == nbytes
             fetch_dl.append(nbytes / report["phase_seconds"]["download"] / MB)
@@ -170,10 +182,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "bytes": nbytes,
                 "blocks": len(manifest.block_sizes()),
                 "single_file_mb_s": round(median(single), 1),
+                "single_file_sha256_mb_s": round(median(single_verified), 1),
                 "fetch_download_mb_s": round(median(fetch_dl), 1),
                 "fetch_end_to_end_mb_s": round(median(fetch_e2e), 1),
                 "ratio_download": round(median(fetch_dl) / median(single), 3),
                 "ratio_end_to_end": round(median(fetch_e2e) / median(single), 3),
+                "ratio_download_vs_sha256": round(median(fetch_dl) / median(single_verified), 3),
                 "repeats": args.repeats,
             },
             {

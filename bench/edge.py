@@ -57,7 +57,9 @@ def _wait_http(url: str, timeout_s: float = 30.0) -> None:
 def _curl(url: str, *, data: str | None = None) -> tuple[int, float]:
     cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url]
     if data is not None:
-        cmd += ["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", data]
+        # No "Expect: 100-continue" round trip: httpx and huggingface_hub never send it.
+        cmd += ["-X", "POST", "-H", "Content-Type: application/json", "-H", "Expect:"]
+        cmd += ["--data-binary", data]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
     return int(out[0]), float(out[1])
 
@@ -215,7 +217,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--block-mib", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     results = run(args)
     header = (

@@ -37,7 +37,7 @@ from core.errors import DigestMismatchError, ManifestError
 from core.manifest import ModelManifest, check_model_id
 
 from ._cache import DeviceCache
-from ._download import Downloader, DownloadOptions, DownloadResult
+from ._download import Downloader, DownloadOptions, DownloadResult, full_jitter
 from ._errors import (
     ClientError,
     EdgeUnavailableError,
@@ -172,11 +172,11 @@ class Client:
                 response = self._http.get(url, params=params)
             except httpx.TransportError as exc:
                 if attempt + 1 < attempts:
-                    time.sleep(self.options.backoff_s * (2**attempt))
+                    time.sleep(full_jitter(attempt, self.options.backoff_s))
                     continue
                 raise transport_error(exc, url) from exc
             if response.status_code == 503 and attempt + 1 < attempts:
-                time.sleep(self.options.backoff_s * (2**attempt))
+                time.sleep(full_jitter(attempt, self.options.backoff_s))
                 continue
             raise_for_error(response)
             return response.json()

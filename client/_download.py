@@ -153,7 +153,8 @@ class _Body:
             yield piece
 
 
-def _full_jitter(attempt: int, base_s: float) -> float:
+def full_jitter(attempt: int, base_s: float) -> float:
+    """Full-jitter backoff: uniform in ``[0, base_s * 2**attempt]``."""
     return random.uniform(0, base_s * (2**attempt))
 
 
@@ -339,7 +340,7 @@ class Downloader:
                     exc.http_status is None or exc.http_status == 503
                 )
                 if retryable and attempt < self._opts.retries and pending:
-                    time.sleep(_full_jitter(attempt, self._opts.backoff_s))
+                    time.sleep(full_jitter(attempt, self._opts.backoff_s))
                     attempt += 1
                     continue
                 outcome.failed.extend((i, str(exc)) for i in pending)
@@ -419,7 +420,7 @@ class Downloader:
                     self._store_item(body.take(item.length), item, out)
                 body.finish()
 
-    def _get_part(self, source: Source, url: str, lo: int, hi: int) -> bytes:
+    def _get_part(self, source: Source, url: str, lo: int, hi: int) -> list[bytes | memoryview]:
         with self._http.stream("GET", url, headers={"Range": f"bytes={lo}-{hi - 1}"}) as response:
             if response.status_code >= 400:
                 response.read()
@@ -427,7 +428,7 @@ class Downloader:
             body = _Body(response.iter_raw(), self._count(source))
             if response.status_code == 200:
                 body.skip(lo)  # the server ignored our Range
-            data = b"".join(body.take(hi - lo))
+            data = list(body.take(hi - lo))
             body.finish()
             return data
 
@@ -443,18 +444,18 @@ class Downloader:
         spans = deque((lo, min(lo + step, item.length)) for lo in range(0, item.length, step))
         window = max(1, self._opts.connections_per_source)
         pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="trimcache-part")
-        pending: deque[Future[bytes]] = deque()
+        pending: deque[Future[list[bytes | memoryview]]] = deque()
 
         def submit_next() -> None:
             if spans:
                 lo, hi = spans.popleft()
                 pending.append(pool.submit(self._get_part, source, url, lo, hi))
 
-        def parts() -> Iterator[bytes]:
+        def parts() -> Iterator[bytes | memoryview]:
             while pending:
                 data = pending.popleft().result()
                 submit_next()
-                yield data
+                yield from data
 
         try:
             with _mapped_errors(url):

@@ -69,6 +69,13 @@ def check_relpath(path: object) -> str:
     return path
 
 
+def _as_int(value: object) -> int:
+    """A JSON integer (not a bool, float or string): manifests are canonical."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r:.40}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class BlockRef:
     """One block of a file: ``length`` bytes at absolute ``offset``; ``name`` is the tensor name."""
@@ -154,15 +161,15 @@ class FileEntry:
             blocks = tuple(
                 BlockRef(
                     BlockId(row[0]),
-                    int(row[1]),
-                    int(row[2]),
+                    _as_int(row[1]),
+                    _as_int(row[2]),
                     row[3] if len(row) > 3 else None,
                 )
                 for row in data["blocks"]
             )
             return cls(
                 path=data["path"],
-                size=int(data["size"]),
+                size=_as_int(data["size"]),
                 sha256=data["sha256"],
                 kind=data["kind"],
                 blocks=blocks,

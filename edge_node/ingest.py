@@ -182,7 +182,10 @@ class Fetcher:
         ids = [b for b, _ in blocks]
         try:
             with self.client.stream(
-                "POST", f"{peer_url}/v1/blocks:batch", json={"block_ids": ids}
+                "POST",
+                f"{peer_url}/v1/blocks:batch",
+                json={"block_ids": ids},
+                headers={"Accept-Encoding": "identity"},
             ) as response:
                 if response.status_code != 200:
                     response.read()
@@ -332,7 +335,15 @@ def apply_plan(
 ) -> dict[str, Any]:
     """Make the node hold exactly the plan's blocks (see the module docstring)."""
     with node.plan_lock:
-        return _apply_locked(node, plan, client=client, progress=progress)
+        try:
+            return _apply_locked(node, plan, client=client, progress=progress)
+        except BaseException as exc:
+            with progress.lock:
+                if progress.applying_version == plan.version and progress.status == "applying":
+                    progress.status = "failed"
+                    progress.error = f"{type(exc).__name__}: {exc}"
+                    progress.finished_at = time.time()
+            raise
 
 
 def _apply_locked(

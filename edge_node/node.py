@@ -254,7 +254,12 @@ class EdgeNode:
         """Hash the stored block now; on a mismatch quarantine it and raise BlockNotFoundError."""
         bid = check_block_id(block_id)
         before = self._signature(bid)
-        if before is None or not self.store.has(bid):
+        if before is None:
+            if self.store.delete(bid):  # indexed but its file vanished: drop it, fetch it again
+                logger.error("block file vanished node_id=%s block_id=%s", self.node_id, bid)
+                self.schedule_repair(bid)
+            raise BlockNotFoundError(bid, f"node {self.node_id}")
+        if not self.store.has(bid):
             raise BlockNotFoundError(bid, f"node {self.node_id}")
         digest = hashlib.sha256()
         for chunk in self.store.iter_range(bid):
@@ -427,4 +432,6 @@ class EdgeNode:
             "repairs_pending": self.repairs_pending(),
         }
         out.update(self.counters.snapshot())
+        out["hits"] = out["blocks_served"]
+        out["misses"] = out["errors_by_code"].get("block_not_found", 0)
         return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def _zoo_build(args: argparse.Namespace) -> int:
+    # Before torch is imported: OpenMP busy-waiting is ruinous on shared cores (see zoo.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from testbed.zoo import build_zoo
 
     only = [m for m in args.only.split(",") if m] if args.only else None

@@ -205,3 +205,23 @@ def test_cached_model_without_controller(manifests, full_store, origin_url, tmp_
     assert model.report["bytes_by_source"] == {"local": manifests["clf-a"].unique_bytes}
     with pytest.raises(EdgeUnavailableError, match="unreachable"):
         fetch_model("clf-b", controller_url=controller, cache_dir=tmp_path, load=False)
+
+
+def test_rotten_cached_block_is_refetched(client_zoo, manifests, full_store, tmp_path):
+    a, b = manifests["clf-a"], manifests["clf-b"]
+    shared = next(
+        bid for bid in b.block_sizes() if bid in a.block_sizes() and a.block_sizes()[bid] > 1000
+    )
+    with live_server(create_block_app(full_store, manifests.values())) as edge:
+        fetch_model("clf-a", edge_url=edge, cache_dir=tmp_path, load=False)
+        path = BlockStore(tmp_path / "store").path(shared)
+        data = bytearray(path.read_bytes())
+        data[0] ^= 0xFF  # bit rot on the device
+        path.write_bytes(bytes(data))
+        model = fetch_model("clf-b", edge_url=edge, cache_dir=tmp_path, load=False)
+    assert model.report["bytes_by_source"][edge] == (
+        sum(n for bid, n in b.block_sizes().items() if bid not in a.block_sizes())
+        + b.block_sizes()[shared]
+    )
+    assert_same_files(model.path, client_zoo[1]["clf-b"])
+    assert (tmp_path / "store" / "quarantine").is_dir()

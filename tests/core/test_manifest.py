@@ -217,3 +217,46 @@ def test_tensor_name_must_be_a_string() -> None:
     text = mutated(_set(["files", 1, "blocks", 0], [BID, len(HEADER), 4, 12]))
     with pytest.raises(ManifestError, match="is not a string"):
         ModelManifest.from_json(text)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=70),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), json_values)
+def test_property_any_corruption_is_a_manifest_error(data: Any, value: Any) -> None:
+    doc = json.loads(sample().to_json())
+    path = data.draw(st.sampled_from(_paths(doc)[1:]))
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    if data.draw(st.booleans()) and isinstance(node, dict):
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    try:
+        back = ModelManifest.from_json(json.dumps(doc))
+    except ManifestError:
+        return
+    assert ModelManifest.from_json(back.to_json()) == back  # whatever is accepted is coherent

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import struct
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save_file as np_save_file
 
 from core.errors import SafetensorsFormatError
@@ -226,3 +229,47 @@ def test_json_header_missing_is_reported(tmp_path: Path) -> None:
 def test_good_control_case(tmp_path: Path) -> None:
     header = read_header(write(tmp_path, GOOD))
     assert json.loads(header.header_bytes[8:]) == json.loads(GOOD[8 : len(header.header_bytes)])
+
+
+# -- property: read_header accepts exactly what the reference parser accepts ------------------
+
+DTYPES_AND_BOGUS = [*sorted(BITS), "X8", "f32"]
+
+
+@st.composite
+def near_valid_files(draw: Any) -> bytes:
+    """Small files that are valid or off by one in some way (offsets, sizes, dtypes, padding)."""
+    header: dict[str, Any] = {}
+    cursor = 0
+    for k in range(draw(st.integers(0, 3))):
+        dtype = draw(st.sampled_from(DTYPES_AND_BOGUS))
+        shape = draw(st.lists(st.integers(0, 4), max_size=2))
+        elements = int(np.prod(shape)) if shape else 1
+        nbytes = (elements * BITS.get(dtype, 8) + 7) // 8
+        begin = cursor + draw(st.sampled_from([0, 0, 0, 1, -1]))
+        end = begin + nbytes + draw(st.sampled_from([0, 0, 0, 1, -1]))
+        header[f"t{k}"] = {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+        cursor = max(cursor, end)
+    if draw(st.booleans()):
+        header["__metadata__"] = {"format": "pt"}
+    keys = draw(st.permutations(list(header)))
+    raw: bytes = json.dumps({k: header[k] for k in keys}).encode() + b" " * draw(st.integers(0, 9))
+    trailing: int = draw(st.sampled_from([0, 0, 0, 1, -1]))
+    data = bytes(max(0, cursor + trailing))
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+@settings(max_examples=300, deadline=None)
+@given(near_valid_files())
+def test_property_agrees_with_reference_parser(blob: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(Path(tmp), blob)
+        try:
+            rust_parse(blob)
+        except Exception:  # noqa: BLE001 - any rejection by the reference parser
+            with pytest.raises(SafetensorsFormatError):
+                read_header(path)
+            return
+        header = read_header(path)
+        assert header.file_size == len(blob)
+        assert {t.name for t in header.tensors} == {n for n, _ in rust_parse(blob)}

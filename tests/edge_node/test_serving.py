@@ -166,6 +166,7 @@ def test_stats_metrics_health(node_a, manifests):
     ).split():
         assert key in stats, key
     assert stats["errors"] >= 1 and stats["requests"] >= 2
+    assert stats["misses"] >= 1 and stats["hits"] >= 1
     assert stats["blocks"] == len(
         set(manifests["minilm-base"].block_sizes()) | set(manifests["clf-a"].block_sizes())
     )

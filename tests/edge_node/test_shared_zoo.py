@@ -1,9 +1,12 @@
-"""The two-node scenario on the project's shared test zoo (testbed.zoo, ``zoo_dir`` fixture)."""
+"""The two-node scenario on the shared test zoo (``zoo_dir``), then transformers via HF_ENDPOINT."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -15,6 +18,13 @@ from tests.edge_node.conftest import AUTH, plan_body
 from tests.helpers import live_server
 
 MODELS = ("bert-sst2", "bert-spam", "minilm-lora-topic")
+_PREDICT = """
+import json
+from transformers import pipeline
+classify = pipeline("text-classification", model="trimcache-zoo/bert-sst2")
+out = classify(["what a wonderful, delightful film", "terrible, boring and awful"])
+print(json.dumps([o["label"] for o in out]))
+"""
 
 
 @pytest.mark.slow
@@ -75,3 +85,18 @@ def test_shared_zoo_origin_then_peer_then_snapshot(zoo_dir: Path, edge_factory, 
             for entry in manifest.files:
                 got = hashlib.sha256((out / entry.path).read_bytes()).hexdigest()
                 assert got == hashlib.sha256((src / entry.path).read_bytes()).hexdigest()
+
+        # Unmodified transformers with HF_ENDPOINT=<edge> loads and runs bert-sst2.
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": url_b,
+            "HF_HOME": str(tmp_path / "hf-home"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_XET": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", _PREDICT], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads(result.stdout.strip().splitlines()[-1]) == ["positive", "negative"]
