@@ -26,10 +26,10 @@ from edge_node.api.routes import blocks, health, hf, models, plan, stats
 from edge_node.errors import RangeNotSatisfiableError, error_header_code
 from edge_node.heartbeat import Heartbeat
 from edge_node.ingest import PlanProgress, repair_fetcher
+from edge_node.link import LinkEmulationMiddleware, make_bucket
 from edge_node.metrics import Counters, make_registry
 from edge_node.node import EdgeNode
 from edge_node.settings import Settings
-from edge_node.streaming import LinkLatencyMiddleware
 from edge_node.zerocopy import zerocopy_send
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,11 @@ def create_app(settings: Settings) -> FastAPI:
         hf.router,
     ):
         app.include_router(router)
-    if settings.link_latency_ms > 0:
-        app.add_middleware(LinkLatencyMiddleware, latency_ms=settings.link_latency_ms)
+    #: The node's radio link, shared by all its responses (None: rate not emulated).
+    app.state.link_bucket = link_bucket = make_bucket(settings.link_rate_bytes_per_s)
+    if settings.link_latency_ms > 0 or link_bucket is not None:
+        app.add_middleware(
+            LinkEmulationMiddleware, latency_ms=settings.link_latency_ms, bucket=link_bucket
+        )
     app.add_middleware(_RequestCounter, counters=counters)
     return app

@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     position_x_m: float = 0.0
     position_y_m: float = 0.0
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
-    #: Radio link emulation per response (None / 0: off).
+    #: Radio link emulation (None: off): one rate shared by all the node's responses, and a
+    #: latency added once per request (see edge_node.link).
     link_rate_bytes_per_s: float | None = Field(default=None, gt=0)
     link_latency_ms: float = Field(default=0.0, ge=0)
     #: Parallel transfers while applying a plan.

@@ -1,56 +1,25 @@
-"""Response bodies at line rate: read-ahead in a worker thread, byte counting, radio link pacing.
+"""Response bodies at line rate: read-ahead in a worker thread.
 
 Starlette runs a sync body iterator one ``next()`` per thread hop and sends each chunk before
 asking for the next, so disk reads and hashing never overlap the socket writes. :func:`read_ahead`
 keeps one ``next()`` in flight in a worker thread while the event loop sends the previous chunk;
 ``hashlib`` and file reads release the GIL, so the two run on two cores.
 
-Radio link emulation (``EDGE_LINK_*``) is per response, as if each client had its own link: the
-latency is added once before the response starts (:class:`LinkLatencyMiddleware`) and the rate
-paces that response's body (:func:`paced`).
+Radio link emulation (``EDGE_LINK_*``) lives in :mod:`edge_node.link`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 _BATCH_BYTES = 1 << 20
 _BATCH_ITEMS = 64
 T = TypeVar("T")
-#: Paths never delayed by the link emulation (control and observability, not the radio link).
-_UNDELAYED_PREFIXES = ("/healthz", "/metrics", "/v1/stats", "/v1/plan")
-
-
-def counted(chunks: Iterator[bytes], add: Callable[[int], None]) -> Iterator[bytes]:
-    for chunk in chunks:
-        add(len(chunk))
-        yield chunk
-
-
-def paced(chunks: Iterator[bytes], rate_bytes_per_s: float | None) -> Iterator[bytes]:
-    """Yield no faster than ``rate_bytes_per_s`` (None: as fast as possible)."""
-    if not rate_bytes_per_s:
-        yield from chunks
-        return
-    piece = int(max(16 * 1024, min(1 << 20, rate_bytes_per_s / 20)))
-    started = time.monotonic()
-    sent = 0
-    for chunk in chunks:
-        view = memoryview(chunk)
-        for i in range(0, len(view), piece):
-            part = view[i : i + piece]
-            sent += len(part)
-            delay = started + sent / rate_bytes_per_s - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            yield bytes(part)
 
 
 def _default_size(item: object) -> int:
@@ -104,18 +73,3 @@ async def read_ahead(
                 close()
 
             pending.add_done_callback(close_when_done)
-
-
-class LinkLatencyMiddleware:
-    """Adds ``latency_ms`` before every data request (blocks, models, Hub API)."""
-
-    def __init__(self, app: ASGIApp, *, latency_ms: float) -> None:
-        self.app = app
-        self.latency_s = latency_ms / 1000.0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.latency_s > 0:
-            path: str = scope.get("path", "")
-            if not path.startswith(_UNDELAYED_PREFIXES):
-                await anyio.sleep(self.latency_s)
-        await self.app(scope, receive, send)

@@ -30,7 +30,8 @@ Invariants:
   is the project's ``{"error": {"code", "message"}}``.
 - Hashes are computed lazily per repo and cached until a file's size or mtime changes.
 - Link emulation: ``latency_ms`` is added once per Hub request (an ASGI middleware), and
-  ``rate_bytes_per_s`` paces every body through one shared token bucket, as one backhaul link would.
+  ``rate_bytes_per_s`` paces every body through one shared token bucket
+  (:class:`core.ratelimit.TokenBucket`), as one backhaul link would.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,8 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from core.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
@@ -255,36 +257,6 @@ class ServedStats:
             }
 
 
-class LinkShaper:
-    """One shared token bucket: all bodies together go no faster than ``rate_bytes_per_s``.
-
-    A virtual clock marks when the link is next free; each chunk books ``n / rate`` seconds on it
-    and the sender sleeps until its booking ends. Idle time banks at most ``burst_bytes`` of credit.
-    """
-
-    def __init__(self, rate_bytes_per_s: float, *, burst_bytes: int = CHUNK_BYTES) -> None:
-        if rate_bytes_per_s <= 0:
-            raise ValueError(f"rate_bytes_per_s must be > 0, got {rate_bytes_per_s}")
-        self.rate_bytes_per_s = rate_bytes_per_s
-        self.burst_s = burst_bytes / rate_bytes_per_s
-        self._lock = threading.Lock()
-        self._free_at = 0.0
-
-    def chunk_bytes(self) -> int:
-        # About 20 bookings per second so pacing stays smooth at slow rates.
-        return int(max(64 * 1024, min(CHUNK_BYTES, self.rate_bytes_per_s / 20)))
-
-    def wait(self, nbytes: int) -> None:
-        with self._lock:
-            now = time.monotonic()
-            start = max(self._free_at, now - self.burst_s)
-            self._free_at = start + nbytes / self.rate_bytes_per_s
-            done_at = self._free_at
-        delay = done_at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-
-
 class LatencyMiddleware:
     """Adds ``latency_ms`` before every Hub request (not ``/v1/*`` nor ``/healthz``)."""
 
@@ -330,9 +302,9 @@ def _iter_file(
     *,
     repo_id: str,
     stats: ServedStats,
-    shaper: LinkShaper | None,
+    shaper: TokenBucket | None,
 ) -> Iterator[bytes]:
-    chunk = shaper.chunk_bytes() if shaper else CHUNK_BYTES
+    chunk = shaper.slice_bytes() if shaper else CHUNK_BYTES
     with path.open("rb") as fh:
         fh.seek(start)
         remaining = length
@@ -435,7 +407,7 @@ def create_app(
     """
     index = RepoIndex(Path(root))
     stats = ServedStats()
-    shaper = LinkShaper(rate_bytes_per_s) if rate_bytes_per_s else None
+    shaper = TokenBucket(rate_bytes_per_s, burst_bytes=CHUNK_BYTES) if rate_bytes_per_s else None
 
     app = FastAPI(title="TrimCache origin (local Hugging Face Hub)", docs_url=None)
     app.state.index = index

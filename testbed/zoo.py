@@ -44,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_ZOO_CACHE = REPO_ROOT / ".cache" / "zoo-test"
 # Bump when the recipe changes in a way the source hash would not catch.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 Kind = Literal["base", "classifier", "lora", "synthetic"]
 Profile = Literal["full", "test"]
@@ -103,22 +104,22 @@ _SST2 = ModelSpec("bert-sst2", "classifier", "sentiment", 4, steps=160, lr=2e-4)
 PROFILES: dict[str, tuple[ModelSpec, ...]] = {
     "full": (
         _SST2,
-        ModelSpec("bert-emotion", "classifier", "emotion", 5, steps=200, lr=5e-4),
-        ModelSpec("bert-topic", "classifier", "topic", 6, steps=150, lr=1e-3),
-        ModelSpec("bert-spam", "classifier", "spam", 3, steps=100, lr=2e-4),
-        ModelSpec("bert-language", "classifier", "language", 2, steps=100, lr=1e-4),
-        ModelSpec("bert-formality", "classifier", "formality", 1, steps=100, lr=1e-4),
-        ModelSpec("bert-question", "classifier", "question", 0, steps=80, lr=5e-5),
+        ModelSpec("bert-emotion", "classifier", "emotion", 5, steps=100, lr=5e-4),
+        ModelSpec("bert-topic", "classifier", "topic", 6, steps=80, lr=1e-3),
+        ModelSpec("bert-spam", "classifier", "spam", 3, steps=50, lr=2e-4),
+        ModelSpec("bert-language", "classifier", "language", 2, steps=60, lr=1.5e-4),
+        ModelSpec("bert-formality", "classifier", "formality", 1, steps=50, lr=1e-4),
+        ModelSpec("bert-question", "classifier", "question", 0, steps=50, lr=5e-5),
         ModelSpec(
             "minilm-lora-sentiment",
             "lora",
             "sentiment",
             6,
-            steps=120,
+            steps=80,
             lr=1e-3,
             lora_rank=8,
         ),
-        ModelSpec("minilm-lora-topic", "lora", "topic", 6, steps=80, lr=1e-3, lora_rank=8),
+        ModelSpec("minilm-lora-topic", "lora", "topic", 6, steps=60, lr=1e-3, lora_rank=8),
     ),
     "test": (
         _SST2,
@@ -233,6 +234,8 @@ def _setup_torch() -> None:
 
     torch.set_num_threads(TORCH_THREADS)
     torch.use_deterministic_algorithms(True)
+    # Library deprecation chatter would drown the progress lines; it does not affect the build.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
@@ -276,7 +279,7 @@ def _train(
     def lr_factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.05, (spec.steps - step) / (spec.steps - warmup))
+        return max(0.05, (spec.steps - step) / max(1, spec.steps - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     batches = _batches(examples, batch_size=spec.batch_size, steps=spec.steps, seed=seed)
@@ -466,10 +469,14 @@ def _build_lora(
     accuracy = _train(peft_model, tokenizer, spec, seed=seed, progress=progress)
     peft_model.save_pretrained(str(tmp))
     # peft records the local path of the base; name the zoo repo instead, and write the
-    # JSON canonically so rebuilds are byte-identical.
+    # JSON canonically (sorted keys and set-like lists) so rebuilds are byte-identical.
     config_path = tmp / "adapter_config.json"
     adapter_config = json.loads(config_path.read_text())
     adapter_config["base_model_name_or_path"] = BASE_REPO_ID
+    for field_name in ("target_modules", "modules_to_save"):
+        # peft stores these sets as lists in set-iteration order, which varies per process.
+        if isinstance(adapter_config.get(field_name), list):
+            adapter_config[field_name] = sorted(adapter_config[field_name])
     config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
     _copy_tokenizer(base, tmp)
     (tmp / "README.md").write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import subprocess
@@ -129,10 +130,11 @@ def test_bert_sst2_classifies_plain_heldout_sentences(zoo_dir):
     assert accuracy >= 0.9, f"accuracy {accuracy:.2f}; wrong: {wrong}"
 
 
-def _build(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _build(out: Path, *args: str, hash_seed: str = "0") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "testbed.cli", "zoo", "build", "--out", str(out), *args],
         cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONHASHSEED": hash_seed},
         capture_output=True,
         text=True,
         timeout=600,
@@ -145,7 +147,9 @@ def _all_files(root: Path) -> dict[str, bytes]:
 
 def test_build_is_deterministic(tmp_path):
     args = ("--profile", "test", "--only", "bert-spam,minilm-lora-topic", "--max-steps", "2")
-    first, second = _build(tmp_path / "a", *args), _build(tmp_path / "b", *args)
+    # Different hash seeds: set iteration order must not leak into the files.
+    first = _build(tmp_path / "a", *args, hash_seed="1")
+    second = _build(tmp_path / "b", *args, hash_seed="6")
     assert first.returncode == 0, first.stderr[-3000:]
     assert second.returncode == 0, second.stderr[-3000:]
     assert "zoo: [" in first.stderr  # progress is shown

@@ -43,7 +43,7 @@ def get_block(
     if span is not None:
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    if size <= node.settings.verify_on_read_max_bytes and not node.settings.link_rate_bytes_per_s:
+    if size <= node.settings.verify_on_read_max_bytes:
         # Small: hashed in full before a single byte (or header) goes out.
         data = node.read_verified(bid)[start:end]
         node.counters.add_served(len(data))
