@@ -8,7 +8,9 @@ One file of random bytes (``--size-mib``) is placed in a scratch zoo as
 - ``origin``: ``trimcache origin serve`` (``GET /bench/big/resolve/main/model.safetensors``,
   1 MiB streamed chunks, no link emulation);
 - ``nginx``: ``/usr/sbin/nginx`` with a generated config (one worker, ``sendfile on``);
-- ``http.server``: the standard library's static server.
+- ``http.server``: the standard library's static server;
+- ``origin@R Mbit`` (``--shaped-mbps R``, default 400, 0 skips it): the origin emulating a
+  backhaul link of R Mbit/s, which checks that the pacing hits the asked rate.
 
 Clients: httpx streaming (``iter_raw``, bytes discarded), as our services download, and curl
 (``-o /dev/null``), a C client that shows what the server side can do when the Python client is
@@ -159,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--clients", default="httpx,curl", help="httpx (streaming, Python) and/or curl"
     )
+    parser.add_argument(
+        "--shaped-mbps",
+        type=float,
+        default=400.0,
+        help="also measure the origin with link emulation at this rate (Mbit/s; 0: skip)",
+    )
     args = parser.parse_args(argv)
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-origin-"))
@@ -174,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
             f"http://127.0.0.1:{port}/bench/big/resolve/main/model.safetensors",
             {"cwd": REPO_ROOT},
         )
+        if args.shaped_mbps:
+            port = _free_port()
+            servers[f"origin@{args.shaped_mbps:g}Mbit"] = (
+                [sys.executable, "-m", "testbed.cli", "origin", "serve", "--root", str(scratch)]
+                + ["--port", str(port), "--rate-mbps", str(args.shaped_mbps)],
+                f"http://127.0.0.1:{port}/bench/big/resolve/main/model.safetensors",
+                {"cwd": REPO_ROOT},
+            )
         if Path(NGINX).exists():
             port = _free_port()
             state = scratch / "nginx"
@@ -194,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             {},
         )
         wanted = [s for s in args.servers.split(",") if s and s in servers]
+        wanted += [s for s in servers if s.startswith("origin@")]
         clients = [c for c in args.clients.split(",") if c]
         if "curl" in clients and shutil.which("curl") is None:
             clients.remove("curl")
@@ -228,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             for (name, client), values in rates.items()
         ]
-        sys.stdout.write(f"{'server':<12} {'client':<7} {'median MB/s':>12} {'best MB/s':>10}\n")
+        sys.stdout.write(f"{'server':<18} {'client':<7} {'median MB/s':>12} {'best MB/s':>10}\n")
         for row in rows:
             sys.stdout.write(
-                f"{row['server']:<12} {row['client']:<7} {row['median_mb_s']:>12.1f} "
+                f"{row['server']:<18} {row['client']:<7} {row['median_mb_s']:>12.1f} "
                 f"{row['best_mb_s']:>10.1f}\n"
             )
         sys.stdout.write(

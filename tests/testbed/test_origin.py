@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, RepoFile, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     RepositoryNotFoundError,
@@ -238,3 +238,42 @@ def test_origin_serve_cli(zoo_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def test_nested_files_etags_and_revision_changes(tmp_path):
+    """A hand-made repo: subfolders, git-style oids, LFS-style weights, revision tracks content."""
+    repo = tmp_path / "repos" / "org" / "nested"
+    (repo / "sub" / "deeper").mkdir(parents=True)
+    (repo / "a.txt").write_bytes(b"hello\n")
+    (repo / "sub" / "b.json").write_bytes(b"{}")
+    (repo / "sub" / "deeper" / "w.safetensors").write_bytes(b"\0" * 1000)
+    with live_server(create_app(tmp_path)) as url:
+        api = HfApi(endpoint=url)
+        top = {e["path"]: e for e in httpx.get(f"{url}/api/models/org/nested/tree/main").json()}
+        assert top["sub"]["type"] == "directory" and "sub/b.json" not in top
+        files = {
+            f.path: f
+            for f in api.list_repo_tree("org/nested", recursive=True)
+            if isinstance(f, RepoFile)
+        }
+        assert set(files) >= {"a.txt", "sub/b.json", "sub/deeper/w.safetensors"}
+        text_oid = _git_blob_sha1(b"hello\n")  # what `git hash-object` says
+        weights_sha256 = hashlib.sha256(b"\0" * 1000).hexdigest()
+        assert files["a.txt"].blob_id == text_oid
+        head = httpx.head(f"{url}/org/nested/resolve/main/a.txt")
+        assert head.headers["etag"] == f'"{text_oid}"'
+        weights = httpx.head(f"{url}/org/nested/resolve/main/sub/deeper/w.safetensors")
+        assert weights.headers["x-linked-etag"] == f'"{weights_sha256}"'
+        local = snapshot_download("org/nested", endpoint=url, cache_dir=tmp_path / "hf")
+        assert (Path(local) / "sub" / "deeper" / "w.safetensors").read_bytes() == b"\0" * 1000
+        before = api.model_info("org/nested").sha
+        (repo / "a.txt").write_bytes(b"changed\n")
+        after = api.model_info("org/nested").sha
+        assert before != after
+        with pytest.raises(RevisionNotFoundError):
+            api.model_info("org/nested", revision=before)
+        assert httpx.get(f"{url}/org/nested/resolve/main/a.txt").content == b"changed\n"
