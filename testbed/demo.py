@@ -385,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--zoo", type=Path, default=None, help="zoo dir (default .cache/zoo-full)")
     parser.add_argument("--state-dir", type=Path, default=None, help="keep the testbed state here")
     parser.add_argument("--edges", type=int, default=3)
-    parser.add_argument("--capacity-mb", type=int, default=512)
+    parser.add_argument(
+        "--capacity-mb", type=int, default=160, help="per edge; the zoo dedups to ~234 MiB"
+    )
     parser.add_argument("--profile", choices=("full", "test"), default="full")
     return run(parser.parse_args(argv))
 
