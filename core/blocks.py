@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core.digest import CHUNK_BYTES, BlockId
 from core.errors import BlockNotFoundError, DigestMismatchError, ManifestError
@@ -317,14 +317,20 @@ def split_model(
 
 
 ReadBlock = Callable[[BlockId, int, int], Iterable[bytes]]
+# What a block reader yields: bytes, or (on the edge node) a zero-copy file slice.
+_Piece = TypeVar("_Piece")
 
 
 def iter_file_range(
-    entry: FileEntry, start: int, end: int, read_block: ReadBlock
-) -> Iterator[bytes]:
+    entry: FileEntry,
+    start: int,
+    end: int,
+    read_block: Callable[[BlockId, int, int], Iterable[_Piece]],
+) -> Iterator[bytes | _Piece]:
     """Yield bytes ``[start, end)`` of a file rebuilt from its header and blocks.
 
-    ``read_block(block_id, lo, hi)`` yields bytes ``[lo, hi)`` of one block.
+    ``read_block(block_id, lo, hi)`` yields bytes ``[lo, hi)`` of one block, as bytes or as any
+    other piece type the caller streams (the edge node yields zero-copy file slices).
     """
     if not 0 <= start <= end <= entry.size:
         raise ValueError(f"range [{start}, {end}) outside {entry.path} ({entry.size} bytes)")

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.blocks import iter_file_range
 from core.digest import CHUNK_BYTES, BlockId, check_block_id
 from core.errors import BlockNotFoundError, ManifestError
 from core.fsutil import atomic_write_bytes
@@ -354,17 +355,7 @@ class EdgeNode:
 
     def file_pieces(self, entry: FileEntry, start: int, end: int) -> Iterator[Piece]:
         """Bytes ``[start, end)`` of a model file rebuilt from its header and blocks."""
-        if not 0 <= start <= end <= entry.size:
-            raise ValueError(f"range [{start}, {end}) outside {entry.path} ({entry.size} bytes)")
-        for seg_start, seg_end, source in entry.segments():
-            if seg_end <= start or seg_start >= end or seg_start == seg_end:
-                continue
-            lo = max(start, seg_start) - seg_start
-            hi = min(end, seg_end) - seg_start
-            if isinstance(source, bytes):
-                yield source[lo:hi]
-            else:
-                yield from self.block_pieces(source.block_id, lo, hi)
+        return iter_file_range(entry, start, end, self.block_pieces)
 
     def iter_file(self, entry: FileEntry, start: int, end: int) -> Iterator[bytes]:
         return pieces_to_bytes(self.file_pieces(entry, start, end))

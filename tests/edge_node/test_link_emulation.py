@@ -166,19 +166,26 @@ def test_latency_is_added_once_per_request(emulated_node: NodeInfo) -> None:
     r = httpx.get(f"{url}/v1/blocks/{small[0]}")
     elapsed = time.monotonic() - started
     assert hashlib.sha256(r.content).hexdigest() == small[0]
-    assert LATENCY_S <= elapsed < LATENCY_S + 0.5, elapsed
+    assert elapsed >= LATENCY_S, elapsed
     # 6 MB is paced in ~1 MB slices: latency once (not per slice) + 6 MB at RATE.
     block_id, size = _big_blocks(manifest)[0]
     started = time.monotonic()
     r = httpx.get(f"{url}/v1/blocks/{block_id}")
     elapsed = time.monotonic() - started
     assert hashlib.sha256(r.content).hexdigest() == block_id
-    assert LATENCY_S + 0.9 * size / RATE <= elapsed < 2 * LATENCY_S + size / RATE + 0.3, elapsed
-    # Control and observability paths are neither delayed nor paced.
-    started = time.monotonic()
-    assert httpx.get(f"{url}/healthz").status_code == 200
-    assert httpx.get(f"{url}/v1/stats").status_code == 200
-    assert time.monotonic() - started < LATENCY_S
+    assert elapsed >= LATENCY_S + 0.9 * size / RATE, elapsed
+    # Latency per ~1 MB slice would add >= 5 more latencies; the bound leaves ~0.9 s of slack
+    # for a loaded CI machine and still fails if latency were charged per slice.
+    slices = size // (1 << 20)
+    assert elapsed < size / RATE + (slices - 0.5) * LATENCY_S, elapsed
+    # Control and observability paths are neither delayed nor paced: best of 3 (load-proof).
+    timings = []
+    for _ in range(3):
+        started = time.monotonic()
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        assert httpx.get(f"{url}/v1/stats").status_code == 200
+        timings.append(time.monotonic() - started)
+    assert min(timings) < LATENCY_S, timings
 
 
 def test_emulation_off_adds_no_middleware(tmp_path: Path) -> None:

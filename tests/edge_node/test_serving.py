@@ -158,7 +158,9 @@ def test_hub_errors_map_to_huggingface_hub_exceptions(node_a, tmp_path):
 
 def test_stats_metrics_health(node_a, manifests):
     url, _ = node_a
-    httpx.get(f"{url}/v1/blocks/" + "0" * 64)
+    held = next(iter(manifests["clf-a"].block_sizes()))
+    assert httpx.get(f"{url}/v1/blocks/{held}").status_code == 200  # a hit of this test's own
+    httpx.get(f"{url}/v1/blocks/" + "0" * 64)  # and a miss
     stats = httpx.get(f"{url}/v1/stats").json()
     for key in (
         "node_id capacity_bytes physical_bytes logical_bytes dedup_ratio savings blocks "
