@@ -110,6 +110,7 @@ def run_case(n_models: int, n_nodes: int, args: argparse.Namespace) -> dict[str,
                 push_timeout_s=5,
             )
             with TestClient(create_app(settings)) as client:
+                client.headers["Authorization"] = f"Bearer {TOKEN}"  # node PUTs need it
                 for n in range(n_nodes):
                     held = rng.sample(model_ids, k=max(1, n_models // 4))
                     body = {
