@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,27 +37,10 @@ from typing import Any
 
 import httpx
 
+from bench._net import free_port, wait_http
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MB = 1e6
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_http(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def _single_file(
@@ -121,7 +103,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
         nbytes = manifest.unique_bytes
         big_id = store.put(os.urandom(nbytes))
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "EDGE_DATA_DIR": str(work / "edge"),
@@ -138,7 +120,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             stderr=subprocess.DEVNULL,
         )
         edge = f"http://127.0.0.1:{port}"
-        _wait_http(f"{edge}/healthz")
+        wait_http(f"{edge}/healthz")
 
         # Warm-up: page cache, connections, lazy imports on both sides.
         http = httpx.Client(timeout=60)

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,27 +30,10 @@ from typing import Any
 
 import httpx
 
+from bench._net import free_port, wait_http
+
 NGINX = "/usr/sbin/nginx"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_http(url: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def _curl(url: str, *, data: str | None = None) -> tuple[int, float]:
@@ -136,7 +118,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 fh.write(store.read(bid))
         shutil.copyfile(model_dir / "model.safetensors", www / "model.bin")
 
-        edge_port, nginx_port = _free_port(), _free_port()
+        edge_port, nginx_port = free_port(), free_port()
         env = {
             **os.environ,
             "EDGE_DATA_DIR": str(data_dir),
@@ -163,8 +145,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
         edge = f"http://127.0.0.1:{edge_port}"
         nginx = f"http://127.0.0.1:{nginx_port}"
-        _wait_http(f"{edge}/healthz")
-        _wait_http(f"{nginx}/block.bin")
+        wait_http(f"{edge}/healthz")
+        wait_http(f"{nginx}/block.bin")
         # Let the startup scrub (re-hash of every block) finish before measuring.
         httpx.head(f"{edge}/v1/blocks/{block_id}", timeout=60).raise_for_status()
         time.sleep(1.0)

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,28 +37,11 @@ from typing import Any
 
 import httpx
 
+from bench._net import free_port, wait_http
+
 NGINX = "/usr/sbin/nginx"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHUNK_BYTES = 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_http(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.head(url, timeout=2.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 @contextmanager
@@ -67,7 +49,7 @@ def _process(cmd: list[str], url: str, **kwargs: Any) -> Iterator[str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
     try:
         try:
-            _wait_http(url)
+            wait_http(url, method="HEAD")
         except RuntimeError:
             proc.terminate()
             _, err = proc.communicate(timeout=10)
@@ -175,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_random(scratch / rel, args.size_mib)
         size = (scratch / rel).stat().st_size
         servers: dict[str, Any] = {}
-        port = _free_port()
+        port = free_port()
         servers["origin"] = (
             [sys.executable, "-m", "testbed.cli", "origin", "serve", "--root", str(scratch)]
             + ["--port", str(port)],
@@ -183,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             {"cwd": REPO_ROOT},
         )
         if args.shaped_mbps:
-            port = _free_port()
+            port = free_port()
             servers[f"origin@{args.shaped_mbps:g}Mbit"] = (
                 [sys.executable, "-m", "testbed.cli", "origin", "serve", "--root", str(scratch)]
                 + ["--port", str(port), "--rate-mbps", str(args.shaped_mbps)],
@@ -191,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 {"cwd": REPO_ROOT},
             )
         if Path(NGINX).exists():
-            port = _free_port()
+            port = free_port()
             state = scratch / "nginx"
             for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
                 (state / sub).mkdir(parents=True, exist_ok=True)
@@ -202,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"http://127.0.0.1:{port}/{rel}",
                 {},
             )
-        port = _free_port()
+        port = free_port()
         servers["http.server"] = (
             [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
             + ["--directory", str(scratch)],
