@@ -33,6 +33,7 @@ import highspy
 import numpy as np
 
 from controller.placement import greedy
+from controller.placement._highs import quiet_highs
 from controller.placement._index import blocks_of_models, build_index
 from controller.placement.problem import PlacementProblem, PlacementResult, Status, make_result
 
@@ -121,70 +122,70 @@ def solve(
         rows_start.append(len(rows_index))
         rows_upper.append(float(ix.capacity[s]))
 
-    h = highspy.Highs()  # type: ignore[no-untyped-call]
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", float(time_limit_s or DEFAULT_TIME_LIMIT_S))
-    h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
-    h.setOptionValue("random_seed", int(seed or 0))
-    inf = highspy.kHighsInf
-    h.addCols(n_cols, cost, np.zeros(n_cols), upper, 0, [], [], [])
-    n_rows = len(rows_upper)
-    if n_rows:
-        h.addRows(
-            n_rows,
-            np.full(n_rows, -inf),
-            np.asarray(rows_upper),
-            len(rows_index),
-            np.asarray(rows_start[:-1], dtype=np.int32),
-            np.asarray(rows_index, dtype=np.int32),
-            np.asarray(rows_value),
-        )
-    n_int = z_base
-    if n_int:
-        h.changeColsIntegrality(
-            n_int,
-            np.arange(n_int, dtype=np.int32),
-            np.full(n_int, highspy.HighsVarType.kInteger),
-        )
-    h.changeObjectiveSense(highspy.ObjSense.kMaximize)
-    fallback: dict[str, frozenset[str]] | None = None
-    if warm_start and n_cols:
-        # Start from the greedy placement: HiGHS then never returns worse than greedy, even
-        # when the time limit hits.
-        start = np.zeros(n_cols)
-        s_of = {server_id: i for i, server_id in enumerate(ix.server_ids)}
-        b_of = {block_id: i for i, block_id in enumerate(ix.block_ids)}
-        fallback = greedy.solve(problem).blocks_by_server()
-        for server_id, held in fallback.items():
-            s = s_of[server_id]
-            for b in (b_of[block_id] for block_id in held):
-                if (s, b) in x_of:
-                    start[x_of[(s, b)]] = 1.0
-        for k in range(n_pairs):
-            s = int(ix.pair_server[k])
-            mb = ix.model_blocks[int(ix.pair_model[k])].tolist()
-            if all(start[x_of[(s, b)]] == 1.0 for b in mb):
-                start[k] = 1.0
-        np.maximum.at(start, z_base + z_col, start[entry_pair])
-        h.setSolution(n_cols, np.arange(n_cols, dtype=np.int32), start)
-    h.run()
-    model_status = h.getModelStatus()
-    has_solution = h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
-    status: Status
-    if model_status == highspy.HighsModelStatus.kOptimal or n_cols == 0:
-        status = "optimal"
-    elif model_status == highspy.HighsModelStatus.kTimeLimit:
-        status = "time_limit"
-    elif has_solution:
-        status = "feasible"
-    else:
-        status = "infeasible"
+    # Built and run with fd 1 on stderr: no HiGHS version may print on our stdout.
+    with quiet_highs() as h:
+        h.setOptionValue("time_limit", float(time_limit_s or DEFAULT_TIME_LIMIT_S))
+        h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
+        h.setOptionValue("random_seed", int(seed or 0))
+        inf = highspy.kHighsInf
+        h.addCols(n_cols, cost, np.zeros(n_cols), upper, 0, [], [], [])
+        n_rows = len(rows_upper)
+        if n_rows:
+            h.addRows(
+                n_rows,
+                np.full(n_rows, -inf),
+                np.asarray(rows_upper),
+                len(rows_index),
+                np.asarray(rows_start[:-1], dtype=np.int32),
+                np.asarray(rows_index, dtype=np.int32),
+                np.asarray(rows_value),
+            )
+        n_int = z_base
+        if n_int:
+            h.changeColsIntegrality(
+                n_int,
+                np.arange(n_int, dtype=np.int32),
+                np.full(n_int, highspy.HighsVarType.kInteger),
+            )
+        h.changeObjectiveSense(highspy.ObjSense.kMaximize)
+        fallback: dict[str, frozenset[str]] | None = None
+        if warm_start and n_cols:
+            # Start from the greedy placement: HiGHS then never returns worse than greedy, even
+            # when the time limit hits.
+            start = np.zeros(n_cols)
+            s_of = {server_id: i for i, server_id in enumerate(ix.server_ids)}
+            b_of = {block_id: i for i, block_id in enumerate(ix.block_ids)}
+            fallback = greedy.solve(problem).blocks_by_server()
+            for server_id, held in fallback.items():
+                s = s_of[server_id]
+                for b in (b_of[block_id] for block_id in held):
+                    if (s, b) in x_of:
+                        start[x_of[(s, b)]] = 1.0
+            for k in range(n_pairs):
+                s = int(ix.pair_server[k])
+                mb = ix.model_blocks[int(ix.pair_model[k])].tolist()
+                if all(start[x_of[(s, b)]] == 1.0 for b in mb):
+                    start[k] = 1.0
+            np.maximum.at(start, z_base + z_col, start[entry_pair])
+            h.setSolution(n_cols, np.arange(n_cols, dtype=np.int32), start)
+        h.run()
+        model_status = h.getModelStatus()
+        has_solution = h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
+        status: Status
+        if model_status == highspy.HighsModelStatus.kOptimal or n_cols == 0:
+            status = "optimal"
+        elif model_status == highspy.HighsModelStatus.kTimeLimit:
+            status = "time_limit"
+        elif has_solution:
+            status = "feasible"
+        else:
+            status = "infeasible"
 
-    chosen: dict[int, list[int]] = {}
-    if n_cols and (has_solution or status == "optimal"):
-        values = np.asarray(h.getSolution().col_value)
-        for k in np.flatnonzero(values[:n_pairs] > 0.5).tolist():
-            chosen.setdefault(int(ix.pair_server[k]), []).append(int(ix.pair_model[k]))
+        chosen: dict[int, list[int]] = {}
+        if n_cols and (has_solution or status == "optimal"):
+            values = np.asarray(h.getSolution().col_value)
+            for k in np.flatnonzero(values[:n_pairs] > 0.5).tolist():
+                chosen.setdefault(int(ix.pair_server[k]), []).append(int(ix.pair_model[k]))
     placement: Mapping[str, frozenset[str]] = blocks_of_models(ix, chosen)
     if fallback is not None and not (has_solution or status == "optimal"):
         placement = fallback  # HiGHS stopped before using the start: keep the greedy's
