@@ -119,7 +119,10 @@ def tie_problem() -> PlacementProblem:
     )
 
 
-@pytest.mark.parametrize("name", ["trimcaching-gen", "independent", "popularity", "trimcaching-spec"])
+TIE_BREAKERS = ["trimcaching-gen", "independent", "popularity", "trimcaching-spec"]
+
+
+@pytest.mark.parametrize("name", TIE_BREAKERS)
 def test_warm_start_breaks_ties_toward_what_is_held(name: str) -> None:
     problem = tie_problem()
     solve = SOLVERS[name]
