@@ -322,6 +322,8 @@ class Planner:
                 attempt.update(outcome="kept", version=previous.get("version", 0))
                 self.state.save_plan_attempt(attempt)
                 self.metrics.plans.labels(outcome="kept").inc()
+                if decision.current_hit_ratio is not None:  # what is held, on today's demand
+                    self.metrics.expected_hit_ratio.set(decision.current_hit_ratio)
                 logger.info(
                     "placement kept version=%s trigger=%s: %s",
                     previous.get("version"),
