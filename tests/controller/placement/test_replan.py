@@ -19,13 +19,13 @@ from tests.controller.placement.instances import tiny_problem
 MIB = 2**20
 
 
-def two_servers(p_m0: float = 0.5) -> PlacementProblem:
+def two_servers() -> PlacementProblem:
     """Two servers that each fit one of two equally sized models; one user reaches both."""
     return PlacementProblem(
         blocks={"a": 4 * MIB, "b": 4 * MIB},
         models={"m0": ["a"], "m1": ["b"]},
         servers={"s0": 4 * MIB, "s1": 4 * MIB},
-        requests={"u": {"m0": p_m0, "m1": 0.4}},
+        requests={"u": {"m0": 0.5, "m1": 0.4}},
         reachable={"u": {"s0": ["m0", "m1"], "s1": ["m0", "m1"]}},
     )
 
