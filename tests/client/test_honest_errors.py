@@ -50,6 +50,16 @@ def test_unreachable_controller_error(tmp_path: Path, monkeypatch: pytest.Monkey
         fetch_model("bert-sst2", cache_dir=tmp_path, load=False)
 
 
+def test_unreachable_origin_names_its_url(tmp_path: Path) -> None:
+    url = closed_url()
+    with pytest.raises(EdgeUnavailableError) as info:
+        fetch_model(
+            "bert-sst2", origin_url=url, repo_id="trimcache-zoo/bert-sst2", cache_dir=tmp_path
+        )
+    assert str(info.value).startswith(f"{url} unreachable: ConnectError: ")
+    assert info.value.url == url
+
+
 @pytest.mark.parametrize(("command", "how"), [("fetch", "--controller"), ("predict", "env")])
 def test_cli_prints_one_line_for_an_unreachable_controller(
     command: str, how: str, tmp_path: Path
