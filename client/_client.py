@@ -203,7 +203,8 @@ class Client:
         try:
             return self._get_json(f"{self.controller_url}{path}", params=params)
         except EdgeUnavailableError as exc:
-            raise controller_unavailable(self.controller_url, exc) from exc
+            # Chained from the transport error itself (None for a 5xx): no edge error in between.
+            raise controller_unavailable(self.controller_url, exc) from exc.__cause__
 
     # -- routing ---------------------------------------------------------------------------
     def _route(self, model_id: str, repo_id: str | None, revision: str) -> tuple[Route, int]:
