@@ -168,6 +168,27 @@ def test_cached_model_served_with_one_warning_while_the_controller_is_down(
     assert result.stderr.splitlines() == [f"trimcache: warning: {expected}"]
 
 
+def test_cached_adapter_and_its_base_served_while_the_controller_is_down(
+    stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from controller.app import create_app as create_controller
+    from controller.settings import Settings
+
+    settings = Settings(redis_url=stack.redis, origin_url=stack.origin, auto_plan=False)
+    with live_server(create_controller(settings)) as controller:
+        fetch_model("minilm-lora-topic", controller_url=controller, cache_dir=tmp_path, load=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        model = fetch_model("minilm-lora-topic", controller_url=controller, cache_dir=tmp_path)
+    # one line per model served from the cache: the adapter, then its base
+    served = [m.split(": serving ")[1].split(" ")[0] for m in _sdk_warnings(caplog)]
+    assert served == ["minilm-lora-topic", "minilm-base"]
+    assert model.report["offline"] is True
+    zoo = json.loads((stack.zoo / "zoo.json").read_text())
+    labels = next(m["labels"] for m in zoo["models"] if m["model_id"] == "minilm-lora-topic")
+    assert model.predict(["The striker scored twice in the final match"])[0]["label"] in labels
+
+
 def test_predict_and_fetch_print_rounded_results_only(stack: Stack, tmp_path: Path) -> None:
     env = {"TRIMCACHE_CONTROLLER_URL": stack.controller, "TRIMCACHE_CACHE_DIR": str(tmp_path)}
     texts = ["I loved it", "I hated it, a terrible waste of time"]
