@@ -1,10 +1,12 @@
 """The SDK entry points: :class:`Client` and :func:`fetch_model`.
 
 Configuration: every setting is an explicit argument. The environment is read in exactly one
-place, :func:`resolve_settings`, and only for arguments left as ``None``:
+place, :func:`resolve_settings` (and :func:`resolve_token`), only for arguments left as ``None``:
 
 - ``TRIMCACHE_CONTROLLER_URL`` (default ``http://127.0.0.1:8080``)
 - ``TRIMCACHE_CACHE_DIR`` (default ``~/.cache/trimcache``)
+- ``TRIMCACHE_AUTH_TOKEN`` (default none): the bearer token demand reports carry; without it the
+  controller refuses them (a fetch never fails for that)
 
 Internal logic of a fetch (:meth:`Client.fetch`):
 
@@ -37,6 +39,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from core.auth import bearer_header
 from core.digest import BlockId
 from core.errors import BlockNotFoundError as CoreBlockNotFoundError
 from core.errors import DigestMismatchError, ManifestError
@@ -84,6 +87,11 @@ def resolve_settings(
     return url.rstrip("/"), Path(directory).expanduser()
 
 
+def resolve_token(auth_token: str | None = None) -> str | None:
+    """The control-plane token: ``auth_token``, else ``TRIMCACHE_AUTH_TOKEN``, else None."""
+    return auth_token or os.environ.get("TRIMCACHE_AUTH_TOKEN") or None
+
+
 class FetchProgress(Protocol):
     """Hooks a UI can implement to follow a fetch (the CLI draws rich progress bars)."""
 
@@ -126,6 +134,7 @@ class Client:
         transport: an httpx transport (tests use it to inject faults).
         options: download tuning (parallelism, batching, retries).
         durable: fsync every block and file in the device cache.
+        auth_token: bearer token of demand reports (None: ``TRIMCACHE_AUTH_TOKEN``, else none).
 
     >>> with Client(edge_url="http://127.0.0.1:9", cache_dir="/tmp/tc") as c:  # doctest: +SKIP
     ...     c.fetch("bert-sst2").predict(["I loved it"])[0]["label"]
@@ -145,8 +154,11 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         options: DownloadOptions | None = None,
         durable: bool = False,
+        auth_token: str | None = None,
     ) -> None:
         self.controller_url, cache_path = resolve_settings(controller_url, cache_dir)
+        # Demand reports are a control-plane write: they carry the token (core.auth's policy).
+        self.auth_token = resolve_token(auth_token)
         self.edge_url = edge_url.rstrip("/") if edge_url else None
         self.origin_url = origin_url.rstrip("/") if origin_url else None
         self.mode: Mode = "edge" if self.edge_url else "origin" if self.origin_url else "controller"
@@ -496,7 +508,12 @@ class Client:
         if self.area_id:
             body["area_id"] = self.area_id
         try:
-            response = self._http.post(f"{self.controller_url}/v1/demand", json=body, timeout=2.0)
+            response = self._http.post(
+                f"{self.controller_url}/v1/demand",
+                json=body,
+                timeout=2.0,
+                headers=bearer_header(self.auth_token),
+            )
             if response.status_code >= 400:
                 logger.info("demand report refused: %s %s", response.status_code, response.text)
         except httpx.HTTPError as exc:  # reporting is best effort: never fail the fetch
@@ -528,6 +545,7 @@ def fetch_model(
     area_id: str | None = None,
     load: bool = True,
     progress: FetchProgress | None = None,
+    auth_token: str | None = None,
 ) -> FetchedModel:
     """Fetch a model onto this device and load it: the TrimCache SDK in one call.
 
@@ -547,6 +565,7 @@ def fetch_model(
         area_id: the user's area, sent with the route query and the demand report.
         load: load model and tokenizer before returning.
         progress: UI hooks (see :class:`FetchProgress`).
+        auth_token: bearer token of the demand report (None: ``TRIMCACHE_AUTH_TOKEN``).
 
     Returns:
         A :class:`FetchedModel` with ``.path``, ``.model``, ``.tokenizer``, ``.predict(texts)``
@@ -574,5 +593,6 @@ def fetch_model(
         edge_url=edge_url,
         origin_url=origin_url,
         area_id=area_id,
+        auth_token=auth_token,
     ) as client:
         return client.fetch(model_id, repo_id=repo_id, load=load, progress=progress)

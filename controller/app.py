@@ -25,6 +25,7 @@ from controller.metrics import Metrics
 from controller.planner import Planner, load_topology_file
 from controller.settings import Settings
 from controller.state import RedisState
+from core.asgi import RequestGuard
 from core.errors import TrimCacheError
 
 logger = logging.getLogger(__name__)
@@ -89,4 +90,7 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
 
     for module in (nodes, models, demand, topology, placement, routing, health):
         app.include_router(module.router)
+    app.add_middleware(
+        RequestGuard, max_body_bytes=settings.max_body_bytes, read_timeout_s=settings.read_timeout_s
+    )
     return app

@@ -19,16 +19,31 @@ The only module that turns state into actions on edge nodes. Internal logic of
    ``outcome: "kept"`` with the decision (gain, bytes it would move). A current placement that
    is no longer valid (a node joined or left, a capacity shrank below what a node holds, a
    model left the catalogue or was re-indexed) is always replaced;
-5. store the new placement (version from ``INCR``) with every push ``pending``;
+5. store the new placement (version from ``INCR``, above every version a live node reports
+   having applied, so a Redis wipe never sends the edges a version they already passed) with
+   every push ``pending``;
 6. push each node its plan (manifests of the models to hold, and for each block it lacks, the
    live peers whose *confirmed* holdings include it), one node at a time, choosing next a node
-   whose evictions remove no last copy that a pending node still needs from a peer; after each
-   push the node's confirmed models come from its response, so later nodes migrate from it and
-   the origin serves each missing block at most once.
+   whose evictions remove no *last confirmed copy* of a block that another node is placed to
+   hold but has not confirmed yet; after each push the node's confirmed models come from its
+   response, so later nodes migrate from it and the origin serves each missing block at most
+   once. When every remaining node would evict such a last copy (a swap, or a new holder that
+   failed), the node is sent a *retaining* plan that keeps the models holding those copies
+   (``push[node].retained``); it gets its exact plan once the new holders confirmed (later in
+   the same push, or by the loop's drift repair). A placed model therefore never loses its
+   last edge copy to a handover that did not complete.
 
-A node that rejects or fails its plan is recorded (``push[node].status``) and retried by the
-background loop (:meth:`Planner.tick`), which also re-plans when membership or the
-topology change (after ``settle_s`` of quiet), every ``plan_interval_s``, and re-pushes the
+Pushes are fenced: the plan lock (TTL ``plan_lock_ttl_s``, renewed by a helper thread that
+shares the lock's token) must still be held before the placement is stored and before each
+push, and every plan carries its version; edges refuse a version older than the one they
+applied. A push waits at most ``push_timeout_s``, and gives up early when the node's progress
+(``GET /v1/plan``) stands still for ``push_stall_s``.
+
+A node that rejects or fails its plan is recorded (``push[node].status``, ``attempts``) and
+retried by the background loop (:meth:`Planner.tick`) with exponential backoff from
+``retry_interval_s`` (full jitter, capped at ``retry_max_interval_s``) at most
+``push_retry_budget`` times per placement version. The loop also re-plans when membership or
+the topology change (after ``settle_s`` of quiet), every ``plan_interval_s``, and re-pushes the
 current plan to a node whose reported models drift from it.
 """
 
@@ -36,11 +51,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +76,20 @@ from controller.placement import (
 )
 from controller.routing import held_blocks, manifest_block_ids
 from controller.settings import Settings
-from controller.state import CatalogueEntry, NodeRecord, RedisState
+from controller.state import CatalogueEntry, NodeRecord, PlanLock, RedisState
 from controller.topology import Topology, default_topology, reachable_sets
 from core import ModelManifest, TrimCacheError, group_by_sharing
+from core.digest import BlockId
 
 logger = logging.getLogger(__name__)
 
 EDGE_PLAN_SCHEMA = "trimcache.edge-plan/v1"
-LOCK_TIMEOUT_S = 30.0
+# How often the push waits for the node's answer before it looks at the node's progress.
+PROGRESS_POLL_S = 2.0
+# Push outcomes the loop retries (with backoff, within the budget): "pending" outside a running
+# plan means the process that pushed died mid-plan; "retained" kept last copies for a holder
+# that had not confirmed them.
+RETRIED_STATUSES = frozenset({"failed", "unreachable", "stalled", "retained", "pending", None})
 FALLBACK_SOLVER = "trimcaching-gen"
 
 
@@ -246,19 +270,19 @@ class Planner:
 
     # -- planning -------------------------------------------------------------------------
     @contextmanager
-    def _locked(self, *, blocking_timeout_s: float) -> Iterator[bool]:
-        """The cross-process plan lock, renewed in the background while held."""
-        guard = self.state.plan_lock(
-            timeout_s=LOCK_TIMEOUT_S, blocking_timeout_s=blocking_timeout_s
-        )
+    def _locked(self, *, blocking_timeout_s: float) -> Iterator[PlanLock | None]:
+        """The cross-process plan lock (None when not acquired), renewed in the background
+        every third of its TTL while held; check ``owned()`` before acting on it."""
+        ttl = self.settings.plan_lock_ttl_s
+        guard = self.state.plan_lock(timeout_s=ttl, blocking_timeout_s=blocking_timeout_s)
         with guard as acquired:
             if not acquired:
-                yield False
+                yield None
                 return
             done = threading.Event()
 
             def renew() -> None:
-                while not done.wait(LOCK_TIMEOUT_S / 3):
+                while not done.wait(ttl / 3):
                     try:
                         guard.reacquire()
                     except Exception:  # noqa: BLE001 - Redis gone: the lock expires by itself
@@ -267,7 +291,7 @@ class Planner:
             renewer = threading.Thread(target=renew, name="plan-lock-renew", daemon=True)
             renewer.start()
             try:
-                yield True
+                yield guard
             finally:
                 done.set()
                 renewer.join(timeout=5)
@@ -281,13 +305,13 @@ class Planner:
             StateUnavailableError: Redis is down (nothing is pushed).
         """
         timeout = self.settings.push_timeout_s if blocking_timeout_s is None else blocking_timeout_s
-        with self._locked(blocking_timeout_s=timeout) as acquired:
-            if not acquired:
+        with self._locked(blocking_timeout_s=timeout) as guard:
+            if guard is None:
                 current = self.state.get_placement()
                 return current if current is not None else {"version": 0, "servers": {}}
-            return self._plan_locked(trigger)
+            return self._plan_locked(trigger, guard)
 
-    def _plan_locked(self, trigger: str) -> dict[str, Any]:
+    def _plan_locked(self, trigger: str, guard: PlanLock) -> dict[str, Any]:
         started = time.time()
         nodes = self.state.live_nodes()
         catalogue = self.state.list_models()
@@ -332,7 +356,11 @@ class Planner:
                 )
                 return previous
 
-        version = self.state.next_placement_version()
+        if not guard.owned():
+            logger.warning("plan lock lost before storing a placement trigger=%s", trigger)
+            return previous or {"version": 0, "servers": {}}
+        applied = [n.plan_version for n in nodes if n.plan_version is not None]
+        version = self.state.next_placement_version(floor=max(applied, default=0))
         servers: dict[str, dict[str, Any]] = {}
         for node in nodes:
             placed = result.servers.get(node.node_id) if result is not None else None
@@ -378,7 +406,7 @@ class Planner:
         )
         attempt.update(outcome="ok", version=version)
         self.state.save_plan_attempt(attempt)
-        self._push(record, nodes, catalogue)
+        self._push(record, nodes, catalogue, guard=guard)
         return self.state.get_placement() or record
 
     def _decide(
@@ -437,15 +465,15 @@ class Planner:
 
     def repush(self, node_ids: Sequence[str]) -> None:
         """Push the current placement again to some nodes (failed or drifted ones)."""
-        with self._locked(blocking_timeout_s=0.0) as acquired:
-            if not acquired:
+        with self._locked(blocking_timeout_s=0.0) as guard:
+            if guard is None:
                 return
             record = self.state.get_placement()
             if record is None:
                 return
             nodes = self.state.live_nodes()
             catalogue = self.state.list_models()
-            self._push(record, nodes, catalogue, only=set(node_ids))
+            self._push(record, nodes, catalogue, guard=guard, only=set(node_ids))
 
     # -- pushing --------------------------------------------------------------------------
     def _push(
@@ -454,6 +482,7 @@ class Planner:
         nodes: Sequence[NodeRecord],
         catalogue: Sequence[CatalogueEntry],
         *,
+        guard: PlanLock,
         only: set[str] | None = None,
     ) -> None:
         version = int(record["version"])
@@ -469,49 +498,159 @@ class Planner:
             target_models[node_id] = models
             targets[node_id] = frozenset().union(*(blocks_by_model[m] for m in models))
         held = {n: held_blocks(live[n], blocks_by_model) for n in live}
+        holding = {n: [m for m in live[n].serving_models if m in entries] for n in live}
+        pushes: Mapping[str, Any] = record.get("push", {})
+        urls = {n: live[n].url for n in live}
+        push = _Push(version, entries, blocks_by_model, targets, target_models, held, holding, urls)
         pending = sorted(n for n in targets if only is None or n in only)
+        retained: list[str] = []
         while pending:
             node_id = _next_node(pending, targets, held)
+            if node_id is None:  # every remaining node would evict a last copy: retain
+                node_id = pending[0]
             pending.remove(node_id)
-            needed = targets[node_id] - held[node_id]
-            peers: dict[str, list[str]] = {}
-            for block_id in sorted(needed):
-                urls = [live[p].url for p in sorted(held) if p != node_id and block_id in held[p]]
-                if urls:
-                    peers[block_id] = urls
-            body = {
-                "schema": EDGE_PLAN_SCHEMA,
-                "version": version,
-                "manifests": [dict(entries[m].manifest) for m in target_models[node_id]],
-                "peers": peers,
-                "origin_url": self.settings.origin_url,
-            }
-            # Routes stop naming what this plan evicts before the node starts evicting (and
-            # name again what an earlier plan dropped but this one brings back).
-            dropping = sorted(set(live[node_id].models) - set(target_models[node_id]))
-            self.state.update_node_models(node_id, dropping=dropping)
-            status = self._push_one(live[node_id], body)
-            status["version"] = version
-            status["models"] = target_models[node_id]
-            if status["status"] == "applied":
-                held_models = status.get("held_models", target_models[node_id])
-                self.state.update_node_models(node_id, held_models)
-                held[node_id] = frozenset().union(
-                    *(blocks_by_model.get(m, frozenset()) for m in held_models)
-                )
-            self.state.update_push_status(version, node_id, status)
-            self.metrics.pushes.labels(status=status["status"]).inc()
+            if not self._push_node(live[node_id], push, pushes.get(node_id, {}), guard):
+                return
+            if node_id in push.retaining:
+                retained.append(node_id)
+        # Nodes that kept last copies get their exact plan once the new holders confirmed.
+        for node_id in retained:
+            if not _last_copies(node_id, targets, held):
+                prior = {"version": version, "status": "retained", "attempts": 0}
+                if not self._push_node(live[node_id], push, prior, guard):
+                    return
+
+    def _push_node(
+        self, node: NodeRecord, push: _Push, prior: Mapping[str, Any], guard: PlanLock
+    ) -> bool:
+        """Push one node its plan (retaining last copies, see the module docstring) and record
+        the outcome; False when the plan lock was lost (nothing was sent)."""
+        if not guard.owned():
+            logger.warning("plan lock lost: push of version %d stopped", push.version)
+            return False
+        node_id = node.node_id
+        models = list(push.target_models[node_id])
+        keep = _last_copies(node_id, push.targets, push.held)
+        kept: list[str] = []
+        if keep:
+            kept = [
+                m
+                for m in push.holding[node_id]
+                if m not in models and push.blocks_by_model[m] & keep
+            ]
+            models = self._fitting(node, kept, models, push.entries)
+            push.retaining.add(node_id)
+        else:
+            push.retaining.discard(node_id)
+        needed = frozenset().union(*(push.blocks_by_model[m] for m in models)) - push.held[node_id]
+        peers: dict[str, list[str]] = {}
+        for block_id in sorted(needed):
+            urls = [
+                push.urls[p] for p in sorted(push.held) if p != node_id and block_id in push.held[p]
+            ]
+            if urls:
+                peers[block_id] = urls
+        body = {
+            "schema": EDGE_PLAN_SCHEMA,
+            "version": push.version,
+            "manifests": [dict(push.entries[m].manifest) for m in models],
+            "peers": peers,
+            "origin_url": self.settings.origin_url,
+        }
+        # Routes stop naming what this plan evicts before the node starts evicting (and
+        # name again what an earlier plan dropped but this one brings back).
+        dropping = sorted(set(node.models) - set(models))
+        self.state.update_node_models(node_id, dropping=dropping)
+        status = self._push_one(node, body)
+        status["version"] = push.version
+        status["models"] = push.target_models[node_id]
+        if status["status"] == "applied":
+            held_models = status.get("held_models", models)
+            self.state.update_node_models(node_id, held_models)
+            push.holding[node_id] = [m for m in held_models if m in push.entries]
+            push.held[node_id] = frozenset().union(
+                *(push.blocks_by_model.get(m, frozenset()) for m in held_models)
+            )
+            if kept:
+                status.update(status="retained", retained=kept)
+        if status["status"] != "applied":
+            same = prior.get("version") == push.version and prior.get("status") != "applied"
+            attempts = int(prior.get("attempts", 0)) + 1 if same else 1
+            status["attempts"] = attempts
+            status["retry_at"] = status["at"] + self._backoff_s(attempts)
+        self.state.update_push_status(push.version, node_id, status)
+        self.metrics.pushes.labels(status=status["status"]).inc()
+        return True
+
+    def _fitting(
+        self,
+        node: NodeRecord,
+        kept: Sequence[str],
+        wanted: Sequence[str],
+        entries: Mapping[str, CatalogueEntry],
+    ) -> list[str]:
+        """``kept`` plus as many of ``wanted`` (in order) as fit the node's capacity."""
+        sizes: dict[BlockId, int] = {}
+        chosen: list[str] = []
+        for model_id in [*kept, *wanted]:
+            if model_id in chosen:
+                continue
+            more = dict(sizes)
+            more.update(ModelManifest.from_dict(dict(entries[model_id].manifest)).block_sizes())
+            fits = node.capacity_bytes < 0 or sum(more.values()) <= node.capacity_bytes
+            if model_id in kept or fits:
+                sizes = more
+                chosen.append(model_id)
+        return chosen
+
+    def _backoff_s(self, attempts: int) -> float:
+        """Delay before retry number ``attempts`` of a failed push: doubling from
+        ``retry_interval_s``, capped, with equal jitter (never less than half the step)."""
+        step = self.settings.retry_interval_s * 2.0 ** max(0, attempts - 1)
+        step = min(step, max(self.settings.retry_interval_s, self.settings.retry_max_interval_s))
+        return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not security
 
     def _push_one(self, node: NodeRecord, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT the plan and wait for the answer while the node's progress moves (see the
+        module docstring: ``push_timeout_s`` in all, ``push_stall_s`` without progress)."""
         url = f"{node.url}/v1/plan"
         started = time.time()
         status: dict[str, Any] = {"at": started}
-        try:
-            response = self.http.put(url, json=body)
-        except httpx.HTTPError as exc:
-            logger.warning("plan push failed node_id=%s url=%s error=%r", node.node_id, url, exc)
-            status.update(status="unreachable", code="upstream_unavailable", error=repr(exc))
-            return status
+        future: Future[httpx.Response] = Future()
+
+        def send() -> None:
+            try:
+                future.set_result(self.http.put(url, json=body))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                future.set_exception(exc)
+
+        threading.Thread(target=send, name=f"push-{node.node_id}", daemon=True).start()
+        stall_s = self.settings.push_stall_s
+        poll_s = min(PROGRESS_POLL_S, stall_s / 3)
+        last_progress: Any = None
+        moved_at = time.monotonic()
+        deadline = moved_at + self.settings.push_timeout_s
+        while True:
+            try:
+                response = future.result(timeout=poll_s)
+                break
+            except FutureTimeout:
+                pass
+            except httpx.HTTPError as exc:
+                logger.warning(
+                    "plan push failed node_id=%s url=%s error=%r", node.node_id, url, exc
+                )
+                status.update(status="unreachable", code="upstream_unavailable", error=repr(exc))
+                return status
+            now = time.monotonic()
+            progress = self._progress(node, timeout_s=poll_s)
+            if progress is not None and progress != last_progress:
+                last_progress, moved_at = progress, now
+            if now >= deadline or now - moved_at >= stall_s:
+                why = "timed out" if now >= deadline else f"made no progress for {stall_s:g} s"
+                logger.warning("plan push %s node_id=%s url=%s", why, node.node_id, url)
+                status.update(status="stalled", code="push_stalled", error=f"the node {why}")
+                return status
         status["seconds"] = round(time.time() - started, 3)
         if response.status_code != 200:
             code = response.headers.get("X-Error-Code", f"http_{response.status_code}")
@@ -550,6 +689,14 @@ class Planner:
         )
         return status
 
+    def _progress(self, node: NodeRecord, *, timeout_s: float) -> Any:
+        """What the node reports of the plan it is applying (None: no answer)."""
+        try:
+            doc = self.http.get(f"{node.url}/v1/plan", timeout=timeout_s).json()
+            return (doc.get("applying_version"), json.dumps(doc.get("progress"), sort_keys=True))
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+
     # -- the background loop --------------------------------------------------------------
     def tick(self, *, now_s: float | None = None) -> str | None:
         """One pass of the loop: re-plan or re-push when needed; returns what it did."""
@@ -586,12 +733,19 @@ class Planner:
             age = now - float(push.get("at", 0.0))
             # "pending" outside a running plan (repush takes the plan lock, so it only runs
             # when no planner anywhere holds it): the process that pushed died mid-plan.
-            failed = push.get("status") in ("failed", "unreachable", "pending", None)
-            drifted = push.get("status") == "applied" and set(node.serving_models) != set(
-                placed["models"]
-            )
-            if (failed or drifted) and age >= self.settings.retry_interval_s:
-                retry.append(node.node_id)
+            status = push.get("status")
+            if status in RETRIED_STATUSES:
+                attempts = int(push.get("attempts", 0))
+                due = float(
+                    push.get(
+                        "retry_at", float(push.get("at", 0.0)) + self.settings.retry_interval_s
+                    )
+                )
+                if attempts < self.settings.push_retry_budget and now >= due:
+                    retry.append(node.node_id)
+            elif status == "applied" and set(node.serving_models) != set(placed["models"]):
+                if age >= self.settings.retry_interval_s:  # drifted: repaired
+                    retry.append(node.node_id)
         if retry:
             self.repush(retry)
             return "repush"
@@ -658,28 +812,46 @@ def current_placement(
     return current, invalid
 
 
+@dataclass(slots=True)
+class _Push:
+    """One push round's working state: what each node is meant to hold and has confirmed."""
+
+    version: int
+    entries: Mapping[str, CatalogueEntry]
+    blocks_by_model: Mapping[str, frozenset[str]]
+    targets: Mapping[str, frozenset[str]]
+    target_models: Mapping[str, list[str]]
+    held: dict[str, frozenset[str]]  # confirmed blocks per live node (updated after each push)
+    holding: dict[str, list[str]]  # confirmed models per live node
+    urls: Mapping[str, str]
+    retaining: set[str] = field(default_factory=set)
+
+
+def _last_copies(
+    node_id: str, targets: Mapping[str, frozenset[str]], held: Mapping[str, frozenset[str]]
+) -> frozenset[str]:
+    """Blocks ``node_id``'s plan would evict although it holds their only confirmed copy and
+    another node is placed to hold them but has not confirmed them yet."""
+    evicts = held.get(node_id, frozenset()) - targets.get(node_id, frozenset())
+    if not evicts:
+        return frozenset()
+    wanted: set[str] = set()
+    for other, target in targets.items():
+        if other != node_id:
+            wanted |= (target - held.get(other, frozenset())) & evicts
+    return frozenset(
+        b for b in wanted if not any(b in blocks for p, blocks in held.items() if p != node_id)
+    )
+
+
 def _next_node(
     pending: Sequence[str],
     targets: Mapping[str, frozenset[str]],
     held: Mapping[str, frozenset[str]],
-) -> str:
-    """The next node to push: one whose evictions remove no block that another pending node
-    still lacks and can only get from this node; otherwise the first pending node."""
+) -> str | None:
+    """The first pending node whose evictions remove no last confirmed copy of a block
+    another node is placed to hold but lacks (None: every pending node would)."""
     for node_id in pending:
-        evicts = held[node_id] - targets[node_id]
-        if not evicts:
+        if not _last_copies(node_id, targets, held):
             return node_id
-        safe = True
-        for other in pending:
-            if other == node_id:
-                continue
-            wanted = (targets[other] - held[other]) & evicts
-            for block_id in wanted:
-                if not any(block_id in held[p] for p in held if p not in (node_id, other)):
-                    safe = False
-                    break
-            if not safe:
-                break
-        if safe:
-            return node_id
-    return pending[0]
+    return None

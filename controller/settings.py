@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.asgi import DEFAULT_MAX_BODY_BYTES, DEFAULT_READ_TIMEOUT_S
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONTROLLER_", frozen=True, extra="ignore")
@@ -27,8 +29,12 @@ class Settings(BaseSettings):
     # triggers a re-plan (nodes registering one by one).
     check_interval_s: float = Field(default=0.5, gt=0)
     settle_s: float = Field(default=1.5, ge=0)
-    # A failed (or drifted) push is retried after this long.
+    # A failed (or drifted) push is retried after this long, doubling (with jitter) after each
+    # failure of the same push up to retry_max_interval_s, at most push_retry_budget times per
+    # placement version (a new placement starts a new budget).
     retry_interval_s: float = Field(default=3.0, ge=0)
+    retry_max_interval_s: float = Field(default=300.0, ge=0)
+    push_retry_budget: int = Field(default=8, ge=1)
     # A node whose last heartbeat is older than this drops out (Redis key TTL).
     heartbeat_expiry_s: float = Field(default=15.0, gt=0)
     # Half-life of the demand statistics.
@@ -40,8 +46,14 @@ class Settings(BaseSettings):
     topology_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    # Timeout of one plan push (a node downloads its blocks before answering).
+    # Timeout of one plan push (a node downloads its blocks before answering): the push is
+    # abandoned after push_timeout_s in all, or as soon as the node's reported progress
+    # (``GET /v1/plan``) has not moved for push_stall_s.
     push_timeout_s: float = Field(default=600.0, gt=0)
+    push_stall_s: float = Field(default=30.0, gt=0)
+    # The cross-process plan lock expires this long after its holder stopped renewing it (a
+    # crashed controller delays the next plan by at most this much).
+    plan_lock_ttl_s: float = Field(default=6.0, gt=0)
     # Timeout of one Redis command; also bounds how long a request waits when Redis is down.
     redis_timeout_s: float = Field(default=2.0, gt=0)
     solver_time_limit_s: float | None = Field(default=30.0, gt=0)
@@ -54,6 +66,9 @@ class Settings(BaseSettings):
     replan_min_gain: float = Field(default=0.01, ge=0, le=1)
     # Hit-ratio points that moving one GiB of blocks (migrated or fetched) costs a re-plan.
     replan_move_cost_per_gib: float = Field(default=0.01, ge=0)
+    # Request bodies: at most this many bytes (413), and no pause longer than this (408).
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
+    read_timeout_s: float = Field(default=DEFAULT_READ_TIMEOUT_S, gt=0)
 
     @field_validator("solver")
     @classmethod

@@ -107,6 +107,8 @@ class NodeRecord:
     last_seen: float = 0.0
     # Models a pushed plan drops: not routed until a report shows them gone.
     dropping: tuple[str, ...] = ()
+    # The last placement version the node reports having applied (None: not reported).
+    plan_version: int | None = None
 
     @property
     def serving_models(self) -> tuple[str, ...]:
@@ -469,18 +471,21 @@ class RedisState:
         doc: dict[str, Any] = json.loads(cast(str, text))
         return doc
 
-    def next_placement_version(self) -> int:
-        """A fresh version number, never handed out before (survives placement rewrites)."""
+    def next_placement_version(self, floor: int = 0) -> int:
+        """A fresh version number above ``floor`` and above every version handed out before
+        (survives placement rewrites, and a Redis wipe when ``floor`` is the highest version the
+        edges report having applied)."""
 
         def run() -> int:
             # The counter may be lost with a Redis restart without persistence while the
             # placement record survives elsewhere; never go below the stored version.
             current = self.client.get(PLACEMENT_KEY)
-            floor = int(json.loads(cast(str, current)).get("version", 0)) if current else 0
+            stored = int(json.loads(cast(str, current)).get("version", 0)) if current else 0
+            lowest = max(stored, floor)
             version = int(self.client.incr(PLACEMENT_VERSION_KEY))
-            if version <= floor:
-                self.client.set(PLACEMENT_VERSION_KEY, floor + 1)
-                version = floor + 1
+            if version <= lowest:
+                self.client.set(PLACEMENT_VERSION_KEY, lowest + 1)
+                version = lowest + 1
             return version
 
         return self._call(run)
@@ -521,9 +526,15 @@ class RedisState:
         return doc
 
     def plan_lock(self, *, timeout_s: float, blocking_timeout_s: float) -> PlanLock:
-        """A cross-process lock around planning (released on exit, expires after ``timeout_s``)."""
+        """A cross-process lock around planning (released on exit, expires after ``timeout_s``).
+
+        The lock's token is shared by all threads (``thread_local=False``): the planner's renewer
+        thread extends the lock its planning thread took."""
         lock = self.client.lock(
-            PLAN_LOCK_KEY, timeout=timeout_s, blocking_timeout=blocking_timeout_s
+            PLAN_LOCK_KEY,
+            timeout=timeout_s,
+            blocking_timeout=blocking_timeout_s,
+            thread_local=False,
         )
         return PlanLock(lock)
 
@@ -551,3 +562,10 @@ class PlanLock(AbstractContextManager[bool]):
         """Reset the lock's expiry to its full timeout (call while holding it)."""
         with _redis_errors():
             self._lock.reacquire()
+
+    def owned(self) -> bool:
+        """Whether this holder still owns the lock (False once it expired or Redis lost it)."""
+        try:
+            return self._held and bool(self._lock.owned())
+        except redis.RedisError:
+            return False

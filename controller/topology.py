@@ -34,6 +34,35 @@ from controller.wireless import RadioConfig
 
 SCHEMA = "trimcache.topology/v1"
 DEFAULT_AREA_OFFSET_M = 20.0
+# Bounds of every number a topology (or a heartbeat, a route query) may carry: positions within
+# 10,000 km of the origin keep every distance and rate finite.
+MAX_COORD_M = 1e7
+MAX_AREAS = 10_000
+MAX_ID_CHARS = 200
+# Channel parameter -> (lowest, highest, lowest is allowed).
+CHANNEL_BOUNDS: Mapping[str, tuple[float, float, bool]] = MappingProxyType(
+    {
+        "tx_power_dbm": (-100.0, 100.0, True),
+        "bandwidth_hz": (0.0, 1e12, False),
+        "noise_dbm_per_hz": (-300.0, 0.0, True),
+        "coverage_m": (0.0, MAX_COORD_M, True),
+        "neighbour_m": (0.0, MAX_COORD_M, True),
+        "backhaul_bps": (0.0, 1e15, False),
+        "min_distance_m": (0.0, MAX_COORD_M, False),
+        "latency_ms": (0.0, 1e7, True),
+    }
+)
+
+
+def _bounded(what: str, value: float, low: float, high: float, *, low_ok: bool = True) -> float:
+    """``value`` if it is finite and within [low, high] (or (low, high]); else a 400."""
+    above = value >= low if low_ok else value > low
+    if not (math.isfinite(value) and above and value <= high):
+        bound = "[" if low_ok else "("
+        raise InvalidRequestError(
+            f"topology: {what} = {value!r} is outside {bound}{low:g}, {high:g}]"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,16 +159,29 @@ class Topology:
             }
         except InvalidRequestError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise InvalidRequestError(f"topology: malformed entry ({exc!r})") from exc
+        for kind, ids in (("area", areas), ("deadline", deadlines), ("position", positions)):
+            if len(ids) > MAX_AREAS:
+                raise InvalidRequestError(f"topology: more than {MAX_AREAS} {kind} entries")
+            for key in ids:
+                if not 0 < len(key) <= MAX_ID_CHARS:
+                    raise InvalidRequestError(
+                        f"topology: {kind} id of {len(key)} characters (1-{MAX_ID_CHARS})"
+                    )
         for area_id, area in areas.items():
-            if area.weight < 0 or not all(map(math.isfinite, (area.x_m, area.y_m, area.weight))):
-                raise InvalidRequestError(f"topology: area {area_id!r} has a bad position/weight")
+            for coord in ("x_m", "y_m"):
+                _bounded(
+                    f"area {area_id!r} {coord}", getattr(area, coord), -MAX_COORD_M, MAX_COORD_M
+                )
+            _bounded(f"area {area_id!r} weight", area.weight, 0.0, 1e12)
+        for node_id, (x, y) in positions.items():
+            _bounded(f"position of {node_id!r} x", x, -MAX_COORD_M, MAX_COORD_M)
+            _bounded(f"position of {node_id!r} y", y, -MAX_COORD_M, MAX_COORD_M)
         for model_id, seconds in deadlines.items():
-            if not seconds > 0:
-                raise InvalidRequestError(f"topology: deadline of {model_id!r} must be > 0")
-        if min(channel.bandwidth_hz, channel.backhaul_bps, channel.min_distance_m) <= 0:
-            raise InvalidRequestError("topology: bandwidth_hz and backhaul_bps must be > 0")
+            _bounded(f"deadline of {model_id!r}", seconds, 0.0, 1e7, low_ok=False)
+        for name, (low, high, low_ok) in CHANNEL_BOUNDS.items():
+            _bounded(f"channel {name}", getattr(channel, name), low, high, low_ok=low_ok)
         deadlines.setdefault("default", 10.0)
         return cls(
             areas=MappingProxyType(areas),

@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         chosen = _pick_models(catalogue)
         via_edge = _fetch_all(
             chosen, cache_dir=work / "device-edge", controller_url=state["controller_url"],
-            area_id=state["edges"][0]["area_id"],
+            area_id=state["edges"][0]["area_id"], auth_token=state["auth_token"],
         )  # fmt: skip
         via_origin = _fetch_all(
             chosen, cache_dir=work / "device-origin", origin_url=state["origin_url"]

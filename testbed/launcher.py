@@ -637,7 +637,8 @@ def up(
         record(
             _spawn(
                 "origin", "origin", origin_url, origin_argv,
-                env=_child_env({}, state_dir), log=logs / "origin.log", cwd=state_dir,
+                env=_child_env({"ORIGIN_AUTH_TOKEN": auth_token}, state_dir),
+                log=logs / "origin.log", cwd=state_dir,
             )
         )  # fmt: skip
         _wait_healthy(started, timeout_s=options.timeout_s)

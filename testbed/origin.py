@@ -8,14 +8,16 @@ On disk (the zoo layout of docs/api.md)::
 
     ROOT/repos/<org>/<name>/<path>     one HF-format repo per model; repo id "<org>/<name>"
 
-Routes (all read-only):
+Routes (all read-only but the counter reset):
 
 - ``GET /api/models/{repo_id}`` and ``GET /api/models/{repo_id}/revision/{revision}``: model info
   (``id``, ``sha``, ``siblings`` with ``rfilename``, ``size`` and ``lfs`` for LFS-like files).
 - ``GET /api/models/{repo_id}/tree/{revision}[/{path}][?recursive=true]``: tree entries.
 - ``HEAD|GET /{repo_id}/resolve/{revision}/{path}``: the bytes, with ``ETag``, ``X-Repo-Commit``,
   ``Content-Length``, ``Accept-Ranges: bytes``; one ``Range`` gives 206, a bad one 416.
-- ``GET /v1/stats``, ``POST /v1/stats/reset``: bytes served per repo; ``GET /healthz``.
+- ``GET /v1/stats``, ``POST /v1/stats/reset``: bytes served per repo; ``GET /healthz``. The reset
+  needs ``Authorization: Bearer <ORIGIN_AUTH_TOKEN>`` (the one policy of :mod:`core.auth`: no token
+  configured refuses it with 401 ``unauthorized``).
 
 Invariants:
 
@@ -32,12 +34,15 @@ Invariants:
 - Link emulation: ``latency_ms`` is added once per Hub request (an ASGI middleware), and
   ``rate_bytes_per_s`` paces every body through one shared token bucket
   (:class:`core.ratelimit.TokenBucket`), as one backhaul link would.
+- Request bodies and their read time are bounded (:class:`core.asgi.RequestGuard`); error headers
+  are latin-1 safe (:func:`core.asgi.header_text`), so any path gives its 404, never a 500.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +54,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.asgi import RequestGuard, header_text
+from core.auth import refusal
 from core.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -57,6 +64,8 @@ CHUNK_BYTES = 1024 * 1024
 LFS_MIN_BYTES = 10 * 1024 * 1024
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".onnx", ".gguf")
 DEFAULT_BRANCH = "main"
+# One part of a repo id (the Hub's rule: at most 96 characters, no leading dot).
+_REPO_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,95}")
 # The time every repo claims for lastModified/createdAt: stable, so responses are deterministic.
 FIXED_TIMESTAMP = "2024-01-01T00:00:00.000Z"
 
@@ -85,6 +94,11 @@ class EntryNotFoundError(OriginError):
     code = "entry_not_found"
     hub_code = "EntryNotFound"
     status_code = 404
+
+
+class UnauthorizedError(OriginError):
+    code = "unauthorized"
+    status_code = 401
 
 
 class RangeNotSatisfiableError(OriginError):
@@ -182,8 +196,8 @@ class RepoIndex:
     def snapshot(self, repo_id: str, revision: str = DEFAULT_BRANCH) -> RepoSnapshot:
         """The repo at ``revision`` (``main`` or its 40-hex id); raises the Hub's 404s."""
         org, _, name = repo_id.partition("/")
-        if not org or not name or "/" in name or org.startswith(".") or name.startswith("."):
-            raise RepoNotFoundError(f"repository {repo_id!r} not found")
+        if not (_REPO_PART.fullmatch(org) and _REPO_PART.fullmatch(name)):
+            raise RepoNotFoundError(f"repository {repo_id[:200]!r} not found")
         repo_root = self.repos_dir / org / name
         if not repo_root.is_dir():
             raise RepoNotFoundError(f"repository {repo_id!r} not found")
@@ -397,6 +411,7 @@ def create_app(
     *,
     rate_bytes_per_s: float | None = None,
     latency_ms: float = 0.0,
+    auth_token: str | None = None,
 ) -> FastAPI:
     """Build the origin app serving ``root/repos/<org>/<name>`` as Hub repos.
 
@@ -404,6 +419,7 @@ def create_app(
         root: the zoo directory (the one holding ``repos/`` and ``zoo.json``).
         rate_bytes_per_s: pace all response bodies together to this rate (None: no limit).
         latency_ms: added once before every Hub request.
+        auth_token: the bearer token ``POST /v1/stats/reset`` needs (None: the reset is refused).
     """
     index = RepoIndex(Path(root))
     stats = ServedStats()
@@ -414,10 +430,14 @@ def create_app(
     app.state.stats = stats
     if latency_ms > 0:
         app.add_middleware(LatencyMiddleware, latency_ms=latency_ms)
+    app.add_middleware(RequestGuard)
 
     @app.exception_handler(OriginError)
     def _origin_error(_request: Request, exc: OriginError) -> JSONResponse:
-        headers = {"X-Error-Code": exc.hub_code or exc.code, "X-Error-Message": str(exc)}
+        headers = {
+            "X-Error-Code": exc.hub_code or exc.code,
+            "X-Error-Message": header_text(str(exc)),
+        }
         if isinstance(exc, RangeNotSatisfiableError):
             headers["Content-Range"] = f"bytes */{exc.size_bytes}"
         return JSONResponse(
@@ -435,7 +455,12 @@ def create_app(
         return stats.to_json()
 
     @app.post("/v1/stats/reset")
-    def reset_stats() -> dict[str, Any]:
+    def reset_stats(request: Request) -> dict[str, Any]:
+        reason = refusal(
+            request.headers.get("Authorization"), [auth_token], setting="ORIGIN_AUTH_TOKEN"
+        )
+        if reason is not None:
+            raise UnauthorizedError(reason)
         stats.reset()
         return stats.to_json()
 

@@ -98,6 +98,11 @@ def _origin_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.root} has no repos/ directory (build it: trimcache zoo build)")
     rate = args.rate_mbps * 1e6 / 8 if args.rate_mbps else None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    app = create_app(args.root, rate_bytes_per_s=rate, latency_ms=args.latency_ms)
+    app = create_app(
+        args.root,
+        rate_bytes_per_s=rate,
+        latency_ms=args.latency_ms,
+        auth_token=os.environ.get("ORIGIN_AUTH_TOKEN") or None,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,6 +11,7 @@ from controller.metrics import Metrics
 from controller.planner import Planner
 from controller.settings import Settings
 from controller.state import RedisState
+from core.auth import refusal
 
 
 def get_settings(request: Request) -> Settings:
@@ -41,32 +41,27 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 def require_token(request: Request, settings: SettingsDep) -> None:
-    """Control endpoints need ``Authorization: Bearer <CONTROLLER_AUTH_TOKEN>`` (unset: open)."""
-    if not settings.auth_token:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), settings.auth_token.encode()
-    ):
-        raise UnauthorizedError("missing or wrong bearer token")
+    """Writes need ``Authorization: Bearer <CONTROLLER_AUTH_TOKEN>`` (policy: :mod:`core.auth`)."""
+    reason = refusal(
+        request.headers.get("Authorization"), [settings.auth_token], setting="CONTROLLER_AUTH_TOKEN"
+    )
+    if reason is not None:
+        raise UnauthorizedError(reason)
 
 
 AuthDep = Depends(require_token)
 
 
 def require_node_token(request: Request, settings: SettingsDep) -> None:
-    """Heartbeats: the controller's token or the edge nodes' token (unset: open). Registering
-    must be authenticated because the controller sends its edge token to registered URLs."""
-    tokens = [t for t in (settings.auth_token, settings.edge_auth_token) if t]
-    if not tokens:
-        return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    given = token.strip().encode()
-    if scheme.lower() != "bearer" or not any(
-        hmac.compare_digest(given, t.encode()) for t in tokens
-    ):
-        raise UnauthorizedError("missing or wrong bearer token")
+    """Heartbeats: the controller's token or the edge nodes' token. Registering must be
+    authenticated because the controller sends its edge token to registered URLs."""
+    reason = refusal(
+        request.headers.get("Authorization"),
+        [settings.auth_token, settings.edge_auth_token],
+        setting="CONTROLLER_AUTH_TOKEN",
+    )
+    if reason is not None:
+        raise UnauthorizedError(reason)
 
 
 NodeAuthDep = Depends(require_node_token)

@@ -15,7 +15,15 @@ import pytest
 from core.blocks import build_manifest
 from core.manifest import ModelManifest
 from core.store import BlockStore
-from tests.client.services import MODELS, Stack, edge_node, push_plan, route_sources
+from tests.client.services import (
+    AUTH,
+    MODELS,
+    TOKEN,
+    Stack,
+    edge_node,
+    push_plan,
+    route_sources,
+)
 from tests.client.services import ORG as STACK_ORG
 from tests.client.zoo import ORG, build_zoo
 from tests.helpers import live_server, wait_until
@@ -83,11 +91,15 @@ def stack(
     tmp = tmp_path_factory.mktemp("client-stack")
     with ExitStack() as stack:
         origin = stack.enter_context(live_server(create_origin(zoo_dir)))
-        settings = Settings(redis_url=redis_server, origin_url=origin, auto_plan=False)
+        settings = Settings(
+            redis_url=redis_server, origin_url=origin, auto_plan=False, auth_token=TOKEN
+        )
         controller = stack.enter_context(live_server(create_controller(settings)))
         for model_id in MODELS:
             body = {"model_id": model_id, "repo_id": f"{STACK_ORG}/{model_id}"}
-            httpx.post(f"{controller}/v1/models", json=body, timeout=300).raise_for_status()
+            httpx.post(
+                f"{controller}/v1/models", json=body, timeout=300, headers=AUTH
+            ).raise_for_status()
         edges = [
             stack.enter_context(
                 edge_node(

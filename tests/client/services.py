@@ -27,6 +27,7 @@ from core.manifest import ModelManifest
 from tests.helpers import REPO_ROOT, free_port, wait_until
 
 TOKEN = "client-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PLAN_SCHEMA = "trimcache.edge-plan/v1"
 ORG = "trimcache-zoo"
 MODELS = ("bert-sst2", "bert-spam", "minilm-base", "minilm-lora-topic")
@@ -56,10 +57,12 @@ class Stack:
             "models": models,
             "blocks_digest": "",
         }
-        httpx.put(f"{self.controller}/v1/nodes/{node_id}", json=body).raise_for_status()
+        httpx.put(
+            f"{self.controller}/v1/nodes/{node_id}", json=body, headers=AUTH
+        ).raise_for_status()
 
     def unregister(self, node_id: str) -> None:
-        httpx.delete(f"{self.controller}/v1/nodes/{node_id}")
+        httpx.delete(f"{self.controller}/v1/nodes/{node_id}", headers=AUTH)
 
 
 def assert_zoo_files(path: Path, repo_dir: Path) -> None:

@@ -17,6 +17,8 @@ from safetensors.numpy import save_file
 from tests.helpers import live_server
 
 MINI_MODELS = ("tiny-a", "tiny-b", "tiny-c")
+# The bearer token of the mini origin's counter reset.
+ORIGIN_TOKEN = "origin-token"
 
 
 def _write_model(
@@ -46,5 +48,5 @@ def mini_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mini_origin(mini_zoo: Path) -> Iterator[str]:
     from testbed.origin import create_app as create_origin
 
-    with live_server(create_origin(mini_zoo)) as url:
+    with live_server(create_origin(mini_zoo, auth_token=ORIGIN_TOKEN)) as url:
         yield url

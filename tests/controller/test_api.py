@@ -15,6 +15,8 @@ from tests.controller.conftest import MINI_MODELS
 from tests.helpers import free_port
 
 TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NO_AUTH = {"Authorization": ""}  # overrides the clients' default token
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def settings(redis_url: str, mini_origin: str) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), headers=AUTH) as c:
         yield c
 
 
@@ -71,9 +73,12 @@ def test_catalogue_bad_repos_leave_it_unchanged(client: TestClient, redis_url: s
     assert [m["model_id"] for m in client.get("/v1/models").json()["models"]] == ["tiny-a"]
     # An origin that is down: 502 upstream_unavailable, catalogue unchanged.
     down = Settings(
-        redis_url=redis_url, origin_url=f"http://127.0.0.1:{free_port()}", auto_plan=False
+        redis_url=redis_url,
+        origin_url=f"http://127.0.0.1:{free_port()}",
+        auto_plan=False,
+        auth_token=TOKEN,
     )
-    with TestClient(create_app(down)) as other:
+    with TestClient(create_app(down), headers=AUTH) as other:
         assert_error(add(other, "tiny-b"), 502, "upstream_unavailable")
         assert [m["model_id"] for m in other.get("/v1/models").json()["models"]] == ["tiny-a"]
 
@@ -81,7 +86,7 @@ def test_catalogue_bad_repos_leave_it_unchanged(client: TestClient, redis_url: s
 def heartbeat(client: TestClient, node_id: str, token: str | None = TOKEN, **body):
     doc = {"url": f"http://{node_id}.test:8001", "capacity_bytes": 10**9, "position": [0, 0]}
     doc.update(body)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Authorization": f"Bearer {token}"} if token else NO_AUTH
     return client.put(f"/v1/nodes/{node_id}", json=doc, headers=headers)
 
 
@@ -102,8 +107,8 @@ def test_nodes_register_list_get(client: TestClient) -> None:
     # Unbounded capacity (an edge without EDGE_CAPACITY_BYTES) is accepted.
     assert heartbeat(client, "edge-3", capacity_bytes=None).status_code == 200
     assert client.get("/v1/nodes/edge-3").json()["capacity_bytes"] is None
-    assert_error(client.delete("/v1/nodes/edge-3"), 401, "unauthorized")
-    ok = client.delete("/v1/nodes/edge-3", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert_error(client.delete("/v1/nodes/edge-3", headers=NO_AUTH), 401, "unauthorized")
+    ok = client.delete("/v1/nodes/edge-3")
     assert ok.status_code == 200
     assert_error(client.get("/v1/nodes/edge-3"), 404, "node_not_found")
 
@@ -208,11 +213,11 @@ def test_topology_put_get_and_validation(client: TestClient) -> None:
 
 
 def test_plan_needs_token_and_placement_without_nodes(client: TestClient) -> None:
-    assert_error(client.post("/v1/placement:plan"), 401, "unauthorized")
+    assert_error(client.post("/v1/placement:plan", headers=NO_AUTH), 401, "unauthorized")
     bad = {"Authorization": "Bearer wrong"}
     assert_error(client.post("/v1/placement:plan", headers=bad), 401, "unauthorized")
     assert client.get("/v1/placement").json()["version"] == 0
-    r = client.post("/v1/placement:plan", headers={"Authorization": f"Bearer {TOKEN}"})
+    r = client.post("/v1/placement:plan")
     assert r.status_code == 200, r.text
     assert r.json()["version"] == 1 and r.json()["servers"] == {}
     assert client.get("/v1/placement").json()["version"] == 1
@@ -235,7 +240,11 @@ def test_redis_down_is_503_and_recovers(mini_origin: str, tmp_path) -> None:
 
     with RedisProcess(tmp_path) as proc:
         settings = Settings(
-            redis_url=proc.url, origin_url=mini_origin, auto_plan=False, redis_timeout_s=0.5
+            redis_url=proc.url,
+            origin_url=mini_origin,
+            auto_plan=False,
+            redis_timeout_s=0.5,
+            auth_token=TOKEN,
         )
         with TestClient(create_app(settings)) as client:
             assert heartbeat(client, "edge-1").status_code == 200
@@ -261,9 +270,13 @@ def test_topology_file_is_used_until_one_is_put(redis_url: str, mini_origin: str
     }
     path.write_text(json.dumps(doc))
     settings = Settings(
-        redis_url=redis_url, origin_url=mini_origin, topology_file=path, auto_plan=False
+        redis_url=redis_url,
+        origin_url=mini_origin,
+        topology_file=path,
+        auto_plan=False,
+        auth_token=TOKEN,
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         got = client.get("/v1/topology").json()
         assert got["source"] == "file" and set(got["areas"]) == {"area-1"}
         assert got["channel"]["latency_ms"] == 5.0 and got["positions"] == {"edge-1": [0.0, 0.0]}

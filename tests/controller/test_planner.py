@@ -17,11 +17,12 @@ from controller.demand import request_probabilities, zipf_prior
 from controller.planner import _next_node
 from controller.settings import Settings
 from controller.topology import Topology, default_topology, delivery_ms, reachable_sets
-from tests.controller.conftest import MINI_MODELS
+from tests.controller.conftest import MINI_MODELS, ORIGIN_TOKEN
 from tests.helpers import live_server
 
 TOKEN = "plan-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ORIGIN_AUTH = {"Authorization": f"Bearer {ORIGIN_TOKEN}"}
 
 
 def test_next_node_keeps_last_copies_until_peers_fetched_them() -> None:
@@ -104,7 +105,7 @@ def controller(redis_url: str, mini_origin: str) -> Iterator[TestClient]:
         auto_plan=False,
         retry_interval_s=0,
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         for model_id in MINI_MODELS:
             r = client.post(
                 "/v1/models", json={"model_id": model_id, "repo_id": f"mini/{model_id}"}
@@ -139,7 +140,7 @@ def test_plan_push_migrates_between_real_edges(
     unique = {b: n for s in sizes.values() for b, n in s.items()}
     url1 = edges("edge-1", None)
     register(controller, "edge-1", url1, None)
-    httpx.post(f"{mini_origin}/v1/stats/reset")
+    httpx.post(f"{mini_origin}/v1/stats/reset", headers=ORIGIN_AUTH).raise_for_status()
     first = controller.post("/v1/placement:plan", headers=AUTH).json()
     assert first["push"]["edge-1"]["status"] == "applied"
     # Unbounded and alone: edge-1 holds the whole catalogue, every block from the origin once.
@@ -230,7 +231,7 @@ def test_every_solver_plans_and_spec_falls_back(
         auto_plan=False,
         solver=solver,
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         for model_id in MINI_MODELS:
             body = {"model_id": model_id, "repo_id": f"mini/{model_id}"}
             assert client.post("/v1/models", json=body).status_code == 201

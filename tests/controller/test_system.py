@@ -99,7 +99,7 @@ class Cluster:
         self.tmp = tmp
         self.origin_url = origin_url
         self.redis = redis
-        self.http = httpx.Client(timeout=60.0)
+        self.http = httpx.Client(timeout=60.0, headers={"Authorization": f"Bearer {TOKEN}"})
         self.controller: ServiceProcess | None = None
         self.edges: dict[str, ServiceProcess] = {}
 
@@ -183,7 +183,7 @@ def cluster(tmp_path: Path, system_zoo: tuple[Path, list[tuple[str, str]]]) -> I
 
     with (
         RedisProcess(tmp_path / "redis", appendonly=True) as redis,
-        live_server(create_origin(system_zoo[0])) as origin_url,
+        live_server(create_origin(system_zoo[0], auth_token=TOKEN)) as origin_url,
     ):
         c = Cluster(tmp_path, origin_url, redis)
         try:

@@ -30,7 +30,7 @@ def edge_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 def origin_url(edge_zoo: tuple[Path, dict[str, Path]]) -> Iterator[str]:
     from testbed.origin import create_app as create_origin
 
-    with live_server(create_origin(edge_zoo[0])) as url:
+    with live_server(create_origin(edge_zoo[0], auth_token=TOKEN)) as url:
         yield url
 
 
@@ -51,7 +51,7 @@ def manifests(edge_zoo: tuple[Path, dict[str, Path]], origin_url: str) -> dict[s
 @pytest.fixture
 def origin_bytes(origin_url: str) -> Callable[[], int]:
     """Bytes the origin has served since this test started."""
-    httpx.post(f"{origin_url}/v1/stats/reset")
+    httpx.post(f"{origin_url}/v1/stats/reset", headers=AUTH).raise_for_status()
 
     def read() -> int:
         served: int = httpx.get(f"{origin_url}/v1/stats").json()["bytes_served"]

@@ -14,7 +14,7 @@ import pytest
 
 from core.blocks import build_manifest
 from core.digest import BlockId
-from tests.edge_node.conftest import AUTH, plan_body
+from tests.edge_node.conftest import AUTH, TOKEN, plan_body
 from tests.helpers import live_server
 
 MODELS = ("bert-sst2", "bert-spam", "minilm-lora-topic")
@@ -34,7 +34,7 @@ def test_shared_zoo_origin_then_peer_then_snapshot(zoo_dir: Path, edge_factory, 
     from testbed.origin import create_app as create_origin
 
     catalogue = {m["model_id"]: m for m in json.loads((zoo_dir / "zoo.json").read_text())["models"]}
-    with live_server(create_origin(zoo_dir)) as origin_url:
+    with live_server(create_origin(zoo_dir, auth_token=TOKEN)) as origin_url:
         manifests = []
         for model_id in MODELS:
             repo_id = catalogue[model_id]["repo_id"]
@@ -54,7 +54,7 @@ def test_shared_zoo_origin_then_peer_then_snapshot(zoo_dir: Path, edge_factory, 
 
         url_a, _ = edge_factory("edge-a")
         url_b, _ = edge_factory("edge-b")
-        httpx.post(f"{origin_url}/v1/stats/reset")
+        httpx.post(f"{origin_url}/v1/stats/reset", headers=AUTH).raise_for_status()
         r = httpx.put(
             f"{url_a}/v1/plan",
             json=plan_body(manifests, origin_url=origin_url),

@@ -23,10 +23,13 @@ from testbed.origin import create_app
 from testbed.zoo import load_zoo
 from tests.helpers import REPO_ROOT, free_port, live_server, wait_until
 
+TOKEN = "origin-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
 
 @pytest.fixture(scope="module")
 def origin_url(zoo_dir: Path):
-    with live_server(create_app(zoo_dir)) as url:
+    with live_server(create_app(zoo_dir, auth_token=TOKEN)) as url:
         yield url
 
 
@@ -153,7 +156,7 @@ def test_get_safetensors_metadata(origin_url):
 
 def test_stats_count_bytes_served_per_repo(zoo_dir, origin_url):
     base = origin_url
-    assert httpx.post(f"{base}/v1/stats/reset").json()["bytes_served"] == 0
+    assert httpx.post(f"{base}/v1/stats/reset", headers=AUTH).json()["bytes_served"] == 0
     url = f"{base}/trimcache-zoo/bert-spam/resolve/main/config.json"
     size = (zoo_dir / "repos/trimcache-zoo/bert-spam/config.json").stat().st_size
     httpx.head(url)
@@ -165,6 +168,33 @@ def test_stats_count_bytes_served_per_repo(zoo_dir, origin_url):
         "bytes_served": size + 10,
         "requests": 2,
     }
+
+
+def test_counter_reset_needs_the_token(zoo_dir, origin_url):
+    httpx.get(f"{origin_url}/trimcache-zoo/bert-spam/resolve/main/config.json")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        r = httpx.post(f"{origin_url}/v1/stats/reset", headers=headers)
+        assert r.status_code == 401 and r.headers["x-error-code"] == "unauthorized"
+    assert httpx.get(f"{origin_url}/v1/stats").json()["bytes_served"] > 0
+    # No token configured: the reset is refused, never open.
+    with live_server(create_app(zoo_dir)) as bare:
+        r = httpx.post(f"{bare}/v1/stats/reset", headers=AUTH)
+        assert (
+            r.status_code == 401 and "ORIGIN_AUTH_TOKEN is not set" in r.json()["error"]["message"]
+        )
+
+
+def test_non_latin1_paths_and_huge_bodies_are_client_errors(origin_url):
+    for path in (
+        "/trimcache-zoo/bert-spam/resolve/main/caf\u00e9\u2603.json",
+        "/api/models/\u00ff/\u4e2d",
+    ):
+        r = httpx.get(origin_url + path)
+        assert r.status_code == 404, (path, r.text)
+        assert r.json()["error"]["code"] in ("entry_not_found", "repo_not_found")
+    big = b"x" * (3 * 1024 * 1024)
+    r = httpx.post(f"{origin_url}/v1/stats/reset", content=big, headers=AUTH)
+    assert r.status_code == 413 and r.headers["x-error-code"] == "payload_too_large"
 
 
 def test_link_emulation_paces_bytes_and_adds_latency(zoo_dir):

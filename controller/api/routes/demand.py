@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from controller.api.deps import MetricsDep, SettingsDep, StateDep
+from controller.api.deps import AuthDep, MetricsDep, SettingsDep, StateDep
+from controller.api.routes.models import MODEL_ID_PATTERN
+from controller.api.routes.nodes import MAX_BYTES
 from controller.errors import ModelNotFoundError
+from controller.topology import MAX_ID_CHARS
 
 router = APIRouter(tags=["demand"])
 
@@ -16,14 +19,16 @@ UNKNOWN_AREA = "unknown"
 
 
 class DemandReport(BaseModel):
-    model_id: str
-    area_id: str | None = Field(default=None, max_length=200)
+    model_id: str = Field(pattern=MODEL_ID_PATTERN)
+    area_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
     outcome: Literal["hit", "miss", "error"] = "hit"
-    seconds: float | None = Field(default=None, ge=0)
-    bytes_by_source: dict[str, int] = Field(default_factory=dict)
+    seconds: float | None = Field(default=None, ge=0, le=1e7, allow_inf_nan=False)
+    bytes_by_source: dict[
+        Annotated[str, Field(max_length=2048)], Annotated[int, Field(ge=0, le=MAX_BYTES)]
+    ] = Field(default_factory=dict, max_length=256)
 
 
-@router.post("/v1/demand", status_code=202)
+@router.post("/v1/demand", status_code=202, dependencies=[AuthDep])
 def post_demand(
     body: DemandReport, state: StateDep, settings: SettingsDep, metrics: MetricsDep
 ) -> dict[str, Any]:

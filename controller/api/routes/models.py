@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from controller.api.deps import MetricsDep, SettingsDep, StateDep
+from controller.api.deps import AuthDep, MetricsDep, SettingsDep, StateDep
 from controller.errors import ControllerError, ModelNotFoundError
 from controller.indexer import index_model
 from controller.state import CatalogueEntry
@@ -22,11 +22,14 @@ ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN)]
 
 class AddModel(BaseModel):
     model_id: str = Field(pattern=MODEL_ID_PATTERN)
-    repo_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-    revision: str = Field(default="main", min_length=1, max_length=200)
+    # The Hub's limits: at most 96 characters per part.
+    repo_id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$"
+    )
+    revision: str = Field(default="main", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 
 
-@router.post("/v1/models", status_code=201)
+@router.post("/v1/models", status_code=201, dependencies=[AuthDep])
 def add_model(
     body: AddModel, state: StateDep, settings: SettingsDep, metrics: MetricsDep
 ) -> JSONResponse:
@@ -77,7 +80,7 @@ def get_model(model_id: ModelId, state: StateDep) -> JSONResponse:
     return JSONResponse(doc)
 
 
-@router.delete("/v1/models/{model_id}")
+@router.delete("/v1/models/{model_id}", dependencies=[AuthDep])
 def delete_model(model_id: ModelId, state: StateDep) -> dict[str, Any]:
     if not state.delete_model(model_id):
         raise ModelNotFoundError(model_id)

@@ -11,19 +11,33 @@ from pydantic import BaseModel, Field
 from controller.api.deps import AuthDep, MetricsDep, NodeAuthDep, SettingsDep, StateDep
 from controller.errors import NodeNotFoundError
 from controller.state import NodeRecord
+from controller.topology import MAX_COORD_M
+
+# Largest byte count and version number accepted (2**53: exact in every JSON parser).
+MAX_BYTES = 2**53
+MAX_VERSION = 2**53
 
 router = APIRouter(tags=["nodes"])
 
 NodeId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
+Coordinate = Annotated[float, Field(ge=-MAX_COORD_M, le=MAX_COORD_M, allow_inf_nan=False)]
+ByteCount = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+
+
 class Heartbeat(BaseModel):
-    url: str = Field(pattern=r"^https?://")
-    capacity_bytes: int | None = Field(default=None, ge=0)
-    position: tuple[float, float] = (0.0, 0.0)
-    physical_bytes: int = Field(default=0, ge=0)
-    models: list[str] = Field(default_factory=list)
-    blocks_digest: str | None = None
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    capacity_bytes: ByteCount | None = None
+    position: tuple[Coordinate, Coordinate] = (0.0, 0.0)
+    physical_bytes: ByteCount = 0
+    models: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=100_000
+    )
+    blocks_digest: str | None = Field(default=None, max_length=128)
+    # The last placement version the node applied: a controller whose Redis lost its state
+    # never hands out a version at or below it (the edges' fencing would refuse it).
+    plan_version: int | None = Field(default=None, ge=0, le=MAX_VERSION)
 
 
 def node_view(node: NodeRecord, now_s: float | None = None) -> dict[str, Any]:
@@ -37,6 +51,7 @@ def node_view(node: NodeRecord, now_s: float | None = None) -> dict[str, Any]:
         "models": list(node.models),
         "dropping": list(node.dropping),
         "blocks_digest": node.blocks_digest,
+        "plan_version": node.plan_version,
         "registered_at": node.registered_at,
         "last_seen": node.last_seen,
         "age_s": round(max(0.0, now - node.last_seen), 3),
@@ -56,6 +71,7 @@ def put_node(
         physical_bytes=body.physical_bytes,
         models=tuple(body.models),
         blocks_digest=body.blocks_digest,
+        plan_version=body.plan_version,
         registered_at=now,
         last_seen=now,
     )

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from controller.api.deps import MetricsDep, PlannerDep, SettingsDep, StateDep
 from controller.errors import InvalidRequestError, ModelNotFoundError
 from controller.routing import build_route
+from controller.topology import MAX_COORD_M, MAX_ID_CHARS
 
 router = APIRouter(tags=["routes"])
 
@@ -21,9 +22,13 @@ def get_route(
     planner: PlannerDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-    area_id: Annotated[str | None, Query(max_length=200)] = None,
-    x_m: float | None = None,
-    y_m: float | None = None,
+    area_id: Annotated[str | None, Query(max_length=MAX_ID_CHARS)] = None,
+    x_m: Annotated[
+        float | None, Query(ge=-MAX_COORD_M, le=MAX_COORD_M, allow_inf_nan=False)
+    ] = None,
+    y_m: Annotated[
+        float | None, Query(ge=-MAX_COORD_M, le=MAX_COORD_M, allow_inf_nan=False)
+    ] = None,
 ) -> JSONResponse:
     catalogue = planner.catalogue()
     entry = catalogue.get(model_id)

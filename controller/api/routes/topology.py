@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
-from controller.api.deps import PlannerDep, StateDep
+from controller.api.deps import AuthDep, PlannerDep, StateDep
 from controller.topology import Topology
 
 router = APIRouter(tags=["topology"])
@@ -18,7 +18,7 @@ def get_topology(planner: PlannerDep, state: StateDep) -> dict[str, Any]:
     return {**view.topology.to_json(), "version": view.version, "source": view.source}
 
 
-@router.put("/v1/topology")
+@router.put("/v1/topology", dependencies=[AuthDep])
 def put_topology(state: StateDep, doc: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
     doc = {k: v for k, v in doc.items() if k not in ("version", "source")}
     topology = Topology.from_json(doc)
