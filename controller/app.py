@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from controller.api.routes import demand, health, models, nodes, placement, routing, topology
@@ -25,7 +26,7 @@ from controller.metrics import Metrics
 from controller.planner import Planner, load_topology_file
 from controller.settings import Settings
 from controller.state import RedisState
-from core.asgi import RequestGuard
+from core.asgi import RequestGuard, validation_error
 from core.errors import TrimCacheError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
             status_code=exc.status_code,
             headers={"X-Error-Code": exc.code},
         )
+
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -11,13 +11,19 @@
 
 :func:`header_text` makes any text safe for an HTTP header value (latin-1 only, one line), so an
 error message quoting a client's non-latin-1 path never turns a 404 into a 500.
+:func:`validation_error` is FastAPI's 422 answer made safe for any input: FastAPI echoes the
+offending value, and a NaN or infinity there made the answer itself fail with a 500.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -47,6 +53,26 @@ async def send_error(send: Send, status: int, code: str, message: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as strings and unknown objects as ``str`` (JSON-able)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 ``{"detail": [...]}``, whatever the rejected input held."""
+    errors = getattr(exc, "errors", None)
+    detail = json_safe(errors() if callable(errors) else str(exc))
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 class RequestGuard:

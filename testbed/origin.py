@@ -51,10 +51,11 @@ from typing import Any, ClassVar
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.asgi import RequestGuard, header_text
+from core.asgi import RequestGuard, header_text, validation_error
 from core.auth import refusal
 from core.ratelimit import TokenBucket
 
@@ -431,6 +432,7 @@ def create_app(
     if latency_ms > 0:
         app.add_middleware(LatencyMiddleware, latency_ms=latency_ms)
     app.add_middleware(RequestGuard)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.exception_handler(OriginError)
     def _origin_error(_request: Request, exc: OriginError) -> JSONResponse:

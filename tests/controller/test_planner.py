@@ -33,10 +33,12 @@ def test_next_node_keeps_last_copies_until_peers_fetched_them() -> None:
     # Once another node holds x too, a is safe.
     held2 = {**held, "c": frozenset({"x"})}
     assert _next_node(["a", "b"], targets, held2) == "a"
-    # Nothing safe: the first pending node.
+    # Nothing safe (a swap): None, and the planner sends a retaining plan instead.
     cyc_held = {"a": frozenset({"x"}), "b": frozenset({"y"})}
     cyc_targets = {"a": frozenset({"y"}), "b": frozenset({"x"})}
-    assert _next_node(["a", "b"], cyc_targets, cyc_held) == "a"
+    assert _next_node(["a", "b"], cyc_targets, cyc_held) is None
+    # A node placed to hold x that is not pending any more (its push failed) still protects x.
+    assert _next_node(["a"], targets, held) is None
 
 
 def test_request_probabilities() -> None:
