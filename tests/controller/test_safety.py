@@ -255,7 +255,7 @@ def test_a_hung_edge_is_given_up_when_its_progress_stalls(redis_url: str, mini_o
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(8)  # accepts connections in the kernel and never answers
-    url = "http://127.0.0.1:%d" % hung.getsockname()[1]
+    url = f"http://127.0.0.1:{hung.getsockname()[1]}"
     settings = settings_for(redis_url, mini_origin, push_stall_s=1.0, push_timeout_s=300)
     try:
         with TestClient(create_app(settings), headers=AUTH) as client:
