@@ -636,7 +636,7 @@ class Planner:
                 break
             except FutureTimeout:
                 pass
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 logger.warning(
                     "plan push failed node_id=%s url=%s error=%r", node.node_id, url, exc
                 )
@@ -694,7 +694,7 @@ class Planner:
         try:
             doc = self.http.get(f"{node.url}/v1/plan", timeout=timeout_s).json()
             return (doc.get("applying_version"), json.dumps(doc.get("progress"), sort_keys=True))
-        except (httpx.HTTPError, ValueError, AttributeError):
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError):
             return None
 
     # -- the background loop --------------------------------------------------------------

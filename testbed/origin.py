@@ -53,6 +53,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.asgi import RequestGuard, header_text, validation_error
@@ -446,6 +447,19 @@ def create_app(
             {"error": {"code": exc.code, "message": str(exc)}},
             status_code=exc.status_code,
             headers=headers,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # An /api/models path no route matches (a one-part repo id, a stray segment) is a repo
+        # the Hub does not have: RepoNotFound, as the Hub answers, so clients map it right.
+        if exc.status_code == 404 and request.url.path.startswith("/api/models/"):
+            return _origin_error(request, RepoNotFoundError("repository not found"))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        return JSONResponse(
+            {"error": {"code": code, "message": header_text(str(exc.detail))}},
+            status_code=exc.status_code,
+            headers={"X-Error-Code": code},
         )
 
     @app.get("/healthz")

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.api.deps import MetricsDep, PlannerDep, SettingsDep, StateDep
@@ -34,7 +34,7 @@ def healthz(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": "ok", "redis": "ok"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics_text(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

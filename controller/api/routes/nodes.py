@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import httpx
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from controller.api.deps import AuthDep, MetricsDep, NodeAuthDep, SettingsDep, StateDep
 from controller.errors import NodeNotFoundError
@@ -34,6 +35,19 @@ class Heartbeat(BaseModel):
     models: list[Annotated[str, Field(max_length=128)]] = Field(
         default_factory=list, max_length=100_000
     )
+
+    @field_validator("url")
+    @classmethod
+    def _parsable(cls, value: str) -> str:
+        # The controller sends plans to this URL: it must be one httpx can request.
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a usable URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("not an http(s) URL with a host")
+        return value
+
     blocks_digest: str | None = Field(default=None, max_length=128)
     # The last placement version the node applied: a controller whose Redis lost its state
     # never hands out a version at or below it (the edges' fencing would refuse it).
