@@ -55,33 +55,63 @@ def _add_place(subparsers: Subparsers) -> None:
         "place", help="solve a placement problem (JSON) and print the result JSON"
     )
     p.add_argument("problem_json", metavar="PROBLEM_JSON", help="problem file, or - for stdin")
-    p.add_argument("--solver", default="trimcaching-gen", help="a name from `trimcache solvers`")
-    p.add_argument("--seed", type=int, default=None, help="seed (lru/lfu traces, HiGHS)")
+    p.add_argument("--solver", default=None, help="a name from `trimcache solvers`")
+    p.add_argument(
+        "--objective",
+        choices=("hit", "delay"),
+        default="hit",
+        help="hit: trimcache.placement-problem/v1 (default solver trimcaching-gen); "
+        "delay: trimcache.delay-problem/v1 (default solver delay-greedy)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed (lru/lfu traces, HiGHS, marl)")
     p.add_argument("--time-limit-s", type=float, default=None, help="time limit (optimal)")
     p.set_defaults(func=_run_place)
 
 
 def _run_place(args: argparse.Namespace) -> int:
+    if args.objective == "delay":
+        return _run_place_delay(args)
     from controller.placement import get_solver, problem_from_json, result_to_json
 
-    solve = get_solver(args.solver)
+    solve = get_solver(args.solver or "trimcaching-gen")
     problem = problem_from_json(_read_json(args.problem_json))
     result = solve(problem, seed=args.seed, time_limit_s=args.time_limit_s)
     sys.stdout.write(json.dumps(result_to_json(result), indent=2) + "\n")
     return 0
 
 
+def _run_place_delay(args: argparse.Namespace) -> int:
+    from controller.delay import delay_problem_from_json, delay_result_to_json, get_delay_solver
+
+    solve = get_delay_solver(args.solver or "delay-greedy")
+    problem = delay_problem_from_json(_read_json(args.problem_json))
+    result = solve(problem, seed=args.seed, time_limit_s=args.time_limit_s)
+    sys.stdout.write(json.dumps(delay_result_to_json(result), indent=2) + "\n")
+    return 0
+
+
 # solvers ---------------------------------------------------------------------------------------
 def _add_solvers(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser("solvers", help="list placement solvers, one per line")
+    p = subparsers.add_parser(
+        "solvers",
+        help="list solvers, one per line (hit-ratio ones, then the delay ones not listed yet)",
+    )
+    p.add_argument(
+        "--objective", choices=("hit", "delay", "all"), default="all", help="default all"
+    )
     p.set_defaults(func=_run_solvers)
 
 
 def _run_solvers(args: argparse.Namespace) -> int:
-    del args
+    from controller.delay import DELAY_SOLVERS
     from controller.placement import SOLVERS
 
-    sys.stdout.write("".join(f"{name}\n" for name in SOLVERS))
+    names = {
+        "hit": list(SOLVERS),
+        "delay": list(DELAY_SOLVERS),
+        "all": list(dict.fromkeys([*SOLVERS, *DELAY_SOLVERS])),
+    }[args.objective]
+    sys.stdout.write("".join(f"{name}\n" for name in names))
     return 0
 
 

@@ -277,12 +277,17 @@ def solve_trimcaching_gen(
 # optimal (exhaustive)
 
 
-def _feasible_sets(units: list[str], sizes: Mapping[str, int], capacity: int) -> list[tuple[str, ...]]:
+def _feasible_sets(
+    units: list[str], sizes: Mapping[str, int], capacity: int, limit: int
+) -> list[tuple[str, ...]]:
+    """Every subset of ``units`` that fits ``capacity`` (stops past ``limit`` subsets)."""
     out: list[tuple[str, ...]] = []
     for k in range(len(units) + 1):
         for combo in itertools.combinations(units, k):
             if sum(sizes[u] for u in combo) <= capacity:
                 out.append(combo)
+                if len(out) > limit:
+                    return out
     return out
 
 
@@ -302,12 +307,13 @@ def optimal_placement(
     """
     problem = instance.problem
     units = [u for u in instance.unit_bytes if u in instance.slots_of_unit]
-    per_node = [
-        _feasible_sets(units, instance.unit_bytes, problem.servers[n].capacity)
-        for n in instance.nodes
-    ]
+    per_node: list[list[tuple[str, ...]]] = []
     count = 1
-    for options in per_node:
+    for n in instance.nodes:
+        options = _feasible_sets(
+            units, instance.unit_bytes, problem.servers[n].capacity, MAX_PLACEMENTS
+        )
+        per_node.append(options)
         count *= len(options)
         if count > MAX_PLACEMENTS:
             raise InstanceTooLargeError(
