@@ -124,9 +124,16 @@ def _add_sim(subparsers: Subparsers) -> None:
         "DIR/sim_<sweep>.png (mean hit ratio over seeds, one line per solver).",
     )
     p.add_argument(
+        "--objective",
+        choices=("hit", "delay"),
+        default="hit",
+        help="hit: hit ratio (sim_<sweep>.*); delay: mean download delay (delay_<sweep>.*)",
+    )
+    p.add_argument(
         "--sweep",
         default="capacity",
-        help="comma list of capacity, users, servers, zipf, sharing, or all (default capacity)",
+        help="comma list of capacity, users, servers, zipf, sharing (delay also: cluster), "
+        "or all (default capacity)",
     )
     p.add_argument("--values", default=None, help="comma list of values (one sweep only)")
     p.add_argument("--solvers", default=None, help="comma list of solvers (default: all)")
@@ -139,11 +146,18 @@ def _add_sim(subparsers: Subparsers) -> None:
     p.add_argument("--capacity-gb", type=float, default=None, help="per server (default 0.6)")
     p.add_argument("--zipf", type=float, default=None, help="Zipf exponent (default 0.8)")
     p.add_argument("--sharing", type=float, default=None, help="frozen fraction (default 0.5)")
+    p.add_argument("--slots", type=int, default=None, help="delay: request slots (default 6)")
+    p.add_argument(
+        "--bandwidth-mhz", type=float, default=None, help="delay: downlink (default 20)"
+    )
     p.set_defaults(func=_run_sim)
 
 
 def _run_sim(args: argparse.Namespace) -> int:
     import dataclasses
+
+    if args.objective == "delay":
+        return _run_sim_delay(args)
 
     from controller import sim
 
@@ -179,6 +193,56 @@ def _run_sim(args: argparse.Namespace) -> int:
             time_limit_s=args.time_limit_s,
         )
         csv_path, png_path = out / f"sim_{name}.csv", out / f"sim_{name}.png"
+        sim.write_csv(rows, csv_path)
+        sim.plot(rows, png_path)
+        sys.stdout.write(f"{csv_path}\n{png_path}\n")
+    return 0
+
+
+def _run_sim_delay(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from controller.delay import sim
+    from controller.delay.scenario import DelayScenario
+
+    sweeps = list(sim.DELAY_SWEEPS) if args.sweep == "all" else args.sweep.split(",")
+    for name in sweeps:
+        if name not in sim.DELAY_SWEEPS:
+            raise ValueError(
+                f"--sweep: unknown sweep {name!r}; choose from {', '.join(sim.DELAY_SWEEPS)}"
+            )
+    values = _parse_floats(args.values, "--values") if args.values else None
+    if values is not None and len(sweeps) != 1:
+        raise ValueError("--values needs exactly one --sweep")
+    base = DelayScenario()
+    if args.bandwidth_mhz is not None:
+        if not args.bandwidth_mhz > 0:
+            raise ValueError(f"--bandwidth-mhz: must be > 0, got {args.bandwidth_mhz}")
+        base = dataclasses.replace(
+            base, channel=dataclasses.replace(base.channel, bandwidth_hz=args.bandwidth_mhz * 1e6)
+        )
+    overrides = {
+        "n_servers": args.servers,
+        "n_users": args.users,
+        "models_per_family": args.models_per_family,
+        "capacity_gb": args.capacity_gb,
+        "zipf_exponent": args.zipf,
+        "sharing": args.sharing,
+        "n_slots": args.slots,
+    }
+    base = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    solvers = args.solvers.split(",") if args.solvers else None
+    out = Path(args.out)
+    for name in sweeps:
+        rows = sim.run_delay_sweep(
+            name,
+            values=values,
+            base=base,
+            solvers=solvers,
+            seeds=_parse_seeds(args.seeds),
+            time_limit_s=args.time_limit_s,
+        )
+        csv_path, png_path = out / f"delay_{name}.csv", out / f"delay_{name}.png"
         sim.write_csv(rows, csv_path)
         sim.plot(rows, png_path)
         sys.stdout.write(f"{csv_path}\n{png_path}\n")
