@@ -147,9 +147,7 @@ def _add_sim(subparsers: Subparsers) -> None:
     p.add_argument("--zipf", type=float, default=None, help="Zipf exponent (default 0.8)")
     p.add_argument("--sharing", type=float, default=None, help="frozen fraction (default 0.5)")
     p.add_argument("--slots", type=int, default=None, help="delay: request slots (default 6)")
-    p.add_argument(
-        "--bandwidth-mhz", type=float, default=None, help="delay: downlink (default 20)"
-    )
+    p.add_argument("--bandwidth-mhz", type=float, default=None, help="delay: downlink (default 20)")
     p.set_defaults(func=_run_sim)
 
 

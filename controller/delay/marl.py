@@ -76,6 +76,7 @@ class MarlConfig:
     synthetic_per_real: int = 4
     model_warmup: int = 32  # real transitions before the reward model is used
     max_rounds: int = 24
+    reward_scale: float = 10.0  # returns are relative delay drops (~0.1); scaled for the TD loss
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +104,10 @@ class Trained:
 
     def parameters_vector(self) -> torch.Tensor:
         """All parameters flattened (agent then mixer), for equality checks."""
-        return torch.cat([p.detach().flatten() for p in self.agent.parameters()] +
-                         [p.detach().flatten() for p in self.mixer.parameters()])
+        return torch.cat(
+            [p.detach().flatten() for p in self.agent.parameters()]
+            + [p.detach().flatten() for p in self.mixer.parameters()]
+        )
 
 
 class AgentNet(nn.Module):
@@ -113,7 +116,10 @@ class AgentNet(nn.Module):
     def __init__(self, obs_dim: int, n_actions: int, hidden: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(obs_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
             nn.Linear(hidden, n_actions),
         )
 
@@ -154,9 +160,7 @@ class RewardModel(nn.Module):
 
     def __init__(self, state_dim: int, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(2 * state_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)
-        )
+        self.net = nn.Sequential(nn.Linear(2 * state_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(torch.cat([x, x_next], dim=1)).squeeze(1)
@@ -180,7 +184,7 @@ class CacheGame:
         row = {x: i for i, x in enumerate(self.nodes)}
         demand = torch.zeros(n, b)
         neighbours = torch.zeros(n, n)
-        for t, slot in enumerate(instance.slots):
+        for slot in instance.slots:
             for unit, users in slot.unit_users.items():
                 for u in users:
                     for x in instance.cover[u]:
@@ -191,7 +195,6 @@ class CacheGame:
                 for j in cov:
                     if i != j:
                         neighbours[i, j] = 1.0
-        del t
         self.demand = demand / max(instance.n_requests, 1)
         deg = neighbours.sum(dim=1, keepdim=True).clamp(min=1.0)
         self.neighbour_avg = neighbours / deg
@@ -275,7 +278,7 @@ class _Adam:
 
 def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
     grads = [p.grad for p in params if p.grad is not None]
-    total = torch.sqrt(sum((g * g).sum() for g in grads))
+    total = torch.sqrt(torch.stack([(g * g).sum() for g in grads]).sum())
     if float(total) > max_norm:
         for g in grads:
             g.mul_(max_norm / float(total))
@@ -338,13 +341,23 @@ def _transition(
 ) -> tuple[torch.Tensor, ...]:
     nxt = game.apply(x, actions)
     next_mask = game.mask(nxt)
-    done = bool((actions == game.n_units).all()) or round_ + 1 >= game.max_rounds or bool(
-        (~next_mask[:, :-1]).all()
+    done = (
+        bool((actions == game.n_units).all())
+        or round_ + 1 >= game.max_rounds
+        or bool((~next_mask[:, :-1]).all())
     )
     return (
-        game.observe(x, round_), game.mask(x), actions, torch.tensor(reward),
-        game.observe(nxt, round_ + 1), next_mask, game.state(x, round_),
-        game.state(nxt, round_ + 1), torch.tensor(float(done)), x, nxt,
+        game.observe(x, round_),
+        game.mask(x),
+        actions,
+        torch.tensor(reward),
+        game.observe(nxt, round_ + 1),
+        next_mask,
+        game.state(x, round_),
+        game.state(nxt, round_ + 1),
+        torch.tensor(float(done)),
+        x,
+        nxt,
     )
 
 
@@ -366,12 +379,14 @@ def train(problem: DelayProblem, *, seed: int = 0, config: MarlConfig | None = N
         agent = AgentNet(game.obs_dim, game.n_actions, cfg.hidden)
         mixer: nn.Module = (
             QMixer(game.n_agents, game.state_dim, cfg.mixing_embed)
-            if cfg.mixer == "qmix" else VDNMixer()
+            if cfg.mixer == "qmix"
+            else VDNMixer()
         )
         target_agent = AgentNet(game.obs_dim, game.n_actions, cfg.hidden)
         target_mixer: nn.Module = (
             QMixer(game.n_agents, game.state_dim, cfg.mixing_embed)
-            if cfg.mixer == "qmix" else VDNMixer()
+            if cfg.mixer == "qmix"
+            else VDNMixer()
         )
         target_agent.load_state_dict(agent.state_dict())
         target_mixer.load_state_dict(mixer.state_dict())
@@ -447,7 +462,9 @@ def train(problem: DelayProblem, *, seed: int = 0, config: MarlConfig | None = N
                 nxt = game.apply(x, acts)
                 mean = game._mean_s(nxt)
                 trained.env_samples += 1
-                item = _transition(game, x, round_, acts, (prev - mean) / game.empty_mean_s)
+                item = _transition(
+                    game, x, round_, acts, cfg.reward_scale * (prev - mean) / game.empty_mean_s
+                )
                 real.add(item)
                 if cfg.augment:
                     batch = real.sample(min(len(real.items), cfg.batch))
@@ -551,12 +568,17 @@ def load_checkpoint(path: Path, problem: DelayProblem) -> Trained:
     agent = AgentNet(game.obs_dim, game.n_actions, cfg.hidden)
     mixer: nn.Module = (
         QMixer(game.n_agents, game.state_dim, cfg.mixing_embed)
-        if cfg.mixer == "qmix" else VDNMixer()
+        if cfg.mixer == "qmix"
+        else VDNMixer()
     )
     agent.load_state_dict(doc["agent"])
     mixer.load_state_dict(doc["mixer"])
     return Trained(
-        cfg, game.units, game.nodes, agent, mixer,
+        cfg,
+        game.units,
+        game.nodes,
+        agent,
+        mixer,
         best_placement={k: list(v) for k, v in doc["best_placement"].items()},
         env_samples=int(doc["env_samples"]),
     )

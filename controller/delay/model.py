@@ -53,10 +53,14 @@ def path_loss_db(distance: float) -> float:
     return 128.1 + 37.6 * math.log10(max(distance, MIN_DISTANCE_M) / 1000.0)
 
 
-def snr_linear(distance: float, *, tx_power_dbm: float, noise_dbm_per_hz: float, bandwidth_hz: float) -> float:
+def snr_linear(
+    distance: float, *, tx_power_dbm: float, noise_dbm_per_hz: float, bandwidth_hz: float
+) -> float:
     """Linear SNR ``P g / (N0 W)`` of one link."""
-    snr_db = tx_power_dbm - path_loss_db(distance) - noise_dbm_per_hz - 10.0 * math.log10(bandwidth_hz)
-    return 10.0 ** (snr_db / 10.0)
+    snr_db = (
+        tx_power_dbm - path_loss_db(distance) - noise_dbm_per_hz - 10.0 * math.log10(bandwidth_hz)
+    )
+    return float(10.0 ** (snr_db / 10.0))
 
 
 def percentile_nearest_rank(values: Collection[float], q: float) -> float:
@@ -98,7 +102,7 @@ class DelayInstance:
             self.model_units: dict[str, tuple[str, ...]] = {m: (m,) for m in problem.models}
         else:
             self.unit_bytes = dict(problem.blocks)
-            self.model_units = dict(problem.models)
+            self.model_units = {m: tuple(ids) for m, ids in problem.models.items()}
         self.nodes: tuple[str, ...] = tuple(problem.servers)
         cluster_of = {n: c for c, ns in problem.clusters.items() for n in ns}
         # [2] gamma over covering nodes; home by largest gamma then id; K_u with clusters.

@@ -200,7 +200,9 @@ class DelayProblem:
                 if user_id not in users:
                     raise ValueError(f"slot {t}: unknown user {user_id!r}")
                 if not isinstance(model_id, str) or model_id not in models:
-                    raise ValueError(f"slot {t}: user {user_id!r} requests unknown model {model_id!r}")
+                    raise ValueError(
+                        f"slot {t}: user {user_id!r} requests unknown model {model_id!r}"
+                    )
             slots.append(MappingProxyType(dict(slot)))
         popularity: dict[str, Mapping[str, float]] = {}
         for user_id, row in self.popularity.items():
@@ -252,9 +254,7 @@ class DelayProblem:
             raise ValueError(f"server {node_id!r}: must be {{'capacity', 'position'}}")
         checked = _size(capacity)
         if checked is None:
-            raise ValueError(
-                f"server {node_id!r}: capacity must be an int >= 0, got {capacity!r}"
-            )
+            raise ValueError(f"server {node_id!r}: capacity must be an int >= 0, got {capacity!r}")
         return EdgeNode(capacity=checked, position=_position(pos, f"server {node_id!r}"))
 
     def model_bytes(self, model_id: str) -> int:

@@ -119,8 +119,19 @@ def run_delay_sweep(
                 except InstanceTooLargeError:
                     nan = math.nan
                     rows.append(
-                        DelayRow(sweep, field_name, float(value), seed, name, nan, nan, nan,
-                                 "skipped", 0.0, 0)
+                        DelayRow(
+                            sweep,
+                            field_name,
+                            float(value),
+                            seed,
+                            name,
+                            nan,
+                            nan,
+                            nan,
+                            "skipped",
+                            0.0,
+                            0,
+                        )
                     )
                     continue
                 rows.append(
@@ -162,9 +173,7 @@ def mean_by_solver(rows: Sequence[DelayRow]) -> dict[str, dict[float, float]]:
     for row in rows:
         if not math.isnan(row.mean_s):
             acc.setdefault(row.solver, {}).setdefault(row.value, []).append(row.mean_s)
-    return {
-        s: {v: sum(xs) / len(xs) for v, xs in sorted(by.items())} for s, by in acc.items()
-    }
+    return {s: {v: sum(xs) / len(xs) for v, xs in sorted(by.items())} for s, by in acc.items()}
 
 
 def reduction_vs(rows: Sequence[DelayRow], baseline: str) -> dict[str, dict[float, float]]:
@@ -176,9 +185,7 @@ def reduction_vs(rows: Sequence[DelayRow], baseline: str) -> dict[str, dict[floa
         if r.solver == baseline or b is None or math.isnan(r.mean_s) or not b > 0:
             continue
         acc.setdefault(r.solver, {}).setdefault(r.value, []).append(1.0 - r.mean_s / b)
-    return {
-        s: {v: sum(xs) / len(xs) for v, xs in sorted(by.items())} for s, by in acc.items()
-    }
+    return {s: {v: sum(xs) / len(xs) for v, xs in sorted(by.items())} for s, by in acc.items()}
 
 
 def plot(rows: Sequence[DelayRow], path: Path, *, title: str | None = None) -> None:
@@ -192,29 +199,39 @@ def plot(rows: Sequence[DelayRow], path: Path, *, title: str | None = None) -> N
         raise ValueError("nothing to plot")
     parameter = rows[0].parameter
     has_coarse = any(r.solver == "coarse" for r in rows)
-    fig, axes = plt.subplots(1, 2 if has_coarse else 1, figsize=(11 if has_coarse else 6.4, 4.4),
-                             dpi=120, squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if has_coarse else 1, figsize=(11 if has_coarse else 6.4, 4.4), dpi=120, squeeze=False
+    )
     markers = "os^vDPX*"
     order = {name: i for i, name in enumerate(DELAY_SOLVERS)}
     series = mean_by_solver(rows)
     for name in sorted(series, key=lambda s: order.get(s, 99)):
         i = order.get(name, 0)
-        axes[0][0].plot(list(series[name]), list(series[name].values()), label=name,
-                        marker=markers[i % len(markers)])
+        axes[0][0].plot(
+            list(series[name]),
+            list(series[name].values()),
+            label=name,
+            marker=markers[i % len(markers)],
+        )
     seeds = sorted({r.seed for r in rows})
     label = _LABELS.get(parameter, parameter)
     axes[0][0].set_xlabel(label)
     axes[0][0].set_ylabel("mean model download delay (s)")
     axes[0][0].grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    axes[0][0].set_title(title or f"Mean delay vs {label}\n(mean over {len(seeds)} seed(s))",
-                         fontsize=10)
+    axes[0][0].set_title(
+        title or f"Mean delay vs {label}\n(mean over {len(seeds)} seed(s))", fontsize=10
+    )
     if has_coarse:
         red = reduction_vs(rows, "coarse")
         for name in sorted(red, key=lambda s: order.get(s, 99)):
             i = order.get(name, 0)
-            axes[0][1].plot(list(red[name]), [100 * v for v in red[name].values()], label=name,
-                            marker=markers[i % len(markers)])
+            axes[0][1].plot(
+                list(red[name]),
+                [100 * v for v in red[name].values()],
+                label=name,
+                marker=markers[i % len(markers)],
+            )
         axes[0][1].axhspan(30, 68, color="grey", alpha=0.15, label="paper's 30-68 % band")
         axes[0][1].set_xlabel(label)
         axes[0][1].set_ylabel("delay reduction vs coarse (%)")

@@ -250,7 +250,7 @@ def to_placement_problem(problem: DelayProblem) -> Any:
         models=problem.models,
         servers={n: e.capacity for n, e in problem.servers.items()},
         requests={u: {m: min(p, 1.0) for m, p in row.items()} for u, row in requests.items()},
-        reachable={u: {n: all_models for n in instance.cover[u]} for u in problem.users},
+        reachable={u: dict.fromkeys(instance.cover[u], all_models) for u in problem.users},
     )
 
 

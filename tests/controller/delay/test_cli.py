@@ -74,9 +74,25 @@ def test_place_delay_unknown_solver(problem_path):
 def test_sim_delay_sweep_writes_csv_and_png(tmp_path):
     out = tmp_path / "sim"
     proc = run_cli(
-        "sim", "--objective", "delay", "--sweep", "cluster", "--values", "1,2",
-        "--servers", "2", "--users", "4", "--models-per-family", "1", "--slots", "2",
-        "--solvers", "coarse,delay-greedy", "--out", str(out),
+        "sim",
+        "--objective",
+        "delay",
+        "--sweep",
+        "cluster",
+        "--values",
+        "1,2",
+        "--servers",
+        "2",
+        "--users",
+        "4",
+        "--models-per-family",
+        "1",
+        "--slots",
+        "2",
+        "--solvers",
+        "coarse,delay-greedy",
+        "--out",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(out / "delay_cluster.csv"), str(out / "delay_cluster.png")]

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from controller.delay import DELAY_SOLVERS, evaluate_delay
-from controller.delay import marl
+from controller.delay import DELAY_SOLVERS, evaluate_delay, marl
+from controller.delay.problem import DelayProblem
 from controller.delay.scenario import tiny_problem
 
 FAST = marl.MarlConfig(episodes=6, eval_every=2, batch=16, hidden=16, mixing_embed=8)
@@ -62,5 +62,5 @@ def test_solver_respects_capacity_and_reports_evaluated_delay(problem):
     assert best.delay.mean_s <= r.delay.mean_s
 
 
-def p_bytes(problem, held):
+def p_bytes(problem: DelayProblem, held: tuple[str, ...]) -> int:
     return problem.storage_bytes(held, "block")

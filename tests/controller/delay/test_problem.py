@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
 from controller.delay import delay_problem_from_json, delay_problem_to_json, evaluate_delay
 
-DESIGN_EXAMPLE = {
+DESIGN_EXAMPLE: dict[str, Any] = {
     "schema": "trimcache.delay-problem/v1",
     "blocks": {"b0": 1048576, "b1": 524288},
     "models": {"m0": ["b0"], "m1": ["b0", "b1"]},
@@ -26,9 +27,9 @@ DESIGN_EXAMPLE = {
 }
 
 
-def with_change(path: tuple[str, ...], value: object) -> dict:
+def with_change(path: tuple[str, ...], value: object) -> dict[str, Any]:
     doc = copy.deepcopy(DESIGN_EXAMPLE)
-    node = doc
+    node: Any = doc
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value
