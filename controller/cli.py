@@ -219,6 +219,17 @@ def _run_sim_delay(args: argparse.Namespace) -> int:
         base = dataclasses.replace(
             base, channel=dataclasses.replace(base.channel, bandwidth_hz=args.bandwidth_mhz * 1e6)
         )
+    archs = None
+    if args.archs:
+        from controller.library import ARCHITECTURES
+
+        archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
+        for arch in archs:
+            if arch not in ARCHITECTURES:
+                raise ValueError(
+                    f"--archs: unknown architecture {arch!r};"
+                    f" choose from {', '.join(ARCHITECTURES)}"
+                )
     overrides = {
         "n_servers": args.servers,
         "n_users": args.users,
@@ -227,6 +238,7 @@ def _run_sim_delay(args: argparse.Namespace) -> int:
         "zipf_exponent": args.zipf,
         "sharing": args.sharing,
         "n_slots": args.slots,
+        "archs": archs,
     }
     base = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     solvers = args.solvers.split(",") if args.solvers else None
