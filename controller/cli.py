@@ -148,6 +148,12 @@ def _add_sim(subparsers: Subparsers) -> None:
     p.add_argument("--sharing", type=float, default=None, help="frozen fraction (default 0.5)")
     p.add_argument("--slots", type=int, default=None, help="delay: request slots (default 6)")
     p.add_argument("--bandwidth-mhz", type=float, default=None, help="delay: downlink (default 20)")
+    p.add_argument(
+        "--archs",
+        default=None,
+        help="delay: comma list of model families, e.g. bert-base "
+        "(default resnet18,resnet50,vit-b16,bert-base)",
+    )
     p.set_defaults(func=_run_sim)
 
 

@@ -89,6 +89,8 @@ def test_sim_delay_sweep_writes_csv_and_png(tmp_path):
         "1",
         "--slots",
         "2",
+        "--archs",
+        "resnet18,bert-base",
         "--solvers",
         "coarse,delay-greedy",
         "--out",
@@ -105,7 +107,12 @@ def test_sim_delay_sweep_writes_csv_and_png(tmp_path):
     assert (out / "delay_cluster.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_sim_delay_unknown_sweep_is_exit_2(tmp_path):
-    proc = run_cli("sim", "--objective", "delay", "--sweep", "nope", "--out", str(tmp_path))
-    assert proc.returncode == 2 and "unknown sweep 'nope'" in proc.stderr
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [(["--sweep", "nope"], "unknown sweep 'nope'"), (["--archs", "gpt9"], "'gpt9'")],
+)
+def test_sim_delay_bad_options_are_exit_2(tmp_path, extra, needle):
+    proc = run_cli("sim", "--objective", "delay", *extra, "--out", str(tmp_path))
+    assert proc.returncode == 2 and needle in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
