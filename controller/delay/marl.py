@@ -78,6 +78,12 @@ class MarlConfig:
     max_rounds: int = 24
     reward_scale: float = 10.0  # returns are relative delay drops (~0.1); scaled for the TD loss
 
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.eval_every < 1 or self.batch < 1 or self.hidden < 1:
+            raise ValueError("marl: episodes, eval_every, batch and hidden must be >= 1")
+        if self.mixer not in ("qmix", "vdn"):
+            raise ValueError(f"marl: mixer must be 'qmix' or 'vdn', got {self.mixer!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class LearningPoint:

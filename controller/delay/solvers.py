@@ -8,9 +8,9 @@ code, so "reported == evaluate_delay()" holds by construction (and is tested).
 
 - ``delay-greedy`` (block, broadcast): repeatedly add the (node, candidate) pair with the
   largest *marginal reduction of the mean delay per marginal byte*, where a candidate is one
-  PB or one requested model's PBs (PBs the node holds already cost nothing); the delay is evaluated with
-  broadcast, so a PB that many users of a slot share gains for all of them at once. Lazy
-  evaluation (CELF): a pair's last computed gain is kept as its key; the popped pair is
+  PB or one requested model's PBs (PBs the node holds already cost nothing); the delay is
+  evaluated with broadcast, so a PB that many users of a slot share gains for all of them at
+  once. Lazy evaluation (CELF): a pair's last computed gain is kept as its key; the popped pair is
   re-evaluated and taken when its fresh ratio is still >= the next key. Unlike coverage, the
   delay reduction is not submodular (a second holder adds SNR, a schedule can reorder), so
   lazy evaluation is a heuristic here, not a proof of picking the eager maximum; a re-

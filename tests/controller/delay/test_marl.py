@@ -64,3 +64,12 @@ def test_solver_respects_capacity_and_reports_evaluated_delay(problem):
 
 def p_bytes(problem: DelayProblem, held: tuple[str, ...]) -> int:
     return problem.storage_bytes(held, "block")
+
+
+def test_vdn_mixer_trains_and_bad_config_is_rejected(problem):
+    t = marl.train(problem, seed=0, config=dataclasses.replace(FAST, mixer="vdn"))
+    assert t.env_samples > 0 and t.best_placement
+    with pytest.raises(ValueError, match="mixer must be"):
+        marl.MarlConfig(mixer="sum")
+    with pytest.raises(ValueError, match="episodes"):
+        marl.MarlConfig(episodes=0)
