@@ -168,36 +168,62 @@ def marl_part(args: argparse.Namespace, emit: Any) -> None:
 
 
 def write_curves(curves: dict[bool, list[list[Any]]], path: Path) -> None:
-    """Mean greedy return at each evaluation point (episode), plain vs augmented: CSV + PNG."""
+    """Mean learning curves (plain vs augmented) to ``PATH.csv``, then the PNG from it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["variant,episode,mean_env_samples,mean_greedy_return,mean_best_so_far"]
+    for augment, runs in curves.items():
+        k = min(len(c) for c in runs)
+        for i in range(k):
+            x = statistics.fmean(c[i].env_samples for c in runs)
+            y = statistics.fmean(c[i].greedy_return for c in runs)
+            b = statistics.fmean(max(pt.greedy_return for pt in c[: i + 1]) for c in runs)
+            variant = "aug" if augment else "plain"
+            lines.append(f"{variant},{runs[0][i].episode},{x:.1f},{y:.6f},{b:.6f}")
+    path.with_suffix(".csv").write_text("\n".join(lines) + "\n")
+    plot_curves(path.with_suffix(".csv"), n_instances=len(curves[False]))
+
+
+def plot_curves(csv_path: Path, *, n_instances: int) -> None:
+    """``csv_path`` with ``.png``: greedy-policy return (solid) and best so far (dashed)."""
+    import csv
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["variant,episode,mean_env_samples,mean_greedy_return,mean_best_so_far"]
+    with csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for augment, runs in curves.items():
-        label = "marl + reward-model augmentation" if augment else "marl"
-        k = min(len(c) for c in runs)
-        xs, ys, bs = [], [], []
-        for i in range(k):
-            xs.append(statistics.fmean(c[i].env_samples for c in runs))
-            ys.append(statistics.fmean(c[i].greedy_return for c in runs))
-            bs.append(statistics.fmean(max(pt.greedy_return for pt in c[: i + 1]) for c in runs))
-            variant = "aug" if augment else "plain"
-            lines.append(f"{variant},{runs[0][i].episode},{xs[-1]:.1f},{ys[-1]:.6f},{bs[-1]:.6f}")
-        ax.plot(xs, [100 * y for y in ys], label=f"{label} (greedy policy)", marker="o", ms=3)
-        ax.plot(xs, [100 * b for b in bs], label=f"{label} (best so far)", linestyle="--")
+    for variant, color, label in (
+        ("plain", "C0", "marl"),
+        ("aug", "C3", "marl + reward-model augmentation"),
+    ):
+        mine = [r for r in rows if r["variant"] == variant]
+        xs = [float(r["mean_env_samples"]) for r in mine]
+        ax.plot(
+            xs,
+            [100 * float(r["mean_greedy_return"]) for r in mine],
+            color=color,
+            marker="o",
+            ms=3,
+            label=f"{label} (greedy policy)",
+        )
+        ax.plot(
+            xs,
+            [100 * float(r["mean_best_so_far"]) for r in mine],
+            color=color,
+            linestyle="--",
+            label=f"{label} (best so far)",
+        )
     ax.set_xlabel("environment samples (delay evaluations of joint actions)")
     ax.set_ylabel("delay reduction vs empty caches (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"marl learning curves (mean over {len(curves[False])} instances)", fontsize=10)
+    ax.set_title(f"marl learning curves (mean over {n_instances} instances)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"))
+    fig.savefig(csv_path.with_suffix(".png"))
     plt.close(fig)
-    path.with_suffix(".csv").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

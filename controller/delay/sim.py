@@ -167,6 +167,27 @@ def write_csv(rows: Sequence[DelayRow], path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def read_csv(path: Path) -> list[DelayRow]:
+    """Rows written by :func:`write_csv` (to re-plot without re-solving)."""
+    with path.open(newline="") as fh:
+        return [
+            DelayRow(
+                sweep=r["sweep"],
+                parameter=r["parameter"],
+                value=float(r["value"]),
+                seed=int(r["seed"]),
+                solver=r["solver"],
+                mean_s=float(r["mean_s"]),
+                p95_s=float(r["p95_s"]),
+                makespan_s=float(r["makespan_s"]),
+                status=r["status"],
+                solve_seconds=float(r["solve_seconds"]),
+                used_bytes=int(r["used_bytes"]),
+            )
+            for r in csv.DictReader(fh)
+        ]
+
+
 def mean_by_solver(rows: Sequence[DelayRow]) -> dict[str, dict[float, float]]:
     """solver -> parameter value -> mean of ``mean_s`` over seeds (skipped rows left out)."""
     acc: dict[str, dict[float, list[float]]] = {}
@@ -212,6 +233,7 @@ def plot(rows: Sequence[DelayRow], path: Path, *, title: str | None = None) -> N
             list(series[name].values()),
             label=name,
             marker=markers[i % len(markers)],
+            color=f"C{i}",
         )
     seeds = sorted({r.seed for r in rows})
     label = _LABELS.get(parameter, parameter)
@@ -231,6 +253,7 @@ def plot(rows: Sequence[DelayRow], path: Path, *, title: str | None = None) -> N
                 [100 * v for v in red[name].values()],
                 label=name,
                 marker=markers[i % len(markers)],
+                color=f"C{i}",
             )
         axes[0][1].axhspan(30, 68, color="grey", alpha=0.15, label="paper's 30-68 % band")
         axes[0][1].set_xlabel(label)
