@@ -177,8 +177,8 @@ def greedy_placement(
         if unit in instance.slots_of_unit:
             bundles.append((unit,))
     requested_models = {m for slot in problem.slots for m in slot.values()}
-    for model_id, units in instance.model_units.items():
-        bundle = tuple(sorted(set(units), key=order.__getitem__))
+    for model_id, model_units in instance.model_units.items():
+        bundle = tuple(sorted(set(model_units), key=order.__getitem__))
         if model_id in requested_models and len(bundle) > 1 and bundle not in bundles:
             bundles.append(bundle)
     containing: dict[str, list[int]] = {}
@@ -204,7 +204,7 @@ def greedy_placement(
                 heap.append((-g / max(cost, 1), ties[node_id] + c, node_id, c))
     heapq.heapify(heap)
     if first is not None:
-        heap.insert(0, (-math.inf, -1, first[0], first[1]))  # -inf sorts first: still a heap
+        heapq.heappush(heap, (-math.inf, -1, first[0], first[1]))  # popped first
     while heap:
         _key, tie, node_id, c = heapq.heappop(heap)
         units, cost = missing(node_id, c)
