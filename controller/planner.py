@@ -360,6 +360,8 @@ class Planner:
             logger.warning("plan lock lost before storing a placement trigger=%s", trigger)
             return previous or {"version": 0, "servers": {}}
         applied = [n.plan_version for n in nodes if n.plan_version is not None]
+        if previous is None:  # a first plan, or Redis lost its state: ask the nodes themselves
+            applied += self._applied_versions(nodes)
         version = self.state.next_placement_version(floor=max(applied, default=0))
         servers: dict[str, dict[str, Any]] = {}
         for node in nodes:
@@ -688,6 +690,18 @@ class Planner:
             status["fetched_bytes_by_source"],
         )
         return status
+
+    def _applied_versions(self, nodes: Sequence[NodeRecord]) -> list[int]:
+        """The placement versions the nodes report having applied (``GET /v1/plan``)."""
+        versions = []
+        for node in nodes:
+            try:
+                version = self.http.get(f"{node.url}/v1/plan", timeout=2.0).json().get("version")
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError):
+                continue
+            if isinstance(version, int) and 0 <= version <= 2**53:
+                versions.append(version)
+        return versions
 
     def _progress(self, node: NodeRecord, *, timeout_s: float) -> Any:
         """What the node reports of the plan it is applying (None: no answer)."""

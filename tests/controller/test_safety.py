@@ -267,6 +267,17 @@ def test_a_hung_edge_is_given_up_when_its_progress_stalls(redis_url: str, mini_o
         hung.close()
 
 
+def test_a_wiped_controller_continues_above_the_version_an_edge_applied(
+    controller: TestClient, redis_url: str, edges: Any
+) -> None:
+    e1 = edges("edge-1", None)
+    register(controller, "edge-1", e1)
+    assert push(controller, 7, {"edge-1": ["tiny-a"]})["push"]["edge-1"]["status"] == "applied"
+    redis.Redis.from_url(redis_url).flushdb()  # counter, placement, catalogue and nodes gone
+    register(controller, "edge-1", e1)  # a heartbeat that does not name its version
+    assert controller.post("/v1/placement:plan").json()["version"] == 8
+
+
 def test_placement_versions_survive_a_redis_wipe(controller: TestClient, redis_url: str) -> None:
     register(controller, "edge-1", "http://127.0.0.1:9", plan_version=41)
     assert controller.get("/v1/nodes/edge-1").json()["plan_version"] == 41
