@@ -8,7 +8,9 @@ test zoo; plans pushed over HTTP place ``bert-sst2`` + ``minilm-lora-topic`` on 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,9 +22,9 @@ import pytest
 from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-from core.digest import sha256_file
+from core.digest import BlockId, sha256_file
 from core.manifest import ModelManifest
-from tests.client.services import TOKEN, push_plan
+from tests.client.services import PLAN_SCHEMA, TOKEN, push_plan
 from tests.controller.procs import ServiceProcess, controller_process, edge_process
 from tests.helpers import free_port, live_server, wait_until
 
@@ -37,6 +39,7 @@ TTL_S = 0.5
 class Cluster:
     zoo: Path
     origin: ServiceProcess
+    controller_process: ServiceProcess
     controller: str
     edges: dict[str, str]
     models: dict[str, str]  # model_id -> repo_id
@@ -112,10 +115,9 @@ def cluster(
             edges[node_id] = edge.url
         for node_id, held in HELD.items():
             push_plan(edges[node_id], controller.url, origin.url, held)
-        for node_id, held in HELD.items():
-            for model_id in held:
-                wait_until(lambda m=model_id, n=node_id: _routed(controller.url, m, {edges[n]}))
-        yield Cluster(zoo_dir, origin, controller.url, edges, models, tmp)
+        wanted = [(m, edges[n]) for n, held in HELD.items() for m in held]
+        wait_until(lambda: all(_routed(controller.url, m, {url}) for m, url in wanted))
+        yield Cluster(zoo_dir, origin, controller, controller.url, edges, models, tmp)
     finally:
         for process in reversed(processes):
             process.stop()
@@ -221,7 +223,7 @@ def test_range_of_a_file_no_edge_holds(cluster: Cluster) -> None:
     assert _buffered_files(cluster.tmp / "edge-2") == []
 
 
-def _lying_peer(served: list[int]) -> Any:
+def _lying_peer(sizes: dict[BlockId, int], served: list[int]) -> Any:
     """A peer that claims every block and answers batches with the right lengths and wrong
     bytes (a fault a real edge, which verifies what it sends, cannot produce)."""
 
@@ -235,7 +237,7 @@ def _lying_peer(served: list[int]) -> Any:
             if not message.get("more_body"):
                 break
         ids = json.loads(body)["block_ids"] if scope["path"] == "/v1/blocks:batch" else []
-        payload = b"".join(b"\x5a" * SIZES[b] for b in ids)
+        payload = b"".join(b"\x5a" * sizes[BlockId(b)] for b in ids)
         served.append(len(payload))
         await send(
             {
@@ -249,18 +251,14 @@ def _lying_peer(served: list[int]) -> Any:
     return app
 
 
-SIZES: dict[str, int] = {}
-
-
 def test_corrupt_peer_blocks_are_never_delivered(cluster: Cluster, tmp_path: Path) -> None:
     base = cluster.manifest("minilm-base")
-    SIZES.update(base.block_sizes())
     held_somewhere = cluster.held_blocks("edge-1") | cluster.held_blocks("edge-2")
     blocks = base.file("model.safetensors").blocks
     only_origin = [b for b in blocks if b.block_id not in held_somewhere]
     assert only_origin
     served: list[int] = []
-    with live_server(_lying_peer(served)) as liar:
+    with live_server(_lying_peer(base.block_sizes(), served)) as liar:
         body = {
             "url": liar,
             "capacity_bytes": 10**9,
@@ -309,3 +307,76 @@ def test_corrupt_peer_blocks_are_never_delivered(cluster: Cluster, tmp_path: Pat
                 cluster.origin.start()
         finally:
             httpx.delete(f"{cluster.controller}/v1/nodes/liar")
+
+
+def test_concurrent_pulls_of_one_file(cluster: Cluster) -> None:
+    question = cluster.manifest("bert-question")
+    entry = question.file("model.safetensors")
+    url = f"{cluster.edges['edge-1']}/{question.repo_id}/resolve/main/model.safetensors"
+    digests: list[str] = []
+
+    def download() -> None:
+        with httpx.stream("GET", url, timeout=120) as r:
+            assert r.status_code == 200
+            digest = hashlib.sha256()
+            for chunk in r.iter_bytes():
+                digest.update(chunk)
+        digests.append(digest.hexdigest())
+
+    threads = [threading.Thread(target=download) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert digests == [entry.sha256] * 3
+    assert _buffered_files(cluster.tmp / "edge-1") == []
+
+
+def test_pulled_blocks_the_plan_places_are_kept(cluster: Cluster, tmp_path: Path) -> None:
+    """A plan that failed half-way (its origin is down) leaves bert-sst2 placed but incomplete
+    on edge-2; a Hub download pulls the missing blocks from edge-1 and keeps them."""
+    edge2 = cluster.edges["edge-2"]
+    before = cluster.stats("edge-2")
+    spam, sst2 = cluster.manifest("bert-spam"), cluster.manifest("bert-sst2")
+    missing = {b: n for b, n in sst2.block_sizes().items() if b not in spam.block_sizes()}
+    plan = {
+        "schema": PLAN_SCHEMA,
+        "version": int(time.time() * 1000),
+        "manifests": [spam.to_dict(), sst2.to_dict()],
+        "peers": {},
+        "origin_url": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+    }
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        r = httpx.put(f"{edge2}/v1/plan", json=plan, headers=auth, timeout=120)
+        assert r.status_code == 502, r.text
+        assert "bert-sst2" not in cluster.stats("edge-2")["models"]
+        path = snapshot_download(sst2.repo_id, endpoint=edge2, cache_dir=tmp_path)
+        assert _zoo_files(Path(path)) == _zoo_files(cluster.repo_dir("bert-sst2"))
+        after = cluster.stats("edge-2")
+        assert after["bytes_pulled_kept"] - before["bytes_pulled_kept"] == sum(missing.values())
+        assert after["physical_bytes"] == before["physical_bytes"] + sum(missing.values())
+        assert after["physical_bytes"] <= CAPACITY_BYTES
+        assert "bert-sst2" in after["models"]
+        assert _buffered_files(cluster.tmp / "edge-2") == []
+    finally:
+        push_plan(edge2, cluster.controller, cluster.origin.url, HELD["edge-2"])
+    assert cluster.stats("edge-2")["physical_bytes"] == before["physical_bytes"]
+
+
+def test_held_models_are_served_while_the_controller_is_down(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    edge1 = cluster.edges["edge-1"]
+    cluster.controller_process.stop()
+    try:
+        time.sleep(2 * TTL_S)  # cached catalogue answers expire
+        for model_id in HELD["edge-1"]:
+            repo_id = cluster.models[model_id]
+            path = snapshot_download(repo_id, endpoint=edge1, cache_dir=tmp_path)
+            assert _zoo_files(Path(path)) == _zoo_files(cluster.repo_dir(model_id))
+        r = httpx.get(f"{edge1}/api/models/{cluster.models['bert-question']}")
+        assert r.status_code == 502 and r.headers["x-error-code"] == "upstream_unavailable"
+        assert "controller" in r.json()["error"]["message"]
+    finally:
+        cluster.controller_process.start()
