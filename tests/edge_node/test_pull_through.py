@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from core.digest import BlockId, sha256_file
 from core.manifest import ModelManifest
 from tests.client.services import PLAN_SCHEMA, TOKEN, push_plan
 from tests.controller.procs import ServiceProcess, controller_process, edge_process
+from tests.edge_node.test_shared_zoo import PREDICT_SCRIPT
 from tests.helpers import free_port, live_server, wait_until
 
 pytestmark = pytest.mark.slow
@@ -191,6 +195,30 @@ def test_a_missing_model_comes_from_the_peer_that_holds_it(cluster: Cluster) -> 
     delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
     assert delta == {edge1: missing_bytes}
     assert (cluster.repo_dir("bert-sst2") / "model.safetensors").read_bytes() == data
+
+
+def test_transformers_loads_a_model_the_edge_does_not_hold(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The issue's failure: HF_ENDPOINT at an edge without the model (edge-2 lacks bert-sst2)."""
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": cluster.edges["edge-2"],
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", PREDICT_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["positive", "negative"]
+    assert "bert-sst2" not in cluster.stats("edge-2")["models"]
 
 
 def test_range_of_a_file_no_edge_holds(cluster: Cluster) -> None:
