@@ -124,11 +124,10 @@ class PullBuffer:
 
 @dataclass(frozen=True, slots=True)
 class ServedRepo:
-    """A repo being answered: its manifest, whether this node holds that manifest (placement),
-    and its block sources when the controller's route already gave them."""
+    """A repo being answered: its manifest, and its block sources when the controller's route
+    already gave them (a held manifest asks for them only when a block is missing)."""
 
     manifest: ModelManifest
-    held: bool
     sources: Sources | None = None
 
 
@@ -168,14 +167,14 @@ class PullThrough:
         local_error: RepoNotFoundError | RevisionNotFoundError | None = None
         for manifests in (self.node.complete_models(), self.node.manifests()):
             try:
-                return ServedRepo(hub.find_repo(manifests, repo_id, revision, where=where), True)
+                return ServedRepo(hub.find_repo(manifests, repo_id, revision, where=where))
             except (RepoNotFoundError, RevisionNotFoundError) as exc:
                 local_error = exc
         if not self.catalogue.enabled:
             assert local_error is not None
             raise local_error
         model = self.catalogue.find(repo_id, revision)
-        return ServedRepo(model.manifest, False, model.sources)
+        return ServedRepo(model.manifest, model.sources)
 
     def repo_ids(self) -> list[str]:
         held = {m.repo_id for m in self.node.complete_models()}
