@@ -10,8 +10,9 @@ downloaded with ``curl -o /dev/null`` through the Hub API (``resolve``):
 - ``held-py``: ``held`` again, received and sha256-hashed by one Python thread with httpx (the
   floor of any verifying Python receiver, which pull-through is).
 
-Prints MB/s (10^6 bytes/s, median and best of ``--repeats``) and writes JSON lines to
-``bench/results/pull_through.jsonl``.
+Prints MB/s (10^6 bytes/s, median and best of ``--repeats``) and the CPU seconds per GB that
+the services (origin, controller, edges) spent, which a busy shared machine does not distort;
+writes JSON lines to ``bench/results/pull_through.jsonl``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ def _httpx_sha256(url: str) -> tuple[int, float]:
             digest.update(chunk)
             size += len(chunk)
     return size, time.perf_counter() - start
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (Linux ``/proc``)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _start(
@@ -144,13 +154,17 @@ def run(repeats: int) -> list[dict[str, Any]]:
         rows = []
         runs = [(case, url, _curl) for case, url in cases.items()]
         runs.append(("held-py", held_url, _httpx_sha256))
+        # Everything but redis: origin, controller, both edges.
+        services = [p.pid for p in procs[1:]]
         for case, url, download in runs:
             download(url)  # warm-up: page cache, connections, catalogue lookups
             rates = []
             size = 0
+            cpu_before = _cpu_s(services)
             for _ in range(repeats):
                 size, seconds = download(url)
                 rates.append(size / seconds / 1e6)
+            cpu_per_gb = (_cpu_s(services) - cpu_before) / (repeats * size / 1e9)
             rows.append(
                 {
                     "bench": "pull_through",
@@ -159,6 +173,7 @@ def run(repeats: int) -> list[dict[str, Any]]:
                     "repeats": repeats,
                     "median_mb_s": round(statistics.median(rates), 1),
                     "best_mb_s": round(max(rates), 1),
+                    "service_cpu_s_per_gb": round(cpu_per_gb, 2),
                 }
             )
         stats = httpx.get(f"{edges[1]}/v1/stats").json()
@@ -186,10 +201,11 @@ def main() -> None:
     with (out / "pull_through.jsonl").open("a") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
-    lines = [f"{'case':8} {'bytes':>10} {'median MB/s':>12} {'best MB/s':>10}"]
+    lines = [f"{'case':8} {'bytes':>10} {'median MB/s':>12} {'best MB/s':>10} {'CPU s/GB':>9}"]
     for row in rows:
         lines.append(
             f"{row['case']:8} {row['bytes']:>10} {row['median_mb_s']:>12} {row['best_mb_s']:>10}"
+            f" {row['service_cpu_s_per_gb']:>9}"
         )
     lines.append(f"edge-2 physical_bytes after: {rows[0]['edge2_physical_bytes']}")
     sys.stdout.write("\n".join(lines) + "\n")

@@ -16,9 +16,9 @@ Internal logic of :meth:`PullThrough.file_pieces` for bytes ``[start, end)`` of 
    held manifest places them here, copied into the node's store (never above capacity, never
    while a plan is being applied: the plan fetches them itself).
 3. The first window is fetched before the response starts, so a block that comes from nowhere
-   is a 502 ``upstream_unavailable`` with no body. Each later window is fetched while the one
-   before is sent; if it fails, the response is cut short (the client sees a short body and
-   retries), never completed with wrong bytes.
+   is a 502 ``upstream_unavailable`` with no body. Later windows are fetched while earlier ones
+   are sent (``PREFETCH_WINDOWS`` ahead); if one fails, the response is cut short (the client
+   sees a short body and retries), never completed with wrong bytes.
 
 Buffer policy: pulled blocks that the placement does not put here live in ``pull-buffer/``
 under the data dir, outside ``capacity_bytes``, only while a response uses them (reference
@@ -34,6 +34,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ from edge_node.zerocopy import FileSlice, Piece, pieces_to_bytes
 logger = logging.getLogger(__name__)
 
 BUFFER_DIR = "pull-buffer"
+#: Windows of one response fetched ahead of the one being sent.
+PREFETCH_WINDOWS = 2
 
 
 class PullBuffer:
@@ -301,24 +304,26 @@ class PullThrough:
             node.plan_lock.release()
 
     def _stream(self, repo: ServedRepo, windows: list[_Window], first: _Window) -> Iterator[Piece]:
+        queued = iter(windows[1:])
+        pending: deque[Future[_Window]] = deque()
         current: _Window | None = first
-        pending: Future[_Window] | None = None
         try:
-            for index in range(len(windows)):
-                if index + 1 < len(windows):
-                    pending = self._prefetch.submit(self._prepare, repo, windows[index + 1])
-                assert current is not None
+            while current is not None:
+                while len(pending) < PREFETCH_WINDOWS:
+                    upcoming = next(queued, None)
+                    if upcoming is None:
+                        break
+                    pending.append(self._prefetch.submit(self._prepare, repo, upcoming))
                 yield from self._window_pieces(current)
                 self.buffer.release(current.pulled)
                 current = None
-                if pending is not None:
-                    future, pending = pending, None
-                    current = future.result()  # a failed window ends the response early
+                if pending:
+                    current = pending.popleft().result()  # a failed window ends the response
         finally:
             if current is not None:
                 self.buffer.release(current.pulled)
-            if pending is not None:
-                pending.add_done_callback(self._release_done)
+            for future in pending:
+                future.add_done_callback(self._release_done)
 
     def _release_done(self, future: Future[_Window]) -> None:
         if not future.cancelled() and future.exception() is None:
