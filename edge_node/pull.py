@@ -43,7 +43,7 @@ from pathlib import Path
 import httpx
 
 from core.digest import BlockId
-from core.errors import BlockNotFoundError, DigestMismatchError, StoreFullError
+from core.errors import BlockNotFoundError, DigestMismatchError, StoreFullError, TrimCacheError
 from core.manifest import BlockRef, FileEntry, ModelManifest
 from core.store import BlockStore
 from edge_node import hub
@@ -56,7 +56,7 @@ from edge_node.errors import (
 )
 from edge_node.ingest import Fetcher, fetch_blocks, locate_blocks
 from edge_node.node import EdgeNode
-from edge_node.zerocopy import FileSlice, Piece, pieces_to_bytes
+from edge_node.zerocopy import FileSlice, Piece, ResponseCutShortError, pieces_to_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class PullThrough:
         self.buffer = PullBuffer(
             settings.data_dir / BUFFER_DIR, capacity_bytes=settings.pull_buffer_bytes
         )
+        self._keep_lock = threading.Lock()
         self._prefetch = ThreadPoolExecutor(
             max_workers=settings.fetch_workers, thread_name_prefix="edge-pull"
         )
@@ -285,23 +286,28 @@ class PullThrough:
         node = self.node
         if not any(b in node.referenced_blocks() for b in blocks):
             return
-        if not node.plan_lock.acquire(blocking=False):
-            return  # a plan is being applied: it decides, and fetches what it keeps
-        try:
-            placed = node.referenced_blocks()
-            for block_id, size in blocks.items():
-                if block_id not in placed or node.store.has(block_id):
-                    continue
-                try:
-                    chunks = self.buffer.store.iter_range(block_id)
-                    node.store.put_stream(chunks, block_id=block_id, size=size)
-                except (StoreFullError, DigestMismatchError, BlockNotFoundError) as exc:
-                    logger.info("not keeping pulled block_id=%s: %s", block_id, exc)
-                    continue
-                node.mark_trusted(block_id)
-                node.counters.add_pulled_kept(size)
-        finally:
-            node.plan_lock.release()
+        with self._keep_lock:  # pulls copy one at a time, so they never skip for each other
+            if not node.plan_lock.acquire(blocking=False):
+                return  # a plan (or repair) is running: it decides, and fetches what it keeps
+            try:
+                self._copy_placed(blocks)
+            finally:
+                node.plan_lock.release()
+
+    def _copy_placed(self, blocks: Mapping[BlockId, int]) -> None:
+        node = self.node
+        placed = node.referenced_blocks()  # read again under the plan lock
+        for block_id, size in blocks.items():
+            if block_id not in placed or node.store.has(block_id):
+                continue
+            try:
+                chunks = self.buffer.store.iter_range(block_id)
+                node.store.put_stream(chunks, block_id=block_id, size=size)
+            except (StoreFullError, DigestMismatchError, BlockNotFoundError) as exc:
+                logger.info("not keeping pulled block_id=%s: %s", block_id, exc)
+                continue
+            node.mark_trusted(block_id)
+            node.counters.add_pulled_kept(size)
 
     def _stream(self, repo: ServedRepo, windows: list[_Window], first: _Window) -> Iterator[Piece]:
         queued = iter(windows[1:])
@@ -318,7 +324,11 @@ class PullThrough:
                 self.buffer.release(current.pulled)
                 current = None
                 if pending:
-                    current = pending.popleft().result()  # a failed window ends the response
+                    current = pending.popleft().result()
+        except TrimCacheError as exc:  # the status line is out: end the body early
+            raise ResponseCutShortError(
+                f"pull-through of {repo.manifest.repo_id!r} failed mid-response: {exc}"
+            ) from exc
         finally:
             if current is not None:
                 self.buffer.release(current.pulled)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
 from core.digest import BlockId, sha256_file
-from core.manifest import ModelManifest
+from core.manifest import BlockRef, ModelManifest
 from tests.client.services import PLAN_SCHEMA, TOKEN, push_plan
 from tests.controller.procs import ServiceProcess, controller_process, edge_process
 from tests.edge_node.test_shared_zoo import PREDICT_SCRIPT
@@ -35,6 +35,8 @@ from tests.helpers import free_port, live_server, wait_until
 pytestmark = pytest.mark.slow
 
 HELD = {"edge-1": ["bert-sst2", "minilm-lora-topic"], "edge-2": ["bert-spam"]}
+#: edge-1 keeps the default pull window (32 MiB); edge-2 streams in many small windows.
+WINDOW_BYTES = {"edge-1": 32 << 20, "edge-2": 4 << 20}
 CAPACITY_BYTES = 200_000_000
 TTL_S = 0.5
 
@@ -112,6 +114,7 @@ def cluster(
                 auth_token=TOKEN,
                 heartbeat_interval_s=0.3,
                 catalogue_ttl_s=TTL_S,
+                pull_window_bytes=WINDOW_BYTES[node_id],
                 durable="false",
                 scrub_on_start="false",
             ).start()
@@ -251,6 +254,20 @@ def test_range_of_a_file_no_edge_holds(cluster: Cluster) -> None:
     assert _buffered_files(cluster.tmp / "edge-2") == []
 
 
+def _first_window(blocks: Sequence[BlockRef], held: set[str]) -> list[BlockRef]:
+    """The blocks of the first pull window of edge-2 (as edge_node.pull cuts them: a window
+    ends before the missing block that would take it past the window size)."""
+    window: list[BlockRef] = []
+    missing = 0
+    for block in blocks:
+        if block.block_id not in held:
+            if missing and missing + block.length > WINDOW_BYTES["edge-2"]:
+                break
+            missing += block.length
+        window.append(block)
+    return window
+
+
 def _lying_peer(sizes: dict[BlockId, int], served: list[int]) -> Any:
     """A peer that claims every block and answers batches with the right lengths and wrong
     bytes (a fault a real edge, which verifies what it sends, cannot produce)."""
@@ -322,6 +339,32 @@ def test_corrupt_peer_blocks_are_never_delivered(cluster: Cluster, tmp_path: Pat
                 assert r.status_code == 502, r.text
                 assert r.headers["x-error-code"] == "upstream_unavailable"
                 assert sum(served) > 0
+                # From a block where the first window holds no liar-only block: the status
+                # line goes out, then the body is cut short where the liar-only blocks begin
+                # (how much of the first window left first depends on the send batching).
+                # Every byte delivered is right; the body never completes.
+                entry = base.file("model.safetensors")
+                held2 = cluster.held_blocks("edge-2")
+                bad = {b.block_id for b in only_origin}
+
+                def cut_short_from(i: int) -> bool:
+                    window = _first_window(entry.blocks[i:], held2)
+                    return not bad & {b.block_id for b in window} and bool(
+                        bad & {b.block_id for b in entry.blocks[i:]}
+                    )
+
+                first = next(i for i in range(len(entry.blocks)) if cut_short_from(i))
+                offset = entry.blocks[first].offset
+                original = (cluster.repo_dir("minilm-base") / "model.safetensors").read_bytes()
+                got = bytearray()
+                headers = {"Range": f"bytes={offset}-"}
+                with httpx.stream("GET", url, headers=headers, timeout=60) as r:
+                    assert r.status_code == 206
+                    with pytest.raises(httpx.RemoteProtocolError):
+                        for chunk in r.iter_raw():
+                            got += chunk
+                assert len(got) < entry.size - offset
+                assert bytes(got) == original[offset : offset + len(got)]
                 with pytest.raises(Exception):  # noqa: B017 - any error, as long as it fails
                     hf_hub_download(
                         base.repo_id,
