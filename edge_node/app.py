@@ -18,10 +18,12 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.asgi import RequestGuard, header_text, validation_error
 from core.errors import TrimCacheError
 from edge_node.api.routes import blocks, health, hf, models, plan, stats
 from edge_node.catalogue import Catalogue
@@ -68,7 +70,7 @@ def _error_response(code: str, message: str, status: int, header_code: str) -> J
     return JSONResponse(
         {"error": {"code": code, "message": message}},
         status_code=status,
-        headers={"X-Error-Code": header_code, "X-Error-Message": message[:200]},
+        headers={"X-Error-Code": header_code, "X-Error-Message": header_text(message, limit=200)},
     )
 
 
@@ -154,6 +156,8 @@ def create_app(settings: Settings) -> FastAPI:
             response.headers[key] = value
         return response
 
+    app.add_exception_handler(RequestValidationError, validation_error)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         counters.add_error_code("internal")
@@ -179,5 +183,6 @@ def create_app(settings: Settings) -> FastAPI:
             bucket=link_bucket,
             counters=link_counters,
         )
+    app.add_middleware(RequestGuard)
     app.add_middleware(_RequestCounter, counters=counters)
     return app

@@ -16,6 +16,7 @@ Hierarchy::
         │   ├── RepoNotFoundError          ``X-Error-Code`` (RepoNotFound, RevisionNotFound,
         │   ├── RevisionNotFoundError      EntryNotFound) because huggingface_hub maps those
         │   └── EntryNotFoundError         headers to its own exception classes
+        ├── StalePlanError             409 stale_plan (older than the applied plan)
         ├── RangeNotSatisfiableError   416 range_not_satisfiable
         ├── UpstreamUnavailableError   502 upstream_unavailable (no peer nor origin delivered,
         │                                  or the controller did not answer a catalogue lookup)
@@ -76,6 +77,13 @@ class RevisionNotFoundError(HubError, LookupError):
 class EntryNotFoundError(HubError, LookupError):
     code = "entry_not_found"
     hub_code = "EntryNotFound"
+
+
+class StalePlanError(EdgeError):
+    """A plan older than the one the node applied (fencing: a lapsed planner's late push)."""
+
+    code = "stale_plan"
+    status_code = 409
 
 
 class RangeNotSatisfiableError(EdgeError):

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from core.auth import bearer_header
 from edge_node.node import EdgeNode
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ def heartbeat_body(node: EdgeNode) -> dict[str, Any]:
         "physical_bytes": node.store.used_bytes,
         "models": [m.model_id for m in node.complete_models()],
         "blocks_digest": node.blocks_digest(),
+        # The controller never hands out a version at or below it, even after losing its state.
+        "plan_version": node.plan_record.version,
     }
 
 
@@ -52,7 +55,7 @@ class Heartbeat:
     def beat(self) -> bool:
         s = self.node.settings
         url = f"{s.controller_url}/v1/nodes/{s.node_id}"
-        headers = {"Authorization": f"Bearer {s.auth_token}"} if s.auth_token else {}
+        headers = bearer_header(s.auth_token)
         try:
             response = self.client.put(
                 url, json=heartbeat_body(self.node), headers=headers, timeout=5.0

@@ -5,6 +5,8 @@ every block of every listed manifest and nothing else.
 
 Internal logic of :func:`apply_plan`:
 
+0. Fencing: a plan whose version is below the last applied one is refused with
+   :class:`StalePlanError` (409) and nothing is touched (the same version again is a re-apply).
 1. needed = union of the blocks of the planned manifests. If its size exceeds the capacity the
    plan is refused with :class:`StoreFullError` (507) and nothing is touched.
 2. Manifests are recorded; missing = needed - stored. If the missing bytes do not fit next to what
@@ -40,7 +42,7 @@ from core.digest import BlockId
 from core.errors import DigestMismatchError, StoreFullError
 from core.manifest import ModelManifest
 from core.store import BlockStore
-from edge_node.errors import UpstreamUnavailableError
+from edge_node.errors import StalePlanError, UpstreamUnavailableError
 from edge_node.node import EdgeNode, PlanRecord
 
 logger = logging.getLogger(__name__)
@@ -365,6 +367,11 @@ def apply_plan(
 def _apply_locked(
     node: EdgeNode, plan: Plan, *, client: httpx.Client, progress: PlanProgress
 ) -> dict[str, Any]:
+    applied = node.plan_record.version
+    if applied is not None and plan.version < applied:
+        raise StalePlanError(
+            f"plan version {plan.version} is older than the applied version {applied}"
+        )
     store = node.store
     needed: dict[BlockId, int] = {}
     for manifest in plan.manifests:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 import httpx
 from fastapi import Depends, Request
 
+from core.auth import refusal
 from edge_node.errors import UnauthorizedError
 from edge_node.ingest import PlanProgress
 from edge_node.node import EdgeNode
@@ -41,13 +41,12 @@ def get_http_client(request: Request) -> httpx.Client:
 
 
 def require_token(request: Request) -> None:
-    """Control endpoints: ``Authorization: Bearer <EDGE_AUTH_TOKEN>`` or 401 ``unauthorized``."""
+    """Control endpoints: ``Authorization: Bearer <EDGE_AUTH_TOKEN>`` or 401 ``unauthorized``
+    (the one policy of :mod:`core.auth`: no token configured refuses every write)."""
     token: str | None = request.app.state.settings.auth_token
-    if not token:
-        raise UnauthorizedError("control endpoints are disabled: EDGE_AUTH_TOKEN is not set")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
-        raise UnauthorizedError("missing or wrong bearer token")
+    reason = refusal(request.headers.get("authorization"), [token], setting="EDGE_AUTH_TOKEN")
+    if reason is not None:
+        raise UnauthorizedError(reason)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -366,3 +366,72 @@ def test_bodies_are_bounded_in_size_and_time(redis_url: str, mini_origin: str) -
             answer = half.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408"), answer
         assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+# -- the edge side: fencing, the shared auth policy, bounded inputs ---------------------------
+
+
+def test_an_edge_refuses_a_plan_older_than_the_one_it_applied(
+    controller: TestClient, edges: Any
+) -> None:
+    e1 = edges("edge-1", None)
+    register(controller, "edge-1", e1)
+    assert push(controller, 5, {"edge-1": ["tiny-a"]})["push"]["edge-1"]["status"] == "applied"
+    register(controller, "edge-1", e1, models=["tiny-a"])
+    late = push(controller, 4, {"edge-1": ["tiny-b"]})["push"]["edge-1"]  # a lapsed planner
+    assert late["status"] == "failed" and late["code"] == "stale_plan"
+    assert late["http_status"] == 409
+    assert edge_models(e1) == {"tiny-a"}
+    assert httpx.get(f"{e1}/v1/plan").json()["version"] == 5
+    # The same version again is a re-apply, a newer one applies.
+    assert push(controller, 5, {"edge-1": ["tiny-a"]})["push"]["edge-1"]["status"] == "applied"
+    assert push(controller, 6, {"edge-1": ["tiny-b"]})["push"]["edge-1"]["status"] == "applied"
+    assert edge_models(e1) == {"tiny-b"}
+
+
+def test_the_edge_applies_the_same_auth_policy_and_bounds(edges: Any, tmp_path: Path) -> None:
+    from edge_node.app import create_app as create_edge
+    from edge_node.settings import Settings as EdgeSettings
+
+    url = edges("edge-1", None)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        r = httpx.delete(f"{url}/v1/models/tiny-a", headers=headers)
+        assert r.status_code == 401 and r.headers["x-error-code"] == "unauthorized"
+    bare = EdgeSettings(node_id="edge-2", data_dir=tmp_path / "bare", durable=False)
+    with live_server(create_edge(bare)) as bare_url:
+        r = httpx.put(f"{bare_url}/v1/plan", json={}, headers=AUTH)
+        assert r.status_code == 401
+        assert "EDGE_AUTH_TOKEN is not set" in r.json()["error"]["message"]
+    for path in ("/v1/models/caf\u00e9\u2603/manifest", "/v1/blocks/\u4e2d"):
+        r = httpx.get(url + path)
+        assert 400 <= r.status_code < 500, (path, r.text)
+    r = httpx.put(f"{url}/v1/plan", content=b"x" * (3 * 1024 * 1024), headers=AUTH)
+    assert r.status_code == 413 and r.headers["x-error-code"] == "payload_too_large"
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_heartbeats_name_the_applied_version(
+    controller: TestClient, tmp_path: Path, mini_origin: str
+) -> None:
+    from edge_node.app import create_app as create_edge
+    from edge_node.heartbeat import heartbeat_body
+    from edge_node.settings import Settings as EdgeSettings
+
+    settings = EdgeSettings(
+        node_id="edge-1",
+        data_dir=tmp_path / "edge-1",
+        auth_token=TOKEN,
+        origin_url=mini_origin,
+        durable=False,
+        scrub_on_start=False,
+    )
+    app = create_edge(settings)
+    with live_server(app) as url:
+        assert heartbeat_body(app.state.node)["plan_version"] is None
+        register(controller, "edge-1", url)
+        push(controller, 3, {"edge-1": ["tiny-a"]})
+        body = heartbeat_body(app.state.node)
+        assert body["plan_version"] == 3
+        r = controller.put("/v1/nodes/edge-1", json=body)
+        assert r.status_code == 200, r.text
+        assert controller.get("/v1/nodes/edge-1").json()["plan_version"] == 3
