@@ -26,6 +26,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# OpenAPI ``responses`` of routes that answer raw bytes (blocks, Hub file downloads).
+_BYTES = {
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+}
+BINARY_RESPONSES: dict[int | str, dict[str, Any]] = {200: _BYTES, 206: _BYTES}
+
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 DEFAULT_READ_TIMEOUT_S = 15.0
 

@@ -56,7 +56,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.asgi import RequestGuard, header_text, validation_error
+from core.asgi import BINARY_RESPONSES, RequestGuard, header_text, validation_error
 from core.auth import refusal
 from core.ratelimit import TokenBucket
 
@@ -504,14 +504,22 @@ def create_app(
     ) -> list[dict[str, Any]]:
         return _tree(index.snapshot(f"{org}/{name}", revision), path, recursive=recursive)
 
-    @app.head("/{org}/{name}/resolve/{revision}/{path:path}")
+    @app.head(
+        "/{org}/{name}/resolve/{revision}/{path:path}",
+        response_class=Response,
+        responses=BINARY_RESPONSES,
+    )
     def resolve_head(org: str, name: str, revision: str, path: str) -> Response:
         snap, entry = index.file(f"{org}/{name}", revision, path)
         headers = _file_headers(snap, entry)
         headers["Content-Length"] = str(entry.size_bytes)
         return Response(status_code=200, headers=headers, media_type="application/octet-stream")
 
-    @app.get("/{org}/{name}/resolve/{revision}/{path:path}")
+    @app.get(
+        "/{org}/{name}/resolve/{revision}/{path:path}",
+        response_class=Response,
+        responses=BINARY_RESPONSES,
+    )
     def resolve_get(org: str, name: str, revision: str, path: str, request: Request) -> Response:
         repo_id = f"{org}/{name}"
         snap, entry = index.file(repo_id, revision, path)

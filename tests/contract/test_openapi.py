@@ -64,6 +64,27 @@ def controller_url(redis_server: str, origin_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def edge_url(
+    origin_url: str, controller_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    from edge_node.app import create_app
+    from edge_node.settings import Settings
+
+    settings_ = Settings(
+        node_id="edge-1",
+        data_dir=tmp_path_factory.mktemp("contract-edge"),
+        auth_token=TOKEN,
+        origin_url=origin_url,
+        controller_url=controller_url,
+        durable=False,
+        scrub_on_start=False,
+        fetch_timeout_s=5.0,
+    )
+    with live_server(create_app(settings_)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def origin_url(zoo_dir: Path) -> Iterator[str]:
     from testbed.origin import create_app
 
@@ -110,3 +131,11 @@ def test_origin_without_token(origin_url: str) -> None:
 
 def test_origin_with_token(origin_url: str) -> None:
     assert fuzz(origin_url, AUTH) == []
+
+
+def test_edge_without_token(edge_url: str) -> None:
+    assert fuzz(edge_url, {}) == []
+
+
+def test_edge_with_token(edge_url: str) -> None:
+    assert fuzz(edge_url, AUTH) == []

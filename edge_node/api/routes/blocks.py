@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
+from core.asgi import BINARY_RESPONSES
 from edge_node.api.deps import NodeDep
 from edge_node.api.routes._body import OCTET, pieces_response
 from edge_node.api.schemas import BatchRequest
@@ -17,7 +18,7 @@ router = APIRouter(tags=["blocks"])
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-@router.head("/v1/blocks/{block_id:path}")
+@router.head("/v1/blocks/{block_id:path}", response_class=Response, responses=BINARY_RESPONSES)
 def head_block(block_id: str, node: NodeDep) -> Response:
     [(bid, size)] = node.ensure_servable([block_id])
     headers = {
@@ -29,7 +30,7 @@ def head_block(block_id: str, node: NodeDep) -> Response:
     return Response(headers=headers, media_type=OCTET)
 
 
-@router.get("/v1/blocks/{block_id:path}")
+@router.get("/v1/blocks/{block_id:path}", response_class=Response, responses=BINARY_RESPONSES)
 def get_block(
     block_id: str,
     node: NodeDep,
@@ -56,7 +57,7 @@ def get_block(
     return pieces_response(node, pieces, status_code=status, headers=headers)
 
 
-@router.post("/v1/blocks:batch")
+@router.post("/v1/blocks:batch", response_class=Response, responses=BINARY_RESPONSES)
 def get_blocks_batch(request: BatchRequest, node: NodeDep) -> Response:
     """The blocks' bytes concatenated in request order; unknown ids are 404 before any byte."""
     blocks = node.ensure_servable(request.block_ids)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
+from core.asgi import BINARY_RESPONSES
 from edge_node.api.deps import NodeDep, PullDep
 from edge_node.api.routes._body import pieces_response
 from edge_node.hub import file_headers, find_file, model_info, parse_range, tree
@@ -57,7 +58,11 @@ def get_tree_path(
     return tree(repo.manifest, path, recursive=recursive, read=_reader(pull, repo))
 
 
-@router.head("/{org}/{name}/resolve/{revision}/{path:path}")
+@router.head(
+    "/{org}/{name}/resolve/{revision}/{path:path}",
+    response_class=Response,
+    responses=BINARY_RESPONSES,
+)
 def resolve_head(org: str, name: str, revision: str, path: str, pull: PullDep) -> Response:
     manifest = pull.find_repo(f"{org}/{name}", revision).manifest
     entry = find_file(manifest, path)
@@ -66,7 +71,11 @@ def resolve_head(org: str, name: str, revision: str, path: str, pull: PullDep) -
     return Response(headers=headers, media_type="application/octet-stream")
 
 
-@router.get("/{org}/{name}/resolve/{revision}/{path:path}")
+@router.get(
+    "/{org}/{name}/resolve/{revision}/{path:path}",
+    response_class=Response,
+    responses=BINARY_RESPONSES,
+)
 def resolve_get(
     org: str,
     name: str,
