@@ -9,7 +9,8 @@ Hierarchy::
         ├── InvalidBlockIdError    not 64 lowercase hex (also blocks path traversal)
         ├── BlockNotFoundError     a store lacks a block (also a LookupError)
         ├── DigestMismatchError    bytes do not hash to the id or the manifest's sha256
-        └── StoreFullError         a write would exceed the store's capacity
+        └── StoreFullError         a write would exceed the store's capacity (507)
+            └── DiskFullError      the disk itself is full (ENOSPC), also 507 store_full
 
 Every other package's base error (EdgeError, ControllerError, ClientError) also derives from
 ``TrimCacheError``, so the CLI prints any of them as one line with ``exit_code``.
@@ -103,3 +104,12 @@ class StoreFullError(CoreError):
         )
         self.needed_bytes = needed_bytes
         self.capacity_bytes = capacity_bytes
+
+
+class DiskFullError(StoreFullError):
+    """The file system ran out of space (ENOSPC/EDQUOT) before the store's own capacity did."""
+
+    def __init__(self, path: object, needed_bytes: int = 0) -> None:
+        CoreError.__init__(self, f"store full: the disk holding {path} is out of space")
+        self.needed_bytes = needed_bytes
+        self.capacity_bytes = -1

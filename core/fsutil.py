@@ -9,11 +9,15 @@ kernel drops the lock when a writer dies, which is what makes its leftover sweep
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from core.errors import DiskFullError
 
 TMP_PREFIX = ".tmp-"
 
@@ -27,14 +31,16 @@ def atomic_write(
     1. create a unique temp file next to ``path`` (unique per call, so concurrent writers of the
        same path never share a temp file);
     2. write every chunk, then fsync when ``durable``;
-    3. ``os.replace`` onto ``path``; on any error the temp file is removed.
+    3. ``os.replace`` onto ``path``; on any error the temp file is removed (a full disk
+       raises :class:`~core.errors.DiskFullError`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = make_temp(path.parent)
+    with disk_full_as_store_full(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = make_temp(path.parent)
     written = 0
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with disk_full_as_store_full(path.parent), os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
                 fh.write(chunk)
                 written += len(chunk)
@@ -50,6 +56,18 @@ def atomic_write(
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
     atomic_write(path, [data], durable=durable)
+
+
+@contextmanager
+def disk_full_as_store_full(where: object, needed_bytes: int = 0) -> Iterator[None]:
+    """Turn the OS's "no space left" into :class:`~core.errors.DiskFullError` (a
+    ``StoreFullError``: 507 ``store_full``), so a full disk is never a 500."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(where, needed_bytes) from exc
+        raise
 
 
 def make_temp(directory: Path) -> tuple[int, str]:

@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 from core.digest import CHUNK_BYTES, BlockId, check_block_id, is_block_id
 from core.errors import BlockNotFoundError, DigestMismatchError, StoreFullError
-from core.fsutil import atomic_write_bytes, make_temp, sweep_temp_files
+from core.fsutil import atomic_write_bytes, disk_full_as_store_full, make_temp, sweep_temp_files
 from core.manifest import ModelManifest, check_model_id
 
 
@@ -162,10 +162,11 @@ class BlockStore:
                 raise StoreFullError(self._used + size, self.capacity_bytes)
         digest = hashlib.sha256()
         written = 0
-        fd, tmp_name = make_temp(self._tmp_dir)
+        with disk_full_as_store_full(self.root, size or 0):
+            fd, tmp_name = make_temp(self._tmp_dir)
         try:
             # The temp file stays open (and locked, see core.fsutil) until it is renamed.
-            with os.fdopen(fd, "wb") as fh:
+            with disk_full_as_store_full(self.root, size or 0), os.fdopen(fd, "wb") as fh:
                 for chunk in chunks:
                     digest.update(chunk)
                     fh.write(chunk)

@@ -435,3 +435,41 @@ def test_heartbeats_name_the_applied_version(
         r = controller.put("/v1/nodes/edge-1", json=body)
         assert r.status_code == 200, r.text
         assert controller.get("/v1/nodes/edge-1").json()["plan_version"] == 3
+
+
+def test_a_full_disk_is_507_store_full_not_500(
+    controller: TestClient, edges: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC cannot be produced on demand here: the store's file writes raise it instead."""
+    import errno
+    import os
+
+    from core.errors import StoreFullError
+    from core.store import BlockStore
+
+    store = BlockStore(tmp_path / "store", durable=False)
+    real_fdopen = os.fdopen
+
+    class FullFile:
+        def __init__(self, fd: int) -> None:
+            self.fh = real_fdopen(fd, "wb")
+
+        def __enter__(self) -> FullFile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+        def write(self, _data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("core.store.os.fdopen", lambda fd, _mode: FullFile(fd))
+    with pytest.raises(StoreFullError) as info:
+        store.put_stream([b"abc"])
+    assert info.value.code == "store_full" and info.value.status_code == 507
+    assert store.used_bytes == 0 and list((tmp_path / "store").rglob("*.tmp*")) == []
+    # Through an edge applying a plan: the push records 507 store_full.
+    e1 = edges("edge-1", None)
+    register(controller, "edge-1", e1)
+    status = push(controller, 1, {"edge-1": ["tiny-a"]})["push"]["edge-1"]
+    assert status["http_status"] == 507 and status["code"] == "store_full", status
