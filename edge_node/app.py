@@ -66,6 +66,10 @@ class _RequestCounter:
             self.counters.add_request(status_code=status[0])
 
 
+# Request bodies are bounded (413 before anything parses them); a plan carries the manifest of
+# every planned model, hence more room than the controller's 2 MiB.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
 def _error_response(code: str, message: str, status: int, header_code: str) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message}},
@@ -183,6 +187,6 @@ def create_app(settings: Settings) -> FastAPI:
             bucket=link_bucket,
             counters=link_counters,
         )
-    app.add_middleware(RequestGuard)
+    app.add_middleware(RequestGuard, max_body_bytes=MAX_BODY_BYTES)
     app.add_middleware(_RequestCounter, counters=counters)
     return app

@@ -405,7 +405,10 @@ def test_the_edge_applies_the_same_auth_policy_and_bounds(edges: Any, tmp_path: 
     for path in ("/v1/models/caf\u00e9\u2603/manifest", "/v1/blocks/\u4e2d"):
         r = httpx.get(url + path)
         assert 400 <= r.status_code < 500, (path, r.text)
-    r = httpx.put(f"{url}/v1/plan", content=b"x" * (3 * 1024 * 1024), headers=AUTH)
+    from edge_node.app import MAX_BODY_BYTES
+
+    big = b"x" * (MAX_BODY_BYTES + 1)
+    r = httpx.put(f"{url}/v1/plan", content=big, headers=AUTH)
     assert r.status_code == 413 and r.headers["x-error-code"] == "payload_too_large"
     assert httpx.get(f"{url}/healthz").status_code == 200
 
