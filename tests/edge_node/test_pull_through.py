@@ -27,7 +27,7 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 
 from core.digest import BlockId, sha256_file
 from core.manifest import BlockRef, ModelManifest
-from tests.client.services import PLAN_SCHEMA, TOKEN, push_plan
+from tests.client.services import AUTH, PLAN_SCHEMA, TOKEN, push_plan
 from tests.controller.procs import ServiceProcess, controller_process, edge_process
 from tests.edge_node.test_shared_zoo import PREDICT_SCRIPT
 from tests.helpers import free_port, live_server, wait_until
@@ -93,6 +93,7 @@ def cluster(
         origin_url=origin.url,
         auto_plan="false",
         heartbeat_expiry_s=60,
+        auth_token=TOKEN,
     ).start()
     processes = [origin, controller]
     try:
@@ -100,7 +101,7 @@ def cluster(
         models = {m["model_id"]: m["repo_id"] for m in catalogue}
         for model_id, repo_id in models.items():
             body = {"model_id": model_id, "repo_id": repo_id}
-            r = httpx.post(f"{controller.url}/v1/models", json=body, timeout=300)
+            r = httpx.post(f"{controller.url}/v1/models", json=body, timeout=300, headers=AUTH)
             assert r.status_code == 201, r.text
         edges: dict[str, str] = {}
         for node_id in HELD:
@@ -310,7 +311,7 @@ def test_corrupt_peer_blocks_are_never_delivered(cluster: Cluster, tmp_path: Pat
             "position": [0.0, 0.0],
             "models": ["minilm-base"],
         }
-        r = httpx.put(f"{cluster.controller}/v1/nodes/liar", json=body)
+        r = httpx.put(f"{cluster.controller}/v1/nodes/liar", json=body, headers=AUTH)
         assert r.status_code == 200, r.text
         try:
             wait_until(lambda: _routed(cluster.controller, "minilm-base", {liar}))
@@ -377,7 +378,7 @@ def test_corrupt_peer_blocks_are_never_delivered(cluster: Cluster, tmp_path: Pat
             finally:
                 cluster.origin.start()
         finally:
-            httpx.delete(f"{cluster.controller}/v1/nodes/liar")
+            httpx.delete(f"{cluster.controller}/v1/nodes/liar", headers=AUTH)
 
 
 def test_concurrent_pulls_of_one_file(cluster: Cluster) -> None:
