@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from core.errors import TrimCacheError
 from tests.controller.conftest import MINI_MODELS
@@ -98,6 +99,7 @@ class Chaos:
         self.redis.stop()
 
 
+@pytest.mark.slow
 def test_chaos(tmp_path: Path, mini_zoo: Path, mini_origin: str) -> None:
     from client import Client
 
