@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # Timeout of one Redis command; also bounds how long a request waits when Redis is down.
     redis_timeout_s: float = Field(default=2.0, gt=0)
     solver_time_limit_s: float | None = Field(default=30.0, gt=0)
+    # At startup, index every repo the origin lists (HfApi.list_models), in the background and
+    # retrying until all are in, then plan once (controller/indexer.py, OriginIndexer).
+    index_from_origin: bool = False
     solver_seed: int = 0
 
     @field_validator("solver")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from controller.api.deps import MetricsDep, SettingsDep, StateDep
-from controller.errors import ControllerError, ModelNotFoundError
-from controller.indexer import index_model
-from controller.state import CatalogueEntry
+from controller.errors import ModelNotFoundError
+from controller.indexer import add_model as add_to_catalogue
 
 router = APIRouter(tags=["models"])
 
@@ -30,42 +28,24 @@ class AddModel(BaseModel):
 def add_model(
     body: AddModel, state: StateDep, settings: SettingsDep, metrics: MetricsDep
 ) -> JSONResponse:
-    existing = state.get_model(body.model_id)
-    if (
-        existing is not None
-        and existing.repo_id == body.repo_id
-        and body.revision in (existing.revision, existing.requested_revision)
-    ):
-        # Indexed once: the same repo at the same (requested or resolved) revision is a no-op.
-        return JSONResponse(existing.summary(), status_code=200)
-    try:
-        manifest = index_model(
-            body.model_id,
-            repo_id=body.repo_id,
-            revision=body.revision,
-            origin_url=settings.origin_url,
-        )
-    except ControllerError as exc:
-        metrics.indexed.labels(outcome=exc.code).inc()
-        raise
-    entry = CatalogueEntry(
+    entry, created = add_to_catalogue(
+        state,
+        metrics,
         model_id=body.model_id,
         repo_id=body.repo_id,
-        revision=manifest.revision,
-        requested_revision=body.revision,
-        total_bytes=manifest.total_bytes,
-        blocks=len(manifest.block_sizes()),
-        manifest=manifest.to_dict(),
-        indexed_at=time.time(),
+        revision=body.revision,
+        origin_url=settings.origin_url,
     )
-    state.put_model(entry)
-    metrics.indexed.labels(outcome="ok").inc()
-    return JSONResponse(entry.summary(), status_code=201)
+    return JSONResponse(entry.summary(), status_code=201 if created else 200)
 
 
 @router.get("/v1/models")
-def list_models(state: StateDep) -> dict[str, Any]:
-    return {"models": [e.summary() for e in state.list_models()]}
+def list_models(state: StateDep, request: Request) -> dict[str, Any]:
+    doc: dict[str, Any] = {"models": [e.summary() for e in state.list_models()]}
+    indexer = getattr(request.app.state, "origin_indexer", None)
+    if indexer is not None:  # CONTROLLER_INDEX_FROM_ORIGIN: how far it got
+        doc["origin_index"] = indexer.status.to_json()
+    return doc
 
 
 @router.get("/v1/models/{model_id}")
