@@ -3,8 +3,8 @@
 The lifespan opens the one Redis client (:class:`controller.state.RedisState`), builds the
 planner and, with ``auto_plan``, starts its background loop; with ``index_from_origin`` it starts
 the :class:`~controller.indexer.OriginIndexer` (fills the catalogue from the origin, then plans).
-Shutdown stops both and closes the client. Redis may be down at startup: requests then answer 503 ``state_unavailable`` and
-everything recovers when it returns. Errors follow docs/api.md: any
+Shutdown stops both and closes the client. Redis may be down at startup: requests then answer
+503 ``state_unavailable`` and everything recovers when it returns. Errors follow docs/api.md: any
 :class:`~core.errors.TrimCacheError` becomes ``{"error": {"code", "message"}}`` with an
 ``X-Error-Code`` header; anything else is a logged 500 ``internal``.
 """
@@ -52,7 +52,13 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
             planner.start()
         indexer = None
         if settings.index_from_origin:
-            indexer = OriginIndexer(state, metrics, planner, origin_url=settings.origin_url)
+            indexer = OriginIndexer(
+                state,
+                metrics,
+                planner,
+                origin_url=settings.origin_url,
+                manifest_cache_dir=settings.manifest_cache_dir,
+            )
             app.state.origin_indexer = indexer
             indexer.start()
         try:

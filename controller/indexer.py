@@ -11,10 +11,13 @@ backoff until every listed repo is in, then runs one placement so the edges fill
 Internal logic of :func:`index_model`:
 
 1. resolve the requested revision to the origin's commit id (``HfApi.model_info``);
-2. ``snapshot_download`` that commit into a private temp directory (``huggingface_hub`` pointed
+2. with a manifest cache (``CONTROLLER_MANIFEST_CACHE_DIR``), return the manifest built before
+   for that (repo, commit, model id): a commit id names the repo's content, so it is the same;
+3. ``snapshot_download`` that commit into a private temp directory (``huggingface_hub`` pointed
    at ``origin_url``, exactly as any Hub client would be);
-3. :func:`core.build_manifest` over the files, recording the resolved commit as the revision;
-4. delete the temp directory, whatever happened.
+4. :func:`core.build_manifest` over the files, recording the resolved commit as the revision
+   (and store it in the cache, atomically);
+5. delete the temp directory, whatever happened.
 
 The origin's errors map to :mod:`controller.errors`: unknown repo -> ``RepoNotFoundError``,
 unknown revision -> ``RevisionNotFoundError``, anything transport-level or 5xx ->
@@ -25,6 +28,7 @@ here touches Redis; the caller stores the manifest only when indexing succeeded.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 import threading
@@ -94,6 +98,7 @@ def index_model(
     revision: str,
     origin_url: str,
     timeout_s: float = 60.0,
+    manifest_cache_dir: Path | None = None,
 ) -> ModelManifest:
     """Download ``repo_id@revision`` from the origin and return its manifest.
 
@@ -107,6 +112,11 @@ def index_model(
         api = HfApi(endpoint=origin_url, token=False)
         info = api.model_info(repo_id, revision=revision, timeout=timeout_s)
         commit = info.sha or revision
+        cached = _cached_manifest(manifest_cache_dir, model_id, repo_id, commit)
+        if cached is not None:
+            logger.info("manifest of model_id=%s repo_id=%s@%s from the cache", model_id,
+                        repo_id, commit)  # fmt: skip
+            return cached
         with tempfile.TemporaryDirectory(prefix="trimcache-index-") as tmp:
             local_dir = Path(tmp) / "snapshot"
             snapshot_download(
@@ -123,6 +133,8 @@ def index_model(
             manifest = build_manifest(
                 local_dir, model_id=model_id, repo_id=repo_id, revision=commit
             )
+        if info.sha is not None:  # only a resolved commit names fixed content
+            _cache_manifest(manifest_cache_dir, manifest)
     except RepositoryNotFoundError as exc:
         raise RepoNotFoundError(f"repo {repo_id!r} not found at {origin_url}") from exc
     except RevisionNotFoundError as exc:
@@ -145,6 +157,43 @@ def index_model(
     return manifest
 
 
+def _cache_path(cache_dir: Path, model_id: str, repo_id: str, commit: str) -> Path:
+    return cache_dir / repo_id / commit / f"{model_id}.json"
+
+
+def _cached_manifest(
+    cache_dir: Path | None, model_id: str, repo_id: str, commit: str
+) -> ModelManifest | None:
+    if cache_dir is None:
+        return None
+    path = _cache_path(cache_dir, model_id, repo_id, commit)
+    try:
+        manifest = ModelManifest.from_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, CoreError) as exc:  # unreadable or damaged: index again
+        logger.warning("ignoring the cached manifest %s: %s", path, exc)
+        return None
+    if (manifest.model_id, manifest.repo_id, manifest.revision) != (model_id, repo_id, commit):
+        return None
+    return manifest
+
+
+def _cache_manifest(cache_dir: Path | None, manifest: ModelManifest) -> None:
+    if cache_dir is None:
+        return
+    path = _cache_path(cache_dir, manifest.model_id, manifest.repo_id, manifest.revision)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(manifest.to_json())
+        os.replace(tmp, path)
+    except OSError as exc:  # a cache, not a requirement
+        logger.warning("cannot cache the manifest in %s: %s", path, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def add_model(
     state: RedisState,
     metrics: Metrics,
@@ -153,6 +202,7 @@ def add_model(
     repo_id: str,
     revision: str,
     origin_url: str,
+    manifest_cache_dir: Path | None = None,
 ) -> tuple[CatalogueEntry, bool]:
     """Put ``repo_id@revision`` in the catalogue as ``model_id``; returns (entry, created).
 
@@ -168,7 +218,11 @@ def add_model(
         return existing, False
     try:
         manifest = index_model(
-            model_id, repo_id=repo_id, revision=revision, origin_url=origin_url
+            model_id,
+            repo_id=repo_id,
+            revision=revision,
+            origin_url=origin_url,
+            manifest_cache_dir=manifest_cache_dir,
         )
     except ControllerError as exc:
         metrics.indexed.labels(outcome=exc.code).inc()
@@ -244,6 +298,7 @@ class OriginIndexer:
         planner: Planner,
         *,
         origin_url: str,
+        manifest_cache_dir: Path | None = None,
         retry_s: float = 1.0,
         max_retry_s: float = 30.0,
     ) -> None:
@@ -251,6 +306,7 @@ class OriginIndexer:
         self.metrics = metrics
         self.planner = planner
         self.origin_url = origin_url
+        self.manifest_cache_dir = manifest_cache_dir
         self.retry_s = retry_s
         self.max_retry_s = max_retry_s
         self.status = IndexerStatus()
@@ -290,6 +346,7 @@ class OriginIndexer:
                 repo_id=repo_id,
                 revision="main",
                 origin_url=self.origin_url,
+                manifest_cache_dir=self.manifest_cache_dir,
             )
             if created:
                 self.status.indexed.append(model_id)

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # At startup, index every repo the origin lists (HfApi.list_models), in the background and
     # retrying until all are in, then plan once (controller/indexer.py, OriginIndexer).
     index_from_origin: bool = False
+    # Manifests built before, by (repo, commit, model id): a commit names fixed content, so
+    # indexing it again downloads nothing (None: no cache).
+    manifest_cache_dir: Path | None = None
     solver_seed: int = 0
 
     @field_validator("solver")

@@ -5,12 +5,13 @@ On disk (``$XDG_CACHE_HOME`` defaults to ``~/.cache``)::
     $XDG_CACHE_HOME/trimcache/zoo/<profile>-<key>/   built zoos, one per input hash
                                                      (``$TRIMCACHE_ZOO_CACHE`` moves the folder)
     $XDG_CACHE_HOME/trimcache/testbed/last           state dir of the last ``testbed up``
+    $XDG_CACHE_HOME/trimcache/manifests/             the testbed controllers' manifest cache
 
 ``trimcache testbed up`` (without ``--zoo``), ``make demo`` and the test suite all find their zoo
 here, so a machine builds each zoo once. The pointer lets ``trimcache models ...`` and
 ``trimcache testbed status`` find the running testbed without a flag. The client's device cache
 (``TRIMCACHE_CACHE_DIR``, default ``~/.cache/trimcache``) uses ``store/``, ``models/`` and
-``locks/`` beside these, never ``zoo/`` or ``testbed/``.
+``locks/`` beside these, never ``zoo/``, ``testbed/`` or ``manifests/``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def zoo_cache_dir() -> Path:
     """Where built zoos live: ``$TRIMCACHE_ZOO_CACHE``, else ``cache_home()/zoo``."""
     override = os.environ.get(ZOO_CACHE_ENV)
     return Path(override).expanduser() if override else cache_home() / "zoo"
+
+
+def manifest_cache_dir() -> Path:
+    """The testbed controllers' ``CONTROLLER_MANIFEST_CACHE_DIR``."""
+    return cache_home() / "manifests"
 
 
 def last_testbed_file() -> Path:

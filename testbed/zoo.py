@@ -693,7 +693,8 @@ def build_zoo(
     steps_of = {s.model_id: s.steps for s in specs}
 
     def build_one(model_id: str, fn: Callable[[Path], dict[str, Any]]) -> None:
-        reporter.model_started(len(models) + 1, total, f"{ORG}/{model_id}", steps_of.get(model_id, 0))
+        steps = steps_of.get(model_id, 0)
+        reporter.model_started(len(models) + 1, total, f"{ORG}/{model_id}", steps)
         tmp = repos / f".{model_id}.tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -826,7 +827,7 @@ def ensure_zoo(
             shutil.rmtree(tmp)
         log_path = cache / f"{target.name}.log"  # `tail -f` it to watch the build
         try:
-            _run_build(tmp, profile=profile, seed=seed, log_path=log_path, say=say,
+            run_build(tmp, profile=profile, seed=seed, log_path=log_path, say=say,
                        timeout_s=timeout_s)  # fmt: skip
             if target.exists():
                 shutil.rmtree(target)
@@ -838,10 +839,11 @@ def ensure_zoo(
     return target
 
 
-def _run_build(
+def run_build(
     out: Path, *, profile: Profile, seed: int, log_path: Path, say: ProgressFn, timeout_s: float
 ) -> None:
-    """``trimcache zoo build`` in a subprocess; its lines go to ``log_path`` and ``say``."""
+    """``trimcache zoo build`` into ``out`` in a subprocess; its lines go to ``log_path`` and
+    ``say`` as they are printed. Raises RuntimeError when the build fails or times out."""
     cmd = [sys.executable, "-m", "testbed.cli", "zoo", "build", "--out", str(out)]
     cmd += ["--profile", profile, "--seed", str(seed)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}

@@ -142,9 +142,7 @@ def _rich_progress() -> BuildProgress:
             if not steps:
                 self.bars.update(self.current, completed=1, note="copying files")
 
-        def step(
-            self, model_id: str, step: int, steps: int, loss: float, elapsed_s: float
-        ) -> None:
+        def step(self, model_id: str, step: int, steps: int, loss: float, elapsed_s: float) -> None:
             del model_id, elapsed_s
             if self.current is not None:
                 self.bars.update(self.current, completed=step, note=f"loss {loss:.3f}")

@@ -101,3 +101,28 @@ def test_an_origin_that_comes_up_late_is_indexed_after_retries(
                 status = wait_until(lambda: _done(client), timeout_s=90)
                 assert set(_catalogue(client)) == set(MINI_MODELS)
                 assert status["error"] is None and int(status["attempts"]) >= 2
+
+
+def test_the_manifest_cache_spares_the_download_of_an_indexed_commit(
+    redis_url: str, mini_origin: str, tmp_path: Path
+) -> None:
+    import redis
+
+    cache = tmp_path / "manifests"
+    settings = _settings(redis_url, mini_origin).model_copy(update={"manifest_cache_dir": cache})
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: _done(client), timeout_s=60)
+        first = {m: client.get(f"/v1/models/{m}").json()["manifest"] for m in MINI_MODELS}
+    assert len(list(cache.rglob("*.json"))) == len(MINI_MODELS)
+    # A damaged entry is ignored (that model is downloaded again), the others are used.
+    damaged = cache / "mini/tiny-a" / first["tiny-a"]["revision"] / "tiny-a.json"
+    damaged.write_text("{not json")
+    redis.Redis.from_url(redis_url).flushdb()  # a new controller with an empty catalogue
+    served = httpx.get(f"{mini_origin}/v1/stats").json()["repos"]
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: _done(client), timeout_s=60)
+        again = {m: client.get(f"/v1/models/{m}").json()["manifest"] for m in MINI_MODELS}
+    assert again == first
+    now = httpx.get(f"{mini_origin}/v1/stats").json()["repos"]
+    grew = {r for r in now if now[r]["bytes_served"] > served.get(r, {}).get("bytes_served", 0)}
+    assert grew == {"mini/tiny-a"}

@@ -35,6 +35,7 @@ def add_model(
         repo_id=body.repo_id,
         revision=body.revision,
         origin_url=settings.origin_url,
+        manifest_cache_dir=settings.manifest_cache_dir,
     )
     return JSONResponse(entry.summary(), status_code=201 if created else 200)
 
