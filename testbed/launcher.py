@@ -975,7 +975,7 @@ def overview(state: Mapping[str, Any], *, timeout_s: float = 5.0) -> dict[str, A
     push status per node), ``edges`` (per node: models held, logical/physical bytes, savings,
     from ``GET /v1/stats``) and ``demand`` (the controller's counts of client fetch reports;
     ``hit_ratio`` = share of fetches that took no byte from the origin). A part whose service
-    does not answer is ``{"error": ...}``.
+    does not answer is ``{"unavailable": "<why>"}``.
     """
 
     def get(url: str) -> Any:
@@ -984,7 +984,7 @@ def overview(state: Mapping[str, Any], *, timeout_s: float = 5.0) -> dict[str, A
             response.raise_for_status()
             return response.json()
         except (httpx.HTTPError, ValueError) as exc:
-            return {"error": f"{url}: {exc}"}
+            return {"unavailable": f"{url}: {exc}"}
 
     controller = str(state.get("controller_url", ""))
     status = get(f"{controller}/v1/status")

@@ -239,10 +239,10 @@ def _describe(view: dict[str, Any]) -> list[str]:
         ids = ", ".join(str(m["model_id"]) for m in models)
         lines.append(f"\nmodels      {len(models)} in the catalogue: {ids or '-'}\n")
     else:
-        lines.append(f"\nmodels      unknown ({models.get('error')})\n")
+        lines.append(f"\nmodels      unknown ({models.get('unavailable')})\n")
     placement = view["placement"]
-    if "error" in placement:
-        lines.append(f"placement   unknown ({placement['error']})\n")
+    if "unavailable" in placement:
+        lines.append(f"placement   unknown ({placement['unavailable']})\n")
     else:
         pushes = ", ".join(
             f"{node} {push.get('status')}" for node, push in sorted(placement["push"].items())
@@ -252,8 +252,8 @@ def _describe(view: dict[str, Any]) -> list[str]:
             f"ratio {float(placement.get('hit_ratio') or 0):.3f}; pushed: {pushes or '-'}\n"
         )
     for node_id, stats in view["edges"].items():
-        if "error" in stats:
-            lines.append(f"{node_id:<12}unknown ({stats['error']})\n")
+        if "unavailable" in stats:
+            lines.append(f"{node_id:<12}unknown ({stats['unavailable']})\n")
             continue
         held = stats.get("models") or []
         lines.append(
@@ -262,8 +262,8 @@ def _describe(view: dict[str, Any]) -> list[str]:
             f"savings {float(stats.get('savings') or 0):.1%}\n"
         )
     demand = view["demand"]
-    if "error" in demand:
-        lines.append(f"hit ratio   unknown ({demand['error']})\n")
+    if "unavailable" in demand:
+        lines.append(f"hit ratio   unknown ({demand['unavailable']})\n")
     elif not demand.get("requests"):
         lines.append("hit ratio   no client fetch reported yet\n")
     else:
