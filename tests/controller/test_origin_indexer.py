@@ -50,7 +50,7 @@ def test_every_listed_repo_is_indexed_once_and_then_planned(
         status = wait_until(lambda: _done(client), timeout_s=60)
         assert _catalogue(client) == {m: f"mini/{m}" for m in MINI_MODELS}
         assert status["listed"] == len(MINI_MODELS)
-        assert sorted(status["indexed"]) == sorted(MINI_MODELS)  # type: ignore[call-overload]
+        assert sorted(status["indexed"]) == sorted(MINI_MODELS)
         # The indexer ran the first placement (no node yet: an empty one).
         assert client.get("/v1/placement").json()["trigger"] == "catalogue"
     served = httpx.get(f"{mini_origin}/v1/stats").json()["bytes_served"]
