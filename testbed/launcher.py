@@ -467,8 +467,9 @@ def wait_ready(
     say: Callable[[str], object],
     services: Sequence[Service] = (),
 ) -> dict[str, Any]:
-    """Block until the catalogue holds every origin repo and every node applied a placement
-    that covers the whole catalogue; return that placement (``GET /v1/placement``).
+    """Block until the catalogue holds every origin repo, the controller's origin indexer has
+    planned after indexing them, and every node applied the current placement; return it
+    (``GET /v1/placement``).
 
     Progress goes to ``say`` whenever it changes. Raises :class:`TestbedError` on timeout, naming
     what is missing (the indexer's last error, the pushes not applied), or when a service dies.
@@ -508,9 +509,14 @@ def wait_ready(
             else:
                 push = placement.get("push") or {}
                 applied = [n for n in node_ids if (push.get(n) or {}).get("status") == "applied"]
-                covers = int((placement.get("problem") or {}).get("models", 0)) >= len(have)
                 version = int(placement.get("version") or 0)
-                if version and covers and len(applied) == len(node_ids):
+                # The indexer plans once it has every repo; the planner may keep the current
+                # placement (stable placement), so "done" rather than "covers every model".
+                if index:
+                    planned = index.get("state") == "done"
+                else:
+                    planned = int((placement.get("problem") or {}).get("models", 0)) >= len(have)
+                if version and planned and len(applied) == len(node_ids):
                     say(
                         f"placement v{version} applied on {len(applied)} edge node(s) "
                         f"(expected hit ratio {float(placement.get('hit_ratio', 0.0)):.3f})"
