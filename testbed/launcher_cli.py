@@ -100,6 +100,10 @@ def add_parsers(subparsers: Any) -> None:
     up.add_argument(
         "--timeout-s", type=float, default=120.0, help="per-stage health timeout (default 120)"
     )
+    up.add_argument(
+        "--ready-timeout-s", type=float, default=900.0,
+        help="bound on indexing + the first placement being applied (default 900)",
+    )  # fmt: skip
     up.set_defaults(func=_up)
 
     down = sub.add_parser("down", help="stop every service of a testbed")
@@ -161,6 +165,7 @@ def _up(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         solver=args.solver,
         controller_port=args.controller_port,
+        ready_timeout_s=args.ready_timeout_s,
     )
 
     def say(message: str) -> None:
