@@ -9,13 +9,14 @@ The public surface is re-exported here; the modules behind it are private (``cli
 ``import client`` does not import torch or transformers (they load with the first model).
 """
 
-from ._cache import CachedModel, DeviceCache
+from ._cache import CachedModel, DeviceCache, DiskUsage, ModelDiskUsage
 from ._client import Client, FetchProgress, fetch_model, resolve_settings
 from ._download import DownloadOptions
 from ._errors import (
     BlockIntegrityError,
     BlockNotFoundError,
     ClientError,
+    ControllerUnavailableError,
     DiskFullError,
     EdgeUnavailableError,
     ModelNotFoundError,
@@ -30,12 +31,15 @@ __all__ = [
     "CachedModel",
     "Client",
     "ClientError",
+    "ControllerUnavailableError",
     "DeviceCache",
     "DiskFullError",
+    "DiskUsage",
     "DownloadOptions",
     "EdgeUnavailableError",
     "FetchProgress",
     "FetchedModel",
+    "ModelDiskUsage",
     "ModelNotFoundError",
     "NoSourceError",
     "Prediction",

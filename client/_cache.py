@@ -13,6 +13,11 @@ before the atomic rename), so an interrupted fetch leaves only good blocks and t
 resumes. A model dir appears under its final name only when complete: it is assembled in a
 temporary sibling and renamed into place. Blocks are shared between models by content, so a second
 model that shares tensors with a cached one only downloads its own blocks.
+
+Disk use: a cached model takes its blocks under ``store/`` *and* its rebuilt files under
+``models/`` (a second copy of the same bytes, until the data path serves files from the blocks).
+:meth:`DeviceCache.disk_usage` counts both as the filesystem does: allocated bytes
+(``st_blocks * 512``) of every regular file, a hard-linked inode once.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock
@@ -55,6 +61,71 @@ class CachedModel:
     @property
     def complete(self) -> bool:
         return self.present_bytes == self.unique_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDiskUsage:
+    """What one cached model takes on disk (allocated bytes).
+
+    ``blocks_bytes`` counts every block of the model present in ``store/``, also those it shares
+    with other cached models; ``own_blocks_bytes`` only those no other cached model uses (what
+    ``cache rm`` frees besides the files).
+    """
+
+    files_bytes: int
+    blocks_bytes: int
+    own_blocks_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.files_bytes + self.blocks_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    """The device cache's real disk use: ``total_bytes`` = store + models + other.
+
+    ``store_bytes``: blocks, manifests and quarantine under ``store/``; ``models_bytes``: rebuilt
+    files under ``models/``; ``other_bytes``: locks and anything else under the cache dir.
+    """
+
+    store_bytes: int
+    models_bytes: int
+    other_bytes: int
+    by_model: Mapping[str, ModelDiskUsage] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.store_bytes + self.models_bytes + self.other_bytes
+
+
+def _allocated(st: os.stat_result) -> int:
+    """Bytes the filesystem allocated for a file (``st_size`` where ``st_blocks`` is unknown)."""
+    blocks = getattr(st, "st_blocks", None)
+    return st.st_size if blocks is None else blocks * 512
+
+
+def _tree_bytes(root: Path, seen: set[tuple[int, int]]) -> int:
+    """Allocated bytes of the regular files under ``root`` not in ``seen`` (inodes are added)."""
+    total = 0
+    for dirpath, _, filenames in os.walk(root):
+        total += _files_bytes((Path(dirpath) / name for name in filenames), seen)
+    return total
+
+
+def _files_bytes(paths: Iterable[Path], seen: set[tuple[int, int]]) -> int:
+    total = 0
+    for path in paths:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:  # removed meanwhile (a concurrent fetch or rm)
+            continue
+        key = (st.st_dev, st.st_ino)
+        if not stat.S_ISREG(st.st_mode) or key in seen:
+            continue
+        seen.add(key)
+        total += _allocated(st)
+    return total
 
 
 class DeviceCache:
@@ -190,4 +261,41 @@ class DeviceCache:
         return freed
 
     def stats(self) -> dict[str, int]:
+        """Block count and their logical size (``physical_bytes``: sum of block sizes)."""
         return {"blocks": len(self.store), "physical_bytes": self.store.used_bytes}
+
+    def disk_usage(self) -> DiskUsage:
+        """What the cache really takes on disk: blocks and rebuilt files both, per model too.
+
+        The totals walk the whole cache dir once; a hard-linked inode counts once (first seen
+        under ``store/``, then ``models/``, then the rest). Per model, the files of its dir and
+        each of its present blocks are stat'ed on their own, so blocks shared by several models
+        count for each of them there.
+        """
+        seen: set[tuple[int, int]] = set()
+        store_bytes = _tree_bytes(self.store.root, seen)
+        models_bytes = _tree_bytes(self.models_dir, seen)
+        other = 0
+        for entry in self.root.iterdir():
+            if entry in (self.store.root, self.models_dir):
+                continue
+            other += _tree_bytes(entry, seen) if entry.is_dir() else _files_bytes([entry], seen)
+        manifests = self.store.manifests()
+        users: dict[str, int] = {}
+        for manifest in manifests:
+            for block_id in manifest.block_sizes():
+                users[block_id] = users.get(block_id, 0) + 1
+        by_model: dict[str, ModelDiskUsage] = {}
+        for manifest in manifests:
+            own = shared = 0
+            for block_id in manifest.block_sizes():
+                if not self.store.has(block_id):
+                    continue
+                nbytes = _files_bytes([self.store.path(block_id)], set())
+                if users[block_id] == 1:
+                    own += nbytes
+                else:
+                    shared += nbytes
+            files = _tree_bytes(self.model_dir(manifest.model_id), set())
+            by_model[manifest.model_id] = ModelDiskUsage(files, own + shared, own)
+        return DiskUsage(store_bytes, models_bytes, other, by_model)

@@ -16,6 +16,12 @@ Internal logic of a fetch (:meth:`Client.fetch`):
 4. assemble: byte-identical files into ``cache_dir/models/<model_id>/`` (atomic rename);
 5. load: transformers (and peft for a LoRA adapter, whose base model is fetched the same way);
 6. report the request and timings to the controller (best effort: never fails the fetch).
+
+Errors of the controller itself (no answer, or a 5xx) are :class:`ControllerUnavailableError`,
+never an edge error. When the source of the route (controller, edge node or origin) fails but
+the device cache holds the complete model, the cached copy is served: the fetch logs one
+``WARNING`` record on the ``client`` logger (printed as one stderr line when the application has
+not configured logging) and sets ``report["offline"] = True``.
 """
 
 from __future__ import annotations
@@ -40,8 +46,10 @@ from ._cache import DeviceCache
 from ._download import Downloader, DownloadOptions, DownloadResult, full_jitter
 from ._errors import (
     ClientError,
+    ControllerUnavailableError,
     EdgeUnavailableError,
     ModelNotFoundError,
+    controller_unavailable,
     raise_for_error,
     transport_error,
 )
@@ -179,8 +187,24 @@ class Client:
                 time.sleep(full_jitter(attempt, self.options.backoff_s))
                 continue
             raise_for_error(response)
-            return response.json()
+            try:
+                return response.json()
+            except ValueError:
+                raise ClientError(
+                    f"{url} answered {response.status_code} without JSON"
+                    f" ({response.headers.get('content-type', 'no content type')})",
+                    http_status=response.status_code,
+                    url=url,
+                ) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _controller_json(self, path: str, *, params: Mapping[str, str] | None = None) -> Any:
+        """GET ``path`` from the controller; no answer or a 5xx is ControllerUnavailableError."""
+        try:
+            return self._get_json(f"{self.controller_url}{path}", params=params)
+        except EdgeUnavailableError as exc:
+            # Chained from the transport error itself (None for a 5xx): no edge error in between.
+            raise controller_unavailable(self.controller_url, exc) from exc.__cause__
 
     # -- routing ---------------------------------------------------------------------------
     def _route(self, model_id: str, repo_id: str | None, revision: str) -> tuple[Route, int]:
@@ -191,8 +215,7 @@ class Client:
                 params = {"x_m": str(self.position[0]), "y_m": str(self.position[1])}
             elif self.area_id:
                 params = {"area_id": self.area_id}
-            url = f"{self.controller_url}/v1/routes/{model_id}"
-            data = self._get_json(url, params=params or None)
+            data = self._controller_json(f"/v1/routes/{model_id}", params=params or None)
             route = parse_route(data)
             if route.manifest.model_id != model_id:
                 raise ClientError(f"controller answered for {route.manifest.model_id}")
@@ -230,15 +253,26 @@ class Client:
 
     def list_remote_models(self) -> list[dict[str, Any]]:
         """The models the controller (or edge node) knows: ``[{"model_id", "repo_id", ...}]``."""
-        base = self.edge_url if self.mode == "edge" else self.controller_url
-        data = self._get_json(f"{base}/v1/models")
+        if self.mode == "edge":
+            data = self._get_json(f"{self.edge_url}/v1/models")
+        else:
+            data = self._controller_json("/v1/models")
         models = data.get("models", []) if isinstance(data, dict) else data
         return [m for m in models if isinstance(m, dict)]
 
     def _base_model_id(self, base_repo: str) -> str:
         if self.mode == "origin":
             return base_repo.rsplit("/", 1)[-1]
-        for entry in self.list_remote_models():
+        try:
+            entries = self.list_remote_models()
+        except (ControllerUnavailableError, EdgeUnavailableError):
+            # Offline: the base of a cached adapter is cached too, under its manifest's repo.
+            entries = [
+                {"model_id": m.model_id, "repo_id": m.repo_id} for m in self.cache.store.manifests()
+            ]
+            if not any(e["repo_id"] == base_repo for e in entries):
+                raise
+        for entry in entries:
             if entry.get("repo_id") == base_repo or entry.get("model_id") == base_repo:
                 return str(entry["model_id"])
         raise ModelNotFoundError(f"base model {base_repo} of the adapter is not registered")
@@ -270,7 +304,10 @@ class Client:
         Raises:
             ModelNotFoundError: the model is unknown.
             NoSourceError: some block could not be fetched from any source.
-            EdgeUnavailableError: the controller (or the only source) is unreachable.
+            ControllerUnavailableError: the controller is unreachable (or 5xx) and the model is
+                not in the device cache.
+            EdgeUnavailableError: the only source (``edge_url``/``origin_url``) is unreachable
+                and the model is not in the device cache.
             DiskFullError: the device cache is out of space.
         """
         check_model_id(model_id)
@@ -292,6 +329,8 @@ class Client:
                     progress.on_phase(model_id, "load")
                 with timer.phase("load"):
                     fetched.load()
+        except ControllerUnavailableError:
+            raise  # nobody to report to
         except ClientError:
             self._report_demand(model_id, "error", time.perf_counter() - start, {})
             raise
@@ -302,6 +341,8 @@ class Client:
             kind = LOCAL if url == LOCAL else "origin" if url in self._origin_urls else "edge"
             by_kind[kind] += n
         fetched.report["bytes_by_kind"] = by_kind
+        if fetched.report["offline"]:
+            return fetched  # the controller was unreachable a moment ago: do not wait on it
         self._report_demand(
             model_id,
             "miss" if by_kind["origin"] else "hit",
@@ -321,11 +362,12 @@ class Client:
             with timer.phase("route"):
                 try:
                     route, indexed_bytes = self._route(model_id, repo_id, revision)
-                except EdgeUnavailableError:
-                    route_or_none = self._offline_route(model_id)
+                    offline = False
+                except (ControllerUnavailableError, EdgeUnavailableError) as exc:
+                    route_or_none = self._offline_route(model_id, exc)
                     if route_or_none is None:
                         raise
-                    route, indexed_bytes = route_or_none, 0
+                    route, indexed_bytes, offline = route_or_none, 0, True
                 manifest = route.manifest
                 cache.put_manifest(manifest)
                 self._origin_urls.update(s.url for s in route.sources if s.kind == "origin")
@@ -336,6 +378,7 @@ class Client:
                 "revision": manifest.revision,
                 "manifest_id": manifest.manifest_id,
                 "mode": self.mode,
+                "offline": offline,
                 "sources": [s.url for s in route.sources],
                 "origin_urls": [s.url for s in route.sources if s.kind == "origin"],
                 "total_bytes": manifest.total_bytes,
@@ -413,15 +456,30 @@ class Client:
                 download.blocks_by_source[url] = download.blocks_by_source.get(url, 0) + n
             return self.cache.assemble(route.manifest)
 
-    def _offline_route(self, model_id: str) -> Route | None:
-        """A local-only route when the controller is unreachable but the model is cached."""
+    def _offline_route(self, model_id: str, cause: ClientError) -> Route | None:
+        """A local-only route when the route's source failed but the model is cached.
+
+        Logs the one warning line that says the cached copy is served, and why.
+        """
         store = self.cache.store
         if not store.has_manifest(model_id):
             return None
         manifest = store.get_manifest(model_id)
         if not store.is_complete(manifest):
             return None
-        logger.warning("model_id=%s: controller unreachable, using the device cache", model_id)
+        source = {
+            "controller": f"controller {self.controller_url}",
+            "edge": f"edge node {self.edge_url}",
+            "origin": f"origin {self.origin_url}",
+        }[self.mode]
+        state = f"failed with {cause.http_status}" if cause.http_status else "is unreachable"
+        logger.warning(
+            "%s %s: serving %s from the device cache (revision %s, may be out of date)",
+            source,
+            state,
+            model_id,
+            manifest.revision[:12],
+        )
         return Route(model_id, manifest, (), {})
 
     def _report_demand(
@@ -496,12 +554,15 @@ def fetch_model(
         ``blocks_by_source``, ``seconds`` (total), ``phase_seconds`` (route, verify, download,
         assemble, load; block hashes are checked while downloading), ``bytes_by_kind``
         (``local``/``edge``/``origin``), ``bytes_local``, ``bytes_fetched``,
-        ``blocks_fetched``, ``blocks_cached`` and ``failures``.
+        ``blocks_fetched``, ``blocks_cached``, ``failures`` and ``offline`` (True when the
+        route's source failed and the complete cached copy was served, with one warning).
 
     Raises:
         ModelNotFoundError: the model is unknown (also a ``LookupError``).
         NoSourceError: a block failed on every source; the message names them.
-        EdgeUnavailableError: the controller or the only source is unreachable.
+        ControllerUnavailableError: the controller is unreachable and the model is not cached
+            (a cached model is served instead, with one warning: see the module docstring).
+        EdgeUnavailableError: the only source (``edge_url``/``origin_url``) is unreachable.
         DiskFullError: the device cache ran out of space (the cache stays consistent).
 
     >>> fetch_model("bert-sst2").predict(["I loved it"])  # doctest: +SKIP

@@ -6,6 +6,8 @@ Hierarchy::
     └── ClientError                    any client failure; carries http_status / remote_code
         ├── ModelNotFoundError         (also LookupError) the model or repo is unknown
         ├── BlockNotFoundError         (also LookupError) one source lacks a block
+        ├── ControllerUnavailableError (also ConnectionError) the controller is unreachable or 5xx;
+        │                              the message names its URL and how to point at another
         ├── EdgeUnavailableError       (also ConnectionError) transport error or 5xx from a source
         ├── BlockIntegrityError        received bytes do not hash to the block id (or came short)
         ├── NoSourceError              every source of some block failed; names all it tried
@@ -13,7 +15,9 @@ Hierarchy::
 
 :func:`raise_for_error` maps a response's ``X-Error-Code`` (docs/api.md) to the most specific
 class; an unknown code falls back to :class:`ClientError`. Transport errors are mapped with
-:func:`transport_error` and always chained with ``raise ... from exc``.
+:func:`transport_error` and always chained with ``raise ... from exc``; a failure of the
+controller itself becomes :func:`controller_unavailable` (an error of the edge nodes it routes to
+stays an :class:`EdgeUnavailableError`). Every message is one line: the CLI prints it as is.
 """
 
 from __future__ import annotations
@@ -30,13 +34,21 @@ __all__ = [
     "BlockIntegrityError",
     "BlockNotFoundError",
     "ClientError",
+    "ControllerUnavailableError",
     "DiskFullError",
     "EdgeUnavailableError",
     "ModelNotFoundError",
     "NoSourceError",
+    "controller_unavailable",
     "raise_for_error",
     "transport_error",
 ]
+
+# How a user points the SDK or the CLI at another controller (part of every "unreachable" message).
+CONTROLLER_HINT = (
+    "point at the right one with --controller URL (SDK: controller_url=) or"
+    " TRIMCACHE_CONTROLLER_URL; `trimcache testbed status` shows a testbed's controller URL"
+)
 
 
 class ClientError(TrimCacheError):
@@ -82,6 +94,15 @@ class BlockNotFoundError(ClientError, LookupError):
     """A source does not hold a block it was asked for."""
 
     code = "block_not_found"
+
+
+class ControllerUnavailableError(ClientError, ConnectionError):
+    """The controller could not be reached, dropped the connection, or answered 5xx.
+
+    Not an edge error: no edge node was asked. ``url`` is the controller's base URL.
+    """
+
+    code = "controller_unavailable"
 
 
 class EdgeUnavailableError(ClientError, ConnectionError):
@@ -189,6 +210,40 @@ def raise_for_error(response: httpx.Response) -> None:
     )
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def transport_error(exc: httpx.TransportError, url: str) -> EdgeUnavailableError:
     """The client error for a transport failure (raise it ``from exc``)."""
-    return EdgeUnavailableError(f"{url} unreachable: {type(exc).__name__}: {exc}", url=url)
+    reason = _one_line(f"{type(exc).__name__}: {exc}")
+    return EdgeUnavailableError(f"{url} unreachable: {reason}", url=url)
+
+
+def controller_unavailable(controller_url: str, cause: ClientError) -> ControllerUnavailableError:
+    """The error for a controller that failed at the transport level or with a 5xx.
+
+    When nothing answered, the message says how to point at another controller
+    (:data:`CONTROLLER_HINT`).
+
+    Args:
+        controller_url: the controller's base URL (named in the message).
+        cause: the transport or 5xx error of the request (raise the result ``from`` it).
+
+    >>> err = controller_unavailable("http://127.0.0.1:9", EdgeUnavailableError("refused"))
+    >>> str(err).startswith("controller http://127.0.0.1:9 is unreachable (refused); point at")
+    True
+    """
+    if cause.http_status is None:  # nothing answered: most likely the wrong URL
+        reason = str(cause).removeprefix(f"{cause.url} unreachable: ")
+        message = f"controller {controller_url} is unreachable ({reason}); {CONTROLLER_HINT}"
+    else:  # it answered, but could not serve (its Redis is down, ...)
+        message = f"controller {controller_url} failed: {cause}"
+    return ControllerUnavailableError(
+        _one_line(message),
+        http_status=cause.http_status,
+        remote_code=cause.remote_code,
+        url=controller_url,
+        request_id=cause.request_id,
+        body=cause.body,
+    )

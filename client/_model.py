@@ -76,6 +76,24 @@ def _has_tokenizer(path: Path) -> bool:
 
 
 @contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """No transformers/huggingface_hub progress bars (the "Loading weights" bar) meanwhile.
+
+    Loading is local (the files are already on the device), so a bar only adds noise to the
+    fetch's own progress. The previous setting is restored afterwards.
+    """
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+@contextmanager
 def _quiet(active: bool) -> Iterator[None]:
     """Silence library notices that do not concern the user (transformers logs, FutureWarning)."""
     if not active:
@@ -113,7 +131,7 @@ def load_classifier(path: Path, *, base_path: Path | None = None) -> tuple[Any, 
         )
     else:
         config = AutoConfig.from_pretrained(config_dir, local_files_only=True)
-    with _quiet(is_adapter):
+    with _no_progress_bars(), _quiet(is_adapter):
         # For an adapter the base has no head yet: transformers' "newly initialized" notice
         # is expected (peft loads the head saved with the adapter).
         model = AutoModelForSequenceClassification.from_pretrained(

@@ -22,11 +22,30 @@ from core.manifest import ModelManifest, check_relpath
 from core.store import BlockStore
 
 from ._download import READ_CHUNK_BYTES, ByteCallback
-from ._errors import BlockIntegrityError, ModelNotFoundError, raise_for_error, transport_error
+from ._errors import (
+    BlockIntegrityError,
+    EdgeUnavailableError,
+    ModelNotFoundError,
+    raise_for_error,
+    transport_error,
+)
+
+
+def _is_hub_transport_error(exc: BaseException) -> bool:
+    """A connection failure of huggingface_hub's HTTP backend: httpx (1.x) or httpx2 (2.x)."""
+    return any(
+        cls.__name__ == "TransportError" and cls.__module__.split(".")[0] in ("httpx", "httpx2")
+        for cls in type(exc).__mro__
+    )
 
 
 def repo_info(origin_url: str, repo_id: str, revision: str) -> tuple[str, list[dict[str, Any]]]:
-    """``(commit sha, [{"path", "size", "sha256"|None}])`` of a repo, via huggingface_hub."""
+    """``(commit sha, [{"path", "size", "sha256"|None}])`` of a repo, via huggingface_hub.
+
+    Raises:
+        ModelNotFoundError: the origin does not have the repo or revision.
+        EdgeUnavailableError: the origin is unreachable (the message names its URL).
+    """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
@@ -36,6 +55,11 @@ def repo_info(origin_url: str, repo_id: str, revision: str) -> tuple[str, list[d
         )
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise ModelNotFoundError(f"{repo_id}@{revision} not found on {origin_url}") from exc
+    except Exception as exc:
+        if not _is_hub_transport_error(exc):
+            raise
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise EdgeUnavailableError(f"{origin_url} unreachable: {reason}", url=origin_url) from exc
     files = []
     for sibling in info.siblings or []:
         lfs = getattr(sibling, "lfs", None)

@@ -4,15 +4,25 @@ The controller comes from ``--controller`` or ``TRIMCACHE_CONTROLLER_URL`` (defa
 ``http://127.0.0.1:8080``), the device cache from ``--cache-dir`` or ``TRIMCACHE_CACHE_DIR``
 (default ``~/.cache/trimcache``); both are resolved by :func:`client.resolve_settings`. Progress
 bars go to stderr, results to stdout (``--json`` for machine-readable output). Errors propagate
-as :class:`core.errors.TrimCacheError` subclasses, which ``testbed.cli`` prints as one line.
+as :class:`core.errors.TrimCacheError` subclasses, which ``testbed.cli`` prints as one line (an
+unreachable controller is one line that names its URL and how to point at another).
+
+stderr carries only what concerns the user: the SDK's warnings (``client`` logger, e.g. "serving
+bert-sst2 from the device cache") as one ``trimcache: warning: ...`` line each, and the bars;
+transformers' own bars, logs and Python warnings are silenced. Printed numbers are rounded (sizes
+in KB/MB/GB with one decimal, seconds with two, ratios as percents; ``--json`` floats to 3 digits,
+scores to 4).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -62,6 +72,41 @@ def add_parsers(subparsers: Any) -> None:
     rm = cache_sub.add_parser("rm", parents=[common], help="remove a cached model")
     rm.add_argument("model_id", metavar="MODEL_ID")
     rm.set_defaults(func=_cmd_cache_rm)
+
+
+def _rounded(value: Any, digits: int = 3) -> Any:
+    """``value`` with every float rounded (for ``--json`` output)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def _quiet_libraries() -> None:
+    """Only TrimCache talks on stderr: its warnings one line each, no library noise.
+
+    The ``client`` logger's warnings print as ``trimcache: warning: <message>``; transformers
+    and huggingface_hub logs and bars, and Python warnings of the libraries, are off (unless
+    the user set their own environment variables, or ``TRIMCACHE_DEBUG``).
+    """
+    sdk = logging.getLogger("client")
+    if not any(getattr(h, "_trimcache", False) for h in sdk.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("trimcache: warning: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        handler._trimcache = True  # type: ignore[attr-defined]
+        sdk.addHandler(handler)
+        sdk.propagate = False
+    if os.environ.get("TRIMCACHE_DEBUG"):
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for library in ("transformers", "huggingface_hub", "torch", "peft"):
+        warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
 
 
 def _human(nbytes: float) -> str:
@@ -128,6 +173,7 @@ def _fetch(args: argparse.Namespace, *, load: bool, bars: bool) -> FetchedModel:
 
     from client._client import Client
 
+    _quiet_libraries()
     console = Console(stderr=True)
     with Client(**_client_kwargs(args)) as client:
         if not bars or not console.is_terminal:  # bars only on a terminal
@@ -158,7 +204,8 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     model = _fetch(args, load=args.load, bars=not (args.quiet or args.json))
     report = model.report
     if args.json:
-        sys.stdout.write(json.dumps({"path": str(model.path), **report}, default=str) + "\n")
+        out = _rounded({"path": str(model.path), **report})
+        sys.stdout.write(json.dumps(out, default=str) + "\n")
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -194,7 +241,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model = _fetch(args, load=True, bars=False)
     results = model.predict(args.texts)
     if args.json:
-        sys.stdout.write(json.dumps(results) + "\n")
+        sys.stdout.write(json.dumps(_rounded(results, 4)) + "\n")
         return 0
     for text, result in zip(args.texts, results, strict=True):
         sys.stdout.write(f"{result['label']}\t{result['score']:.4f}\t{text}\n")
@@ -202,47 +249,71 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache_ls(args: argparse.Namespace) -> int:
+    """List cached models with what they really take on disk (blocks and rebuilt files)."""
     from client._cache import DeviceCache
     from client._client import resolve_settings
 
     cache = DeviceCache(resolve_settings(None, args.cache_dir)[1])
     models = cache.list_models()
+    usage = cache.disk_usage()
     if args.json:
-        rows = [
-            {
-                "model_id": m.model_id,
-                "repo_id": m.repo_id,
-                "revision": m.revision,
-                "total_bytes": m.total_bytes,
-                "present_bytes": m.present_bytes,
-                "unique_bytes": m.unique_bytes,
-                "complete": m.complete,
-                "assembled": m.assembled,
-                "path": str(m.path),
-            }
-            for m in models
-        ]
-        sys.stdout.write(json.dumps({"models": rows, **cache.stats()}) + "\n")
+        rows = []
+        for m in models:
+            disk = usage.by_model[m.model_id]
+            rows.append(
+                {
+                    "model_id": m.model_id,
+                    "repo_id": m.repo_id,
+                    "revision": m.revision,
+                    "total_bytes": m.total_bytes,
+                    "present_bytes": m.present_bytes,
+                    "unique_bytes": m.unique_bytes,
+                    "complete": m.complete,
+                    "assembled": m.assembled,
+                    "path": str(m.path),
+                    "disk_bytes": disk.total_bytes,
+                    "files_disk_bytes": disk.files_bytes,
+                    "blocks_disk_bytes": disk.blocks_bytes,
+                    "own_blocks_disk_bytes": disk.own_blocks_bytes,
+                }
+            )
+        disk_totals = {
+            "total_bytes": usage.total_bytes,
+            "store_bytes": usage.store_bytes,
+            "models_bytes": usage.models_bytes,
+            "other_bytes": usage.other_bytes,
+        }
+        out = {"models": rows, **cache.stats(), "disk": disk_totals}
+        sys.stdout.write(json.dumps(out) + "\n")
         return 0
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"device cache {cache.root}")
-    for name in ("model", "repo", "size", "blocks present", "state"):
-        table.add_column(name)
+    table.add_column("model", no_wrap=True)
+    for name in ("size", "present", "disk: files", "disk: blocks"):
+        table.add_column(name, justify="right")
+    table.add_column("state")
     for m in models:
+        disk = usage.by_model[m.model_id]
         state = "ready" if m.assembled and m.complete else "complete" if m.complete else "partial"
         table.add_row(
             m.model_id,
-            m.repo_id,
             _human(m.total_bytes),
-            f"{_human(m.present_bytes)} / {_human(m.unique_bytes)}",
+            f"{100 * m.present_bytes / (m.unique_bytes or 1):.0f} %",
+            _human(disk.files_bytes),
+            _human(disk.blocks_bytes),
             state,
         )
     console = Console(highlight=False)
     console.print(table)
-    stats = cache.stats()
-    console.print(f"{stats['blocks']} blocks, {_human(stats['physical_bytes'])} on disk")
+    console.print(
+        f"on disk: {_human(usage.total_bytes)} = {_human(usage.store_bytes)} in"
+        f" {cache.stats()['blocks']} blocks (store/) + {_human(usage.models_bytes)} of rebuilt"
+        f" files (models/) + {_human(usage.other_bytes)} other"
+    )
+    if len(models) > 1:
+        console.print("(a block shared by several models counts in each row, once in the total)")
     return 0
 
 
@@ -251,6 +322,8 @@ def _cmd_cache_rm(args: argparse.Namespace) -> int:
     from client._client import resolve_settings
 
     cache = DeviceCache(resolve_settings(None, args.cache_dir)[1])
-    freed = cache.remove(args.model_id)
-    sys.stdout.write(f"removed {args.model_id} (freed {_human(freed)} of blocks)\n")
+    before = cache.disk_usage().total_bytes
+    cache.remove(args.model_id)
+    freed = before - cache.disk_usage().total_bytes
+    sys.stdout.write(f"removed {args.model_id} (freed {_human(freed)} on disk)\n")
     return 0

@@ -9,10 +9,18 @@ The only module that turns state into actions on edge nodes. Internal logic of
    from their registration), blocks are *parameter blocks* (:func:`core.group_by_sharing` over the
    catalogue manifests), users are topology areas with probabilities from
    :mod:`controller.demand`, reachability from :mod:`controller.topology`;
-3. run the configured solver (if it raises, ``trimcaching-gen`` instead); an exception or an
-   ``infeasible`` result keeps the old placement;
-4. store the new placement (version from ``INCR``) with every push ``pending``;
-5. push each node its plan (manifests of the models to hold, and for each block it lacks, the
+3. run the configured solver (if it raises, ``trimcaching-gen`` instead) twice: from scratch
+   and warm-started from the current placement (what each node is meant to hold, mapped onto
+   the new problem's parameter blocks); an exception or an ``infeasible`` result keeps the old
+   placement;
+4. decide with :func:`~controller.placement.decide_replan` whether the better candidate pays
+   for the bytes it moves (``replan_min_gain``, ``replan_move_cost_per_gib``). If not, the
+   current placement is *kept*: no new version, no push, and the plan attempt records
+   ``outcome: "kept"`` with the decision (gain, bytes it would move). A current placement that
+   is no longer valid (a node joined or left, a capacity shrank below what a node holds, a
+   model left the catalogue or was re-indexed) is always replaced;
+5. store the new placement (version from ``INCR``) with every push ``pending``;
+6. push each node its plan (manifests of the models to hold, and for each block it lacks, the
    live peers whose *confirmed* holdings include it), one node at a time, choosing next a node
    whose evictions remove no last copy that a pending node still needs from a peer; after each
    push the node's confirmed models come from its response, so later nodes migrate from it and
@@ -41,7 +49,13 @@ import httpx
 from controller.demand import request_probabilities
 from controller.errors import StateUnavailableError
 from controller.metrics import Metrics
-from controller.placement import SOLVERS, PlacementProblem, PlacementResult
+from controller.placement import (
+    SOLVERS,
+    PlacementProblem,
+    PlacementResult,
+    ReplanDecision,
+    decide_replan,
+)
 from controller.routing import held_blocks, manifest_block_ids
 from controller.settings import Settings
 from controller.state import CatalogueEntry, NodeRecord, RedisState
@@ -288,7 +302,7 @@ class Planner:
         if nodes and catalogue:
             try:
                 problem = self.build_problem(nodes, catalogue, view)
-                result, solver_name = self._solve(problem, attempt)
+                decision, solver_name = self._decide(problem, previous, catalogue, attempt)
             except StateUnavailableError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a solver failure must not stop the loop
@@ -297,11 +311,26 @@ class Planner:
                 self.state.save_plan_attempt(attempt)
                 self.metrics.plans.labels(outcome="error").inc()
                 return previous or {"version": 0, "servers": {}}
+            result = decision.chosen
             if result.status == "infeasible":
                 attempt.update(outcome="infeasible", error="the solver found no feasible placement")
                 self.state.save_plan_attempt(attempt)
                 self.metrics.plans.labels(outcome="infeasible").inc()
                 return previous or {"version": 0, "servers": {}}
+            if previous is not None and not decision.replace:
+                # Nothing moves and the version stays: edges have nothing to re-fetch.
+                attempt.update(outcome="kept", version=previous.get("version", 0))
+                self.state.save_plan_attempt(attempt)
+                self.metrics.plans.labels(outcome="kept").inc()
+                if decision.current_hit_ratio is not None:  # what is held, on today's demand
+                    self.metrics.expected_hit_ratio.set(decision.current_hit_ratio)
+                logger.info(
+                    "placement kept version=%s trigger=%s: %s",
+                    previous.get("version"),
+                    trigger,
+                    decision.reason,
+                )
+                return previous
 
         version = self.state.next_placement_version()
         servers: dict[str, dict[str, Any]] = {}
@@ -328,6 +357,8 @@ class Planner:
                 "parameter_blocks": len(problem.blocks) if problem else 0,
             },
             "servers": servers,
+            # Which revision each placed model had: a re-indexed model invalidates the plan.
+            "revisions": {e.model_id: e.revision for e in catalogue},
             "push": {
                 n.node_id: {"status": "pending", "version": version, "at": started} for n in nodes
             },
@@ -350,15 +381,50 @@ class Planner:
         self._push(record, nodes, catalogue)
         return self.state.get_placement() or record
 
+    def _decide(
+        self,
+        problem: PlacementProblem,
+        previous: Mapping[str, Any] | None,
+        catalogue: Sequence[CatalogueEntry],
+        attempt: dict[str, Any],
+    ) -> tuple[ReplanDecision, str]:
+        """Solve from scratch and warm-started from the current placement, then decide whether
+        the best candidate pays for its moves; the decision goes into ``attempt``."""
+        current, invalid = current_placement(previous, catalogue, problem)
+        cold = self._solve(problem, attempt)
+        candidates = [cold]
+        if current and cold[0].status != "infeasible":
+            warm = self._solve(problem, attempt, current=current)
+            if warm[0].status != "infeasible":
+                candidates.insert(0, warm)  # first: exact ties go to the warm start
+        decision = decide_replan(
+            problem,
+            current,
+            [result for result, _ in candidates],
+            min_gain=self.settings.replan_min_gain,
+            move_cost_per_gib=self.settings.replan_move_cost_per_gib,
+            invalid=invalid,
+        )
+        name = next(n for result, n in candidates if result is decision.chosen)
+        warm_chosen = len(candidates) == 2 and decision.chosen is candidates[0][0]
+        attempt["decision"] = {**decision.to_json(), "warm_start": warm_chosen}
+        return decision, name
+
     def _solve(
-        self, problem: PlacementProblem, attempt: dict[str, Any]
+        self,
+        problem: PlacementProblem,
+        attempt: dict[str, Any],
+        *,
+        current: Mapping[str, frozenset[str]] | None = None,
     ) -> tuple[PlacementResult, str]:
-        """Run the configured solver; if it raises (e.g. ``trimcaching-spec`` on an instance with
-        too many shared blocks), fall back to ``trimcaching-gen`` and note it in ``attempt``."""
+        """Run the configured solver (warm-started from ``current`` when given); if it raises
+        (e.g. ``trimcaching-spec`` on an instance with too many shared blocks), fall back to
+        ``trimcaching-gen`` and note it in ``attempt``."""
         name = self.settings.solver
         kwargs: dict[str, Any] = {
             "seed": self.settings.solver_seed,
             "time_limit_s": self.settings.solver_time_limit_s,
+            "current": current,
         }
         try:
             return SOLVERS[name](problem, **kwargs), name
@@ -556,6 +622,40 @@ class Planner:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+
+
+def current_placement(
+    previous: Mapping[str, Any] | None,
+    catalogue: Sequence[CatalogueEntry],
+    problem: PlacementProblem,
+) -> tuple[dict[str, frozenset[str]], str | None]:
+    """The stored placement as server id -> parameter blocks *of the new problem*, and why it
+    cannot stay when the catalogue alone says so (else None).
+
+    Placements are compared by the models each node holds, never by the stored ``pb-`` ids:
+    a parameter block's id depends on which models share it, so adding a model renames blocks
+    nobody moved. Nodes of the stored placement that are no longer live stay in the result
+    (the pure :func:`~controller.placement.invalid_reason` reports them as gone).
+    """
+    if previous is None or not previous.get("servers"):
+        return {}, "no placement yet"
+    entries = {e.model_id: e for e in catalogue}
+    revisions: Mapping[str, str] | None = previous.get("revisions")
+    invalid: str | None = None
+    current: dict[str, frozenset[str]] = {}
+    for node_id, placed in previous["servers"].items():
+        blocks: set[str] = set()
+        for model_id in placed.get("models", []):
+            entry = entries.get(model_id)
+            if entry is None or model_id not in problem.models:
+                invalid = invalid or f"model {model_id} left the catalogue"
+                continue
+            if revisions is not None and revisions.get(model_id) != entry.revision:
+                invalid = invalid or f"model {model_id} was re-indexed"
+                continue
+            blocks.update(problem.models[model_id])
+        current[node_id] = frozenset(blocks)
+    return current, invalid
 
 
 def _next_node(

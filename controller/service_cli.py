@@ -22,6 +22,12 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--topology-file", "topology_file", str, "topology JSON (CONTROLLER_TOPOLOGY_FILE)"),
     ("--plan-interval-s", "plan_interval_s", float, "periodic re-plan (0: on changes only)"),
     ("--heartbeat-expiry-s", "heartbeat_expiry_s", float, "node expiry after last heartbeat"),
+    (
+        "--replan-min-gain",
+        "replan_min_gain",
+        float,
+        "least net hit-ratio gain a re-plan needs to move blocks (CONTROLLER_REPLAN_MIN_GAIN)",
+    ),
 )
 
 

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     # indexing it again downloads nothing (None: no cache).
     manifest_cache_dir: Path | None = None
     solver_seed: int = 0
+    # Stable placement: a re-plan replaces a still-valid placement only when its net gain
+    # (hit ratio gained, per `controller.placement.evaluate`, minus the move cost below)
+    # exceeds this many hit-ratio points; otherwise the current placement is kept (nothing
+    # moves, the version stays). A node that joins or leaves, a capacity that shrinks below
+    # what a node holds, or a model leaving the catalogue always re-plans.
+    replan_min_gain: float = Field(default=0.01, ge=0, le=1)
+    # Hit-ratio points that moving one GiB of blocks (migrated or fetched) costs a re-plan.
+    replan_move_cost_per_gib: float = Field(default=0.01, ge=0)
 
     @field_validator("solver")
     @classmethod

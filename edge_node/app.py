@@ -26,7 +26,7 @@ from edge_node.api.routes import blocks, health, hf, models, plan, stats
 from edge_node.errors import RangeNotSatisfiableError, error_header_code
 from edge_node.heartbeat import Heartbeat
 from edge_node.ingest import PlanProgress, repair_fetcher
-from edge_node.link import LinkEmulationMiddleware, make_bucket
+from edge_node.link import LinkCounters, LinkEmulationMiddleware, make_bucket
 from edge_node.metrics import Counters, make_registry
 from edge_node.node import EdgeNode
 from edge_node.settings import Settings
@@ -165,9 +165,13 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     #: The node's radio link, shared by all its responses (None: rate not emulated).
     app.state.link_bucket = link_bucket = make_bucket(settings.link_rate_bytes_per_s)
+    app.state.link_counters = link_counters = LinkCounters()
     if settings.link_latency_ms > 0 or link_bucket is not None:
         app.add_middleware(
-            LinkEmulationMiddleware, latency_ms=settings.link_latency_ms, bucket=link_bucket
+            LinkEmulationMiddleware,
+            latency_ms=settings.link_latency_ms,
+            bucket=link_bucket,
+            counters=link_counters,
         )
     app.add_middleware(_RequestCounter, counters=counters)
     return app

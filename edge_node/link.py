@@ -27,6 +27,7 @@ path exactly as it is):
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +40,14 @@ UNEMULATED_PREFIXES = ("/healthz", "/metrics", "/v1/stats", "/v1/plan")
 BURST_S = 0.02
 
 
+@dataclass(slots=True)
+class LinkCounters:
+    """What the middleware did, for tests and stats: requests it delayed and paced bytes."""
+
+    delayed_requests: int = 0
+    unemulated_requests: int = 0
+
+
 def make_bucket(rate_bytes_per_s: float | None) -> TokenBucket | None:
     """The node's shared radio link bucket (None when the rate is not emulated)."""
     if not rate_bytes_per_s:
@@ -49,15 +58,25 @@ def make_bucket(rate_bytes_per_s: float | None) -> TokenBucket | None:
 class LinkEmulationMiddleware:
     """Adds ``latency_ms`` once per data request and paces its body through ``bucket``."""
 
-    def __init__(self, app: ASGIApp, *, latency_ms: float, bucket: TokenBucket | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        latency_ms: float,
+        bucket: TokenBucket | None,
+        counters: LinkCounters | None = None,
+    ) -> None:
         self.app = app
         self.latency_s = latency_ms / 1000.0
         self.bucket = bucket
+        self.counters = counters if counters is not None else LinkCounters()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path", "").startswith(UNEMULATED_PREFIXES):
+            self.counters.unemulated_requests += 1
             await self.app(scope, receive, send)
             return
+        self.counters.delayed_requests += 1
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
         if self.bucket is not None:

@@ -4,6 +4,10 @@ Each package owns its subcommands in a `cli` module exposing ``add_parsers(subpa
 subcommand sets ``func`` (``(args) -> int``) with ``set_defaults``. Heavy imports (FastAPI, torch,
 redis) happen inside the handlers, so ``trimcache --help`` and ``trimcache blocks`` stay fast.
 
+Bad flags: every parser of the tree is a :class:`Parser`, whose subcommands reject arguments
+they do not know themselves, so ``trimcache cache ls --bogus`` prints the usage of
+``trimcache cache ls`` (not of ``trimcache``) and exits 2.
+
 Errors reach the user as one line on stderr and a non-zero exit: ``TrimCacheError`` subclasses
 carry their own ``exit_code`` (bad input is 2), ``ValueError`` from input validation exits 2, and
 anything unexpected exits 1 with its type and message (the traceback only with
@@ -17,6 +21,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from core.errors import TrimCacheError
 
@@ -32,8 +37,40 @@ COMMAND_MODULES = (
 )
 
 
+class _StrictSubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommands that report their own unrecognized arguments, with their own usage.
+
+    argparse's subparser action hands unknown arguments back to the top-level parser, which
+    then prints the top-level usage; here the chosen subcommand's parser reports them.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        extras = vars(namespace).pop(argparse._UNRECOGNIZED_ARGS_ATTR, None)
+        if extras:
+            self._name_parser_map[values[0]].error(f"unrecognized arguments: {' '.join(extras)}")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subparsers (of any depth) are strict: see the module docstring.
+
+    Subparsers made by ``add_parser`` inherit this class, so the packages' ``cli`` modules need
+    nothing special.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _StrictSubParsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="trimcache",
         description="TrimCache: deduplicated edge model serving with TrimCaching placement.",
     )

@@ -2,9 +2,11 @@
 
 The problem, result, JSON formats and the one objective live in
 :mod:`controller.placement.problem`. :data:`SOLVERS` maps each solver's public name to its
-``solve(problem, *, seed=None, time_limit_s=None) -> PlacementResult`` function (style P1/P4);
-settings and the CLI choose solvers by these names, and the tests run every invariant over
-every entry.
+``solve(problem, *, seed=None, time_limit_s=None, current=None) -> PlacementResult`` function
+(style P1/P4; ``current``, server id -> the blocks it holds now, warm-starts the solver so that
+what is held wins ties); settings and the CLI choose solvers by these names, and the tests run
+every invariant over every entry. Whether a re-plan is worth its moves is decided by
+:func:`~controller.placement.replan.decide_replan`.
 
 Example:
     >>> from controller.placement import SOLVERS, PlacementProblem
@@ -16,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
 from typing import Protocol
 
@@ -36,6 +38,13 @@ from controller.placement.problem import (
     result_to_json,
     used_bytes,
 )
+from controller.placement.replan import (
+    Moves,
+    ReplanDecision,
+    decide_replan,
+    invalid_reason,
+    moved_bytes,
+)
 from controller.placement.spec import TooManySharedBlocksError
 
 
@@ -46,6 +55,7 @@ class Solver(Protocol):
         *,
         seed: int | None = None,
         time_limit_s: float | None = None,
+        current: Mapping[str, Collection[str]] | None = None,
     ) -> PlacementResult: ...
 
 
@@ -78,15 +88,20 @@ __all__ = [
     "PROBLEM_SCHEMA",
     "RESULT_SCHEMA",
     "SOLVERS",
+    "Moves",
     "PlacementProblem",
     "PlacementResult",
+    "ReplanDecision",
     "ServerPlacement",
     "Solver",
     "Status",
     "TooManySharedBlocksError",
+    "decide_replan",
     "evaluate",
     "get_solver",
+    "invalid_reason",
     "make_result",
+    "moved_bytes",
     "problem_from_json",
     "problem_to_json",
     "result_from_json",

@@ -35,6 +35,16 @@ another model on ``s`` brings shared blocks, so the ratio g/c is not monotone an
 Models that become complete as a side effect (all their blocks arrived with other models) are
 marked available at once, and their requests count as covered.
 
+Warm start (``current``). Given the blocks each server holds now, the ranking treats held
+blocks as free: a pair's ranking cost is the bytes of its model that the server neither has
+placed nor holds, so a model the server holds ranks first (ties among those: larger gain first,
+then input order), and a model that mostly reuses held blocks beats an equally good one that
+must be downloaded. Capacity is still charged in full. The result therefore keeps what is held
+wherever it still serves requests and fills the free room around it; a placement that moves
+fewer bytes wins ties. Partial enumeration and the best single pair replace that run only
+when they are better by more than float noise (``TIE_TOLERANCE``), so equally good runs never
+flip between re-plans.
+
 Complexity: O(P log P) heap operations for the P reachable pairs plus the cost-drop pushes
 (at most the number of (block, model) incidences per server), each O(users of the pair).
 """
@@ -43,12 +53,16 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
 from controller.placement._index import BoolArray, Index, build_index
 from controller.placement.problem import PlacementProblem, PlacementResult, make_result
+
+# A run replaces the best so far only when better by more than this (float-noise ties keep the
+# first, i.e. the warm, run).
+TIE_TOLERANCE = 1e-12
 
 # Up to this many feasible (server, model) pairs, the greedy is also run from every pair as
 # its first choice (partial enumeration) and the best run is kept.
@@ -58,13 +72,21 @@ MAX_ENUMERATED_PAIRS = 256
 class _Greedy:
     """State of one greedy run (see the module docstring for the invariant)."""
 
-    def __init__(self, index: Index, *, share_aware: bool) -> None:
+    def __init__(self, index: Index, *, share_aware: bool, held: BoolArray | None = None) -> None:
         self.ix = index
         self.share_aware = share_aware
         n_s, n_m = index.n_servers, index.n_models
         self.on_server: BoolArray = np.zeros((n_s, len(index.block_ids)), dtype=np.bool_)
         self.remaining = index.capacity.copy()
         self.missing = np.tile(index.model_size, (n_s, 1))
+        # Warm start: `held` (S, B) are the blocks servers hold now; `unheld[s, m]` is the
+        # part of `missing[s, m]` that s does not hold (the ranking cost).
+        self.held = held
+        self.unheld = self.missing.copy()
+        if held is not None:
+            held_bytes = held.astype(np.int64) * index.block_size  # (S, B)
+            for m, mb in enumerate(index.model_blocks):
+                self.unheld[:, m] -= held_bytes[:, mb].sum(axis=1)
         self.available: BoolArray = np.zeros((n_s, n_m), dtype=np.bool_)
         self.covered: BoolArray = np.zeros((n_m, max(index.n_users, 1)), dtype=np.bool_)
         self.gain_ub = index.pair_gain0()
@@ -74,7 +96,7 @@ class _Greedy:
         self.pair_server: list[int] = index.pair_server.tolist()
         self.pair_model: list[int] = index.pair_model.tolist()
         self.hit_ratio = 0.0
-        self.heap: list[tuple[float, int]] = []
+        self.heap: list[tuple[float, float, int]] = []
 
     def gain(self, k: int) -> float:
         m = self.pair_model[k]
@@ -89,14 +111,28 @@ class _Greedy:
         return g
 
     def cost(self, s: int, m: int) -> int:
+        """Bytes placing m on s takes from its capacity."""
         return int(self.missing[s, m] if self.share_aware else self.ix.model_size[m])
 
-    def push(self, k: int, cost: int) -> None:
-        bound = self.gain_ub[k]
+    def rank_cost(self, s: int, m: int) -> int:
+        """Bytes that rank the pair: the capacity cost, less what s holds (warm start)."""
+        if self.held is None:
+            return self.cost(s, m)
+        if self.share_aware:
+            return int(self.unheld[s, m])
+        # Blind to sharing, except that a model the server holds whole is free.
+        return 0 if self.unheld[s, m] == 0 else int(self.ix.model_size[m])
+
+    def key(self, k: int, gain: float, rank_cost: int) -> tuple[float, float, int]:
+        """Heap key: best ratio first; warm start: then the larger gain; then pair order."""
+        ratio = np.inf if rank_cost == 0 else gain / rank_cost
+        return (-ratio, -gain if self.held is not None else 0.0, k)
+
+    def push(self, k: int, rank_cost: int) -> None:
+        bound = float(self.gain_ub[k])
         if bound <= 0.0:
             return
-        ratio = np.inf if cost == 0 else bound / cost
-        heapq.heappush(self.heap, (-ratio, k))
+        heapq.heappush(self.heap, self.key(k, bound, rank_cost))
 
     def cover(self, s: int, m: int) -> None:
         """Mark model m available at server s and count the requests it newly serves."""
@@ -129,6 +165,8 @@ class _Greedy:
         for b in new_blocks:
             models = ix.block_models[b]
             self.missing[s, models] -= ix.block_size[b]
+            if self.held is not None and not self.held[s, b]:
+                self.unheld[s, models] -= ix.block_size[b]
             affected.update(models.tolist())
         for m2 in sorted(affected):
             if self.available[s, m2]:
@@ -138,7 +176,7 @@ class _Greedy:
             else:
                 k2 = int(ix.pair_of[s, m2])
                 if k2 >= 0:
-                    self.push(k2, int(self.missing[s, m2]))
+                    self.push(k2, self.rank_cost(s, m2))
 
     def run(self, first: Sequence[int] = ()) -> None:
         ix = self.ix
@@ -146,33 +184,34 @@ class _Greedy:
             s, m = int(ix.pair_server[k]), int(ix.pair_model[k])
             if not self.available[s, m] and self.cost(s, m) <= self.remaining[s]:
                 self.place(s, m)
-        if self.share_aware:
-            costs = self.missing[ix.pair_server, ix.pair_model]
-        else:
+        if not self.share_aware:
             costs = ix.model_size[ix.pair_model]
+            if self.held is not None:
+                costs = np.where(self.unheld[ix.pair_server, ix.pair_model] == 0, 0, costs)
+        elif self.held is not None:
+            costs = self.unheld[ix.pair_server, ix.pair_model]
+        else:
+            costs = self.missing[ix.pair_server, ix.pair_model]
         with np.errstate(divide="ignore"):
             ratios = np.where(costs > 0, self.gain_ub / np.maximum(costs, 1), np.inf)
         live = (self.gain_ub > 0) & ~self.available[ix.pair_server, ix.pair_model]
-        self.heap = [
-            (-r, k)
-            for k, r in zip(np.flatnonzero(live).tolist(), ratios[live].tolist(), strict=True)
-        ]
+        ks = np.flatnonzero(live).tolist()
+        second = (-self.gain_ub[live] if self.held is not None else np.zeros(len(ks))).tolist()
+        self.heap = [(-r, g, k) for k, r, g in zip(ks, ratios[live].tolist(), second, strict=True)]
         heapq.heapify(self.heap)
         heap = self.heap
         pair_server, pair_model = self.pair_server, self.pair_model
         while heap:
-            _, k = heapq.heappop(heap)
+            k = heapq.heappop(heap)[2]
             s, m = pair_server[k], pair_model[k]
             if self.available[s, m]:
                 continue
             g = self.gain(k)
             if g <= 0.0:
                 continue
-            c = self.cost(s, m)
-            if c > self.remaining[s]:
+            if self.cost(s, m) > self.remaining[s]:
                 continue
-            ratio = np.inf if c == 0 else g / c
-            entry = (-ratio, k)
+            entry = self.key(k, g, self.rank_cost(s, m))
             if heap and entry > heap[0]:  # a better bound remains (ties: lower pair index)
                 heapq.heappush(heap, entry)
                 continue
@@ -190,12 +229,28 @@ def _best_single(index: Index) -> tuple[float, int]:
     return float(gains[k]), k
 
 
+def held_matrix(index: Index, current: Mapping[str, Collection[str]]) -> BoolArray:
+    """The (S, B) matrix of the blocks each server holds now (unknown ids are ignored)."""
+    b_of = {b: i for i, b in enumerate(index.block_ids)}
+    held: BoolArray = np.zeros((index.n_servers, len(index.block_ids)), dtype=np.bool_)
+    for s, server_id in enumerate(index.server_ids):
+        cols = [b_of[b] for b in current.get(server_id, ()) if b in b_of]
+        held[s, cols] = True
+    return held
+
+
 def _solve(
-    problem: PlacementProblem, *, share_aware: bool, name: str, max_enumerated: int
+    problem: PlacementProblem,
+    *,
+    share_aware: bool,
+    name: str,
+    max_enumerated: int,
+    current: Mapping[str, Collection[str]] | None = None,
 ) -> PlacementResult:
     started = time.perf_counter()
     index = build_index(problem)
-    run = _Greedy(index, share_aware=share_aware)
+    held = None if current is None else held_matrix(index, current)
+    run = _Greedy(index, share_aware=share_aware, held=held)
     run.run()
     best_hit, best_on = run.hit_ratio, run.on_server
     fits = np.flatnonzero(
@@ -206,13 +261,13 @@ def _solve(
         # Partial enumeration: the greedy started from each feasible first pair (this also
         # covers the best single pair).
         for k in fits.tolist():
-            seeded = _Greedy(index, share_aware=share_aware)
+            seeded = _Greedy(index, share_aware=share_aware, held=held)
             seeded.run(first=(k,))
-            if seeded.hit_ratio > best_hit:
+            if seeded.hit_ratio > best_hit + TIE_TOLERANCE:
                 best_hit, best_on = seeded.hit_ratio, seeded.on_server
     placement = index.placement(best_on)
     single_gain, k = _best_single(index)
-    if k >= 0 and single_gain > best_hit:
+    if k >= 0 and single_gain > best_hit + TIE_TOLERANCE:
         s, m = int(index.pair_server[k]), int(index.pair_model[k])
         placement = {server_id: frozenset() for server_id in index.server_ids}
         placement[index.server_ids[s]] = frozenset(
@@ -233,6 +288,7 @@ def solve(
     seed: int | None = None,
     time_limit_s: float | None = None,
     max_enumerated: int = MAX_ENUMERATED_PAIRS,
+    current: Mapping[str, Collection[str]] | None = None,
 ) -> PlacementResult:
     """``trimcaching-gen``: sharing-aware greedy with lazy evaluation + best single pair.
 
@@ -242,6 +298,8 @@ def solve(
         time_limit_s: unused (the greedy always finishes).
         max_enumerated: rerun the greedy from every feasible first pair when there are at
             most this many (0 disables the partial enumeration).
+        current: warm start: server id -> the blocks it holds now (held blocks rank as free,
+            see the module docstring); None solves from scratch.
 
     Returns:
         A ``feasible`` result; its hit ratio is :func:`~controller.placement.problem.evaluate`'s.
@@ -257,7 +315,13 @@ def solve(
         1.0
     """
     del seed, time_limit_s
-    return _solve(problem, share_aware=True, name="trimcaching-gen", max_enumerated=max_enumerated)
+    return _solve(
+        problem,
+        share_aware=True,
+        name="trimcaching-gen",
+        max_enumerated=max_enumerated,
+        current=current,
+    )
 
 
 def solve_independent(
@@ -266,6 +330,7 @@ def solve_independent(
     seed: int | None = None,
     time_limit_s: float | None = None,
     max_enumerated: int = MAX_ENUMERATED_PAIRS,
+    current: Mapping[str, Collection[str]] | None = None,
 ) -> PlacementResult:
     """``independent``: the same greedy, blind to sharing (each model costs its full size).
 
@@ -280,4 +345,10 @@ def solve_independent(
         0.5
     """
     del seed, time_limit_s
-    return _solve(problem, share_aware=False, name="independent", max_enumerated=max_enumerated)
+    return _solve(
+        problem,
+        share_aware=False,
+        name="independent",
+        max_enumerated=max_enumerated,
+        current=current,
+    )

@@ -20,6 +20,9 @@ Result. The solvers return the caches' *final contents* as the placement, so the
 hit ratio is :func:`~controller.placement.problem.evaluate` of those contents (not the
 time-averaged hit ratio of the trace, which :func:`replay` also reports, for the simulator).
 
+Warm start (``current``): each cache starts holding the models that the server's current
+blocks complete (in problem order, while they fit) instead of empty.
+
 LFU counts requests while a model is cached (counts reset on eviction) and breaks ties by
 least recent use.
 """
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -244,7 +247,13 @@ class Replay:
         return self.hits / self.requests if self.requests else 0.0
 
 
-def replay(problem: PlacementProblem, trace: Sequence[tuple[str, str]], *, policy: str) -> Replay:
+def replay(
+    problem: PlacementProblem,
+    trace: Sequence[tuple[str, str]],
+    *,
+    policy: str,
+    current: Mapping[str, Collection[str]] | None = None,
+) -> Replay:
     """Replay a trace through one ``policy`` cache per server (see the module docstring).
 
     Raises:
@@ -258,6 +267,16 @@ def replay(problem: PlacementProblem, trace: Sequence[tuple[str, str]], *, polic
         s: factory(capacity, problem.models, problem.blocks)
         for s, capacity in problem.servers.items()
     }
+    for server_id, block_ids in (current or {}).items():
+        cache = caches.get(server_id)
+        if cache is None:
+            continue
+        holds = frozenset(block_ids)
+        for model_id, model_blocks in problem.models.items():
+            if holds.issuperset(model_blocks) and (
+                cache.used_bytes + cache.missing_bytes(model_id) <= cache.capacity_bytes
+            ):
+                cache.insert(model_id)
     hits = 0
     for user_id, model_id in trace:
         if user_id not in problem.requests:
@@ -273,16 +292,26 @@ def replay(problem: PlacementProblem, trace: Sequence[tuple[str, str]], *, polic
     return Replay(placement=placement, hits=hits, requests=len(trace))
 
 
-def _solve(problem: PlacementProblem, seed: int | None, policy: str) -> PlacementResult:
+def _solve(
+    problem: PlacementProblem,
+    seed: int | None,
+    policy: str,
+    current: Mapping[str, Collection[str]] | None,
+) -> PlacementResult:
     started = time.perf_counter()
-    result = replay(problem, sample_trace(problem, seed=seed), policy=policy)
+    trace = sample_trace(problem, seed=seed)
+    result = replay(problem, trace, policy=policy, current=current)
     return make_result(
         problem, result.placement, solver=policy, solve_seconds=time.perf_counter() - started
     )
 
 
 def solve_lru(
-    problem: PlacementProblem, *, seed: int | None = None, time_limit_s: float | None = None
+    problem: PlacementProblem,
+    *,
+    seed: int | None = None,
+    time_limit_s: float | None = None,
+    current: Mapping[str, Collection[str]] | None = None,
 ) -> PlacementResult:
     """``lru``: final contents of per-server LRU caches after a sampled trace.
 
@@ -290,13 +319,18 @@ def solve_lru(
         problem: the instance.
         seed: seed of the trace (``None`` means 0, so results are reproducible by default).
         time_limit_s: unused.
+        current: warm start: server id -> the blocks it holds now (the caches start there).
     """
     del time_limit_s
-    return _solve(problem, 0 if seed is None else seed, "lru")
+    return _solve(problem, 0 if seed is None else seed, "lru", current)
 
 
 def solve_lfu(
-    problem: PlacementProblem, *, seed: int | None = None, time_limit_s: float | None = None
+    problem: PlacementProblem,
+    *,
+    seed: int | None = None,
+    time_limit_s: float | None = None,
+    current: Mapping[str, Collection[str]] | None = None,
 ) -> PlacementResult:
     """``lfu``: final contents of per-server LFU caches after a sampled trace.
 
@@ -304,6 +338,7 @@ def solve_lfu(
         problem: the instance.
         seed: seed of the trace (``None`` means 0).
         time_limit_s: unused.
+        current: warm start: server id -> the blocks it holds now (the caches start there).
     """
     del time_limit_s
-    return _solve(problem, 0 if seed is None else seed, "lfu")
+    return _solve(problem, 0 if seed is None else seed, "lfu", current)

@@ -27,7 +27,7 @@ instances only: the number of binaries grows with servers x (blocks + models).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import highspy
 import numpy as np
@@ -47,6 +47,7 @@ def solve(
     time_limit_s: float | None = None,
     mip_rel_gap: float = 1e-9,
     warm_start: bool = True,
+    current: Mapping[str, Collection[str]] | None = None,
 ) -> PlacementResult:
     """Solve the placement MILP with HiGHS.
 
@@ -56,6 +57,8 @@ def solve(
         time_limit_s: wall-clock limit for HiGHS (default 60 s).
         mip_rel_gap: relative optimality gap at which HiGHS stops and reports optimal.
         warm_start: give HiGHS the ``trimcaching-gen`` placement as its first incumbent.
+        current: server id -> the blocks it holds now; the incumbent is then the greedy
+            warm-started from it (which keeps what is held where it still serves).
 
     Returns:
         A result with status ``optimal``, ``time_limit`` or ``infeasible``.
@@ -155,7 +158,7 @@ def solve(
             start = np.zeros(n_cols)
             s_of = {server_id: i for i, server_id in enumerate(ix.server_ids)}
             b_of = {block_id: i for i, block_id in enumerate(ix.block_ids)}
-            fallback = greedy.solve(problem).blocks_by_server()
+            fallback = greedy.solve(problem, current=current).blocks_by_server()
             for server_id, held in fallback.items():
                 s = s_of[server_id]
                 for b in (b_of[block_id] for block_id in held):

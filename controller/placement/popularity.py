@@ -5,12 +5,14 @@ popular models): it ranks models by the total request probability of the users i
 them to, ``sum_{u : s in reachable(u, m)} p[u][m]``, and adds them in that order while they
 fit. The capacity check is union-aware (a model costs only the blocks the server lacks), so
 this baseline does profit from parameter sharing; what it lacks is the per-byte value and the
-coordination across servers of ``trimcaching-gen``. Ties go to the earlier model id.
+coordination across servers of ``trimcaching-gen``. Ties go to a model the server holds now
+(warm start, ``current``), then to the earlier model id.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Mapping
 
 import numpy as np
 
@@ -19,7 +21,11 @@ from controller.placement.problem import PlacementProblem, PlacementResult, make
 
 
 def solve(
-    problem: PlacementProblem, *, seed: int | None = None, time_limit_s: float | None = None
+    problem: PlacementProblem,
+    *,
+    seed: int | None = None,
+    time_limit_s: float | None = None,
+    current: Mapping[str, Collection[str]] | None = None,
 ) -> PlacementResult:
     """Most-requested-first caching per server.
 
@@ -27,6 +33,8 @@ def solve(
         problem: the instance.
         seed: unused (deterministic).
         time_limit_s: unused.
+        current: warm start: server id -> the blocks it holds now; among equally popular
+            models a held one goes first.
 
     Returns:
         A ``feasible`` result.
@@ -47,8 +55,17 @@ def solve(
     placement: dict[str, frozenset[str]] = {}
     for s, server_id in enumerate(ix.server_ids):
         pairs = np.flatnonzero(ix.pair_server == s)
-        # Sort by popularity (descending), then by model index: a stable, deterministic order.
-        order = pairs[np.lexsort((ix.pair_model[pairs], -gains[pairs]))]
+        holds = frozenset((current or {}).get(server_id, ()))
+        holds_model = np.array(
+            [
+                holds.issuperset(ix.block_ids[b] for b in ix.model_blocks[int(m)])
+                for m in ix.pair_model[pairs]
+            ],
+            dtype=np.bool_,
+        )
+        # Sort by popularity (descending), then held first, then by model index: a stable,
+        # deterministic order.
+        order = pairs[np.lexsort((ix.pair_model[pairs], ~holds_model, -gains[pairs]))]
         held: set[int] = set()
         remaining = int(ix.capacity[s])
         for k in order:

@@ -22,6 +22,10 @@ Internal logic:
 4. The server keeps the blocks of the chosen models (shared blocks of ``Q`` that no chosen
    model uses are dropped: never worse).
 
+Warm start (``current``): the knapsack gives ties to models that reuse more of the bytes the
+server holds now, and among choices of ``Q`` of equal value (up to float noise) the one whose
+models reuse more held bytes wins, so ties never move blocks.
+
 Cost: O(|unions| * n^2 / ε) per server. Shared blocks used by exactly the same models are
 one unit (a parameter block); ``max_shared_blocks`` (default 16) bounds the units, hence
 |unions| by 2^16, beyond which :class:`TooManySharedBlocksError` (a ``ValueError``) is
@@ -31,6 +35,7 @@ raised: use ``trimcaching-gen``.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Mapping
 
 import numpy as np
 
@@ -40,6 +45,7 @@ from controller.placement.problem import PlacementProblem, PlacementResult, make
 DEFAULT_EPSILON = 0.1
 MAX_SHARED_BLOCKS = 16
 _NO_WEIGHT = np.iinfo(np.int64).max // 4
+_TIE = 1e-12
 
 
 class TooManySharedBlocksError(ValueError):
@@ -99,6 +105,7 @@ def solve(
     time_limit_s: float | None = None,
     epsilon: float = DEFAULT_EPSILON,
     max_shared_blocks: int = MAX_SHARED_BLOCKS,
+    current: Mapping[str, Collection[str]] | None = None,
 ) -> PlacementResult:
     """The special-case TrimCaching algorithm (see the module docstring).
 
@@ -109,6 +116,8 @@ def solve(
         epsilon: knapsack accuracy; the guarantee is (1-ε)/2 of the optimum.
         max_shared_blocks: refuse instances with more shared blocks than this (blocks used
             by exactly the same models count as one).
+        current: warm start: server id -> the blocks it holds now (wins ties, see the
+            module docstring).
 
     Returns:
         A ``feasible`` result.
@@ -178,12 +187,18 @@ def solve(
                 fresh = ~covered[m, ix.pair_users[lo:hi]]
                 values[m] = float(ix.pair_weight[lo:hi][fresh].sum())
         candidates = [m for m in range(n_m) if values[m] > 0]
-        best_value, best_models = 0.0, []
+        holds = frozenset((current or {}).get(server_id, ()))
+        held_b = np.array([ix.block_ids[b] in holds for b in range(len(ix.block_ids))], bool)
+        reuse = [int(ix.block_size[mb[held_b[mb]]].sum()) for mb in ix.model_blocks]
+        best_value, best_held, best_models = 0.0, -1, []
         for q in union_list:
             room = int(ix.capacity[s]) - mask_bytes(q)
             if room < 0:
                 continue
-            items = [m for m in candidates if shared_mask[m] & ~q == 0]
+            # Models reusing more held bytes first: the knapsack gives ties to earlier items.
+            items = sorted(
+                (m for m in candidates if shared_mask[m] & ~q == 0), key=lambda m: -reuse[m]
+            )
             admitted = 0
             for m in items:
                 admitted |= shared_mask[m]
@@ -191,8 +206,15 @@ def solve(
                 continue  # dominated by the smaller union `admitted`
             picked = knapsack(values[items], specific[items], room, epsilon=epsilon)
             value = float(values[[items[i] for i in picked]].sum()) if picked else 0.0
-            if value > best_value:
-                best_value, best_models = value, [items[i] for i in picked]
+            models = [items[i] for i in picked]
+            used = np.zeros(len(ix.block_ids), dtype=np.bool_)
+            for m in models:
+                used[ix.model_blocks[m]] = True
+            reused = int(ix.block_size[used & held_b].sum())
+            if value > best_value + _TIE or (
+                value > 0 and value >= best_value - _TIE and reused > best_held
+            ):
+                best_value, best_held, best_models = value, reused, models
         held: set[int] = set()
         for m in best_models:
             held.update(ix.model_blocks[m].tolist())

@@ -1,5 +1,7 @@
 """The real services for the client's integration tests: origin, controller (real Redis) and
 edge nodes, each a real uvicorn server; plus an edge node as a separate process (to kill it).
+
+:class:`Stack` is the running set the ``stack`` fixture (tests/client/conftest.py) yields.
 """
 
 from __future__ import annotations
@@ -13,16 +15,58 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 
+from core.digest import sha256_file
+from core.manifest import ModelManifest
 from tests.helpers import REPO_ROOT, free_port, wait_until
 
 TOKEN = "client-test-token"
 PLAN_SCHEMA = "trimcache.edge-plan/v1"
+ORG = "trimcache-zoo"
+MODELS = ("bert-sst2", "bert-spam", "minilm-base", "minilm-lora-topic")
+
+
+@dataclass
+class Stack:
+    """The running services of the ``stack`` fixture: base URLs, the zoo, the Redis URL."""
+
+    zoo: Path
+    origin: str
+    controller: str
+    edges: list[str]
+    tmp: Path
+    redis: str
+
+    def manifest(self, model_id: str) -> ModelManifest:
+        data = httpx.get(f"{self.controller}/v1/models/{model_id}").json()["manifest"]
+        return ModelManifest.from_dict(data)
+
+    def register(self, node_id: str, url: str, models: list[str]) -> None:
+        body = {
+            "url": url,
+            "capacity_bytes": 10**9,
+            "position": [0.0, 0.0],
+            "physical_bytes": 0,
+            "models": models,
+            "blocks_digest": "",
+        }
+        httpx.put(f"{self.controller}/v1/nodes/{node_id}", json=body).raise_for_status()
+
+    def unregister(self, node_id: str) -> None:
+        httpx.delete(f"{self.controller}/v1/nodes/{node_id}")
+
+
+def assert_zoo_files(path: Path, repo_dir: Path) -> None:
+    names = sorted(p.name for p in repo_dir.iterdir() if p.is_file())
+    assert names
+    for name in names:
+        assert sha256_file(path / name) == sha256_file(repo_dir / name), name
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import pytest
 
 from client import (
     Client,
-    EdgeUnavailableError,
+    ControllerUnavailableError,
     ModelNotFoundError,
     NoSourceError,
     fetch_model,
@@ -203,7 +203,7 @@ def test_cached_model_without_controller(manifests, full_store, origin_url, tmp_
     # The controller is gone now: the cached model is still served from the device cache.
     model = fetch_model("clf-a", controller_url=controller, cache_dir=tmp_path, load=False)
     assert model.report["bytes_by_source"] == {"local": manifests["clf-a"].unique_bytes}
-    with pytest.raises(EdgeUnavailableError, match="unreachable"):
+    with pytest.raises(ControllerUnavailableError, match="unreachable"):
         fetch_model("clf-b", controller_url=controller, cache_dir=tmp_path, load=False)
 
 

@@ -12,94 +12,24 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from client import Client, ModelNotFoundError, fetch_model
 from core.blocks import build_manifest
-from core.digest import sha256_file
-from core.manifest import ModelManifest
 from core.store import BlockStore
 from tests.client.fakes import Faults, create_block_app
-from tests.client.services import edge_node, edge_process, push_plan, route_sources
+from tests.client.services import (
+    ORG,
+    Stack,
+    assert_zoo_files,
+    edge_process,
+    push_plan,
+    route_sources,
+)
 from tests.helpers import live_server, run_cli, wait_until
-
-ORG = "trimcache-zoo"
-MODELS = ("bert-sst2", "bert-spam", "minilm-base", "minilm-lora-topic")
-
-
-@dataclass
-class Stack:
-    zoo: Path
-    origin: str
-    controller: str
-    edges: list[str]
-    tmp: Path
-
-    def manifest(self, model_id: str) -> ModelManifest:
-        data = httpx.get(f"{self.controller}/v1/models/{model_id}").json()["manifest"]
-        return ModelManifest.from_dict(data)
-
-    def register(self, node_id: str, url: str, models: list[str]) -> None:
-        body = {
-            "url": url,
-            "capacity_bytes": 10**9,
-            "position": [0.0, 0.0],
-            "physical_bytes": 0,
-            "models": models,
-            "blocks_digest": "",
-        }
-        httpx.put(f"{self.controller}/v1/nodes/{node_id}", json=body).raise_for_status()
-
-    def unregister(self, node_id: str) -> None:
-        httpx.delete(f"{self.controller}/v1/nodes/{node_id}")
-
-
-@pytest.fixture(scope="module")
-def stack(
-    zoo_dir: Path, redis_server: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    import redis
-
-    from controller.app import create_app as create_controller
-    from controller.settings import Settings
-    from testbed.origin import create_app as create_origin
-
-    tmp = tmp_path_factory.mktemp("client-stack")
-    with ExitStack() as stack:
-        origin = stack.enter_context(live_server(create_origin(zoo_dir)))
-        settings = Settings(redis_url=redis_server, origin_url=origin, auto_plan=False)
-        controller = stack.enter_context(live_server(create_controller(settings)))
-        for model_id in MODELS:
-            body = {"model_id": model_id, "repo_id": f"{ORG}/{model_id}"}
-            httpx.post(f"{controller}/v1/models", json=body, timeout=300).raise_for_status()
-        edges = [
-            stack.enter_context(
-                edge_node(
-                    f"edge-{i}", tmp / f"edge-{i}", origin_url=origin, controller_url=controller
-                )
-            )
-            for i in (1, 2)
-        ]
-        push_plan(edges[0], controller, origin, list(MODELS))
-        push_plan(edges[1], controller, origin, ["bert-sst2"])
-        wait_until(lambda: route_sources(controller, "bert-sst2") == [*edges, origin])
-        wait_until(lambda: route_sources(controller, "bert-spam")[0] == edges[0])
-        yield Stack(zoo_dir, origin, controller, edges, tmp)
-    redis.Redis.from_url(redis_server).flushdb()
-
-
-def assert_zoo_files(path: Path, repo_dir: Path) -> None:
-    names = sorted(p.name for p in repo_dir.iterdir() if p.is_file())
-    assert names
-    for name in names:
-        assert sha256_file(path / name) == sha256_file(repo_dir / name), name
 
 
 def test_bert_sst2_then_sibling(stack: Stack, tmp_path: Path) -> None:

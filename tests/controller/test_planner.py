@@ -290,3 +290,45 @@ def test_push_abandoned_by_a_dead_controller_is_resumed(controller: TestClient, 
     assert push["status"] == "applied" and push["version"] == version
     assert edge_models(url) == {"tiny-b"}
     assert planner.tick() is None  # settled: nothing more to do
+
+
+def test_replan_keeps_a_placement_that_still_pays_and_replaces_an_invalid_one(
+    controller: TestClient, edges: Any
+) -> None:
+    sizes = block_sizes(controller)
+    unique = {b: n for s in sizes.values() for b, n in s.items()}
+    # Each node fits all but one model: the placement must choose.
+    capacity = sum(unique.values()) - min(len(s) for s in sizes.values())
+    urls = {n: edges(n, capacity) for n in ("edge-1", "edge-2")}
+    for node_id, url in urls.items():
+        register(controller, node_id, url, capacity)
+    first = controller.post("/v1/placement:plan", headers=AUTH).json()
+    assert first["last_plan"]["outcome"] == "ok"
+    assert first["last_plan"]["decision"]["current_invalid"] == "no placement yet"
+    applied = {n: httpx.get(f"{u}/v1/plan").json()["version"] for n, u in urls.items()}
+    assert set(applied.values()) == {first["version"]}
+
+    # Nothing changed: the placement stays, no version, no push (the edges saw nothing).
+    again = controller.post("/v1/placement:plan", headers=AUTH).json()
+    assert again["version"] == first["version"] and again["servers"] == first["servers"]
+    kept = again["last_plan"]
+    assert kept["outcome"] == "kept" and kept["version"] == first["version"]
+    assert kept["decision"]["decision"] == "keep" and kept["decision"]["gain"] is not None
+    assert controller.get("/v1/placement").json()["last_plan"] == kept
+    assert {n: httpx.get(f"{u}/v1/plan").json()["version"] for n, u in urls.items()} == applied
+    assert controller.get("/v1/status").json()["last_plan"]["outcome"] == "kept"
+
+    # A placed model leaves the catalogue: re-planned at once, whatever the gain.
+    placed = next(m for p in first["servers"].values() for m in p["models"])
+    assert controller.delete(f"/v1/models/{placed}").status_code == 200
+    third = controller.post("/v1/placement:plan", headers=AUTH).json()
+    assert third["version"] > first["version"]
+    assert third["last_plan"]["decision"]["current_invalid"] == f"model {placed} left the catalogue"
+    assert all(placed not in edge_models(u) for u in urls.values())
+
+    # A node joins: re-planned at once too.
+    url3 = edges("edge-3", capacity)
+    register(controller, "edge-3", url3, capacity)
+    fourth = controller.post("/v1/placement:plan", headers=AUTH).json()
+    assert fourth["version"] > third["version"]
+    assert fourth["last_plan"]["decision"]["current_invalid"] == "server edge-3 joined"

@@ -363,3 +363,94 @@ def test_system(cluster: Cluster, system_zoo: tuple[Path, list[tuple[str, str]]]
     status = c.get("/v1/status")
     assert {n["node_id"] for n in status["nodes"]} == survivors
     print(json.dumps({"status": status["placement"]["push"]}, default=str)[:2000])
+
+
+def byte_counters(c: Cluster) -> dict[str, int]:
+    """Every byte counter that a moved block bumps: the origin's served bytes and each live
+    edge's served and ingested bytes."""
+    out = {"origin": c.origin_bytes()}
+    for node_id, edge in c.edges.items():
+        if edge.proc is None:
+            continue
+        stats = c.http.get(f"{edge.url}/v1/stats").json()
+        out[f"{node_id}.served"] = int(stats["bytes_served"])
+        out[f"{node_id}.ingested"] = sum(stats["bytes_ingested_by_source"].values())
+    return out
+
+
+def test_steady_replans_move_nothing_and_a_dead_edge_is_still_covered(
+    cluster: Cluster, system_zoo: tuple[Path, list[tuple[str, str]]]
+) -> None:
+    """Issue 11 item 4: with steady demand, re-plans keep the placement (no byte moves); a
+    node that dies still gets a re-plan at once that covers what it held."""
+    c = cluster
+    c.start_controller()
+    for model_id, repo_id in system_zoo[1]:
+        r = c.http.post(f"{c.url}/v1/models", json={"model_id": model_id, "repo_id": repo_id})
+        assert r.status_code == 201, r.text
+    manifests = {m: c.get(f"/v1/models/{m}")["manifest"] for m, _ in system_zoo[1]}
+    sizes = {m: block_sizes(doc) for m, doc in manifests.items()}
+    unique: dict[str, int] = {}
+    for s in sizes.values():
+        unique.update(s)
+    # One user area that every edge reaches: the hit ratio counts each model held anywhere.
+    # No edge fits the whole catalogue, any two do: the catalogue is covered before and after
+    # one edge dies (a re-plan that restores coverage is then the optimum's doing).
+    topology = {"areas": {"area-mid": {"x_m": 200.0, "y_m": 0.0}}, "deadlines_s": {"default": 60}}
+    assert c.http.put(f"{c.url}/v1/topology", json=topology).status_code == 200
+    capacity = sum(unique.values()) - 1
+    for node_id in POSITIONS:
+        c.launch_edge(node_id, capacity)
+    for edge in c.edges.values():
+        edge.wait_healthy()
+    first = wait_until(lambda: c.settled(set(POSITIONS)), timeout_s=120, interval_s=0.2)
+    models = [m for m, _ in system_zoo[1]]
+
+    def report_demand(step: int) -> None:
+        # Steady demand: the same handful of fetches before every re-plan.
+        for i, area in enumerate(("area-mid", "area-mid", "elsewhere")):
+            body = {"model_id": models[(step + i) % len(models)], "area_id": area}
+            assert c.http.post(f"{c.url}/v1/demand", json={**body, "outcome": "hit"}).is_success
+
+    def ingested() -> int:  # every moved byte lands in some edge (from a peer or the origin)
+        return sum(v for k, v in byte_counters(c).items() if k.endswith(".ingested"))
+
+    report_demand(0)
+    before = byte_counters(c)
+    moved: list[int] = []
+    versions = []
+    for step in range(5):
+        report_demand(step + 1)
+        start = ingested()
+        r = c.http.post(f"{c.url}/v1/placement:plan", headers=AUTH)
+        assert r.status_code == 200, r.text
+        versions.append(r.json()["version"])
+        moved.append(ingested() - start)
+    total = byte_counters(c)
+    print(f"5 re-plans: versions={versions} bytes moved={moved} total={sum(moved)}")
+    assert total == before, {k: total[k] - before[k] for k in total}
+    assert versions == [first["version"]] * 5
+    last_plan = c.placement()["last_plan"]
+    assert last_plan["outcome"] == "kept" and last_plan["version"] == first["version"]
+    assert last_plan["decision"]["decision"] == "keep" and last_plan["decision"]["reason"]
+
+    # -- an edge dies: a re-plan at once restores coverage of every placed model -----------
+    held = {n: c.edge_models(n) for n in POSITIONS}
+    placed = set().union(*held.values())
+    assert placed == set(models)
+    victim = max(
+        POSITIONS,
+        key=lambda n: (len(held[n] - set().union(*(held[o] for o in POSITIONS if o != n))), n),
+    )
+    c.edges[victim].kill()
+    survivors = set(POSITIONS) - {victim}
+    second = wait_until(
+        lambda: (p := c.settled(survivors)) and p["version"] > first["version"] and p,
+        timeout_s=EXPIRY_S + 90,
+        interval_s=0.2,
+    )
+    held2 = {n: c.edge_models(n) for n in survivors}
+    for n in survivors:
+        assert held2[n] == set(second["servers"][n]["models"])
+    assert placed <= set().union(*held2.values()), (placed, held2)
+    print(f"killed {victim}: held before {held}, after {held2}")

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.api.deps import MetricsDep, PlannerDep, SettingsDep, StateDep
 from controller.api.routes.nodes import node_view
-from controller.api.routes.placement import placement_view
+from controller.api.routes.placement import attempt_view, placement_view
 from controller.errors import StateUnavailableError
 
 router = APIRouter(tags=["health"])
@@ -46,9 +46,7 @@ def status(state: StateDep, planner: PlannerDep, settings: SettingsDep) -> dict[
     view = planner.topology_view(nodes)
     outcomes = state.outcomes()
     requests = outcomes.get("requests", 0)
-    attempt = state.get_plan_attempt()
-    if attempt is not None:
-        attempt = {k: v for k, v in attempt.items() if k not in ("signature", "schema_version")}
+    attempt = attempt_view(state.get_plan_attempt())
     placement = placement_view(state.get_placement(), settings.solver)
     return {
         "nodes": [node_view(n, now) for n in nodes],

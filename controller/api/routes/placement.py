@@ -1,4 +1,8 @@
-"""The placement: ``GET /v1/placement`` and ``POST /v1/placement:plan`` (auth)."""
+"""The placement: ``GET /v1/placement`` and ``POST /v1/placement:plan`` (auth).
+
+Both answer the stored placement plus ``last_plan``, the latest plan attempt: a re-plan that
+kept the placement (``outcome: "kept"``) leaves the version alone and says why there.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,13 @@ _FIELDS = (
 )
 
 
+def attempt_view(attempt: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The last plan attempt as the API shows it (internal bookkeeping left out)."""
+    if attempt is None:
+        return None
+    return {k: v for k, v in attempt.items() if k not in ("signature", "schema_version")}
+
+
 def placement_view(record: Mapping[str, Any] | None, solver: str) -> dict[str, Any]:
     if record is None:
         return {
@@ -41,9 +52,11 @@ def placement_view(record: Mapping[str, Any] | None, solver: str) -> dict[str, A
 
 @router.get("/v1/placement")
 def get_placement(state: StateDep, settings: SettingsDep) -> dict[str, Any]:
-    return placement_view(state.get_placement(), settings.solver)
+    view = placement_view(state.get_placement(), settings.solver)
+    return {**view, "last_plan": attempt_view(state.get_plan_attempt())}
 
 
 @router.post("/v1/placement:plan", dependencies=[AuthDep])
-def plan_now(planner: PlannerDep, settings: SettingsDep) -> dict[str, Any]:
-    return placement_view(planner.plan(trigger="manual"), settings.solver)
+def plan_now(planner: PlannerDep, state: StateDep, settings: SettingsDep) -> dict[str, Any]:
+    view = placement_view(planner.plan(trigger="manual"), settings.solver)
+    return {**view, "last_plan": attempt_view(state.get_plan_attempt())}

@@ -15,6 +15,7 @@ MODULES = [
     "controller.placement.popularity",
     "controller.placement.online",
     "controller.placement.optimal",
+    "controller.placement.replan",
     "controller.library",
     "controller.wireless",
     "controller.sim",

@@ -1,4 +1,4 @@
-"""HiGHS may print from C++ on fd 1 (highspy 1.16's constructor banner): none of it reaches stdout."""
+"""HiGHS may print from C++ on fd 1 (highspy 1.16's banner): none of it reaches stdout."""
 
 from __future__ import annotations
 
