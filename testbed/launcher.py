@@ -905,6 +905,10 @@ def _controller_env(
         "CONTROLLER_INDEX_FROM_ORIGIN": "true",
         # Shared by every testbed on this machine: a zoo indexed once is not downloaded again.
         "CONTROLLER_MANIFEST_CACHE_DIR": str(paths.manifest_cache_dir()),
+        # Edge nodes start together but register seconds apart on a loaded machine; with the
+        # default 1.5 s the first plan could go to one node alone, which then pulls the whole
+        # zoo over the backhaul before the plan that covers every node (seen: +80 s on `up`).
+        "CONTROLLER_SETTLE_S": "5",
     }
     if options.solver:
         env["CONTROLLER_SOLVER"] = options.solver
