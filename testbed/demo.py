@@ -2,19 +2,20 @@
 
 ``python -m testbed.demo --out results/demo``:
 
-1. take the model zoo from the machine's shared zoo cache (``~/.cache/trimcache/zoo``, shared
-   with ``trimcache testbed up`` and the test suite; built once, with progress);
+1. take the model zoo from the machine's shared zoo cache
+   (``~/.cache/trimcache-testbed/zoo``, shared with ``trimcache testbed up`` and the test
+   suite; built once, with progress);
 2. ``testbed up``: Redis, the origin behind an emulated backhaul, the controller and three edge
    nodes behind emulated radio links; it returns once the controller has indexed every repo of
    the origin and every edge node applied the first placement;
-4. as a user in ``area-1`` (next to ``edge-1``), fetch ``bert-sst2``, a sibling task model and a
+3. as a user in ``area-1`` (next to ``edge-1``), fetch ``bert-sst2``, a sibling task model and a
    LoRA model through the controller's routes; then fetch the same models straight from the origin
    (a fresh device cache each way, same order), for the comparison;
-5. predict sentences with ``bert-sst2``;
-6. write ``report.md``, ``report.json`` and PNG plots to ``--out``: per model, download time from
+4. predict sentences with ``bert-sst2``;
+5. write ``report.md``, ``report.json`` and PNG plots to ``--out``: per model, download time from
    the edge vs. the origin and bytes by source; per edge node, physical vs. logical bytes; the hit
    ratio of the current placement;
-7. ``testbed down``, always (in ``finally``).
+6. ``testbed down``, always (in ``finally``).
 
 Every number in the report is measured in this run; nothing is copied from elsewhere.
 """

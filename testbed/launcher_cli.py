@@ -4,7 +4,7 @@ The work is in :mod:`testbed.launcher`; this module only parses flags and prints
 every stage on stderr, prints the URLs and an ``export TRIMCACHE_CONTROLLER_URL=...`` line on
 stdout, and writes ``STATE_DIR/testbed.json``; ``status`` shows the services, the catalogue, the
 placement, what each edge holds and the measured hit ratio, and exits 1 when any service is down.
-Without ``--dir``, ``up`` uses ``~/.cache/trimcache/testbed/state`` and ``down``/``status`` the
+Without ``--dir``, ``up`` uses ``~/.cache/trimcache-testbed/state`` and ``down``/``status`` the
 last testbed started on this machine (testbed/paths.py).
 """
 
@@ -38,7 +38,7 @@ def add_parsers(subparsers: Any) -> None:
         default=None,
         metavar="STATE_DIR",
         dest="state_dir",
-        help="state dir (default ~/.cache/trimcache/testbed/state)",
+        help="state dir (default ~/.cache/trimcache-testbed/state)",
     )
     up.add_argument("--edges", type=int, default=3, metavar="N", help="edge nodes (default 3)")
     up.add_argument(
@@ -47,7 +47,7 @@ def add_parsers(subparsers: Any) -> None:
         default=None,
         metavar="DIR",
         help="model zoo dir (built into it if absent; default: the machine's shared zoo cache, "
-        "~/.cache/trimcache/zoo or $TRIMCACHE_ZOO_CACHE, built once)",
+        "~/.cache/trimcache-testbed/zoo or $TRIMCACHE_ZOO_CACHE, built once)",
     )
     up.add_argument(
         "--controller-port",
@@ -150,7 +150,7 @@ def _up(args: argparse.Namespace) -> int:
         raise ValueError(f"--capacity-mb must be positive, got {args.capacity_mb}")
     if not 0 <= args.controller_port <= 65535:
         raise ValueError(f"--controller-port must be in 0..65535, got {args.controller_port}")
-    state_dir = args.state_dir or paths.cache_home() / "testbed" / "state"
+    state_dir = args.state_dir or paths.cache_home() / "state"
     backhaul_default, radio_default = DEFAULT_LINKS[args.profile]
     options = LaunchOptions(
         state_dir=state_dir,
@@ -191,7 +191,7 @@ def _state_dir(given: Path | None) -> Path:
 
     if given is not None:
         return given
-    return paths.last_testbed() or paths.cache_home() / "testbed" / "state"
+    return paths.last_testbed() or paths.cache_home() / "state"
 
 
 def _down(args: argparse.Namespace) -> int:

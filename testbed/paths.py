@@ -2,16 +2,17 @@
 
 On disk (``$XDG_CACHE_HOME`` defaults to ``~/.cache``)::
 
-    $XDG_CACHE_HOME/trimcache/zoo/<profile>-<key>/   built zoos, one per input hash
-                                                     (``$TRIMCACHE_ZOO_CACHE`` moves the folder)
-    $XDG_CACHE_HOME/trimcache/testbed/last           state dir of the last ``testbed up``
-    $XDG_CACHE_HOME/trimcache/manifests/             the testbed controllers' manifest cache
+    $XDG_CACHE_HOME/trimcache-testbed/zoo/<profile>-<key>/  built zoos, one per input hash
+                                                        (``$TRIMCACHE_ZOO_CACHE`` moves them)
+    $XDG_CACHE_HOME/trimcache-testbed/state/             the default ``testbed up`` state dir
+    $XDG_CACHE_HOME/trimcache-testbed/last               state dir of the last ``testbed up``
+    $XDG_CACHE_HOME/trimcache-testbed/manifests/         the testbed controllers' manifest cache
 
 ``trimcache testbed up`` (without ``--zoo``), ``make demo`` and the test suite all find their zoo
 here, so a machine builds each zoo once. The pointer lets ``trimcache models ...`` and
 ``trimcache testbed status`` find the running testbed without a flag. The client's device cache
-(``TRIMCACHE_CACHE_DIR``, default ``~/.cache/trimcache``) uses ``store/``, ``models/`` and
-``locks/`` beside these, never ``zoo/``, ``testbed/`` or ``manifests/``.
+(``TRIMCACHE_CACHE_DIR``, default ``~/.cache/trimcache``) is a separate folder, so what
+``trimcache cache ls`` counts is the device's own data only.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ ZOO_CACHE_ENV = "TRIMCACHE_ZOO_CACHE"
 
 
 def cache_home() -> Path:
-    """``$XDG_CACHE_HOME/trimcache``, or ``~/.cache/trimcache``."""
+    """``$XDG_CACHE_HOME/trimcache-testbed``, or ``~/.cache/trimcache-testbed``."""
     base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "trimcache"
+    return Path(base).expanduser() / "trimcache-testbed"
 
 
 def zoo_cache_dir() -> Path:
@@ -41,7 +42,7 @@ def manifest_cache_dir() -> Path:
 
 def last_testbed_file() -> Path:
     """The file naming the state dir of the last started testbed."""
-    return cache_home() / "testbed" / "last"
+    return cache_home() / "last"
 
 
 def remember_testbed(state_dir: Path) -> None:

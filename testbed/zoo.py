@@ -27,8 +27,8 @@ Invariants:
 - Each repo is written into a temporary directory and renamed into place; ``zoo.json`` is
   written last, so a zoo with a ``zoo.json`` is complete.
 - ``ensure_zoo(profile)`` builds a profile once per machine and input hash into the shared
-  cache ``~/.cache/trimcache/zoo/<profile>-<key>`` (testbed/paths.py), guarded by a file lock,
-  so ``testbed up``, ``make demo`` and parallel pytest workers share one build.
+  cache ``~/.cache/trimcache-testbed/zoo/<profile>-<key>`` (testbed/paths.py), guarded by a
+  file lock, so ``testbed up``, ``make demo`` and parallel pytest workers share one build.
 """
 
 from __future__ import annotations
@@ -794,7 +794,7 @@ def ensure_zoo(
 ) -> Path:
     """Build the ``profile`` zoo once per machine and input hash; return its directory.
 
-    The zoo lives in :func:`shared_zoo_dir` (``~/.cache/trimcache/zoo/<profile>-<key>``, the
+    The zoo lives in :func:`shared_zoo_dir` (``~/.cache/trimcache-testbed/zoo/<profile>-<key>``, the
     folder moved by ``$TRIMCACHE_ZOO_CACHE``). A file lock makes concurrent callers (pytest-xdist
     workers, a ``testbed up`` beside ``make demo``) wait for one build; the build writes into a
     temporary sibling renamed into place, so a zoo under its final name is complete. The build

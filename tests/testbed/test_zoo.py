@@ -236,7 +236,8 @@ def test_the_shared_cache_is_found_from_the_environment(monkeypatch, tmp_path):
     from testbed.zoo import shared_zoo_dir, zoo_key
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert shared_zoo_dir("full") == tmp_path / "xdg/trimcache/zoo" / f"full-{zoo_key('full')}"
+    expected = tmp_path / "xdg/trimcache-testbed/zoo" / f"full-{zoo_key('full')}"
+    assert shared_zoo_dir("full") == expected
     monkeypatch.setenv(paths.ZOO_CACHE_ENV, str(tmp_path / "zoos"))
     assert shared_zoo_dir("test").parent == tmp_path / "zoos"
 
