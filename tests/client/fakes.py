@@ -6,6 +6,7 @@ The block server speaks the edge node's read API of docs/api.md (``GET /v1/block
 real behaviour on the wire:
 
 - ``corrupt=True``: flips the first byte of every block it sends (lengths stay right);
+- ``corrupt_ids={...}``: flips the first byte of only these blocks;
 - ``die_after_bytes=N``: once N body bytes have gone out, it drops the connection mid-body and
   answers every later request with a 500, as a node that crashed would;
 - ``chunk_delay_s``: sleeps between 64 KiB chunks (a slow radio link).
@@ -36,10 +37,12 @@ class Faults:
         self,
         *,
         corrupt: bool = False,
+        corrupt_ids: Iterable[str] = (),
         die_after_bytes: int | None = None,
         chunk_delay_s: float = 0.0,
     ) -> None:
         self.corrupt = corrupt
+        self.corrupt_ids = set(corrupt_ids)
         self.die_after_bytes = die_after_bytes
         self.chunk_delay_s = chunk_delay_s
         self.sent = 0
@@ -78,7 +81,7 @@ def create_block_app(
     ) -> AsyncIterator[bytes]:
         for block_id in block_ids:
             data = store.read(block_id)
-            if faults.corrupt and data:
+            if (faults.corrupt or block_id in faults.corrupt_ids) and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             if span is not None:
                 data = data[span[0] : span[1]]
