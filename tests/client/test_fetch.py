@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,16 @@ from client import Client, DiskFullError, NoSourceError, fetch_model
 from client._cache import DeviceCache
 from core.blocks import build_manifest
 from core.store import BlockStore
-from tests.client.fakes import Faults, create_block_app, create_route_app
-from tests.client.services import ORG, Stack, assert_zoo_files, route_sources
-from tests.helpers import REPO_ROOT, free_port, live_server, run_cli
+from tests.client.fakes import Faults, create_block_app
+from tests.client.services import (
+    ORG,
+    Stack,
+    assert_zoo_files,
+    edge_process,
+    push_plan,
+    route_sources,
+)
+from tests.helpers import REPO_ROOT, live_server, run_cli, wait_until
 
 
 def repo(stack: Stack, model_id: str) -> Path:
@@ -38,7 +46,7 @@ def test_flipped_byte_refetches_only_that_block(stack: Stack, tmp_path: Path) ->
     store = BlockStore(tmp_path / "bad-store", durable=False)
     build_manifest(repo(stack, "bert-sst2"), model_id="bert-sst2", store=store)
     faults = Faults(corrupt_ids={victim})
-    with live_server(create_block_app(store, [sst2], faults)) as bad:
+    with live_server(create_block_app(store, faults)) as bad:
         stack.register("edge-0", bad, ["bert-sst2"])
         try:
             assert route_sources(stack.controller, "bert-sst2")[0] == bad
@@ -217,12 +225,41 @@ def test_full_disk_is_a_clean_error(stack: Stack, tiny_disk: Path) -> None:
     assert result.stderr.count("\n") == 1 and "space" in result.stderr
 
 
+class _KillOnDownload:
+    """A progress hook that SIGKILLs the edge process when the download phase starts."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url, self.pid = url, pid
+
+    def on_phase(self, model_id: str, phase: str) -> None:
+        if phase != "download":
+            return
+        os.kill(self.pid, signal.SIGKILL)
+        host, port = self.url.removeprefix("http://").split(":")
+
+        def refused() -> bool:
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+            except OSError:
+                return True
+            return False
+
+        wait_until(refused)
+
+    def on_plan(self, model_id: str, **_: Any) -> None:
+        pass
+
+    def on_bytes(self, source_url: str, nbytes: int) -> None:
+        pass
+
+
 def test_no_source_names_what_was_tried(stack: Stack, tmp_path: Path) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
-    manifests = {"bert-sst2": stack.manifest("bert-sst2")}
-    app = create_route_app(manifests, [{"url": dead, "kind": "edge"}], {0: set(manifests)})
-    with ExitStack() as services:
-        controller = services.enter_context(live_server(app))
-        with pytest.raises(NoSourceError, match=dead.replace(".", r"\.")):
-            fetch_model("bert-sst2", controller_url=controller, cache_dir=tmp_path, load=False)
-    assert os.listdir(tmp_path / "models") == [".partial-bert-sst2"]  # kept for a resume
+    kwargs = {"origin_url": stack.origin, "controller_url": stack.controller}
+    with edge_process("edge-0", tmp_path / "edge-0", **kwargs) as (url, pid):
+        push_plan(url, stack.controller, stack.origin, ["bert-sst2"])
+        with Client(edge_url=url, cache_dir=tmp_path / "cache") as client:
+            with pytest.raises(NoSourceError, match=url.replace(".", r"\.")):
+                client.fetch("bert-sst2", load=False, progress=_KillOnDownload(url, pid))
+    stack.unregister("edge-0")
+    models = tmp_path / "cache" / "models"
+    assert os.listdir(models) == [".partial-bert-sst2"]  # kept for a resume
