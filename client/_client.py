@@ -59,7 +59,7 @@ from ._files import ModelWriter
 from ._model import FetchedModel, _adapter_base
 from ._origin import index_from_origin, repo_info
 from ._route import Route, Source, parse_route, single_source_route
-from ._wire import Wire
+from ._wire import Wire, tls_context
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class Client:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             transport=transport,
             follow_redirects=True,
+            verify=tls_context(),
         )
         self._wire = Wire(timeout_s)
 

@@ -13,7 +13,9 @@ a 4xx/5xx answer is the client error of its code (:func:`client._errors.raise_fo
 
 from __future__ import annotations
 
+import functools
 import http.client
+import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +28,14 @@ from ._errors import EdgeUnavailableError, raise_for_error
 
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
+
+
+@functools.lru_cache(maxsize=1)
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process, shared by every client (loading the CA bundle takes ~30 ms)."""
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _unreachable(url: str, exc: BaseException) -> EdgeUnavailableError:
@@ -80,8 +90,12 @@ class Wire:
             if conns:
                 return conns.pop(), True
         scheme, netloc = key
-        cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-        return cls(netloc, timeout=self._timeout_s), False
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(
+                netloc, timeout=self._timeout_s, context=tls_context()
+            )
+            return conn, False
+        return http.client.HTTPConnection(netloc, timeout=self._timeout_s), False
 
     def _give_back(self, key: tuple[str, str], conn: http.client.HTTPConnection) -> None:
         with self._lock:
