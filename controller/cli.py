@@ -55,33 +55,63 @@ def _add_place(subparsers: Subparsers) -> None:
         "place", help="solve a placement problem (JSON) and print the result JSON"
     )
     p.add_argument("problem_json", metavar="PROBLEM_JSON", help="problem file, or - for stdin")
-    p.add_argument("--solver", default="trimcaching-gen", help="a name from `trimcache solvers`")
-    p.add_argument("--seed", type=int, default=None, help="seed (lru/lfu traces, HiGHS)")
+    p.add_argument("--solver", default=None, help="a name from `trimcache solvers`")
+    p.add_argument(
+        "--objective",
+        choices=("hit", "delay"),
+        default="hit",
+        help="hit: trimcache.placement-problem/v1 (default solver trimcaching-gen); "
+        "delay: trimcache.delay-problem/v1 (default solver delay-greedy)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed (lru/lfu traces, HiGHS, marl)")
     p.add_argument("--time-limit-s", type=float, default=None, help="time limit (optimal)")
     p.set_defaults(func=_run_place)
 
 
 def _run_place(args: argparse.Namespace) -> int:
+    if args.objective == "delay":
+        return _run_place_delay(args)
     from controller.placement import get_solver, problem_from_json, result_to_json
 
-    solve = get_solver(args.solver)
+    solve = get_solver(args.solver or "trimcaching-gen")
     problem = problem_from_json(_read_json(args.problem_json))
     result = solve(problem, seed=args.seed, time_limit_s=args.time_limit_s)
     sys.stdout.write(json.dumps(result_to_json(result), indent=2) + "\n")
     return 0
 
 
+def _run_place_delay(args: argparse.Namespace) -> int:
+    from controller.delay import delay_problem_from_json, delay_result_to_json, get_delay_solver
+
+    solve = get_delay_solver(args.solver or "delay-greedy")
+    problem = delay_problem_from_json(_read_json(args.problem_json))
+    result = solve(problem, seed=args.seed, time_limit_s=args.time_limit_s)
+    sys.stdout.write(json.dumps(delay_result_to_json(result), indent=2) + "\n")
+    return 0
+
+
 # solvers ---------------------------------------------------------------------------------------
 def _add_solvers(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser("solvers", help="list placement solvers, one per line")
+    p = subparsers.add_parser(
+        "solvers",
+        help="list solvers, one per line (hit-ratio ones, then the delay ones not listed yet)",
+    )
+    p.add_argument(
+        "--objective", choices=("hit", "delay", "all"), default="all", help="default all"
+    )
     p.set_defaults(func=_run_solvers)
 
 
 def _run_solvers(args: argparse.Namespace) -> int:
-    del args
+    from controller.delay import DELAY_SOLVERS
     from controller.placement import SOLVERS
 
-    sys.stdout.write("".join(f"{name}\n" for name in SOLVERS))
+    names = {
+        "hit": list(SOLVERS),
+        "delay": list(DELAY_SOLVERS),
+        "all": list(dict.fromkeys([*SOLVERS, *DELAY_SOLVERS])),
+    }[args.objective]
+    sys.stdout.write("".join(f"{name}\n" for name in names))
     return 0
 
 
@@ -94,9 +124,16 @@ def _add_sim(subparsers: Subparsers) -> None:
         "DIR/sim_<sweep>.png (mean hit ratio over seeds, one line per solver).",
     )
     p.add_argument(
+        "--objective",
+        choices=("hit", "delay"),
+        default="hit",
+        help="hit: hit ratio (sim_<sweep>.*); delay: mean download delay (delay_<sweep>.*)",
+    )
+    p.add_argument(
         "--sweep",
         default="capacity",
-        help="comma list of capacity, users, servers, zipf, sharing, or all (default capacity)",
+        help="comma list of capacity, users, servers, zipf, sharing (delay also: cluster), "
+        "or all (default capacity)",
     )
     p.add_argument("--values", default=None, help="comma list of values (one sweep only)")
     p.add_argument("--solvers", default=None, help="comma list of solvers (default: all)")
@@ -109,11 +146,22 @@ def _add_sim(subparsers: Subparsers) -> None:
     p.add_argument("--capacity-gb", type=float, default=None, help="per server (default 0.6)")
     p.add_argument("--zipf", type=float, default=None, help="Zipf exponent (default 0.8)")
     p.add_argument("--sharing", type=float, default=None, help="frozen fraction (default 0.5)")
+    p.add_argument("--slots", type=int, default=None, help="delay: request slots (default 6)")
+    p.add_argument("--bandwidth-mhz", type=float, default=None, help="delay: downlink (default 20)")
+    p.add_argument(
+        "--archs",
+        default=None,
+        help="delay: comma list of model families, e.g. bert-base "
+        "(default resnet18,resnet50,vit-b16,bert-base)",
+    )
     p.set_defaults(func=_run_sim)
 
 
 def _run_sim(args: argparse.Namespace) -> int:
     import dataclasses
+
+    if args.objective == "delay":
+        return _run_sim_delay(args)
 
     from controller import sim
 
@@ -149,6 +197,68 @@ def _run_sim(args: argparse.Namespace) -> int:
             time_limit_s=args.time_limit_s,
         )
         csv_path, png_path = out / f"sim_{name}.csv", out / f"sim_{name}.png"
+        sim.write_csv(rows, csv_path)
+        sim.plot(rows, png_path)
+        sys.stdout.write(f"{csv_path}\n{png_path}\n")
+    return 0
+
+
+def _run_sim_delay(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from controller.delay import sim
+    from controller.delay.scenario import DelayScenario
+
+    sweeps = list(sim.DELAY_SWEEPS) if args.sweep == "all" else args.sweep.split(",")
+    for name in sweeps:
+        if name not in sim.DELAY_SWEEPS:
+            raise ValueError(
+                f"--sweep: unknown sweep {name!r}; choose from {', '.join(sim.DELAY_SWEEPS)}"
+            )
+    values = _parse_floats(args.values, "--values") if args.values else None
+    if values is not None and len(sweeps) != 1:
+        raise ValueError("--values needs exactly one --sweep")
+    base = DelayScenario()
+    if args.bandwidth_mhz is not None:
+        if not args.bandwidth_mhz > 0:
+            raise ValueError(f"--bandwidth-mhz: must be > 0, got {args.bandwidth_mhz}")
+        base = dataclasses.replace(
+            base, channel=dataclasses.replace(base.channel, bandwidth_hz=args.bandwidth_mhz * 1e6)
+        )
+    archs = None
+    if args.archs:
+        from controller.library import ARCHITECTURES
+
+        archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
+        for arch in archs:
+            if arch not in ARCHITECTURES:
+                raise ValueError(
+                    f"--archs: unknown architecture {arch!r};"
+                    f" choose from {', '.join(ARCHITECTURES)}"
+                )
+    overrides = {
+        "n_servers": args.servers,
+        "n_users": args.users,
+        "models_per_family": args.models_per_family,
+        "capacity_gb": args.capacity_gb,
+        "zipf_exponent": args.zipf,
+        "sharing": args.sharing,
+        "n_slots": args.slots,
+        "archs": archs,
+    }
+    base = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    solvers = args.solvers.split(",") if args.solvers else None
+    out = Path(args.out)
+    for name in sweeps:
+        rows = sim.run_delay_sweep(
+            name,
+            values=values,
+            base=base,
+            solvers=solvers,
+            seeds=_parse_seeds(args.seeds),
+            time_limit_s=args.time_limit_s,
+        )
+        csv_path, png_path = out / f"delay_{name}.csv", out / f"delay_{name}.png"
         sim.write_csv(rows, csv_path)
         sim.plot(rows, png_path)
         sys.stdout.write(f"{csv_path}\n{png_path}\n")

@@ -2,7 +2,8 @@
 
 The lifespan opens the node (block store, index rebuild, temp sweep), starts the background
 scrub, the repair worker and (with ``controller_url``) the heartbeat, and keeps everything on
-``app.state``: ``settings``, ``node``, ``plan_progress``, ``http_client``, ``metrics_registry``.
+``app.state``: ``settings``, ``node``, ``plan_progress``, ``http_client``, ``pull`` (Hub
+requests for what the node lacks), ``metrics_registry``.
 
 Errors: every ``TrimCacheError`` (the ``EdgeError`` tree and core's errors) becomes
 ``{"error": {"code", "message"}}`` with ``X-Error-Code``; anything else is a 500 ``internal``
@@ -23,12 +24,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import TrimCacheError
 from edge_node.api.routes import blocks, health, hf, models, plan, stats
+from edge_node.catalogue import Catalogue
 from edge_node.errors import RangeNotSatisfiableError, error_header_code
 from edge_node.heartbeat import Heartbeat
 from edge_node.ingest import PlanProgress, repair_fetcher
 from edge_node.link import LinkCounters, LinkEmulationMiddleware, make_bucket
 from edge_node.metrics import Counters, make_registry
 from edge_node.node import EdgeNode
+from edge_node.pull import PullThrough
 from edge_node.settings import Settings
 from edge_node.zerocopy import zerocopy_send
 
@@ -93,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
             follow_redirects=True,
         )
         node.repair_fetch = repair_fetcher(node, client)
+        pull = PullThrough(node, client, Catalogue(settings, client))
         progress = PlanProgress(
             version=node.plan_record.version,
             status="applied" if node.plan_record.version is not None else "idle",
@@ -101,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.node = node
         app.state.http_client = client
         app.state.plan_progress = progress
+        app.state.pull = pull
         app.state.metrics_registry = make_registry(node.stats)
         node.start()
         heartbeat = Heartbeat(node, client) if settings.controller_url else None
@@ -122,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if heartbeat is not None:
                 heartbeat.stop()
+            pull.close()
             node.stop()
             client.close()
 

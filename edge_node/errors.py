@@ -17,7 +17,9 @@ Hierarchy::
         │   ├── RevisionNotFoundError      EntryNotFound) because huggingface_hub maps those
         │   └── EntryNotFoundError         headers to its own exception classes
         ├── RangeNotSatisfiableError   416 range_not_satisfiable
-        └── UpstreamUnavailableError   502 upstream_unavailable (no peer nor origin delivered)
+        ├── UpstreamUnavailableError   502 upstream_unavailable (no peer nor origin delivered,
+        │                                  or the controller did not answer a catalogue lookup)
+        └── PullBufferBusyError        503 pull_buffer_busy (no room for pull-through in time)
 
 Every error response is ``{"error": {"code", "message"}}`` with an ``X-Error-Code`` header
 (docs/api.md "Errors").
@@ -95,3 +97,8 @@ def error_header_code(exc: TrimCacheError) -> str:
     if isinstance(exc, HubError) and exc.hub_code:
         return exc.hub_code
     return exc.code
+
+
+class PullBufferBusyError(EdgeError):
+    code = "pull_buffer_busy"
+    status_code = 503

@@ -1,9 +1,10 @@
-"""The Hugging Face Hub download API over the models a node holds, files rebuilt from blocks.
+"""The Hugging Face Hub download API: answers built from manifests, files rebuilt from blocks.
 
 ``huggingface_hub.snapshot_download(repo_id, endpoint=EDGE_URL)`` needs model info, the tree
 listing and ``resolve`` with HEAD/GET/Range; this module builds those answers from manifests.
 
-- Repo ids and revisions come from the manifests of complete models. A repo's commit id (``sha``)
+- Repo ids and revisions come from manifests: those the node holds, else the controller's
+  catalogue (:mod:`edge_node.pull` finds them and rebuilds the bytes). A repo's commit id (``sha``)
   is the manifest revision when that is a 40-hex commit (manifests built from the Hub or the
   testbed origin), else a stable 40-hex derived from the manifest id. ``main``, the manifest
   revision and the commit id all resolve.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.manifest import FileEntry, ModelManifest
@@ -29,13 +31,15 @@ from edge_node.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
-from edge_node.node import EdgeNode
 
 DEFAULT_BRANCH = "main"
 LFS_MIN_BYTES = 10 * 1024 * 1024
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".onnx", ".gguf")
 FIXED_TIMESTAMP = "2024-01-01T00:00:00.000Z"
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+
+#: Reads a whole (small) file of the repo being answered.
+ReadFile = Callable[[FileEntry], bytes]
 
 _git_oid_cache: dict[str, str] = {}
 _git_oid_lock = threading.Lock()
@@ -47,17 +51,26 @@ def commit_id(manifest: ModelManifest) -> str:
     return hashlib.sha1(manifest.manifest_id.encode(), usedforsecurity=False).hexdigest()
 
 
-def find_repo(node: EdgeNode, repo_id: str, revision: str = DEFAULT_BRANCH) -> ModelManifest:
-    """The complete held model with ``repo_id`` at ``revision`` (``main`` or its commit)."""
-    candidates = [m for m in node.complete_models() if m.repo_id == repo_id]
+def find_repo(
+    manifests: Sequence[ModelManifest],
+    repo_id: str,
+    revision: str = DEFAULT_BRANCH,
+    *,
+    where: str,
+) -> ModelManifest:
+    """The manifest with ``repo_id`` at ``revision`` (``main`` or its commit) among ``manifests``.
+
+    ``where`` names the place searched in the 404 messages (e.g. ``node edge-2``).
+    """
+    candidates = [m for m in manifests if m.repo_id == repo_id]
     if not candidates:
-        raise RepoNotFoundError(f"repository {repo_id!r} not found on node {node.node_id}")
+        raise RepoNotFoundError(f"repository {repo_id!r} not found on {where}")
     if revision == DEFAULT_BRANCH:
         return candidates[0]
     for manifest in candidates:
         if revision in (manifest.revision, commit_id(manifest)):
             return manifest
-    raise RevisionNotFoundError(f"revision {revision!r} not found in {repo_id!r}")
+    raise RevisionNotFoundError(f"revision {revision!r} not found in {repo_id!r} on {where}")
 
 
 def find_file(manifest: ModelManifest, path: str) -> FileEntry:
@@ -84,20 +97,20 @@ def _git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
-def git_oid(node: EdgeNode, entry: FileEntry) -> str:
+def git_oid(entry: FileEntry, read: ReadFile) -> str:
+    """The git blob sha1 of a file; small files are read (once per content) with ``read``."""
     if _is_lfs(entry):
         return _git_blob_sha1(_lfs_pointer(entry))
     with _git_oid_lock:
         cached = _git_oid_cache.get(entry.sha256)
     if cached is None:
-        data = b"".join(node.iter_file(entry, 0, entry.size))
-        cached = _git_blob_sha1(data)
+        cached = _git_blob_sha1(read(entry))
         with _git_oid_lock:
             _git_oid_cache[entry.sha256] = cached
     return cached
 
 
-def model_info(node: EdgeNode, manifest: ModelManifest) -> dict[str, Any]:
+def model_info(manifest: ModelManifest, read: ReadFile) -> dict[str, Any]:
     org, _, _name = manifest.repo_id.partition("/")
     commit = commit_id(manifest)
     siblings = []
@@ -105,7 +118,7 @@ def model_info(node: EdgeNode, manifest: ModelManifest) -> dict[str, Any]:
         sibling: dict[str, Any] = {
             "rfilename": entry.path,
             "size": entry.size,
-            "blobId": git_oid(node, entry),
+            "blobId": git_oid(entry, read),
         }
         if _is_lfs(entry):
             sibling["lfs"] = {
@@ -133,10 +146,10 @@ def model_info(node: EdgeNode, manifest: ModelManifest) -> dict[str, Any]:
     }
 
 
-def _tree_entry(node: EdgeNode, entry: FileEntry) -> dict[str, Any]:
+def _tree_entry(entry: FileEntry, read: ReadFile) -> dict[str, Any]:
     out: dict[str, Any] = {
         "type": "file",
-        "oid": git_oid(node, entry),
+        "oid": git_oid(entry, read),
         "size": entry.size,
         "path": entry.path,
     }
@@ -150,14 +163,14 @@ def _tree_entry(node: EdgeNode, entry: FileEntry) -> dict[str, Any]:
 
 
 def tree(
-    node: EdgeNode, manifest: ModelManifest, prefix: str, *, recursive: bool
+    manifest: ModelManifest, prefix: str, *, recursive: bool, read: ReadFile
 ) -> list[dict[str, Any]]:
     """Entries under ``prefix`` (files, then directories), like the Hub's tree API."""
     prefix = prefix.strip("/")
     base = f"{prefix}/" if prefix else ""
     paths = {e.path: e for e in manifest.files}
     if prefix and prefix in paths:
-        return [_tree_entry(node, paths[prefix])]
+        return [_tree_entry(paths[prefix], read)]
     entries: list[dict[str, Any]] = []
     dirs: set[str] = set()
     for path in sorted(paths):
@@ -168,7 +181,7 @@ def tree(
             if recursive or depth == 1:
                 dirs.add(base + "/".join(parts[:depth]))
         if recursive or len(parts) == 1:
-            entries.append(_tree_entry(node, paths[path]))
+            entries.append(_tree_entry(paths[path], read))
     if prefix and not entries and not dirs:
         raise EntryNotFoundError(f"{prefix!r} not found in {manifest.repo_id!r}")
     for d in sorted(dirs):

@@ -39,6 +39,7 @@ from huggingface_hub import hf_hub_url
 from core.digest import BlockId
 from core.errors import DigestMismatchError, StoreFullError
 from core.manifest import ModelManifest
+from core.store import BlockStore
 from edge_node.errors import UpstreamUnavailableError
 from edge_node.node import EdgeNode, PlanRecord
 
@@ -134,7 +135,9 @@ class _Body:
 
 
 @dataclass(frozen=True, slots=True)
-class _Located:
+class Located:
+    """Where the origin has a block: bytes ``[offset, offset + size)`` of one repo file."""
+
     block_id: BlockId
     size: int
     repo_id: str
@@ -144,33 +147,44 @@ class _Located:
 
 
 class Fetcher:
-    """Moves blocks from peers or the origin into a node's store, verifying each one."""
+    """Moves blocks from peers or the origin into a store, verifying each one.
+
+    The store is the node's own (plans, repairs: stored blocks become trusted and count as
+    ingested) unless ``store`` names another one (the pull-through buffer, edge_node.pull).
+    """
 
     def __init__(
         self,
         node: EdgeNode,
         client: httpx.Client,
         *,
+        store: BlockStore | None = None,
         on_stored: Callable[[str, BlockId, int], None] | None = None,
     ) -> None:
         self.node = node
         self.client = client
+        self.store = node.store if store is None else store
         self._on_stored = on_stored
 
+    @property
+    def into_node(self) -> bool:
+        return self.store is self.node.store
+
     def _stored(self, source: str, block_id: BlockId, size: int) -> None:
-        self.node.mark_trusted(block_id)
-        self.node.counters.add_ingested(source, size)
+        if self.into_node:
+            self.node.mark_trusted(block_id)
+            self.node.counters.add_ingested(source, size)
         if self._on_stored is not None:
             self._on_stored(source, block_id, size)
 
     def _store_from(self, body: _Body, block_id: BlockId, size: int) -> bool:
         """Store one block from ``body``; False (and the body still aligned) on a bad digest."""
-        if self.node.store.has(block_id):
+        if self.store.has(block_id):
             for _ in body.take(size):
                 pass
             return False
         try:
-            self.node.store.put_stream(body.take(size), block_id=block_id, size=size)
+            self.store.put_stream(body.take(size), block_id=block_id, size=size)
         except DigestMismatchError as exc:
             logger.warning("rejected block_id=%s: %s", block_id, exc)
             return False
@@ -205,7 +219,7 @@ class Fetcher:
             logger.warning("peer %s failed mid-transfer: %s", peer_url, exc)
         return stored
 
-    def from_origin(self, origin_url: str, run: Sequence[_Located]) -> set[BlockId]:
+    def from_origin(self, origin_url: str, run: Sequence[Located]) -> set[BlockId]:
         """Fetch a run of adjacent blocks of one file with one Range read."""
         stored: set[BlockId] = set()
         first, last = run[0], run[-1]
@@ -232,13 +246,14 @@ class Fetcher:
         return stored
 
 
-def _locate(manifests: Sequence[ModelManifest]) -> dict[BlockId, _Located]:
-    where: dict[BlockId, _Located] = {}
+def locate_blocks(manifests: Sequence[ModelManifest]) -> dict[BlockId, Located]:
+    """Every block of ``manifests`` with its first place in their files."""
+    where: dict[BlockId, Located] = {}
     for manifest in manifests:
         for block_id, (path, offset, length) in manifest.locate().items():
             where.setdefault(
                 block_id,
-                _Located(block_id, length, manifest.repo_id, manifest.revision, path, offset),
+                Located(block_id, length, manifest.repo_id, manifest.revision, path, offset),
             )
     return where
 
@@ -258,15 +273,15 @@ def _peer_batches(
         yield batch
 
 
-def _origin_runs(located: Sequence[_Located]) -> list[list[_Located]]:
+def _origin_runs(located: Sequence[Located]) -> list[list[Located]]:
     """Group blocks by file and coalesce adjacent ones (bounded by MAX_REQUEST_BYTES)."""
-    by_file: dict[tuple[str, str, str], list[_Located]] = {}
+    by_file: dict[tuple[str, str, str], list[Located]] = {}
     for loc in located:
         by_file.setdefault((loc.repo_id, loc.revision, loc.path), []).append(loc)
-    runs: list[list[_Located]] = []
+    runs: list[list[Located]] = []
     for locs in by_file.values():
         locs.sort(key=lambda x: x.offset)
-        run: list[_Located] = []
+        run: list[Located] = []
         run_bytes = 0
         for loc in locs:
             adjacent = run and run[-1].offset + run[-1].size == loc.offset
@@ -286,7 +301,7 @@ def fetch_blocks(
     fetcher: Fetcher,
     missing: Mapping[BlockId, int],
     *,
-    located: Mapping[BlockId, _Located],
+    located: Mapping[BlockId, Located],
     peers: Mapping[BlockId, Sequence[str]],
     origin_url: str | None,
     workers: int,
@@ -294,8 +309,9 @@ def fetch_blocks(
     """Fetch ``missing`` (peers rank by rank, then the origin); return the ids still missing."""
     remaining = dict(missing)
     for block_id in [b for b, size in remaining.items() if size == 0]:
-        fetcher.node.store.put(b"", block_id)  # an empty tensor needs no transfer
-        fetcher.node.mark_trusted(block_id)
+        fetcher.store.put(b"", block_id)  # an empty tensor needs no transfer
+        if fetcher.into_node:
+            fetcher.node.mark_trusted(block_id)
         del remaining[block_id]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-fetch") as pool:
         rank = 0
@@ -327,7 +343,7 @@ def fetch_blocks(
                 for block_id in job.result():
                     remaining.pop(block_id, None)
     # Blocks that arrived through another path meanwhile (e.g. a repair) count as present.
-    return {b for b in remaining if not fetcher.node.store.has(b)}
+    return {b for b in remaining if not fetcher.store.has(b)}
 
 
 def apply_plan(
@@ -398,7 +414,7 @@ def _apply_locked(
     still_missing = fetch_blocks(
         fetcher,
         missing,
-        located=_locate(plan.manifests),
+        located=locate_blocks(plan.manifests),
         peers=plan.peers,
         origin_url=origin_url,
         workers=node.settings.fetch_workers,
@@ -468,7 +484,7 @@ def repair_fetcher(node: EdgeNode, client: httpx.Client) -> Callable[[BlockId], 
 
     def fetch(block_id: BlockId) -> bool:
         manifests = node.manifests()
-        located = _locate(manifests)
+        located = locate_blocks(manifests)
         if block_id not in located:
             return False
         record = node.plan_record

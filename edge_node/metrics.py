@@ -30,6 +30,8 @@ class Counters:
         self.bytes_ingested_by_source: dict[str, int] = {}
         self.corrupt_blocks = 0
         self.repaired_blocks = 0
+        self.bytes_pulled_by_source: dict[str, int] = {}
+        self.bytes_pulled_kept = 0
 
     def add_request(self, *, status_code: int) -> None:
         with self._lock:
@@ -59,6 +61,17 @@ class Counters:
                 self.bytes_ingested_by_source.get(source, 0) + nbytes
             )
 
+    def add_pulled(self, source: str, nbytes: int) -> None:
+        """Block bytes fetched for a Hub request (pull-through), by source."""
+        with self._lock:
+            self.bytes_pulled_by_source[source] = (
+                self.bytes_pulled_by_source.get(source, 0) + nbytes
+            )
+
+    def add_pulled_kept(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_pulled_kept += nbytes
+
     def add_corrupt(self) -> None:
         with self._lock:
             self.corrupt_blocks += 1
@@ -79,6 +92,8 @@ class Counters:
                 "bytes_ingested_by_source": dict(sorted(self.bytes_ingested_by_source.items())),
                 "corrupt_blocks": self.corrupt_blocks,
                 "repaired_blocks": self.repaired_blocks,
+                "bytes_pulled_by_source": dict(sorted(self.bytes_pulled_by_source.items())),
+                "bytes_pulled_kept": self.bytes_pulled_kept,
             }
 
 
@@ -124,6 +139,12 @@ class NodeCollector(Collector):
         for source, nbytes in s["bytes_ingested_by_source"].items():
             ingested.add_metric([node, source], nbytes)
         yield ingested
+        pulled = CounterMetricFamily(
+            "edge_pulled_bytes", "Block bytes pulled for Hub requests", labels=["node_id", "source"]
+        )
+        for source, nbytes in s["bytes_pulled_by_source"].items():
+            pulled.add_metric([node, source], nbytes)
+        yield pulled
         by_code = CounterMetricFamily(
             "edge_error_codes", "Error responses by error code", labels=["node_id", "code"]
         )

@@ -47,7 +47,7 @@ from core.store import BlockStore
 from edge_node.errors import ModelNotFoundError
 from edge_node.metrics import Counters
 from edge_node.settings import Settings
-from edge_node.zerocopy import FileSlice, Piece, pieces_to_bytes
+from edge_node.zerocopy import FileSlice, Piece
 
 logger = logging.getLogger(__name__)
 
@@ -356,18 +356,6 @@ class EdgeNode:
     def file_pieces(self, entry: FileEntry, start: int, end: int) -> Iterator[Piece]:
         """Bytes ``[start, end)`` of a model file rebuilt from its header and blocks."""
         return iter_file_range(entry, start, end, self.block_pieces)
-
-    def iter_file(self, entry: FileEntry, start: int, end: int) -> Iterator[bytes]:
-        return pieces_to_bytes(self.file_pieces(entry, start, end))
-
-    def ensure_file_servable(self, entry: FileEntry, start: int, end: int) -> None:
-        """Check presence/trust of the blocks that ``[start, end)`` of a file covers."""
-        needed = [
-            b.block_id
-            for b in entry.blocks
-            if b.length and b.offset < end and b.offset + b.length > start
-        ]
-        self.ensure_servable(sorted(set(needed)))
 
     # -- repair --------------------------------------------------------------------------
     def schedule_repair(self, block_id: BlockId) -> None:

@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     stream_verify: bool = False
     #: fsync block writes (off only for throwaway nodes in benchmarks).
     durable: bool = True
+    #: Pull-through (edge_node.pull): bytes of blocks pulled for Hub requests and not placed
+    #: here, held only while a response uses them (outside ``capacity_bytes``).
+    pull_buffer_bytes: int = Field(default=256 << 20, ge=0)
+    #: Missing bytes fetched per step of one response (the next step is fetched meanwhile).
+    pull_window_bytes: int = Field(default=32 << 20, gt=0)
+    #: How long catalogue lookups and routes from the controller are reused.
+    catalogue_ttl_s: float = Field(default=5.0, ge=0)
+    controller_timeout_s: float = Field(default=5.0, gt=0)
 
     @field_validator("origin_url", "controller_url", "public_url")
     @classmethod

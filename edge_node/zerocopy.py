@@ -61,6 +61,11 @@ class FileSlice:
 Piece = bytes | FileSlice
 
 
+class ResponseCutShortError(OSError):
+    """A body's source failed after the status line went out: the response ends early (the
+    client sees fewer bytes than ``Content-Length``), logged as a warning, not a traceback."""
+
+
 def _piece_size(piece: Piece) -> int:
     # Preparing a FileSlice only opens a file: let one read-ahead hop gather many of them.
     return 0 if isinstance(piece, FileSlice) else len(piece)
@@ -210,6 +215,9 @@ class PiecesResponse(Response):
                     n = len(piece)
                 if self.on_bytes is not None:
                     self.on_bytes(n)
+        except ResponseCutShortError as exc:
+            logger.warning("response cut short: %s", exc)
+            return
         except OSError as exc:
             logger.info("client disconnected mid-response: %s", exc)
             return

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from edge_node.errors import UnauthorizedError
 from edge_node.ingest import PlanProgress
 from edge_node.node import EdgeNode
+from edge_node.pull import PullThrough
 from edge_node.settings import Settings
 
 
@@ -27,6 +28,11 @@ def get_node(request: Request) -> EdgeNode:
 def get_progress(request: Request) -> PlanProgress:
     progress: PlanProgress = request.app.state.plan_progress
     return progress
+
+
+def get_pull(request: Request) -> PullThrough:
+    pull: PullThrough = request.app.state.pull
+    return pull
 
 
 def get_http_client(request: Request) -> httpx.Client:
@@ -47,5 +53,6 @@ def require_token(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 NodeDep = Annotated[EdgeNode, Depends(get_node)]
 ProgressDep = Annotated[PlanProgress, Depends(get_progress)]
+PullDep = Annotated[PullThrough, Depends(get_pull)]
 HttpClientDep = Annotated[httpx.Client, Depends(get_http_client)]
 AuthDep = Depends(require_token)

@@ -78,6 +78,30 @@ def test_catalogue_bad_repos_leave_it_unchanged(client: TestClient, redis_url: s
         assert [m["model_id"] for m in other.get("/v1/models").json()["models"]] == ["tiny-a"]
 
 
+def test_catalogue_lookup_by_repo_id(client: TestClient) -> None:
+    """``GET /v1/models?repo_id=&revision=``: how an edge finds the manifest of a Hub request."""
+    a = add(client, "tiny-a").json()
+    pinned = add(client, "tiny-a-pinned", "mini/tiny-a", revision=a["revision"]).json()
+    add(client, "tiny-b")
+
+    def ids(**params: str) -> list[str]:
+        r = client.get("/v1/models", params=params)
+        assert r.status_code == 200, r.text
+        return [m["model_id"] for m in r.json()["models"]]
+
+    assert ids(repo_id="mini/tiny-a") == ["tiny-a", "tiny-a-pinned"]
+    assert ids(repo_id="mini/tiny-a", revision="main") == ["tiny-a"]
+    assert ids(repo_id="mini/tiny-a", revision=a["revision"]) == ["tiny-a", "tiny-a-pinned"]
+    assert ids(repo_id="mini/tiny-a", revision="0" * 40) == []
+    assert ids(repo_id="mini/nope") == []
+    # Only entries pinned to a commit: ``main`` still finds one of them.
+    client.delete("/v1/models/tiny-a")
+    assert ids(repo_id="mini/tiny-a", revision="main") == ["tiny-a-pinned"]
+    assert pinned["revision"] == a["revision"]
+    assert_error(client.get("/v1/models", params={"revision": "main"}), 400, "invalid_request")
+    assert client.get("/v1/models", params={"repo_id": ""}).status_code == 422
+
+
 def heartbeat(client: TestClient, node_id: str, token: str | None = TOKEN, **body):
     doc = {"url": f"http://{node_id}.test:8001", "capacity_bytes": 10**9, "position": [0, 0]}
     doc.update(body)

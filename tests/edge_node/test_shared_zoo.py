@@ -18,7 +18,8 @@ from tests.edge_node.conftest import AUTH, plan_body
 from tests.helpers import live_server
 
 MODELS = ("bert-sst2", "bert-spam", "minilm-lora-topic")
-_PREDICT = """
+#: Loads and runs bert-sst2 with unmodified transformers (HF_ENDPOINT picks the server).
+PREDICT_SCRIPT = """
 import json
 from transformers import pipeline
 classify = pipeline("text-classification", model="trimcache-zoo/bert-sst2")
@@ -96,7 +97,11 @@ def test_shared_zoo_origin_then_peer_then_snapshot(zoo_dir: Path, edge_factory, 
             "TRANSFORMERS_VERBOSITY": "error",
         }
         result = subprocess.run(
-            [sys.executable, "-c", _PREDICT], env=env, capture_output=True, text=True, timeout=300
+            [sys.executable, "-c", PREDICT_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert json.loads(result.stdout.strip().splitlines()[-1]) == ["positive", "negative"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from controller.api.deps import MetricsDep, SettingsDep, StateDep
-from controller.errors import ControllerError, ModelNotFoundError
+from controller.errors import ControllerError, InvalidRequestError, ModelNotFoundError
 from controller.indexer import index_model
 from controller.state import CatalogueEntry
 
@@ -63,9 +63,33 @@ def add_model(
     return JSONResponse(entry.summary(), status_code=201)
 
 
+def match_revision(entries: list[CatalogueEntry], revision: str) -> list[CatalogueEntry]:
+    """Entries of one repo that answer ``revision``, best first.
+
+    A revision matches an entry's resolved commit or the revision it was requested at. ``main``
+    with no entry requested at ``main`` falls back to every entry of the repo: the catalogue's
+    revisions are the only ones this system serves, so the default branch means one of them.
+    """
+    exact = [e for e in entries if revision in (e.revision, e.requested_revision)]
+    if exact or revision != "main":
+        return exact
+    return entries
+
+
 @router.get("/v1/models")
-def list_models(state: StateDep) -> dict[str, Any]:
-    return {"models": [e.summary() for e in state.list_models()]}
+def list_models(
+    state: StateDep,
+    repo_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    revision: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> dict[str, Any]:
+    entries = state.list_models()
+    if repo_id is not None:
+        entries = [e for e in entries if e.repo_id == repo_id]
+        if revision is not None:
+            entries = match_revision(entries, revision)
+    elif revision is not None:
+        raise InvalidRequestError("revision filters need repo_id")
+    return {"models": [e.summary() for e in entries]}
 
 
 @router.get("/v1/models/{model_id}")

@@ -1,52 +1,65 @@
-"""The Hugging Face Hub download API (model info, tree, resolve) for the models held."""
+"""The Hugging Face Hub download API (model info, tree, resolve) for every catalogued model.
+
+Held models are answered from the node's manifests and blocks; others from the controller's
+catalogue, their blocks pulled through (edge_node.pull).
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
-from edge_node.api.deps import NodeDep
+from edge_node.api.deps import NodeDep, PullDep
 from edge_node.api.routes._body import pieces_response
-from edge_node.hub import file_headers, find_file, find_repo, model_info, parse_range, tree
+from edge_node.hub import file_headers, find_file, model_info, parse_range, tree
+from edge_node.pull import PullThrough, ServedRepo
 
 router = APIRouter(tags=["hub"])
 
 
+def _reader(pull: PullThrough, repo: ServedRepo) -> Any:
+    return partial(pull.read_file, repo)
+
+
 @router.get("/api/models")
-def list_repos(node: NodeDep) -> list[dict[str, Any]]:
-    repos = sorted({m.repo_id for m in node.complete_models()})
-    return [{"id": r, "modelId": r} for r in repos]
+def list_repos(pull: PullDep) -> list[dict[str, Any]]:
+    return [{"id": r, "modelId": r} for r in pull.repo_ids()]
 
 
 @router.get("/api/models/{org}/{name}")
-def get_model_info(org: str, name: str, node: NodeDep) -> dict[str, Any]:
-    return model_info(node, find_repo(node, f"{org}/{name}"))
+def get_model_info(org: str, name: str, pull: PullDep) -> dict[str, Any]:
+    repo = pull.find_repo(f"{org}/{name}")
+    return model_info(repo.manifest, _reader(pull, repo))
 
 
 @router.get("/api/models/{org}/{name}/revision/{revision:path}")
-def get_model_info_at(org: str, name: str, revision: str, node: NodeDep) -> dict[str, Any]:
-    return model_info(node, find_repo(node, f"{org}/{name}", revision))
+def get_model_info_at(org: str, name: str, revision: str, pull: PullDep) -> dict[str, Any]:
+    repo = pull.find_repo(f"{org}/{name}", revision)
+    return model_info(repo.manifest, _reader(pull, repo))
 
 
 @router.get("/api/models/{org}/{name}/tree/{revision}")
 def get_tree_root(
-    org: str, name: str, revision: str, node: NodeDep, recursive: bool = False
+    org: str, name: str, revision: str, pull: PullDep, recursive: bool = False
 ) -> list[dict[str, Any]]:
-    return tree(node, find_repo(node, f"{org}/{name}", revision), "", recursive=recursive)
+    repo = pull.find_repo(f"{org}/{name}", revision)
+    return tree(repo.manifest, "", recursive=recursive, read=_reader(pull, repo))
 
 
 @router.get("/api/models/{org}/{name}/tree/{revision}/{path:path}")
 def get_tree_path(
-    org: str, name: str, revision: str, path: str, node: NodeDep, recursive: bool = False
+    org: str, name: str, revision: str, path: str, pull: PullDep, recursive: bool = False
 ) -> list[dict[str, Any]]:
-    return tree(node, find_repo(node, f"{org}/{name}", revision), path, recursive=recursive)
+    repo = pull.find_repo(f"{org}/{name}", revision)
+    return tree(repo.manifest, path, recursive=recursive, read=_reader(pull, repo))
 
 
 @router.head("/{org}/{name}/resolve/{revision}/{path:path}")
-def resolve_head(org: str, name: str, revision: str, path: str, node: NodeDep) -> Response:
-    manifest = find_repo(node, f"{org}/{name}", revision)
+def resolve_head(org: str, name: str, revision: str, path: str, pull: PullDep) -> Response:
+    manifest = pull.find_repo(f"{org}/{name}", revision).manifest
     entry = find_file(manifest, path)
     headers = file_headers(manifest, entry)
     headers["Content-Length"] = str(entry.size)
@@ -60,11 +73,12 @@ def resolve_get(
     revision: str,
     path: str,
     node: NodeDep,
+    pull: PullDep,
     range_header: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
-    manifest = find_repo(node, f"{org}/{name}", revision)
-    entry = find_file(manifest, path)
-    headers = file_headers(manifest, entry)
+    repo = pull.find_repo(f"{org}/{name}", revision)
+    entry = find_file(repo.manifest, path)
+    headers = file_headers(repo.manifest, entry)
     span = parse_range(range_header, entry.size)
     start, end = span or (0, entry.size)
     status = 200
@@ -72,6 +86,5 @@ def resolve_get(
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
     headers["Content-Length"] = str(end - start)
-    node.ensure_file_servable(entry, start, end)
-    pieces = node.file_pieces(entry, start, end)
+    pieces = pull.file_pieces(repo, entry, start, end)
     return pieces_response(node, pieces, status_code=status, headers=headers)

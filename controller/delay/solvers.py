@@ -1,0 +1,456 @@
+"""Classical delay solvers: ``coarse``, ``fine-unicast``, ``trimcaching-gen``,
+``delay-greedy`` and ``optimal`` (pure functions problem -> :class:`DelayResult`).
+
+Each solver fixes a granularity (what a node stores: PBs or whole models) and a delivery rule
+(CoMP broadcast or unicast), chooses a placement within every node's capacity, and reports
+the delay :func:`make_delay_result` computes with :func:`~controller.delay.model.evaluate_delay`'s
+code, so "reported == evaluate_delay()" holds by construction (and is tested).
+
+- ``delay-greedy`` (block, broadcast): repeatedly add the (node, candidate) pair with the
+  largest *marginal reduction of the mean delay per marginal byte*, where a candidate is one
+  PB or one requested model's PBs (PBs the node holds already cost nothing); the delay is
+  evaluated with broadcast, so a PB that many users of a slot share gains for all of them at
+  once. Lazy evaluation (CELF): a pair's last computed gain is kept as its key; the popped pair is
+  re-evaluated and taken when its fresh ratio is still >= the next key. Unlike coverage, the
+  delay reduction is not submodular (a second holder adds SNR, a schedule can reorder), so
+  lazy evaluation is a heuristic here, not a proof of picking the eager maximum; a re-
+  evaluation only touches the slots that request the PB. It stops when no pair fits or
+  reduces the delay. On small instances (at most :data:`MAX_ENUMERATED_PICKS` pairs) it is
+  also rerun from every pair as its forced first pick and the best run is kept.
+- ``fine-unicast`` (block, unicast) and ``coarse`` (model, unicast: the paper's whole-model
+  baseline) run the same greedy under their own rules, so each baseline gets its best effort.
+- ``trimcaching-gen`` runs the first system's hit-ratio greedy
+  (:func:`controller.placement.greedy.solve`) on the matching placement problem (requests =
+  the slots' empirical frequencies, every covering node reaches every model) and evaluates the
+  placement on delay (block, broadcast).
+- ``optimal`` enumerates every capacity-feasible placement of the requested units (tiny
+  instances only; :class:`InstanceTooLargeError` beyond :data:`MAX_PLACEMENTS`) and keeps the
+  lowest mean delay, ties to the first in enumeration order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Collection, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from controller.delay.model import DelayInstance
+from controller.delay.problem import (
+    DelayProblem,
+    DelayResult,
+    Delivery,
+    Granularity,
+    NodeHolding,
+)
+from controller.placement.problem import Status
+
+# Up to this many (node, candidate) pairs the greedy is also rerun from every pair as its
+# forced first pick (partial enumeration, as trimcaching-gen does) and the best run is kept.
+MAX_ENUMERATED_PICKS = 64
+
+# `optimal` refuses instances with more capacity-feasible joint placements than this.
+MAX_PLACEMENTS = 200_000
+
+
+class InstanceTooLargeError(ValueError):
+    """``optimal`` was given more joint placements than it enumerates."""
+
+
+def make_delay_result(
+    instance: DelayInstance,
+    placement: Mapping[str, Collection[str]],
+    *,
+    solver: str,
+    delivery: Delivery,
+    status: Status = "feasible",
+    solve_seconds: float = 0.0,
+    info: Mapping[str, Any] | None = None,
+) -> DelayResult:
+    """Build a result whose ``delay`` is the instance's evaluation of ``placement``."""
+    problem = instance.problem
+    stats = instance.evaluate(placement, delivery=delivery)
+    order = {u: i for i, u in enumerate(instance.unit_bytes)}
+    frozen: dict[str, tuple[str, ...]] = {}
+    servers: dict[str, NodeHolding] = {}
+    for node_id in problem.servers:
+        held = sorted(set(placement.get(node_id, ())), key=order.__getitem__)
+        frozen[node_id] = tuple(held)
+        if instance.granularity == "model":
+            blocks = {b for m in held for b in problem.models[m]}
+            servers[node_id] = NodeHolding(
+                models=tuple(held),
+                blocks=tuple(b for b in problem.blocks if b in blocks),
+                used_bytes=instance.used_bytes(held),
+            )
+        else:
+            have = set(held)
+            servers[node_id] = NodeHolding(
+                models=tuple(m for m, ids in problem.models.items() if have.issuperset(ids)),
+                blocks=tuple(held),
+                used_bytes=instance.used_bytes(held),
+            )
+    return DelayResult(
+        solver=solver,
+        granularity=instance.granularity,
+        delivery=delivery,
+        placement=MappingProxyType(frozen),
+        servers=MappingProxyType(servers),
+        delay=stats,
+        status=status,
+        solve_seconds=solve_seconds,
+        info=MappingProxyType(dict(info or {})),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# delay-greedy and its unicast / whole-model variants
+
+
+class _Evaluator:
+    """Incremental sum of D_u over all requests: a change of unit b re-runs b's slots only."""
+
+    def __init__(self, instance: DelayInstance, delivery: Delivery) -> None:
+        self.instance = instance
+        self.delivery = delivery
+        self.holders: dict[str, frozenset[str]] = {}
+        self.slot_sum = [
+            sum(instance.slot_delays(t, self.holders, delivery).values())
+            for t in range(len(instance.slots))
+        ]
+
+    def total(self) -> float:
+        return sum(self.slot_sum)
+
+    def _sums_with(self, unit: str, holders: Mapping[str, frozenset[str]]) -> dict[int, float]:
+        return {
+            t: sum(self.instance.slot_delays(t, holders, self.delivery).values())
+            for t in self.instance.slots_of_unit.get(unit, ())
+        }
+
+    def gain(self, node_id: str, units: Collection[str]) -> float:
+        """Reduction of the summed delay if ``node_id`` also held ``units``."""
+        trial = dict(self.holders)
+        slots: set[int] = set()
+        for unit in units:
+            trial[unit] = self.holders.get(unit, frozenset()) | {node_id}
+            slots.update(self.instance.slots_of_unit.get(unit, ()))
+        total = 0.0
+        for t in sorted(slots):
+            new = sum(self.instance.slot_delays(t, trial, self.delivery).values())
+            total += self.slot_sum[t] - new
+        return total
+
+    def add(self, node_id: str, unit: str) -> None:
+        self.holders[unit] = self.holders.get(unit, frozenset()) | {node_id}
+        for t, s in self._sums_with(unit, self.holders).items():
+            self.slot_sum[t] = s
+
+
+def greedy_placement(
+    instance: DelayInstance, *, delivery: Delivery, first: tuple[str, int] | None = None
+) -> tuple[dict[str, list[str]], int]:
+    """Lazy greedy on marginal delay reduction per marginal byte (see module docstring).
+
+    Candidates per node: every requested unit alone, and every requested model's units as one
+    bundle (a PB often gains nothing until the rest of its model is also near, because the
+    slowest PB sets the user's delay). A candidate's cost is the bytes of its units the node
+    does not hold yet; when a node takes units, its candidates that contain them are pushed
+    again with their lower cost.
+
+    ``first`` = (node, candidate index) forces the first pick (partial enumeration).
+
+    Returns:
+        (node id -> units in the order added, number of gain evaluations).
+    """
+    problem = instance.problem
+    ev = _Evaluator(instance, delivery)
+    free = {n: problem.servers[n].capacity for n in instance.nodes}
+    held: dict[str, set[str]] = {n: set() for n in instance.nodes}
+    placement: dict[str, list[str]] = {n: [] for n in instance.nodes}
+    order = {u: i for i, u in enumerate(instance.unit_bytes)}
+    bundles: list[tuple[str, ...]] = []
+    for unit in instance.unit_bytes:
+        if unit in instance.slots_of_unit:
+            bundles.append((unit,))
+    requested_models = {m for slot in problem.slots for m in slot.values()}
+    for model_id, model_units in instance.model_units.items():
+        bundle = tuple(sorted(set(model_units), key=order.__getitem__))
+        if model_id in requested_models and len(bundle) > 1 and bundle not in bundles:
+            bundles.append(bundle)
+    containing: dict[str, list[int]] = {}
+    for c, bundle in enumerate(bundles):
+        for unit in bundle:
+            containing.setdefault(unit, []).append(c)
+
+    def missing(node_id: str, c: int) -> tuple[list[str], int]:
+        units = [u for u in bundles[c] if u not in held[node_id]]
+        return units, sum(instance.unit_bytes[u] for u in units)
+
+    heap: list[tuple[float, int, str, int]] = []  # (-ratio, tie index, node, bundle)
+    evaluations = 0
+    ties = {n: i * len(bundles) for i, n in enumerate(instance.nodes)}
+    for node_id in instance.nodes:
+        for c in range(len(bundles)):
+            units, cost = missing(node_id, c)
+            if cost > free[node_id]:
+                continue
+            g = ev.gain(node_id, units)
+            evaluations += 1
+            if g > 0:
+                heap.append((-g / max(cost, 1), ties[node_id] + c, node_id, c))
+    heapq.heapify(heap)
+    if first is not None:
+        heapq.heappush(heap, (-math.inf, -1, first[0], first[1]))  # popped first
+    while heap:
+        _key, tie, node_id, c = heapq.heappop(heap)
+        units, cost = missing(node_id, c)
+        if not units or cost > free[node_id]:
+            continue  # done, or capacity only shrinks: never feasible again
+        g = ev.gain(node_id, units)
+        evaluations += 1
+        if g <= 0:
+            continue
+        ratio = math.inf if tie == -1 else g / max(cost, 1)
+        if heap and ratio < -heap[0][0]:
+            heapq.heappush(heap, (-ratio, tie, node_id, c))
+            continue
+        for unit in units:
+            ev.add(node_id, unit)
+            held[node_id].add(unit)
+            placement[node_id].append(unit)
+        free[node_id] -= cost
+        # Cost drops: bundles sharing the new units are cheaper now; re-key them.
+        for other in sorted({o for u in units for o in containing.get(u, ()) if o != c}):
+            rest, new_cost = missing(node_id, other)
+            if rest and new_cost <= free[node_id]:
+                g = ev.gain(node_id, rest)
+                evaluations += 1
+                if g > 0:
+                    heapq.heappush(
+                        heap, (-g / max(new_cost, 1), ties[node_id] + other, node_id, other)
+                    )
+    return placement, evaluations
+
+
+def candidate_count(instance: DelayInstance) -> int:
+    """The number of candidates per node of :func:`greedy_placement`."""
+    singles = sum(1 for u in instance.unit_bytes if u in instance.slots_of_unit)
+    requested = {m for slot in instance.problem.slots for m in slot.values()}
+    bundles = {
+        tuple(sorted(set(instance.model_units[m])))
+        for m in requested
+        if len(set(instance.model_units[m])) > 1
+    }
+    return singles + len(bundles)
+
+
+def best_greedy_placement(
+    instance: DelayInstance, *, delivery: Delivery
+) -> tuple[dict[str, list[str]], int]:
+    """The greedy, plus on small instances the greedy from every forced first pick; the
+    placement with the lowest mean delay wins (ties: the plain greedy, then pick order)."""
+    placement, evaluations = greedy_placement(instance, delivery=delivery)
+    per_node = candidate_count(instance)
+    if per_node * len(instance.nodes) > MAX_ENUMERATED_PICKS:
+        return placement, evaluations
+    best_mean = instance.evaluate(placement, delivery=delivery).mean_s
+    for node_id in instance.nodes:
+        for c in range(per_node):
+            trial, n_eval = greedy_placement(instance, delivery=delivery, first=(node_id, c))
+            evaluations += n_eval
+            mean = instance.evaluate(trial, delivery=delivery).mean_s
+            if mean < best_mean:
+                placement, best_mean = trial, mean
+    return placement, evaluations
+
+
+def _greedy_solver(
+    problem: DelayProblem, *, name: str, granularity: Granularity, delivery: Delivery
+) -> DelayResult:
+    start = time.perf_counter()
+    instance = DelayInstance(problem, granularity=granularity)
+    placement, evaluations = best_greedy_placement(instance, delivery=delivery)
+    return make_delay_result(
+        instance,
+        placement,
+        solver=name,
+        delivery=delivery,
+        solve_seconds=time.perf_counter() - start,
+        info={"evaluations": evaluations},
+    )
+
+
+def solve_delay_greedy(
+    problem: DelayProblem, *, seed: int | None = None, time_limit_s: float | None = None
+) -> DelayResult:
+    """``delay-greedy``: PB caching, CoMP broadcast, lazy marginal-delay-per-byte greedy.
+
+    Example:
+        >>> from controller.delay.scenario import tiny_problem
+        >>> r = solve_delay_greedy(tiny_problem(seed=0))
+        >>> r.granularity, r.delivery, r.delay.mean_s > 0
+        ('block', 'broadcast', True)
+    """
+    del seed, time_limit_s
+    return _greedy_solver(problem, name="delay-greedy", granularity="block", delivery="broadcast")
+
+
+def solve_fine_unicast(
+    problem: DelayProblem, *, seed: int | None = None, time_limit_s: float | None = None
+) -> DelayResult:
+    """``fine-unicast``: PB caching, one unicast job per user and PB."""
+    del seed, time_limit_s
+    return _greedy_solver(problem, name="fine-unicast", granularity="block", delivery="unicast")
+
+
+def solve_coarse(
+    problem: DelayProblem, *, seed: int | None = None, time_limit_s: float | None = None
+) -> DelayResult:
+    """``coarse``: whole-model caching with unicast delivery (the main baseline)."""
+    del seed, time_limit_s
+    return _greedy_solver(problem, name="coarse", granularity="model", delivery="unicast")
+
+
+def to_placement_problem(problem: DelayProblem) -> Any:
+    """The first system's placement problem of a delay problem.
+
+    Requests are the slots' empirical frequencies (each user's share of its requests over all
+    slots); every node covering a user (its ``K_u``) reaches every model.
+    """
+    from controller.placement.problem import PlacementProblem
+
+    instance = DelayInstance(problem)
+    n_slots = len(problem.slots)
+    requests: dict[str, dict[str, float]] = {u: {} for u in problem.users}
+    for slot in problem.slots:
+        for user_id, model_id in slot.items():
+            row = requests[user_id]
+            row[model_id] = row.get(model_id, 0.0) + 1.0 / n_slots
+    all_models = list(problem.models)
+    return PlacementProblem(
+        blocks=problem.blocks,
+        models=problem.models,
+        servers={n: e.capacity for n, e in problem.servers.items()},
+        requests={u: {m: min(p, 1.0) for m, p in row.items()} for u, row in requests.items()},
+        reachable={u: dict.fromkeys(instance.cover[u], all_models) for u in problem.users},
+    )
+
+
+def solve_trimcaching_gen(
+    problem: DelayProblem, *, seed: int | None = None, time_limit_s: float | None = None
+) -> DelayResult:
+    """``trimcaching-gen``: the hit-ratio greedy's placement, evaluated on delay."""
+    from controller.placement import greedy
+
+    start = time.perf_counter()
+    hit = greedy.solve(to_placement_problem(problem), seed=seed, time_limit_s=time_limit_s)
+    instance = DelayInstance(problem)
+    return make_delay_result(
+        instance,
+        hit.blocks_by_server(),
+        solver="trimcaching-gen",
+        delivery="broadcast",
+        solve_seconds=time.perf_counter() - start,
+        info={"hit_ratio": hit.hit_ratio},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# optimal (exhaustive)
+
+
+def _feasible_sets(
+    units: list[str], sizes: Mapping[str, int], capacity: int, limit: int
+) -> list[tuple[str, ...]]:
+    """Every subset of ``units`` that fits ``capacity`` (stops past ``limit`` subsets)."""
+    out: list[tuple[str, ...]] = []
+    for k in range(len(units) + 1):
+        for combo in itertools.combinations(units, k):
+            if sum(sizes[u] for u in combo) <= capacity:
+                out.append(combo)
+                if len(out) > limit:
+                    return out
+    return out
+
+
+def optimal_placement(
+    instance: DelayInstance,
+    *,
+    delivery: Delivery,
+    time_limit_s: float | None = None,
+) -> tuple[dict[str, tuple[str, ...]], Status, int]:
+    """Exhaustive minimum of the mean delay.
+
+    Returns:
+        (placement, ``"optimal"`` or ``"time_limit"``, placements evaluated).
+
+    Raises:
+        InstanceTooLargeError: more than :data:`MAX_PLACEMENTS` joint placements.
+    """
+    problem = instance.problem
+    units = [u for u in instance.unit_bytes if u in instance.slots_of_unit]
+    per_node: list[list[tuple[str, ...]]] = []
+    count = 1
+    for n in instance.nodes:
+        options = _feasible_sets(
+            units, instance.unit_bytes, problem.servers[n].capacity, MAX_PLACEMENTS
+        )
+        per_node.append(options)
+        count *= len(options)
+        if count > MAX_PLACEMENTS:
+            raise InstanceTooLargeError(
+                f"optimal: more than {MAX_PLACEMENTS} placements to enumerate"
+                f" ({len(instance.nodes)} nodes, {len(units)} requested units)"
+            )
+    start = time.perf_counter()
+    best: dict[str, tuple[str, ...]] = {}
+    best_mean = float("inf")
+    status: Status = "optimal"
+    evaluated = 0
+    for combo in itertools.product(*per_node):
+        placement = dict(zip(instance.nodes, combo, strict=True))
+        mean = instance.evaluate(placement, delivery=delivery).mean_s
+        evaluated += 1
+        if mean < best_mean:
+            best, best_mean = placement, mean
+        if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
+            status = "time_limit"
+            break
+    return best, status, evaluated
+
+
+def solve_optimal(
+    problem: DelayProblem,
+    *,
+    seed: int | None = None,
+    time_limit_s: float | None = None,
+    granularity: Granularity = "block",
+    delivery: Delivery = "broadcast",
+) -> DelayResult:
+    """``optimal``: the exact minimum mean delay under the given rules (tiny instances).
+
+    ``granularity``/``delivery`` default to the reference rules; pass the rules of another
+    solver to get the optimum that solver approximates.
+
+    Raises:
+        InstanceTooLargeError: the instance has too many joint placements.
+    """
+    del seed
+    start = time.perf_counter()
+    instance = DelayInstance(problem, granularity=granularity)
+    placement, status, evaluated = optimal_placement(
+        instance, delivery=delivery, time_limit_s=time_limit_s
+    )
+    return make_delay_result(
+        instance,
+        placement,
+        solver="optimal",
+        delivery=delivery,
+        status=status,
+        solve_seconds=time.perf_counter() - start,
+        info={"evaluated": evaluated},
+    )

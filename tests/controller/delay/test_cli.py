@@ -1,0 +1,118 @@
+"""`trimcache place --objective delay` and `trimcache solvers` through the real console entry."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from controller.delay import DELAY_SOLVERS, delay_problem_from_json, evaluate_delay
+from controller.placement import SOLVERS
+from tests.controller.delay.test_problem import DESIGN_EXAMPLE, with_change
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def problem_path(tmp_path):
+    path = tmp_path / "problem.json"
+    path.write_text(json.dumps(DESIGN_EXAMPLE))
+    return path
+
+
+def test_solvers_lists_delay_solvers_too():
+    proc = run_cli("solvers")
+    assert proc.returncode == 0, proc.stderr
+    names = proc.stdout.splitlines()
+    assert set(names) == set(SOLVERS) | set(DELAY_SOLVERS)
+    assert len(names) == len(set(names))
+    proc = run_cli("solvers", "--objective", "delay")
+    assert proc.stdout.splitlines() == list(DELAY_SOLVERS)
+
+
+@pytest.mark.parametrize("solver", ["delay-greedy", "coarse", "optimal"])
+def test_place_delay_prints_result_with_evaluated_delay(problem_path, solver):
+    proc = run_cli("place", str(problem_path), "--objective", "delay", "--solver", solver)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["objective"] == "delay" and doc["solver"] == solver
+    assert doc["granularity"] == ("model" if solver == "coarse" else "block")
+    problem = delay_problem_from_json(DESIGN_EXAMPLE)
+    key = "models" if doc["granularity"] == "model" else "blocks"
+    placement = {s: e[key] for s, e in doc["servers"].items()}
+    stats = evaluate_delay(
+        problem, placement, granularity=doc["granularity"], delivery=doc["delivery"]
+    )
+    assert doc["delay"] == stats.to_json()
+    for s, e in doc["servers"].items():
+        assert e["used_bytes"] <= DESIGN_EXAMPLE["servers"][s]["capacity"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "needle"),
+    [
+        (("users", "u0", "position"), [900, 900], "user 'u0': out of range"),
+        (("clusters",), {"c0": ["s9"]}, "cluster 'c0': unknown node 's9'"),
+        (("blocks", "b0"), -1, "block 'b0'"),
+    ],
+)
+def test_place_delay_bad_input_is_one_line_exit_2(tmp_path, path, value, needle):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(with_change(path, value)))
+    proc = run_cli("place", str(bad), "--objective", "delay")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert needle in proc.stderr
+
+
+def test_place_delay_unknown_solver(problem_path):
+    proc = run_cli("place", str(problem_path), "--objective", "delay", "--solver", "nope")
+    assert proc.returncode == 2 and "unknown delay solver 'nope'" in proc.stderr
+
+
+def test_sim_delay_sweep_writes_csv_and_png(tmp_path):
+    out = tmp_path / "sim"
+    proc = run_cli(
+        "sim",
+        "--objective",
+        "delay",
+        "--sweep",
+        "cluster",
+        "--values",
+        "1,2",
+        "--servers",
+        "2",
+        "--users",
+        "4",
+        "--models-per-family",
+        "1",
+        "--slots",
+        "2",
+        "--archs",
+        "resnet18,bert-base",
+        "--solvers",
+        "coarse,delay-greedy",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(out / "delay_cluster.csv"), str(out / "delay_cluster.png")]
+    with (out / "delay_cluster.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["value"], r["solver"]) for r in rows} == {
+        (v, s) for v in ("1.0", "2.0") for s in ("coarse", "delay-greedy")
+    }
+    assert all(float(r["mean_s"]) > 0 for r in rows)
+    assert (out / "delay_cluster.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [(["--sweep", "nope"], "unknown sweep 'nope'"), (["--archs", "gpt9"], "'gpt9'")],
+)
+def test_sim_delay_bad_options_are_exit_2(tmp_path, extra, needle):
+    proc = run_cli("sim", "--objective", "delay", *extra, "--out", str(tmp_path))
+    assert proc.returncode == 2 and needle in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
