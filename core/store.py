@@ -82,6 +82,7 @@ class BlockStore:
         self._writing: dict[BlockId, threading.Event] = {}
         self._used = 0
         self._batches = 0  # open one_sync() scopes: block writes skip their own fsync meanwhile
+        self._generation = 0  # bumped on every change of the index (see generation)
         self._reload_index()
 
     # -- index -----------------------------------------------------------------------------
@@ -96,6 +97,7 @@ class BlockStore:
         with self._lock:
             self._sizes = sizes
             self._used = sum(sizes.values())
+            self._generation += 1
 
     def path(self, block_id: str) -> Path:
         """Where a block lives (validates the id first)."""
@@ -118,6 +120,11 @@ class BlockStore:
 
     def __len__(self) -> int:
         return len(self._sizes)
+
+    @property
+    def generation(self) -> int:
+        """A counter that changes whenever a block enters or leaves the index (cache key)."""
+        return self._generation
 
     @property
     def used_bytes(self) -> int:
@@ -234,6 +241,7 @@ class BlockStore:
                         raise StoreFullError(self._used + size, self.capacity_bytes)
                     self._sizes[block_id] = size
                     self._used += size
+                    self._generation += 1
                     self._writing[block_id] = threading.Event()
                     return True
             pending.wait()  # the other writer may fail: then loop and write it ourselves
@@ -259,6 +267,7 @@ class BlockStore:
             size = self._sizes.pop(block_id, None)
             if size is not None:
                 self._used -= size
+                self._generation += 1
 
     def delete(self, block_id: str) -> bool:
         """Remove a block; returns False if it was not there."""
@@ -269,6 +278,7 @@ class BlockStore:
             if size is None:
                 return False
             self._used -= size
+            self._generation += 1
         self.path(bid).unlink(missing_ok=True)
         return True
 

@@ -362,3 +362,19 @@ def test_one_sync_replaces_the_per_block_fsyncs(
     assert all(store.verify(b) for b in ids)
     store.put_stream([b"after the scope"])
     assert len(fsyncs) == 1 and synced == [store.root]  # an fsync per write again
+
+
+def test_generation_changes_with_the_index(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path / "s", durable=False)
+    seen = [store.generation]
+    bid = store.put(b"block one")
+    seen.append(store.generation)
+    store.put(b"block one")  # already stored: the index does not change
+    assert store.generation == seen[-1]
+    store.quarantine(bid)
+    seen.append(store.generation)
+    other = store.put(b"block two")
+    seen.append(store.generation)
+    store.delete(other)
+    seen.append(store.generation)
+    assert len(set(seen)) == len(seen)
