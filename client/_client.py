@@ -541,7 +541,8 @@ def fetch_model(
 
     Blocks already in the device cache are reused; the others come in parallel from the best
     source of the route, each verified against its sha256, with fallback to the next source and
-    finally the origin. The files are rebuilt byte-identical under ``cache_dir/models/<model_id>``.
+    finally the origin. Each block is written in place, at its offset in the model's files, so
+    the byte-identical files appear under ``cache_dir/models/<model_id>`` without a second copy.
 
     Args:
         model_id: the TrimCache model id, e.g. ``"bert-sst2"``.
@@ -560,7 +561,8 @@ def fetch_model(
         A :class:`FetchedModel` with ``.path``, ``.model``, ``.tokenizer``, ``.predict(texts)``
         and ``.report``: ``bytes_by_source`` (source URL or ``"local"`` -> bytes),
         ``blocks_by_source``, ``seconds`` (total), ``phase_seconds`` (route, verify, download,
-        assemble, load; block hashes are checked while downloading), ``bytes_by_kind``
+        assemble, load; "verify" opens the files and copies blocks cached models already
+        hold, block hashes are checked while downloading), ``bytes_by_kind``
         (``local``/``edge``/``origin``), ``bytes_local``, ``bytes_fetched``,
         ``blocks_fetched``, ``blocks_cached``, ``failures`` and ``offline`` (True when the
         route's source failed and the complete cached copy was served, with one warning).

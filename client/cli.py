@@ -48,7 +48,7 @@ def add_parsers(subparsers: Any) -> None:
         "fetch",
         parents=[common, source],
         help="download a model into the device cache, with progress bars",
-        description="Download a model's missing blocks (verified), rebuild its files.",
+        description="Download a model's missing blocks (verified) into its files.",
     )
     fetch.add_argument("model_id", metavar="MODEL_ID")
     fetch.add_argument("--load", action="store_true", help="also load it with transformers")
@@ -254,7 +254,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache_ls(args: argparse.Namespace) -> int:
-    """List cached models with what they really take on disk (blocks and rebuilt files)."""
+    """List cached models with what they really take on disk (their files: the only copy)."""
     from client._cache import DeviceCache
     from client._client import resolve_settings
 
