@@ -92,13 +92,16 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 
 def _copy_range(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> None:
     """``length`` bytes from ``src`` to ``dst``: ``copy_file_range`` (in kernel), else pread."""
+    kernel_copy = getattr(os, "copy_file_range", None)  # Linux only
     while length > 0:
-        try:
-            n = os.copy_file_range(src, dst, length, src_offset, dst_offset)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            n = 0
+        n = 0
+        if kernel_copy is not None:
+            try:
+                n = kernel_copy(src, dst, length, src_offset, dst_offset)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                kernel_copy = None
         if n == 0:  # no kernel copy here (or EOF): read and write through user space
             data = os.pread(src, min(length, CHUNK_BYTES), src_offset)
             if not data:
@@ -164,7 +167,7 @@ class ModelWriter:
                 self._fds[path] = fd
                 if os.fstat(fd).st_size != entry.size:
                     os.ftruncate(fd, entry.size)
-                if entry.size:
+                if entry.size and hasattr(os, "posix_fallocate"):  # not on macOS
                     os.posix_fallocate(fd, 0, entry.size)
                 if entry.header:
                     _pwrite_all(fd, entry.header, 0)
