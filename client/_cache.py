@@ -1,23 +1,21 @@
-"""The device-side cache: verified blocks shared by every model, plus assembled model dirs.
+"""The device-side cache: each model's files, written in place, are the only copy of its blocks.
 
 On disk (``cache_dir``)::
 
-    store/blocks/sha256/<ab>/<block_id>   content-addressed blocks (core BlockStore)
     store/manifests/<model_id>.json       manifests of the models fetched on this device
-    models/<model_id>/                    byte-identical HF files, rebuilt from the blocks
+    models/<model_id>/                    the model's byte-identical HF files (complete)
     models/<model_id>/.trimcache.json     {"manifest_id": ...}: which manifest the dir holds
+    models/.partial-<model_id>/           a fetch in progress: preallocated files + .verified
     locks/<model_id>.lock                 one fetch of a model at a time (across processes)
 
-Invariants: a block file exists only if its bytes hash to its name (``put_stream`` verifies
-before the atomic rename), so an interrupted fetch leaves only good blocks and the next fetch
-resumes. A model dir appears under its final name only when complete: it is assembled in a
-temporary sibling and renamed into place. Blocks are shared between models by content, so a second
-model that shares tensors with a cached one only downloads its own blocks.
-
-Disk use: a cached model takes its blocks under ``store/`` *and* its rebuilt files under
-``models/`` (a second copy of the same bytes, until the data path serves files from the blocks).
-:meth:`DeviceCache.disk_usage` counts both as the filesystem does: allocated bytes
-(``st_blocks * 512``) of every regular file, a hard-linked inode once.
+Invariants: blocks are written at their manifest offsets into ``models/.partial-<model_id>/``
+and journaled only once their bytes hashed to their id (:mod:`client._files`), so an
+interrupted fetch resumes from its verified blocks. The dir is renamed to its final name only
+when every block is verified, so nothing half-written is ever under a final name. A sibling model
+copies the blocks it shares from the complete files of cached models (``copy_file_range``), so
+every file is on disk once and disk use is the bytes of the files asked for.
+:meth:`DeviceCache.disk_usage` counts what the filesystem allocated (``st_blocks * 512``) of
+every regular file, a hard-linked inode once. :meth:`DeviceCache.verify` re-hashes on demand.
 """
 
 from __future__ import annotations
@@ -28,19 +26,28 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock
 
-from core.blocks import assemble
+from core.digest import BlockId
 from core.errors import StoreFullError
 from core.manifest import ModelManifest, check_model_id
 from core.store import BlockStore
 
 from ._errors import DiskFullError, ModelNotFoundError
+from ._files import (
+    JOURNAL,
+    PARTIAL_PREFIX,
+    ModelWriter,
+    Place,
+    block_index,
+    read_journal,
+    rehash_files,
+)
 
 MARKER = ".trimcache.json"
 
@@ -67,9 +74,9 @@ class CachedModel:
 class ModelDiskUsage:
     """What one cached model takes on disk (allocated bytes).
 
-    ``blocks_bytes`` counts every block of the model present in ``store/``, also those it shares
-    with other cached models; ``own_blocks_bytes`` only those no other cached model uses (what
-    ``cache rm`` frees besides the files).
+    ``files_bytes``: its complete files and a fetch in progress. The files are the only copy
+    of the blocks, so ``blocks_bytes`` and ``own_blocks_bytes`` (separate block copies, from
+    the layout before files became the store) are 0.
     """
 
     files_bytes: int
@@ -85,8 +92,8 @@ class ModelDiskUsage:
 class DiskUsage:
     """The device cache's real disk use: ``total_bytes`` = store + models + other.
 
-    ``store_bytes``: blocks, manifests and quarantine under ``store/``; ``models_bytes``: rebuilt
-    files under ``models/``; ``other_bytes``: locks and anything else under the cache dir.
+    ``store_bytes``: manifests under ``store/``; ``models_bytes``: the model files under
+    ``models/`` (complete and partial); ``other_bytes``: locks and anything else.
     """
 
     store_bytes: int
@@ -129,18 +136,17 @@ def _files_bytes(paths: Iterable[Path], seen: set[tuple[int, int]]) -> int:
 
 
 class DeviceCache:
-    """Blocks, manifests and assembled models under one directory.
+    """Manifests and model files (the device store) under one directory.
 
     Args:
         root: the cache directory (created if missing).
-        durable: fsync every block and file (off by default: renames are still atomic, and a
-            block damaged by a power cut is caught by the file sha256 check at assembly).
+        durable: fsync each file once when its model is complete, and each manifest.
     """
 
     def __init__(self, root: str | Path, *, durable: bool = False) -> None:
         self.root = Path(root).expanduser()
         self.durable = durable
-        self.store = BlockStore(self.root / "store", durable=durable)
+        self.store = BlockStore(self.root / "store", durable=durable)  # manifests only
         self.models_dir = self.root / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._locks_dir = self.root / "locks"
@@ -149,6 +155,9 @@ class DeviceCache:
     def model_dir(self, model_id: str) -> Path:
         return self.models_dir / check_model_id(model_id)
 
+    def partial_dir(self, model_id: str) -> Path:
+        return self.models_dir / f"{PARTIAL_PREFIX}{check_model_id(model_id)}"
+
     @contextmanager
     def lock(self, model_id: str) -> Iterator[None]:
         """Hold the per-model lock (one fetch of a model at a time, across processes)."""
@@ -156,6 +165,7 @@ class DeviceCache:
             yield
 
     def is_assembled(self, manifest: ModelManifest) -> bool:
+        """True when ``models/<model_id>/`` holds the complete files of this manifest."""
         marker = self.model_dir(manifest.model_id) / MARKER
         try:
             data = json.loads(marker.read_text())
@@ -163,30 +173,67 @@ class DeviceCache:
             return False
         return isinstance(data, dict) and data.get("manifest_id") == manifest.manifest_id
 
-    def assemble(self, manifest: ModelManifest) -> Path:
-        """Rebuild the model's files into ``models/<model_id>/`` atomically; return the dir.
+    def complete_models(self) -> list[tuple[ModelManifest, Path]]:
+        """``(manifest, dir)`` of every model whose complete files are in the cache."""
+        return [
+            (m, self.model_dir(m.model_id)) for m in self.store.manifests() if self.is_assembled(m)
+        ]
+
+    def block_index(self) -> dict[BlockId, Place]:
+        """The device-side block index: block id -> a place in a complete model's file."""
+        return block_index(self.complete_models())
+
+    def writer(self, manifest: ModelManifest) -> ModelWriter:
+        """Open (or resume) the partial dir of ``manifest``: preallocated files, its journal.
 
         Raises:
-            BlockNotFoundError: a block is missing (core).
-            DigestMismatchError: a rebuilt file is wrong; the bad block was quarantined.
+            DiskFullError: no space for the files.
+        """
+        return ModelWriter(manifest, self.partial_dir(manifest.model_id), durable=self.durable)
+
+    def publish(self, writer: ModelWriter) -> Path:
+        """Finish a writer whose blocks are all verified and rename its dir into place.
+
+        Raises:
             DiskFullError: no space left (nothing half-written stays under the final name).
         """
+        manifest = writer.manifest
+        assert not writer.missing(), "publish() needs every block verified"
+        writer.finish()
+        (writer.directory / MARKER).write_text(json.dumps({"manifest_id": manifest.manifest_id}))
         final = self.model_dir(manifest.model_id)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{manifest.model_id}-", dir=self.models_dir))
-        try:
-            assemble(manifest, self.store, tmp, durable=self.durable)
-            (tmp / MARKER).write_text(json.dumps({"manifest_id": manifest.manifest_id}))
-            self._swap_into_place(tmp, final)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if exc.errno == errno.ENOSPC:
-                message = f"no space left to assemble {manifest.model_id}: {exc}"
-                raise DiskFullError(message) from exc
-            raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        self._swap_into_place(writer.directory, final)
         return final
+
+    def index_into(
+        self, build: Callable[[Path], tuple[ModelManifest, int]]
+    ) -> tuple[ModelManifest, int]:
+        """Let ``build`` write a model's complete files into a new dir, then publish that dir.
+
+        ``build(dest)`` returns ``(manifest, bytes moved)``; the manifest must describe the
+        files it wrote (:func:`client._origin.index_from_origin`).
+
+        Raises:
+            DiskFullError: no space left (the dir is removed).
+        """
+        scratch = Path(tempfile.mkdtemp(prefix=".tmp-index-", dir=self.models_dir))
+        try:
+            dest = scratch / "files"
+            manifest, moved = build(dest)
+            if self.durable:
+                for path in dest.rglob("*"):
+                    if path.is_file():
+                        with open(path, "rb") as fh:
+                            os.fsync(fh.fileno())
+            (dest / MARKER).write_text(json.dumps({"manifest_id": manifest.manifest_id}))
+            self._swap_into_place(dest, self.model_dir(manifest.model_id))
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(f"no space left for the device cache: {exc}") from exc
+            raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return manifest, moved
 
     def _swap_into_place(self, tmp: Path, final: Path) -> None:
         trash: Path | None = None
@@ -194,6 +241,12 @@ class DeviceCache:
             trash = Path(tempfile.mkdtemp(prefix=".tmp-old-", dir=self.models_dir))
             os.replace(final, trash / "old")
         os.replace(tmp, final)
+        if self.durable:
+            fd = os.open(self.models_dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -207,27 +260,55 @@ class DeviceCache:
                 raise DiskFullError(f"no space left for manifest: {exc}") from exc
             raise
 
-    def verify_present(self, manifest: ModelManifest) -> list[str]:
-        """Re-hash the blocks of ``manifest`` already present; quarantine and return bad ones."""
-        bad: list[str] = []
-        for block_id in manifest.block_sizes():
-            if self.store.has(block_id) and not self.store.verify(block_id):
-                bad.append(block_id)
-        return bad
+    def verify(self, model_id: str | None = None) -> dict[str, list[BlockId]]:
+        """Re-hash every block of the complete models (or of one): the bad block ids per model.
+
+        A model with bad blocks is moved back to its partial dir with the good blocks
+        journaled, so the next fetch re-fetches only the bad ones.
+
+        Raises:
+            ModelNotFoundError: ``model_id`` is not in the device cache.
+        """
+        models = self.complete_models()
+        if model_id is not None:
+            models = [(m, d) for m, d in models if m.model_id == model_id]
+            if not models and not self.store.has_manifest(model_id):
+                raise ModelNotFoundError(f"model {model_id} is not in the device cache")
+        out: dict[str, list[BlockId]] = {}
+        for manifest, directory in models:
+            with self.lock(manifest.model_id):
+                bad = rehash_files(manifest, directory)
+                out[manifest.model_id] = bad
+                if bad:
+                    self._reopen(manifest, directory, set(bad))
+        return out
+
+    def _reopen(self, manifest: ModelManifest, directory: Path, bad: set[BlockId]) -> None:
+        good = [b for b in manifest.block_sizes() if b not in bad]
+        (directory / MARKER).unlink(missing_ok=True)
+        (directory / JOURNAL).write_text("\n".join([manifest.manifest_id, *good]) + "\n")
+        partial = self.partial_dir(manifest.model_id)
+        shutil.rmtree(partial, ignore_errors=True)
+        os.replace(directory, partial)
+
+    def _verified_blocks(self, manifest: ModelManifest) -> set[BlockId]:
+        if self.is_assembled(manifest):
+            return set(manifest.block_sizes())
+        return read_journal(self.partial_dir(manifest.model_id), manifest.manifest_id)
 
     def list_models(self) -> list[CachedModel]:
         """Every model with a manifest in the cache, sorted by model id."""
         out: list[CachedModel] = []
         for manifest in self.store.manifests():
             sizes = manifest.block_sizes()
-            present = sum(n for b, n in sizes.items() if self.store.has(b))
+            verified = self._verified_blocks(manifest)
             out.append(
                 CachedModel(
                     model_id=manifest.model_id,
                     repo_id=manifest.repo_id,
                     revision=manifest.revision,
                     total_bytes=manifest.total_bytes,
-                    present_bytes=present,
+                    present_bytes=sum(n for b, n in sizes.items() if b in verified),
                     unique_bytes=sum(sizes.values()),
                     assembled=self.is_assembled(manifest),
                     path=self.model_dir(manifest.model_id),
@@ -236,10 +317,10 @@ class DeviceCache:
         return out
 
     def remove(self, model_id: str) -> int:
-        """Drop a model: its dir, its manifest, and blocks no other cached model uses.
+        """Drop a model: its files (complete or partial) and its manifest.
 
         Returns:
-            The block bytes freed.
+            The bytes of its files freed (the file sizes).
 
         Raises:
             ModelNotFoundError: the model is not in the device cache.
@@ -249,28 +330,26 @@ class DeviceCache:
         except KeyError:
             raise ModelNotFoundError(f"model {model_id} is not in the device cache") from None
         with self.lock(model_id):
+            present = self.model_dir(model_id).exists() or self.partial_dir(model_id).exists()
             self.store.delete_manifest(model_id)
             shutil.rmtree(self.model_dir(model_id), ignore_errors=True)
-            keep: set[str] = set()
-            for other in self.store.manifests():
-                keep.update(other.block_sizes())
-            freed = 0
-            for block_id, size in manifest.block_sizes().items():
-                if block_id not in keep and self.store.delete(block_id):
-                    freed += size
-        return freed
+            shutil.rmtree(self.partial_dir(model_id), ignore_errors=True)
+        return manifest.total_bytes if present else 0
 
     def stats(self) -> dict[str, int]:
-        """Block count and their logical size (``physical_bytes``: sum of block sizes)."""
-        return {"blocks": len(self.store), "physical_bytes": self.store.used_bytes}
+        """Distinct verified blocks of the cached models and their logical size."""
+        sizes: dict[BlockId, int] = {}
+        for manifest in self.store.manifests():
+            verified = self._verified_blocks(manifest)
+            sizes.update((b, n) for b, n in manifest.block_sizes().items() if b in verified)
+        return {"blocks": len(sizes), "physical_bytes": sum(sizes.values())}
 
     def disk_usage(self) -> DiskUsage:
-        """What the cache really takes on disk: blocks and rebuilt files both, per model too.
+        """What the cache really takes on disk: the model files (the only copy), per model too.
 
         The totals walk the whole cache dir once; a hard-linked inode counts once (first seen
-        under ``store/``, then ``models/``, then the rest). Per model, the files of its dir and
-        each of its present blocks are stat'ed on their own, so blocks shared by several models
-        count for each of them there.
+        under ``store/``, then ``models/``, then the rest). Per model: its complete dir plus
+        its partial dir.
         """
         seen: set[tuple[int, int]] = set()
         store_bytes = _tree_bytes(self.store.root, seen)
@@ -280,22 +359,10 @@ class DeviceCache:
             if entry in (self.store.root, self.models_dir):
                 continue
             other += _tree_bytes(entry, seen) if entry.is_dir() else _files_bytes([entry], seen)
-        manifests = self.store.manifests()
-        users: dict[str, int] = {}
-        for manifest in manifests:
-            for block_id in manifest.block_sizes():
-                users[block_id] = users.get(block_id, 0) + 1
         by_model: dict[str, ModelDiskUsage] = {}
-        for manifest in manifests:
-            own = shared = 0
-            for block_id in manifest.block_sizes():
-                if not self.store.has(block_id):
-                    continue
-                nbytes = _files_bytes([self.store.path(block_id)], set())
-                if users[block_id] == 1:
-                    own += nbytes
-                else:
-                    shared += nbytes
-            files = _tree_bytes(self.model_dir(manifest.model_id), set())
-            by_model[manifest.model_id] = ModelDiskUsage(files, own + shared, own)
+        for manifest in self.store.manifests():
+            own: set[tuple[int, int]] = set()
+            files = _tree_bytes(self.model_dir(manifest.model_id), own)
+            files += _tree_bytes(self.partial_dir(manifest.model_id), own)
+            by_model[manifest.model_id] = ModelDiskUsage(files, 0, 0)
         return DiskUsage(store_bytes, models_bytes, other, by_model)

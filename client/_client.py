@@ -12,10 +12,13 @@ Internal logic of a fetch (:meth:`Client.fetch`):
 
 1. route: ask the controller for ``GET /v1/routes/{model_id}`` (or build a one-source route from
    an edge node's manifest, or index the repo from the origin); keep the manifest in the cache;
-2. verify: re-hash the blocks of this model the device already holds (a bad one is quarantined
-   and fetched again);
-3. download: the missing blocks, in parallel, verified, with per-block fallback (``_download``);
-4. assemble: byte-identical files into ``cache_dir/models/<model_id>/`` (atomic rename);
+2. verify (local blocks): open the model's partial dir (preallocated files, header from the
+   manifest; a resumed one keeps its verified blocks) and copy in, with ``copy_file_range``,
+   the blocks that complete cached models already hold (``_files``);
+3. download: the missing blocks, written in place at their manifest offsets, each verified,
+   with per-block fallback (``_download``);
+4. assemble: copy repeated blocks to their other places, fsync when durable, rename the dir
+   to ``cache_dir/models/<model_id>/`` (the files' sha256 follow from the verified blocks);
 5. load: transformers (and peft for a LoRA adapter, whose base model is fetched the same way);
 6. report the request and timings to the controller (best effort: never fails the fetch).
 
@@ -41,8 +44,7 @@ import httpx
 
 from core.auth import bearer_header
 from core.digest import BlockId
-from core.errors import BlockNotFoundError as CoreBlockNotFoundError
-from core.errors import DigestMismatchError, ManifestError
+from core.errors import ManifestError
 from core.manifest import ModelManifest, check_model_id
 
 from ._cache import DeviceCache
@@ -56,9 +58,11 @@ from ._errors import (
     raise_for_error,
     transport_error,
 )
+from ._files import ModelWriter
 from ._model import FetchedModel, _adapter_base
 from ._origin import index_from_origin, repo_info
 from ._route import Route, Source, parse_route, single_source_route
+from ._wire import Wire, tls_context
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +135,10 @@ class Client:
         area_id: the user area sent with route queries and demand reports.
         position: the device's ``(x_m, y_m)``, sent with route queries instead of the area.
         timeout_s: per-request connect/read timeout.
-        transport: an httpx transport (tests use it to inject faults).
+        transport: an httpx transport for the control requests (routes, manifests, reports);
+            block bytes travel on the data path (:mod:`client._wire`).
         options: download tuning (parallelism, batching, retries).
-        durable: fsync every block and file in the device cache.
+        durable: fsync each file once, when its model is complete.
         auth_token: bearer token of demand reports (None: ``TRIMCACHE_AUTH_TOKEN``, else none).
 
     >>> with Client(edge_url="http://127.0.0.1:9", cache_dir="/tmp/tc") as c:  # doctest: +SKIP
@@ -172,10 +177,13 @@ class Client:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             transport=transport,
             follow_redirects=True,
+            verify=tls_context(),
         )
+        self._wire = Wire(timeout_s)
 
     def close(self) -> None:
         self._http.close()
+        self._wire.close()
 
     def __enter__(self) -> Client:
         return self
@@ -250,16 +258,17 @@ class Client:
             if known.repo_id == repo_id and known.revision == sha:
                 return single_source_route(known, Source(self.origin_url, "origin")), 0
         on_bytes = self._progress.on_bytes if self._progress is not None else None
-        manifest, moved = index_from_origin(
-            self._http,
-            store,
-            origin_url=self.origin_url,
-            model_id=model_id,
-            repo_id=repo_id,
-            revision=sha,
-            files=files,
-            tmp_root=self.cache.root,
-            on_bytes=on_bytes,
+        manifest, moved = self.cache.index_into(
+            lambda dest: index_from_origin(
+                self._http,
+                dest,
+                origin_url=str(self.origin_url),
+                model_id=model_id,
+                repo_id=repo_id,
+                revision=sha,
+                files=files,
+                on_bytes=on_bytes,
+            )
         )
         return single_source_route(manifest, Source(self.origin_url, "origin")), moved
 
@@ -398,38 +407,15 @@ class Client:
                 "blocks": len(sizes),
             }
             download = DownloadResult()
+            path = cache.model_dir(model_id)
             if indexed_bytes:
                 download.bytes_by_source[route.sources[0].url] = indexed_bytes
                 download.blocks_by_source[route.sources[0].url] = len(sizes)
                 local_ids: set[BlockId] = set()
-            elif cache.is_assembled(manifest) and cache.store.is_complete(manifest):
+            elif cache.is_assembled(manifest):
                 local_ids = set(sizes)
             else:
-                if progress is not None:
-                    progress.on_phase(model_id, "verify")
-                with timer.phase("verify"):
-                    bad = cache.verify_present(manifest)
-                    if bad:
-                        logger.warning("model_id=%s: %d corrupt cached blocks", model_id, len(bad))
-                missing = cache.store.missing_blocks(manifest)
-                local_ids = set(sizes) - set(missing)
-                if progress is not None:
-                    progress.on_plan(
-                        model_id,
-                        total_bytes=sum(missing.values()),
-                        local_bytes=sum(sizes[b] for b in local_ids),
-                        sources=[s.url for s in route.sources],
-                    )
-                    progress.on_phase(model_id, "download")
-                with timer.phase("download"):
-                    download = self._download(route, list(missing))
-            if not cache.is_assembled(manifest):
-                if progress is not None:
-                    progress.on_phase(model_id, "assemble")
-                with timer.phase("assemble"):
-                    path = self._assemble(route, download)
-            else:
-                path = cache.model_dir(model_id)
+                local_ids, download = self._write_files(route, timer)
         local_bytes = sum(sizes[b] for b in local_ids)
         report["bytes_by_source"] = {LOCAL: local_bytes, **download.bytes_by_source}
         report["blocks_by_source"] = {LOCAL: len(local_ids), **download.blocks_by_source}
@@ -443,30 +429,52 @@ class Client:
         ]
         return FetchedModel(model_id, path, report)
 
-    def _download(self, route: Route, missing: list[BlockId]) -> DownloadResult:
+    def _write_files(self, route: Route, timer: _Timer) -> tuple[set[BlockId], DownloadResult]:
+        """Verify/copy local blocks, download the rest in place, publish the files.
+
+        Returns:
+            The blocks that came from the device itself, and what the download moved.
+        """
+        progress = self._progress
+        manifest = route.manifest
+        sizes = manifest.block_sizes()
+        if progress is not None:
+            progress.on_phase(manifest.model_id, "verify")
+        with timer.phase("verify"):
+            writer = self.cache.writer(manifest)
+        try:
+            with timer.phase("verify"):
+                writer.copy_in(self.cache.block_index())
+                missing = writer.missing()
+            local_ids = set(sizes) - set(missing)
+            if progress is not None:
+                progress.on_plan(
+                    manifest.model_id,
+                    total_bytes=sum(missing.values()),
+                    local_bytes=sum(sizes[b] for b in local_ids),
+                    sources=[s.url for s in route.sources],
+                )
+                progress.on_phase(manifest.model_id, "download")
+            with timer.phase("download"):
+                download = self._download(route, writer, list(missing))
+            if progress is not None:
+                progress.on_phase(manifest.model_id, "assemble")
+            with timer.phase("assemble"):
+                self.cache.publish(writer)
+        finally:
+            writer.close()
+        return local_ids, download
+
+    def _download(
+        self, route: Route, writer: ModelWriter, missing: list[BlockId]
+    ) -> DownloadResult:
         if not missing:
             return DownloadResult()
         on_bytes: Callable[[str, int], None] | None = (
             self._progress.on_bytes if self._progress is not None else None
         )
-        downloader = Downloader(
-            self._http, self.cache.store, route, options=self.options, on_bytes=on_bytes
-        )
+        downloader = Downloader(self._wire, writer, route, options=self.options, on_bytes=on_bytes)
         return downloader.run(missing)
-
-    def _assemble(self, route: Route, download: DownloadResult) -> Path:
-        try:
-            return self.cache.assemble(route.manifest)
-        except (DigestMismatchError, CoreBlockNotFoundError):
-            # A cached block went bad after the verify pass (it is now quarantined): fetch the
-            # blocks missing again and rebuild once.
-            missing = list(self.cache.store.missing_blocks(route.manifest))
-            again = self._download(route, missing)
-            for url, n in again.bytes_by_source.items():
-                download.bytes_by_source[url] = download.bytes_by_source.get(url, 0) + n
-            for url, n in again.blocks_by_source.items():
-                download.blocks_by_source[url] = download.blocks_by_source.get(url, 0) + n
-            return self.cache.assemble(route.manifest)
 
     def _offline_route(self, model_id: str, cause: ClientError) -> Route | None:
         """A local-only route when the route's source failed but the model is cached.
@@ -477,7 +485,7 @@ class Client:
         if not store.has_manifest(model_id):
             return None
         manifest = store.get_manifest(model_id)
-        if not store.is_complete(manifest):
+        if not self.cache.is_assembled(manifest):
             return None
         source = {
             "controller": f"controller {self.controller_url}",
@@ -551,7 +559,8 @@ def fetch_model(
 
     Blocks already in the device cache are reused; the others come in parallel from the best
     source of the route, each verified against its sha256, with fallback to the next source and
-    finally the origin. The files are rebuilt byte-identical under ``cache_dir/models/<model_id>``.
+    finally the origin. Each block is written in place, at its offset in the model's files, so
+    the byte-identical files appear under ``cache_dir/models/<model_id>`` without a second copy.
 
     Args:
         model_id: the TrimCache model id, e.g. ``"bert-sst2"``.
@@ -571,7 +580,8 @@ def fetch_model(
         A :class:`FetchedModel` with ``.path``, ``.model``, ``.tokenizer``, ``.predict(texts)``
         and ``.report``: ``bytes_by_source`` (source URL or ``"local"`` -> bytes),
         ``blocks_by_source``, ``seconds`` (total), ``phase_seconds`` (route, verify, download,
-        assemble, load; block hashes are checked while downloading), ``bytes_by_kind``
+        assemble, load; "verify" opens the files and copies blocks cached models already
+        hold, block hashes are checked while downloading), ``bytes_by_kind``
         (``local``/``edge``/``origin``), ``bytes_local``, ``bytes_fetched``,
         ``blocks_fetched``, ``blocks_cached``, ``failures`` and ``offline`` (True when the
         route's source failed and the complete cached copy was served, with one warning).

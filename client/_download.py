@@ -1,44 +1,44 @@
-"""Parallel, verified block download with per-block fallback across sources.
+"""Verified block download with per-block fallback: few large requests, one hash per byte.
 
 Internal logic:
 
-1. Each missing block starts at its best candidate source (the route's order). Blocks are grouped
-   into requests per source: on an edge node, small blocks share one ``POST /v1/blocks:batch``
-   (up to ``batch_bytes``), large blocks get their own ``GET /v1/blocks/{id}``, and very large
-   ones (``split_bytes``) are read as parallel Range parts that are hashed in order; on the
-   origin, blocks of one file are coalesced into Range reads of adjacent bytes
-   (``GET {origin}/{repo_id}/resolve/{revision}/{path}``).
-2. Requests run on a thread pool, at most ``connections_per_source`` at a time per source. A
-   response is cut into blocks by the manifest's lengths; each block streams through
-   :meth:`core.store.BlockStore.put_stream` with its id, which hashes while it writes and only
-   renames the file into the store when the sha256 matches. So a block in the store is always
-   verified, and an interrupted fetch keeps every block completed so far (resume for free).
-3. Failures fall back per block: a bad hash sends that block to its next candidate; a transport
-   error, 5xx or short body sends the request's remaining blocks on, and marks the source dead for
-   the rest of this fetch. Idempotent GETs are first retried ``retries`` times with full-jitter
-   backoff (style E6); the batch POST is not retried, its blocks move on at once.
-4. When a block has no candidate left, :class:`NoSourceError` names every source tried.
+1. Plan. The missing blocks, in file order, start at their best candidate source (the route's
+   order). On an edge node, contiguous runs of them travel as one ``POST /v1/blocks:batch``: the
+   bytes are split into ``connections_per_source`` runs (more only past ``batch_bytes``); on the
+   origin, adjacent blocks of one file become one Range read
+   (``GET {origin}/{repo_id}/resolve/{revision}/{path}``, up to ``range_bytes``). Requests run on
+   one thread pool per fetch, at most ``connections_per_source`` at a time per source.
+2. Receive. A request's body is read with :class:`client._wire.Wire` straight into 1 MiB
+   buffers taken from a fixed ring (``buffers`` of them: the bound on bytes in flight). A full
+   buffer goes to the store stage (:class:`_Stage`, one thread) and the receiver reads on.
+3. Store and verify, off the receive path. The stage writes each buffer's pieces at their
+   manifest offsets (:meth:`client._files.ModelWriter.write`) and feeds each block's sha256;
+   at a block's end it compares. A verified block is journaled (resume for free); a bad one is
+   sent, alone, to its next candidate source (its bytes are overwritten there). Each byte is
+   received once, written once and hashed once.
+4. Failures fall back per block: a transport error, 5xx or short body sends the request's blocks
+   not yet received on, and marks the source dead for the rest of this fetch. Idempotent GETs are
+   first retried ``retries`` times with full-jitter backoff (style E6); the batch POST is not
+   retried, its blocks move on at once. A block with no candidate left is in
+   :class:`NoSourceError`, which names every source tried.
 """
 
 from __future__ import annotations
 
-import errno
+import hashlib
+import json
+import queue
 import random
 import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
-
-import httpx
+from typing import Literal, Protocol
 
 from core.digest import BlockId
-from core.errors import DigestMismatchError, StoreFullError
 from core.manifest import ModelManifest
-from core.store import BlockStore
 
 from ._errors import (
     BlockIntegrityError,
@@ -46,15 +46,22 @@ from ._errors import (
     DiskFullError,
     EdgeUnavailableError,
     NoSourceError,
-    raise_for_error,
-    transport_error,
 )
 from ._route import Route, Source
+from ._wire import Reply, Wire
 
 ByteCallback = Callable[[str, int], None]
-TaskKind = Literal["block", "batch", "range"]
+TaskKind = Literal["batch", "range"]
 
 READ_CHUNK_BYTES = 1024 * 1024
+
+
+class BlockSink(Protocol):
+    """Where verified blocks go (:class:`client._files.ModelWriter`)."""
+
+    def write(self, block_id: BlockId, pos: int, data: memoryview) -> None: ...
+
+    def mark_verified(self, block_id: BlockId) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,23 +69,20 @@ class DownloadOptions:
     """Tuning knobs of the downloader (see bench/client.py for measurements).
 
     Attributes:
-        connections_per_source: parallel requests per source (also the Range window of a split
-            block).
+        connections_per_source: parallel requests per source (2 fill loopback on 2 cores).
         batch_bytes: upper bound of one ``POST /v1/blocks:batch``.
-        large_block_bytes: blocks at least this big get their own ``GET``.
         range_bytes: upper bound of one coalesced Range read from the origin.
-        split_bytes: blocks at least this big are read as parallel Range parts.
-        part_bytes: size of one such part.
+        read_bytes: size of one receive buffer (one read call fills it).
+        buffers: receive buffers per fetch (bytes in flight <= buffers x read_bytes).
         retries: extra attempts of an idempotent GET after a transport error or 503.
         backoff_s: base of the full-jitter backoff between attempts.
     """
 
-    connections_per_source: int = 4
-    batch_bytes: int = 8 * 1024 * 1024
-    large_block_bytes: int = 2 * 1024 * 1024
-    range_bytes: int = 16 * 1024 * 1024
-    split_bytes: int = 16 * 1024 * 1024
-    part_bytes: int = 8 * 1024 * 1024
+    connections_per_source: int = 2
+    batch_bytes: int = 256 * 1024 * 1024
+    range_bytes: int = 64 * 1024 * 1024
+    read_bytes: int = READ_CHUNK_BYTES
+    buffers: int = 16
     retries: int = 2
     backoff_s: float = 0.05
 
@@ -115,42 +119,87 @@ class DownloadResult:
     wasted_bytes: int = 0
 
 
-class _ShortBodyError(Exception):
-    pass
+class _Check:
+    """One block's running sha256 in the store stage; ``ok`` is set at its last byte."""
+
+    __slots__ = ("item", "digest", "ok")
+
+    def __init__(self, item: _Item) -> None:
+        self.item = item
+        self.digest = hashlib.sha256()
+        self.ok: bool | None = None
 
 
-class _Body:
-    """Cut a streamed body into exact-length pieces."""
+# (check, buffer start, buffer end, position in the block, block ends here)
+_Piece = tuple[_Check, int, int, int, bool]
 
-    def __init__(self, chunks: Iterator[bytes], on_bytes: Callable[[int], None]) -> None:
-        self._chunks = chunks
-        self._pending = memoryview(b"")
-        self._on_bytes = on_bytes
 
-    def finish(self) -> None:
-        """Read to the end, so the connection goes back to the pool for reuse."""
-        self._pending = memoryview(b"")
-        for _ in self._chunks:
-            pass
+class _Stage:
+    """The store stage: one thread writes and hashes full buffers; a fixed ring bounds memory.
 
-    def skip(self, nbytes: int) -> None:
-        for _ in self.take(nbytes):
-            pass
+    :meth:`buffer` blocks while every buffer is in flight (back-pressure on the receivers);
+    :meth:`drain` waits until everything submitted so far is written and hashed.
+    """
 
-    def take(self, nbytes: int) -> Iterator[bytes | memoryview]:
-        remaining = nbytes
-        while remaining > 0:
-            if not self._pending:
-                try:
-                    chunk = next(self._chunks)
-                except StopIteration:
-                    raise _ShortBodyError(f"body ended {remaining} bytes early") from None
-                self._on_bytes(len(chunk))
-                self._pending = memoryview(chunk)
-            piece = self._pending[:remaining]
-            self._pending = self._pending[len(piece) :]
-            remaining -= len(piece)
-            yield piece
+    def __init__(self, sink: BlockSink, *, count: int, size: int) -> None:
+        self._sink = sink
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(count):
+            self._free.put(bytearray(size))
+        self._work: queue.Queue[tuple[bytearray, list[_Piece]] | threading.Event | None] = (
+            queue.Queue()
+        )
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="trimcache-stage", daemon=True)
+        self._thread.start()
+
+    def buffer(self) -> bytearray:
+        self._raise()
+        return self._free.get()
+
+    def give_back(self, buf: bytearray) -> None:
+        self._free.put(buf)
+
+    def submit(self, buf: bytearray, pieces: list[_Piece]) -> None:
+        self._work.put((buf, pieces))
+
+    def drain(self) -> None:
+        done = threading.Event()
+        self._work.put(done)
+        done.wait()
+        self._raise()
+
+    def close(self) -> None:
+        self._work.put(None)
+        self._thread.join()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            job = self._work.get()
+            if job is None:
+                return
+            if isinstance(job, threading.Event):
+                job.set()
+                continue
+            buf, pieces = job
+            try:
+                if self.error is None:
+                    view = memoryview(buf)
+                    for check, lo, hi, pos, ends in pieces:
+                        piece = view[lo:hi]
+                        self._sink.write(check.item.block_id, pos, piece)
+                        check.digest.update(piece)
+                        if ends:
+                            check.ok = check.digest.hexdigest() == check.item.block_id
+                    view.release()
+            except BaseException as exc:  # reported to the receivers (DiskFullError first)
+                self.error = exc
+            finally:
+                self._free.put(buf)
 
 
 def full_jitter(attempt: int, base_s: float) -> float:
@@ -159,27 +208,27 @@ def full_jitter(attempt: int, base_s: float) -> float:
 
 
 class Downloader:
-    """Fetch the missing blocks of one route into a store.
+    """Fetch the missing blocks of one route into a sink (the model's files).
 
     Args:
-        http: the shared HTTP client.
-        store: the device block store (verified, atomic writes).
+        wire: the data-path HTTP reader.
+        sink: where blocks are written and journaled once verified.
         route: sources and per-block candidates.
         options: batching, parallelism and retry settings.
-        on_bytes: called with ``(source_url, nbytes)`` for every chunk received (any thread).
+        on_bytes: called with ``(source_url, nbytes)`` for every read (any thread).
     """
 
     def __init__(
         self,
-        http: httpx.Client,
-        store: BlockStore,
+        wire: Wire,
+        sink: BlockSink,
         route: Route,
         *,
         options: DownloadOptions | None = None,
         on_bytes: ByteCallback | None = None,
     ) -> None:
-        self._http = http
-        self._store = store
+        self._wire = wire
+        self._sink = sink
         self._route = route
         self._manifest: ModelManifest = route.manifest
         self._opts = options or DownloadOptions()
@@ -189,11 +238,13 @@ class Downloader:
         ]
         self._dead: set[int] = set()
         self._lock = threading.Lock()
+        self._stage: _Stage | None = None
 
     # -- planning --------------------------------------------------------------------------
     def _plan(self, by_source: dict[int, list[_Item]]) -> list[_Task]:
         tasks: list[_Task] = []
         for index, items in by_source.items():
+            items.sort(key=lambda i: (i.path, i.offset))
             if self._route.sources[index].kind == "origin":
                 tasks.extend(self._plan_ranges(index, items))
             else:
@@ -203,51 +254,45 @@ class Downloader:
         return tasks
 
     def _plan_edge(self, index: int, items: list[_Item]) -> list[_Task]:
+        """Split the blocks, in file order, into a few batches of about equal bytes."""
+        total = sum(i.length for i in items)
+        count = max(self._opts.connections_per_source, -(-total // max(1, self._opts.batch_bytes)))
+        count = min(count, max(1, total // READ_CHUNK_BYTES), len(items))
+        target = total / count
         tasks: list[_Task] = []
-        batch: list[_Item] = []
-        batch_bytes = 0
-        small = [i for i in items if i.length < self._opts.large_block_bytes]
-        # Spread small blocks over a few batches so they use several connections.
-        total_small = sum(i.length for i in small)
-        cap = max(
-            min(self._opts.batch_bytes, total_small // self._opts.connections_per_source + 1),
-            256 * 1024,
-        )
+        run: list[_Item] = []
+        run_bytes = 0
         for item in items:
-            if item.length >= self._opts.large_block_bytes:
-                tasks.append(_Task(index, "block", [item]))
-                continue
-            batch.append(item)
-            batch_bytes += item.length
-            if batch_bytes >= cap:
-                tasks.append(_Task(index, "batch", batch))
-                batch, batch_bytes = [], 0
-        if batch:
-            tasks.append(_Task(index, "batch", batch))
+            run.append(item)
+            run_bytes += item.length
+            if run_bytes >= target and len(tasks) < count - 1:
+                tasks.append(_Task(index, "batch", run))
+                run, run_bytes = [], 0
+        if run:
+            tasks.append(_Task(index, "batch", run))
         return tasks
 
     def _plan_ranges(self, index: int, items: list[_Item]) -> list[_Task]:
-        by_file: dict[str, list[_Item]] = defaultdict(list)
-        for item in items:
-            by_file[item.path].append(item)
         tasks: list[_Task] = []
-        for file_items in by_file.values():
-            file_items.sort(key=lambda i: i.offset)
-            run: list[_Item] = []
-            for item in file_items:
-                contiguous = bool(run) and run[-1].offset + run[-1].length == item.offset
-                size = sum(i.length for i in run)
-                if run and (not contiguous or size + item.length > self._opts.range_bytes):
-                    tasks.append(_Task(index, "range", run))
-                    run = []
-                run.append(item)
-            if run:
+        run: list[_Item] = []
+        for item in items:
+            contiguous = (
+                bool(run)
+                and run[-1].path == item.path
+                and run[-1].offset + run[-1].length == item.offset
+            )
+            size = sum(i.length for i in run)
+            if run and (not contiguous or size + item.length > self._opts.range_bytes):
                 tasks.append(_Task(index, "range", run))
+                run = []
+            run.append(item)
+        if run:
+            tasks.append(_Task(index, "range", run))
         return tasks
 
     # -- running ---------------------------------------------------------------------------
     def run(self, missing: Sequence[BlockId]) -> DownloadResult:
-        """Download ``missing`` (block ids of the route's manifest) into the store.
+        """Download ``missing`` (block ids of the route's manifest) into the sink.
 
         Raises:
             NoSourceError: some block failed on every candidate source.
@@ -267,48 +312,50 @@ class Downloader:
         def assign(pending: list[_Item]) -> list[_Task]:
             by_source: dict[int, list[_Item]] = defaultdict(list)
             for item in pending:
-                queue = remaining[item.block_id]
-                while queue and queue[0] in self._dead:
+                queue_ = remaining[item.block_id]
+                while queue_ and queue_[0] in self._dead:
                     tried[item.block_id].append(
-                        (self._route.sources[queue.pop(0)].url, "source failed earlier")
+                        (self._route.sources[queue_.pop(0)].url, "source failed earlier")
                     )
-                if not queue:
+                if not queue_:
                     exhausted.append(item.block_id)
                     continue
-                by_source[queue.pop(0)].append(item)
+                by_source[queue_.pop(0)].append(item)
             return self._plan(by_source)
 
-        workers = min(32, max(1, self._opts.connections_per_source * len(self._route.sources)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trimcache-dl") as pool:
-            futures: dict[Future[_Outcome], _Task] = {
-                pool.submit(self._execute, task): task for task in assign(items)
-            }
-            try:
-                while futures:
-                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                    retry: list[_Item] = []
-                    for future in done:
-                        task = futures.pop(future)
-                        outcome = future.result()
-                        url = self._route.sources[task.source].url
-                        if outcome.source_dead:
-                            with self._lock:
-                                self._dead.add(task.source)
-                        for item in outcome.stored:
-                            result.bytes_by_source[url] = (
-                                result.bytes_by_source.get(url, 0) + item.length
-                            )
-                            result.blocks_by_source[url] = result.blocks_by_source.get(url, 0) + 1
-                        for item, reason in outcome.failed:
-                            tried[item.block_id].append((url, reason))
-                            result.failures.append((url, item.block_id, reason))
-                            retry.append(item)
-                    for task in assign(retry):
-                        futures[pool.submit(self._execute, task)] = task
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        workers = min(16, max(1, self._opts.connections_per_source * len(self._route.sources)))
+        self._stage = _Stage(self._sink, count=self._opts.buffers, size=self._opts.read_bytes)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="trimcache-dl")
+        futures: dict[Future[_Outcome], _Task] = {
+            pool.submit(self._execute, task): task for task in assign(items)
+        }
+        try:
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                retry: list[_Item] = []
+                for future in done:
+                    task = futures.pop(future)
+                    outcome = future.result()
+                    url = self._route.sources[task.source].url
+                    if outcome.source_dead:
+                        with self._lock:
+                            self._dead.add(task.source)
+                    for item in outcome.stored:
+                        result.bytes_by_source[url] = (
+                            result.bytes_by_source.get(url, 0) + item.length
+                        )
+                        result.blocks_by_source[url] = result.blocks_by_source.get(url, 0) + 1
+                    for item, reason in outcome.failed:
+                        tried[item.block_id].append((url, reason))
+                        result.failures.append((url, item.block_id, reason))
+                        retry.append(item)
+                for task in assign(retry):
+                    futures[pool.submit(self._execute, task)] = task
+        finally:
+            for future in futures:
+                future.cancel()
+            pool.shutdown(wait=True)
+            self._stage.close()
         if exhausted:
             raise NoSourceError(self._manifest.model_id, {b: tried[b] for b in exhausted})
         return result
@@ -331,7 +378,7 @@ class Downloader:
             except DiskFullError:
                 raise
             except (EdgeUnavailableError, BlockIntegrityError) as exc:
-                # Transport error, 5xx or a short body: blocks already stored stay stored.
+                # Transport error, 5xx or a short body: blocks already verified stay verified.
                 done = {i.block_id for i in outcome.stored} | {
                     i.block_id for i, _ in outcome.failed
                 }
@@ -353,47 +400,26 @@ class Downloader:
         return outcome
 
     def _request(self, source: Source, kind: TaskKind, items: list[_Item], out: _Outcome) -> None:
-        if kind == "range":
-            # Re-plan the remaining run as contiguous pieces (a retry may have left gaps).
-            runs: list[list[_Item]] = []
-            for item in items:
-                if runs and runs[-1][-1].offset + runs[-1][-1].length == item.offset:
-                    runs[-1].append(item)
-                else:
-                    runs.append([item])
-            for run in runs:
-                start = run[0].offset
-                end = run[-1].offset + run[-1].length
-                url = (
-                    f"{source.url}/{self._manifest.repo_id}/resolve/"
-                    f"{self._manifest.revision}/{run[0].path}"
-                )
-                headers = {"Range": f"bytes={start}-{end - 1}"}
-                self._stream(source, "GET", url, run, out, headers=headers, skip=start)
-        elif kind == "block" and items[0].length >= self._opts.split_bytes:
-            self._split(source, items[0], out)
-        elif kind == "block":
-            url = f"{source.url}/v1/blocks/{items[0].block_id}"
-            self._stream(source, "GET", url, items, out)
-        else:
-            url = f"{source.url}/v1/blocks:batch"
-            body = {"block_ids": [i.block_id for i in items]}
-            self._stream(source, "POST", url, items, out, json=body)
-
-    def _count(self, source: Source) -> Callable[[int], None]:
-        def count(nbytes: int) -> None:
-            if self._on_bytes is not None:
-                self._on_bytes(source.url, nbytes)
-
-        return count
-
-    def _store_item(self, chunks: Iterable[bytes | memoryview], item: _Item, out: _Outcome) -> None:
-        try:
-            self._store.put_stream(chunks, block_id=item.block_id, size=item.length)
-        except DigestMismatchError as exc:
-            out.failed.append((item, f"bad sha256 ({exc.actual[:12]}...)"))
+        if kind == "batch":
+            body = json.dumps({"block_ids": [i.block_id for i in items]}).encode()
+            self._stream(source, "POST", f"{source.url}/v1/blocks:batch", items, out, body=body)
             return
-        out.stored.append(item)
+        # Re-plan the remaining run as contiguous pieces (a retry may have left gaps).
+        runs: list[list[_Item]] = []
+        for item in items:
+            if runs and runs[-1][-1].offset + runs[-1][-1].length == item.offset:
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+        for run in runs:
+            start = run[0].offset
+            end = run[-1].offset + run[-1].length
+            url = (
+                f"{source.url}/{self._manifest.repo_id}/resolve/"
+                f"{self._manifest.revision}/{run[0].path}"
+            )
+            headers = {"Range": f"bytes={start}-{end - 1}"} if end > start else {}
+            self._stream(source, "GET", url, run, out, headers=headers, skip=start)
 
     def _stream(
         self,
@@ -404,80 +430,91 @@ class Downloader:
         out: _Outcome,
         *,
         headers: dict[str, str] | None = None,
-        json: object = None,
+        body: bytes | None = None,
         skip: int = 0,
     ) -> None:
-        with _mapped_errors(url):
-            with self._http.stream(method, url, headers=headers, json=json) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise_for_error(response)
-                body = _Body(response.iter_raw(), self._count(source))
-                if skip and response.status_code == 200:
-                    body.skip(skip)  # the server ignored our Range: drop the prefix
-                for item in items:
-                    # On a bad hash the stream stays aligned (exactly item.length bytes read).
-                    self._store_item(body.take(item.length), item, out)
-                body.finish()
+        """One request: read its body into ring buffers, hand them to the store stage.
 
-    def _get_part(self, source: Source, url: str, lo: int, hi: int) -> list[bytes | memoryview]:
-        with self._http.stream("GET", url, headers={"Range": f"bytes={lo}-{hi - 1}"}) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise_for_error(response)
-            body = _Body(response.iter_raw(), self._count(source))
-            if response.status_code == 200:
-                body.skip(lo)  # the server ignored our Range
-            data = list(body.take(hi - lo))
-            body.finish()
-            return data
-
-    def _split(self, source: Source, item: _Item, out: _Outcome) -> None:
-        """One large block as parallel Range reads, hashed and stored in order.
-
-        A sliding window of ``connections_per_source`` parts is in flight; the parts are fed
-        to ``put_stream`` in order, so the hash runs while later parts still arrive and at most
-        window x ``part_bytes`` bytes wait in memory.
+        Whatever happens, the blocks whose last byte arrived are judged (after the stage has
+        drained): verified ones are journaled and ``stored``, bad ones ``failed``.
         """
-        url = f"{source.url}/v1/blocks/{item.block_id}"
-        step = self._opts.part_bytes
-        spans = deque((lo, min(lo + step, item.length)) for lo in range(0, item.length, step))
-        window = max(1, self._opts.connections_per_source)
-        pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="trimcache-part")
-        pending: deque[Future[list[bytes | memoryview]]] = deque()
-
-        def submit_next() -> None:
-            if spans:
-                lo, hi = spans.popleft()
-                pending.append(pool.submit(self._get_part, source, url, lo, hi))
-
-        def parts() -> Iterator[bytes | memoryview]:
-            while pending:
-                data = pending.popleft().result()
-                submit_next()
-                yield from data
-
+        stage = self._stage
+        assert stage is not None
+        checks: list[_Check] = []
         try:
-            with _mapped_errors(url):
-                for _ in range(window):
-                    submit_next()
-                self._store_item(parts(), item, out)
+            with self._wire.request(method, url, headers=headers, body=body) as reply:
+                if skip and reply.status == 200:
+                    self._discard(reply, skip, source)  # the server ignored our Range
+                self._receive(reply, items, checks, source)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stage.drain()
+            for check in checks:
+                if check.ok:
+                    self._sink.mark_verified(check.item.block_id)
+                    out.stored.append(check.item)
+                else:
+                    reason = f"bad sha256 ({check.digest.hexdigest()[:12]}...)"
+                    out.failed.append((check.item, reason))
 
+    def _read(self, reply: Reply, view: memoryview, source: Source) -> int:
+        n = reply.readinto(view)
+        if n and self._on_bytes is not None:
+            self._on_bytes(source.url, n)
+        return n
 
-@contextmanager
-def _mapped_errors(url: str) -> Iterator[None]:
-    """Turn transport, short-body and disk errors into client errors (style E4)."""
-    try:
-        yield
-    except _ShortBodyError as exc:
-        raise BlockIntegrityError(f"{url}: short body: {exc}", url=url) from exc
-    except httpx.TransportError as exc:
-        raise transport_error(exc, url) from exc
-    except StoreFullError as exc:
-        raise DiskFullError(f"device cache full: {exc}") from exc
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DiskFullError(f"no space left for the device cache: {exc}") from exc
-        raise
+    def _discard(self, reply: Reply, nbytes: int, source: Source) -> None:
+        scratch = memoryview(bytearray(min(nbytes, READ_CHUNK_BYTES)))
+        while nbytes > 0:
+            n = self._read(reply, scratch[: min(nbytes, len(scratch))], source)
+            if n == 0:
+                raise BlockIntegrityError(f"{reply.url}: short body", url=reply.url)
+            nbytes -= n
+
+    def _receive(
+        self, reply: Reply, items: list[_Item], checks: list[_Check], source: Source
+    ) -> None:
+        """Cut the body into the items' blocks, buffer by buffer.
+
+        ``checks`` gets every block whose last byte was handed to the stage.
+        """
+        stage = self._stage
+        assert stage is not None
+        index, pos = 0, 0  # current item, bytes of it received
+        current: _Check | None = None
+        while index < len(items):
+            buf = stage.buffer()
+            view = memoryview(buf)
+            filled = 0
+            try:
+                want = sum(i.length for i in items[index:]) - pos
+                while filled < len(buf) and filled < want:
+                    n = self._read(reply, view[filled : min(len(buf), want)], source)
+                    if n == 0:
+                        break
+                    filled += n
+            except BaseException:
+                view.release()
+                stage.give_back(buf)
+                raise
+            view.release()
+            pieces: list[_Piece] = []
+            lo = 0
+            ended: list[_Check] = []
+            while index < len(items) and (lo < filled or items[index].length == pos):
+                item = items[index]
+                if current is None:
+                    current = _Check(item)
+                n = min(filled - lo, item.length - pos)
+                ends = pos + n == item.length
+                pieces.append((current, lo, lo + n, pos, ends))
+                lo += n
+                pos += n
+                if ends:
+                    ended.append(current)
+                    index, pos, current = index + 1, 0, None
+            stage.submit(buf, pieces)
+            checks.extend(ended)
+            if filled < want and filled < len(buf):
+                raise BlockIntegrityError(
+                    f"{reply.url}: short body ({want - filled} bytes missing)", url=reply.url
+                )

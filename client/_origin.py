@@ -1,16 +1,16 @@
 """Fetching without a controller or edge node: index a repo locally from the origin.
 
 Block ids are sha256 of tensor bytes, so a manifest cannot be built from metadata alone: the first
-fetch of a repo streams its files once (file sha256 checked against the Hub's ``lfs.sha256`` when
-given), splits them into the device store with :func:`core.blocks.build_manifest` and keeps the
-manifest. Later fetches of the same revision reuse that manifest, and any blocks that went missing
-are read back with HTTP Range requests (the downloader's origin path).
+fetch of a repo streams its files once into a directory of the device cache (file sha256 checked
+against the Hub's ``lfs.sha256`` when given) and describes them with
+:func:`core.blocks.build_manifest`; those files then become the model's files as they are (the
+block ids were just computed from their bytes). Later fetches of the same revision reuse the
+manifest, and any blocks that went missing are read back with HTTP Range requests (the
+downloader's origin path).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import httpx
 from core.blocks import build_manifest
 from core.digest import sha256_file
 from core.manifest import ModelManifest, check_relpath
-from core.store import BlockStore
 
 from ._download import READ_CHUNK_BYTES, ByteCallback
 from ._errors import (
@@ -77,45 +76,42 @@ def repo_info(origin_url: str, repo_id: str, revision: str) -> tuple[str, list[d
 
 def index_from_origin(
     http: httpx.Client,
-    store: BlockStore,
+    dest: Path,
     *,
     origin_url: str,
     model_id: str,
     repo_id: str,
     revision: str,
     files: list[dict[str, Any]],
-    tmp_root: Path,
     on_bytes: ByteCallback | None = None,
 ) -> tuple[ModelManifest, int]:
-    """Download a repo's files once, split them into ``store``; return (manifest, bytes read)."""
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-index-", dir=tmp_root))
+    """Download a repo's files once into ``dest`` (a new dir); return (manifest, bytes read).
+
+    The caller removes ``dest`` on an error.
+    """
+    dest.mkdir(parents=True)
     moved = 0
-    try:
-        for entry in files:
-            rel = check_relpath(entry["path"])
-            if rel.startswith(".") or "/." in rel:
-                continue  # .gitattributes and friends are not model files
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            url = f"{origin_url}/{repo_id}/resolve/{revision}/{rel}"
-            try:
-                with http.stream("GET", url) as response, open(dest, "wb") as fh:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise_for_error(response)
-                    for chunk in response.iter_raw(READ_CHUNK_BYTES):
-                        fh.write(chunk)
-                        moved += len(chunk)
-                        if on_bytes is not None:
-                            on_bytes(origin_url, len(chunk))
-            except httpx.TransportError as exc:
-                raise transport_error(exc, url) from exc
-            expected = entry.get("sha256")
-            if expected and sha256_file(dest) != expected:
-                raise BlockIntegrityError(f"{url}: file sha256 does not match the origin's")
-        manifest = build_manifest(
-            tmp, model_id=model_id, repo_id=repo_id, revision=revision, store=store
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for entry in files:
+        rel = check_relpath(entry["path"])
+        if rel.startswith(".") or "/." in rel:
+            continue  # .gitattributes and friends are not model files
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        url = f"{origin_url}/{repo_id}/resolve/{revision}/{rel}"
+        try:
+            with http.stream("GET", url) as response, open(target, "wb") as fh:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for_error(response)
+                for chunk in response.iter_raw(READ_CHUNK_BYTES):
+                    fh.write(chunk)
+                    moved += len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(origin_url, len(chunk))
+        except httpx.TransportError as exc:
+            raise transport_error(exc, url) from exc
+        expected = entry.get("sha256")
+        if expected and sha256_file(target) != expected:
+            raise BlockIntegrityError(f"{url}: file sha256 does not match the origin's")
+    manifest = build_manifest(dest, model_id=model_id, repo_id=repo_id, revision=revision)
     return manifest, moved

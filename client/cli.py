@@ -48,7 +48,7 @@ def add_parsers(subparsers: Any) -> None:
         "fetch",
         parents=[common, source],
         help="download a model into the device cache, with progress bars",
-        description="Download a model's missing blocks (verified), rebuild its files.",
+        description="Download a model's missing blocks (verified) into its files.",
     )
     fetch.add_argument("model_id", metavar="MODEL_ID")
     fetch.add_argument("--load", action="store_true", help="also load it with transformers")
@@ -72,6 +72,11 @@ def add_parsers(subparsers: Any) -> None:
     rm = cache_sub.add_parser("rm", parents=[common], help="remove a cached model")
     rm.add_argument("model_id", metavar="MODEL_ID")
     rm.set_defaults(func=_cmd_cache_rm)
+    verify = cache_sub.add_parser(
+        "verify", parents=[common], help="re-hash every block of the cached models' files"
+    )
+    verify.add_argument("model_id", metavar="MODEL_ID", nargs="?", help="only this model")
+    verify.set_defaults(func=_cmd_cache_verify)
 
 
 def _rounded(value: Any, digits: int = 3) -> Any:
@@ -249,7 +254,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache_ls(args: argparse.Namespace) -> int:
-    """List cached models with what they really take on disk (blocks and rebuilt files)."""
+    """List cached models with what they really take on disk (their files: the only copy)."""
     from client._cache import DeviceCache
     from client._client import resolve_settings
 
@@ -291,7 +296,7 @@ def _cmd_cache_ls(args: argparse.Namespace) -> int:
 
     table = Table(title=f"device cache {cache.root}")
     table.add_column("model", no_wrap=True)
-    for name in ("size", "present", "disk: files", "disk: blocks"):
+    for name in ("size", "present", "on disk"):
         table.add_column(name, justify="right")
     table.add_column("state")
     for m in models:
@@ -302,18 +307,15 @@ def _cmd_cache_ls(args: argparse.Namespace) -> int:
             _human(m.total_bytes),
             f"{100 * m.present_bytes / (m.unique_bytes or 1):.0f} %",
             _human(disk.files_bytes),
-            _human(disk.blocks_bytes),
             state,
         )
     console = Console(highlight=False)
     console.print(table)
     console.print(
-        f"on disk: {_human(usage.total_bytes)} = {_human(usage.store_bytes)} in"
-        f" {cache.stats()['blocks']} blocks (store/) + {_human(usage.models_bytes)} of rebuilt"
-        f" files (models/) + {_human(usage.other_bytes)} other"
+        f"on disk: {_human(usage.total_bytes)} = {_human(usage.models_bytes)} of model files"
+        f" (models/, the only copy of their blocks) + {_human(usage.store_bytes)} of manifests"
+        f" (store/) + {_human(usage.other_bytes)} other"
     )
-    if len(models) > 1:
-        console.print("(a block shared by several models counts in each row, once in the total)")
     return 0
 
 
@@ -327,3 +329,24 @@ def _cmd_cache_rm(args: argparse.Namespace) -> int:
     freed = before - cache.disk_usage().total_bytes
     sys.stdout.write(f"removed {args.model_id} (freed {_human(freed)} on disk)\n")
     return 0
+
+
+def _cmd_cache_verify(args: argparse.Namespace) -> int:
+    """Re-hash the cached files; a model with bad blocks goes back to partial (refetch them)."""
+    from client._cache import DeviceCache
+    from client._client import resolve_settings
+
+    cache = DeviceCache(resolve_settings(None, args.cache_dir)[1])
+    results = cache.verify(args.model_id)
+    bad_models = 0
+    for model_id, bad in results.items():
+        if bad:
+            bad_models += 1
+            sys.stdout.write(
+                f"{model_id}: {len(bad)} bad blocks (fetch it again to re-fetch only those)\n"
+            )
+        else:
+            sys.stdout.write(f"{model_id}: ok\n")
+    if not results:
+        sys.stdout.write("no complete model in the device cache\n")
+    return 1 if bad_models else 0

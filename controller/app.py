@@ -1,9 +1,10 @@
 """The controller's FastAPI app: ``create_app(settings)``.
 
 The lifespan opens the one Redis client (:class:`controller.state.RedisState`), builds the
-planner and, with ``auto_plan``, starts its background loop; shutdown stops the loop and closes
-the client. Redis may be down at startup: requests then answer 503 ``state_unavailable`` and
-everything recovers when it returns. Errors follow docs/api.md: any
+planner and, with ``auto_plan``, starts its background loop; with ``index_from_origin`` it starts
+the :class:`~controller.indexer.OriginIndexer` (fills the catalogue from the origin, then plans).
+Shutdown stops both and closes the client. Redis may be down at startup: requests then answer
+503 ``state_unavailable`` and everything recovers when it returns. Errors follow docs/api.md: any
 :class:`~core.errors.TrimCacheError` becomes ``{"error": {"code", "message"}}`` with an
 ``X-Error-Code`` header; anything else is a logged 500 ``internal``.
 """
@@ -22,6 +23,7 @@ from fastapi.responses import JSONResponse
 
 from controller.api.routes import demand, health, models, nodes, placement, routing, topology
 from controller.errors import StateUnavailableError
+from controller.indexer import OriginIndexer
 from controller.metrics import Metrics
 from controller.planner import Planner, load_topology_file
 from controller.settings import Settings
@@ -50,9 +52,22 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
         app.state.metrics = metrics
         if settings.auto_plan:
             planner.start()
+        indexer = None
+        if settings.index_from_origin:
+            indexer = OriginIndexer(
+                state,
+                metrics,
+                planner,
+                origin_url=settings.origin_url,
+                manifest_cache_dir=settings.manifest_cache_dir,
+            )
+            app.state.origin_indexer = indexer
+            indexer.start()
         try:
             yield
         finally:
+            if indexer is not None:
+                indexer.stop()
             planner.close()
             state.close()
 

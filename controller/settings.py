@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     # Timeout of one Redis command; also bounds how long a request waits when Redis is down.
     redis_timeout_s: float = Field(default=2.0, gt=0)
     solver_time_limit_s: float | None = Field(default=30.0, gt=0)
+    # At startup, index every repo the origin lists (HfApi.list_models), in the background and
+    # retrying until all are in, then plan once (controller/indexer.py, OriginIndexer).
+    index_from_origin: bool = False
+    # Manifests built before, by (repo, commit, model id): a commit names fixed content, so
+    # indexing it again downloads nothing (None: no cache).
+    manifest_cache_dir: Path | None = None
     solver_seed: int = 0
     # Stable placement: a re-plan replaces a still-valid placement only when its net gain
     # (hit ratio gained, per `controller.placement.evaluate`, minus the move cost below)

@@ -12,6 +12,9 @@ Invariants:
   writes and refuses a mismatch (:class:`DigestMismatchError`), and writes are atomic
   (:mod:`core.fsutil`), so a crash leaves at most a ``.tmp-*`` file, swept on open;
 - block ids are validated before any path is built (no path traversal);
+- with ``durable``, every write is on disk when it returns, except inside
+  :meth:`BlockStore.one_sync`: there block writes skip their own fsync and one ``syncfs`` of the
+  store's filesystem at the end makes them all durable at once (an edge node's plan apply);
 - ``capacity_bytes`` (if set) bounds the sum of block sizes; a write that would pass it raises
   :class:`StoreFullError` and stores nothing;
 - bytes that rot on disk after the write are caught by :meth:`BlockStore.verify` /
@@ -24,10 +27,13 @@ lock, so one store can be shared by the threads of a web server.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -75,6 +81,8 @@ class BlockStore:
         # a second writer or a reader of the same block waits instead of racing the rename.
         self._writing: dict[BlockId, threading.Event] = {}
         self._used = 0
+        self._batches = 0  # open one_sync() scopes: block writes skip their own fsync meanwhile
+        self._generation = 0  # bumped on every change of the index (see generation)
         self._reload_index()
 
     # -- index -----------------------------------------------------------------------------
@@ -89,6 +97,7 @@ class BlockStore:
         with self._lock:
             self._sizes = sizes
             self._used = sum(sizes.values())
+            self._generation += 1
 
     def path(self, block_id: str) -> Path:
         """Where a block lives (validates the id first)."""
@@ -113,6 +122,11 @@ class BlockStore:
         return len(self._sizes)
 
     @property
+    def generation(self) -> int:
+        """A counter that changes whenever a block enters or leaves the index (cache key)."""
+        return self._generation
+
+    @property
     def used_bytes(self) -> int:
         return self._used
 
@@ -133,7 +147,8 @@ class BlockStore:
         if not self._reserve(block_id, len(data)):
             return
         try:
-            atomic_write_bytes(self.path(block_id), data, durable=self.durable)
+            durable = self.durable and not self._batches
+            atomic_write_bytes(self.path(block_id), data, durable=durable)
         except BaseException:
             self._release(block_id)
             raise
@@ -171,7 +186,7 @@ class BlockStore:
                     digest.update(chunk)
                     fh.write(chunk)
                     written += len(chunk)
-                if self.durable:
+                if self.durable and not self._batches:
                     fh.flush()
                     os.fsync(fh.fileno())
                 actual = BlockId(digest.hexdigest())
@@ -193,6 +208,24 @@ class BlockStore:
         finally:
             Path(tmp_name).unlink(missing_ok=True)
 
+    @contextmanager
+    def one_sync(self) -> Iterator[None]:
+        """Block writes inside skip their own fsync; one ``syncfs`` at the end covers them all.
+
+        Scopes nest and may overlap across threads: the sync runs when the last one closes
+        (also on an error, so what was written is durable). Without ``durable``: no effect.
+        """
+        with self._lock:
+            self._batches += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._batches -= 1
+                last = self._batches == 0
+            if last and self.durable:
+                sync_filesystem(self.root)
+
     def _reserve(self, block_id: BlockId, size: int) -> bool:
         """Claim the write of a new block: False if it is stored (waits for an in-flight write).
 
@@ -209,6 +242,7 @@ class BlockStore:
                         raise StoreFullError(self._used + size, self.capacity_bytes)
                     self._sizes[block_id] = size
                     self._used += size
+                    self._generation += 1
                     self._writing[block_id] = threading.Event()
                     return True
             pending.wait()  # the other writer may fail: then loop and write it ourselves
@@ -234,6 +268,7 @@ class BlockStore:
             size = self._sizes.pop(block_id, None)
             if size is not None:
                 self._used -= size
+                self._generation += 1
 
     def delete(self, block_id: str) -> bool:
         """Remove a block; returns False if it was not there."""
@@ -244,6 +279,7 @@ class BlockStore:
             if size is None:
                 return False
             self._used -= size
+            self._generation += 1
         self.path(bid).unlink(missing_ok=True)
         return True
 
@@ -356,3 +392,19 @@ class BlockStore:
 
     def is_complete(self, manifest: ModelManifest) -> bool:
         return not self.missing_blocks(manifest)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush the filesystem holding ``path`` to disk: ``syncfs(2)``, else ``sync(2)``."""
+    libc_name = ctypes.util.find_library("c")
+    syncfs = getattr(ctypes.CDLL(libc_name, use_errno=True), "syncfs", None) if libc_name else None
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)

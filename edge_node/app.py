@@ -70,6 +70,7 @@ class _RequestCounter:
 # every planned model, hence more room than the controller's 2 MiB.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
+
 def _error_response(code: str, message: str, status: int, header_code: str) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message}},

@@ -18,6 +18,8 @@ Internal logic of :func:`apply_plan`:
      blocks of one file coalesced into one request, a few attempts each.
    Every block is streamed into ``BlockStore.put_stream(block_id=...)``: its bytes are hashed as
    they arrive and a block that does not match, or whose transfer dies, leaves nothing behind.
+   A durable node syncs once per plan (``BlockStore.one_sync``: one ``syncfs`` after the
+   fetches), not once per block.
 4. On success, blocks of no planned manifest are evicted and manifests of unplanned models
    dropped. If some block could not be fetched from anywhere, :class:`UpstreamUnavailableError`
    (502) is raised and nothing more is evicted; applying the plan again resumes.
@@ -418,14 +420,15 @@ def _apply_locked(
         evicted += _make_room(node, keep=set(needed), nbytes=missing_bytes)
 
     fetcher = Fetcher(node, client, on_stored=lambda src, _b, n: progress.add_fetched(src, n))
-    still_missing = fetch_blocks(
-        fetcher,
-        missing,
-        located=locate_blocks(plan.manifests),
-        peers=plan.peers,
-        origin_url=origin_url,
-        workers=node.settings.fetch_workers,
-    )
+    with store.one_sync():  # one syncfs for the whole plan, not an fsync per block
+        still_missing = fetch_blocks(
+            fetcher,
+            missing,
+            located=locate_blocks(plan.manifests),
+            peers=plan.peers,
+            origin_url=origin_url,
+            workers=node.settings.fetch_workers,
+        )
     if still_missing:
         message = (
             f"{len(still_missing)} blocks could not be fetched from any peer or the origin "

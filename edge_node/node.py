@@ -95,6 +95,9 @@ class EdgeNode:
         self._lock = threading.Lock()
         self._trusted: dict[BlockId, _Signature] = {}
         self._manifests: dict[str, ModelManifest] = {}
+        self._manifests_version = 0
+        # complete_models() of (store generation, manifests version): every Hub request asks.
+        self._complete: tuple[tuple[int, int], list[ModelManifest]] | None = None
         for path in sorted((settings.data_dir / "manifests").glob("*.json")):
             try:
                 manifest = ModelManifest.from_json(path.read_bytes())
@@ -171,15 +174,25 @@ class EdgeNode:
         self.store.put_manifest(manifest)
         with self._lock:
             self._manifests[manifest.model_id] = manifest
+            self._manifests_version += 1
 
     def drop_manifest(self, model_id: str) -> None:
         self.store.delete_manifest(model_id)
         with self._lock:
             self._manifests.pop(model_id, None)
+            self._manifests_version += 1
 
     def complete_models(self) -> list[ModelManifest]:
-        """Held models all of whose blocks are in the store."""
-        return [m for m in self.manifests() if self.store.is_complete(m)]
+        """Held models all of whose blocks are in the store (cached until either changes)."""
+        with self._lock:
+            key = (self.store.generation, self._manifests_version)
+            cached = self._complete
+        if cached is not None and cached[0] == key:
+            return list(cached[1])
+        complete = [m for m in self.manifests() if self.store.is_complete(m)]
+        with self._lock:
+            self._complete = (key, complete)
+        return list(complete)
 
     def referenced_blocks(self, manifests: Iterable[ModelManifest] | None = None) -> set[BlockId]:
         held = self.manifests() if manifests is None else manifests

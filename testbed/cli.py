@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "controller.cli",
     "client.cli",
     "testbed.launcher_cli",
+    "testbed.models_cli",
 )
 
 

@@ -2,19 +2,20 @@
 
 ``python -m testbed.demo --out results/demo``:
 
-1. build the model zoo (once; it is reused from ``.cache/zoo-full``, or the test suite's zoo
-   with ``--profile test``);
+1. take the model zoo from the machine's shared zoo cache
+   (``~/.cache/trimcache-testbed/zoo``, shared with ``trimcache testbed up`` and the test
+   suite; built once, with progress);
 2. ``testbed up``: Redis, the origin behind an emulated backhaul, the controller and three edge
-   nodes behind emulated radio links;
-3. index every zoo model but the synthetic ones, and run the placement;
-4. as a user in ``area-1`` (next to ``edge-1``), fetch ``bert-sst2``, a sibling task model and a
+   nodes behind emulated radio links; it returns once the controller has indexed every repo of
+   the origin and every edge node applied the first placement;
+3. as a user in ``area-1`` (next to ``edge-1``), fetch ``bert-sst2``, a sibling task model and a
    LoRA model through the controller's routes; then fetch the same models straight from the origin
    (a fresh device cache each way, same order), for the comparison;
-5. predict sentences with ``bert-sst2``;
-6. write ``report.md``, ``report.json`` and PNG plots to ``--out``: per model, download time from
+4. predict sentences with ``bert-sst2``;
+5. write ``report.md``, ``report.json`` and PNG plots to ``--out``: per model, download time from
    the edge vs. the origin and bytes by source; per edge node, physical vs. logical bytes; the hit
    ratio of the current placement;
-7. ``testbed down``, always (in ``finally``).
+6. ``testbed down``, always (in ``finally``).
 
 Every number in the report is measured in this run; nothing is copied from elsewhere.
 """
@@ -35,7 +36,6 @@ import httpx
 
 from testbed import launcher
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 SENTENCES = (
     "I loved it",
@@ -60,46 +60,6 @@ def _pick_models(catalogue: Mapping[str, Any]) -> list[dict[str, Any]]:
     )
     lora = next((m for m in models if m["kind"] == "lora"), None)
     return [m for m in (by_id["bert-sst2"], sibling, lora) if m is not None]
-
-
-def _index_models(state: Mapping[str, Any], models: Sequence[Mapping[str, Any]]) -> list[Any]:
-    headers = {"Authorization": f"Bearer {state['auth_token']}"}
-    indexed = []
-    with httpx.Client(base_url=state["controller_url"], headers=headers, timeout=600) as http:
-        for model in models:
-            started = time.perf_counter()
-            response = http.post(
-                "/v1/models",
-                json={
-                    "model_id": model["model_id"],
-                    "repo_id": model["repo_id"],
-                    "revision": "main",
-                },
-            )
-            response.raise_for_status()
-            body = response.json()
-            indexed.append(body)
-            blocks = body.get("blocks")
-            n_blocks = len(blocks) if isinstance(blocks, list | dict) else blocks
-            _say(
-                f"indexed {model['model_id']}: {body.get('total_bytes', 0) / MIB:.1f} MiB, "
-                f"{n_blocks} blocks in {time.perf_counter() - started:.1f} s"
-            )
-    return indexed
-
-
-def _plan(state: Mapping[str, Any]) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {state['auth_token']}"}
-    started = time.perf_counter()
-    response = httpx.post(
-        f"{state['controller_url']}/v1/placement:plan", headers=headers, timeout=1800
-    )
-    response.raise_for_status()
-    placement: dict[str, Any] = httpx.get(
-        f"{state['controller_url']}/v1/placement", timeout=30
-    ).json()
-    placement["plan_seconds"] = time.perf_counter() - started
-    return placement
 
 
 def _fetch_all(
@@ -250,8 +210,9 @@ def _markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
         "## Placement",
         "",
         f"Solver `{placement.get('solver')}`, hit ratio of the current placement "
-        f"**{placement.get('hit_ratio', 0.0):.3f}** (plan computed and pushed in "
-        f"{placement.get('plan_seconds', 0.0):.1f} s).",
+        f"**{placement.get('hit_ratio', 0.0):.3f}** (version {placement.get('version')}; "
+        f"`testbed up` indexed the zoo, planned and pushed before returning, in "
+        f"{placement.get('up_seconds', 0.0):.1f} s).",
         "",
         "## Prediction (bert-sst2)",
         "",
@@ -283,37 +244,24 @@ def _link(link: Mapping[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if args.zoo is not None:
-        zoo_dir = args.zoo.resolve()
-    elif args.profile == "test":
-        from testbed.zoo import ensure_test_zoo
-
-        zoo_dir = ensure_test_zoo()  # shared with the test suite
-    else:
-        zoo_dir = REPO_ROOT / ".cache" / "zoo-full"
     work = Path(tempfile.mkdtemp(prefix="trimcache-demo-"))
     state_dir = (args.state_dir or work / "testbed").resolve()
     started = time.perf_counter()
-    if not (zoo_dir / "zoo.json").is_file():
-        _say(f"building the {args.profile} model zoo in {zoo_dir} (once; a few minutes)")
     state: dict[str, Any] | None = None
     try:
         state = launcher.up(
             launcher.LaunchOptions(
                 state_dir=state_dir,
                 edges=args.edges,
-                zoo_dir=zoo_dir,
+                zoo_dir=args.zoo.resolve() if args.zoo else None,  # None: the shared cache
                 capacity_bytes=args.capacity_mb * MIB,
                 profile=args.profile,
                 timeout_s=180,
             ),
             on_progress=_say,
         )
+        zoo_dir = Path(state["zoo_dir"])
         catalogue = json.loads((zoo_dir / "zoo.json").read_text())
-        indexable = [m for m in catalogue["models"] if not m.get("synthetic")]
-        _index_models(state, indexable)
-        placement = _plan(state)
-        _say(f"placement: solver {placement.get('solver')}, hit ratio {placement.get('hit_ratio')}")
 
         chosen = _pick_models(catalogue)
         via_edge = _fetch_all(
@@ -332,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         for record in state["edges"]:
             edges[record["node_id"]] = httpx.get(f"{record['url']}/v1/stats", timeout=30).json()
         placement = httpx.get(f"{state['controller_url']}/v1/placement", timeout=30).json() | {
-            "plan_seconds": placement.get("plan_seconds", 0.0)
+            "up_seconds": state.get("up_seconds", 0.0)
         }
 
         def row(fetched: Any) -> dict[str, Any]:
@@ -357,8 +305,7 @@ def run(args: argparse.Namespace) -> int:
             },
             "edges": {node_id: _edge_row(stats) for node_id, stats in edges.items()},
             "placement": {
-                key: placement.get(key)
-                for key in ("version", "solver", "hit_ratio", "plan_seconds")
+                key: placement.get(key) for key in ("version", "solver", "hit_ratio", "up_seconds")
             },
             "prediction": {"model_id": "bert-sst2", "texts": list(SENTENCES), "labels": labels},
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -382,7 +329,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("results/demo"))
-    parser.add_argument("--zoo", type=Path, default=None, help="zoo dir (default .cache/zoo-full)")
+    parser.add_argument(
+        "--zoo", type=Path, default=None, help="zoo dir (default: the shared zoo cache)"
+    )
     parser.add_argument("--state-dir", type=Path, default=None, help="keep the testbed state here")
     parser.add_argument("--edges", type=int, default=3)
     parser.add_argument(

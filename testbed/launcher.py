@@ -2,9 +2,16 @@
 
 ``up()`` starts every service as a detached subprocess (its own session and process group, so it
 outlives the launcher and ``down()`` can stop it with all its children), waits until each one is
-healthy, and records everything in ``STATE_DIR/testbed.json``. ``down()`` stops every recorded
-process group (SIGTERM, then SIGKILL after a grace period) and leaves no process behind.
-``status()`` probes each service.
+healthy and the testbed is *ready* (the controller indexed every repo the origin lists, and every
+edge node applied the first placement that covers them), and records everything in
+``STATE_DIR/testbed.json``. ``down()`` stops every recorded process group (SIGTERM, then SIGKILL
+after a grace period) and leaves no process behind. ``status()`` probes each service.
+
+The zoo comes from the machine's shared zoo cache (:func:`testbed.zoo.ensure_zoo`, built once per
+input hash) unless ``zoo_dir`` names one. The controller listens on ``controller_port`` (8080, so
+the SDK's default URL works) when that port is free, else on a random one; ``up`` also records
+the state dir as the machine's last testbed (testbed/paths.py), which ``trimcache models`` and
+``trimcache testbed status`` use when given no flag.
 
 On disk::
 
@@ -13,7 +20,6 @@ On disk::
     STATE_DIR/redis/              Redis's working dir (AOF persistence on)
     STATE_DIR/edges/<node_id>/    each edge node's data dir
     STATE_DIR/hf/                 HF_HOME of the services (the controller's download cache)
-    STATE_DIR/zoo/                the model zoo, when no --zoo is given (built if absent)
 
 Services start in dependency order, like compose's ``depends_on``: Redis and the origin, then the
 controller, then the edge nodes (which register with the controller). Services are configured
@@ -50,11 +56,14 @@ from typing import Any, Literal
 import httpx
 
 from core.errors import TrimCacheError
+from testbed import paths
 from testbed.topology import Topology, grid_topology, node_id_for
 
 SCHEMA = "trimcache.testbed/v1"
 STATE_FILE = "testbed.json"
 LOOPBACK = "127.0.0.1"
+# The SDK's and CLI's default controller URL is http://127.0.0.1:8080.
+DEFAULT_CONTROLLER_PORT = 8080
 Profile = Literal["test", "full"]
 # Env prefixes of the services' settings: never leaked from the caller into a service.
 SERVICE_ENV_PREFIXES = ("EDGE_", "CONTROLLER_", "ORIGIN_")
@@ -102,6 +111,11 @@ class LaunchOptions:
     seed: int = 0
     timeout_s: float = 120.0
     solver: str | None = None
+    # Preferred controller port, used when free (else a random one); 0: always random (tests).
+    controller_port: int = DEFAULT_CONTROLLER_PORT
+    # Bound on indexing + the first placement being applied (the full zoo over a 100 Mbit/s
+    # backhaul moves ~1 GB).
+    ready_timeout_s: float = 900.0
 
     def links(self) -> tuple[LinkProfile, LinkProfile]:
         backhaul, radio = DEFAULT_LINKS[self.profile]
@@ -290,6 +304,17 @@ def _free_port(taken: set[int]) -> int:
             return port
 
 
+def _port_is_free(port: int) -> bool:
+    """Whether a server could bind ``LOOPBACK:port`` now (SO_REUSEADDR, as uvicorn does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
 def _child_env(extra: Mapping[str, str], state_dir: Path) -> dict[str, str]:
     env = {
         name: value
@@ -426,6 +451,95 @@ def _wait_registered(
         time.sleep(0.2)
 
 
+def origin_repos(origin_url: str) -> list[str]:
+    """Every repo the origin lists, read as any Hub client would (``HfApi.list_models``)."""
+    from huggingface_hub import HfApi
+
+    return sorted(model.id for model in HfApi(endpoint=origin_url, token=False).list_models())
+
+
+def wait_ready(
+    controller_url: str,
+    origin_url: str,
+    node_ids: Sequence[str],
+    *,
+    timeout_s: float,
+    say: Callable[[str], object],
+    services: Sequence[Service] = (),
+) -> dict[str, Any]:
+    """Block until the catalogue holds every origin repo, the controller's origin indexer has
+    planned after indexing them, and every node applied the current placement; return it
+    (``GET /v1/placement``).
+
+    Progress goes to ``say`` whenever it changes. Raises :class:`TestbedError` on timeout, naming
+    what is missing (the indexer's last error, the pushes not applied), or when a service dies.
+    """
+    try:
+        expected = set(origin_repos(origin_url))
+    except Exception as exc:  # huggingface_hub's HTTP errors: the origin was healthy a moment ago
+        raise TestbedError(f"cannot list the origin's repos at {origin_url}: {exc}") from exc
+    say(f"waiting for the controller to index {len(expected)} repos from the origin")
+    deadline = time.monotonic() + timeout_s
+    last_note = ""
+    problem = "no answer from the controller yet"
+    with httpx.Client(base_url=controller_url, timeout=10) as http:
+        while True:
+            for service in services:
+                if not process_alive(service.pid, service.start_ticks):
+                    raise TestbedError(
+                        f"{service.name} exited while the testbed was getting ready; last lines "
+                        f"of {service.log}:\n{log_tail(service.log)}"
+                    )
+            try:
+                models_doc = http.get("/v1/models").json()
+                placement: dict[str, Any] = http.get("/v1/placement").json()
+            except (httpx.HTTPError, ValueError) as exc:
+                models_doc, placement = {}, {}
+                problem = f"controller: {exc}"
+            index = models_doc.get("origin_index") or {}
+            skipped = set(index.get("skipped") or ())
+            have = {str(m.get("repo_id")) for m in models_doc.get("models", [])}
+            wanted = expected - skipped
+            missing = sorted(wanted - have)
+            if missing:
+                note = f"indexed {len(wanted) - len(missing)}/{len(wanted)} repos"
+                problem = f"not indexed: {', '.join(missing)}"
+                if index.get("error"):
+                    problem += f" (last error: {index['error']})"
+            else:
+                push = placement.get("push") or {}
+                applied = [n for n in node_ids if (push.get(n) or {}).get("status") == "applied"]
+                version = int(placement.get("version") or 0)
+                # The indexer plans once it has every repo; the planner may keep the current
+                # placement (stable placement), so "done" rather than "covers every model".
+                if index:
+                    planned = index.get("state") == "done"
+                else:
+                    planned = int((placement.get("problem") or {}).get("models", 0)) >= len(have)
+                if version and planned and len(applied) == len(node_ids):
+                    say(
+                        f"placement v{version} applied on {len(applied)} edge node(s) "
+                        f"(expected hit ratio {float(placement.get('hit_ratio', 0.0)):.3f})"
+                    )
+                    return placement
+                note = (
+                    f"all {len(have)} repos indexed; placement v{version}: "
+                    f"{len(applied)}/{len(node_ids)} edge node(s) applied"
+                )
+                failed = {
+                    n: f"{p.get('status')}: {p.get('error', '')}".strip(": ")
+                    for n, p in push.items()
+                    if p.get("status") not in ("applied", "pending")
+                }
+                problem = note + (f" (push {failed})" if failed else "")
+            if note != last_note:
+                say(note)
+                last_note = note
+            if time.monotonic() > deadline:
+                raise TestbedError(f"testbed not ready after {timeout_s:.0f}s: {problem}")
+            time.sleep(0.25)
+
+
 # --------------------------------------------------------------------------- state file
 
 
@@ -467,30 +581,40 @@ def services_of(state: Mapping[str, Any]) -> list[Service]:
 # --------------------------------------------------------------------------- zoo
 
 
-def ensure_zoo(
-    zoo_dir: Path, *, log: Path, seed: int, profile: Profile, timeout_s: float = 1800.0
-) -> bool:
-    """Build the zoo into ``zoo_dir`` unless its ``zoo.json`` exists. Returns True if it built."""
-    if (zoo_dir / "zoo.json").is_file():
-        return False
-    log.parent.mkdir(parents=True, exist_ok=True)
-    argv = _cli("zoo", "build", "--out", str(zoo_dir), "--seed", str(seed), "--profile", profile)
-    with log.open("ab") as sink:
-        sink.write(f"\n=== {' '.join(argv)}\n".encode())
-        sink.flush()
-        try:
-            result = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                timeout=timeout_s, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired as exc:
-            raise TestbedError(f"zoo build timed out after {timeout_s:.0f}s; see {log}") from exc
-    if result.returncode != 0 or not (zoo_dir / "zoo.json").is_file():
-        raise TestbedError(
-            f"zoo build failed (exit code {result.returncode}); last lines of {log}:\n"
-            f"{log_tail(log)}"
-        )
-    return True
+def resolve_zoo(
+    zoo_dir: Path | None,
+    *,
+    log: Path,
+    seed: int,
+    profile: Profile,
+    say: Callable[[str], object],
+    timeout_s: float = 3600.0,
+) -> Path:
+    """The zoo to serve: ``zoo_dir`` (built into it if absent), else the shared cache's.
+
+    A build streams its progress lines through ``say`` (prefixed ``zoo:``) and into ``log``.
+    """
+    from testbed.zoo import ensure_zoo, run_build
+
+    def relay(message: str) -> None:
+        say(f"zoo: {message}")
+
+    try:
+        if zoo_dir is None:
+            found = ensure_zoo(profile, seed=seed, progress=relay, timeout_s=timeout_s)
+            say(f"model zoo ({profile} profile): {found}")
+            return found
+        zoo_dir = Path(zoo_dir).resolve()
+        if (zoo_dir / "zoo.json").is_file():
+            say(f"model zoo: {zoo_dir}")
+            return zoo_dir
+        say(f"building the {profile} model zoo into {zoo_dir} (a few minutes)")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        run_build(zoo_dir, profile=profile, seed=seed, log_path=log, say=relay,
+                  timeout_s=timeout_s)  # fmt: skip
+        return zoo_dir
+    except RuntimeError as exc:
+        raise TestbedError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- up / down / status
@@ -587,13 +711,14 @@ def up(
     if redis_server is None:
         raise TestbedError("redis-server not found on PATH: run `make setup`")
 
+    launch_started = time.monotonic()
     logs = state_dir / "logs"
-    zoo_dir = Path(options.zoo_dir).resolve() if options.zoo_dir else state_dir / "zoo"
     backhaul, radio = options.links()
     auth_token = options.auth_token or secrets.token_urlsafe(24)
     topology = grid_topology(options.edges)
-    if ensure_zoo(zoo_dir, log=logs / "zoo.log", seed=options.seed, profile=options.profile):
-        say(f"built the model zoo in {zoo_dir}")
+    zoo_dir = resolve_zoo(
+        options.zoo_dir, log=logs / "zoo.log", seed=options.seed, profile=options.profile, say=say
+    )
 
     taken: set[int] = set()
     started: list[Service] = []
@@ -615,6 +740,7 @@ def up(
 
     try:
         # Stage 1: Redis and the origin.
+        say("starting redis and the origin")
         redis_port = _free_port(taken)
         redis_dir = state_dir / "redis"
         redis_dir.mkdir(exist_ok=True)
@@ -645,7 +771,14 @@ def up(
         say(f"redis {redis_url} and origin {origin_url} are healthy")
 
         # Stage 2: the controller.
-        controller_port = _free_port(taken)
+        preferred = options.controller_port
+        if preferred and preferred not in taken and _port_is_free(preferred):
+            controller_port = preferred
+            taken.add(preferred)
+        else:
+            if preferred:
+                say(f"port {preferred} is taken: the controller gets a random port")
+            controller_port = _free_port(taken)
         controller_url = f"http://{LOOPBACK}:{controller_port}"
         controller_env = _controller_env(
             options=options,
@@ -666,9 +799,10 @@ def up(
             )
         )  # fmt: skip
         _wait_healthy([controller], timeout_s=options.timeout_s)
-        say(f"controller {controller_url} is healthy")
+        say(f"controller {controller_url} is healthy; it indexes the origin's repos meanwhile")
 
         # Stage 3: the edge nodes.
+        say(f"starting {options.edges} edge node(s)")
         edges: list[Service] = []
         edge_records: list[dict[str, Any]] = []
         for index in range(options.edges):
@@ -713,6 +847,13 @@ def up(
         )
         say(f"{len(edges)} edge nodes are healthy and registered with the controller")
 
+        # Stage 4: ready: the catalogue holds every origin repo and every edge applied the
+        # placement that covers them.
+        placement = wait_ready(
+            controller_url, origin_url, [s.name for s in edges],
+            timeout_s=options.ready_timeout_s, say=say, services=started,
+        )  # fmt: skip
+
         state: dict[str, Any] = {
             "schema": SCHEMA,
             "status": "running",
@@ -731,8 +872,12 @@ def up(
             "topology": topology.to_json(),
             "links": {"backhaul": backhaul.to_json(), "radio": radio.to_json()},
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "placement_version": placement.get("version"),
+            "up_seconds": round(time.monotonic() - launch_started, 1),
         }
         _write_json_atomic(state_path(state_dir), state)
+        paths.remember_testbed(state_dir)
+        say(f"ready in {state['up_seconds']:.1f} s")
     except BaseException:
         stop_services(started, grace_s=5.0)
         state_path(state_dir).unlink(missing_ok=True)
@@ -758,6 +903,13 @@ def _controller_env(
         "CONTROLLER_REDIS_URL": redis_url,
         "CONTROLLER_ORIGIN_URL": origin_url,
         "CONTROLLER_AUTH_TOKEN": auth_token,
+        "CONTROLLER_INDEX_FROM_ORIGIN": "true",
+        # Shared by every testbed on this machine: a zoo indexed once is not downloaded again.
+        "CONTROLLER_MANIFEST_CACHE_DIR": str(paths.manifest_cache_dir()),
+        # Edge nodes start together but register seconds apart on a loaded machine; with the
+        # default 1.5 s the first plan could go to one node alone, which then pulls the whole
+        # zoo over the backhaul before the plan that covers every node (seen: +80 s on `up`).
+        "CONTROLLER_SETTLE_S": "5",
     }
     if options.solver:
         env["CONTROLLER_SOLVER"] = options.solver
@@ -806,6 +958,7 @@ def down(state_dir: Path, *, grace_s: float = 10.0) -> list[str]:
         return []
     stopped = stop_services(services_of(state), grace_s=grace_s)
     state_path(Path(state_dir)).unlink(missing_ok=True)
+    paths.forget_testbed(Path(state_dir))
     return stopped
 
 
@@ -824,3 +977,36 @@ def status(state_dir: Path) -> list[ServiceStatus]:
             )
         )
     return result
+
+
+def overview(state: Mapping[str, Any], *, timeout_s: float = 5.0) -> dict[str, Any]:
+    """What the running testbed holds, for ``trimcache testbed status``.
+
+    ``models`` (the controller's catalogue), ``placement`` (version, solver, expected hit ratio,
+    push status per node), ``edges`` (per node: models held, logical/physical bytes, savings,
+    from ``GET /v1/stats``) and ``demand`` (the controller's counts of client fetch reports;
+    ``hit_ratio`` = share of fetches that took no byte from the origin). A part whose service
+    does not answer is ``{"unavailable": "<why>"}``.
+    """
+
+    def get(url: str) -> Any:
+        try:
+            response = httpx.get(url, timeout=timeout_s)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return {"unavailable": f"{url}: {exc}"}
+
+    controller = str(state.get("controller_url", ""))
+    status = get(f"{controller}/v1/status")
+    models = get(f"{controller}/v1/models")
+    out: dict[str, Any] = {
+        "controller_url": controller,
+        "models": models.get("models", models) if isinstance(models, dict) else models,
+        "placement": status.get("placement", status),
+        "demand": status.get("demand", status),
+        "edges": {},
+    }
+    for record in state.get("edges", []):
+        out["edges"][str(record["node_id"])] = get(f"{record['url']}/v1/stats")
+    return out

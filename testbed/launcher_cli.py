@@ -1,7 +1,11 @@
 """`trimcache testbed up|down|status`: the process testbed on the command line.
 
-The work is in :mod:`testbed.launcher`; this module only parses flags and prints. ``up`` prints
-the URLs and writes ``STATE_DIR/testbed.json``; ``status`` exits 1 when any service is down.
+The work is in :mod:`testbed.launcher`; this module only parses flags and prints. ``up`` reports
+every stage on stderr, prints the URLs and an ``export TRIMCACHE_CONTROLLER_URL=...`` line on
+stdout, and writes ``STATE_DIR/testbed.json``; ``status`` shows the services, the catalogue, the
+placement, what each edge holds and the measured hit ratio, and exits 1 when any service is down.
+Without ``--dir``, ``up`` uses ``~/.cache/trimcache-testbed/state`` and ``down``/``status`` the
+last testbed started on this machine (testbed/paths.py).
 """
 
 from __future__ import annotations
@@ -25,11 +29,32 @@ def add_parsers(subparsers: Any) -> None:
     )
     sub = testbed.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
 
-    up = sub.add_parser("up", help="start every service; return once all are healthy")
-    up.add_argument("--dir", type=Path, required=True, metavar="STATE_DIR", dest="state_dir")
+    up = sub.add_parser(
+        "up", help="start every service; return once the testbed is ready to serve models"
+    )
+    up.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="STATE_DIR",
+        dest="state_dir",
+        help="state dir (default ~/.cache/trimcache-testbed/state)",
+    )
     up.add_argument("--edges", type=int, default=3, metavar="N", help="edge nodes (default 3)")
     up.add_argument(
-        "--zoo", type=Path, default=None, metavar="DIR", help="model zoo (built if absent)"
+        "--zoo",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="model zoo dir (built into it if absent; default: the machine's shared zoo cache, "
+        "~/.cache/trimcache-testbed/zoo or $TRIMCACHE_ZOO_CACHE, built once)",
+    )
+    up.add_argument(
+        "--controller-port",
+        type=int,
+        default=8080,
+        metavar="PORT",
+        help="controller port when free, else a random one; 0: random (default 8080)",
     )
     up.add_argument(
         "--capacity-mb", type=int, default=512, metavar="N", help="per edge node (default 512)"
@@ -75,15 +100,28 @@ def add_parsers(subparsers: Any) -> None:
     up.add_argument(
         "--timeout-s", type=float, default=120.0, help="per-stage health timeout (default 120)"
     )
+    up.add_argument(
+        "--ready-timeout-s", type=float, default=900.0,
+        help="bound on indexing + the first placement being applied (default 900)",
+    )  # fmt: skip
     up.set_defaults(func=_up)
 
     down = sub.add_parser("down", help="stop every service of a testbed")
-    down.add_argument("--dir", type=Path, required=True, metavar="STATE_DIR", dest="state_dir")
+    down.add_argument(
+        "--dir", type=Path, default=None, metavar="STATE_DIR", dest="state_dir",
+        help="state dir (default: the last testbed started)",
+    )  # fmt: skip
     down.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM grace (default 10)")
     down.set_defaults(func=_down)
 
-    status = sub.add_parser("status", help="health of each service (exit 1 if any is down)")
-    status.add_argument("--dir", type=Path, required=True, metavar="STATE_DIR", dest="state_dir")
+    status = sub.add_parser(
+        "status",
+        help="services, models, placement, edge holdings, hit ratio (exit 1 if a service is down)",
+    )
+    status.add_argument(
+        "--dir", type=Path, default=None, metavar="STATE_DIR", dest="state_dir",
+        help="state dir (default: the last testbed started)",
+    )  # fmt: skip
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_status)
 
@@ -105,13 +143,17 @@ def _link(
 
 
 def _up(args: argparse.Namespace) -> int:
+    from testbed import paths
     from testbed.launcher import DEFAULT_LINKS, LaunchOptions, up
 
     if args.capacity_mb <= 0:
         raise ValueError(f"--capacity-mb must be positive, got {args.capacity_mb}")
+    if not 0 <= args.controller_port <= 65535:
+        raise ValueError(f"--controller-port must be in 0..65535, got {args.controller_port}")
+    state_dir = args.state_dir or paths.cache_home() / "state"
     backhaul_default, radio_default = DEFAULT_LINKS[args.profile]
     options = LaunchOptions(
-        state_dir=args.state_dir,
+        state_dir=state_dir,
         edges=args.edges,
         zoo_dir=args.zoo,
         capacity_bytes=args.capacity_mb * MIB,
@@ -122,8 +164,15 @@ def _up(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout_s=args.timeout_s,
         solver=args.solver,
+        controller_port=args.controller_port,
+        ready_timeout_s=args.ready_timeout_s,
     )
-    state = up(options, on_progress=lambda message: sys.stderr.write(f"{message}\n"))
+
+    def say(message: str) -> None:
+        sys.stderr.write(f"testbed: {message}\n")
+        sys.stderr.flush()
+
+    state = up(options, on_progress=say)
     out = sys.stdout.write
     out(f"controller  {state['controller_url']}\n")
     out(f"origin      {state['origin_url']}\n")
@@ -131,32 +180,101 @@ def _up(args: argparse.Namespace) -> int:
         out(f"edge        {url}\n")
     out(f"redis       {state['redis_url']}\n")
     out(f"state       {Path(state['state_dir']) / 'testbed.json'}\n")
+    # The SDK and CLI read this; it is http://127.0.0.1:8080 (their default) when 8080 was free.
+    out(f"export TRIMCACHE_CONTROLLER_URL={state['controller_url']}\n")
     return 0
+
+
+def _state_dir(given: Path | None) -> Path:
+    """``--dir``, else the last testbed started here, else the default state dir."""
+    from testbed import paths
+
+    if given is not None:
+        return given
+    return paths.last_testbed() or paths.cache_home() / "state"
 
 
 def _down(args: argparse.Namespace) -> int:
     from testbed.launcher import down
 
-    stopped = down(args.state_dir, grace_s=args.grace_s)
+    state_dir = _state_dir(args.state_dir)
+    stopped = down(state_dir, grace_s=args.grace_s)
     if stopped:
         sys.stdout.write(f"stopped {', '.join(stopped)}\n")
     else:
-        sys.stdout.write(f"no running testbed in {args.state_dir}\n")
+        sys.stdout.write(f"no running testbed in {state_dir}\n")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from testbed.launcher import status
+    from testbed.launcher import load_state, overview, status
 
-    services = status(args.state_dir)
+    state_dir = _state_dir(args.state_dir)
+    services = status(state_dir)
+    state = load_state(state_dir) if services else None
+    view = overview(state) if state is not None and state.get("controller_url") else None
     if args.json:
-        sys.stdout.write(json.dumps([s.to_json() for s in services], indent=2) + "\n")
+        doc = {"services": [s.to_json() for s in services], **(view or {})}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     elif not services:
-        sys.stdout.write(f"no testbed in {args.state_dir}\n")
-    for service in [] if args.json else services:
-        state = "up" if service.healthy else ("unhealthy" if service.running else "down")
-        sys.stdout.write(
-            f"{service.name:<12}{state:<11}{service.url:<30}pid {service.pid:<8}"
-            f"{'' if service.healthy else service.detail}\n"
-        )
+        sys.stdout.write(f"no testbed in {state_dir}\n")
+    else:
+        out = sys.stdout.write
+        out(f"testbed {state_dir}\n")
+        for service in services:
+            health = "up" if service.healthy else ("unhealthy" if service.running else "down")
+            out(
+                f"{service.name:<12}{health:<11}{service.url:<30}pid {service.pid:<8}"
+                f"{'' if service.healthy else service.detail}\n"
+            )
+        if view is not None:
+            out("".join(_describe(view)))
     return 0 if services and all(s.healthy for s in services) else 1
+
+
+def _mib(n: Any) -> str:
+    return f"{int(n or 0) / MIB:.1f} MiB"
+
+
+def _describe(view: dict[str, Any]) -> list[str]:
+    """The human summary of :func:`testbed.launcher.overview`."""
+    lines: list[str] = []
+    models = view["models"]
+    if isinstance(models, list):
+        ids = ", ".join(str(m["model_id"]) for m in models)
+        lines.append(f"\nmodels      {len(models)} in the catalogue: {ids or '-'}\n")
+    else:
+        lines.append(f"\nmodels      unknown ({models.get('unavailable')})\n")
+    placement = view["placement"]
+    if "unavailable" in placement:
+        lines.append(f"placement   unknown ({placement['unavailable']})\n")
+    else:
+        pushes = ", ".join(
+            f"{node} {push.get('status')}" for node, push in sorted(placement["push"].items())
+        )
+        lines.append(
+            f"placement   v{placement['version']} ({placement.get('solver')}), expected hit "
+            f"ratio {float(placement.get('hit_ratio') or 0):.3f}; pushed: {pushes or '-'}\n"
+        )
+    for node_id, stats in view["edges"].items():
+        if "unavailable" in stats:
+            lines.append(f"{node_id:<12}unknown ({stats['unavailable']})\n")
+            continue
+        held = stats.get("models") or []
+        lines.append(
+            f"{node_id:<12}holds {len(held)} model(s) ({', '.join(held) or '-'}): logical "
+            f"{_mib(stats.get('logical_bytes'))}, stored {_mib(stats.get('physical_bytes'))}, "
+            f"savings {float(stats.get('savings') or 0):.1%}\n"
+        )
+    demand = view["demand"]
+    if "unavailable" in demand:
+        lines.append(f"hit ratio   unknown ({demand['unavailable']})\n")
+    elif not demand.get("requests"):
+        lines.append("hit ratio   no client fetch reported yet\n")
+    else:
+        lines.append(
+            f"hit ratio   {float(demand['hit_ratio']):.3f} measured over {demand['requests']} "
+            f"client fetch(es) ({demand.get('hit', 0)} hit, {demand.get('miss', 0)} miss, "
+            f"{demand.get('error', 0)} error); a hit took no byte from the origin\n"
+        )
+    return lines

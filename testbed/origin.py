@@ -10,6 +10,9 @@ On disk (the zoo layout of docs/api.md)::
 
 Routes (all read-only but the counter reset):
 
+- ``GET /api/models``: the repo list as the Hub gives it to ``HfApi.list_models`` (``search``,
+  ``author``, ``filter`` (tags), ``sort``/``direction``, ``limit`` as the page size with a
+  ``Link: <...>; rel="next"`` header for the next page, ``full`` and ``expand``).
 - ``GET /api/models/{repo_id}`` and ``GET /api/models/{repo_id}/revision/{revision}``: model info
   (``id``, ``sha``, ``siblings`` with ``rfilename``, ``size`` and ``lfs`` for LFS-like files).
 - ``GET /api/models/{repo_id}/tree/{revision}[/{path}][?recursive=true]``: tree entries.
@@ -47,10 +50,10 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -101,6 +104,12 @@ class EntryNotFoundError(OriginError):
 class UnauthorizedError(OriginError):
     code = "unauthorized"
     status_code = 401
+
+
+class BadRequestError(OriginError):
+    code = "bad_request"
+    hub_code = "BadRequest"
+    status_code = 400
 
 
 class RangeNotSatisfiableError(OriginError):
@@ -370,6 +379,40 @@ def _model_info(snap: RepoSnapshot) -> dict[str, Any]:
     }
 
 
+LIST_PAGE_SIZE = 1000
+LIST_SORT_KEYS = ("id", "createdAt", "lastModified", "downloads", "likes", "trendingScore")
+LIST_TAGS = ["transformers", "safetensors", "trimcache-zoo"]
+
+
+def _list_item(
+    index: RepoIndex, repo_id: str, *, full: bool, expand: list[str] | None
+) -> dict[str, Any]:
+    """One entry of ``GET /api/models``, as the Hub lists it.
+
+    Without ``full``/``expand`` only cheap fields (no file hashing); ``full`` adds the model
+    info (``sha``, ``siblings``, ...); ``expand`` selects fields of the model info.
+    """
+    org = repo_id.partition("/")[0]
+    light: dict[str, Any] = {
+        "_id": hashlib.sha1(repo_id.encode(), usedforsecurity=False).hexdigest()[:24],
+        "id": repo_id,
+        "modelId": repo_id,
+        "author": org,
+        "private": False,
+        "downloads": 0,
+        "likes": 0,
+        "library_name": "transformers",
+        "tags": list(LIST_TAGS),
+        "createdAt": FIXED_TIMESTAMP,
+    }
+    if not full and not expand:
+        return light
+    info = _model_info(index.snapshot(repo_id))
+    if full:
+        return info
+    return {"_id": light["_id"], "id": repo_id, **{k: info[k] for k in expand or [] if k in info}}
+
+
 def _tree(snap: RepoSnapshot, prefix: str, *, recursive: bool) -> list[dict[str, Any]]:
     prefix = prefix.strip("/")
     base = f"{prefix}/" if prefix else ""
@@ -481,8 +524,42 @@ def create_app(
         return stats.to_json()
 
     @app.get("/api/models")
-    def list_models() -> list[dict[str, Any]]:
-        return [{"id": r, "modelId": r} for r in index.repo_ids()]
+    def list_models(
+        request: Request,
+        search: str | None = None,
+        author: str | None = None,
+        filter: Annotated[list[str] | None, Query()] = None,  # noqa: A002 - the Hub's name
+        sort: str | None = None,
+        direction: int | None = None,
+        limit: Annotated[int | None, Query(ge=1)] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        full: bool = False,
+        expand: Annotated[list[str] | None, Query()] = None,
+    ) -> JSONResponse:
+        repo_ids = [
+            r
+            for r in index.repo_ids()
+            if (search is None or search.lower() in r.lower())
+            and (author is None or r.partition("/")[0] == author)
+        ]
+        if sort is not None and sort not in LIST_SORT_KEYS:
+            raise BadRequestError(f"sort must be one of {', '.join(LIST_SORT_KEYS)}")
+        if direction is not None and direction < 0:
+            repo_ids.reverse()  # every repo has the same dates and counts: ties sort by id
+        page_size = min(limit or LIST_PAGE_SIZE, LIST_PAGE_SIZE)
+        items = []
+        for repo_id in repo_ids:
+            item = _list_item(index, repo_id, full=full, expand=expand)
+            if filter and not set(filter) <= set(item.get("tags", LIST_TAGS)):
+                continue
+            items.append(item)
+        page = items[offset : offset + page_size]
+        headers = {}
+        if offset + page_size < len(items):
+            # The Hub paginates with a GitHub-style Link header; huggingface_hub follows it.
+            following = request.url.include_query_params(offset=offset + page_size)
+            headers["Link"] = f'<{following}>; rel="next"'
+        return JSONResponse(page, headers=headers)
 
     @app.get("/api/models/{org}/{name}")
     def model_info(org: str, name: str) -> dict[str, Any]:

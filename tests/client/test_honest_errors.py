@@ -20,7 +20,6 @@ import pytest
 
 from client import ClientError, ControllerUnavailableError, EdgeUnavailableError, fetch_model
 from client.cli import _human
-from core.store import BlockStore
 from tests.client.services import Stack
 from tests.helpers import REPO_ROOT, free_port, live_server, run_cli
 
@@ -233,11 +232,11 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def test_cache_ls_counts_blocks_and_rebuilt_files(stack: Stack, tmp_path: Path) -> None:
+def test_cache_ls_counts_the_files_once(stack: Stack, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     for model_id in ("bert-sst2", "bert-spam"):
         fetch_model(model_id, controller_url=stack.controller, cache_dir=cache, load=False)
-    # A hard link to a rebuilt file: the same bytes on disk, to be counted once.
+    # A hard link to a model file: the same bytes on disk, to be counted once.
     os.link(cache / "models" / "bert-sst2" / "config.json", cache / "linked-config.json")
     env = {"TRIMCACHE_CACHE_DIR": str(cache)}
     listed = json.loads(run_cli("cache", "ls", "--json", env=env).stdout)
@@ -250,27 +249,19 @@ def test_cache_ls_counts_blocks_and_rebuilt_files(stack: Stack, tmp_path: Path) 
     assert disk["total_bytes"] == total
     assert (disk["store_bytes"], disk["models_bytes"]) == (store_bytes, models_bytes)
     assert disk["other_bytes"] == total - store_bytes - models_bytes
-    # What `cache ls` used to report (the blocks' logical size) misses the rebuilt copy.
-    assert models_bytes > 0.9 * listed["physical_bytes"]
+    # The files are the only copy: the disk holds each model's files once, no block store.
+    sizes = sum(stack.manifest(m).total_bytes for m in ("bert-sst2", "bert-spam"))
+    assert sizes <= models_bytes <= 1.02 * sizes
+    assert store_bytes < 0.01 * sizes  # manifests only
 
-    store = BlockStore(cache / "store", durable=False)
     rows = {row["model_id"]: row for row in listed["models"]}
     assert set(rows) == {"bert-sst2", "bert-spam"}
     for model_id, row in rows.items():
         files, _ = _allocated(_files(cache / "models" / model_id))
-        block_ids = list(stack.manifest(model_id).block_sizes())
-        blocks, _ = _allocated(store.path(b) for b in block_ids)
-        assert (row["files_disk_bytes"], row["blocks_disk_bytes"]) == (files, blocks)
-        assert row["disk_bytes"] == files + blocks
-    shared = set(stack.manifest("bert-sst2").block_sizes()) & set(
-        stack.manifest("bert-spam").block_sizes()
-    )
-    own_sst2, _ = _allocated(
-        store.path(b) for b in stack.manifest("bert-sst2").block_sizes() if b not in shared
-    )
-    assert rows["bert-sst2"]["own_blocks_disk_bytes"] == own_sst2
+        assert (row["files_disk_bytes"], row["blocks_disk_bytes"]) == (files, 0)
+        assert row["disk_bytes"] == files
 
     table = run_cli("cache", "ls", env=env)
     assert table.returncode == 0, table.stderr
-    assert f"on disk: {_human(total)} = {_human(store_bytes)} in" in table.stdout
-    assert f"{_human(models_bytes)} of rebuilt" in " ".join(table.stdout.split())
+    shown = " ".join(table.stdout.split())
+    assert f"on disk: {_human(total)} = {_human(models_bytes)} of model files" in shown

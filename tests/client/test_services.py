@@ -136,7 +136,7 @@ def test_corrupting_edge_in_route(stack: Stack, tmp_path: Path) -> None:
     repo = stack.zoo / "repos" / ORG / "bert-sst2"
     build_manifest(repo, model_id="bert-sst2", store=store)
     faults = Faults(corrupt=True)
-    with live_server(create_block_app(store, [stack.manifest("bert-sst2")], faults)) as bad:
+    with live_server(create_block_app(store, faults)) as bad:
         stack.register("edge-0", bad, ["bert-sst2"])
         try:
             assert route_sources(stack.controller, "bert-sst2")[0] == bad

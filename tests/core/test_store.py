@@ -331,3 +331,50 @@ def test_sweep_spares_an_atomic_write_in_progress(tmp_path: Path) -> None:
     thread.join()
     assert target.read_bytes() == b"{}"
     assert not list((tmp_path / "s").rglob(".tmp-*"))
+
+
+def test_one_sync_replaces_the_per_block_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.store
+
+    store = BlockStore(tmp_path / "s")  # durable
+    fsyncs: list[int] = []
+    synced: list[Path] = []
+    real_fsync, real_sync = os.fsync, core.store.sync_filesystem
+
+    def fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    def sync_filesystem(path: Path) -> None:
+        synced.append(path)
+        real_sync(path)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(core.store, "sync_filesystem", sync_filesystem)
+    with store.one_sync():
+        with store.one_sync():  # nested: only the outer scope syncs
+            ids = [store.put_stream([os.urandom(100)]) for _ in range(5)]
+        ids.append(store.put(b"one more"))
+        assert synced == []
+    assert fsyncs == [] and synced == [store.root]
+    assert all(store.verify(b) for b in ids)
+    store.put_stream([b"after the scope"])
+    assert len(fsyncs) == 1 and synced == [store.root]  # an fsync per write again
+
+
+def test_generation_changes_with_the_index(tmp_path: Path) -> None:
+    store = BlockStore(tmp_path / "s", durable=False)
+    seen = [store.generation]
+    bid = store.put(b"block one")
+    seen.append(store.generation)
+    store.put(b"block one")  # already stored: the index does not change
+    assert store.generation == seen[-1]
+    store.quarantine(bid)
+    seen.append(store.generation)
+    other = store.put(b"block two")
+    seen.append(store.generation)
+    store.delete(other)
+    seen.append(store.generation)
+    assert len(set(seen)) == len(seen)

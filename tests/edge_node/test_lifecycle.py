@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -116,18 +117,20 @@ def test_heartbeat_failures_are_not_fatal(edge_factory):
 def test_radio_link_emulation(edge_factory, manifests, origin_url):
     clf_a = manifests["clf-a"]
     block_id, size = max(clf_a.block_sizes().items(), key=lambda kv: kv[1])
-    url, _ = edge_factory(
+    url, app = edge_factory(
         "edge-l", link_rate_bytes_per_s=size / 0.5, link_latency_ms=200, origin_url=origin_url
     )
+    counters = app.state.link_counters
     assert httpx.put(f"{url}/v1/plan", json=plan_body([clf_a]), headers=AUTH).is_success
     t0 = time.monotonic()
     r = httpx.get(f"{url}/v1/blocks/{block_id}", timeout=30)
     elapsed = time.monotonic() - t0
     assert hashlib.sha256(r.content).hexdigest() == block_id
-    assert 0.65 <= elapsed < 5, elapsed  # 200 ms latency + ~500 ms at the emulated rate
-    t0 = time.monotonic()
+    assert elapsed >= 0.65, elapsed  # 200 ms latency + ~500 ms at the emulated rate
+    # Control/health paths are not delayed: counted by the middleware, not timed (load-proof).
+    delayed = counters.delayed_requests
     assert httpx.get(f"{url}/healthz").status_code == 200
-    assert time.monotonic() - t0 < 0.2  # control/health paths are not delayed
+    assert counters.delayed_requests == delayed
 
 
 def test_unexpected_errors_are_500_internal_without_traceback(edge_factory, monkeypatch):
@@ -147,3 +150,34 @@ def test_unexpected_errors_are_500_internal_without_traceback(edge_factory, monk
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = httpx.delete(f"{url}/v1/stats")
     assert r.status_code == 405 and r.headers["x-error-code"] == "method_not_allowed"
+
+
+def test_durable_plan_apply_syncs_once(edge_factory, manifests, origin_url, monkeypatch):
+    import core.store
+
+    fsyncs: list[int] = []
+    syncs: list[Path] = []
+    real_fsync, real_sync = os.fsync, core.store.sync_filesystem
+
+    def fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    def sync_filesystem(path: Path) -> None:
+        syncs.append(path)
+        real_sync(path)
+
+    url, _ = edge_factory("edge-durable", durable=True)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(core.store, "sync_filesystem", sync_filesystem)
+    placed = manifests["clf-a"]
+    r = httpx.put(
+        f"{url}/v1/plan", json=plan_body([placed], origin_url=origin_url), headers=AUTH, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    blocks = placed.block_sizes()
+    assert len(syncs) == 1  # the whole plan
+    assert len(fsyncs) < len(blocks) / 4  # manifests and the plan record, not every block
+    block_id = max(blocks, key=lambda b: blocks[b])
+    served = httpx.get(f"{url}/v1/blocks/{block_id}", timeout=30)
+    assert hashlib.sha256(served.content).hexdigest() == block_id

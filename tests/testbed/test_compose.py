@@ -12,7 +12,16 @@
 - required secrets use ``${VAR:?...}`` (style S5); every service has a healthcheck whose URL port
   is the port the service listens on; ``depends_on`` uses conditions (``service_healthy``, or
   ``service_completed_successfully`` on the one-shot zoo builder) on services that exist;
-  compose-internal URLs name an existing service and its port; named volumes are declared.
+  named volumes are declared;
+- networking: services that join another's network namespace (``network_mode: service:X``)
+  publish no ports of their own (X does) and never listen on the same port; every URL a
+  service is given names something that listens there (a service name and its port, or
+  ``127.0.0.1:PORT`` and the member of its namespace on that port), and that service is a
+  dependency; ``EDGE_PUBLIC_URL`` is reachable from the host: ``http://127.0.0.1:P`` with P the
+  edge's own port, published as ``P:P``;
+- the indexing step: the controller indexes from the origin (``CONTROLLER_INDEX_FROM_ORIGIN``),
+  its ``CONTROLLER_ORIGIN_URL`` is a ``trimcache origin serve`` service, whose ``--root`` is the
+  volume the zoo builder writes with ``zoo build --out``.
 
 The mutation tests break a copy of the file in one way each and assert the validator says so.
 """
@@ -119,13 +128,16 @@ def _environment(service: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _listen_port(service: Mapping[str, Any], prefix: str | None) -> int | None:
-    """The port the service's process listens on: ``<PREFIX>PORT`` or the command's ``--port``."""
+    """The port the service's process listens on: ``<PREFIX>PORT``, the command's ``--port``,
+    or Redis's default."""
     env = _environment(service)
     if prefix and f"{prefix}PORT" in env:
         return int(env[f"{prefix}PORT"])
     command = service.get("command")
     if isinstance(command, list) and "--port" in command:
         return int(command[command.index("--port") + 1])
+    if isinstance(command, list) and command and command[0] == "redis-server":
+        return 6379
     return None
 
 
@@ -168,6 +180,150 @@ def _healthcheck_port(service: Mapping[str, Any]) -> int | None:
 
 def _is_one_shot(service: Mapping[str, Any]) -> bool:
     return str(service.get("restart", "no")) == "no"
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+TRUE_VALUES = ("1", "true", "yes", "on")
+
+
+def _namespace(name: str, service: Mapping[str, Any]) -> str:
+    """The service whose network namespace ``name`` runs in (itself unless it joins one)."""
+    mode = str(service.get("network_mode") or "")
+    return mode.removeprefix("service:") if mode.startswith("service:") else name
+
+
+def _published(service: Mapping[str, Any]) -> dict[int, int]:
+    """Container port -> host port of ``ports`` (short ``"H:C"`` or long syntax)."""
+    out: dict[int, int] = {}
+    for item in service.get("ports") or []:
+        if isinstance(item, dict):
+            out[int(item["target"])] = int(item.get("published") or item["target"])
+        else:
+            *rest, container = str(item).split(":")
+            out[int(container.split("/")[0])] = int(rest[-1]) if rest else int(container)
+    return out
+
+
+def _volume_at(service: Mapping[str, Any], path: str) -> str | None:
+    for volume in service.get("volumes") or []:
+        source, _, target = str(volume).partition(":")
+        if target.split(":")[0].rstrip("/") == path.rstrip("/"):
+            return source
+    return None
+
+
+def _flag(command: Any, flag: str) -> str | None:
+    if isinstance(command, list) and flag in command[:-1]:
+        return str(command[command.index(flag) + 1])
+    return None
+
+
+def _network_problems(services: Mapping[str, Any], ports: Mapping[str, int | None]) -> list[str]:
+    """Namespaces, published ports, where each URL leads, and EDGE_PUBLIC_URL."""
+    problems: list[str] = []
+    spaces = {name: _namespace(name, service) for name, service in services.items()}
+    listeners: dict[tuple[str, int], str] = {}
+    for name, service in services.items():
+        owner = spaces[name]
+        if owner != name:
+            if owner not in services:
+                problems.append(f"{name}: network_mode names unknown service {owner!r}")
+            if service.get("ports"):
+                problems.append(
+                    f"{name}: ports must be published by {owner}, whose network it uses"
+                )
+        port = ports.get(name)
+        if port is not None:
+            other = listeners.setdefault((owner, port), name)
+            if other != name:
+                problems.append(f"{name} and {other} both listen on {port} in one namespace")
+    for name, service in services.items():
+        depends = service.get("depends_on") or {}
+        for var, value in _environment(service).items():
+            if not value.startswith(("http://", "redis://")):
+                continue
+            url = urlsplit(value)
+            if var.endswith("PUBLIC_URL"):
+                host_port = _published(services.get(spaces[name], {})).get(ports[name] or -1)
+                if (
+                    url.hostname not in LOOPBACK_HOSTS
+                    or url.port != ports[name]
+                    or host_port != ports[name]
+                ):
+                    problems.append(
+                        f"{name}: {var} must be reachable from the host: "
+                        f"http://127.0.0.1:{ports[name]}, published as "
+                        f"{ports[name]}:{ports[name]} by {spaces[name]}"
+                    )
+                continue
+            if url.port is None or url.hostname is None:
+                continue
+            if url.hostname in services:
+                target: str | None = url.hostname
+                if url.port != ports.get(url.hostname):
+                    problems.append(
+                        f"{name}: {var} points at {url.hostname}:{url.port}, "
+                        f"which listens on {ports.get(url.hostname)}"
+                    )
+            elif url.hostname in LOOPBACK_HOSTS:
+                target = listeners.get((spaces[name], url.port))
+                if target is None:
+                    problems.append(
+                        f"{name}: {var} points at {url.hostname}:{url.port}, where nothing in "
+                        "its network namespace listens"
+                    )
+            else:
+                continue
+            if target is not None and target != name and target not in depends:
+                problems.append(f"{name}: uses {target} without depending on it")
+    return problems
+
+
+def _resolve(
+    url: str, caller: str, services: Mapping[str, Any], ports: Mapping[str, int | None]
+) -> str | None:
+    """The service a URL given to ``caller`` reaches (None: nothing)."""
+    parts = urlsplit(url)
+    if parts.hostname in services:
+        return parts.hostname
+    if parts.hostname in LOOPBACK_HOSTS:
+        space = _namespace(caller, services[caller])
+        for name, service in services.items():
+            if _namespace(name, service) == space and ports.get(name) == parts.port:
+                return name
+    return None
+
+
+def _indexing_problems(services: Mapping[str, Any], ports: Mapping[str, int | None]) -> list[str]:
+    """The catalogue fills itself: zoo builder -> volume -> origin -> controller indexing."""
+    problems: list[str] = []
+    writers = {
+        _volume_at(s, out): n
+        for n, s in services.items()
+        if (out := _flag(s.get("command"), "--out")) and list(s["command"][1:3]) == ["zoo", "build"]
+    }
+    for name, service in services.items():
+        if list((service.get("command") or [])[1:3]) != ["controller", "serve"]:
+            continue
+        env = _environment(service)
+        if env.get("CONTROLLER_INDEX_FROM_ORIGIN", "").lower() not in TRUE_VALUES:
+            problems.append(
+                f"{name}: CONTROLLER_INDEX_FROM_ORIGIN must be true (the catalogue fills itself "
+                "from the origin)"
+            )
+        origin = _resolve(env.get("CONTROLLER_ORIGIN_URL", ""), name, services, ports)
+        command = services[origin].get("command") if origin else None
+        if origin is None or list((command or [])[1:3]) != ["origin", "serve"]:
+            problems.append(f"{name}: CONTROLLER_ORIGIN_URL does not lead to an origin service")
+            continue
+        root = _flag(command, "--root") or ""
+        volume = _volume_at(services[origin], root)
+        if volume is None or volume not in writers:
+            problems.append(
+                f"{origin}: --root {root} is not the volume the zoo builder writes "
+                "(zoo build --out)"
+            )
+    return problems
 
 
 def validate_compose(raw: Mapping[str, Any], env: Mapping[str, str] = TEST_ENV) -> list[str]:
@@ -245,24 +401,8 @@ def validate_compose(raw: Mapping[str, Any], env: Mapping[str, str] = TEST_ENV) 
             )
             if (spec or {}).get("condition") != expected:
                 problems.append(f"{name}: depends_on {target} needs condition {expected}")
-        # Compose-internal URLs must name a service and the port it listens on.
-        for var, value in _environment(service).items():
-            if not value.startswith(("http://", "redis://")):
-                continue
-            url = urlsplit(value)
-            if var.endswith("PUBLIC_URL"):
-                if url.hostname != name or url.port != ports[name]:
-                    problems.append(f"{name}: {var} must be this service's own URL and port")
-                continue
-            if url.hostname in services and url.port is not None:
-                target_port = 6379 if url.scheme == "redis" else ports.get(url.hostname)
-                if url.port != target_port:
-                    problems.append(
-                        f"{name}: {var} points at {url.hostname}:{url.port}, "
-                        f"which listens on {target_port}"
-                    )
-                if url.hostname != name and url.hostname not in (depends or {}):
-                    problems.append(f"{name}: uses {url.hostname} without depending on it")
+    problems += _network_problems(services, ports)
+    problems += _indexing_problems(services, ports)
     for unused in sorted(declared_volumes - used_volumes):
         problems.append(f"volume {unused!r} is declared but unused")
     return problems
@@ -277,7 +417,9 @@ def test_compose_file_is_valid() -> None:
 
 def test_compose_has_the_documented_services() -> None:
     services = load_compose()["services"]
-    assert set(services) == {"redis", "zoo", "origin", "controller", "edge1", "edge2", "edge3"}
+    assert set(services) == {
+        "net", "redis", "zoo", "origin", "controller", "edge1", "edge2", "edge3"
+    }  # fmt: skip
     redis_command = services["redis"]["command"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
@@ -418,16 +560,72 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
         "volume 'edge9-data'",
     ),
     "public url of another node": (
-        _env("edge1", EDGE_PUBLIC_URL="http://edge2:8001"),
-        "edge1: EDGE_PUBLIC_URL must be this service's own URL",
+        _env("edge1", EDGE_PUBLIC_URL="http://127.0.0.1:8102"),
+        "edge1: EDGE_PUBLIC_URL must be reachable from the host",
+    ),
+    "public url only inside a network": (
+        _env("edge2", EDGE_PUBLIC_URL="http://edge2:8102"),
+        "edge2: EDGE_PUBLIC_URL must be reachable from the host",
+    ),
+    "public url on an unpublished port": (
+        _set("services/net/ports", ["8000:8000", "8080:8080", "8101:8101", "8103:8103"]),
+        "edge2: EDGE_PUBLIC_URL must be reachable from the host",
+    ),
+    "public url published on another host port": (
+        _set(
+            "services/net/ports", ["8000:8000", "8080:8080", "8101:8101", "8102:8102", "9103:8103"]
+        ),
+        "edge3: EDGE_PUBLIC_URL must be reachable from the host",
+    ),
+    "ports on a member of the namespace": (
+        _set("services/edge1/ports", ["8101:8101"]),
+        "edge1: ports must be published by net",
+    ),
+    "two edges on one port": (_env("edge2", EDGE_PORT="8101"), "both listen on 8101"),
+    "indexing off": (
+        _env("controller", CONTROLLER_INDEX_FROM_ORIGIN="false"),
+        "controller: CONTROLLER_INDEX_FROM_ORIGIN must be true",
+    ),
+    "indexing not configured": (
+        _env("controller", CONTROLLER_INDEX_FROM_ORIGIN=_DELETE),
+        "controller: CONTROLLER_INDEX_FROM_ORIGIN must be true",
+    ),
+    "controller indexes from an edge": (
+        _env("controller", CONTROLLER_ORIGIN_URL="http://127.0.0.1:8101"),
+        "controller: CONTROLLER_ORIGIN_URL does not lead to an origin",
+    ),
+    "origin serves another directory": (
+        _set(
+            "services/origin/command",
+            [
+                "trimcache",
+                "origin",
+                "serve",
+                "--root",
+                "/srv",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "8000",
+            ],
+        ),  # fmt: skip
+        "origin: --root /srv is not the volume the zoo builder writes",
+    ),
+    "redis url to nothing": (
+        _env("controller", CONTROLLER_REDIS_URL="redis://127.0.0.1:6380/0"),
+        "controller: CONTROLLER_REDIS_URL points at 127.0.0.1:6380, where nothing",
     ),
     "dependency not awaited": (
         _set("services/edge2/depends_on", {"origin": {"condition": "service_healthy"}}),
         "edge2: uses controller without depending on it",
     ),
     "url on the wrong port": (
+        _env("edge1", EDGE_ORIGIN_URL="http://127.0.0.1:9999"),
+        "edge1: EDGE_ORIGIN_URL points at 127.0.0.1:9999, where nothing",
+    ),
+    "service-name url on the wrong port": (
         _env("edge1", EDGE_ORIGIN_URL="http://origin:9999"),
-        "edge1: EDGE_ORIGIN_URL points at origin:9999",
+        "edge1: EDGE_ORIGIN_URL points at origin:9999, which listens on 8000",
     ),
 }
 
@@ -453,3 +651,27 @@ def test_validator_catches_a_bad_command_in_the_file_text(tmp_path: Path) -> Non
     problems = validate_compose(load_compose(broken))
     assert any("command" in p and "edge" in p for p in problems), problems
     assert any("EDGE_DATADIR" in p for p in problems), problems
+
+
+def test_edges_advertise_host_reachable_urls_and_the_catalogue_fills_itself() -> None:
+    """What the host-side SDK relies on, read through the services' real Settings."""
+    from controller.settings import Settings as ControllerSettings
+    from edge_node.settings import Settings as EdgeSettings
+
+    services = interpolate(load_compose(), TEST_ENV)["services"]
+    published = _published(services["net"])
+    for i in (1, 2, 3):
+        env = _environment(services[f"edge{i}"])
+        values: dict[str, Any] = {k.removeprefix("EDGE_").lower(): v for k, v in env.items()}
+        settings = EdgeSettings(**values)
+        # The heartbeat's URL, so the one the controller's routes hand to clients.
+        assert settings.url == f"http://127.0.0.1:810{i}"
+        assert published[settings.port] == settings.port
+    env = _environment(services["controller"])
+    fields: dict[str, Any] = {
+        k.removeprefix("CONTROLLER_").lower(): v for k, v in env.items() if k != "HF_HOME"
+    }
+    controller = ControllerSettings(**fields)
+    assert controller.index_from_origin is True
+    assert controller.port == 8080 and published[8080] == 8080  # the SDK's default URL
+    assert controller.origin_url == "http://127.0.0.1:8000" and published[8000] == 8000

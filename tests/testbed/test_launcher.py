@@ -153,7 +153,7 @@ def test_failed_start_names_the_service_and_stops_the_rest(tmp_path: Path) -> No
     state_dir = tmp_path / "state"
     result = run_cli(
         "testbed", "up", "--dir", str(state_dir), "--zoo", str(zoo), "--edges", "1",
-        "--profile", "test", "--timeout-s", "60",
+        "--profile", "test", "--timeout-s", "60", "--controller-port", "0",
     )  # fmt: skip
     assert result.returncode == 1
     assert "origin" in result.stderr and "repos/" in result.stderr, result.stderr
@@ -171,7 +171,7 @@ def test_up_status_down_leaves_no_process(tmp_path: Path, zoo_dir: Path) -> None
     state_dir = tmp_path / "tb"
     result = run_cli(
         "testbed", "up", "--dir", str(state_dir), "--edges", "2", "--zoo", str(zoo_dir),
-        "--profile", "test", "--capacity-mb", "256", "--timeout-s", "120",
+        "--profile", "test", "--capacity-mb", "256", "--timeout-s", "120", "--controller-port", "0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     state = json.loads((state_dir / "testbed.json").read_text())

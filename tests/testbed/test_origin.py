@@ -307,3 +307,30 @@ def test_nested_files_etags_and_revision_changes(tmp_path):
         with pytest.raises(RevisionNotFoundError):
             api.model_info("org/nested", revision=before)
         assert httpx.get(f"{url}/org/nested/resolve/main/a.txt").content == b"changed\n"
+
+
+def test_list_models_answers_hfapi_like_the_hub(zoo_dir, origin_url):
+    """`HfApi.list_models` (the params it sends, Link-header pagination) lists every repo."""
+    api = HfApi(endpoint=origin_url)
+    expected = sorted(m["repo_id"] for m in load_zoo(zoo_dir)["models"])
+    assert sorted(m.id for m in api.list_models()) == expected
+    assert [m.id for m in api.list_models(search="SST2")] == ["trimcache-zoo/bert-sst2"]
+    assert sorted(m.id for m in api.list_models(author="trimcache-zoo")) == expected
+    assert list(api.list_models(author="someone-else")) == []
+    assert list(api.list_models(filter="no-such-tag")) == []
+    assert len(list(api.list_models(filter="trimcache-zoo"))) == len(expected)
+    # limit is the page size: the next page follows the Link header.
+    assert [m.id for m in api.list_models(limit=2)] == expected[:2]
+    pages = httpx.get(f"{origin_url}/api/models", params={"limit": 2})
+    assert 'rel="next"' in pages.headers["link"]
+    assert [m.id for m in api.list_models(sort="likes")] == expected  # ties: by id
+    backwards = httpx.get(f"{origin_url}/api/models", params={"sort": "id", "direction": -1})
+    assert [m["id"] for m in backwards.json()] == expected[::-1]
+    full = {m.id: m for m in api.list_models(full=True)}
+    sst2 = full["trimcache-zoo/bert-sst2"]
+    assert sst2.sha == api.model_info("trimcache-zoo/bert-sst2").sha
+    assert "model.safetensors" in {s.rfilename for s in sst2.siblings or []}
+    expanded = next(iter(api.list_models(search="bert-sst2", expand=["sha"])))
+    assert expanded.sha == sst2.sha
+    bad = httpx.get(f"{origin_url}/api/models", params={"sort": "nonsense"})
+    assert bad.status_code == 400 and bad.headers["x-error-code"] == "BadRequest"

@@ -217,3 +217,56 @@ def test_tensor_level_dedup_saves_about_half(zoo_dir):
     report = json.loads(result.stdout)
     assert report["total_bytes"] == total
     assert report["savings"] == pytest.approx(savings, abs=0.01)
+
+
+# --------------------------------------------------------------------------- the shared cache
+
+
+def test_the_zoo_key_follows_the_inputs():
+    from testbed.zoo import zoo_key
+
+    assert zoo_key("test") == zoo_key("test", seed=0)
+    assert len({zoo_key("test"), zoo_key("full"), zoo_key("test", seed=1)}) == 3
+    with pytest.raises(ValueError, match="unknown profile"):
+        zoo_key("huge")  # type: ignore[arg-type]
+
+
+def test_the_shared_cache_is_found_from_the_environment(monkeypatch, tmp_path):
+    from testbed import paths
+    from testbed.zoo import shared_zoo_dir, zoo_key
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    expected = tmp_path / "xdg/trimcache-testbed/zoo" / f"full-{zoo_key('full')}"
+    assert shared_zoo_dir("full") == expected
+    monkeypatch.setenv(paths.ZOO_CACHE_ENV, str(tmp_path / "zoos"))
+    assert shared_zoo_dir("test").parent == tmp_path / "zoos"
+
+
+def test_concurrent_callers_wait_for_one_build(monkeypatch, tmp_path):
+    """A caller finding the lock held waits, then uses what the holder built: no second build."""
+    import threading
+
+    from filelock import FileLock
+
+    from testbed.zoo import ensure_zoo, shared_zoo_dir
+
+    monkeypatch.setenv("TRIMCACHE_ZOO_CACHE", str(tmp_path))
+    target = shared_zoo_dir("test")
+    messages: list[str] = []
+    result: list[Path] = []
+    with FileLock(str(tmp_path / f"{target.name}.lock")):  # another process is building
+        waiter = threading.Thread(
+            target=lambda: result.append(ensure_zoo("test", progress=messages.append))
+        )
+        waiter.start()
+        deadline = 50
+        while not messages and deadline:
+            waiter.join(0.1)
+            deadline -= 1
+        assert messages and "waiting for it" in messages[0], messages
+        target.mkdir()
+        (target / "zoo.json").write_text("{}")  # the holder's build lands (atomic rename)
+    waiter.join(30)
+    assert result == [target]
+    assert not any("zoo once into" in m for m in messages), messages  # no build started
+    assert ensure_zoo("test") == target  # built: returned at once, without the lock

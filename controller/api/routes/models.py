@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from controller.api.deps import AuthDep, MetricsDep, SettingsDep, StateDep
-from controller.errors import ControllerError, InvalidRequestError, ModelNotFoundError
-from controller.indexer import index_model
+from controller.errors import InvalidRequestError, ModelNotFoundError
+from controller.indexer import add_model as add_to_catalogue
 from controller.state import CatalogueEntry
 
 router = APIRouter(tags=["models"])
@@ -33,37 +32,16 @@ class AddModel(BaseModel):
 def add_model(
     body: AddModel, state: StateDep, settings: SettingsDep, metrics: MetricsDep
 ) -> JSONResponse:
-    existing = state.get_model(body.model_id)
-    if (
-        existing is not None
-        and existing.repo_id == body.repo_id
-        and body.revision in (existing.revision, existing.requested_revision)
-    ):
-        # Indexed once: the same repo at the same (requested or resolved) revision is a no-op.
-        return JSONResponse(existing.summary(), status_code=200)
-    try:
-        manifest = index_model(
-            body.model_id,
-            repo_id=body.repo_id,
-            revision=body.revision,
-            origin_url=settings.origin_url,
-        )
-    except ControllerError as exc:
-        metrics.indexed.labels(outcome=exc.code).inc()
-        raise
-    entry = CatalogueEntry(
+    entry, created = add_to_catalogue(
+        state,
+        metrics,
         model_id=body.model_id,
         repo_id=body.repo_id,
-        revision=manifest.revision,
-        requested_revision=body.revision,
-        total_bytes=manifest.total_bytes,
-        blocks=len(manifest.block_sizes()),
-        manifest=manifest.to_dict(),
-        indexed_at=time.time(),
+        revision=body.revision,
+        origin_url=settings.origin_url,
+        manifest_cache_dir=settings.manifest_cache_dir,
     )
-    state.put_model(entry)
-    metrics.indexed.labels(outcome="ok").inc()
-    return JSONResponse(entry.summary(), status_code=201)
+    return JSONResponse(entry.summary(), status_code=201 if created else 200)
 
 
 def match_revision(entries: list[CatalogueEntry], revision: str) -> list[CatalogueEntry]:
@@ -82,6 +60,7 @@ def match_revision(entries: list[CatalogueEntry], revision: str) -> list[Catalog
 @router.get("/v1/models")
 def list_models(
     state: StateDep,
+    request: Request,
     repo_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     revision: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> dict[str, Any]:
@@ -92,7 +71,11 @@ def list_models(
             entries = match_revision(entries, revision)
     elif revision is not None:
         raise InvalidRequestError("revision filters need repo_id")
-    return {"models": [e.summary() for e in entries]}
+    doc: dict[str, Any] = {"models": [e.summary() for e in entries]}
+    indexer = getattr(request.app.state, "origin_indexer", None)
+    if indexer is not None:  # CONTROLLER_INDEX_FROM_ORIGIN: how far it got
+        doc["origin_index"] = indexer.status.to_json()
+    return doc
 
 
 @router.get("/v1/models/{model_id}")
