@@ -21,7 +21,6 @@ from controller.settings import Settings
 from tests.controller.conftest import MINI_MODELS
 from tests.helpers import wait_until
 
-
 TOKEN = "indexer-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
