@@ -24,6 +24,12 @@ BENCHMARKS: dict[str, list[str]] = {
     "client": ["-m", "bench.client"],
     "placement": ["-m", "bench.placement"],
     "controller": ["-m", "bench.controller"],
+    # The delay solvers on fewer instances than the full run (python -m bench.delay: 30 each),
+    # so `make bench` stays bounded (a few minutes on 2 cores).
+    "delay": [
+        "-m", "bench.delay", "--tiny-seeds", "0-9", "--medium-seeds", "0-4",
+        "--marl-seeds", "0-2", "--marl-episodes", "30",
+    ],
     "sim": [
         "-m", "testbed.cli", "sim", "--sweep", "capacity", "--sharing", "0.75",
         "--seeds", "0-1", "--out", "bench/results/figures",

@@ -154,6 +154,12 @@ def _add_sim(subparsers: Subparsers) -> None:
         help="delay: comma list of model families, e.g. bert-base "
         "(default resnet18,resnet50,vit-b16,bert-base)",
     )
+    p.add_argument(
+        "--zoo",
+        default=None,
+        metavar="DIR",
+        help="delay: PBs from a built zoo (zoo.json + repos/): core manifests grouped by sharing",
+    )
     p.set_defaults(func=_run_sim)
 
 
@@ -165,6 +171,8 @@ def _run_sim(args: argparse.Namespace) -> int:
 
     from controller import sim
 
+    if args.zoo is not None:
+        raise ValueError("--zoo: only with --objective delay")
     sweeps = list(sim.SWEEPS) if args.sweep == "all" else args.sweep.split(",")
     for name in sweeps:
         if name not in sim.SWEEPS:
@@ -248,6 +256,15 @@ def _run_sim_delay(args: argparse.Namespace) -> int:
     }
     base = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     solvers = args.solvers.split(",") if args.solvers else None
+    library = None
+    if args.zoo is not None:
+        from controller.delay.zoo import zoo_library
+
+        if args.archs or args.models_per_family is not None or args.sharing is not None:
+            raise ValueError(
+                "--zoo: the library is the zoo's; drop --archs/--models-per-family/--sharing"
+            )
+        library = zoo_library(Path(args.zoo))
     out = Path(args.out)
     for name in sweeps:
         rows = sim.run_delay_sweep(
@@ -257,6 +274,7 @@ def _run_sim_delay(args: argparse.Namespace) -> int:
             solvers=solvers,
             seeds=_parse_seeds(args.seeds),
             time_limit_s=args.time_limit_s,
+            library=library,
         )
         csv_path, png_path = out / f"delay_{name}.csv", out / f"delay_{name}.png"
         sim.write_csv(rows, csv_path)

@@ -90,9 +90,18 @@ class DelayInstance:
     ``unit_bytes`` their sizes; :meth:`evaluate` takes node id -> held unit ids.
     """
 
-    def __init__(self, problem: DelayProblem, *, granularity: Granularity = "block") -> None:
+    def __init__(
+        self,
+        problem: DelayProblem,
+        *,
+        granularity: Granularity = "block",
+        csi_error_var: float = 0.0,
+    ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if not 0.0 <= csi_error_var < 1.0:
+            raise ValueError(f"csi_error_var must be in [0, 1), got {csi_error_var!r}")
+        self.csi_error_var = float(csi_error_var)
         self.problem = problem
         self.granularity: Granularity = granularity
         ch = problem.channel
@@ -171,6 +180,20 @@ class DelayInstance:
         """Storage of a set of units on one node."""
         return sum(self.unit_bytes[u] for u in set(ids))
 
+    def _joint_snr(self, user: str, order: list[str]) -> float:
+        """Gamma_u from the transmitters ``order`` (sorted ids) that cover ``user`` [4], [8].
+
+        Reference (``csi_error_var == 0``): ``(sum sqrt gamma)^2``. With CSI error variance
+        e: ``(1 - e) (sum sqrt gamma)^2 / (1 + e sum gamma)`` (MRT on estimated channels).
+        """
+        sq = self.sqrt_gamma[user]
+        amplitude = math.fsum(sq[n] for n in order if n in sq)
+        if self.csi_error_var == 0.0:
+            return amplitude**2
+        e = self.csi_error_var
+        power = math.fsum(sq[n] ** 2 for n in order if n in sq)
+        return (1.0 - e) * amplitude**2 / (1.0 + e * power)
+
     def slot_delays(
         self, t: int, holders: Mapping[str, frozenset[str]], delivery: Delivery
     ) -> dict[str, float]:
@@ -194,10 +217,7 @@ class DelayInstance:
             else:
                 prep = 0.0
             order = sorted(tx)  # a fixed summation order: bit-for-bit reproducible
-            snrs = [
-                math.fsum(self.sqrt_gamma[u][n] for n in order if n in self.sqrt_gamma[u]) ** 2
-                for u in group
-            ]
+            snrs = [self._joint_snr(u, order) for u in group]
             if delivery == "broadcast":
                 tau = _airtime(size, min(snrs), w)
                 key = -math.inf if tau == 0 else -len(group) / tau
@@ -259,6 +279,7 @@ def evaluate_delay(
     *,
     granularity: Granularity = "block",
     delivery: Delivery = "broadcast",
+    csi_error_var: float = 0.0,
 ) -> DelayStats:
     """The model download delay of a placement: the objective every delay solver minimises.
 
@@ -270,13 +291,18 @@ def evaluate_delay(
             one opaque unit of its full size).
         delivery: ``"broadcast"`` (reference: one CoMP multicast per PB and slot) or
             ``"unicast"`` (one job per user and PB).
+        csi_error_var: imperfect CSI (docs/delay-model.md section 8): the relative variance
+            e in [0, 1) of each node's channel-estimate error under MRT precoding; the joint
+            SNR becomes ``(1 - e) (sum sqrt gamma)^2 / (1 + e sum gamma)``. 0 (default) is
+            the reference rule (perfect CSI, ``(sum sqrt gamma)^2``).
 
     Returns:
         :class:`DelayStats` with ``mean_s``, ``p95_s``, ``makespan_s`` (and the deadline hit
         ratio when the problem has ``deadlines_s``).
 
     Raises:
-        ValueError: unknown nodes or units in ``placement``, or an unknown option.
+        ValueError: unknown nodes or units in ``placement``, or an unknown or out-of-range
+            option.
 
     Example:
         >>> from controller.delay.problem import Channel, DelayProblem
@@ -288,4 +314,5 @@ def evaluate_delay(
         >>> round(cold.mean_s - warm.mean_s, 9)   # the cloud fetch: 1 MB at 1 MB/s
         1.0
     """
-    return DelayInstance(problem, granularity=granularity).evaluate(placement, delivery=delivery)
+    instance = DelayInstance(problem, granularity=granularity, csi_error_var=csi_error_var)
+    return instance.evaluate(placement, delivery=delivery)

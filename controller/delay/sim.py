@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.delay import DELAY_SOLVERS, InstanceTooLargeError, get_delay_solver
-from controller.delay.scenario import DelayScenario, make_delay_problem
+from controller.delay.scenario import DelayScenario, make_delay_problem, problem_from_library
+from controller.library import ModelLibrary
 
 # sweep name -> (DelayScenario field, default values)
 DELAY_SWEEPS: Mapping[str, tuple[str, tuple[float, ...]]] = {
@@ -31,6 +32,9 @@ DELAY_SWEEPS: Mapping[str, tuple[str, tuple[float, ...]]] = {
     "sharing": ("sharing", (0.0, 0.25, 0.5, 0.75, 1.0)),
     "cluster": ("cluster_size", (1, 2, 3, 6)),
 }
+
+# Scenario fields that only shape the generated architecture library.
+_LIBRARY_FIELDS = ("sharing", "models_per_family")
 
 DEFAULT_SOLVERS = ("coarse", "fine-unicast", "trimcaching-gen", "delay-greedy")
 
@@ -90,11 +94,17 @@ def run_delay_sweep(
     solvers: Sequence[str] | None = None,
     seeds: Iterable[int] = (0,),
     time_limit_s: float | None = None,
+    library: ModelLibrary | None = None,
 ) -> list[DelayRow]:
     """Solve every (value, seed) instance of a sweep with every solver.
 
+    ``library`` (e.g. :func:`controller.delay.zoo.zoo_library`) replaces the scenario's
+    architecture library: the PBs are then the given ones and ``archs``,
+    ``models_per_family`` and ``sharing`` are not used.
+
     Raises:
-        ValueError: unknown sweep or solver name, or invalid scenario values.
+        ValueError: unknown sweep or solver name, invalid scenario values, or the
+            ``sharing`` sweep with a given library (its sharing is fixed).
 
     Example:
         >>> rows = run_delay_sweep("capacity", values=[0.2], solvers=["coarse"],
@@ -105,6 +115,8 @@ def run_delay_sweep(
     if sweep not in DELAY_SWEEPS:
         raise ValueError(f"unknown sweep {sweep!r}; choose from {', '.join(DELAY_SWEEPS)}")
     field_name, defaults = DELAY_SWEEPS[sweep]
+    if library is not None and field_name in _LIBRARY_FIELDS:
+        raise ValueError(f"sweep {sweep!r} varies the generated library; not with a given one")
     names = list(solvers) if solvers is not None else list(DEFAULT_SOLVERS)
     funcs = {name: get_delay_solver(name) for name in names}
     base = base or DelayScenario()
@@ -112,7 +124,11 @@ def run_delay_sweep(
     for value in values if values is not None else defaults:
         scenario = _with(base, field_name, value)
         for seed in seeds:
-            problem = make_delay_problem(scenario, seed=seed)
+            problem = (
+                make_delay_problem(scenario, seed=seed)
+                if library is None
+                else problem_from_library(library, scenario, seed=seed)
+            )
             for name, solve in funcs.items():
                 try:
                     r = solve(problem, seed=seed, time_limit_s=time_limit_s)

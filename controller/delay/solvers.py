@@ -23,9 +23,14 @@ code, so "reported == evaluate_delay()" holds by construction (and is tested).
   (:func:`controller.placement.greedy.solve`) on the matching placement problem (requests =
   the slots' empirical frequencies, every covering node reaches every model) and evaluates the
   placement on delay (block, broadcast).
-- ``optimal`` enumerates every capacity-feasible placement of the requested units (tiny
+- ``optimal`` enumerates every capacity-feasible placement of the requested units (small
   instances only; :class:`InstanceTooLargeError` beyond :data:`MAX_PLACEMENTS`) and keeps the
-  lowest mean delay, ties to the first in enumeration order.
+  lowest mean delay, ties to the first in enumeration order. It is exact but not naive: a
+  slot's delays depend on a placement only through, per requested unit, its holders within
+  reach of the unit's requesters and whether it has any holder, so each slot is evaluated
+  once per distinct projection (memoised) and the per-request delays are summed exactly as
+  :meth:`DelayInstance.evaluate` sums them. Why enumeration and not an integer program or a
+  bound-based search: docs/delay-model.md section 11.
 """
 
 from __future__ import annotations
@@ -53,7 +58,10 @@ from controller.placement.problem import Status
 MAX_ENUMERATED_PICKS = 64
 
 # `optimal` refuses instances with more capacity-feasible joint placements than this.
-MAX_PLACEMENTS = 200_000
+MAX_PLACEMENTS = 1_000_000
+
+# `optimal` memoises at most this many distinct per-slot projections per slot (memory bound).
+MAX_CACHED_SLOT_KEYS = 1_000_000
 
 
 class InstanceTooLargeError(ValueError):
@@ -397,7 +405,7 @@ def optimal_placement(
     count = 1
     for n in instance.nodes:
         options = _feasible_sets(
-            units, instance.unit_bytes, problem.servers[n].capacity, MAX_PLACEMENTS
+            units, instance.unit_bytes, problem.servers[n].capacity, MAX_PLACEMENTS // count
         )
         per_node.append(options)
         count *= len(options)
@@ -406,6 +414,19 @@ def optimal_placement(
                 f"optimal: more than {MAX_PLACEMENTS} placements to enumerate"
                 f" ({len(instance.nodes)} nodes, {len(units)} requested units)"
             )
+    # [3]-[5] read a unit's holders only as `held & reach` and `bool(held)`, so a slot's
+    # delays are a function of that projection: evaluate each distinct projection once.
+    slot_keys = [
+        tuple(
+            (unit, frozenset(n for u in group for n in instance.cover[u]))
+            for unit, group in slot.unit_users.items()
+        )
+        for slot in instance.slots
+    ]
+    caches: list[dict[tuple[tuple[frozenset[str], bool], ...], tuple[float, ...]]] = [
+        {} for _ in instance.slots
+    ]
+    empty: frozenset[str] = frozenset()
     start = time.perf_counter()
     best: dict[str, tuple[str, ...]] = {}
     best_mean = float("inf")
@@ -413,7 +434,19 @@ def optimal_placement(
     evaluated = 0
     for combo in itertools.product(*per_node):
         placement = dict(zip(instance.nodes, combo, strict=True))
-        mean = instance.evaluate(placement, delivery=delivery).mean_s
+        holders = instance.holders_of(placement)
+        values: list[float] = []
+        for t, keys in enumerate(slot_keys):
+            key = tuple((holders.get(unit, empty) & reach, unit in holders) for unit, reach in keys)
+            cached = caches[t].get(key)
+            if cached is None:
+                delays = instance.slot_delays(t, holders, delivery)
+                cached = tuple(delays[u] for u in instance.slots[t].users)
+                if len(caches[t]) < MAX_CACHED_SLOT_KEYS:
+                    caches[t][key] = cached
+            values.extend(cached)
+        # the same sum, in the same order, as DelayInstance.evaluate's mean_s
+        mean = math.fsum(values) / instance.n_requests
         evaluated += 1
         if mean < best_mean:
             best, best_mean = placement, mean

@@ -220,3 +220,50 @@ def test_unknown_placement_entries_are_rejected():
         evaluate_delay(p, {"s9": ["a"]})
     with pytest.raises(ValueError, match="unknown block 'zz'"):
         evaluate_delay(p, {"s0": ["zz"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# named option: imperfect CSI (docs/delay-model.md section 8)
+
+
+def test_csi_error_joint_snr_is_the_mrt_bound_by_hand():
+    # Two nodes jointly broadcast a to one user at 50 m and 200 m:
+    # Gamma = (1 - e) (sqrt g0 + sqrt g1)^2 / (1 + e (g0 + g1)).
+    p = problem(
+        {"a": 8 * MB},
+        {"m": ["a"]},
+        {"s0": [0, 0], "s1": [250, 0]},
+        {"u0": [50, 0]},
+        [{"u0": "m"}],
+    )
+    place = {"s0": ["a"], "s1": ["a"]}
+    g0, g1 = gamma(50), gamma(200)
+    e = 0.1
+    snr = (1 - e) * (math.sqrt(g0) + math.sqrt(g1)) ** 2 / (1 + e * (g0 + g1))
+    got = evaluate_delay(p, place, csi_error_var=e)
+    assert got.mean_s == pytest.approx(airtime(8 * MB, snr), rel=1e-12)
+    # the error costs airtime: slower than perfect CSI, and more so for larger e
+    perfect = evaluate_delay(p, place)
+    assert perfect.mean_s == pytest.approx(
+        airtime(8 * MB, (math.sqrt(g0) + math.sqrt(g1)) ** 2), rel=1e-12
+    )
+    assert perfect.mean_s < got.mean_s < evaluate_delay(p, place, csi_error_var=0.5).mean_s
+
+
+def test_csi_error_default_is_the_reference_rule_bit_for_bit():
+    from controller.delay.scenario import tiny_problem
+
+    for seed in range(5):
+        p = tiny_problem(seed=seed)
+        place = {n: list(p.blocks)[: 1 + seed % 3] for n in p.servers}
+        for delivery in ("broadcast", "unicast"):
+            ref = evaluate_delay(p, place, delivery=delivery)
+            assert evaluate_delay(p, place, delivery=delivery, csi_error_var=0.0) == ref
+            assert evaluate_delay(p, place, delivery=delivery, csi_error_var=0.2) != ref
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan")])
+def test_csi_error_out_of_range_is_refused(bad):
+    p = problem({"a": MB}, {"m": ["a"]}, {"s0": [0, 0]}, {"u0": [30, 40]}, [{"u0": "m"}])
+    with pytest.raises(ValueError, match="csi_error_var"):
+        evaluate_delay(p, {}, csi_error_var=bad)
