@@ -1,11 +1,12 @@
 """`trimcache testbed up|down|status`: the process testbed on the command line.
 
 The work is in :mod:`testbed.launcher`; this module only parses flags and prints. ``up`` reports
-every stage on stderr, prints the URLs and an ``export TRIMCACHE_CONTROLLER_URL=...`` line on
-stdout, and writes ``STATE_DIR/testbed.json``; ``status`` shows the services, the catalogue, the
-placement, what each edge holds and the measured hit ratio, and exits 1 when any service is down.
-Without ``--dir``, ``up`` uses ``~/.cache/trimcache-testbed/state`` and ``down``/``status`` the
-last testbed started on this machine (testbed/paths.py).
+every stage on stderr, prints the URLs and ``export TRIMCACHE_CONTROLLER_URL=...`` and
+``export TRIMCACHE_AUTH_TOKEN=...`` lines on stdout, and writes ``STATE_DIR/testbed.json``;
+``status`` shows the services, the catalogue, the placement, what each edge holds and the
+measured hit ratio, and exits 1 when any service is down. Without ``--dir``, ``up`` uses
+``~/.cache/trimcache-testbed/state`` and ``down``/``status`` the last testbed started on this
+machine (testbed/paths.py).
 """
 
 from __future__ import annotations
@@ -182,6 +183,9 @@ def _up(args: argparse.Namespace) -> int:
     out(f"state       {Path(state['state_dir']) / 'testbed.json'}\n")
     # The SDK and CLI read this; it is http://127.0.0.1:8080 (their default) when 8080 was free.
     out(f"export TRIMCACHE_CONTROLLER_URL={state['controller_url']}\n")
+    # The testbed's own control-plane token (also in testbed.json): with it the SDK's demand
+    # reports (an authenticated write) reach the controller, so the planner and `status` see them.
+    out(f"export TRIMCACHE_AUTH_TOKEN={state['auth_token']}\n")
     return 0
 
 

@@ -49,6 +49,10 @@ def test_up_then_fetch_model_with_the_default_controller_url(
             # controller.
             assert "port 8080 is taken" in up.stderr
             monkeypatch.setenv("TRIMCACHE_CONTROLLER_URL", exports[0])
+        # The second export line carries the testbed's token: the SDK's demand reports need it.
+        tokens = re.findall(r"^export TRIMCACHE_AUTH_TOKEN=(\S+)$", up.stdout, re.M)
+        assert tokens == [state["auth_token"]]
+        monkeypatch.setenv("TRIMCACHE_AUTH_TOKEN", tokens[0])
 
         fetched = fetch_model("bert-sst2", cache_dir=tmp_path / "device")
         assert fetched.predict(["I loved it"])[0]["label"] == "positive"
@@ -80,6 +84,7 @@ def test_up_then_fetch_model_with_the_default_controller_url(
         down = run_cli("testbed", "down", env=env)
     assert down.returncode == 0, down.stderr
     assert not (state_dir / "testbed.json").exists()
-    assert not (tmp_path / "xdg" / "trimcache" / "testbed" / "last").exists()
+    assert (tmp_path / "xdg" / "trimcache-testbed").is_dir()  # where the pointer lived
+    assert not (tmp_path / "xdg" / "trimcache-testbed" / "last").exists()
     # Measured, not asserted (a wall-clock bound would fail on a loaded machine).
     print(f"testbed up with the zoo built: {up_seconds:.1f} s")  # noqa: T201
