@@ -23,7 +23,10 @@ A :class:`Record` per request: model, area, bytes per source (``edge-N``, ``orig
 ``local``), download seconds, the model's deadline (the controller topology's), ``hit`` (no
 byte from the origin, no error, and done within the deadline), and ``verified``: the SDK checks
 every block's sha256 while downloading, and the runner then compares every rebuilt file with the
-zoo's original (sha256), so ``verified`` means byte-identical files. Results: ``records.jsonl``
+zoo's original (sha256), so ``verified`` means byte-identical files. Each record names the
+controller's placement version in force when it started (polled in the background: the
+controller may re-plan mid-run as the users' demand reports arrive); the predicted hit ratio is
+the request-weighted mean over those placements. Results: ``records.jsonl``
 and ``records.csv`` in the output dir, plus ``summary.json`` (see :func:`summarize`) with the
 edges' and the origin's served-bytes counters over the run.
 """
@@ -157,6 +160,7 @@ class Record:
     hit: bool = False
     verified: bool = False
     error: str | None = None
+    placement_version: int | None = None  # the controller's placement when the request started
 
     def csv_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -476,7 +480,8 @@ def run_workload(
             with Client(controller_url=testbed.controller_url, cache_dir=home, area_id=area) as c:
                 c.fetch(top, load=False)
 
-    placement_before = _placement(testbed)
+    watch = _PlacementWatch(testbed)
+    placement_before = watch.latest
     before = served_counters(testbed)
     started = time.monotonic()
     stop_at = started + config.max_seconds
@@ -497,6 +502,7 @@ def run_workload(
         cache_dir = cache_of(request)
         with user_locks[request.user]:
             record.started_s = round(time.monotonic() - started, 4)
+            record.placement_version = watch.version
             try:
                 with Client(controller_url=testbed.controller_url, cache_dir=cache_dir,
                             area_id=request.area_id) as client:  # fmt: skip
@@ -531,11 +537,21 @@ def run_workload(
         with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
             done = [r for r in pool.map(one, workload) if r is not None]
     finally:
+        watch.stop()
         shutil.rmtree(root, ignore_errors=True)
     wall = time.monotonic() - started
     after = served_counters(testbed)
     placement_after = _placement(testbed)
     summary = summarize(done)
+    # Each request counts against the placement in force when it started (the controller may
+    # re-plan mid-run as demand reports arrive): predicted = request-weighted mean over them.
+    per_version = {
+        v: predicted_hit_ratio(testbed, watch.seen[v], rows, view)
+        for v in {r.placement_version for r in done}
+        if v in watch.seen
+    }
+    weights = [per_version.get(r.placement_version or 0, 0.0) for r in done]
+    predicted = sum(weights) / len(weights) if weights else 0.0
     summary.update(
         wall_seconds=round(wall, 3),
         planned_requests=len(workload),
@@ -543,13 +559,43 @@ def run_workload(
         placement_version_before=placement_before.get("version"),
         placement_version_after=placement_after.get("version"),
         plan_hit_ratio=float(placement_before.get("hit_ratio") or 0.0),
-        predicted_hit_ratio=round(predicted_hit_ratio(testbed, placement_before, rows, view), 4),
+        predicted_hit_ratio=round(predicted, 4),
+        predicted_by_version={str(v): round(p, 4) for v, p in sorted(per_version.items())},
         solver=placement_before.get("solver"),
         storage=edge_storage(testbed),
         config=config.to_json(),
     )
     summary["gap"] = round(summary["hit_ratio"] - summary["predicted_hit_ratio"], 4)
     return RunResult(done, summary)
+
+
+class _PlacementWatch:
+    """The controller's current placement, polled in the background during a run."""
+
+    def __init__(self, testbed: Testbed, *, interval_s: float = 0.5) -> None:
+        self.testbed = testbed
+        self.latest = _placement(testbed)
+        self.seen: dict[int, dict[str, Any]] = {int(self.latest.get("version") or 0): self.latest}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(interval_s,), daemon=True)
+        self._thread.start()
+
+    @property
+    def version(self) -> int:
+        return int(self.latest.get("version") or 0)
+
+    def _poll(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                placement = _placement(self.testbed)
+            except (httpx.HTTPError, ValueError):
+                continue
+            self.seen.setdefault(int(placement.get("version") or 0), placement)
+            self.latest = placement
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def _placement(testbed: Testbed) -> dict[str, Any]:

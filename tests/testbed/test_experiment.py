@@ -136,6 +136,7 @@ def test_compare_two_solvers_records_match_the_services_counters(
         assert point["placement_version_before"] == point["placement_version_after"]
         for r in mine:
             assert r["error"] is None and r["verified"] is True, r
+            assert r["placement_version"] == point["placement_version_before"], r
             total = sum(r["bytes_by_source"].values())
             assert total == r["edge_bytes"] + r["origin_bytes"] + r["local_bytes"] > 0
             from_edges_only = r["origin_bytes"] == 0 and r["edge_bytes"] == total
