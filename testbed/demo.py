@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="requests per solver in the placement comparison (0: skip it)",
     )  # fmt: skip
     parser.add_argument(
-        "--compare-seconds", type=float, default=30.0,
+        "--compare-seconds", type=float, default=20.0,
         help="time bound of each solver's workload in the comparison",
     )  # fmt: skip
     return run(parser.parse_args(argv))

@@ -70,7 +70,7 @@ def write_report(
         color = f"C{index}"
         xs = [p["capacity_mib"] for p in rows]
         ax.plot(xs, [p["hit_ratio"] for p in rows], "o-", color=color, label=f"{solver} measured")
-        ax.plot(xs, [p["predicted_hit_ratio"] for p in rows], "--", color=color, alpha=0.7,
+        ax.plot(xs, [p["predicted_hit_ratio"] for p in rows], "x--", color=color, alpha=0.7,
                 label=f"{solver} predicted")  # fmt: skip
     ax.set_xlabel("capacity per edge node (MiB)")
     ax.set_ylabel("hit ratio")
@@ -131,6 +131,11 @@ def markdown(doc: Mapping[str, Any], *, command: str, figures: Sequence[Path], f
         "",
         table(points),
         "",
+        "A hit: every byte of the model from edge nodes, within its deadline. `predicted`: the "
+        "hit ratio the placement problem gives the placement(s) in force for the workload's "
+        "demand; `gap` = measured - predicted. `placement` `vA→vB`: the controller re-planned "
+        "during the workload (it follows the users' demand reports).",
+        "",
         headline(points, focus),
         "",
     ]
@@ -141,17 +146,23 @@ def markdown(doc: Mapping[str, Any], *, command: str, figures: Sequence[Path], f
 def table(points: Sequence[Mapping[str, Any]]) -> str:
     rows = [
         "| capacity MiB | solver | requests | hit ratio | predicted | gap | mean s | p95 s |"
-        " origin MiB | models placed | savings |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " origin MiB | models placed | savings | placement |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for p in sorted(points, key=lambda p: (p["capacity_mib"], p["solver"])):
         rows.append(
             f"| {p['capacity_mib']} | {p['solver']} | {p['requests']} | {p['hit_ratio']:.3f} | "
             f"{p['predicted_hit_ratio']:.3f} | {p['gap']:+.3f} | {p['mean_download_s']:.2f} | "
             f"{p['p95_download_s']:.2f} | {p['origin_bytes'] / MIB:.0f} | {p['models_placed']} | "
-            f"{p['savings']:.1%} |"
+            f"{p['savings']:.1%} | {_versions(p)} |"
         )
     return "\n".join(rows)
+
+
+def _versions(point: Mapping[str, Any]) -> str:
+    """``v2``, or ``v2→v3`` when the controller re-planned during the workload."""
+    before, after = point.get("placement_version_before"), point.get("placement_version_after")
+    return f"v{before}" if before == after else f"v{before}→v{after}"
 
 
 def headline(points: Sequence[Mapping[str, Any]], focus: int) -> str:
