@@ -42,7 +42,8 @@ from testbed.experiment import (
 MIB = 1024 * 1024
 POINT_FIELDS = (
     "solver", "capacity_mib", "requests", "errors", "hits", "hit_ratio", "predicted_hit_ratio",
-    "gap", "plan_hit_ratio", "mean_download_s", "p95_download_s", "edge_bytes", "origin_bytes",
+    "gap", "predicted_sampled_hit_ratio", "sampled_gap", "plan_hit_ratio", "mean_download_s",
+    "p95_download_s", "edge_bytes", "origin_bytes",
     "origin_served_bytes", "edge_served_bytes", "physical_bytes", "logical_bytes", "savings",
     "models_placed", "verified", "placement_version_before", "placement_version_after",
     "planned_solver",
@@ -98,6 +99,8 @@ def point_row(solver: str, capacity_mib: int, summary: dict[str, Any]) -> dict[s
                 "placement_version_before",
                 "plan_hit_ratio",
                 "placement_version_after",
+                "predicted_sampled_hit_ratio",
+                "sampled_gap",
             )
         },  # fmt: skip
         "origin_served_bytes": served.get("origin", 0),

@@ -141,6 +141,8 @@ def test_compare_two_solvers_records_match_the_services_counters(
             assert total == r["edge_bytes"] + r["origin_bytes"] + r["local_bytes"] > 0
             from_edges_only = r["origin_bytes"] == 0 and r["edge_bytes"] == total
             assert r["hit"] == (from_edges_only and r["download_s"] <= r["deadline_s"]), r
+            # The placement problem's verdict for this very request matches the testbed's.
+            assert r["predicted_hit"] == r["hit"], r
             saw_hit |= r["hit"]
             saw_miss |= not r["hit"]
         # Per source, the records add up to the services' own served-bytes counters.
