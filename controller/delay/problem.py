@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-from controller.placement.problem import RESULT_SCHEMA, STATUSES, Status
+from controller.placement.problem import RESULT_SCHEMA, STATUSES, Status, as_size, check_library
 
 DELAY_PROBLEM_SCHEMA = "trimcache.delay-problem/v1"
 
@@ -37,14 +37,6 @@ def _finite(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
-
-
-def _size(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _position(value: object, where: str) -> tuple[float, float]:
@@ -136,25 +128,7 @@ class DelayProblem:
 
     def __post_init__(self) -> None:
         # Internal logic: validate each table against the ones it references, then freeze.
-        blocks: dict[str, int] = {}
-        for block_id, size in self.blocks.items():
-            checked = _size(size)
-            if checked is None:
-                raise ValueError(f"block {block_id!r}: size must be an int >= 0, got {size!r}")
-            blocks[block_id] = checked
-        if not self.models:
-            raise ValueError("empty model library: 'models' has no entries")
-        models: dict[str, tuple[str, ...]] = {}
-        for model_id, block_ids in self.models.items():
-            if isinstance(block_ids, str) or not isinstance(block_ids, Sequence):
-                raise ValueError(f"model {model_id!r}: blocks must be a list of block ids")
-            ids = tuple(dict.fromkeys(block_ids))
-            if not ids:
-                raise ValueError(f"model {model_id!r}: has no blocks")
-            for block_id in ids:
-                if block_id not in blocks:
-                    raise ValueError(f"model {model_id!r}: unknown block {block_id!r}")
-            models[model_id] = ids
+        blocks, models = check_library(self.blocks, self.models)
         if not self.servers:
             raise ValueError("no edge nodes: 'servers' has no entries")
         servers: dict[str, EdgeNode] = {}
@@ -252,7 +226,7 @@ class DelayProblem:
             capacity, pos = entry.get("capacity"), entry.get("position")
         else:
             raise ValueError(f"server {node_id!r}: must be {{'capacity', 'position'}}")
-        checked = _size(capacity)
+        checked = as_size(capacity)
         if checked is None:
             raise ValueError(f"server {node_id!r}: capacity must be an int >= 0, got {capacity!r}")
         return EdgeNode(capacity=checked, position=_position(pos, f"server {node_id!r}"))

@@ -40,13 +40,44 @@ STATUSES: tuple[str, ...] = get_args(Status)
 _ROW_SUM_TOLERANCE = 1e-9
 
 
-def _as_size(value: object) -> int | None:
+def as_size(value: object) -> int | None:
     """A byte count: an int >= 0 (an integral float such as ``1e9`` is accepted), else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return value if isinstance(value, int) and value >= 0 else None
+
+
+def check_library(
+    blocks: Mapping[str, object], models: Mapping[str, object]
+) -> tuple[dict[str, int], dict[str, tuple[str, ...]]]:
+    """Validate the block and model tables both problem formats share (hit ratio and delay).
+
+    Returns copies: block id -> size, model id -> its distinct block ids in order. Raises
+    ``ValueError`` naming the offending entry (a negative size, an empty library, a model with
+    no or unknown blocks).
+    """
+    sizes: dict[str, int] = {}
+    for block_id, size in blocks.items():
+        checked = as_size(size)
+        if checked is None:
+            raise ValueError(f"block {block_id!r}: size must be an int >= 0, got {size!r}")
+        sizes[block_id] = checked
+    if not models:
+        raise ValueError("empty model library: 'models' has no entries")
+    library: dict[str, tuple[str, ...]] = {}
+    for model_id, block_ids in models.items():
+        if isinstance(block_ids, str) or not isinstance(block_ids, Iterable):
+            raise ValueError(f"model {model_id!r}: blocks must be a list of block ids")
+        ids = tuple(dict.fromkeys(block_ids))
+        if not ids:
+            raise ValueError(f"model {model_id!r}: has no blocks")
+        for block_id in ids:
+            if block_id not in sizes:
+                raise ValueError(f"model {model_id!r}: unknown block {block_id!r}")
+        library[model_id] = ids
+    return sizes, library
 
 
 def _is_prob(value: object) -> bool:
@@ -99,28 +130,10 @@ class PlacementProblem:
     def __post_init__(self) -> None:
         # Internal logic: validate each table against the ones it references, then freeze
         # copies (so a caller mutating its dicts later cannot change the problem).
-        blocks: dict[str, int] = {}
-        for block_id, size in self.blocks.items():
-            checked = _as_size(size)
-            if checked is None:
-                raise ValueError(f"block {block_id!r}: size must be an int >= 0, got {size!r}")
-            blocks[block_id] = checked
-        if not self.models:
-            raise ValueError("empty model library: 'models' has no entries")
-        models: dict[str, tuple[str, ...]] = {}
-        for model_id, block_ids in self.models.items():
-            if isinstance(block_ids, str):
-                raise ValueError(f"model {model_id!r}: blocks must be a list of block ids")
-            ids = tuple(dict.fromkeys(block_ids))
-            if not ids:
-                raise ValueError(f"model {model_id!r}: has no blocks")
-            for block_id in ids:
-                if block_id not in blocks:
-                    raise ValueError(f"model {model_id!r}: unknown block {block_id!r}")
-            models[model_id] = ids
+        blocks, models = check_library(self.blocks, self.models)
         servers: dict[str, int] = {}
         for server_id, capacity in self.servers.items():
-            checked = _as_size(capacity)
+            checked = as_size(capacity)
             if checked is None:
                 raise ValueError(
                     f"server {server_id!r}: capacity must be an int >= 0, got {capacity!r}"
