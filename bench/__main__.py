@@ -24,6 +24,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "client": ["-m", "bench.client"],
     "placement": ["-m", "bench.placement"],
     "controller": ["-m", "bench.controller"],
+    # 10, 50 and 100 concurrent client processes against the test-profile testbed.
+    "load": ["-m", "bench.load"],
     # The delay solvers on fewer instances than the full run (python -m bench.delay: 30 each),
     # so `make bench` stays bounded (a few minutes on 2 cores).
     "delay": [
