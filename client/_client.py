@@ -48,7 +48,7 @@ from core.errors import ManifestError
 from core.manifest import ModelManifest, check_model_id
 
 from ._cache import DeviceCache
-from ._download import Downloader, DownloadOptions, DownloadResult, full_jitter
+from ._download import Downloader, DownloadOptions, DownloadResult
 from ._errors import (
     ClientError,
     ControllerUnavailableError,
@@ -193,18 +193,16 @@ class Client:
 
     # -- HTTP helpers ----------------------------------------------------------------------
     def _get_json(self, url: str, *, params: Mapping[str, str] | None = None) -> Any:
-        """GET with bounded, jittered retries on transport errors and 503 (style E6)."""
-        attempts = self.options.retries + 1
-        for attempt in range(attempts):
+        """GET, retried on transport errors and 503 (:meth:`DownloadOptions.retry_policy`)."""
+        failure: httpx.TransportError | httpx.Response | None = None
+        for _attempt in self.options.retry_policy().attempts():
             try:
                 response = self._http.get(url, params=params)
             except httpx.TransportError as exc:
-                if attempt + 1 < attempts:
-                    time.sleep(full_jitter(attempt, self.options.backoff_s))
-                    continue
-                raise transport_error(exc, url) from exc
-            if response.status_code == 503 and attempt + 1 < attempts:
-                time.sleep(full_jitter(attempt, self.options.backoff_s))
+                failure = exc
+                continue
+            if response.status_code == 503:
+                failure = response
                 continue
             raise_for_error(response)
             try:
@@ -216,6 +214,10 @@ class Client:
                     http_status=response.status_code,
                     url=url,
                 ) from None
+        if isinstance(failure, httpx.TransportError):
+            raise transport_error(failure, url) from failure
+        assert failure is not None, "a retry policy makes at least one attempt"
+        raise_for_error(failure)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _controller_json(self, path: str, *, params: Mapping[str, str] | None = None) -> Any:

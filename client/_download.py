@@ -18,9 +18,13 @@ Internal logic:
    received once, written once and hashed once.
 4. Failures fall back per block: a transport error, 5xx or short body sends the request's blocks
    not yet received on, and marks the source dead for the rest of this fetch. Idempotent GETs are
-   first retried ``retries`` times with full-jitter backoff (style E6); the batch POST is not
-   retried, its blocks move on at once. A block with no candidate left is in
-   :class:`NoSourceError`, which names every source tried.
+   first retried ``retries`` times under :class:`core.transfer.RetryPolicy` (full-jitter backoff,
+   ``retry_budget_s``); the batch POST is not retried, its blocks move on at once. A block with
+   no candidate left is in :class:`NoSourceError`, which names every source tried.
+
+Coalescing (:func:`core.transfer.contiguous_runs`, :func:`core.transfer.even_batches`), the cut
+of a body into blocks (:class:`core.transfer.Cutter`) and the retry policy are the transfer
+layer the edge's ingest uses too; this module adds the client's receive ring and store stage.
 """
 
 from __future__ import annotations
@@ -28,9 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
-import random
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -39,6 +41,15 @@ from typing import Literal, Protocol
 
 from core.digest import BlockId
 from core.manifest import ModelManifest
+from core.transfer import (
+    Cutter,
+    RetryPolicy,
+    Span,
+    byte_range,
+    contiguous_runs,
+    even_batches,
+    total_bytes,
+)
 
 from ._errors import (
     BlockIntegrityError,
@@ -54,6 +65,8 @@ ByteCallback = Callable[[str, int], None]
 TaskKind = Literal["batch", "range"]
 
 READ_CHUNK_BYTES = 1024 * 1024
+#: The batch POST is not retried (its blocks move on to their next candidate source).
+_NO_RETRY = RetryPolicy(attempts=1)
 
 
 class BlockSink(Protocol):
@@ -76,6 +89,7 @@ class DownloadOptions:
         buffers: receive buffers per fetch (bytes in flight <= buffers x read_bytes).
         retries: extra attempts of an idempotent GET after a transport error or 503.
         backoff_s: base of the full-jitter backoff between attempts.
+        retry_budget_s: no retry starts after this long (None: attempts alone bound them).
     """
 
     connections_per_source: int = 2
@@ -85,27 +99,26 @@ class DownloadOptions:
     buffers: int = 16
     retries: int = 2
     backoff_s: float = 0.05
+    retry_budget_s: float | None = 30.0
 
-
-@dataclass(slots=True)
-class _Item:
-    block_id: BlockId
-    length: int
-    path: str
-    offset: int
+    def retry_policy(self) -> RetryPolicy:
+        """The policy of idempotent reads (data-path Range GETs and control GETs)."""
+        return RetryPolicy(
+            attempts=self.retries + 1, backoff_s=self.backoff_s, budget_s=self.retry_budget_s
+        )
 
 
 @dataclass(slots=True)
 class _Task:
     source: int
     kind: TaskKind
-    items: list[_Item]
+    items: list[Span]
 
 
 @dataclass(slots=True)
 class _Outcome:
-    stored: list[_Item] = field(default_factory=list)
-    failed: list[tuple[_Item, str]] = field(default_factory=list)
+    stored: list[Span] = field(default_factory=list)
+    failed: list[tuple[Span, str]] = field(default_factory=list)
     source_dead: bool = False
 
 
@@ -124,7 +137,7 @@ class _Check:
 
     __slots__ = ("item", "digest", "ok")
 
-    def __init__(self, item: _Item) -> None:
+    def __init__(self, item: Span) -> None:
         self.item = item
         self.digest = hashlib.sha256()
         self.ok: bool | None = None
@@ -202,11 +215,6 @@ class _Stage:
                 self._free.put(buf)
 
 
-def full_jitter(attempt: int, base_s: float) -> float:
-    """Full-jitter backoff: uniform in ``[0, base_s * 2**attempt]``."""
-    return random.uniform(0, base_s * (2**attempt))
-
-
 class Downloader:
     """Fetch the missing blocks of one route into a sink (the model's files).
 
@@ -233,6 +241,7 @@ class Downloader:
         self._manifest: ModelManifest = route.manifest
         self._opts = options or DownloadOptions()
         self._on_bytes = on_bytes
+        self._retry = self._opts.retry_policy()
         self._slots = [
             threading.Semaphore(self._opts.connections_per_source) for _ in route.sources
         ]
@@ -241,54 +250,25 @@ class Downloader:
         self._stage: _Stage | None = None
 
     # -- planning --------------------------------------------------------------------------
-    def _plan(self, by_source: dict[int, list[_Item]]) -> list[_Task]:
+    def _plan(self, by_source: dict[int, list[Span]]) -> list[_Task]:
         tasks: list[_Task] = []
         for index, items in by_source.items():
             items.sort(key=lambda i: (i.path, i.offset))
             if self._route.sources[index].kind == "origin":
-                tasks.extend(self._plan_ranges(index, items))
+                runs = contiguous_runs(items, max_bytes=self._opts.range_bytes)
+                tasks.extend(_Task(index, "range", run) for run in runs)
             else:
-                tasks.extend(self._plan_edge(index, items))
+                tasks.extend(_Task(index, "batch", run) for run in self._plan_edge(items))
         # Largest first, so the long transfers start early and the tail stays short.
-        tasks.sort(key=lambda t: -sum(i.length for i in t.items))
+        tasks.sort(key=lambda t: -total_bytes(t.items))
         return tasks
 
-    def _plan_edge(self, index: int, items: list[_Item]) -> list[_Task]:
+    def _plan_edge(self, items: list[Span]) -> list[list[Span]]:
         """Split the blocks, in file order, into a few batches of about equal bytes."""
-        total = sum(i.length for i in items)
+        total = total_bytes(items)
         count = max(self._opts.connections_per_source, -(-total // max(1, self._opts.batch_bytes)))
         count = min(count, max(1, total // READ_CHUNK_BYTES), len(items))
-        target = total / count
-        tasks: list[_Task] = []
-        run: list[_Item] = []
-        run_bytes = 0
-        for item in items:
-            run.append(item)
-            run_bytes += item.length
-            if run_bytes >= target and len(tasks) < count - 1:
-                tasks.append(_Task(index, "batch", run))
-                run, run_bytes = [], 0
-        if run:
-            tasks.append(_Task(index, "batch", run))
-        return tasks
-
-    def _plan_ranges(self, index: int, items: list[_Item]) -> list[_Task]:
-        tasks: list[_Task] = []
-        run: list[_Item] = []
-        for item in items:
-            contiguous = (
-                bool(run)
-                and run[-1].path == item.path
-                and run[-1].offset + run[-1].length == item.offset
-            )
-            size = sum(i.length for i in run)
-            if run and (not contiguous or size + item.length > self._opts.range_bytes):
-                tasks.append(_Task(index, "range", run))
-                run = []
-            run.append(item)
-        if run:
-            tasks.append(_Task(index, "range", run))
-        return tasks
+        return even_batches(items, parts=count)
 
     # -- running ---------------------------------------------------------------------------
     def run(self, missing: Sequence[BlockId]) -> DownloadResult:
@@ -302,15 +282,15 @@ class Downloader:
         locate = self._manifest.locate()
         remaining: dict[BlockId, list[int]] = {}
         tried: dict[BlockId, list[tuple[str, str]]] = defaultdict(list)
-        items: list[_Item] = []
+        items: list[Span] = []
         for block_id in missing:
             path, offset, length = locate[block_id]
-            items.append(_Item(block_id, length, path, offset))
+            items.append(Span(block_id, length, path, offset))
             remaining[block_id] = list(self._route.candidates(block_id))
         exhausted: list[BlockId] = []
 
-        def assign(pending: list[_Item]) -> list[_Task]:
-            by_source: dict[int, list[_Item]] = defaultdict(list)
+        def assign(pending: list[Span]) -> list[_Task]:
+            by_source: dict[int, list[Span]] = defaultdict(list)
             for item in pending:
                 queue_ = remaining[item.block_id]
                 while queue_ and queue_[0] in self._dead:
@@ -332,7 +312,7 @@ class Downloader:
         try:
             while futures:
                 done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                retry: list[_Item] = []
+                retry: list[Span] = []
                 for future in done:
                     task = futures.pop(future)
                     outcome = future.result()
@@ -370,8 +350,10 @@ class Downloader:
     def _transfer(self, source: Source, task: _Task) -> _Outcome:
         outcome = _Outcome()
         pending = list(task.items)
-        attempt = 0
-        while pending:
+        # The batch POST is not retried: its blocks move on to their next source at once.
+        policy = self._retry if task.kind == "range" else _NO_RETRY
+        reason = "no attempt left"
+        for _attempt in policy.attempts():
             try:
                 self._request(source, task.kind, pending, outcome)
                 return outcome
@@ -383,50 +365,37 @@ class Downloader:
                     i.block_id for i, _ in outcome.failed
                 }
                 pending = [i for i in pending if i.block_id not in done]
-                retryable = task.kind != "batch" and (
-                    exc.http_status is None or exc.http_status == 503
-                )
-                if retryable and attempt < self._opts.retries and pending:
-                    time.sleep(full_jitter(attempt, self._opts.backoff_s))
-                    attempt += 1
-                    continue
-                outcome.failed.extend((i, str(exc)) for i in pending)
-                outcome.source_dead = True
-                return outcome
+                reason = str(exc)
+                if not pending or exc.http_status not in (None, 503):
+                    break
             except ClientError as exc:  # 404 and other 4xx: this source lacks them
                 done = {i.block_id for i in outcome.stored}
                 outcome.failed.extend((i, str(exc)) for i in pending if i.block_id not in done)
                 return outcome
+        outcome.failed.extend((i, reason) for i in pending)
+        outcome.source_dead = True
         return outcome
 
-    def _request(self, source: Source, kind: TaskKind, items: list[_Item], out: _Outcome) -> None:
+    def _request(self, source: Source, kind: TaskKind, items: list[Span], out: _Outcome) -> None:
         if kind == "batch":
             body = json.dumps({"block_ids": [i.block_id for i in items]}).encode()
             self._stream(source, "POST", f"{source.url}/v1/blocks:batch", items, out, body=body)
             return
         # Re-plan the remaining run as contiguous pieces (a retry may have left gaps).
-        runs: list[list[_Item]] = []
-        for item in items:
-            if runs and runs[-1][-1].offset + runs[-1][-1].length == item.offset:
-                runs[-1].append(item)
-            else:
-                runs.append([item])
-        for run in runs:
-            start = run[0].offset
-            end = run[-1].offset + run[-1].length
+        for run in contiguous_runs(items):
             url = (
                 f"{source.url}/{self._manifest.repo_id}/resolve/"
                 f"{self._manifest.revision}/{run[0].path}"
             )
-            headers = {"Range": f"bytes={start}-{end - 1}"} if end > start else {}
-            self._stream(source, "GET", url, run, out, headers=headers, skip=start)
+            headers = byte_range(run)
+            self._stream(source, "GET", url, run, out, headers=headers, skip=run[0].offset)
 
     def _stream(
         self,
         source: Source,
         method: str,
         url: str,
-        items: list[_Item],
+        items: list[Span],
         out: _Outcome,
         *,
         headers: dict[str, str] | None = None,
@@ -471,7 +440,7 @@ class Downloader:
             nbytes -= n
 
     def _receive(
-        self, reply: Reply, items: list[_Item], checks: list[_Check], source: Source
+        self, reply: Reply, items: list[Span], checks: list[_Check], source: Source
     ) -> None:
         """Cut the body into the items' blocks, buffer by buffer.
 
@@ -479,14 +448,14 @@ class Downloader:
         """
         stage = self._stage
         assert stage is not None
-        index, pos = 0, 0  # current item, bytes of it received
-        current: _Check | None = None
-        while index < len(items):
+        cutter = Cutter([i.length for i in items])
+        current: _Check | None = None  # the block whose bytes are being received
+        while not cutter.done:
             buf = stage.buffer()
             view = memoryview(buf)
             filled = 0
+            want = cutter.wanted
             try:
-                want = sum(i.length for i in items[index:]) - pos
                 while filled < len(buf) and filled < want:
                     n = self._read(reply, view[filled : min(len(buf), want)], source)
                     if n == 0:
@@ -498,20 +467,14 @@ class Downloader:
                 raise
             view.release()
             pieces: list[_Piece] = []
-            lo = 0
             ended: list[_Check] = []
-            while index < len(items) and (lo < filled or items[index].length == pos):
-                item = items[index]
+            for cut in cutter.cut(filled):
                 if current is None:
-                    current = _Check(item)
-                n = min(filled - lo, item.length - pos)
-                ends = pos + n == item.length
-                pieces.append((current, lo, lo + n, pos, ends))
-                lo += n
-                pos += n
-                if ends:
+                    current = _Check(items[cut.index])
+                pieces.append((current, cut.lo, cut.hi, cut.pos, cut.ends))
+                if cut.ends:
                     ended.append(current)
-                    index, pos, current = index + 1, 0, None
+                    current = None
             stage.submit(buf, pieces)
             checks.extend(ended)
             if filled < want and filled < len(buf):

@@ -15,7 +15,9 @@ Internal logic of :func:`apply_plan`:
    - from peers, rank by rank: blocks whose first listed peer is P go to P in
      ``POST /v1/blocks:batch`` requests; what P fails to deliver moves to the next peer listed;
    - the rest from the origin: ``Range`` reads of each file at the exact block offsets, adjacent
-     blocks of one file coalesced into one request, a few attempts each.
+     blocks of one file coalesced into one request, retried under :data:`ORIGIN_RETRY`.
+   Batching, coalescing, the cut of a body into blocks and the retry policy are the transfer
+   layer the client uses too (:mod:`core.transfer`).
    Every block is streamed into ``BlockStore.put_stream(block_id=...)``: its bytes are hashed as
    they arrive and a block that does not match, or whose transfer dies, leaves nothing behind.
    A durable node syncs once per plan (``BlockStore.one_sync``: one ``syncfs`` after the
@@ -44,6 +46,16 @@ from core.digest import BlockId
 from core.errors import DigestMismatchError, StoreFullError
 from core.manifest import ModelManifest
 from core.store import BlockStore
+from core.transfer import (
+    RetryPolicy,
+    ShortBodyError,
+    Span,
+    batches,
+    byte_range,
+    contiguous_runs,
+    split_body,
+    total_bytes,
+)
 from edge_node.errors import StalePlanError, UpstreamUnavailableError
 from edge_node.node import EdgeNode, PlanRecord
 
@@ -54,6 +66,8 @@ PLAN_SCHEMA = "trimcache.edge-plan/v1"
 MAX_REQUEST_BYTES = 64 << 20
 MAX_BATCH_BLOCKS = 512
 ORIGIN_ATTEMPTS = 3
+#: Origin Range reads of blocks still missing: a few rounds, full-jitter backoff, bounded.
+ORIGIN_RETRY = RetryPolicy(attempts=ORIGIN_ATTEMPTS, backoff_s=0.2, budget_s=60.0)
 _READ_CHUNK_BYTES = 1 << 20
 
 
@@ -113,43 +127,6 @@ class PlanProgress:
             }
 
 
-class _ShortBodyError(Exception):
-    """The response ended before the expected bytes."""
-
-
-class _Body:
-    """Cuts a streamed response body into consecutive pieces of known lengths."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = memoryview(b"")
-
-    def take(self, nbytes: int) -> Iterator[memoryview]:
-        while nbytes > 0:
-            if not self._buf:
-                try:
-                    self._buf = memoryview(next(self._chunks))
-                except StopIteration:
-                    raise _ShortBodyError(f"body ended {nbytes} bytes early") from None
-                continue
-            piece = self._buf[:nbytes]
-            self._buf = self._buf[len(piece) :]
-            nbytes -= len(piece)
-            yield piece
-
-
-@dataclass(frozen=True, slots=True)
-class Located:
-    """Where the origin has a block: bytes ``[offset, offset + size)`` of one repo file."""
-
-    block_id: BlockId
-    size: int
-    repo_id: str
-    revision: str
-    path: str
-    offset: int
-
-
 class Fetcher:
     """Moves blocks from peers or the origin into a store, verifying each one.
 
@@ -181,23 +158,22 @@ class Fetcher:
         if self._on_stored is not None:
             self._on_stored(source, block_id, size)
 
-    def _store_from(self, body: _Body, block_id: BlockId, size: int) -> bool:
-        """Store one block from ``body``; False (and the body still aligned) on a bad digest."""
+    def _store_from(self, pieces: Iterator[memoryview], block_id: BlockId, size: int) -> bool:
+        """Store one block from its ``pieces``; False on a bad digest (the rest of the body is
+        still aligned: :func:`core.transfer.split_body` skips what is left unread)."""
         if self.store.has(block_id):
-            for _ in body.take(size):
-                pass
             return False
         try:
-            self.store.put_stream(body.take(size), block_id=block_id, size=size)
+            self.store.put_stream(pieces, block_id=block_id, size=size)
         except DigestMismatchError as exc:
             logger.warning("rejected block_id=%s: %s", block_id, exc)
             return False
         return True
 
-    def from_peer(self, peer_url: str, blocks: Sequence[tuple[BlockId, int]]) -> set[BlockId]:
+    def from_peer(self, peer_url: str, blocks: Sequence[Span]) -> set[BlockId]:
         """Fetch ``blocks`` from a peer's batch endpoint; return the ids stored."""
         stored: set[BlockId] = set()
-        ids = [b for b, _ in blocks]
+        ids = [b.block_id for b in blocks]
         try:
             with self.client.stream(
                 "POST",
@@ -214,90 +190,59 @@ class Fetcher:
                         len(ids),
                     )
                     return stored
-                body = _Body(response.iter_raw(_READ_CHUNK_BYTES))
-                for block_id, size in blocks:
-                    if self._store_from(body, block_id, size):
-                        stored.add(block_id)
-                        self._stored(peer_url, block_id, size)
-        except (httpx.HTTPError, _ShortBodyError) as exc:
+                body = split_body(response.iter_raw(_READ_CHUNK_BYTES), [b.length for b in blocks])
+                for block, pieces in zip(blocks, body, strict=True):
+                    if self._store_from(pieces, block.block_id, block.length):
+                        stored.add(block.block_id)
+                        self._stored(peer_url, block.block_id, block.length)
+        except (httpx.HTTPError, ShortBodyError) as exc:
             logger.warning("peer %s failed mid-transfer: %s", peer_url, exc)
         return stored
 
-    def from_origin(self, origin_url: str, run: Sequence[Located]) -> set[BlockId]:
+    def from_origin(self, origin_url: str, run: Sequence[Span]) -> set[BlockId]:
         """Fetch a run of adjacent blocks of one file with one Range read."""
         stored: set[BlockId] = set()
-        first, last = run[0], run[-1]
-        start, end = first.offset, last.offset + last.size  # end exclusive
+        first = run[0]
         url = hf_hub_url(first.repo_id, first.path, revision=first.revision, endpoint=origin_url)
-        headers = {"Accept-Encoding": "identity"}
-        if end > start:
-            headers["Range"] = f"bytes={start}-{end - 1}"
+        headers = {"Accept-Encoding": "identity", **byte_range(run)}
         try:
             with self.client.stream("GET", url, headers=headers) as response:
-                if response.status_code == 200 and start != 0:
-                    raise _ShortBodyError("origin ignored the Range header")
+                if response.status_code == 200 and first.offset != 0:
+                    raise ShortBodyError("origin ignored the Range header")
                 if response.status_code not in (200, 206):
                     response.read()
                     logger.warning("origin %s answered %s for %s", url, response.status_code, url)
                     return stored
-                body = _Body(response.iter_raw(_READ_CHUNK_BYTES))
-                for loc in run:
-                    if self._store_from(body, loc.block_id, loc.size):
+                body = split_body(response.iter_raw(_READ_CHUNK_BYTES), [x.length for x in run])
+                for loc, pieces in zip(run, body, strict=True):
+                    if self._store_from(pieces, loc.block_id, loc.length):
                         stored.add(loc.block_id)
-                        self._stored(origin_url, loc.block_id, loc.size)
-        except (httpx.HTTPError, _ShortBodyError) as exc:
+                        self._stored(origin_url, loc.block_id, loc.length)
+        except (httpx.HTTPError, ShortBodyError) as exc:
             logger.warning("origin %s failed mid-transfer: %s", origin_url, exc)
         return stored
 
 
-def locate_blocks(manifests: Sequence[ModelManifest]) -> dict[BlockId, Located]:
+def locate_blocks(manifests: Sequence[ModelManifest]) -> dict[BlockId, Span]:
     """Every block of ``manifests`` with its first place in their files."""
-    where: dict[BlockId, Located] = {}
+    where: dict[BlockId, Span] = {}
     for manifest in manifests:
         for block_id, (path, offset, length) in manifest.locate().items():
             where.setdefault(
                 block_id,
-                Located(block_id, length, manifest.repo_id, manifest.revision, path, offset),
+                Span(block_id, length, path, offset, manifest.repo_id, manifest.revision),
             )
     return where
 
 
-def _peer_batches(
-    blocks: Sequence[tuple[BlockId, int]],
-) -> Iterator[list[tuple[BlockId, int]]]:
-    batch: list[tuple[BlockId, int]] = []
-    nbytes = 0
-    for block_id, size in blocks:
-        if batch and (nbytes + size > MAX_REQUEST_BYTES or len(batch) >= MAX_BATCH_BLOCKS):
-            yield batch
-            batch, nbytes = [], 0
-        batch.append((block_id, size))
-        nbytes += size
-    if batch:
-        yield batch
+def _peer_batches(blocks: Sequence[Span]) -> Iterator[list[Span]]:
+    return batches(blocks, max_bytes=MAX_REQUEST_BYTES, max_count=MAX_BATCH_BLOCKS)
 
 
-def _origin_runs(located: Sequence[Located]) -> list[list[Located]]:
-    """Group blocks by file and coalesce adjacent ones (bounded by MAX_REQUEST_BYTES)."""
-    by_file: dict[tuple[str, str, str], list[Located]] = {}
-    for loc in located:
-        by_file.setdefault((loc.repo_id, loc.revision, loc.path), []).append(loc)
-    runs: list[list[Located]] = []
-    for locs in by_file.values():
-        locs.sort(key=lambda x: x.offset)
-        run: list[Located] = []
-        run_bytes = 0
-        for loc in locs:
-            adjacent = run and run[-1].offset + run[-1].size == loc.offset
-            if run and (not adjacent or run_bytes + loc.size > MAX_REQUEST_BYTES):
-                runs.append(run)
-                run, run_bytes = [], 0
-            run.append(loc)
-            run_bytes += loc.size
-        if run:
-            runs.append(run)
-    # Largest first keeps the workers busy evenly.
-    runs.sort(key=lambda r: -sum(x.size for x in r))
+def _origin_runs(located: Sequence[Span]) -> list[list[Span]]:
+    """Adjacent blocks of one file coalesced (up to MAX_REQUEST_BYTES), largest run first."""
+    runs = contiguous_runs(located, max_bytes=MAX_REQUEST_BYTES)
+    runs.sort(key=lambda r: -total_bytes(r))  # keeps the workers busy evenly
     return runs
 
 
@@ -305,7 +250,7 @@ def fetch_blocks(
     fetcher: Fetcher,
     missing: Mapping[BlockId, int],
     *,
-    located: Mapping[BlockId, Located],
+    located: Mapping[BlockId, Span],
     peers: Mapping[BlockId, Sequence[str]],
     origin_url: str | None,
     workers: int,
@@ -320,11 +265,12 @@ def fetch_blocks(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edge-fetch") as pool:
         rank = 0
         while True:
-            by_peer: dict[str, list[tuple[BlockId, int]]] = {}
+            by_peer: dict[str, list[Span]] = {}
             for block_id, size in remaining.items():
                 candidates = peers.get(block_id, ())
                 if rank < len(candidates):
-                    by_peer.setdefault(candidates[rank].rstrip("/"), []).append((block_id, size))
+                    span = located.get(block_id) or Span(block_id, size, "", 0)
+                    by_peer.setdefault(candidates[rank].rstrip("/"), []).append(span)
             if not by_peer:
                 break
             jobs = [
@@ -336,12 +282,10 @@ def fetch_blocks(
                 for block_id in job.result():
                     remaining.pop(block_id, None)
             rank += 1
-        for attempt in range(ORIGIN_ATTEMPTS):
+        for _attempt in ORIGIN_RETRY.attempts():
             if not remaining or origin_url is None:
                 break
             todo = [located[b] for b in remaining if b in located]
-            if attempt:
-                time.sleep(0.2 * attempt)
             jobs = [pool.submit(fetcher.from_origin, origin_url, run) for run in _origin_runs(todo)]
             for job in jobs:
                 for block_id in job.result():
@@ -503,7 +447,7 @@ def repair_fetcher(node: EdgeNode, client: httpx.Client) -> Callable[[BlockId], 
         fetcher = Fetcher(node, client)
         left = fetch_blocks(
             fetcher,
-            {block_id: located[block_id].size},
+            {block_id: located[block_id].length},
             located=located,
             peers=peers,
             origin_url=origin_url,
