@@ -27,6 +27,13 @@ never an edge error. When the source of the route (controller, edge node or orig
 the device cache holds the complete model, the cached copy is served: the fetch logs one
 ``WARNING`` record on the ``client`` logger (printed as one stderr line when the application has
 not configured logging) and sets ``report["offline"] = True``.
+
+Origin fallback: a controller-mode client given ``fallback_origin_url`` (or
+``TRIMCACHE_ORIGIN_URL``) fetches a model that is not cached from that origin when the
+controller is unreachable or answers 5xx (e.g. 503 with its Redis down): the repo is indexed
+from the origin as in origin-only mode (files checked against the Hub's sha256, block ids
+computed from their bytes), with one ``WARNING`` and ``report["fallback_origin"]`` set to the
+origin's URL. The repo id is ``repo_id=`` if given, else the one of the model's cached manifest.
 """
 
 from __future__ import annotations
@@ -91,6 +98,12 @@ def resolve_settings(
     return url.rstrip("/"), Path(directory).expanduser()
 
 
+def resolve_fallback_origin(fallback_origin_url: str | None = None) -> str | None:
+    """The origin a controller-mode client falls back to (None: ``TRIMCACHE_ORIGIN_URL``)."""
+    url = fallback_origin_url or os.environ.get("TRIMCACHE_ORIGIN_URL") or None
+    return url.rstrip("/") if url else None
+
+
 def resolve_token(auth_token: str | None = None) -> str | None:
     """The control-plane token: ``auth_token``, else ``TRIMCACHE_AUTH_TOKEN``, else None."""
     return auth_token or os.environ.get("TRIMCACHE_AUTH_TOKEN") or None
@@ -132,6 +145,8 @@ class Client:
         cache_dir: the device cache (None: ``TRIMCACHE_CACHE_DIR`` or ``~/.cache/trimcache``).
         edge_url: fetch from this edge node only.
         origin_url: fetch from this HF-compatible origin only.
+        fallback_origin_url: in controller mode, the origin to fetch from when the controller
+            is down (None: ``TRIMCACHE_ORIGIN_URL``, else no fallback).
         area_id: the user area sent with route queries and demand reports.
         position: the device's ``(x_m, y_m)``, sent with route queries instead of the area.
         timeout_s: per-request connect/read timeout.
@@ -153,6 +168,7 @@ class Client:
         cache_dir: str | os.PathLike[str] | None = None,
         edge_url: str | None = None,
         origin_url: str | None = None,
+        fallback_origin_url: str | None = None,
         area_id: str | None = None,
         position: tuple[float, float] | None = None,
         timeout_s: float = 30.0,
@@ -167,6 +183,9 @@ class Client:
         self.edge_url = edge_url.rstrip("/") if edge_url else None
         self.origin_url = origin_url.rstrip("/") if origin_url else None
         self.mode: Mode = "edge" if self.edge_url else "origin" if self.origin_url else "controller"
+        self.fallback_origin_url = (
+            resolve_fallback_origin(fallback_origin_url) if self.mode == "controller" else None
+        )
         self.area_id = area_id
         self.position = position
         self.cache = DeviceCache(cache_path, durable=durable)
@@ -253,18 +272,24 @@ class Client:
         assert self.origin_url is not None
         if repo_id is None:
             raise ValueError("origin_url fetches need repo_id= (the Hub repo to index)")
-        sha, files = repo_info(self.origin_url, repo_id, revision)
+        return self._origin_route(self.origin_url, model_id, repo_id, revision)
+
+    def _origin_route(
+        self, origin_url: str, model_id: str, repo_id: str, revision: str
+    ) -> tuple[Route, int]:
+        """A one-source route to ``origin_url``, indexing the repo there the first time."""
+        sha, files = repo_info(origin_url, repo_id, revision)
         store = self.cache.store
         if store.has_manifest(model_id):
             known = store.get_manifest(model_id)
             if known.repo_id == repo_id and known.revision == sha:
-                return single_source_route(known, Source(self.origin_url, "origin")), 0
+                return single_source_route(known, Source(origin_url, "origin")), 0
         on_bytes = self._progress.on_bytes if self._progress is not None else None
         manifest, moved = self.cache.index_into(
             lambda dest: index_from_origin(
                 self._http,
                 dest,
-                origin_url=str(self.origin_url),
+                origin_url=origin_url,
                 model_id=model_id,
                 repo_id=repo_id,
                 revision=sha,
@@ -272,7 +297,29 @@ class Client:
                 on_bytes=on_bytes,
             )
         )
-        return single_source_route(manifest, Source(self.origin_url, "origin")), moved
+        return single_source_route(manifest, Source(origin_url, "origin")), moved
+
+    def _fallback_route(
+        self, model_id: str, repo_id: str | None, revision: str, cause: ClientError
+    ) -> tuple[Route, int] | None:
+        """The origin route when the controller is down (None: no fallback origin or repo)."""
+        origin_url = self.fallback_origin_url
+        if origin_url is None or not isinstance(cause, ControllerUnavailableError):
+            return None
+        store = self.cache.store
+        if repo_id is None and store.has_manifest(model_id):
+            repo_id = store.get_manifest(model_id).repo_id
+        if repo_id is None:
+            return None
+        logger.warning(
+            "controller %s %s: fetching %s (%s) from the origin %s",
+            self.controller_url,
+            f"failed with {cause.http_status}" if cause.http_status else "is unreachable",
+            model_id,
+            repo_id,
+            origin_url,
+        )
+        return self._origin_route(origin_url, model_id, repo_id, revision)
 
     def list_remote_models(self) -> list[dict[str, Any]]:
         """The models the controller (or edge node) knows: ``[{"model_id", "repo_id", ...}]``."""
@@ -364,7 +411,7 @@ class Client:
             kind = LOCAL if url == LOCAL else "origin" if url in self._origin_urls else "edge"
             by_kind[kind] += n
         fetched.report["bytes_by_kind"] = by_kind
-        if fetched.report["offline"]:
+        if fetched.report["offline"] or fetched.report.get("fallback_origin"):
             return fetched  # the controller was unreachable a moment ago: do not wait on it
         self._report_demand(
             model_id,
@@ -383,14 +430,20 @@ class Client:
             if progress is not None:
                 progress.on_phase(model_id, "route")
             with timer.phase("route"):
+                fallback_origin: str | None = None
                 try:
                     route, indexed_bytes = self._route(model_id, repo_id, revision)
                     offline = False
                 except (ControllerUnavailableError, EdgeUnavailableError) as exc:
                     route_or_none = self._offline_route(model_id, exc)
-                    if route_or_none is None:
-                        raise
-                    route, indexed_bytes, offline = route_or_none, 0, True
+                    if route_or_none is not None:
+                        route, indexed_bytes, offline = route_or_none, 0, True
+                    else:
+                        fallback = self._fallback_route(model_id, repo_id, revision, exc)
+                        if fallback is None:
+                            raise
+                        (route, indexed_bytes), offline = fallback, False
+                        fallback_origin = self.fallback_origin_url
                 manifest = route.manifest
                 cache.put_manifest(manifest)
                 self._origin_urls.update(s.url for s in route.sources if s.kind == "origin")
@@ -402,6 +455,7 @@ class Client:
                 "manifest_id": manifest.manifest_id,
                 "mode": self.mode,
                 "offline": offline,
+                "fallback_origin": fallback_origin,
                 "sources": [s.url for s in route.sources],
                 "origin_urls": [s.url for s in route.sources if s.kind == "origin"],
                 "total_bytes": manifest.total_bytes,
@@ -552,6 +606,7 @@ def fetch_model(
     edge_url: str | None = None,
     origin_url: str | None = None,
     repo_id: str | None = None,
+    fallback_origin_url: str | None = None,
     area_id: str | None = None,
     load: bool = True,
     progress: FetchProgress | None = None,
@@ -572,7 +627,9 @@ def fetch_model(
             ``~/.cache/trimcache``).
         edge_url: fetch from this one edge node, without a controller.
         origin_url: fetch from this HF-compatible origin alone (with ``repo_id``).
-        repo_id: the Hub repo id, for ``origin_url`` fetches.
+        repo_id: the Hub repo id, for ``origin_url`` fetches (and an origin fallback).
+        fallback_origin_url: the origin to fetch from when the controller is down (None:
+            ``TRIMCACHE_ORIGIN_URL``, else none; see the module docstring).
         area_id: the user's area, sent with the route query and the demand report.
         load: load model and tokenizer before returning.
         progress: UI hooks (see :class:`FetchProgress`).
@@ -585,14 +642,17 @@ def fetch_model(
         assemble, load; "verify" opens the files and copies blocks cached models already
         hold, block hashes are checked while downloading), ``bytes_by_kind``
         (``local``/``edge``/``origin``), ``bytes_local``, ``bytes_fetched``,
-        ``blocks_fetched``, ``blocks_cached``, ``failures`` and ``offline`` (True when the
-        route's source failed and the complete cached copy was served, with one warning).
+        ``blocks_fetched``, ``blocks_cached``, ``failures``, ``offline`` (True when the
+        route's source failed and the complete cached copy was served, with one warning) and
+        ``fallback_origin`` (the origin's URL when the controller was down and the model came
+        from there, else None).
 
     Raises:
         ModelNotFoundError: the model is unknown (also a ``LookupError``).
         NoSourceError: a block failed on every source; the message names them.
-        ControllerUnavailableError: the controller is unreachable and the model is not cached
-            (a cached model is served instead, with one warning: see the module docstring).
+        ControllerUnavailableError: the controller is unreachable, the model is not cached
+            (a cached model is served instead, with one warning: see the module docstring)
+            and there is no fallback origin (or no repo id for it).
         EdgeUnavailableError: the only source (``edge_url``/``origin_url``) is unreachable.
         DiskFullError: the device cache ran out of space (the cache stays consistent).
 
@@ -604,6 +664,7 @@ def fetch_model(
         cache_dir=cache_dir,
         edge_url=edge_url,
         origin_url=origin_url,
+        fallback_origin_url=fallback_origin_url,
         area_id=area_id,
         auth_token=auth_token,
     ) as client:

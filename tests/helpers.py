@@ -1,4 +1,5 @@
-"""Shared test helpers: real servers on OS-assigned ports, waiting, subprocess CLIs.
+"""Shared test helpers: real servers on OS-assigned ports, subprocess CLIs; waiting is
+:func:`core.waiting.wait_until`, re-exported here.
 
 Helpers live here rather than in conftest so test modules import them explicitly.
 """
@@ -10,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,49 +18,47 @@ from typing import Any
 
 import uvicorn
 
+from core.waiting import wait_until
+
+__all__ = ["REPO_ROOT", "free_port", "live_server", "run_cli", "serve", "wait_until"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_until(
-    predicate: Callable[[], Any], *, timeout_s: float = 15.0, interval_s: float = 0.05
-) -> Any:
-    """Call ``predicate`` until it returns a truthy value (exceptions count as falsy)."""
-    deadline = time.monotonic() + timeout_s
-    last_exc: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last_exc = exc
-        time.sleep(interval_s)
-    raise TimeoutError(f"condition not met within {timeout_s}s (last error: {last_exc!r})")
-
-
 @contextmanager
-def live_server(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with a real uvicorn in a thread; yield its base URL.
+def serve(factory: Callable[[str], Any]) -> Iterator[str]:
+    """Serve the ASGI app ``factory(url)`` with a real uvicorn in a thread; yield its base URL.
 
-    The socket is bound to port 0 first and handed to uvicorn, so there is no race for a port.
+    The socket is bound to an OS-assigned port first and handed to uvicorn, so there is no race
+    for a port, and the app is built knowing its own URL (an edge node's ``public_url``).
     """
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    host, port = sock.getsockname()
+    url = f"http://{host}:{port}"
+    server = uvicorn.Server(uvicorn.Config(factory(url), log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    host, port = sock.getsockname()
+
+    def started() -> bool:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn exited")
+        return bool(server.started)
+
     try:
-        yield f"http://{host}:{port}"
+        wait_until(started, timeout_s=20, interval_s=0.01, what="uvicorn started")
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with a real uvicorn in a thread; yield its base URL."""
+    with serve(lambda _url: app) as url:
+        yield url
 
 
 def free_port() -> int:

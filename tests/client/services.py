@@ -1,5 +1,6 @@
 """The real services for the client's integration tests: origin, controller (real Redis) and
-edge nodes, each a real uvicorn server; plus an edge node as a separate process (to kill it).
+edge nodes, each a real uvicorn server (:func:`edge_node` takes fault-injection middleware, see
+tests/faults.py); plus an edge node as a separate process (to kill it).
 
 :class:`Stack` is the running set the ``stack`` fixture (tests/client/conftest.py) yields.
 """
@@ -8,10 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from core.digest import sha256_file
 from core.manifest import ModelManifest
-from tests.helpers import REPO_ROOT, free_port, wait_until
+from tests.faults import CorruptBlocks
+from tests.helpers import REPO_ROOT, free_port, serve, wait_until
 
 TOKEN = "client-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -72,29 +71,6 @@ def assert_zoo_files(path: Path, repo_dir: Path) -> None:
         assert sha256_file(path / name) == sha256_file(repo_dir / name), name
 
 
-@contextmanager
-def serve(factory: Callable[[str], Any]) -> Iterator[str]:
-    """Like ``tests.helpers.live_server``, but the app is built knowing its own URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    host, port = sock.getsockname()
-    url = f"http://{host}:{port}"
-    server = uvicorn.Server(uvicorn.Config(factory(url), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 def edge_settings(
     node_id: str, data_dir: Path, url: str, *, origin_url: str, controller_url: str, **extra: Any
 ) -> Any:
@@ -117,10 +93,22 @@ def edge_settings(
 
 
 @contextmanager
-def edge_node(node_id: str, data_dir: Path, **kwargs: Any) -> Iterator[str]:
+def edge_node(
+    node_id: str,
+    data_dir: Path,
+    *,
+    wrap: Callable[[Any], Any] | None = None,
+    **kwargs: Any,
+) -> Iterator[str]:
+    """The real edge app on a real uvicorn; ``wrap`` puts fault-injection middleware around it
+    (tests/faults.py)."""
     from edge_node.app import create_app
 
-    with serve(lambda url: create_app(edge_settings(node_id, data_dir, url, **kwargs))) as url:
+    def build(url: str) -> Any:
+        app = create_app(edge_settings(node_id, data_dir, url, **kwargs))
+        return app if wrap is None else wrap(app)
+
+    with serve(build) as url:
         yield url
 
 
@@ -179,3 +167,29 @@ def route_sources(controller_url: str, model_id: str) -> list[str]:
     response = httpx.get(f"{controller_url}/v1/routes/{model_id}")
     response.raise_for_status()
     return [s["url"] for s in response.json()["sources"]]
+
+
+@contextmanager
+def corrupting_edge(
+    stack: Stack, data_dir: Path, model_id: str, **faults: Any
+) -> Iterator[tuple[str, CorruptBlocks]]:
+    """A real edge node ``edge-0`` holding ``model_id`` behind :class:`CorruptBlocks`
+    (``faults``: ``corrupt=`` / ``corrupt_ids=``), first in the controller's route.
+
+    Yields ``(url, middleware)``; the node is unregistered when it stops.
+    """
+    sizes = stack.manifest(model_id).block_sizes()
+    wrapped: list[CorruptBlocks] = []
+
+    def wrap(app: Any) -> CorruptBlocks:
+        wrapped.append(CorruptBlocks(app, sizes=sizes, **faults))
+        return wrapped[0]
+
+    kwargs = {"origin_url": stack.origin, "controller_url": stack.controller}
+    try:
+        with edge_node("edge-0", data_dir, wrap=wrap, **kwargs) as url:
+            push_plan(url, stack.controller, stack.origin, [model_id])
+            wait_until(lambda: route_sources(stack.controller, model_id)[0] == url)
+            yield url, wrapped[0]
+    finally:
+        stack.unregister("edge-0")

@@ -1,8 +1,8 @@
 """The data path against the real stack (origin, controller, edge nodes): blocks written in place,
 verified once, shared between siblings on the device, resumed after an interruption.
 
-Only the corrupt byte comes from a stand-in edge (tests/client/fakes.py): a real edge node
-verifies what it serves, so it cannot be made to send a flipped byte.
+The corrupt byte is injected by middleware around a real edge node (tests/faults.py): the edge
+verifies what it serves, so the flip has to happen between its app and the socket.
 """
 
 from __future__ import annotations
@@ -21,18 +21,15 @@ import pytest
 
 from client import Client, DiskFullError, NoSourceError, fetch_model
 from client._cache import DeviceCache
-from core.blocks import build_manifest
-from core.store import BlockStore
-from tests.client.fakes import Faults, create_block_app
 from tests.client.services import (
     ORG,
     Stack,
     assert_zoo_files,
+    corrupting_edge,
     edge_process,
     push_plan,
-    route_sources,
 )
-from tests.helpers import REPO_ROOT, live_server, run_cli, wait_until
+from tests.helpers import REPO_ROOT, run_cli, wait_until
 
 
 def repo(stack: Stack, model_id: str) -> Path:
@@ -43,18 +40,14 @@ def test_flipped_byte_refetches_only_that_block(stack: Stack, tmp_path: Path) ->
     sst2 = stack.manifest("bert-sst2")
     sizes = sst2.block_sizes()
     victim = max(sizes, key=lambda b: sizes[b])  # the largest block: a flip deep in a batch
-    store = BlockStore(tmp_path / "bad-store", durable=False)
-    build_manifest(repo(stack, "bert-sst2"), model_id="bert-sst2", store=store)
-    faults = Faults(corrupt_ids={victim})
-    with live_server(create_block_app(store, faults)) as bad:
-        stack.register("edge-0", bad, ["bert-sst2"])
-        try:
-            assert route_sources(stack.controller, "bert-sst2")[0] == bad
-            model = fetch_model(
-                "bert-sst2", controller_url=stack.controller, cache_dir=tmp_path, load=False
-            )
-        finally:
-            stack.unregister("edge-0")
+    with corrupting_edge(stack, tmp_path / "edge-0", "bert-sst2", corrupt_ids={victim}) as (
+        bad,
+        faults,
+    ):
+        model = fetch_model(
+            "bert-sst2", controller_url=stack.controller, cache_dir=tmp_path / "cache", load=False
+        )
+    assert faults.flipped == [victim]  # injected once, in the real edge's batch body
     report = model.report
     assert [(f["source"], f["block_id"]) for f in report["failures"]] == [(bad, victim)]
     assert "sha256" in report["failures"][0]["reason"]

@@ -18,18 +18,16 @@ from typing import Any
 import pytest
 
 from client import Client, ModelNotFoundError, fetch_model
-from core.blocks import build_manifest
-from core.store import BlockStore
-from tests.client.fakes import Faults, create_block_app
 from tests.client.services import (
     ORG,
     Stack,
     assert_zoo_files,
+    corrupting_edge,
     edge_process,
     push_plan,
     route_sources,
 )
-from tests.helpers import live_server, run_cli, wait_until
+from tests.helpers import run_cli, wait_until
 
 
 def test_bert_sst2_then_sibling(stack: Stack, tmp_path: Path) -> None:
@@ -132,17 +130,12 @@ def test_edge_killed_mid_download(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_corrupting_edge_in_route(stack: Stack, tmp_path: Path) -> None:
-    store = BlockStore(tmp_path / "bad-store", durable=False)
     repo = stack.zoo / "repos" / ORG / "bert-sst2"
-    build_manifest(repo, model_id="bert-sst2", store=store)
-    faults = Faults(corrupt=True)
-    with live_server(create_block_app(store, faults)) as bad:
-        stack.register("edge-0", bad, ["bert-sst2"])
-        try:
-            assert route_sources(stack.controller, "bert-sst2")[0] == bad
-            model = fetch_model("bert-sst2", controller_url=stack.controller, cache_dir=tmp_path)
-        finally:
-            stack.unregister("edge-0")
+    with corrupting_edge(stack, tmp_path / "edge-0", "bert-sst2", corrupt=True) as (bad, faults):
+        model = fetch_model(
+            "bert-sst2", controller_url=stack.controller, cache_dir=tmp_path / "cache"
+        )
+    assert faults.flipped  # the fault was really injected
     assert faults.requests  # the bad node was really asked
     assert bad not in model.report["bytes_by_source"]
     assert model.report["failures"]
