@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.helpers import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -24,34 +20,11 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a unix socket for the whole session; yields its URL."""
-    import redis
+    """A real redis-server on a unix socket for the whole session (no persistence); its URL."""
+    from tests.controller.redis_proc import RedisProcess
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server not found: run `make setup`")
-    path = tmp_path_factory.mktemp("redis") / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(path),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"unix://{path}"
-    wait_until(lambda: redis.Redis.from_url(url).ping())
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with RedisProcess(tmp_path_factory.mktemp("redis"), appendonly=False) as proc:
+        yield proc.url
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Any
 
 import uvicorn
 
+from core.ports import free_port
 from core.waiting import wait_until
 
 __all__ = ["REPO_ROOT", "free_port", "live_server", "run_cli", "serve", "wait_until"]
@@ -59,13 +60,6 @@ def live_server(app: Any) -> Iterator[str]:
     """Serve an ASGI app with a real uvicorn in a thread; yield its base URL."""
     with serve(lambda _url: app) as url:
         yield url
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run_cli(

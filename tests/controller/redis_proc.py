@@ -1,4 +1,6 @@
-"""A private redis-server that a test can stop and start again (same socket, same data dir)."""
+"""The one redis-server launcher of the tests: a private server on a unix socket that a test can
+stop and start again (same socket, same data dir). The session's shared Redis
+(``redis_server`` in tests/conftest.py) is one too."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ class RedisProcess:
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server not on PATH"
+        if binary is None:
+            raise RuntimeError("redis-server not found: run `make setup`")
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -44,7 +47,7 @@ class RedisProcess:
             ],
             stdout=subprocess.DEVNULL,
         )
-        wait_until(self._ping)
+        wait_until(self._ping, what="redis-server answers PING")
 
     def _ping(self) -> bool:
         client = redis.Redis.from_url(self.url)
@@ -54,6 +57,7 @@ class RedisProcess:
             client.close()
 
     def stop(self) -> None:
+        """SIGKILL (a crash: only what ``appendonly`` persisted survives)."""
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait(timeout=10)
