@@ -1,4 +1,5 @@
-"""Controller test fixtures: a tiny synthetic zoo served by the real origin app.
+"""Controller test fixtures: a tiny synthetic zoo served by the real origin app, the tests'
+controller settings and real edge node apps to push plans to.
 
 Three small models share a "base" tensor set (like fine-tuned task models with frozen layers),
 so grouping by sharing gives a shared parameter block plus one private block per model.
@@ -7,8 +8,10 @@ so grouping by sharing gives a shared parameter block plus one private block per
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -16,9 +19,29 @@ from safetensors.numpy import save_file
 
 from tests.helpers import live_server
 
+if TYPE_CHECKING:
+    from controller.settings import Settings
+
 MINI_MODELS = ("tiny-a", "tiny-b", "tiny-c")
 # The bearer token of the mini origin's counter reset.
 ORIGIN_TOKEN = "origin-token"
+#: The control-plane token of the tests' controllers and edge nodes.
+TOKEN = "controller-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def controller_settings(redis_url: str, origin_url: str, **extra: Any) -> Settings:
+    """The tests' controller: this Redis and origin, :data:`TOKEN`, no automatic planning;
+    ``extra`` sets or overrides any other setting."""
+    from controller.settings import Settings
+
+    base: dict[str, Any] = {
+        "redis_url": redis_url,
+        "origin_url": origin_url,
+        "auth_token": TOKEN,
+        "auto_plan": False,
+    }
+    return Settings(**{**base, **extra})
 
 
 def _write_model(
@@ -50,3 +73,28 @@ def mini_origin(mini_zoo: Path) -> Iterator[str]:
 
     with live_server(create_origin(mini_zoo, auth_token=ORIGIN_TOKEN)) as url:
         yield url
+
+
+@pytest.fixture
+def edges(tmp_path: Path, mini_origin: str) -> Iterator[Callable[[str, int | None], str]]:
+    """``make(node_id, capacity_bytes) -> url``: a real edge node app on a real uvicorn server
+    (the tests' token, the mini origin), stopped after the test."""
+    from edge_node.app import create_app as create_edge
+    from edge_node.settings import Settings as EdgeSettings
+
+    with ExitStack() as stack:
+
+        def make(node_id: str, capacity_bytes: int | None) -> str:
+            settings = EdgeSettings(
+                node_id=node_id,
+                data_dir=tmp_path / node_id,
+                capacity_bytes=capacity_bytes,
+                auth_token=TOKEN,
+                origin_url=mini_origin,
+                durable=False,
+                scrub_on_start=False,
+            )
+            url: str = stack.enter_context(live_server(create_edge(settings)))
+            return url
+
+        yield make

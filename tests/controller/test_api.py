@@ -11,17 +11,15 @@ from fastapi.testclient import TestClient
 from controller.app import create_app
 from controller.errors import InvalidRequestError
 from controller.settings import Settings
-from tests.controller.conftest import MINI_MODELS
+from tests.controller.conftest import AUTH, MINI_MODELS, TOKEN, controller_settings
 from tests.helpers import free_port
 
-TOKEN = "s3cret"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NO_AUTH = {"Authorization": ""}  # overrides the clients' default token
 
 
 @pytest.fixture
 def settings(redis_url: str, mini_origin: str) -> Settings:
-    return Settings(redis_url=redis_url, origin_url=mini_origin, auth_token=TOKEN, auto_plan=False)
+    return controller_settings(redis_url, mini_origin)
 
 
 @pytest.fixture
@@ -72,12 +70,7 @@ def test_catalogue_bad_repos_leave_it_unchanged(client: TestClient, redis_url: s
     assert client.post("/v1/models", json={"repo_id": "a/b"}).status_code == 422
     assert [m["model_id"] for m in client.get("/v1/models").json()["models"]] == ["tiny-a"]
     # An origin that is down: 502 upstream_unavailable, catalogue unchanged.
-    down = Settings(
-        redis_url=redis_url,
-        origin_url=f"http://127.0.0.1:{free_port()}",
-        auto_plan=False,
-        auth_token=TOKEN,
-    )
+    down = controller_settings(redis_url, f"http://127.0.0.1:{free_port()}")
     with TestClient(create_app(down), headers=AUTH) as other:
         assert_error(add(other, "tiny-b"), 502, "upstream_unavailable")
         assert [m["model_id"] for m in other.get("/v1/models").json()["models"]] == ["tiny-a"]
@@ -263,13 +256,7 @@ def test_redis_down_is_503_and_recovers(mini_origin: str, tmp_path) -> None:
     from tests.controller.redis_proc import RedisProcess
 
     with RedisProcess(tmp_path) as proc:
-        settings = Settings(
-            redis_url=proc.url,
-            origin_url=mini_origin,
-            auto_plan=False,
-            redis_timeout_s=0.5,
-            auth_token=TOKEN,
-        )
+        settings = controller_settings(proc.url, mini_origin, redis_timeout_s=0.5)
         with TestClient(create_app(settings)) as client:
             assert heartbeat(client, "edge-1").status_code == 200
             proc.stop()
@@ -293,13 +280,7 @@ def test_topology_file_is_used_until_one_is_put(redis_url: str, mini_origin: str
         "positions": {"edge-1": [0, 0]},
     }
     path.write_text(json.dumps(doc))
-    settings = Settings(
-        redis_url=redis_url,
-        origin_url=mini_origin,
-        topology_file=path,
-        auto_plan=False,
-        auth_token=TOKEN,
-    )
+    settings = controller_settings(redis_url, mini_origin, topology_file=path)
     with TestClient(create_app(settings), headers=AUTH) as client:
         got = client.get("/v1/topology").json()
         assert got["source"] == "file" and set(got["areas"]) == {"area-1"}

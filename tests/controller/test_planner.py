@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,13 +13,9 @@ from fastapi.testclient import TestClient
 from controller.app import create_app
 from controller.demand import request_probabilities, zipf_prior
 from controller.planner import _next_node
-from controller.settings import Settings
 from controller.topology import Topology, default_topology, delivery_ms, reachable_sets
-from tests.controller.conftest import MINI_MODELS, ORIGIN_TOKEN
-from tests.helpers import live_server
+from tests.controller.conftest import AUTH, MINI_MODELS, ORIGIN_TOKEN, controller_settings
 
-TOKEN = "plan-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ORIGIN_AUTH = {"Authorization": f"Bearer {ORIGIN_TOKEN}"}
 
 
@@ -76,37 +70,8 @@ def test_topology_reachability_and_delivery_times() -> None:
 
 
 @pytest.fixture
-def edges(tmp_path: Path, mini_origin: str) -> Iterator[Any]:
-    from edge_node.app import create_app as create_edge
-    from edge_node.settings import Settings as EdgeSettings
-
-    with ExitStack() as stack:
-
-        def make(node_id: str, capacity_bytes: int | None) -> str:
-            settings = EdgeSettings(
-                node_id=node_id,
-                data_dir=tmp_path / node_id,
-                capacity_bytes=capacity_bytes,
-                auth_token=TOKEN,
-                origin_url=mini_origin,
-                durable=False,
-                scrub_on_start=False,
-            )
-            url: str = stack.enter_context(live_server(create_edge(settings)))
-            return url
-
-        yield make
-
-
-@pytest.fixture
 def controller(redis_url: str, mini_origin: str) -> Iterator[TestClient]:
-    settings = Settings(
-        redis_url=redis_url,
-        origin_url=mini_origin,
-        auth_token=TOKEN,
-        auto_plan=False,
-        retry_interval_s=0,
-    )
+    settings = controller_settings(redis_url, mini_origin, retry_interval_s=0)
     with TestClient(create_app(settings), headers=AUTH) as client:
         for model_id in MINI_MODELS:
             r = client.post(
@@ -226,13 +191,7 @@ def test_catalogue_rebuilt_from_edge_reports(
 def test_every_solver_plans_and_spec_falls_back(
     redis_url: str, mini_origin: str, edges: Any, solver: str
 ) -> None:
-    settings = Settings(
-        redis_url=redis_url,
-        origin_url=mini_origin,
-        auth_token=TOKEN,
-        auto_plan=False,
-        solver=solver,
-    )
+    settings = controller_settings(redis_url, mini_origin, solver=solver)
     with TestClient(create_app(settings), headers=AUTH) as client:
         for model_id in MINI_MODELS:
             body = {"model_id": model_id, "repo_id": f"mini/{model_id}"}

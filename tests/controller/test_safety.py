@@ -23,25 +23,15 @@ from fastapi.testclient import TestClient
 from controller.app import create_app
 from controller.settings import Settings
 from controller.state import PLAN_LOCK_KEY
-from tests.controller.conftest import MINI_MODELS
+from tests.controller.conftest import AUTH, MINI_MODELS, TOKEN, controller_settings
 from tests.helpers import live_server
 
-TOKEN = "safety-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NO_AUTH = {"Authorization": ""}
 WRITE_METHODS = {"POST", "PUT", "DELETE", "PATCH"}
 
 
 def settings_for(redis_url: str, origin: str, **extra: Any) -> Settings:
-    base: dict[str, Any] = {
-        "redis_url": redis_url,
-        "origin_url": origin,
-        "auth_token": TOKEN,
-        "auto_plan": False,
-        "retry_interval_s": 0,
-    }
-    base.update(extra)
-    return Settings(**base)
+    return controller_settings(redis_url, origin, **{"retry_interval_s": 0, **extra})
 
 
 @pytest.fixture
@@ -132,31 +122,6 @@ def test_a_crashed_holders_lock_expires_after_its_short_ttl(
 
 
 # -- 3. handovers keep last copies ------------------------------------------------------------
-
-
-@pytest.fixture
-def edges(tmp_path: Path, mini_origin: str) -> Iterator[Any]:
-    from contextlib import ExitStack
-
-    from edge_node.app import create_app as create_edge
-    from edge_node.settings import Settings as EdgeSettings
-
-    with ExitStack() as stack:
-
-        def make(node_id: str, capacity_bytes: int | None) -> str:
-            settings = EdgeSettings(
-                node_id=node_id,
-                data_dir=tmp_path / node_id,
-                capacity_bytes=capacity_bytes,
-                auth_token=TOKEN,
-                origin_url=mini_origin,
-                durable=False,
-                scrub_on_start=False,
-            )
-            url: str = stack.enter_context(live_server(create_edge(settings)))
-            return url
-
-        yield make
 
 
 def register(client: TestClient, node_id: str, url: str, **extra: Any) -> None:
