@@ -15,19 +15,21 @@ Two sources, no weight downloads:
   :func:`lora_family` builds LoRA adapters on one frozen base. :func:`architecture_library`
   mixes families with a chosen *sharing degree* (mean frozen fraction).
 
-Block ids are stable strings (``"bert-base/layer3"``, ``"bert-base-t2/head"``); grouped PB ids
-are ``"pb-"`` + 12 hex of the sha256 of their sorted member block ids, so they are the same
-on every run. Sizes are ``params * dtype_bytes`` (fp32 by default, fp16 for the LLM).
+Block ids are stable strings (``"bert-base/layer3"``, ``"bert-base-t2/head"``); grouping is
+:func:`core.blocks.group_blocks` (the one rule, also behind :func:`core.group_by_sharing`), so
+PB ids are the same on every run. Sizes are ``params * dtype_bytes`` (fp32 by default, fp16 for
+the LLM).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
+
+from core.blocks import group_blocks
 
 FP32_BYTES = 4
 FP16_BYTES = 2
@@ -88,11 +90,6 @@ class ModelLibrary:
         return tuple(b for b, n in count.items() if n >= 2)
 
 
-def _pb_id(members: Sequence[str]) -> str:
-    digest = hashlib.sha256("\n".join(sorted(members)).encode()).hexdigest()
-    return f"pb-{digest[:12]}"
-
-
 def group_by_sharing(library: ModelLibrary) -> ModelLibrary:
     """Merge blocks used by exactly the same set of models into one parameter block.
 
@@ -103,20 +100,12 @@ def group_by_sharing(library: ModelLibrary) -> ModelLibrary:
         >>> sorted(g.blocks.values()), g.unique_bytes() == lib.unique_bytes()
         ([3, 3], True)
     """
-    users: dict[str, list[str]] = {}
-    for model_id, ids in library.models.items():
-        for block_id in dict.fromkeys(ids):
-            users.setdefault(block_id, []).append(model_id)
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for block_id, model_ids in users.items():
-        groups.setdefault(tuple(model_ids), []).append(block_id)
-    blocks: dict[str, int] = {}
+    groups = group_blocks(library.models, library.blocks)
+    blocks = {g.pb_id: g.size_bytes for g in groups}
     models: dict[str, list[str]] = {m: [] for m in library.models}
-    for sharers, members in groups.items():
-        pb = _pb_id(members)
-        blocks[pb] = sum(library.blocks[b] for b in members)
-        for m in sharers:
-            models[m].append(pb)
+    for group in groups:
+        for m in group.model_ids:
+            models[m].append(group.pb_id)
     return ModelLibrary(
         blocks=blocks,
         models={m: tuple(ids) for m, ids in models.items()},

@@ -431,19 +431,34 @@ def group_by_sharing(manifests: Sequence[ModelManifest]) -> list[ParameterBlock]
     >>> [(sorted(g.model_ids), g.size_bytes) for g in groups]
     [(['a', 'b'], 4), (['a'], 6), (['b'], 6)]
     """
-    users: dict[BlockId, set[str]] = {}
-    sizes: dict[BlockId, int] = {}
-    order: list[BlockId] = []
-    for manifest in sorted(manifests, key=lambda m: m.model_id):
+    ordered = sorted(manifests, key=lambda m: m.model_id)
+    sizes: dict[str, int] = {}
+    for manifest in ordered:
         for block_id, size in manifest.block_sizes().items():
-            if block_id not in users:
-                users[block_id] = set()
-                sizes[block_id] = size
-                order.append(block_id)
-            users[block_id].add(manifest.model_id)
-    groups: dict[frozenset[str], list[BlockId]] = {}
-    for block_id in order:
-        groups.setdefault(frozenset(users[block_id]), []).append(block_id)
+            sizes[block_id] = size
+    return group_blocks({m.model_id: list(m.block_sizes()) for m in ordered}, sizes)
+
+
+def group_blocks(
+    model_blocks: Mapping[str, Sequence[str]], sizes: Mapping[str, int]
+) -> list[ParameterBlock]:
+    """The grouping of :func:`group_by_sharing` over plain ids (any block naming scheme).
+
+    Models are walked in ``model_blocks`` order, each one's blocks in order (repeats ignored);
+    groups come out in the order of their first block, ``pb_id`` as in
+    :func:`group_by_sharing`. The controller's placement libraries use it too.
+
+    >>> [(g.pb_id[:3], sorted(g.model_ids), g.size_bytes)
+    ...  for g in group_blocks({"m0": ["a", "b", "c"], "m1": ["a", "b"]}, {"a": 1, "b": 2, "c": 3})]
+    [('pb-', ['m0', 'm1'], 3), ('pb-', ['m0'], 3)]
+    """
+    users: dict[str, set[str]] = {}
+    for model_id, block_ids in model_blocks.items():
+        for block_id in block_ids:
+            users.setdefault(block_id, set()).add(model_id)
+    groups: dict[frozenset[str], list[str]] = {}
+    for block_id, used_by in users.items():
+        groups.setdefault(frozenset(used_by), []).append(block_id)
     result = []
     for model_ids, block_ids in groups.items():
         pb_hash = hashlib.sha256("\n".join(block_ids).encode()).hexdigest()
@@ -451,7 +466,7 @@ def group_by_sharing(manifests: Sequence[ModelManifest]) -> list[ParameterBlock]
             ParameterBlock(
                 pb_id=f"pb-{pb_hash[:16]}",
                 model_ids=model_ids,
-                block_ids=tuple(block_ids),
+                block_ids=tuple(BlockId(b) for b in block_ids),
                 size_bytes=sum(sizes[b] for b in block_ids),
             )
         )

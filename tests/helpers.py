@@ -6,6 +6,7 @@ Helpers live here rather than in conftest so test modules import them explicitly
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -21,7 +22,18 @@ import uvicorn
 from core.ports import free_port
 from core.waiting import wait_until
 
-__all__ = ["REPO_ROOT", "free_port", "live_server", "run_cli", "serve", "wait_until"]
+__all__ = [
+    "PREDICT_SCRIPT",
+    "REPO_ROOT",
+    "free_port",
+    "hf_env",
+    "last_json_line",
+    "live_server",
+    "run_cli",
+    "run_python",
+    "serve",
+    "wait_until",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +72,53 @@ def live_server(app: Any) -> Iterator[str]:
     """Serve an ASGI app with a real uvicorn in a thread; yield its base URL."""
     with serve(lambda _url: app) as url:
         yield url
+
+
+#: Loads and runs bert-sst2 with unmodified transformers (HF_ENDPOINT picks the server).
+PREDICT_SCRIPT = """
+import json
+from transformers import pipeline
+classify = pipeline("text-classification", model="trimcache-zoo/bert-sst2")
+out = classify(["what a wonderful, delightful film", "terrible, boring and awful"])
+print(json.dumps([o["label"] for o in out]))
+"""
+
+
+def hf_env(endpoint: str, hf_home: Path) -> dict[str, str]:
+    """This environment with unmodified huggingface_hub/transformers pointed at ``endpoint``
+    (``HF_ENDPOINT``), a private ``HF_HOME``, online, no telemetry, no Xet, quiet."""
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONWARNINGS": "ignore",
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    return env
+
+
+def run_python(
+    code: str, *, env: dict[str, str] | None = None, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c CODE`` in a fresh interpreter in the repo root; output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def last_json_line(result: subprocess.CompletedProcess[str]) -> Any:
+    """The JSON on the last stdout line of a successful run (stderr's tail in the failure)."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def run_cli(

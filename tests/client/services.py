@@ -7,10 +7,6 @@ tests/faults.py); plus an edge node as a separate process (to kill it).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +19,7 @@ import httpx
 from core.digest import sha256_file
 from core.manifest import ModelManifest
 from tests.faults import CorruptBlocks
-from tests.helpers import REPO_ROOT, free_port, serve, wait_until
+from tests.helpers import serve, wait_until
 
 TOKEN = "client-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -114,28 +110,25 @@ def edge_node(
 
 @contextmanager
 def edge_process(node_id: str, data_dir: Path, **kwargs: Any) -> Iterator[tuple[str, int]]:
-    """An edge node in its own process (``python -m edge_node``); yields (url, pid)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    settings = edge_settings(node_id, data_dir, url, **kwargs)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"EDGE_{name.upper()}"] = str(value)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_node"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """An edge node in its own process (``python -m edge_node``, set up like :func:`edge_node`);
+    yields ``(url, pid)``, SIGKILLs it at the end if still running."""
+    from tests.controller.procs import edge_process as service
+
+    proc = service(
+        data_dir.parent,
+        node_id,
+        data_dir=data_dir,
+        auth_token=TOKEN,
+        heartbeat_interval_s=0.2,
+        scrub_on_start="false",
+        durable="false",
+        **kwargs,
+    ).start()
+    assert proc.proc is not None
     try:
-        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, timeout_s=60)
-        yield url, proc.pid
+        yield proc.url, proc.proc.pid
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.kill()
 
 
 def manifest_of(controller_url: str, model_id: str) -> dict[str, Any]:

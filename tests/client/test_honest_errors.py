@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import sys
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from client import ClientError, ControllerUnavailableError, EdgeUnavailableError, fetch_model
 from client.cli import _human
 from tests.client.services import Stack
-from tests.helpers import REPO_ROOT, free_port, live_server, run_cli
+from tests.helpers import free_port, live_server, run_cli, run_python
 
 HINTS = ("--controller", "TRIMCACHE_CONTROLLER_URL", "trimcache testbed status")
 
@@ -144,17 +143,8 @@ def test_cached_model_served_with_one_warning_while_the_controller_is_down(
         print(model.report["offline"], model.predict(["I loved it"])[0]["label"])
         """  # noqa: E501
     )
-    import subprocess
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIMCACHE_")}
-    sdk = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        env=env,
-        timeout=120,
-    )
+    sdk = run_python(program, env=env, timeout_s=120)
     assert sdk.returncode == 0, sdk.stderr
     assert sdk.stdout == "True positive\n"
     assert sdk.stderr.splitlines() == [expected]

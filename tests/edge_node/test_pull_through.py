@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -29,8 +26,15 @@ from core.digest import BlockId, sha256_file
 from core.manifest import BlockRef, ModelManifest
 from tests.client.services import AUTH, PLAN_SCHEMA, TOKEN, push_plan
 from tests.controller.procs import ServiceProcess, controller_process, edge_process
-from tests.edge_node.test_shared_zoo import PREDICT_SCRIPT
-from tests.helpers import free_port, live_server, wait_until
+from tests.helpers import (
+    PREDICT_SCRIPT,
+    free_port,
+    hf_env,
+    last_json_line,
+    live_server,
+    run_python,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -205,23 +209,8 @@ def test_transformers_loads_a_model_the_edge_does_not_hold(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     """The issue's failure: HF_ENDPOINT at an edge without the model (edge-2 lacks bert-sst2)."""
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": cluster.edges["edge-2"],
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_XET": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", PREDICT_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["positive", "negative"]
+    result = run_python(PREDICT_SCRIPT, env=hf_env(cluster.edges["edge-2"], tmp_path / "hf-home"))
+    assert last_json_line(result) == ["positive", "negative"]
     assert "bert-sst2" not in cluster.stats("edge-2")["models"]
 
 

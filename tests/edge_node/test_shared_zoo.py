@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,17 +12,9 @@ import pytest
 from core.blocks import build_manifest
 from core.digest import BlockId
 from tests.edge_node.conftest import AUTH, TOKEN, plan_body
-from tests.helpers import live_server
+from tests.helpers import PREDICT_SCRIPT, hf_env, last_json_line, live_server, run_python
 
 MODELS = ("bert-sst2", "bert-spam", "minilm-lora-topic")
-#: Loads and runs bert-sst2 with unmodified transformers (HF_ENDPOINT picks the server).
-PREDICT_SCRIPT = """
-import json
-from transformers import pipeline
-classify = pipeline("text-classification", model="trimcache-zoo/bert-sst2")
-out = classify(["what a wonderful, delightful film", "terrible, boring and awful"])
-print(json.dumps([o["label"] for o in out]))
-"""
 
 
 @pytest.mark.slow
@@ -88,20 +77,5 @@ def test_shared_zoo_origin_then_peer_then_snapshot(zoo_dir: Path, edge_factory, 
                 assert got == hashlib.sha256((src / entry.path).read_bytes()).hexdigest()
 
         # Unmodified transformers with HF_ENDPOINT=<edge> loads and runs bert-sst2.
-        env = {
-            **os.environ,
-            "HF_ENDPOINT": url_b,
-            "HF_HOME": str(tmp_path / "hf-home"),
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_XET": "1",
-            "TRANSFORMERS_VERBOSITY": "error",
-        }
-        result = subprocess.run(
-            [sys.executable, "-c", PREDICT_SCRIPT],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert json.loads(result.stdout.strip().splitlines()[-1]) == ["positive", "negative"]
+        result = run_python(PREDICT_SCRIPT, env=hf_env(url_b, tmp_path / "hf-home"))
+        assert last_json_line(result) == ["positive", "negative"]

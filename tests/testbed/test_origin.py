@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +19,15 @@ from huggingface_hub.errors import (
 
 from testbed.origin import create_app
 from testbed.zoo import load_zoo
-from tests.helpers import REPO_ROOT, free_port, live_server, wait_until
+from tests.helpers import (
+    REPO_ROOT,
+    free_port,
+    hf_env,
+    last_json_line,
+    live_server,
+    run_python,
+    wait_until,
+)
 
 TOKEN = "origin-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -228,26 +234,8 @@ def test_transformers_from_pretrained_through_hf_endpoint(origin_url, tmp_path):
         " padding=True, return_tensors='pt')).logits.argmax(-1).tolist()\n"
         "print(json.dumps([m.config.id2label[i] for i in out]))\n"
     )
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": origin_url,
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_XET": "1",
-        "PYTHONWARNINGS": "ignore",
-    }
-    env.pop("HF_HUB_OFFLINE", None)
-    env.pop("TRANSFORMERS_OFFLINE", None)
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["positive", "negative"]
+    result = run_python(script, env=hf_env(origin_url, tmp_path / "hf"))
+    assert last_json_line(result) == ["positive", "negative"]
 
 
 def test_origin_serve_cli(zoo_dir):
