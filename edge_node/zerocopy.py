@@ -29,11 +29,11 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from core.link import ZEROCOPY_EXTENSION
 from edge_node.streaming import read_ahead
 
 logger = logging.getLogger(__name__)
 
-ZEROCOPY_EXTENSION = "http.response.zerocopysend"
 _READ_BYTES = 1 << 20
 
 
