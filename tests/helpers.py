@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,12 @@ __all__ = [
     "hf_env",
     "last_json_line",
     "live_server",
+    "process_gone",
     "run_cli",
     "run_python",
     "serve",
+    "still_running",
+    "testbed_up",
     "wait_until",
 ]
 
@@ -134,3 +137,34 @@ def run_cli(
         timeout=timeout_s,
         cwd=REPO_ROOT,
     )
+
+
+def testbed_up(
+    state_dir: Path, zoo_dir: Path, *, edges: int, capacity_mb: int, timeout_s: int
+) -> dict[str, Any]:
+    """``trimcache testbed up`` (test profile, OS-assigned controller port); its state file."""
+    result = run_cli(
+        "testbed", "up", "--dir", str(state_dir), "--edges", str(edges), "--zoo", str(zoo_dir),
+        "--profile", "test", "--capacity-mb", str(capacity_mb), "--timeout-s", str(timeout_s),
+        "--controller-port", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    state: dict[str, Any] = json.loads((state_dir / "testbed.json").read_text())
+    return state
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def still_running(pids: Mapping[str, int], *, timeout_s: float = 5.0) -> list[str]:
+    """The names whose process is still alive once all are gone or ``timeout_s`` passed."""
+    try:
+        wait_until(lambda: all(process_gone(p) for p in pids.values()), timeout_s=timeout_s)
+    except TimeoutError:
+        pass
+    return [name for name, pid in pids.items() if not process_gone(pid)]

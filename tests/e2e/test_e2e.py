@@ -10,42 +10,23 @@ then ``testbed down`` must leave no process behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import run_cli
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from core.digest import sha256_file
+from tests.helpers import run_cli, still_running, testbed_up
 
 
 def _files(root: Path) -> dict[str, str]:
     """Relative path -> sha256 of every regular file under ``root`` (hidden ones skipped)."""
     return {
-        str(p.relative_to(root)): _sha256(p)
+        str(p.relative_to(root)): sha256_file(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     }
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.mark.slow
@@ -55,12 +36,7 @@ def test_fetch_and_snapshot_through_the_testbed(tmp_path: Path, zoo_dir: Path) -
     from client import fetch_model
 
     state_dir = tmp_path / "testbed"
-    result = run_cli(
-        "testbed", "up", "--dir", str(state_dir), "--edges", "2", "--zoo", str(zoo_dir),
-        "--profile", "test", "--capacity-mb", "512", "--timeout-s", "180", "--controller-port", "0",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    state: dict[str, Any] = json.loads((state_dir / "testbed.json").read_text())
+    state = testbed_up(state_dir, zoo_dir, edges=2, capacity_mb=512, timeout_s=180)
     pids: dict[str, int] = state["pids"]
     try:
         controller = state["controller_url"]
@@ -113,7 +89,4 @@ def test_fetch_and_snapshot_through_the_testbed(tmp_path: Path, zoo_dir: Path) -
     finally:
         stopped = run_cli("testbed", "down", "--dir", str(state_dir))
     assert stopped.returncode == 0, stopped.stderr
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not all(_gone(pid) for pid in pids.values()):
-        time.sleep(0.1)
-    assert [name for name, pid in pids.items() if not _gone(pid)] == []
+    assert still_running(pids) == []
