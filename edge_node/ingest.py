@@ -170,6 +170,17 @@ class Fetcher:
             return False
         return True
 
+    def _store_body(
+        self, response: httpx.Response, spans: Sequence[Span], source: str, stored: set[BlockId]
+    ) -> None:
+        """Cut the body at the spans' lengths and store each block; ``stored`` gets the ids kept
+        (filled as they land, so a transfer that dies midway keeps what it verified)."""
+        body = split_body(response.iter_raw(_READ_CHUNK_BYTES), [s.length for s in spans])
+        for span, pieces in zip(spans, body, strict=True):
+            if self._store_from(pieces, span.block_id, span.length):
+                stored.add(span.block_id)
+                self._stored(source, span.block_id, span.length)
+
     def from_peer(self, peer_url: str, blocks: Sequence[Span]) -> set[BlockId]:
         """Fetch ``blocks`` from a peer's batch endpoint; return the ids stored."""
         stored: set[BlockId] = set()
@@ -190,11 +201,7 @@ class Fetcher:
                         len(ids),
                     )
                     return stored
-                body = split_body(response.iter_raw(_READ_CHUNK_BYTES), [b.length for b in blocks])
-                for block, pieces in zip(blocks, body, strict=True):
-                    if self._store_from(pieces, block.block_id, block.length):
-                        stored.add(block.block_id)
-                        self._stored(peer_url, block.block_id, block.length)
+                self._store_body(response, blocks, peer_url, stored)
         except (httpx.HTTPError, ShortBodyError) as exc:
             logger.warning("peer %s failed mid-transfer: %s", peer_url, exc)
         return stored
@@ -213,11 +220,7 @@ class Fetcher:
                     response.read()
                     logger.warning("origin %s answered %s for %s", url, response.status_code, url)
                     return stored
-                body = split_body(response.iter_raw(_READ_CHUNK_BYTES), [x.length for x in run])
-                for loc, pieces in zip(run, body, strict=True):
-                    if self._store_from(pieces, loc.block_id, loc.length):
-                        stored.add(loc.block_id)
-                        self._stored(origin_url, loc.block_id, loc.length)
+                self._store_body(response, run, origin_url, stored)
         except (httpx.HTTPError, ShortBodyError) as exc:
             logger.warning("origin %s failed mid-transfer: %s", origin_url, exc)
         return stored

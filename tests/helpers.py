@@ -34,7 +34,7 @@ __all__ = [
     "run_python",
     "serve",
     "still_running",
-    "testbed_up",
+    "start_testbed",
     "wait_until",
 ]
 
@@ -139,7 +139,7 @@ def run_cli(
     )
 
 
-def testbed_up(
+def start_testbed(
     state_dir: Path, zoo_dir: Path, *, edges: int, capacity_mb: int, timeout_s: int
 ) -> dict[str, Any]:
     """``trimcache testbed up`` (test profile, OS-assigned controller port); its state file."""

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from core.digest import sha256_file
-from tests.helpers import run_cli, still_running, testbed_up
+from tests.helpers import run_cli, start_testbed, still_running
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -36,7 +36,7 @@ def test_fetch_and_snapshot_through_the_testbed(tmp_path: Path, zoo_dir: Path) -
     from client import fetch_model
 
     state_dir = tmp_path / "testbed"
-    state = testbed_up(state_dir, zoo_dir, edges=2, capacity_mb=512, timeout_s=180)
+    state = start_testbed(state_dir, zoo_dir, edges=2, capacity_mb=512, timeout_s=180)
     pids: dict[str, int] = state["pids"]
     try:
         controller = state["controller_url"]
