@@ -171,7 +171,7 @@ def corrupting_edge(
 
     Yields ``(url, middleware)``; the node is unregistered when it stops.
     """
-    sizes = stack.manifest(model_id).block_sizes()
+    sizes = {str(b): n for b, n in stack.manifest(model_id).block_sizes().items()}
     wrapped: list[CorruptBlocks] = []
 
     def wrap(app: Any) -> CorruptBlocks:

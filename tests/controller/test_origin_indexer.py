@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -39,8 +40,8 @@ def _catalogue(client: TestClient) -> dict[str, str]:
     return {m["model_id"]: m["repo_id"] for m in client.get("/v1/models").json()["models"]}
 
 
-def _done(client: TestClient) -> dict[str, object] | None:
-    status: dict[str, object] = client.get("/v1/models").json()["origin_index"]
+def _done(client: TestClient) -> dict[str, Any] | None:
+    status: dict[str, Any] = client.get("/v1/models").json()["origin_index"]
     return status if status["state"] == "done" else None
 
 
