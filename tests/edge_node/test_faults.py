@@ -14,6 +14,7 @@ import pytest
 from core.digest import BlockId
 from core.manifest import ModelManifest
 from tests.edge_node.conftest import AUTH, plan_body
+from tests.faults import read_body
 from tests.helpers import live_server, wait_until
 
 
@@ -180,12 +181,7 @@ def _dying_app(payload_for, *, corrupt_first: bool = False):
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body, _ = await read_body(receive)
         data = payload_for(scope, body)
         await send(
             {

@@ -26,6 +26,7 @@ from core.digest import BlockId, sha256_file
 from core.manifest import BlockRef, ModelManifest
 from tests.client.services import AUTH, PLAN_SCHEMA, TOKEN, push_plan
 from tests.controller.procs import ServiceProcess, controller_process, edge_process
+from tests.faults import read_body
 from tests.helpers import (
     PREDICT_SCRIPT,
     free_port,
@@ -265,12 +266,7 @@ def _lying_peer(sizes: dict[BlockId, int], served: list[int]) -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body, _ = await read_body(receive)
         ids = json.loads(body)["block_ids"] if scope["path"] == "/v1/blocks:batch" else []
         payload = b"".join(b"\x5a" * sizes[BlockId(b)] for b in ids)
         served.append(len(payload))
