@@ -90,8 +90,9 @@ class Row:
     used_bytes: int
 
 
-def make_problem(scenario: Scenario, *, seed: int) -> PlacementProblem:
-    """The placement problem of a scenario for one seed.
+def make_problem(scenario: Scenario, *, seed: int, arrays: bool = False) -> PlacementProblem:
+    """The placement problem of a scenario for one seed (``arrays``: the array-backed form of
+    the same problem, for 10k-model scale; see :func:`controller.wireless.build_problem`).
 
     Example:
         >>> p = make_problem(Scenario(n_servers=2, n_users=3, models_per_family=1), seed=0)
@@ -111,6 +112,7 @@ def make_problem(scenario: Scenario, *, seed: int) -> PlacementProblem:
         zipf_exponent=scenario.zipf_exponent,
         deadline_range_s=scenario.deadline_range_s,
         seed=seed,
+        arrays=arrays,
     )
 
 

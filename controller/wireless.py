@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.library import ModelLibrary
+from controller.placement.arrays import ArrayForm
 from controller.placement.problem import PlacementProblem
 
 FloatArray = npt.NDArray[np.float64]
@@ -132,6 +133,24 @@ def seconds_per_byte(topology: Topology, radio: RadioConfig | None = None) -> Fl
     return np.minimum(out, relayed)
 
 
+def delivery_budget(model_bytes: Mapping[str, int], deadlines_s: Mapping[str, float]) -> FloatArray:
+    """(M,) seconds per byte each model's deadline allows: a model reaches (u, s) when
+    ``seconds_per_byte[u, s] <= budget[m]`` (delivery time is linear in the bytes).
+
+    Raises:
+        ValueError: a model without a deadline, or a non-positive deadline.
+    """
+    model_ids = list(model_bytes)
+    for m in model_ids:
+        if m not in deadlines_s:
+            raise ValueError(f"model {m!r}: no deadline")
+        if not deadlines_s[m] > 0:
+            raise ValueError(f"model {m!r}: deadline must be > 0, got {deadlines_s[m]}")
+    return np.array([deadlines_s[m] for m in model_ids], dtype=np.float64) / np.array(
+        [max(model_bytes[m], 1) for m in model_ids], dtype=np.float64
+    )
+
+
 def reachable_sets(
     topology: Topology,
     model_bytes: Mapping[str, int],
@@ -144,16 +163,8 @@ def reachable_sets(
         ValueError: a model without a deadline, or a non-positive deadline.
     """
     model_ids = list(model_bytes)
-    for m in model_ids:
-        if m not in deadlines_s:
-            raise ValueError(f"model {m!r}: no deadline")
-        if not deadlines_s[m] > 0:
-            raise ValueError(f"model {m!r}: deadline must be > 0, got {deadlines_s[m]}")
     spb = seconds_per_byte(topology, radio)  # (U, S)
-    # A model reaches (u, s) when bytes <= deadline / seconds_per_byte.
-    budget = np.array([deadlines_s[m] for m in model_ids]) / np.array(
-        [max(model_bytes[m], 1) for m in model_ids], dtype=np.float64
-    )  # (M,) seconds per byte allowed
+    budget = delivery_budget(model_bytes, deadlines_s)
     out: dict[str, dict[str, list[str]]] = {}
     for u, user_id in enumerate(topology.user_ids):
         row: dict[str, list[str]] = {}
@@ -177,17 +188,29 @@ def zipf_requests(
         >>> sorted(round(p, 3) for p in r["u0"].values())
         [0.333, 0.667]
     """
+    prob = zipf_matrix(len(user_ids), len(model_ids), exponent=exponent, seed=seed)
+    return {
+        user_id: dict(zip(model_ids, row, strict=True))
+        for user_id, row in zip(user_ids, prob.tolist(), strict=True)
+    }
+
+
+def zipf_matrix(n_users: int, n_models: int, *, exponent: float, seed: int = 0) -> FloatArray:
+    """The (U, M) matrix of :func:`zipf_requests` (same draws, so the same numbers).
+
+    Example:
+        >>> zipf_matrix(1, 2, exponent=1.0, seed=0).round(3).tolist()
+        [[0.667, 0.333]]
+    """
     if exponent < 0:
         raise ValueError(f"Zipf exponent must be >= 0, got {exponent}")
     rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, len(model_ids) + 1, dtype=np.float64) ** exponent
+    weights = 1.0 / np.arange(1, n_models + 1, dtype=np.float64) ** exponent
     weights /= weights.sum()
-    out: dict[str, dict[str, float]] = {}
-    for user_id in user_ids:
-        ranking = rng.permutation(len(model_ids))
-        out[user_id] = {model_ids[i]: float(weights[r]) for r, i in enumerate(ranking.tolist())}
-        out[user_id] = {m: out[user_id][m] for m in model_ids}  # model order, not rank order
-    return out
+    prob = np.empty((n_users, n_models), dtype=np.float64)
+    for u in range(n_users):
+        prob[u, rng.permutation(n_models)] = weights  # user u's rank r -> weights[r]
+    return prob
 
 
 def uniform_deadlines(
@@ -211,6 +234,7 @@ def build_problem(
     deadline_range_s: tuple[float, float] = (2.0, 10.0),
     radio: RadioConfig | None = None,
     seed: int = 0,
+    arrays: bool = False,
 ) -> PlacementProblem:
     """A placement problem from a library, a topology and the channel model.
 
@@ -223,6 +247,9 @@ def build_problem(
         deadline_range_s: range of the drawn deadlines.
         radio: channel parameters.
         seed: seed of the popularity and deadline draws.
+        arrays: keep requests and reachability as arrays
+            (:meth:`~controller.placement.problem.PlacementProblem.from_arrays`): the same
+            problem, built in seconds and bounded memory at 10k models x 5k users.
 
     Example:
         >>> from controller.library import architecture_library
@@ -241,6 +268,18 @@ def build_problem(
         servers = {s: int(capacity_bytes[s]) for s in topology.server_ids}
     else:
         servers = dict.fromkeys(topology.server_ids, int(capacity_bytes))
+    if arrays:
+        form = ArrayForm(
+            user_ids=topology.user_ids,
+            prob=zipf_matrix(
+                len(topology.user_ids), len(model_ids), exponent=zipf_exponent, seed=seed
+            ),
+            seconds_per_byte=seconds_per_byte(topology, radio),
+            budget=delivery_budget(sizes, deadlines_s),
+        )
+        return PlacementProblem.from_arrays(
+            blocks=library.blocks, models=library.models, servers=servers, arrays=form
+        )
     return PlacementProblem(
         blocks=library.blocks,
         models=library.models,

@@ -51,13 +51,19 @@ Complexity: O(P log P) heap operations for the P reachable pairs plus the cost-d
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-from controller.placement._index import BoolArray, Index, build_index
+from controller.placement._index import (
+    BoolArray,
+    FloatArray,
+    IntArray,
+    Library,
+    PairUsers,
+    pair_users,
+)
 from controller.placement.problem import PlacementProblem, PlacementResult, make_result
 
 # A run replaces the best so far only when better by more than this (float-noise ties keep the
@@ -70,170 +76,195 @@ MAX_ENUMERATED_PAIRS = 256
 
 
 class _Greedy:
-    """State of one greedy run (see the module docstring for the invariant)."""
+    """State of one greedy run over dense ``(S, M)`` pair arrays (see the module docstring).
 
-    def __init__(self, index: Index, *, share_aware: bool, held: BoolArray | None = None) -> None:
-        self.ix = index
+    ``ratio[s, m]`` is the key bound of a live pair (``-inf``: not live) and
+    ``best_*[s]`` the best key of each server's row, so picking the next pair is an argmax
+    over ``S`` servers and a cost drop on server ``s`` is one vectorised row update.
+    """
+
+    def __init__(
+        self,
+        lib: Library,
+        pairs: PairUsers,
+        gain0: FloatArray,
+        *,
+        share_aware: bool,
+        held: BoolArray | None = None,
+    ) -> None:
+        self.lib, self.pairs = lib, pairs
         self.share_aware = share_aware
-        n_s, n_m = index.n_servers, index.n_models
-        self.on_server: BoolArray = np.zeros((n_s, len(index.block_ids)), dtype=np.bool_)
-        self.remaining = index.capacity.copy()
-        self.missing = np.tile(index.model_size, (n_s, 1))
+        n_s, n_m = lib.n_servers, lib.n_models
+        self.on_server: BoolArray = np.zeros((n_s, len(lib.block_ids)), dtype=np.bool_)
+        self.remaining = lib.capacity.copy()
+        self.missing = np.tile(lib.model_size, (n_s, 1))
         # Warm start: `held` (S, B) are the blocks servers hold now; `unheld[s, m]` is the
         # part of `missing[s, m]` that s does not hold (the ranking cost).
         self.held = held
         self.unheld = self.missing.copy()
         if held is not None:
-            held_bytes = held.astype(np.int64) * index.block_size  # (S, B)
-            for m, mb in enumerate(index.model_blocks):
+            held_bytes = held.astype(np.int64) * lib.block_size  # (S, B)
+            for m, mb in enumerate(lib.model_blocks):
                 self.unheld[:, m] -= held_bytes[:, mb].sum(axis=1)
         self.available: BoolArray = np.zeros((n_s, n_m), dtype=np.bool_)
-        self.covered: BoolArray = np.zeros((n_m, max(index.n_users, 1)), dtype=np.bool_)
-        self.gain_ub = index.pair_gain0()
+        self.covered: BoolArray = np.zeros((n_m, max(lib.n_users, 1)), dtype=np.bool_)
+        self.gain_ub = gain0.copy()
         # A pair's gain_ub is exact while its model's coverage has not changed since.
-        self.model_version = [0] * n_m
-        self.gain_version = [0] * len(index.pair_server)
-        self.pair_server: list[int] = index.pair_server.tolist()
-        self.pair_model: list[int] = index.pair_model.tolist()
+        self.model_version = np.zeros(n_m, dtype=np.int64)
+        self.gain_version = np.zeros((n_s, n_m), dtype=np.int64)
         self.hit_ratio = 0.0
-        self.heap: list[tuple[float, float, int]] = []
+        self.ratio = np.full((n_s, n_m), -np.inf)
+        self.best_m = np.zeros(n_s, dtype=np.int64)
+        self.best_r = np.full(n_s, -np.inf)
+        self.best_g = np.zeros(n_s)
 
-    def gain(self, k: int) -> float:
-        m = self.pair_model[k]
-        if self.gain_version[k] == self.model_version[m]:
-            return float(self.gain_ub[k])
-        ix = self.ix
-        lo, hi = ix.pair_start[k], ix.pair_start[k + 1]
-        fresh = ~self.covered[m, ix.pair_users[lo:hi]]
-        g = float(ix.pair_weight[lo:hi][fresh].sum())
-        self.gain_ub[k] = g
-        self.gain_version[k] = self.model_version[m]
+    def gain(self, s: int, m: int) -> float:
+        if self.gain_version[s, m] == self.model_version[m]:
+            return float(self.gain_ub[s, m])
+        users, weights = self.pairs.users(s, m)
+        fresh = ~self.covered[m, users]
+        g = float(weights[fresh].sum())
+        self.gain_ub[s, m] = g
+        self.gain_version[s, m] = self.model_version[m]
         return g
 
     def cost(self, s: int, m: int) -> int:
         """Bytes placing m on s takes from its capacity."""
-        return int(self.missing[s, m] if self.share_aware else self.ix.model_size[m])
+        return int(self.missing[s, m] if self.share_aware else self.lib.model_size[m])
 
-    def rank_cost(self, s: int, m: int) -> int:
-        """Bytes that rank the pair: the capacity cost, less what s holds (warm start)."""
-        if self.held is None:
-            return self.cost(s, m)
+    def rank_costs(self, s: int | slice, ms: IntArray | slice) -> IntArray:
+        """Bytes that rank pairs: the capacity cost, less what s holds (warm start)."""
+        if not self.share_aware:
+            size = self.lib.model_size[ms]
+            if self.held is None:
+                return np.broadcast_to(size, self.missing[s, ms].shape)
+            # Blind to sharing, except that a model the server holds whole is free.
+            return np.where(self.unheld[s, ms] == 0, 0, size)
+        return (self.missing if self.held is None else self.unheld)[s, ms]
+
+    def set_keys(self, s: int | slice, ms: IntArray | slice) -> None:
+        """Recompute the key bounds of pairs (live: positive gain bound, not available)."""
+        gains = self.gain_ub[s, ms]
+        costs = self.rank_costs(s, ms)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(costs > 0, gains / np.maximum(costs, 1), np.inf)
+        live = (gains > 0.0) & ~self.available[s, ms] & self.fits(s, ms)
+        self.ratio[s, ms] = np.where(live, ratio, -np.inf)
+
+    def fits(self, s: int | slice, ms: IntArray | slice) -> BoolArray:
+        """Which pairs fit their server's remaining capacity now."""
+        room = self.remaining[s] if isinstance(s, int) else self.remaining[:, None]
         if self.share_aware:
-            return int(self.unheld[s, m])
-        # Blind to sharing, except that a model the server holds whole is free.
-        return 0 if self.unheld[s, m] == 0 else int(self.ix.model_size[m])
+            return np.asarray(self.missing[s, ms] <= room)
+        return np.asarray(self.lib.model_size[ms] <= room)
 
-    def key(self, k: int, gain: float, rank_cost: int) -> tuple[float, float, int]:
-        """Heap key: best ratio first; warm start: then the larger gain; then pair order."""
-        ratio = np.inf if rank_cost == 0 else gain / rank_cost
-        return (-ratio, -gain if self.held is not None else 0.0, k)
+    def drop_misfits(self, s: int) -> None:
+        """Capacity shrank: pairs on s that no longer fit leave the race at once (a cost drop
+        re-keys them; the greedy would drop each one anyway when it came up)."""
+        self.ratio[s, ~self.fits(s, slice(None))] = -np.inf
 
-    def push(self, k: int, rank_cost: int) -> None:
-        bound = float(self.gain_ub[k])
-        if bound <= 0.0:
-            return
-        heapq.heappush(self.heap, self.key(k, bound, rank_cost))
+    def refresh(self, s: int) -> None:
+        """Recompute server s's best key: best ratio; warm start: then larger gain; then m."""
+        row = self.ratio[s]
+        m = int(np.argmax(row))
+        top = row[m]
+        if self.held is not None and top > -np.inf:
+            ties = np.flatnonzero(row == top)
+            if len(ties) > 1:
+                g = self.gain_ub[s, ties]
+                m = int(ties[int(np.argmax(g))])
+        self.best_m[s], self.best_r[s], self.best_g[s] = m, top, self.gain_ub[s, m]
+
+    def pick(self) -> int:
+        """The server holding the best key bound overall (ties: lower server), or -1."""
+        s = int(np.argmax(self.best_r))
+        top = self.best_r[s]
+        if top == -np.inf:
+            return -1
+        if self.held is not None:
+            ties = np.flatnonzero(self.best_r == top)
+            if len(ties) > 1:
+                s = int(ties[int(np.argmax(self.best_g[ties]))])
+        return s
 
     def cover(self, s: int, m: int) -> None:
         """Mark model m available at server s and count the requests it newly serves."""
         self.available[s, m] = True
-        k = int(self.ix.pair_of[s, m])
-        if k < 0:
+        self.ratio[s, m] = -np.inf
+        users, weights = self.pairs.users(s, m)
+        if not len(users):
             return
-        lo, hi = self.ix.pair_start[k], self.ix.pair_start[k + 1]
-        users = self.ix.pair_users[lo:hi]
         fresh = ~self.covered[m, users]
-        if fresh.any():
-            self.hit_ratio += float(self.ix.pair_weight[lo:hi][fresh].sum())
+        g = float(weights[fresh].sum())
+        if g > 0.0:  # (weights are > 0 in the CSR layout; 0 for no request in array problems)
+            self.hit_ratio += g
             self.covered[m, users] = True
             self.model_version[m] += 1
 
     def place(self, s: int, m: int) -> None:
-        ix = self.ix
-        new_blocks = [int(b) for b in ix.model_blocks[m] if not self.on_server[s, b]]
+        lib = self.lib
+        mb = lib.model_blocks[m]
+        new_blocks = mb[~self.on_server[s, mb]].tolist()
         if self.share_aware:
             self.remaining[s] -= self.missing[s, m]
         else:
-            self.remaining[s] -= ix.model_size[m]
+            self.remaining[s] -= lib.model_size[m]
         self.cover(s, m)
-        if not new_blocks:
+        if new_blocks:
+            self.on_server[s, new_blocks] = True
+        self.drop_misfits(s)
+        if not new_blocks or not self.share_aware:
             return
-        self.on_server[s, new_blocks] = True
-        if not self.share_aware:
-            return
-        affected: set[int] = set()
         for b in new_blocks:
-            models = ix.block_models[b]
-            self.missing[s, models] -= ix.block_size[b]
+            models = lib.block_models[b]
+            self.missing[s, models] -= lib.block_size[b]
             if self.held is not None and not self.held[s, b]:
-                self.unheld[s, models] -= ix.block_size[b]
-            affected.update(models.tolist())
-        for m2 in sorted(affected):
-            if self.available[s, m2]:
-                continue
-            if self.missing[s, m2] == 0:
-                self.cover(s, m2)
-            else:
-                k2 = int(ix.pair_of[s, m2])
-                if k2 >= 0:
-                    self.push(k2, self.rank_cost(s, m2))
+                self.unheld[s, models] -= lib.block_size[b]
+        affected = np.unique(np.concatenate([lib.block_models[b] for b in new_blocks]))
+        affected = affected[~self.available[s, affected]]
+        complete = affected[self.missing[s, affected] == 0]
+        for m2 in complete.tolist():
+            self.cover(s, m2)
+        # A cost drop raises the key: fresh bounds with the new costs (lazy for the gains).
+        self.set_keys(s, affected[self.missing[s, affected] != 0])
 
     def run(self, first: Sequence[int] = ()) -> None:
-        ix = self.ix
+        n_m = self.lib.n_models
         for k in first:  # partial enumeration: these pairs are placed before the greedy
-            s, m = int(ix.pair_server[k]), int(ix.pair_model[k])
+            s, m = divmod(int(k), n_m)
             if not self.available[s, m] and self.cost(s, m) <= self.remaining[s]:
                 self.place(s, m)
-        if not self.share_aware:
-            costs = ix.model_size[ix.pair_model]
-            if self.held is not None:
-                costs = np.where(self.unheld[ix.pair_server, ix.pair_model] == 0, 0, costs)
-        elif self.held is not None:
-            costs = self.unheld[ix.pair_server, ix.pair_model]
-        else:
-            costs = self.missing[ix.pair_server, ix.pair_model]
-        with np.errstate(divide="ignore"):
-            ratios = np.where(costs > 0, self.gain_ub / np.maximum(costs, 1), np.inf)
-        live = (self.gain_ub > 0) & ~self.available[ix.pair_server, ix.pair_model]
-        ks = np.flatnonzero(live).tolist()
-        second = (-self.gain_ub[live] if self.held is not None else np.zeros(len(ks))).tolist()
-        self.heap = [(-r, g, k) for k, r, g in zip(ks, ratios[live].tolist(), second, strict=True)]
-        heapq.heapify(self.heap)
-        heap = self.heap
-        pair_server, pair_model = self.pair_server, self.pair_model
-        while heap:
-            k = heapq.heappop(heap)[2]
-            s, m = pair_server[k], pair_model[k]
-            if self.available[s, m]:
-                continue
-            g = self.gain(k)
-            if g <= 0.0:
-                continue
-            if self.cost(s, m) > self.remaining[s]:
-                continue
-            entry = self.key(k, g, self.rank_cost(s, m))
-            if heap and entry > heap[0]:  # a better bound remains (ties: lower pair index)
-                heapq.heappush(heap, entry)
-                continue
-            self.place(s, m)
+        self.set_keys(slice(None), slice(None))
+        for s in range(self.lib.n_servers):
+            self.refresh(s)
+        while (s := self.pick()) >= 0:
+            m = int(self.best_m[s])
+            exact = self.gain_version[s, m] == self.model_version[m]
+            g = self.gain(s, m)
+            if g <= 0.0 or self.cost(s, m) > self.remaining[s]:
+                self.ratio[s, m] = -np.inf  # never again, or until a cost drop re-keys it
+            elif not exact:  # a stale bound: re-key with the true gain and pick again
+                self.set_keys(s, np.array([m]))
+            else:
+                self.place(s, m)
+            self.refresh(s)
 
 
-def _best_single(index: Index) -> tuple[float, int]:
-    """The pair with the largest gain among those whose model fits its server alone."""
-    gains = index.pair_gain0()
-    fits = index.model_size[index.pair_model] <= index.capacity[index.pair_server]
-    gains = np.where(fits, gains, -1.0)
+def _best_single(lib: Library, gain0: FloatArray) -> tuple[float, int]:
+    """The pair (flat ``s * M + m``) with the largest gain among models fitting alone."""
+    fits = lib.model_size[None, :] <= lib.capacity[:, None]
+    gains = np.where(fits, gain0, -1.0).ravel()
     if len(gains) == 0 or gains.max() <= 0.0:
         return 0.0, -1
     k = int(np.argmax(gains))
     return float(gains[k]), k
 
 
-def held_matrix(index: Index, current: Mapping[str, Collection[str]]) -> BoolArray:
+def held_matrix(lib: Library, current: Mapping[str, Collection[str]]) -> BoolArray:
     """The (S, B) matrix of the blocks each server holds now (unknown ids are ignored)."""
-    b_of = {b: i for i, b in enumerate(index.block_ids)}
-    held: BoolArray = np.zeros((index.n_servers, len(index.block_ids)), dtype=np.bool_)
-    for s, server_id in enumerate(index.server_ids):
+    b_of = {b: i for i, b in enumerate(lib.block_ids)}
+    held: BoolArray = np.zeros((lib.n_servers, len(lib.block_ids)), dtype=np.bool_)
+    for s, server_id in enumerate(lib.server_ids):
         cols = [b_of[b] for b in current.get(server_id, ()) if b in b_of]
         held[s, cols] = True
     return held
@@ -248,31 +279,29 @@ def _solve(
     current: Mapping[str, Collection[str]] | None = None,
 ) -> PlacementResult:
     started = time.perf_counter()
-    index = build_index(problem)
-    held = None if current is None else held_matrix(index, current)
-    run = _Greedy(index, share_aware=share_aware, held=held)
+    lib, pairs = pair_users(problem)
+    gain0 = pairs.gain0()
+    held = None if current is None else held_matrix(lib, current)
+    run = _Greedy(lib, pairs, gain0, share_aware=share_aware, held=held)
     run.run()
     best_hit, best_on = run.hit_ratio, run.on_server
     fits = np.flatnonzero(
-        (index.model_size[index.pair_model] <= index.capacity[index.pair_server])
-        & (index.pair_gain0() > 0)
+        ((lib.model_size[None, :] <= lib.capacity[:, None]) & (gain0 > 0)).ravel()
     )
     if 0 < len(fits) <= max_enumerated:
         # Partial enumeration: the greedy started from each feasible first pair (this also
         # covers the best single pair).
         for k in fits.tolist():
-            seeded = _Greedy(index, share_aware=share_aware, held=held)
+            seeded = _Greedy(lib, pairs, gain0, share_aware=share_aware, held=held)
             seeded.run(first=(k,))
             if seeded.hit_ratio > best_hit + TIE_TOLERANCE:
                 best_hit, best_on = seeded.hit_ratio, seeded.on_server
-    placement = index.placement(best_on)
-    single_gain, k = _best_single(index)
+    placement = lib.placement(best_on)
+    single_gain, k = _best_single(lib, gain0)
     if k >= 0 and single_gain > best_hit + TIE_TOLERANCE:
-        s, m = int(index.pair_server[k]), int(index.pair_model[k])
-        placement = {server_id: frozenset() for server_id in index.server_ids}
-        placement[index.server_ids[s]] = frozenset(
-            index.block_ids[b] for b in index.model_blocks[m]
-        )
+        s, m = divmod(k, lib.n_models)
+        placement = {server_id: frozenset() for server_id in lib.server_ids}
+        placement[lib.server_ids[s]] = frozenset(lib.block_ids[b] for b in lib.model_blocks[m])
     return make_result(
         problem,
         placement,

@@ -20,6 +20,10 @@ This module owns three things that every solver, test, simulator and benchmark s
 Invariants: inputs are never mutated (mappings are copied into read-only proxies); iteration
 orders are the input orders, so everything downstream is deterministic; storage on a server is
 the size of the *union* of its blocks (shared blocks count once).
+
+Large problems (:meth:`PlacementProblem.from_arrays`) keep requests and reachability as arrays
+(:mod:`controller.placement.arrays`) behind views of the same shape, so :func:`evaluate` reads
+them unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
+
+from controller.placement.arrays import ArrayForm, views
 
 PROBLEM_SCHEMA = "trimcache.placement-problem/v1"
 RESULT_SCHEMA = "trimcache.placement-result/v1"
@@ -126,6 +132,41 @@ class PlacementProblem:
     reachable: Mapping[str, Mapping[str, Collection[str]]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    arrays: ArrayForm | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        blocks: Mapping[str, int],
+        models: Mapping[str, Sequence[str]],
+        servers: Mapping[str, int],
+        arrays: ArrayForm,
+    ) -> PlacementProblem:
+        """A problem whose requests and reachability are arrays (10k-model scale).
+
+        ``requests`` and ``reachable`` become read-only views of ``arrays`` with the dict
+        tables' shape (see :mod:`controller.placement.arrays`); the arrays are validated
+        vectorised, the block, model and server tables as usual.
+
+        Example:
+            >>> import numpy as np
+            >>> form = ArrayForm(user_ids=("u0",), prob=np.array([[0.6, 0.4]]),
+            ...     seconds_per_byte=np.array([[1.0]]), budget=np.array([2.0, 0.5]))
+            >>> p = PlacementProblem.from_arrays(blocks={"b0": 4, "b1": 2},
+            ...     models={"m0": ["b0"], "m1": ["b0", "b1"]}, servers={"s0": 6}, arrays=form)
+            >>> sorted(p.reachable["u0"]["s0"]), p.requests["u0"]["m1"]
+            (['m0'], 0.4)
+        """
+        requests, reachable = views(arrays, tuple(models), tuple(servers))
+        return cls(
+            blocks=blocks,
+            models=models,
+            servers=servers,
+            requests=requests,
+            reachable=reachable,
+            arrays=arrays,
+        )
 
     def __post_init__(self) -> None:
         # Internal logic: validate each table against the ones it references, then freeze
@@ -139,6 +180,16 @@ class PlacementProblem:
                     f"server {server_id!r}: capacity must be an int >= 0, got {capacity!r}"
                 )
             servers[server_id] = checked
+        object.__setattr__(self, "blocks", MappingProxyType(blocks))
+        object.__setattr__(self, "models", MappingProxyType(models))
+        object.__setattr__(self, "servers", MappingProxyType(servers))
+        if self.arrays is not None:
+            # The array form validated itself; its views are read-only already.
+            if self.arrays.prob.shape[1] != len(models) or (
+                self.arrays.seconds_per_byte.shape[1] != len(servers)
+            ):
+                raise ValueError("array form: shapes do not match the model and server tables")
+            return
         requests: dict[str, Mapping[str, float]] = {}
         for user_id, row in self.requests.items():
             if not isinstance(row, Mapping):
@@ -176,9 +227,6 @@ class PlacementProblem:
                     )
                 frozen[server_id] = as_set
             reachable[user_id] = MappingProxyType(frozen)
-        object.__setattr__(self, "blocks", MappingProxyType(blocks))
-        object.__setattr__(self, "models", MappingProxyType(models))
-        object.__setattr__(self, "servers", MappingProxyType(servers))
         object.__setattr__(self, "requests", MappingProxyType(requests))
         object.__setattr__(self, "reachable", MappingProxyType(reachable))
 
@@ -277,9 +325,16 @@ def evaluate(problem: PlacementProblem, placement: Mapping[str, Collection[str]]
         for server_id, model_ids in problem.reachable.get(user_id, {}).items():
             have = available.get(server_id)
             if have:
-                served.update(have.intersection(model_ids))
+                if isinstance(model_ids, set | frozenset):
+                    served.update(have.intersection(model_ids))
+                else:  # an array view: ask it about the (few) available models
+                    served.update(m for m in have if m in model_ids)
         if served:
-            total += math.fsum(p for m, p in row.items() if m in served)
+            # fsum is exactly rounded, so summing over the smaller side gives the same float.
+            if len(served) < len(row):
+                total += math.fsum(row.get(m, 0.0) for m in served)
+            else:
+                total += math.fsum(p for m, p in row.items() if m in served)
     return total / len(problem.requests)
 
 
