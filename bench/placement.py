@@ -9,6 +9,17 @@
    comparison) on one large instance, ``--large MODELS,SERVERS,USERS`` (default
    1000,50,500); the time includes compiling the problem into arrays, not building it.
 
+3. Scale (``--scale``, instead of 1 and 2): at each of ``--scale-sizes`` (default
+   1000,50,500 and 10000,200,5000) build time, solve time (``solve`` = the solver's own
+   figure, ``wall`` = the call incl. the final :func:`evaluate`) and peak RSS of
+   ``trimcaching-gen`` and ``independent``, each (size, path, solver) in its own subprocess so
+   the RSS is its own, with the hit ratio and its ratio to ``independent``. Paths: ``arrays``
+   (the array-backed problem, :meth:`PlacementProblem.from_arrays`, and the current greedy),
+   ``dict`` (the dict problem and the current greedy) and ``baseline`` (the dict problem and
+   the greedy as it was at ``--baseline-rev``, loaded from git), the last two only up to
+   ``--dict-max-models`` models (the dict problem at 10k models holds ~400 million reachable
+   entries).
+
 Instances come from :mod:`controller.sim` (fine-tuned families over real architectures'
 parameter counts, the wireless channel model, Zipf demand), generated from seeds: no
 downloads. Prints a table and appends JSON lines (solver, sizes, seed, status, objective,
@@ -21,12 +32,17 @@ import argparse
 import dataclasses
 import datetime as dt
 import functools
+import importlib.util
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from controller.placement import SOLVERS, Solver, TooManySharedBlocksError, get_solver, greedy
@@ -166,6 +182,143 @@ def speed(args: argparse.Namespace, emit: Any) -> None:
         sys.stdout.write(f"{name:<23}{result.hit_ratio:>10.4f}{result.solve_seconds:>10.2f}\n")
 
 
+# The greedy before the 10x rewrite (dict problems only): the `baseline` path of --scale.
+BASELINE_REV = "7c83782"
+SCALE_SOLVERS = ("trimcaching-gen", "independent")
+
+
+def _baseline_greedy(rev: str) -> ModuleType:
+    """``controller/placement/greedy.py`` (+ its ``_index.py``) as they were at ``rev``."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-placement-baseline-"))
+    names = {"_index": "_baseline_index", "greedy": "_baseline_greedy"}
+    for name, alias in names.items():
+        source = subprocess.run(
+            ["git", "show", f"{rev}:controller/placement/{name}.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        source = source.replace("controller.placement._index", "_baseline_index")
+        (tmp / f"{alias}.py").write_text(source)
+    sys.path.insert(0, str(tmp))
+    module: ModuleType | None = None
+    for alias in names.values():
+        spec = importlib.util.spec_from_file_location(alias, tmp / f"{alias}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[alias] = module
+        spec.loader.exec_module(module)
+    assert module is not None
+    return module
+
+
+def _scale_scenario(size: str, capacity_gb: float) -> Scenario:
+    n_models, n_servers, n_users = (int(x) for x in size.split(","))
+    if n_models % 4:
+        raise SystemExit("--scale-sizes: MODELS must be a multiple of 4 (four families)")
+    return Scenario(
+        n_servers=n_servers,
+        n_users=n_users,
+        models_per_family=n_models // 4,
+        archs=("resnet18", "resnet50", "vit-b16", "bert-base"),
+        capacity_gb=capacity_gb,
+        area_m=250.0 * n_servers**0.5,  # keep ~16 servers per km^2
+    )
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def scale_one(args: argparse.Namespace) -> int:
+    """One (size, path, solver) measurement in this process: a JSON line on stdout."""
+    scenario = _scale_scenario(args.scale_one, args.large_capacity_gb)
+    started = time.perf_counter()
+    problem = make_problem(scenario, seed=0, arrays=args.path == "arrays")
+    build_s = time.perf_counter() - started
+    rss_built = _peak_rss_mb()
+    module: Any = _baseline_greedy(args.baseline_rev) if args.path == "baseline" else greedy
+    solve = module.solve if args.solver == "trimcaching-gen" else module.solve_independent
+    started = time.perf_counter()
+    result = solve(problem)
+    wall_s = time.perf_counter() - started
+    digest = hash(tuple(sorted((s, p.blocks) for s, p in result.servers.items())))
+    row = {
+        "build_s": build_s,
+        "rss_built_mb": rss_built,
+        "solve_s": result.solve_seconds,
+        "wall_s": wall_s,
+        "peak_rss_mb": _peak_rss_mb(),
+        "hit_ratio": result.hit_ratio,
+        "placement_hash": digest,
+    }
+    sys.stdout.write(json.dumps(row) + "\n")
+    return 0
+
+
+def scale(args: argparse.Namespace, emit: Any) -> None:
+    """Every (size, path, solver) in its own subprocess; a table side by side."""
+    sys.stdout.write(
+        f"\nScale: capacity {args.large_capacity_gb} GB/server, seed 0; baseline = greedy at "
+        f"{args.baseline_rev}; each row its own process (PYTHONHASHSEED=0)\n"
+    )
+    header = (
+        f"{'size M,S,U':<17}{'path':<10}{'solver':<17}{'build s':>8}{'solve s':>9}"
+        f"{'wall s':>8}{'peak MB':>9}{'hit ratio':>11}{'/indep':>8}{'same':>6}\n"
+    )
+    sys.stdout.write(header)
+    for size in args.scale_sizes.split(";"):
+        n_models = int(size.split(",")[0])
+        paths = ["arrays"]
+        if n_models <= args.dict_max_models:
+            paths = ["baseline", "dict", "arrays"]
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for path in paths:
+            for solver in SCALE_SOLVERS:
+                cmd = [
+                    sys.executable, "-m", "bench.placement", "--scale-one", size,
+                    "--path", path, "--solver", solver,
+                    "--large-capacity-gb", str(args.large_capacity_gb),
+                    "--baseline-rev", args.baseline_rev,
+                ]  # fmt: skip
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}
+                )
+                if proc.returncode:
+                    sys.stdout.write(f"{size:<17}{path:<10}{solver:<17}FAILED\n")
+                    sys.stdout.write(proc.stderr[-1500:])
+                    continue
+                rows[path, solver] = row = json.loads(proc.stdout.strip().splitlines()[-1])
+        for path in paths:
+            indep = rows.get((path, "independent"), {}).get("hit_ratio")
+            for solver in SCALE_SOLVERS:
+                row = rows.get((path, solver))
+                if row is None:
+                    continue
+                ratio = row["hit_ratio"] / indep if indep else float("nan")
+                first = rows.get((paths[0], solver))
+                same = "yes" if first and first["placement_hash"] == row["placement_hash"] else "no"
+                sys.stdout.write(
+                    f"{size:<17}{path:<10}{solver:<17}{row['build_s']:>8.1f}"
+                    f"{row['solve_s']:>9.2f}{row['wall_s']:>8.2f}{row['peak_rss_mb']:>9.0f}"
+                    f"{row['hit_ratio']:>11.4f}{ratio:>8.3f}{same:>6}\n"
+                )
+                models, servers, users = (int(x) for x in size.split(","))
+                emit(
+                    f"scale/{path}",
+                    solver,
+                    0,
+                    {"models": models, "servers": servers, "users": users, **row},
+                    "feasible",
+                    row["hit_ratio"],
+                    row["wall_s"],
+                    None,
+                )
+    sys.stdout.write(
+        "('same': the placement equals the first path's for that solver, block for block)\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.placement", description=__doc__)
     parser.add_argument("--seeds", default="0-49")
@@ -178,7 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", default="1000,50,500", help="MODELS,SERVERS,USERS or none")
     parser.add_argument("--large-capacity-gb", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "placement.jsonl")
+    parser.add_argument("--scale", action="store_true", help="run the scale table only")
+    parser.add_argument("--scale-sizes", default="1000,50,500;10000,200,5000")
+    parser.add_argument("--dict-max-models", type=int, default=2000)
+    parser.add_argument("--baseline-rev", default=BASELINE_REV)
+    parser.add_argument("--scale-one", help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=("arrays", "dict", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--solver", choices=SCALE_SOLVERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scale_one:
+        return scale_one(args)
 
     sha = _git_sha()
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -210,9 +372,12 @@ def main(argv: list[str] | None = None) -> int:
             }
             fh.write(json.dumps(row) + "\n")
 
-        quality(args, emit)
-        if args.large != "none":
-            speed(args, emit)
+        if args.scale:
+            scale(args, emit)
+        else:
+            quality(args, emit)
+            if args.large != "none":
+                speed(args, emit)
     sys.stdout.write(f"\nJSON lines appended to {args.out}\n")
     return 0
 

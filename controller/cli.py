@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,70 @@ def _add_sim(subparsers: Subparsers) -> None:
         metavar="DIR",
         help="delay: PBs from a built zoo (zoo.json + repos/): core manifests grouped by sharing",
     )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="where the (solver, value, seed) cells run: in this process (default) or as Ray "
+        "tasks (pip install 'trimcache[ray]'); the same rows either way",
+    )
+    p.add_argument(
+        "--address", default=None, help="ray: a cluster address (default: a local 2-CPU Ray)"
+    )
     p.set_defaults(func=_run_sim)
+
+
+def _sweeps_and_values(args: argparse.Namespace, known: Collection[str]) -> tuple[list[str], Any]:
+    """The ``--sweep`` names (checked against ``known``) and the ``--values`` (or None)."""
+    sweeps = list(known) if args.sweep == "all" else args.sweep.split(",")
+    for name in sweeps:
+        if name not in known:
+            raise ValueError(f"--sweep: unknown sweep {name!r}; choose from {', '.join(known)}")
+    values = _parse_floats(args.values, "--values") if args.values else None
+    if values is not None and len(sweeps) != 1:
+        raise ValueError("--values needs exactly one --sweep")
+    return sweeps, values
+
+
+def _scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The scenario fields both objectives share, from the options given."""
+    given = {
+        "n_servers": args.servers,
+        "n_users": args.users,
+        "models_per_family": args.models_per_family,
+        "capacity_gb": args.capacity_gb,
+        "zipf_exponent": args.zipf,
+        "sharing": args.sharing,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _run_sweeps(
+    args: argparse.Namespace,
+    sweeps: list[str],
+    prefix: str,
+    run: Callable[..., Any],
+    write_csv: Callable[[Any, Path], None],
+    plot: Callable[[Any, Path], None],
+    **kwargs: Any,
+) -> int:
+    """Run each sweep on the chosen engine; write DIR/<prefix>_<sweep>.csv and .png."""
+    out = Path(args.out)
+    for name in sweeps:
+        rows = run(
+            name,
+            solvers=args.solvers.split(",") if args.solvers else None,
+            seeds=_parse_seeds(args.seeds),
+            time_limit_s=args.time_limit_s,
+            engine=args.engine,
+            address=args.address,
+            **kwargs,
+        )
+        csv_path, png_path = out / f"{prefix}_{name}.csv", out / f"{prefix}_{name}.png"
+        write_csv(rows, csv_path)
+        plot(rows, png_path)
+        sys.stdout.write(f"{csv_path}\n{png_path}\n")
+    return 0
 
 
 def _run_sim(args: argparse.Namespace) -> int:
@@ -173,42 +236,11 @@ def _run_sim(args: argparse.Namespace) -> int:
 
     if args.zoo is not None:
         raise ValueError("--zoo: only with --objective delay")
-    sweeps = list(sim.SWEEPS) if args.sweep == "all" else args.sweep.split(",")
-    for name in sweeps:
-        if name not in sim.SWEEPS:
-            raise ValueError(
-                f"--sweep: unknown sweep {name!r}; choose from {', '.join(sim.SWEEPS)}"
-            )
-    values = _parse_floats(args.values, "--values") if args.values else None
-    if values is not None and len(sweeps) != 1:
-        raise ValueError("--values needs exactly one --sweep")
-    overrides = {
-        "n_servers": args.servers,
-        "n_users": args.users,
-        "models_per_family": args.models_per_family,
-        "capacity_gb": args.capacity_gb,
-        "zipf_exponent": args.zipf,
-        "sharing": args.sharing,
-    }
-    base = dataclasses.replace(
-        sim.Scenario(), **{k: v for k, v in overrides.items() if v is not None}
+    sweeps, values = _sweeps_and_values(args, sim.SWEEPS)
+    base = dataclasses.replace(sim.Scenario(), **_scenario_overrides(args))
+    return _run_sweeps(
+        args, sweeps, "sim", sim.run_sweep, sim.write_csv, sim.plot, values=values, base=base
     )
-    solvers = args.solvers.split(",") if args.solvers else None
-    out = Path(args.out)
-    for name in sweeps:
-        rows = sim.run_sweep(
-            name,
-            values=values,
-            base=base,
-            solvers=solvers,
-            seeds=_parse_seeds(args.seeds),
-            time_limit_s=args.time_limit_s,
-        )
-        csv_path, png_path = out / f"sim_{name}.csv", out / f"sim_{name}.png"
-        sim.write_csv(rows, csv_path)
-        sim.plot(rows, png_path)
-        sys.stdout.write(f"{csv_path}\n{png_path}\n")
-    return 0
 
 
 def _run_sim_delay(args: argparse.Namespace) -> int:
@@ -217,15 +249,7 @@ def _run_sim_delay(args: argparse.Namespace) -> int:
     from controller.delay import sim
     from controller.delay.scenario import DelayScenario
 
-    sweeps = list(sim.DELAY_SWEEPS) if args.sweep == "all" else args.sweep.split(",")
-    for name in sweeps:
-        if name not in sim.DELAY_SWEEPS:
-            raise ValueError(
-                f"--sweep: unknown sweep {name!r}; choose from {', '.join(sim.DELAY_SWEEPS)}"
-            )
-    values = _parse_floats(args.values, "--values") if args.values else None
-    if values is not None and len(sweeps) != 1:
-        raise ValueError("--values needs exactly one --sweep")
+    sweeps, values = _sweeps_and_values(args, sim.DELAY_SWEEPS)
     base = DelayScenario()
     if args.bandwidth_mhz is not None:
         if not args.bandwidth_mhz > 0:
@@ -244,18 +268,8 @@ def _run_sim_delay(args: argparse.Namespace) -> int:
                     f"--archs: unknown architecture {arch!r};"
                     f" choose from {', '.join(ARCHITECTURES)}"
                 )
-    overrides = {
-        "n_servers": args.servers,
-        "n_users": args.users,
-        "models_per_family": args.models_per_family,
-        "capacity_gb": args.capacity_gb,
-        "zipf_exponent": args.zipf,
-        "sharing": args.sharing,
-        "n_slots": args.slots,
-        "archs": archs,
-    }
+    overrides = {**_scenario_overrides(args), "n_slots": args.slots, "archs": archs}
     base = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    solvers = args.solvers.split(",") if args.solvers else None
     library = None
     if args.zoo is not None:
         from controller.delay.zoo import zoo_library
@@ -265,22 +279,17 @@ def _run_sim_delay(args: argparse.Namespace) -> int:
                 "--zoo: the library is the zoo's; drop --archs/--models-per-family/--sharing"
             )
         library = zoo_library(Path(args.zoo))
-    out = Path(args.out)
-    for name in sweeps:
-        rows = sim.run_delay_sweep(
-            name,
-            values=values,
-            base=base,
-            solvers=solvers,
-            seeds=_parse_seeds(args.seeds),
-            time_limit_s=args.time_limit_s,
-            library=library,
-        )
-        csv_path, png_path = out / f"delay_{name}.csv", out / f"delay_{name}.png"
-        sim.write_csv(rows, csv_path)
-        sim.plot(rows, png_path)
-        sys.stdout.write(f"{csv_path}\n{png_path}\n")
-    return 0
+    return _run_sweeps(
+        args,
+        sweeps,
+        "delay",
+        sim.run_delay_sweep,
+        sim.write_csv,
+        sim.plot,
+        values=values,
+        base=base,
+        library=library,
+    )
 
 
 # Each entry adds one subcommand. `controller serve` (the FastAPI service) is added by the

@@ -5,7 +5,8 @@ real architectures (:mod:`controller.library`), servers and users on a plane wit
 model and Zipf demand of :mod:`controller.wireless`. :func:`run_sweep` varies one parameter
 (capacity, users, servers, Zipf exponent, sharing degree), solves each instance with each
 solver for each seed, and returns rows; :func:`write_csv` and :func:`plot` turn them into the
-TrimCaching paper's kind of figure (mean hit ratio over seeds against the parameter).
+TrimCaching paper's kind of figure (mean hit ratio over seeds against the parameter). The
+cells run on :mod:`controller.sweep`'s engine (in process, or as Ray tasks).
 
 A solver that refuses an instance (``trimcaching-spec`` with too many shared blocks) gives a
 row with status ``skipped`` and a NaN hit ratio; it is left out of the plot. Nothing here reads
@@ -14,8 +15,7 @@ the environment, the network or the clock (except ``perf_counter`` inside the so
 
 from __future__ import annotations
 
-import csv
-import dataclasses
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +25,8 @@ from typing import Any
 from controller.library import architecture_library
 from controller.placement import SOLVERS, TooManySharedBlocksError, get_solver
 from controller.placement.problem import PlacementProblem
+from controller.sweep import Cell, cells, last_built, run_cells, with_value, write_rows_csv
+from controller.sweep import mean_by_solver as sweep_means
 from controller.wireless import build_problem, random_topology
 
 GB = 10**9
@@ -116,11 +118,25 @@ def make_problem(scenario: Scenario, *, seed: int, arrays: bool = False) -> Plac
     )
 
 
-def _with(scenario: Scenario, field_name: str, value: float) -> Scenario:
-    current = getattr(scenario, field_name)
-    cast = int(value) if isinstance(current, int) else float(value)
-    changes: dict[str, Any] = {field_name: cast}
-    return dataclasses.replace(scenario, **changes)
+def solve_cell(cell: Cell, *, base: Scenario, time_limit_s: float | None) -> Row:
+    """One sweep cell: the instance of (value, seed) solved by one solver (a picklable unit
+    for :func:`controller.sweep.run_cells`)."""
+    scenario = with_value(base, cell.parameter, cell.value)
+    problem = last_built(
+        "hit", (scenario, cell.seed), lambda: make_problem(scenario, seed=cell.seed)
+    )
+    head = (cell.sweep, cell.parameter, cell.value, cell.seed, cell.solver)
+    try:
+        result = get_solver(cell.solver)(problem, seed=cell.seed, time_limit_s=time_limit_s)
+    except TooManySharedBlocksError:
+        return Row(*head, math.nan, "skipped", 0.0, 0)
+    return Row(
+        *head,
+        hit_ratio=result.hit_ratio,
+        status=result.status,
+        solve_seconds=result.solve_seconds,
+        used_bytes=sum(p.used_bytes for p in result.servers.values()),
+    )
 
 
 def run_sweep(
@@ -131,6 +147,8 @@ def run_sweep(
     solvers: Sequence[str] | None = None,
     seeds: Iterable[int] = (0,),
     time_limit_s: float | None = 10.0,
+    engine: str = "local",
+    address: str | None = None,
 ) -> list[Row]:
     """Solve every (value, seed) instance of a sweep with every solver.
 
@@ -141,68 +159,31 @@ def run_sweep(
         solvers: solver names (default: all of :data:`~controller.placement.SOLVERS`).
         seeds: instance seeds (the same seed gives the same library, topology and demand).
         time_limit_s: passed to every solver (only ``optimal`` uses it).
+        engine: ``local`` or ``ray`` (:func:`controller.sweep.run_cells`; same rows).
+        address: a Ray cluster address (``ray`` only; default: a local Ray).
 
     Raises:
-        ValueError: unknown sweep or solver name, or invalid scenario values.
+        ValueError: unknown sweep, solver or engine, or invalid scenario values.
     """
     if sweep not in SWEEPS:
         raise ValueError(f"unknown sweep {sweep!r}; choose from {', '.join(SWEEPS)}")
     field_name, defaults = SWEEPS[sweep]
     names = list(solvers) if solvers is not None else list(SOLVERS)
-    funcs = {name: get_solver(name) for name in names}
-    base = base or Scenario()
-    rows: list[Row] = []
-    for value in values if values is not None else defaults:
-        scenario = _with(base, field_name, value)
-        for seed in seeds:
-            problem = make_problem(scenario, seed=seed)
-            for name, solve in funcs.items():
-                try:
-                    result = solve(problem, seed=seed, time_limit_s=time_limit_s)
-                except TooManySharedBlocksError:
-                    rows.append(
-                        Row(
-                            sweep, field_name, float(value), seed, name, math.nan, "skipped", 0.0, 0
-                        )
-                    )
-                    continue
-                rows.append(
-                    Row(
-                        sweep=sweep,
-                        parameter=field_name,
-                        value=float(value),
-                        seed=seed,
-                        solver=name,
-                        hit_ratio=result.hit_ratio,
-                        status=result.status,
-                        solve_seconds=result.solve_seconds,
-                        used_bytes=sum(p.used_bytes for p in result.servers.values()),
-                    )
-                )
-    return rows
+    for name in names:
+        get_solver(name)
+    work = functools.partial(solve_cell, base=base or Scenario(), time_limit_s=time_limit_s)
+    todo = cells(sweep, field_name, values if values is not None else defaults, seeds, names)
+    return run_cells(work, todo, engine=engine, address=address)
 
 
 def write_csv(rows: Sequence[Row], path: Path) -> None:
-    """Write rows with a header (:data:`CSV_FIELDS`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_FIELDS)
-        for row in rows:
-            writer.writerow([getattr(row, f) for f in CSV_FIELDS])
+    """Write rows with a header (:data:`CSV_FIELDS`), atomically."""
+    write_rows_csv(rows, CSV_FIELDS, path)
 
 
 def mean_by_solver(rows: Sequence[Row]) -> dict[str, dict[float, float]]:
     """solver -> parameter value -> mean hit ratio over seeds (skipped rows left out)."""
-    acc: dict[str, dict[float, list[float]]] = {}
-    for row in rows:
-        if math.isnan(row.hit_ratio):
-            continue
-        acc.setdefault(row.solver, {}).setdefault(row.value, []).append(row.hit_ratio)
-    return {
-        solver: {v: sum(xs) / len(xs) for v, xs in sorted(by_value.items())}
-        for solver, by_value in acc.items()
-    }
+    return sweep_means(rows, "hit_ratio")
 
 
 def plot(rows: Sequence[Row], path: Path, *, title: str | None = None) -> None:

@@ -6,22 +6,24 @@
 rows; :func:`write_csv` and :func:`plot` make the paper-style figure: mean delay per solver
 (left) and the delay reduction of each solver relative to ``coarse`` (right, when ``coarse``
 ran). ``optimal`` on an instance too large for it gives a ``skipped`` row with NaN delays.
-Pure except for the two writers.
+The cells run on :mod:`controller.sweep`'s engine (in process, or as Ray tasks). Pure
+except for the two writers.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from controller.delay import DELAY_SOLVERS, InstanceTooLargeError, get_delay_solver
 from controller.delay.scenario import DelayScenario, make_delay_problem, problem_from_library
 from controller.library import ModelLibrary
+from controller.sweep import Cell, cells, last_built, run_cells, with_value, write_rows_csv
+from controller.sweep import mean_by_solver as sweep_means
 
 # sweep name -> (DelayScenario field, default values)
 DELAY_SWEEPS: Mapping[str, tuple[str, tuple[float, ...]]] = {
@@ -79,11 +81,40 @@ class DelayRow:
     used_bytes: int
 
 
-def _with(scenario: DelayScenario, field_name: str, value: float) -> DelayScenario:
-    current = getattr(scenario, field_name)
-    cast = int(value) if isinstance(current, int) else float(value)
-    changes: dict[str, Any] = {field_name: cast}
-    return dataclasses.replace(scenario, **changes)
+def solve_delay_cell(
+    cell: Cell,
+    *,
+    base: DelayScenario,
+    time_limit_s: float | None,
+    library: ModelLibrary | None = None,
+) -> DelayRow:
+    """One sweep cell: the delay instance of (value, seed) solved by one solver (a picklable
+    unit for :func:`controller.sweep.run_cells`)."""
+    scenario = with_value(base, cell.parameter, cell.value)
+    problem = last_built(
+        "delay",
+        (scenario, cell.seed, library),  # the library compares by identity first
+        lambda: (
+            make_delay_problem(scenario, seed=cell.seed)
+            if library is None
+            else problem_from_library(library, scenario, seed=cell.seed)
+        ),
+    )
+    head = (cell.sweep, cell.parameter, cell.value, cell.seed, cell.solver)
+    solve = get_delay_solver(cell.solver)
+    try:
+        r = solve(problem, seed=cell.seed, time_limit_s=time_limit_s)
+    except InstanceTooLargeError:
+        return DelayRow(*head, math.nan, math.nan, math.nan, "skipped", 0.0, 0)
+    return DelayRow(
+        *head,
+        mean_s=r.delay.mean_s,
+        p95_s=r.delay.p95_s,
+        makespan_s=r.delay.makespan_s,
+        status=r.status,
+        solve_seconds=r.solve_seconds,
+        used_bytes=sum(h.used_bytes for h in r.servers.values()),
+    )
 
 
 def run_delay_sweep(
@@ -95,15 +126,18 @@ def run_delay_sweep(
     seeds: Iterable[int] = (0,),
     time_limit_s: float | None = None,
     library: ModelLibrary | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> list[DelayRow]:
     """Solve every (value, seed) instance of a sweep with every solver.
 
     ``library`` (e.g. :func:`controller.delay.zoo.zoo_library`) replaces the scenario's
     architecture library: the PBs are then the given ones and ``archs``,
-    ``models_per_family`` and ``sharing`` are not used.
+    ``models_per_family`` and ``sharing`` are not used. ``engine`` and ``address`` choose
+    where the cells run (:func:`controller.sweep.run_cells`; the same rows either way).
 
     Raises:
-        ValueError: unknown sweep or solver name, invalid scenario values, or the
+        ValueError: unknown sweep, solver or engine, invalid scenario values, or the
             ``sharing`` sweep with a given library (its sharing is fixed).
 
     Example:
@@ -118,69 +152,18 @@ def run_delay_sweep(
     if library is not None and field_name in _LIBRARY_FIELDS:
         raise ValueError(f"sweep {sweep!r} varies the generated library; not with a given one")
     names = list(solvers) if solvers is not None else list(DEFAULT_SOLVERS)
-    funcs = {name: get_delay_solver(name) for name in names}
-    base = base or DelayScenario()
-    rows: list[DelayRow] = []
-    for value in values if values is not None else defaults:
-        scenario = _with(base, field_name, value)
-        for seed in seeds:
-            problem = (
-                make_delay_problem(scenario, seed=seed)
-                if library is None
-                else problem_from_library(library, scenario, seed=seed)
-            )
-            for name, solve in funcs.items():
-                try:
-                    r = solve(problem, seed=seed, time_limit_s=time_limit_s)
-                except InstanceTooLargeError:
-                    nan = math.nan
-                    rows.append(
-                        DelayRow(
-                            sweep,
-                            field_name,
-                            float(value),
-                            seed,
-                            name,
-                            nan,
-                            nan,
-                            nan,
-                            "skipped",
-                            0.0,
-                            0,
-                        )
-                    )
-                    continue
-                rows.append(
-                    DelayRow(
-                        sweep=sweep,
-                        parameter=field_name,
-                        value=float(value),
-                        seed=seed,
-                        solver=name,
-                        mean_s=r.delay.mean_s,
-                        p95_s=r.delay.p95_s,
-                        makespan_s=r.delay.makespan_s,
-                        status=r.status,
-                        solve_seconds=r.solve_seconds,
-                        used_bytes=sum(h.used_bytes for h in r.servers.values()),
-                    )
-                )
-    return rows
+    for name in names:
+        get_delay_solver(name)
+    work = functools.partial(
+        solve_delay_cell, base=base or DelayScenario(), time_limit_s=time_limit_s, library=library
+    )
+    todo = cells(sweep, field_name, values if values is not None else defaults, seeds, names)
+    return run_cells(work, todo, engine=engine, address=address)
 
 
 def write_csv(rows: Sequence[DelayRow], path: Path) -> None:
-    """Write rows with a header (:data:`CSV_FIELDS`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(CSV_FIELDS)
-            for row in rows:
-                writer.writerow([getattr(row, f) for f in CSV_FIELDS])
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write rows with a header (:data:`CSV_FIELDS`), atomically."""
+    write_rows_csv(rows, CSV_FIELDS, path)
 
 
 def read_csv(path: Path) -> list[DelayRow]:
@@ -206,11 +189,7 @@ def read_csv(path: Path) -> list[DelayRow]:
 
 def mean_by_solver(rows: Sequence[DelayRow]) -> dict[str, dict[float, float]]:
     """solver -> parameter value -> mean of ``mean_s`` over seeds (skipped rows left out)."""
-    acc: dict[str, dict[float, list[float]]] = {}
-    for row in rows:
-        if not math.isnan(row.mean_s):
-            acc.setdefault(row.solver, {}).setdefault(row.value, []).append(row.mean_s)
-    return {s: {v: sum(xs) / len(xs) for v, xs in sorted(by.items())} for s, by in acc.items()}
+    return sweep_means(rows, "mean_s")
 
 
 def reduction_vs(rows: Sequence[DelayRow], baseline: str) -> dict[str, dict[float, float]]:
