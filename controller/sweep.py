@@ -124,7 +124,7 @@ def _run_ray(work: Callable[[Cell], R], todo: Sequence[Cell], address: str | Non
         else:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
-        task = ray.remote(_apply)
+        task: Any = ray.remote(_apply)
         work_ref = ray.put(work)  # shipped once; Ray resolves it in each task
         return list(ray.get([task.remote(work_ref, cell) for cell in todo]))
     finally:

@@ -35,24 +35,17 @@ BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
-class Index:
-    """The problem as arrays (see the module docstring)."""
+class Library:
+    """The block, model and server tables as arrays (what the greedy needs besides pairs)."""
 
     server_ids: tuple[str, ...]
     block_ids: tuple[str, ...]
-    model_ids: tuple[str, ...]
-    user_ids: tuple[str, ...]
     block_size: IntArray  # (B,)
     capacity: IntArray  # (S,)
     model_blocks: tuple[IntArray, ...]  # m -> block indexes
-    model_size: IntArray  # (M,) sum of its blocks
+    model_size: IntArray  # (M,)
     block_models: tuple[IntArray, ...]  # b -> models using it
-    pair_server: IntArray  # (P,)
-    pair_model: IntArray  # (P,)
-    pair_start: IntArray  # (P+1,) CSR offsets into pair_users / pair_weight
-    pair_users: IntArray  # user indexes
-    pair_weight: FloatArray  # p[u][m] / |U|
-    pair_of: IntArray  # (S, M) pair index or -1
+    n_users: int
 
     @property
     def n_servers(self) -> int:
@@ -60,11 +53,52 @@ class Index:
 
     @property
     def n_models(self) -> int:
-        return len(self.model_ids)
+        return len(self.model_size)
 
-    @property
-    def n_users(self) -> int:
-        return len(self.user_ids)
+    def placement(self, on_server: BoolArray) -> dict[str, frozenset[str]]:
+        """Server id -> block ids from a boolean (S, B) matrix."""
+        return {
+            s: frozenset(self.block_ids[b] for b in np.flatnonzero(on_server[i]))
+            for i, s in enumerate(self.server_ids)
+        }
+
+
+def _library(problem: PlacementProblem) -> Library:
+    b_of = {b: i for i, b in enumerate(problem.blocks)}
+    block_size = np.fromiter(problem.blocks.values(), dtype=np.int64, count=len(b_of))
+    model_blocks = tuple(
+        np.fromiter((b_of[b] for b in ids), dtype=np.int64, count=len(ids))
+        for ids in problem.models.values()
+    )
+    model_size = np.array([int(block_size[mb].sum()) for mb in model_blocks], dtype=np.int64)
+    models_of_block: list[list[int]] = [[] for _ in b_of]
+    for m, mb in enumerate(model_blocks):
+        for b in mb.tolist():
+            models_of_block[b].append(m)
+    return Library(
+        server_ids=tuple(problem.servers),
+        block_ids=tuple(problem.blocks),
+        block_size=block_size,
+        capacity=np.fromiter(problem.servers.values(), dtype=np.int64, count=len(problem.servers)),
+        model_blocks=model_blocks,
+        model_size=model_size,
+        block_models=tuple(np.asarray(ms, dtype=np.int64) for ms in models_of_block),
+        n_users=len(problem.requests),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Index(Library):
+    """The problem as arrays, with the (server, model) pairs' users as CSR (module docstring)."""
+
+    model_ids: tuple[str, ...]
+    user_ids: tuple[str, ...]
+    pair_server: IntArray  # (P,)
+    pair_model: IntArray  # (P,)
+    pair_start: IntArray  # (P+1,) CSR offsets into pair_users / pair_weight
+    pair_users: IntArray  # user indexes
+    pair_weight: FloatArray  # p[u][m] / |U|
+    pair_of: IntArray  # (S, M) pair index or -1
 
     def pair_gain0(self) -> FloatArray:
         """Each pair's hit-ratio gain when nothing is cached yet."""
@@ -75,18 +109,10 @@ class Index:
         )
         return np.asarray(sums, dtype=np.float64)
 
-    def placement(self, on_server: BoolArray) -> dict[str, frozenset[str]]:
-        """Server id -> block ids from a boolean (S, B) matrix."""
-        return {
-            s: frozenset(self.block_ids[b] for b in np.flatnonzero(on_server[i]))
-            for i, s in enumerate(self.server_ids)
-        }
-
 
 def build_index(problem: PlacementProblem) -> Index:
     """Compile a problem into an :class:`Index` (O(total reachable entries))."""
     server_ids = tuple(problem.servers)
-    block_ids = tuple(problem.blocks)
     model_ids = tuple(problem.models)
     user_ids = tuple(problem.requests)
     s_of = {s: i for i, s in enumerate(server_ids)}
@@ -139,15 +165,9 @@ def build_index(problem: PlacementProblem) -> Index:
     pair_of = np.full((n_s, n_m), -1, dtype=np.int64)
     pair_of[pair_server, pair_model] = np.arange(len(uniq), dtype=np.int64)
     return Index(
-        server_ids=server_ids,
-        block_ids=block_ids,
+        **{f: getattr(lib, f) for f in Library.__dataclass_fields__},
         model_ids=model_ids,
         user_ids=user_ids,
-        block_size=lib.block_size,
-        capacity=lib.capacity,
-        model_blocks=lib.model_blocks,
-        model_size=lib.model_size,
-        block_models=lib.block_models,
         pair_server=pair_server,
         pair_model=pair_model,
         pair_start=pair_start,
@@ -249,73 +269,10 @@ class _ThresholdPairs:
         return users[keep], weights[keep]
 
 
-@dataclass(frozen=True, slots=True)
-class Library:
-    """The block, model and server tables as arrays (what the greedy needs besides pairs)."""
-
-    server_ids: tuple[str, ...]
-    block_ids: tuple[str, ...]
-    block_size: IntArray  # (B,)
-    capacity: IntArray  # (S,)
-    model_blocks: tuple[IntArray, ...]  # m -> block indexes
-    model_size: IntArray  # (M,)
-    block_models: tuple[IntArray, ...]  # b -> models using it
-    n_users: int
-
-    @property
-    def n_servers(self) -> int:
-        return len(self.server_ids)
-
-    @property
-    def n_models(self) -> int:
-        return len(self.model_size)
-
-    def placement(self, on_server: BoolArray) -> dict[str, frozenset[str]]:
-        """Server id -> block ids from a boolean (S, B) matrix."""
-        return {
-            s: frozenset(self.block_ids[b] for b in np.flatnonzero(on_server[i]))
-            for i, s in enumerate(self.server_ids)
-        }
-
-
-def _library(problem: PlacementProblem) -> Library:
-    b_of = {b: i for i, b in enumerate(problem.blocks)}
-    block_size = np.fromiter(problem.blocks.values(), dtype=np.int64, count=len(b_of))
-    model_blocks = tuple(
-        np.fromiter((b_of[b] for b in ids), dtype=np.int64, count=len(ids))
-        for ids in problem.models.values()
-    )
-    model_size = np.array([int(block_size[mb].sum()) for mb in model_blocks], dtype=np.int64)
-    models_of_block: list[list[int]] = [[] for _ in b_of]
-    for m, mb in enumerate(model_blocks):
-        for b in mb.tolist():
-            models_of_block[b].append(m)
-    return Library(
-        server_ids=tuple(problem.servers),
-        block_ids=tuple(problem.blocks),
-        block_size=block_size,
-        capacity=np.fromiter(problem.servers.values(), dtype=np.int64, count=len(problem.servers)),
-        model_blocks=model_blocks,
-        model_size=model_size,
-        block_models=tuple(np.asarray(ms, dtype=np.int64) for ms in models_of_block),
-        n_users=len(problem.requests),
-    )
-
-
 def pair_users(problem: PlacementProblem) -> tuple[Library, PairUsers]:
     """The library arrays and the pair layout that suits the problem (see the module docstring)."""
     if problem.arrays is not None:
         library = _library(problem)
         return library, _ThresholdPairs(problem.arrays, library.n_servers)
     index = build_index(problem)
-    library = Library(
-        server_ids=index.server_ids,
-        block_ids=index.block_ids,
-        block_size=index.block_size,
-        capacity=index.capacity,
-        model_blocks=index.model_blocks,
-        model_size=index.model_size,
-        block_models=index.block_models,
-        n_users=index.n_users,
-    )
-    return library, _CsrPairs(index)
+    return index, _CsrPairs(index)
