@@ -165,14 +165,9 @@ def run_sweep(
     Raises:
         ValueError: unknown sweep, solver or engine, or invalid scenario values.
     """
-    if sweep not in SWEEPS:
-        raise ValueError(f"unknown sweep {sweep!r}; choose from {', '.join(SWEEPS)}")
-    field_name, defaults = SWEEPS[sweep]
     names = list(solvers) if solvers is not None else list(SOLVERS)
-    for name in names:
-        get_solver(name)
+    todo = cells(sweep, SWEEPS, values=values, seeds=seeds, solvers=names, check_solver=get_solver)
     work = functools.partial(solve_cell, base=base or Scenario(), time_limit_s=time_limit_s)
-    todo = cells(sweep, field_name, values if values is not None else defaults, seeds, names)
     return run_cells(work, todo, engine=engine, address=address)
 
 

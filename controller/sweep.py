@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,16 +57,30 @@ def with_value(scenario: S, field_name: str, value: float) -> S:
 
 def cells(
     sweep: str,
-    parameter: str,
-    values: Iterable[float],
+    sweeps: Mapping[str, tuple[str, Sequence[float]]],
+    *,
+    values: Iterable[float] | None,
     seeds: Iterable[int],
     solvers: Sequence[str],
+    check_solver: Callable[[str], object],
 ) -> list[Cell]:
-    """Every (value, seed, solver) of a sweep, values outermost, solvers innermost."""
+    """Every (value, seed, solver) of a sweep (values outermost, solvers innermost).
+
+    ``sweeps`` maps sweep names to (scenario field, default values); ``check_solver``
+    raises ``ValueError`` for an unknown solver name (checked before anything runs).
+
+    Raises:
+        ValueError: unknown sweep or solver.
+    """
+    if sweep not in sweeps:
+        raise ValueError(f"unknown sweep {sweep!r}; choose from {', '.join(sweeps)}")
+    parameter, defaults = sweeps[sweep]
+    for name in solvers:
+        check_solver(name)
     seed_list = list(seeds)
     return [
         Cell(sweep, parameter, float(v), seed, solver)
-        for v in values
+        for v in (values if values is not None else defaults)
         for seed in seed_list
         for solver in solvers
     ]

@@ -34,6 +34,7 @@ from controller.delay.problem import (
     delay_result_to_json,
 )
 from controller.delay.solvers import InstanceTooLargeError
+from controller.placement import lookup
 
 
 class DelaySolver(Protocol):
@@ -72,12 +73,7 @@ def get_delay_solver(name: str) -> DelaySolver:
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    try:
-        return DELAY_SOLVERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown delay solver {name!r}; choose from {', '.join(DELAY_SOLVERS)}"
-        ) from None
+    return lookup(DELAY_SOLVERS, name, what="delay solver")
 
 
 __all__ = [

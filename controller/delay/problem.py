@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-from controller.placement.problem import RESULT_SCHEMA, STATUSES, Status, as_size, check_library
+from controller.placement.problem import (
+    RESULT_SCHEMA,
+    STATUSES,
+    ServerPlacement,
+    Status,
+    as_size,
+    check_library,
+)
 
 DELAY_PROBLEM_SCHEMA = "trimcache.delay-problem/v1"
 
@@ -264,13 +271,9 @@ class DelayStats:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class NodeHolding:
-    """What one node holds: ``models`` complete there, ``blocks``, and bytes used."""
-
-    models: tuple[str, ...]
-    blocks: tuple[str, ...]
-    used_bytes: int
+# What one node holds (``models`` complete there, ``blocks``, bytes used): the same record as a
+# hit-ratio result's server entry.
+NodeHolding = ServerPlacement
 
 
 @dataclass(frozen=True, slots=True)

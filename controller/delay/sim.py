@@ -146,18 +146,16 @@ def run_delay_sweep(
         >>> rows[0].solver, rows[0].mean_s > 0
         ('coarse', True)
     """
-    if sweep not in DELAY_SWEEPS:
-        raise ValueError(f"unknown sweep {sweep!r}; choose from {', '.join(DELAY_SWEEPS)}")
-    field_name, defaults = DELAY_SWEEPS[sweep]
-    if library is not None and field_name in _LIBRARY_FIELDS:
-        raise ValueError(f"sweep {sweep!r} varies the generated library; not with a given one")
     names = list(solvers) if solvers is not None else list(DEFAULT_SOLVERS)
-    for name in names:
-        get_delay_solver(name)
+    todo = cells(
+        sweep, DELAY_SWEEPS, values=values, seeds=seeds, solvers=names,
+        check_solver=get_delay_solver,
+    )  # fmt: skip
+    if library is not None and DELAY_SWEEPS[sweep][0] in _LIBRARY_FIELDS:
+        raise ValueError(f"sweep {sweep!r} varies the generated library; not with a given one")
     work = functools.partial(
         solve_delay_cell, base=base or DelayScenario(), time_limit_s=time_limit_s, library=library
     )
-    todo = cells(sweep, field_name, values if values is not None else defaults, seeds, names)
     return run_cells(work, todo, engine=engine, address=address)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from controller.placement import greedy, online, optimal, popularity, spec
 from controller.placement.problem import (
@@ -47,6 +47,8 @@ from controller.placement.replan import (
 )
 from controller.placement.spec import TooManySharedBlocksError
 
+T = TypeVar("T")
+
 
 class Solver(Protocol):
     def __call__(
@@ -72,16 +74,25 @@ SOLVERS: Mapping[str, Solver] = MappingProxyType(
 )
 
 
+def lookup(registry: Mapping[str, T], name: str, *, what: str = "solver") -> T:
+    """The entry of a name -> solver registry (this one or the delay solvers').
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    try:
+        return registry[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} {name!r}; choose from {', '.join(registry)}") from None
+
+
 def get_solver(name: str) -> Solver:
     """The solver registered as ``name``.
 
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
-    try:
-        return SOLVERS[name]
-    except KeyError:
-        raise ValueError(f"unknown solver {name!r}; choose from {', '.join(SOLVERS)}") from None
+    return lookup(SOLVERS, name)
 
 
 __all__ = [
@@ -100,6 +111,7 @@ __all__ = [
     "evaluate",
     "get_solver",
     "invalid_reason",
+    "lookup",
     "make_result",
     "moved_bytes",
     "problem_from_json",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
@@ -69,50 +68,3 @@ def test_place_delay_bad_input_is_one_line_exit_2(tmp_path, path, value, needle)
 def test_place_delay_unknown_solver(problem_path):
     proc = run_cli("place", str(problem_path), "--objective", "delay", "--solver", "nope")
     assert proc.returncode == 2 and "unknown delay solver 'nope'" in proc.stderr
-
-
-def test_sim_delay_sweep_writes_csv_and_png(tmp_path):
-    out = tmp_path / "sim"
-    proc = run_cli(
-        "sim",
-        "--objective",
-        "delay",
-        "--sweep",
-        "cluster",
-        "--values",
-        "1,2",
-        "--servers",
-        "2",
-        "--users",
-        "4",
-        "--models-per-family",
-        "1",
-        "--slots",
-        "2",
-        "--archs",
-        "resnet18,bert-base",
-        "--solvers",
-        "coarse,delay-greedy",
-        "--out",
-        str(out),
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [str(out / "delay_cluster.csv"), str(out / "delay_cluster.png")]
-    with (out / "delay_cluster.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    assert {(r["value"], r["solver"]) for r in rows} == {
-        (v, s) for v in ("1.0", "2.0") for s in ("coarse", "delay-greedy")
-    }
-    assert all(float(r["mean_s"]) > 0 for r in rows)
-    assert (out / "delay_cluster.png").read_bytes()[:4] == b"\x89PNG"
-
-
-@pytest.mark.parametrize(
-    ("extra", "needle"),
-    [(["--sweep", "nope"], "unknown sweep 'nope'"), (["--archs", "gpt9"], "'gpt9'")],
-)
-def test_sim_delay_bad_options_are_exit_2(tmp_path, extra, needle):
-    proc = run_cli("sim", "--objective", "delay", *extra, "--out", str(tmp_path))
-    assert proc.returncode == 2 and needle in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert not list(tmp_path.iterdir())

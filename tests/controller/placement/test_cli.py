@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
@@ -73,42 +72,6 @@ def test_place_unknown_solver_and_unreadable_file(problem_path, tmp_path):
     (tmp_path / "junk.json").write_text("{not json")
     proc = run_cli("place", str(tmp_path / "junk.json"))
     assert proc.returncode == 2 and "not valid JSON" in proc.stderr
-
-
-def test_sim_tiny_sweep_writes_csv_and_png(tmp_path):
-    out = tmp_path / "sim"
-    proc = run_cli(
-        "sim",
-        "--sweep",
-        "capacity",
-        "--values",
-        "0.1,0.4",
-        "--seeds",
-        "0-1",
-        "--servers",
-        "3",
-        "--users",
-        "8",
-        "--models-per-family",
-        "1",
-        "--solvers",
-        "trimcaching-gen,independent,popularity",
-        "--out",
-        str(out),
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [str(out / "sim_capacity.csv"), str(out / "sim_capacity.png")]
-    with (out / "sim_capacity.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 * 2 * 3
-    assert {r["solver"] for r in rows} == {"trimcaching-gen", "independent", "popularity"}
-    assert all(0.0 <= float(r["hit_ratio"]) <= 1.0 for r in rows)
-    assert (out / "sim_capacity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_sim_rejects_unknown_sweep(tmp_path):
-    proc = run_cli("sim", "--sweep", "weather", "--out", str(tmp_path))
-    assert proc.returncode == 2 and "unknown sweep 'weather'" in proc.stderr
 
 
 def test_place_spec_refuses_too_many_shared_blocks(tmp_path):

@@ -1,4 +1,5 @@
-"""The runnable examples in the placement, wireless, library and simulator docstrings."""
+"""The runnable examples in the docstrings of the controller's pure modules: placement,
+delay, wireless, library, the simulators and their sweep engine."""
 
 from __future__ import annotations
 
@@ -18,7 +19,16 @@ MODULES = [
     "controller.placement.replan",
     "controller.library",
     "controller.wireless",
+    "controller.placement.arrays",
     "controller.sim",
+    "controller.sweep",
+    "controller.delay",
+    "controller.delay.problem",
+    "controller.delay.model",
+    "controller.delay.solvers",
+    "controller.delay.scenario",
+    "controller.delay.sim",
+    "controller.delay.marl",
 ]
 
 
@@ -26,3 +36,4 @@ MODULES = [
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+    assert result.attempted > 0
