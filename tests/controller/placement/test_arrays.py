@@ -9,13 +9,14 @@ construction.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
 
 from controller.placement import SOLVERS, evaluate, greedy
 from controller.placement.arrays import ArrayForm
-from controller.placement.problem import PlacementProblem
+from controller.placement.problem import PlacementProblem, PlacementResult
 from controller.sim import Scenario, make_problem
 
 SCENARIOS = [
@@ -32,7 +33,7 @@ def twins(request):
     return make_problem(scenario, seed=seed), make_problem(scenario, seed=seed, arrays=True)
 
 
-def _blocks(result):
+def _blocks(result: PlacementResult) -> dict[str, tuple[str, ...]]:
     return {s: p.blocks for s, p in result.servers.items()}
 
 
@@ -84,7 +85,7 @@ def test_other_solvers_read_the_views(twins, name):
     assert a.hit_ratio == evaluate(arrays, a.blocks_by_server())
 
 
-def _form(**change):
+def _form(**change: Any) -> ArrayForm:
     base = {
         "user_ids": ("u0", "u1"),
         "prob": np.array([[0.5, 0.5], [0.2, 0.0]]),
