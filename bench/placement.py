@@ -11,7 +11,8 @@
 
 3. Scale (``--scale``, instead of 1 and 2): at each of ``--scale-sizes`` (default
    1000,50,500 and 10000,200,5000) build time, solve time (``solve`` = the solver's own
-   figure, ``wall`` = the call incl. the final :func:`evaluate`) and peak RSS of
+   figure, ``wall`` = the call incl. the final :func:`evaluate`, ``cpu`` = its process CPU
+   time, which a shared machine's load inflates less) and peak RSS of
    ``trimcaching-gen`` and ``independent``, each (size, path, solver) in its own subprocess so
    the RSS is its own, with the hit ratio and its ratio to ``independent``. Paths: ``arrays``
    (the array-backed problem, :meth:`PlacementProblem.from_arrays`, and the current greedy),
@@ -239,15 +240,16 @@ def scale_one(args: argparse.Namespace) -> int:
     rss_built = _peak_rss_mb()
     module: Any = _baseline_greedy(args.baseline_rev) if args.path == "baseline" else greedy
     solve = module.solve if args.solver == "trimcaching-gen" else module.solve_independent
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = solve(problem)
-    wall_s = time.perf_counter() - started
+    wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     digest = hash(tuple(sorted((s, p.blocks) for s, p in result.servers.items())))
     row = {
         "build_s": build_s,
         "rss_built_mb": rss_built,
         "solve_s": result.solve_seconds,
         "wall_s": wall_s,
+        "cpu_s": cpu_s,
         "peak_rss_mb": _peak_rss_mb(),
         "hit_ratio": result.hit_ratio,
         "placement_hash": digest,
@@ -264,7 +266,7 @@ def scale(args: argparse.Namespace, emit: Any) -> None:
     )
     header = (
         f"{'size M,S,U':<17}{'path':<10}{'solver':<17}{'build s':>8}{'solve s':>9}"
-        f"{'wall s':>8}{'peak MB':>9}{'hit ratio':>11}{'/indep':>8}{'same':>6}\n"
+        f"{'wall s':>8}{'cpu s':>7}{'peak MB':>9}{'hit ratio':>11}{'/indep':>8}{'same':>6}\n"
     )
     sys.stdout.write(header)
     for size in args.scale_sizes.split(";"):
@@ -300,7 +302,8 @@ def scale(args: argparse.Namespace, emit: Any) -> None:
                 same = "yes" if first and first["placement_hash"] == row["placement_hash"] else "no"
                 sys.stdout.write(
                     f"{size:<17}{path:<10}{solver:<17}{row['build_s']:>8.1f}"
-                    f"{row['solve_s']:>9.2f}{row['wall_s']:>8.2f}{row['peak_rss_mb']:>9.0f}"
+                    f"{row['solve_s']:>9.2f}{row['wall_s']:>8.2f}{row['cpu_s']:>7.2f}"
+                    f"{row['peak_rss_mb']:>9.0f}"
                     f"{row['hit_ratio']:>11.4f}{ratio:>8.3f}{same:>6}\n"
                 )
                 models, servers, users = (int(x) for x in size.split(","))
