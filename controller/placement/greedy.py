@@ -19,18 +19,25 @@ Lazy evaluation (why it is sound here). The marginal gain g(s, m) of a pair only
 another model on ``s`` brings shared blocks, so the ratio g/c is not monotone and the classic
 "stale values are upper bounds" argument does not hold on its own. We keep this invariant:
 
-    every feasible, not-yet-placed pair has a heap entry whose key >= its current g/c.
+    every feasible, not-yet-placed pair (s, m) has a key ``ratio[s, m]`` >= its current g/c.
+
+Keys live in a dense ``(servers x models)`` array, and each server row's best key (ratio;
+warm start: then larger gain; then lower model) is kept per server, so the next candidate is
+an argmax over the servers and a row update is one vectorised pass (no per-pair heap pushes,
+which at 10k models x 200 servers would be tens of millions).
 
 - A pair's key is computed from an upper bound of its gain (its last computed gain) and its
   current cost. Gains only fall, so a key stays valid until the cost changes.
 - Costs change only when blocks are added to a server; at that moment every affected pair
-  (the models using those blocks, on that server) gets a fresh entry with the new cost.
-- When an entry is popped, its true ratio is recomputed. If it is still >= the next key in the
-  heap it is the true maximum and is taken; otherwise it is pushed back with the true ratio.
-  Ties go to the lower pair index, i.e. the first (server, model) in input order, exactly as
-  an eager greedy scanning servers then models would choose.
-- A pair that does not fit is dropped: capacity only shrinks, so it can become feasible again
-  only through a cost drop, which pushes it again. A pair with zero gain never gains again.
+  (the models using those blocks, on that server) is re-keyed with the new cost, in one pass.
+- The candidate with the best key overall has its true gain recomputed if stale (only then:
+  gains are recomputed lazily). If it was exact it is the true maximum and is taken; otherwise
+  it is re-keyed with the true gain and the best key is looked up again. Ties go to the lower
+  pair, i.e. the first (server, model) in input order, exactly as an eager greedy scanning
+  servers then models would choose.
+- A pair that does not fit leaves the race as soon as its server's capacity falls below its
+  cost: capacity only shrinks, so it can become feasible again only through a cost drop, which
+  re-keys it. A pair with zero gain never gains again.
 
 Models that become complete as a side effect (all their blocks arrived with other models) are
 marked available at once, and their requests count as covered.
@@ -45,8 +52,10 @@ fewer bytes wins ties. Partial enumeration and the best single pair replace that
 when they are better by more than float noise (``TIE_TOLERANCE``), so equally good runs never
 flip between re-plans.
 
-Complexity: O(P log P) heap operations for the P reachable pairs plus the cost-drop pushes
-(at most the number of (block, model) incidences per server), each O(users of the pair).
+Complexity: per step (a placement, a drop or a stale re-key) O(M) for the row's best key and
+O(S) for the best server, plus O(users of the pair) for a gain; per placement one O(affected
+models) re-key. The pair layouts (CSR, or delivery-time thresholds for array problems) are in
+:mod:`controller.placement._index`; both give the same floats, hence the same placements.
 """
 
 from __future__ import annotations
