@@ -7,17 +7,16 @@ Hierarchy::
     │   ├── InvalidBlockIdError    400 invalid_block_id
     │   ├── BlockNotFoundError     404 block_not_found
     │   ├── DigestMismatchError    400 digest_mismatch
-    │   └── StoreFullError         507 store_full
+    │   ├── StoreFullError         507 store_full
+    │   ├── HubError               404s of the Hugging Face API (core.hubapi): ``hub_code``
+    │   │                          (RepoNotFound, RevisionNotFound, EntryNotFound) goes in
+    │   │                          ``X-Error-Code``, which huggingface_hub maps to its errors
+    │   └── RangeNotSatisfiableError 416 range_not_satisfiable (core.hubapi)
     └── EdgeError
         ├── InvalidRequestError        400 invalid_request (a malformed plan or manifest)
         ├── UnauthorizedError          401 unauthorized
         ├── ModelNotFoundError         404 model_not_found (also a LookupError)
-        ├── HubError                   404s of the Hugging Face API; ``hub_code`` goes in
-        │   ├── RepoNotFoundError          ``X-Error-Code`` (RepoNotFound, RevisionNotFound,
-        │   ├── RevisionNotFoundError      EntryNotFound) because huggingface_hub maps those
-        │   └── EntryNotFoundError         headers to its own exception classes
         ├── StalePlanError             409 stale_plan (older than the applied plan)
-        ├── RangeNotSatisfiableError   416 range_not_satisfiable
         ├── UpstreamUnavailableError   502 upstream_unavailable (no peer nor origin delivered,
         │                                  or the controller did not answer a catalogue lookup)
         └── PullBufferBusyError        503 pull_buffer_busy (no room for pull-through in time)
@@ -28,9 +27,22 @@ Every error response is ``{"error": {"code", "message"}}`` with an ``X-Error-Cod
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from core.errors import TrimCacheError
+from core.hubapi import (
+    EntryNotFoundError,
+    HubError,
+    RangeNotSatisfiableError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+)
+
+__all__ = [
+    "EntryNotFoundError",
+    "HubError",
+    "RangeNotSatisfiableError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
+]
 
 
 class EdgeError(TrimCacheError):
@@ -57,42 +69,11 @@ class ModelNotFoundError(EdgeError, LookupError):
         self.model_id = model_id
 
 
-class HubError(EdgeError):
-    """A Hugging Face API 404; ``hub_code`` is the Hub's ``X-Error-Code``."""
-
-    hub_code: ClassVar[str] = ""
-    status_code = 404
-
-
-class RepoNotFoundError(HubError, LookupError):
-    code = "repo_not_found"
-    hub_code = "RepoNotFound"
-
-
-class RevisionNotFoundError(HubError, LookupError):
-    code = "revision_not_found"
-    hub_code = "RevisionNotFound"
-
-
-class EntryNotFoundError(HubError, LookupError):
-    code = "entry_not_found"
-    hub_code = "EntryNotFound"
-
-
 class StalePlanError(EdgeError):
     """A plan older than the one the node applied (fencing: a lapsed planner's late push)."""
 
     code = "stale_plan"
     status_code = 409
-
-
-class RangeNotSatisfiableError(EdgeError):
-    code = "range_not_satisfiable"
-    status_code = 416
-
-    def __init__(self, message: str, *, size_bytes: int) -> None:
-        super().__init__(message)
-        self.size_bytes = size_bytes
 
 
 class UpstreamUnavailableError(EdgeError):

@@ -1,19 +1,18 @@
-"""The Hugging Face Hub download API: answers built from manifests, files rebuilt from blocks.
+"""The edge's side of the Hugging Face Hub download API: manifests described as Hub files.
 
 ``huggingface_hub.snapshot_download(repo_id, endpoint=EDGE_URL)`` needs model info, the tree
-listing and ``resolve`` with HEAD/GET/Range; this module builds those answers from manifests.
+listing and ``resolve`` with HEAD/GET/Range. The answers themselves (ETag and LFS rules, headers,
+Range parsing, tree layout) come from :mod:`core.hubapi`, shared with the testbed origin; this
+module maps manifests onto them:
 
 - Repo ids and revisions come from manifests: those the node holds, else the controller's
   catalogue (:mod:`edge_node.pull` finds them and rebuilds the bytes). A repo's commit id (``sha``)
   is the manifest revision when that is a 40-hex commit (manifests built from the Hub or the
   testbed origin), else a stable 40-hex derived from the manifest id. ``main``, the manifest
   revision and the commit id all resolve.
-- ``ETag`` is the file's sha256 (quoted) for every file, also sent as ``X-Linked-Etag`` with
-  ``X-Linked-Size`` as the Hub does for LFS files; huggingface_hub names its cache blobs by it.
-- Tree ``oid`` is the git blob sha1 the Hub would show: for LFS-like files the sha1 of the LFS
-  pointer (computable from sha256 and size), for small files the sha1 of the content (cached).
-- Unknown repo / revision / path: 404 with ``X-Error-Code`` RepoNotFound / RevisionNotFound /
-  EntryNotFound, which huggingface_hub maps to its own errors.
+- A file's :class:`core.hubapi.HubFile` uses the manifest's sha256 for LFS-like files; other
+  (small) files are read once per content for their git blob sha1 (cached by sha256), which is
+  also their ETag, as on the Hub.
 """
 
 from __future__ import annotations
@@ -24,19 +23,15 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from core import hubapi
+from core.hubapi import DEFAULT_BRANCH, HubFile
 from core.manifest import FileEntry, ModelManifest
-from edge_node.errors import (
-    EntryNotFoundError,
-    RangeNotSatisfiableError,
-    RepoNotFoundError,
-    RevisionNotFoundError,
-)
+from edge_node.errors import EntryNotFoundError, RepoNotFoundError, RevisionNotFoundError
 
-DEFAULT_BRANCH = "main"
-LFS_MIN_BYTES = 10 * 1024 * 1024
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".onnx", ".gguf")
-FIXED_TIMESTAMP = "2024-01-01T00:00:00.000Z"
+__all__ = ["DEFAULT_BRANCH", "commit_id", "find_file", "find_repo", "hub_file"]
+
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_TAGS = ["trimcache-edge"]
 
 #: Reads a whole (small) file of the repo being answered.
 ReadFile = Callable[[FileEntry], bytes]
@@ -82,148 +77,36 @@ def find_file(manifest: ModelManifest, path: str) -> FileEntry:
         ) from None
 
 
-def _is_lfs(entry: FileEntry) -> bool:
-    return entry.path.endswith(LFS_SUFFIXES) or entry.size >= LFS_MIN_BYTES
-
-
-def _lfs_pointer(entry: FileEntry) -> bytes:
-    return (
-        "version https://git-lfs.github.com/spec/v1\n"
-        f"oid sha256:{entry.sha256}\nsize {entry.size}\n"
-    ).encode()
-
-
-def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
-def git_oid(entry: FileEntry, read: ReadFile) -> str:
-    """The git blob sha1 of a file; small files are read (once per content) with ``read``."""
-    if _is_lfs(entry):
-        return _git_blob_sha1(_lfs_pointer(entry))
+def hub_file(entry: FileEntry, read: ReadFile) -> HubFile:
+    """The Hub's view of one manifest file (small files are read once per content)."""
+    if hubapi.is_lfs(entry.path, entry.size):
+        return hubapi.describe(entry.path, entry.size, sha256=lambda: entry.sha256, content=bytes)
     with _git_oid_lock:
-        cached = _git_oid_cache.get(entry.sha256)
-    if cached is None:
-        cached = _git_blob_sha1(read(entry))
+        oid = _git_oid_cache.get(entry.sha256)
+    if oid is None:
+        oid = hubapi.git_blob_sha1(read(entry))
         with _git_oid_lock:
-            _git_oid_cache[entry.sha256] = cached
-    return cached
+            _git_oid_cache[entry.sha256] = oid
+    return HubFile(entry.path, entry.size, oid)
 
 
 def model_info(manifest: ModelManifest, read: ReadFile) -> dict[str, Any]:
-    org, _, _name = manifest.repo_id.partition("/")
-    commit = commit_id(manifest)
-    siblings = []
-    for entry in manifest.files:
-        sibling: dict[str, Any] = {
-            "rfilename": entry.path,
-            "size": entry.size,
-            "blobId": git_oid(entry, read),
-        }
-        if _is_lfs(entry):
-            sibling["lfs"] = {
-                "sha256": entry.sha256,
-                "size": entry.size,
-                "pointerSize": len(_lfs_pointer(entry)),
-            }
-        siblings.append(sibling)
-    return {
-        "_id": commit[:24],
-        "id": manifest.repo_id,
-        "modelId": manifest.repo_id,
-        "author": org,
-        "sha": commit,
-        "lastModified": FIXED_TIMESTAMP,
-        "createdAt": FIXED_TIMESTAMP,
-        "private": False,
-        "gated": False,
-        "disabled": False,
-        "downloads": 0,
-        "likes": 0,
-        "tags": ["trimcache-edge"],
-        "siblings": siblings,
-        "usedStorage": manifest.total_bytes,
-    }
-
-
-def _tree_entry(entry: FileEntry, read: ReadFile) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "type": "file",
-        "oid": git_oid(entry, read),
-        "size": entry.size,
-        "path": entry.path,
-    }
-    if _is_lfs(entry):
-        out["lfs"] = {
-            "oid": entry.sha256,
-            "size": entry.size,
-            "pointerSize": len(_lfs_pointer(entry)),
-        }
-    return out
+    files = {e.path: hub_file(e, read) for e in manifest.files}
+    return hubapi.model_info(manifest.repo_id, commit_id(manifest), files, tags=_TAGS)
 
 
 def tree(
     manifest: ModelManifest, prefix: str, *, recursive: bool, read: ReadFile
 ) -> list[dict[str, Any]]:
     """Entries under ``prefix`` (files, then directories), like the Hub's tree API."""
-    prefix = prefix.strip("/")
-    base = f"{prefix}/" if prefix else ""
-    paths = {e.path: e for e in manifest.files}
-    if prefix and prefix in paths:
-        return [_tree_entry(paths[prefix], read)]
-    entries: list[dict[str, Any]] = []
-    dirs: set[str] = set()
-    for path in sorted(paths):
-        if not path.startswith(base):
-            continue
-        parts = path[len(base) :].split("/")
-        for depth in range(1, len(parts)):
-            if recursive or depth == 1:
-                dirs.add(base + "/".join(parts[:depth]))
-        if recursive or len(parts) == 1:
-            entries.append(_tree_entry(paths[path], read))
-    if prefix and not entries and not dirs:
-        raise EntryNotFoundError(f"{prefix!r} not found in {manifest.repo_id!r}")
-    for d in sorted(dirs):
-        oid = hashlib.sha1(d.encode(), usedforsecurity=False).hexdigest()
-        entries.append({"type": "directory", "oid": oid, "size": 0, "path": d})
-    return entries
+    return hubapi.tree(
+        manifest.repo_id,
+        [e.path for e in manifest.files],
+        prefix,
+        recursive=recursive,
+        entry=lambda path: hub_file(manifest.file(path), read),
+    )
 
 
-def file_headers(manifest: ModelManifest, entry: FileEntry) -> dict[str, str]:
-    return {
-        "ETag": f'"{entry.sha256}"',
-        "X-Linked-Etag": f'"{entry.sha256}"',
-        "X-Linked-Size": str(entry.size),
-        "X-Repo-Commit": commit_id(manifest),
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": f'inline; filename="{entry.path.rsplit("/", 1)[-1]}"',
-    }
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``bytes=a-b`` / ``a-`` / ``-n`` -> half-open ``(start, end)``; None: serve it all.
-
-    Multi-range or non-byte units are ignored (a 200 with everything, which RFC 9110 allows).
-    """
-    if not header:
-        return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, sep, last = spec.strip().partition("-")
-    if not sep:
-        return None
-    try:
-        if first == "":
-            suffix = int(last)
-            if suffix <= 0 or size == 0:
-                raise RangeNotSatisfiableError("empty suffix range", size_bytes=size)
-            return max(0, size - suffix), size
-        start = int(first)
-        end = int(last) + 1 if last else size
-    except ValueError:
-        return None
-    if start < 0 or start >= size or end <= start:
-        raise RangeNotSatisfiableError(f"range {spec!r} outside 0-{size - 1}", size_bytes=size)
-    return start, min(end, size)
+def file_headers(manifest: ModelManifest, entry: FileEntry, read: ReadFile) -> dict[str, str]:
+    return hubapi.file_headers(commit_id(manifest), hub_file(entry, read))

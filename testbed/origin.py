@@ -47,7 +47,7 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -55,50 +55,37 @@ from typing import Annotated, Any, ClassVar
 import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core import hubapi
 from core.asgi import BINARY_RESPONSES, RequestGuard, header_text, validation_error
 from core.auth import refusal
+from core.errors import TrimCacheError
+from core.hubapi import (
+    DEFAULT_BRANCH,
+    FIXED_TIMESTAMP,
+    EntryNotFoundError,
+    HubError,
+    HubFile,
+    RangeNotSatisfiableError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+)
 from core.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
-LFS_MIN_BYTES = 10 * 1024 * 1024
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".onnx", ".gguf")
-DEFAULT_BRANCH = "main"
 # One part of a repo id (the Hub's rule: at most 96 characters, no leading dot).
 _REPO_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,95}")
-# The time every repo claims for lastModified/createdAt: stable, so responses are deterministic.
-FIXED_TIMESTAMP = "2024-01-01T00:00:00.000Z"
 
 
-class OriginError(Exception):
-    """Base of the origin's HTTP errors; ``hub_code`` goes in ``X-Error-Code``."""
+class OriginError(TrimCacheError):
+    """Base of the origin's own HTTP errors (the Hub's 404s and 416 are :mod:`core.hubapi`'s)."""
 
-    code: ClassVar[str] = "internal"
     hub_code: ClassVar[str] = ""
-    status_code: ClassVar[int] = 500
-
-
-class RepoNotFoundError(OriginError):
-    code = "repo_not_found"
-    hub_code = "RepoNotFound"
-    status_code = 404
-
-
-class RevisionNotFoundError(OriginError):
-    code = "revision_not_found"
-    hub_code = "RevisionNotFound"
-    status_code = 404
-
-
-class EntryNotFoundError(OriginError):
-    code = "entry_not_found"
-    hub_code = "EntryNotFound"
-    status_code = 404
 
 
 class UnauthorizedError(OriginError):
@@ -112,45 +99,6 @@ class BadRequestError(OriginError):
     status_code = 400
 
 
-class RangeNotSatisfiableError(OriginError):
-    code = "range_not_satisfiable"
-    status_code = 416
-
-    def __init__(self, message: str, *, size_bytes: int) -> None:
-        super().__init__(message)
-        self.size_bytes = size_bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RepoFile:
-    """One file of a repo, with the digests the Hub exposes for it."""
-
-    path: str  # posix, relative to the repo root
-    size_bytes: int
-    git_oid: str  # git blob sha1 (for LFS files: sha1 of the LFS pointer, as on the Hub)
-    sha256: str | None  # set for LFS-like files only
-    pointer_size: int = 0
-
-    @property
-    def etag(self) -> str:
-        return self.sha256 or self.git_oid
-
-    def tree_entry(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "type": "file",
-            "oid": self.git_oid,
-            "size": self.size_bytes,
-            "path": self.path,
-        }
-        if self.sha256 is not None:
-            entry["lfs"] = {
-                "oid": self.sha256,
-                "size": self.size_bytes,
-                "pointerSize": self.pointer_size,
-            }
-        return entry
-
-
 @dataclass(frozen=True, slots=True)
 class RepoSnapshot:
     """A repo's files at its one revision."""
@@ -158,7 +106,7 @@ class RepoSnapshot:
     repo_id: str
     revision: str
     root: Path
-    files: dict[str, RepoFile]
+    files: dict[str, HubFile]
 
 
 def _sha256_file(path: Path) -> str:
@@ -169,20 +117,13 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
-
-
-def _describe_file(root: Path, path: Path) -> RepoFile:
-    size = path.stat().st_size
-    rel = path.relative_to(root).as_posix()
-    if path.name.endswith(LFS_SUFFIXES) or size >= LFS_MIN_BYTES:
-        sha256 = _sha256_file(path)
-        pointer = (
-            f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
-        ).encode()
-        return RepoFile(rel, size, _git_blob_sha1(pointer), sha256, len(pointer))
-    return RepoFile(rel, size, _git_blob_sha1(path.read_bytes()), None)
+def _describe_file(root: Path, path: Path) -> HubFile:
+    return hubapi.describe(
+        path.relative_to(root).as_posix(),
+        path.stat().st_size,
+        sha256=lambda: _sha256_file(path),
+        content=path.read_bytes,
+    )
 
 
 class RepoIndex:
@@ -238,7 +179,7 @@ class RepoIndex:
             raise RevisionNotFoundError(f"revision {revision!r} not found in {repo_id!r}")
         return snap
 
-    def file(self, repo_id: str, revision: str, path: str) -> tuple[RepoSnapshot, RepoFile]:
+    def file(self, repo_id: str, revision: str, path: str) -> tuple[RepoSnapshot, HubFile]:
         snap = self.snapshot(repo_id, revision)
         entry = snap.files.get(path)
         if entry is None:
@@ -297,91 +238,78 @@ class LatencyMiddleware:
         await self.app(scope, receive, send)
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """``bytes=a-b`` / ``a-`` / ``-n`` → inclusive (start, end); None means serve it all."""
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None  # multi-range or other unit: answer 200 with the whole file (RFC 9110 allows)
-    first, sep, last = spec.strip().partition("-")
-    if not sep:
-        return None
-    try:
-        if first == "":
-            suffix = int(last)
-            if suffix <= 0:
-                raise RangeNotSatisfiableError("empty suffix range", size_bytes=size)
-            return max(0, size - suffix), size - 1
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if start >= size or end < start:
-        raise RangeNotSatisfiableError(f"range {spec!r} outside 0-{size - 1}", size_bytes=size)
-    return start, min(end, size - 1)
+class _FileRange(FileResponse):
+    """Bytes ``[start, end)`` of a file through Starlette's ``FileResponse`` in 1 MiB chunks,
+    counted per repo and paced by the shared backhaul bucket.
+
+    The range was parsed once (:func:`core.hubapi.parse_range`), so the request's ``Range``
+    header is hidden from ``FileResponse`` (which would parse it again its own way).
+    """
+
+    chunk_size = CHUNK_BYTES
+
+    def __init__(
+        self,
+        path: Path,
+        span: tuple[int, int],
+        *,
+        status_code: int,
+        headers: dict[str, str],
+        count: Callable[[int], None],
+        shaper: TokenBucket | None,
+    ) -> None:
+        super().__init__(
+            path, status_code=status_code, headers=headers, media_type="application/octet-stream"
+        )
+        self.span = span
+        self.count = count
+        self.shaper = shaper
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope = dict(scope)
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"range"]
+        scope["extensions"] = {
+            k: v
+            for k, v in (scope.get("extensions") or {}).items()
+            if k != "http.response.pathsend"
+        }
+        await super().__call__(scope, receive, send)
+
+    async def _handle_simple(self, send: Send, send_header_only: bool, send_pathsend: bool) -> None:
+        start, end = self.span
+        chunk = self.shaper.slice_bytes() if self.shaper else self.chunk_size
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async with self._open_file() as file:
+            await file.seek(start)
+            remaining = end - start
+            while remaining > 0:
+                data = await file.read(min(chunk, remaining))
+                if not data:
+                    logger.warning("file shrank while serving path=%s", self.path)
+                    return  # the client sees a short body
+                if self.shaper is not None:
+                    await self.shaper.wait_async(len(data))
+                remaining -= len(data)
+                self.count(len(data))
+                await send({"type": "http.response.body", "body": data, "more_body": remaining > 0})
+        if start == end:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _iter_file(
-    path: Path,
-    start: int,
-    length: int,
-    *,
-    repo_id: str,
-    stats: ServedStats,
-    shaper: TokenBucket | None,
-) -> Iterator[bytes]:
-    chunk = shaper.slice_bytes() if shaper else CHUNK_BYTES
-    with path.open("rb") as fh:
-        fh.seek(start)
-        remaining = length
-        while remaining > 0:
-            data = fh.read(min(chunk, remaining))
-            if not data:
-                break  # file shrank under us; the client sees a short body
-            if shaper is not None:
-                shaper.wait(len(data))
-            remaining -= len(data)
-            stats.add_bytes(repo_id, len(data))
-            yield data
+_TAGS = ["transformers", "safetensors", "trimcache-zoo"]
 
 
 def _model_info(snap: RepoSnapshot) -> dict[str, Any]:
-    org, _, name = snap.repo_id.partition("/")
-    siblings = []
-    for f in sorted(snap.files.values(), key=lambda f: f.path):
-        sibling: dict[str, Any] = {"rfilename": f.path, "size": f.size_bytes}
-        if f.sha256 is not None:
-            sibling["blobId"] = f.git_oid
-            sibling["lfs"] = {
-                "sha256": f.sha256,
-                "size": f.size_bytes,
-                "pointerSize": f.pointer_size,
-            }
-        else:
-            sibling["blobId"] = f.git_oid
-        siblings.append(sibling)
-    return {
-        "_id": snap.revision[:24],
-        "id": snap.repo_id,
-        "modelId": snap.repo_id,
-        "author": org,
-        "sha": snap.revision,
-        "lastModified": FIXED_TIMESTAMP,
-        "createdAt": FIXED_TIMESTAMP,
-        "private": False,
-        "gated": False,
-        "disabled": False,
-        "downloads": 0,
-        "likes": 0,
-        "library_name": "transformers",
-        "tags": ["transformers", "safetensors", "trimcache-zoo"],
-        "siblings": siblings,
-        "usedStorage": sum(f.size_bytes for f in snap.files.values()),
-    }
+    return hubapi.model_info(
+        snap.repo_id, snap.revision, snap.files, tags=_TAGS, library_name="transformers"
+    )
 
 
 LIST_PAGE_SIZE = 1000
 LIST_SORT_KEYS = ("id", "createdAt", "lastModified", "downloads", "likes", "trendingScore")
-LIST_TAGS = ["transformers", "safetensors", "trimcache-zoo"]
+LIST_TAGS = _TAGS
 
 
 def _list_item(
@@ -414,41 +342,9 @@ def _list_item(
 
 
 def _tree(snap: RepoSnapshot, prefix: str, *, recursive: bool) -> list[dict[str, Any]]:
-    prefix = prefix.strip("/")
-    base = f"{prefix}/" if prefix else ""
-    if prefix and prefix in snap.files:
-        return [snap.files[prefix].tree_entry()]
-    entries: list[dict[str, Any]] = []
-    dirs: set[str] = set()
-    for path in sorted(snap.files):
-        if not path.startswith(base):
-            continue
-        rest = path[len(base) :]
-        parts = rest.split("/")
-        for depth in range(1, len(parts)):
-            if recursive or depth == 1:
-                dirs.add(base + "/".join(parts[:depth]))
-        if recursive or len(parts) == 1:
-            entries.append(snap.files[path].tree_entry())
-    if prefix and not entries and not dirs:
-        raise EntryNotFoundError(f"{prefix!r} not found in {snap.repo_id!r}")
-    for d in sorted(dirs):
-        oid = hashlib.sha1(d.encode(), usedforsecurity=False).hexdigest()
-        entries.append({"type": "directory", "oid": oid, "size": 0, "path": d})
-    return entries
-
-
-def _file_headers(snap: RepoSnapshot, entry: RepoFile) -> dict[str, str]:
-    headers = {
-        "ETag": f'"{entry.etag}"',
-        "X-Repo-Commit": snap.revision,
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": f'inline; filename="{entry.path.rsplit("/", 1)[-1]}"',
-    }
-    if entry.sha256 is not None:
-        headers["X-Linked-Etag"] = f'"{entry.sha256}"'
-        headers["X-Linked-Size"] = str(entry.size_bytes)
-    return headers
+    return hubapi.tree(
+        snap.repo_id, list(snap.files), prefix, recursive=recursive, entry=snap.files.__getitem__
+    )
 
 
 def create_app(
@@ -478,10 +374,11 @@ def create_app(
     app.add_middleware(RequestGuard)
     app.add_exception_handler(RequestValidationError, validation_error)
 
-    @app.exception_handler(OriginError)
-    def _origin_error(_request: Request, exc: OriginError) -> JSONResponse:
+    @app.exception_handler(TrimCacheError)
+    def _origin_error(_request: Request, exc: TrimCacheError) -> JSONResponse:
+        hub_code = exc.hub_code if isinstance(exc, HubError | OriginError) else ""
         headers = {
-            "X-Error-Code": exc.hub_code or exc.code,
+            "X-Error-Code": hub_code or exc.code,
             "X-Error-Message": header_text(str(exc)),
         }
         if isinstance(exc, RangeNotSatisfiableError):
@@ -588,8 +485,8 @@ def create_app(
     )
     def resolve_head(org: str, name: str, revision: str, path: str) -> Response:
         snap, entry = index.file(f"{org}/{name}", revision, path)
-        headers = _file_headers(snap, entry)
-        headers["Content-Length"] = str(entry.size_bytes)
+        headers = hubapi.file_headers(snap.revision, entry)
+        headers["Content-Length"] = str(entry.size)
         return Response(status_code=200, headers=headers, media_type="application/octet-stream")
 
     @app.get(
@@ -600,34 +497,17 @@ def create_app(
     def resolve_get(org: str, name: str, revision: str, path: str, request: Request) -> Response:
         repo_id = f"{org}/{name}"
         snap, entry = index.file(repo_id, revision, path)
-        headers = _file_headers(snap, entry)
-        size = entry.size_bytes
-        span = None
-        range_header = request.headers.get("range")
-        if range_header:
-            span = _parse_range(range_header, size)
-        status = 200
-        start, length = 0, size
-        if span is not None:
-            start, end = span
-            length = end - start + 1
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        headers["Content-Length"] = str(length)
+        headers = hubapi.file_headers(snap.revision, entry)
+        span = hubapi.parse_range(request.headers.get("range"), entry.size)
+        status, start, end = hubapi.range_headers(headers, span, entry.size)
         stats.add_request(repo_id)
-        body = _iter_file(
+        return _FileRange(
             snap.root / entry.path,
-            start,
-            length,
-            repo_id=repo_id,
-            stats=stats,
-            shaper=shaper,
-        )
-        return StreamingResponse(
-            body,
+            (start, end),
             status_code=status,
             headers=headers,
-            media_type="application/octet-stream",
+            count=lambda n: stats.add_bytes(repo_id, n),
+            shaper=shaper,
         )
 
     return app

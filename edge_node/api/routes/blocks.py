@@ -8,10 +8,10 @@ from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
 from core.asgi import BINARY_RESPONSES
+from core.hubapi import parse_range, range_headers
 from edge_node.api.deps import NodeDep
 from edge_node.api.routes._body import OCTET, pieces_response
 from edge_node.api.schemas import BatchRequest
-from edge_node.hub import parse_range
 
 router = APIRouter(tags=["blocks"])
 
@@ -39,18 +39,13 @@ def get_block(
     [(bid, size)] = node.ensure_servable([block_id])
     headers = {"ETag": f'"{bid}"', "Accept-Ranges": "bytes", "Cache-Control": IMMUTABLE}
     span = parse_range(range_header, size)
-    start, end = span or (0, size)
-    status = 200
-    if span is not None:
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    status, start, end = range_headers(headers, span, size)
     if size <= node.settings.verify_on_read_max_bytes:
         # Small: hashed in full before a single byte (or header) goes out.
         data = node.read_verified(bid)[start:end]
         node.counters.add_served(len(data))
         node.counters.add_blocks_served(1)
         return Response(data, status_code=status, headers=headers, media_type=OCTET)
-    headers["Content-Length"] = str(end - start)
     if span is None:
         node.counters.add_blocks_served(1)
     pieces = node.block_pieces(bid, start, end)

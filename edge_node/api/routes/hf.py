@@ -12,10 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
+from core import hubapi
 from core.asgi import BINARY_RESPONSES
 from edge_node.api.deps import NodeDep, PullDep
 from edge_node.api.routes._body import pieces_response
-from edge_node.hub import file_headers, find_file, model_info, parse_range, tree
+from edge_node.hub import file_headers, find_file, model_info, tree
 from edge_node.pull import PullThrough, ServedRepo
 
 router = APIRouter(tags=["hub"])
@@ -64,9 +65,9 @@ def get_tree_path(
     responses=BINARY_RESPONSES,
 )
 def resolve_head(org: str, name: str, revision: str, path: str, pull: PullDep) -> Response:
-    manifest = pull.find_repo(f"{org}/{name}", revision).manifest
-    entry = find_file(manifest, path)
-    headers = file_headers(manifest, entry)
+    repo = pull.find_repo(f"{org}/{name}", revision)
+    entry = find_file(repo.manifest, path)
+    headers = file_headers(repo.manifest, entry, _reader(pull, repo))
     headers["Content-Length"] = str(entry.size)
     return Response(headers=headers, media_type="application/octet-stream")
 
@@ -87,13 +88,8 @@ def resolve_get(
 ) -> Response:
     repo = pull.find_repo(f"{org}/{name}", revision)
     entry = find_file(repo.manifest, path)
-    headers = file_headers(repo.manifest, entry)
-    span = parse_range(range_header, entry.size)
-    start, end = span or (0, entry.size)
-    status = 200
-    if span is not None:
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
-    headers["Content-Length"] = str(end - start)
+    headers = file_headers(repo.manifest, entry, _reader(pull, repo))
+    span = hubapi.parse_range(range_header, entry.size)
+    status, start, end = hubapi.range_headers(headers, span, entry.size)
     pieces = pull.file_pieces(repo, entry, start, end)
     return pieces_response(node, pieces, status_code=status, headers=headers)
