@@ -6,6 +6,7 @@ Hierarchy::
     └── CoreError
         ├── SafetensorsFormatError a file is not valid safetensors (names the file and problem)
         ├── ManifestError          a manifest is malformed or does not fit its files
+        │   └── BlockLengthConflictError  it gives a held block another length (409)
         ├── InvalidBlockIdError    not 64 lowercase hex (also blocks path traversal)
         ├── BlockNotFoundError     a store lacks a block (also a LookupError)
         ├── DigestMismatchError    bytes do not hash to the id or the manifest's sha256
@@ -52,6 +53,14 @@ class ManifestError(CoreError):
     code = "invalid_manifest"
     status_code = 400
     exit_code = 2
+
+
+class BlockLengthConflictError(ManifestError):
+    """A manifest gives a block another length than the copy held (409: it contradicts the
+    store, so it is rejected rather than making a model look complete and serve a cut file)."""
+
+    code = "block_length_conflict"
+    status_code = 409
 
 
 class InvalidBlockIdError(CoreError, ValueError):

@@ -38,7 +38,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from core.digest import CHUNK_BYTES, BlockId, check_block_id, is_block_id
-from core.errors import BlockNotFoundError, DigestMismatchError, StoreFullError
+from core.errors import (
+    BlockLengthConflictError,
+    BlockNotFoundError,
+    DigestMismatchError,
+    StoreFullError,
+)
 from core.fsutil import atomic_write_bytes, disk_full_as_store_full, make_temp, sweep_temp_files
 from core.manifest import ModelManifest, check_model_id
 
@@ -357,6 +362,17 @@ class BlockStore:
         return self._manifests_dir / f"{check_model_id(model_id)}.json"
 
     def put_manifest(self, manifest: ModelManifest) -> None:
+        """Store ``manifest``; BlockLengthConflictError (409) if it gives a held block (or one
+        of its own blocks twice) another length than it has."""
+        seen: dict[BlockId, int] = {}
+        for entry in manifest.files:
+            for ref in entry.blocks:
+                known = seen.setdefault(ref.block_id, self._sizes.get(ref.block_id, ref.length))
+                if known != ref.length:
+                    raise BlockLengthConflictError(
+                        f"manifest {manifest.model_id!r} gives block {ref.block_id} "
+                        f"{ref.length} bytes ({entry.path}); it has {known}"
+                    )
         atomic_write_bytes(
             self._manifest_path(manifest.model_id),
             manifest.to_json().encode(),

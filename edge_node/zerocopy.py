@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+import anyio.to_thread
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -35,26 +36,54 @@ from edge_node.streaming import read_ahead
 logger = logging.getLogger(__name__)
 
 _READ_BYTES = 1 << 20
+#: The end of every ``sendfile``'d slice that is read and checked instead (see PiecesResponse).
+TAIL_BYTES = 64 * 1024
+
+
+def _signature(fd: int) -> tuple[int, int, int, int]:
+    st = os.fstat(fd)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(slots=True)
 class FileSlice:
-    """``count`` bytes at ``offset`` of an open file (the response closes it)."""
+    """``count`` bytes at ``offset`` of an open file (the response closes it).
+
+    ``signature`` (inode, size, mtime, ctime) is taken when the slice is made, i.e. just after
+    the node found the block trusted; any write to the file changes it (a write updates ctime
+    before its bytes become visible, and ctime cannot be set back), so :meth:`check` after a
+    read proves the bytes read are the ones that were verified.
+    """
 
     file: BinaryIO
     offset: int
     count: int
+    signature: tuple[int, int, int, int] | None = None
 
-    def iter_bytes(self) -> Iterator[bytes]:
-        remaining = self.count
+    def __post_init__(self) -> None:
+        if self.signature is None:
+            self.signature = _signature(self.file.fileno())
+
+    def check(self) -> None:
+        """Raise :class:`SourceChangedError` if the file was written since the slice was made."""
+        if _signature(self.file.fileno()) != self.signature:
+            raise SourceChangedError(self)
+
+    def read(self, offset: int, count: int) -> bytes:
+        """``count`` bytes at ``offset`` of the file, checked unchanged after the read."""
+        chunk = os.pread(self.file.fileno(), count, offset)
+        if len(chunk) != count:
+            raise SourceChangedError(self)
+        self.check()
+        return chunk
+
+    def iter_bytes(self, end: int | None = None) -> Iterator[bytes]:
+        """The slice (up to file offset ``end``) in checked 1 MiB reads."""
         offset = self.offset
-        fd = self.file.fileno()
-        while remaining > 0:
-            chunk = os.pread(fd, min(_READ_BYTES, remaining), offset)
-            if not chunk:
-                raise OSError(f"file shrank while serving ({remaining} bytes missing)")
+        stop = self.offset + self.count if end is None else end
+        while offset < stop:
+            chunk = self.read(offset, min(_READ_BYTES, stop - offset))
             offset += len(chunk)
-            remaining -= len(chunk)
             yield chunk
 
 
@@ -64,6 +93,14 @@ Piece = bytes | FileSlice
 class ResponseCutShortError(OSError):
     """A body's source failed after the status line went out: the response ends early (the
     client sees fewer bytes than ``Content-Length``), logged as a warning, not a traceback."""
+
+
+class SourceChangedError(ResponseCutShortError):
+    """A served file was written (or shrank) while its response streamed."""
+
+    def __init__(self, piece: FileSlice) -> None:
+        super().__init__(f"{getattr(piece.file, 'name', 'file')} changed while being served")
+        self.piece = piece
 
 
 def _piece_size(piece: Piece) -> int:
@@ -162,7 +199,20 @@ def zerocopy_send(scope: Scope, send: Send) -> tuple[Scope, Send]:
 
 
 class PiecesResponse(Response):
-    """A response whose body is a sequence of pieces (see the module docstring)."""
+    """A response whose body is a sequence of pieces (see the module docstring).
+
+    Every byte of a :class:`FileSlice` leaves only after a check that its file is unchanged
+    since the block was found trusted (:meth:`FileSlice.check`); a changed file ends the
+    response short (``on_changed`` is told, e.g. to re-hash and quarantine the block):
+
+    - read path (``zero_copy=False`` or no extension): each 1 MiB chunk is read, checked, then
+      sent, so no changed byte ever goes out;
+    - ``sendfile`` path: all but the last ``TAIL_BYTES`` of a slice go by ``sendfile``, then the
+      tail is read and checked (which also covers the bytes sent before it) and sent. A write
+      during the ``sendfile`` may reach the client, but the response never completes: clients
+      of ``/v1/blocks`` hash every block and fetch it again; Hub clients that resume with a
+      Range should use the read path (the resolve route does).
+    """
 
     def __init__(
         self,
@@ -173,18 +223,43 @@ class PiecesResponse(Response):
         media_type: str = "application/octet-stream",
         on_bytes: Callable[[int], None] | None = None,
         on_zerocopy_bytes: Callable[[int], None] | None = None,
+        on_changed: Callable[[FileSlice], None] | None = None,
+        zero_copy: bool = True,
         background: BackgroundTask | None = None,
     ) -> None:
         self.pieces = pieces
         self.on_bytes = on_bytes
         self.on_zerocopy_bytes = on_zerocopy_bytes
+        self.on_changed = on_changed
+        self.zero_copy = zero_copy
         self.status_code = status_code
         self.media_type = media_type
         self.background = background
         self.init_headers(headers)
 
+    async def _send_slice(self, piece: FileSlice, send: Send, zerocopy: bool) -> None:
+        end = piece.offset + piece.count
+        if zerocopy and piece.count > TAIL_BYTES:
+            count = piece.count - TAIL_BYTES
+            await send(
+                {
+                    "type": ZEROCOPY_EXTENSION,
+                    "file": piece.file,
+                    "offset": piece.offset,
+                    "count": count,
+                    "more_body": True,
+                }
+            )
+            if self.on_zerocopy_bytes is not None:
+                self.on_zerocopy_bytes(count)
+            tail = piece.read(end - TAIL_BYTES, TAIL_BYTES)  # 64 KiB from the page cache
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
+            return
+        async for chunk in read_ahead(piece.iter_bytes()):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        zerocopy = ZEROCOPY_EXTENSION in (scope.get("extensions") or {})
+        zerocopy = self.zero_copy and ZEROCOPY_EXTENSION in (scope.get("extensions") or {})
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
@@ -192,29 +267,18 @@ class PiecesResponse(Response):
             async for piece in read_ahead(coalesce(self.pieces), size=_piece_size):
                 if isinstance(piece, FileSlice):
                     with piece.file:
-                        if zerocopy:
-                            await send(
-                                {
-                                    "type": ZEROCOPY_EXTENSION,
-                                    "file": piece.file,
-                                    "offset": piece.offset,
-                                    "count": piece.count,
-                                    "more_body": True,
-                                }
-                            )
-                            if self.on_zerocopy_bytes is not None:
-                                self.on_zerocopy_bytes(piece.count)
-                        else:
-                            async for chunk in read_ahead(piece.iter_bytes()):
-                                await send(
-                                    {"type": "http.response.body", "body": chunk, "more_body": True}
-                                )
+                        await self._send_slice(piece, send, zerocopy)
                     n = piece.count
                 else:
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                     n = len(piece)
                 if self.on_bytes is not None:
                     self.on_bytes(n)
+        except SourceChangedError as exc:
+            logger.warning("response cut short: %s", exc)
+            if self.on_changed is not None:
+                await anyio.to_thread.run_sync(self.on_changed, exc.piece)
+            return
         except ResponseCutShortError as exc:
             logger.warning("response cut short: %s", exc)
             return
