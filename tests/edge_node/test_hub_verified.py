@@ -1,0 +1,179 @@
+"""One Hub API on both servers, and no changed byte delivered as a successful response.
+
+- An HF cache filled from the origin and then from an edge holds one blob per file: both send
+  the Hub's ETags (sha256 for LFS-like files, git blob sha1 for the others).
+- A block file written while its response streams: ``/v1/blocks`` never completes the
+  response; the resolve route never sends a changed byte, so ``huggingface_hub`` (which
+  resumes a cut transfer with a Range) ends with the right file or an error, never a wrong
+  file. Either way the block is quarantined and repaired.
+- A manifest that gives a held block another length is refused (409 block_length_conflict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from core.hubapi import is_lfs
+from core.manifest import ModelManifest
+from tests.edge_node.conftest import AUTH, plan_body
+from tests.helpers import wait_until
+
+REPO = "trimcache-zoo/clf-a"
+
+
+def _placed(edge_factory: Any, manifests: dict[str, ModelManifest], origin_url: str, **kw: Any):
+    url, app = edge_factory("edge-v", **kw)
+    body = plan_body([manifests["clf-a"]], origin_url=origin_url)
+    r = httpx.put(f"{url}/v1/plan", json=body, headers=AUTH, timeout=120)
+    assert r.status_code == 200, r.text
+    return url, app
+
+
+def _blobs(cache: Path) -> dict[str, int]:
+    blobs = cache / f"models--{REPO.replace('/', '--')}" / "blobs"
+    return {p.name: p.stat().st_size for p in blobs.iterdir()}
+
+
+def test_hf_cache_from_origin_then_edge_holds_one_blob_per_file(
+    edge_factory, manifests, origin_url, tmp_path
+):
+    from huggingface_hub import snapshot_download
+
+    url, _ = _placed(edge_factory, manifests, origin_url)
+    manifest = manifests["clf-a"]
+    cache = tmp_path / "hf"
+    snapshot_download(REPO, endpoint=origin_url, cache_dir=cache)
+    from_origin = _blobs(cache)
+    snapshot_download(REPO, endpoint=url, cache_dir=cache, force_download=True)
+    assert _blobs(cache) == from_origin  # the edge named every blob as the origin did
+    assert len(from_origin) == len({e.sha256 for e in manifest.files})
+    for entry in manifest.files:
+        etags = {
+            httpx.head(f"{base}/{REPO}/resolve/main/{entry.path}").headers["etag"]
+            for base in (origin_url, url)
+        }
+        assert len(etags) == 1, (entry.path, etags)
+        etag = etags.pop().strip('"')
+        if is_lfs(entry.path, entry.size):
+            assert etag == entry.sha256
+        else:
+            assert len(etag) == 40 and etag != entry.sha256[:40]  # git blob sha1
+        assert etag in from_origin
+
+
+def _largest_block(manifest: ModelManifest) -> tuple[str, int]:
+    return max(manifest.block_sizes().items(), key=lambda kv: kv[1])
+
+
+def _flip(path: Path, offset: int) -> None:
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _stats(url: str) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(f"{url}/v1/stats").json()
+    return stats
+
+
+def test_block_written_mid_response_is_never_a_complete_response(
+    edge_factory, manifests, origin_url
+):
+    url, app = _placed(edge_factory, manifests, origin_url)
+    node = app.state.node
+    block_id, size = _largest_block(manifests["clf-a"])
+    received = 0
+    with httpx.Client(timeout=60) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            with client.stream("GET", f"{url}/v1/blocks/{block_id}") as r:
+                assert r.status_code == 200
+                chunks = r.iter_raw(1 << 20)
+                received += len(next(chunks))
+                _flip(node.store.path(block_id), size // 2)  # far past what was sent
+                for chunk in chunks:
+                    received += len(chunk)
+    assert received < size
+    # Re-hashed on the spot: quarantined, then repaired from the origin.
+    assert _stats(url)["corrupt_blocks"] == 1
+    wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
+    good = httpx.get(f"{url}/v1/blocks/{block_id}", timeout=60)
+    assert hashlib.sha256(good.content).hexdigest() == block_id
+
+
+def test_snapshot_download_never_keeps_a_block_written_mid_transfer(
+    edge_factory, manifests, origin_url, tmp_path
+):
+    from huggingface_hub import hf_hub_download
+
+    # A slow radio link, so the transfer is still running when the block is written.
+    url, app = _placed(edge_factory, manifests, origin_url, link_rate_bytes_per_s=16e6)
+    node = app.state.node
+    manifest = manifests["clf-a"]
+    entry = manifest.file("model.safetensors")
+    last = entry.blocks[-1]
+    outcome: dict[str, Any] = {}
+
+    def download() -> None:
+        try:
+            outcome["path"] = hf_hub_download(
+                REPO, "model.safetensors", endpoint=url, cache_dir=tmp_path / "hf"
+            )
+        except Exception as exc:  # what a caller would see
+            outcome["error"] = exc
+
+    before = _stats(url)["bytes_served"]
+    thread = threading.Thread(target=download)
+    thread.start()
+    wait_until(lambda: _stats(url)["bytes_served"] - before > 4 << 20, timeout_s=60)
+    _flip(node.store.path(last.block_id), last.length - 1)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert _stats(url)["corrupt_blocks"] == 1  # caught while streaming, then quarantined
+    if "path" in outcome:  # huggingface_hub resumed: the rest came from a good copy
+        data = Path(outcome["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry.sha256
+    else:
+        assert isinstance(outcome["error"], Exception)
+    wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
+
+
+def test_manifest_giving_a_held_block_another_length_is_rejected(
+    edge_factory, manifests, origin_url
+):
+    url, _ = _placed(edge_factory, manifests, origin_url)
+    held = manifests["clf-a"]
+    entry = held.file("model.safetensors")
+    ref = entry.blocks[-1]
+    short = dataclasses.replace(ref, length=ref.length // 2)
+    lying = dataclasses.replace(
+        held,
+        model_id="clf-a-cut",
+        repo_id="trimcache-zoo/clf-a-cut",
+        files=tuple(
+            dataclasses.replace(
+                e,
+                size=e.size - (ref.length - short.length),
+                blocks=(*e.blocks[:-1], short),
+            )
+            if e.path == entry.path
+            else e
+            for e in held.files
+        ),
+    )
+    body = plan_body([held, lying], version=2, origin_url=origin_url)
+    r = httpx.put(f"{url}/v1/plan", json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "block_length_conflict"
+    listed = httpx.get(f"{url}/v1/models").json()["models"]
+    assert "clf-a-cut" not in {m["model_id"] for m in listed}
+    cut = httpx.get(f"{url}/trimcache-zoo/clf-a-cut/resolve/main/model.safetensors")
+    assert cut.status_code == 404
