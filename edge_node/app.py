@@ -35,7 +35,7 @@ from edge_node.metrics import Counters, make_registry
 from edge_node.node import EdgeNode
 from edge_node.pull import PullThrough
 from edge_node.settings import Settings
-from edge_node.zerocopy import zerocopy_send
+from edge_node.zerocopy import zerocopy_send, zerocopy_status
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ def create_app(settings: Settings) -> FastAPI:
         if heartbeat is not None:
             heartbeat.start()
         app.state.heartbeat = heartbeat
+        zerocopy_on, zerocopy_why = zerocopy_status()
+        logger.info("zero-copy sendfile %s: %s", "active" if zerocopy_on else "off", zerocopy_why)
         if not settings.auth_token:
             logger.warning("EDGE_AUTH_TOKEN is not set: plans and deletes will be refused (401)")
         logger.info(

@@ -13,7 +13,9 @@ files are sent with ``loop.sendfile`` instead.
   httptools protocol): it writes the slice with ``loop.sendfile(transport, ...)`` (which waits for
   the transport's buffer to drain first, so ordering is kept) and then tells the protocol's
   Content-Length bookkeeping that ``count`` body bytes went out. Any other server or loop
-  (uvloop, hypercorn, TestClient) simply does not get the extension.
+  (uvloop, hypercorn, TestClient), or a uvicorn outside ``UVICORN_RANGE`` (the releases whose
+  internals this relies on, pinned in pyproject.toml), simply does not get the extension; the
+  node logs at start-up whether it is active (:func:`zerocopy_status`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from edge_node.streaming import read_ahead
 logger = logging.getLogger(__name__)
 
 _READ_BYTES = 1 << 20
+#: uvicorn releases whose protocol internals :func:`zerocopy_send` relies on ([lo, hi); the
+#: h11 ``ContentLengthWriter._length`` and httptools ``expected_content_length`` bookkeeping).
+#: Kept equal to the ``uvicorn`` range in pyproject.toml; outside it zero-copy stays off.
+UVICORN_RANGE = ((0, 29), (0, 56))
 #: The end of every ``sendfile``'d slice that is read and checked instead (see PiecesResponse).
 TAIL_BYTES = 64 * 1024
 
@@ -158,9 +164,46 @@ def _bookkeeper(cycle: Any) -> Callable[[int], None] | None:
     return None
 
 
+def _uvicorn_supported() -> tuple[bool, str]:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        found = version("uvicorn")
+    except PackageNotFoundError:
+        return False, "uvicorn is not installed"
+    numbers = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
+    lo, hi = UVICORN_RANGE
+    if not lo <= numbers < hi:
+        return False, f"uvicorn {found} is outside the tested range {_range_text()}"
+    return True, f"uvicorn {found}"
+
+
+def _range_text() -> str:
+    lo, hi = UVICORN_RANGE
+    return f">={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}"
+
+
+_UVICORN_OK = _uvicorn_supported()
+
+
+def zerocopy_status() -> tuple[bool, str]:
+    """Whether ``sendfile`` responses can be active in this process, and why (for start-up).
+
+    Call it on the serving loop: the extension needs a supported uvicorn (its h11 or
+    httptools protocol) on an asyncio selector loop (not uvloop).
+    """
+    ok, why = _UVICORN_OK
+    if not ok:
+        return False, why
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        return False, f"{why} on {type(loop).__name__}, not an asyncio selector loop"
+    return True, f"{why} on {type(loop).__name__} (h11 or httptools)"
+
+
 def zerocopy_send(scope: Scope, send: Send) -> tuple[Scope, Send]:
     """If ``send`` belongs to a uvicorn cycle on an asyncio selector loop, add the extension."""
-    if scope.get("type") != "http":
+    if scope.get("type") != "http" or not _UVICORN_OK[0]:
         return scope, send
     cycle = getattr(send, "__self__", None)
     transport = getattr(cycle, "transport", None)
@@ -237,9 +280,9 @@ class PiecesResponse(Response):
         self.background = background
         self.init_headers(headers)
 
-    async def _send_slice(self, piece: FileSlice, send: Send, zerocopy: bool) -> None:
+    async def _send_slice(self, piece: FileSlice, send: Send) -> None:
         end = piece.offset + piece.count
-        if zerocopy and piece.count > TAIL_BYTES:
+        if piece.count > TAIL_BYTES:
             count = piece.count - TAIL_BYTES
             await send(
                 {
@@ -255,19 +298,22 @@ class PiecesResponse(Response):
             tail = piece.read(end - TAIL_BYTES, TAIL_BYTES)  # 64 KiB from the page cache
             await send({"type": "http.response.body", "body": tail, "more_body": True})
             return
-        async for chunk in read_ahead(piece.iter_bytes()):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        body = piece.read(piece.offset, piece.count)  # at most 64 KiB
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         zerocopy = self.zero_copy and ZEROCOPY_EXTENSION in (scope.get("extensions") or {})
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+        # Read path: slices become checked 1 MiB reads, gathered with the other pieces so one
+        # worker-thread hop reads ahead across block boundaries.
+        pieces = self.pieces if zerocopy else pieces_to_bytes(self.pieces)
         try:
-            async for piece in read_ahead(coalesce(self.pieces), size=_piece_size):
+            async for piece in read_ahead(coalesce(pieces), size=_piece_size):
                 if isinstance(piece, FileSlice):
                     with piece.file:
-                        await self._send_slice(piece, send, zerocopy)
+                        await self._send_slice(piece, send)
                     n = piece.count
                 else:
                     await send({"type": "http.response.body", "body": piece, "more_body": True})

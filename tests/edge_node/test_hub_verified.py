@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import hashlib
 import threading
 from pathlib import Path
@@ -177,3 +178,15 @@ def test_manifest_giving_a_held_block_another_length_is_rejected(
     assert "clf-a-cut" not in {m["model_id"] for m in listed}
     cut = httpx.get(f"{url}/trimcache-zoo/clf-a-cut/resolve/main/model.safetensors")
     assert cut.status_code == 404
+
+
+def test_node_says_at_start_up_whether_zero_copy_is_active(edge_factory, caplog):
+    import uvicorn
+
+    caplog.set_level(logging.INFO, logger="edge_node.app")
+    edge_factory("edge-z")
+    said = [r.getMessage() for r in caplog.records if "zero-copy sendfile" in r.getMessage()]
+    assert said == [
+        f"zero-copy sendfile active: uvicorn {uvicorn.__version__} on "
+        "_UnixSelectorEventLoop (h11 or httptools)"
+    ]
