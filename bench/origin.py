@@ -6,7 +6,7 @@ One file of random bytes (``--size-mib``) is placed in a scratch zoo as
 ``repos/bench/big/model.safetensors`` and served on loopback by three servers, each its own process:
 
 - ``origin``: ``trimcache origin serve`` (``GET /bench/big/resolve/main/model.safetensors``,
-  1 MiB streamed chunks, no link emulation);
+  Starlette `FileResponse` in 1 MiB chunks, no link emulation);
 - ``nginx``: ``/usr/sbin/nginx`` with a generated config (one worker, ``sendfile on``);
 - ``http.server``: the standard library's static server;
 - ``origin@R Mbit`` (``--shaped-mbps R``, default 400, 0 skips it): the origin emulating a
