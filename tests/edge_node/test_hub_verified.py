@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import hashlib
+import logging
 import threading
 from pathlib import Path
 from typing import Any
