@@ -134,6 +134,17 @@ def coalesce(pieces: Iterator[Piece], *, max_bytes: int = _READ_BYTES) -> Iterat
         yield b"".join(run)
 
 
+def _small_to_bytes(pieces: Iterator[Piece]) -> Iterator[Piece]:
+    """Slices of at most ``_READ_BYTES`` as checked bytes (read in the read-ahead thread and
+    coalesced with their neighbours: one write instead of a ``sendfile`` and a tail each)."""
+    for piece in pieces:
+        if isinstance(piece, FileSlice) and piece.count <= _READ_BYTES:
+            with piece.file:
+                yield piece.read(piece.offset, piece.count)
+        else:
+            yield piece
+
+
 def pieces_to_bytes(pieces: Iterator[Piece]) -> Iterator[bytes]:
     for piece in pieces:
         if isinstance(piece, FileSlice):
@@ -250,8 +261,9 @@ class PiecesResponse(Response):
 
     - read path (``zero_copy=False`` or no extension): each 1 MiB chunk is read, checked, then
       sent, so no changed byte ever goes out;
-    - ``sendfile`` path: all but the last ``TAIL_BYTES`` of a slice go by ``sendfile``, then the
-      tail is read and checked (which also covers the bytes sent before it) and sent. A write
+    - ``sendfile`` path: slices of at most 1 MiB are read and checked like the read path; of
+      larger ones all but the last ``TAIL_BYTES`` go by ``sendfile``, then the tail is read and
+      checked (which also covers the bytes sent before it) and sent. A write
       during the ``sendfile`` may reach the client, but the response never completes: clients
       of ``/v1/blocks`` hash every block and fetch it again; Hub clients that resume with a
       Range should use the read path (the resolve route does).
@@ -308,7 +320,7 @@ class PiecesResponse(Response):
         )
         # Read path: slices become checked 1 MiB reads, gathered with the other pieces so one
         # worker-thread hop reads ahead across block boundaries.
-        pieces = self.pieces if zerocopy else pieces_to_bytes(self.pieces)
+        pieces = _small_to_bytes(self.pieces) if zerocopy else pieces_to_bytes(self.pieces)
         try:
             async for piece in read_ahead(coalesce(pieces), size=_piece_size):
                 if isinstance(piece, FileSlice):
