@@ -10,8 +10,10 @@ Cases (each downloaded ``--repeats`` times with ``curl -o /dev/null``, a neutral
   nginx serves the original file.
 
 The edge node runs as its own process (``python -m edge_node``, like in production) and so does
-nginx (one worker, ``sendfile on``). Prints a table of MB/s (10^6 bytes/s, median and best) and
-writes JSON lines to ``bench/results/edge.jsonl``.
+nginx (one worker, ``sendfile on``). Prints a table of MB/s (10^6 bytes/s, median and best), each
+server's CPU seconds per GB sent (from ``/proc``; on a shared host it moves less than MB/s) and
+the load average, and writes JSON lines to ``bench/results/edge.jsonl``. Only the table goes to
+stdout: both servers' own output is discarded.
 """
 
 from __future__ import annotations
@@ -46,20 +48,39 @@ def _curl(url: str, *, data: str | None = None) -> tuple[int, float]:
     return int(out[0]), float(out[1])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` and its children (nginx: master and worker)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            pending += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def _measure(
-    edge_url: str, nginx_url: str, expected: int, repeats: int, *, data: str | None = None
-) -> tuple[list[float], list[float]]:
-    """MB/s of each server, runs interleaved so both see the same background load."""
-    _curl(edge_url, data=data)  # warm-up (page cache, connections, lazy imports)
-    _curl(nginx_url)
-    rates: tuple[list[float], list[float]] = ([], [])
+    servers: list[tuple[str, str | None, int]], expected: int, repeats: int
+) -> tuple[list[list[float]], list[float]]:
+    """MB/s of each ``(url, body, pid)``, runs interleaved so all see the same background load,
+    and each server's CPU seconds per GB sent (a figure the shared host's load moves less)."""
+    for url, body, _ in servers:
+        _curl(url, data=body)  # warm-up (page cache, connections, lazy imports)
+    rates: list[list[float]] = [[] for _ in servers]
+    cpu = [0.0 for _ in servers]
     for _ in range(repeats):
-        for i, (url, body) in enumerate([(edge_url, data), (nginx_url, None)]):
+        for i, (url, body, pid) in enumerate(servers):
+            before = _cpu_seconds(pid)
             size, seconds = _curl(url, data=body)
+            cpu[i] += _cpu_seconds(pid) - before
             if size != expected:
                 raise RuntimeError(f"{url}: got {size} bytes, expected {expected}")
             rates[i].append(size / seconds / 1e6)
-    return rates
+    return rates, [c / (expected * repeats / 1e9) for c in cpu]
 
 
 def _nginx_conf(root: Path, port: int, work: Path) -> str:
@@ -171,8 +192,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             ),
         ]
         results = []
+        edge_pid, nginx_pid = procs[0].pid, procs[1].pid
         for name, size, edge_url, data, nginx_url in cases:
-            e, n = _measure(edge_url, nginx_url, size, args.repeats, data=data)
+            (e, n), (e_cpu, n_cpu) = _measure(
+                [(edge_url, data, edge_pid), (nginx_url, None, nginx_pid)], size, args.repeats
+            )
             results.append(
                 {
                     "case": name,
@@ -182,6 +206,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "edge_mb_s_best": round(max(e), 1),
                     "nginx_mb_s_median": round(statistics.median(n), 1),
                     "nginx_mb_s_best": round(max(n), 1),
+                    "edge_cpu_s_per_gb": round(e_cpu, 3),
+                    "nginx_cpu_s_per_gb": round(n_cpu, 3),
+                    "load_avg_1m": round(os.getloadavg()[0], 1),
                     "repeats": args.repeats,
                 }
             )
@@ -204,7 +231,7 @@ def main() -> None:
     results = run(args)
     header = (
         f"{'case':8} {'bytes':>11} {'blocks':>6}  {'edge MB/s (med/best)':>22}  "
-        f"{'nginx MB/s (med/best)':>22}  {'edge/nginx':>10}"
+        f"{'nginx MB/s (med/best)':>22}  {'edge/nginx':>10}  {'CPU s/GB edge/nginx':>20}"
     )
     print(header)
     for r in results:
@@ -212,8 +239,10 @@ def main() -> None:
         print(
             f"{r['case']:8} {r['bytes']:>11} {r['blocks']:>6}  "
             f"{r['edge_mb_s_median']:>10.1f} / {r['edge_mb_s_best']:<9.1f}  "
-            f"{r['nginx_mb_s_median']:>10.1f} / {r['nginx_mb_s_best']:<9.1f}  {ratio:>10.2f}"
+            f"{r['nginx_mb_s_median']:>10.1f} / {r['nginx_mb_s_best']:<9.1f}  {ratio:>10.2f}  "
+            f"{r['edge_cpu_s_per_gb']:>9.3f} / {r['nginx_cpu_s_per_gb']:<8.3f}"
         )
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
     out_dir = REPO_ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     sha = subprocess.run(
