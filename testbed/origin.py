@@ -99,16 +99,6 @@ class BadRequestError(OriginError):
     status_code = 400
 
 
-@dataclass(frozen=True, slots=True)
-class RepoSnapshot:
-    """A repo's files at its one revision."""
-
-    repo_id: str
-    revision: str
-    root: Path
-    files: dict[str, HubFile]
-
-
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -124,6 +114,16 @@ def _describe_file(root: Path, path: Path) -> HubFile:
         sha256=lambda: _sha256_file(path),
         content=path.read_bytes,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RepoSnapshot:
+    """A repo's files at its one revision."""
+
+    repo_id: str
+    revision: str
+    root: Path
+    files: dict[str, HubFile]
 
 
 class RepoIndex:
