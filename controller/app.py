@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from controller.api.routes import demand, health, models, nodes, placement, routing, topology
+from controller.dashboard import routes as dashboard
 from controller.errors import StateUnavailableError
 from controller.indexer import OriginIndexer
 from controller.metrics import Metrics
@@ -106,7 +107,7 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
         metrics.request_seconds.labels(route=name).observe(time.perf_counter() - started)
         return response
 
-    for module in (nodes, models, demand, topology, placement, routing, health):
+    for module in (nodes, models, demand, topology, placement, routing, health, dashboard):
         app.include_router(module.router)
     app.add_middleware(
         RequestGuard, max_body_bytes=settings.max_body_bytes, read_timeout_s=settings.read_timeout_s

@@ -26,6 +26,10 @@ key                            type    value
 ``ctl:plan:last``              string  JSON last planning attempt: ``at``, ``trigger``,
                                        ``outcome``, ``error``, ``signature`` (what it saw)
 ``ctl:lock:plan``              string  redis-py lock: one planner at a time across processes
+``ctl:fetches``                list    JSON fetch reports (one per ``POST /v1/demand``), newest
+                                       first, trimmed to the last ``keep`` (the dashboard's log)
+``ctl:plans``                  hash    placement version -> JSON plan summary as the dashboard
+                                       last saw it (trimmed to the newest ``keep`` versions)
 =============================  ======  =========================================================
 
 Invariants:
@@ -69,6 +73,8 @@ PLACEMENT_KEY = f"{PREFIX}placement"
 PLACEMENT_VERSION_KEY = f"{PREFIX}placement:version"
 PLAN_LOCK_KEY = f"{PREFIX}lock:plan"
 PLAN_ATTEMPT_KEY = f"{PREFIX}plan:last"
+FETCHES_KEY = f"{PREFIX}fetches"
+PLANS_KEY = f"{PREFIX}plans"
 _SEP = "\x1f"
 
 T = TypeVar("T")
@@ -440,6 +446,39 @@ class RedisState:
     def outcomes(self) -> dict[str, int]:
         raw = cast(dict[str, str], self._call(lambda: self.client.hgetall(OUTCOMES_KEY)))
         return {k: int(v) for k, v in raw.items()}
+
+    # -- dashboard log --------------------------------------------------------------------
+    def record_fetch(self, entry: Mapping[str, Any], *, keep: int) -> None:
+        """Prepend one fetch report to ``ctl:fetches`` and keep the newest ``keep``."""
+
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.lpush(FETCHES_KEY, json.dumps(dict(entry), sort_keys=True))
+            pipe.ltrim(FETCHES_KEY, 0, keep - 1)
+            pipe.execute()
+
+        self._call(run)
+
+    def recent_fetches(self) -> list[dict[str, Any]]:
+        """The fetch log, newest first."""
+        texts = cast(list[str], self._call(lambda: self.client.lrange(FETCHES_KEY, 0, -1)))
+        return [json.loads(t) for t in texts]
+
+    def put_plan_summary(self, version: int, summary: Mapping[str, Any], *, keep: int) -> None:
+        """Store the summary of placement ``version``; drop all but the newest ``keep``."""
+
+        def run() -> None:
+            self.client.hset(PLANS_KEY, str(version), json.dumps(dict(summary), sort_keys=True))
+            versions = sorted((int(v) for v in self.client.hkeys(PLANS_KEY)), reverse=True)
+            if len(versions) > keep:
+                self.client.hdel(PLANS_KEY, *(str(v) for v in versions[keep:]))
+
+        self._call(run)
+
+    def plan_summaries(self) -> list[dict[str, Any]]:
+        """Stored plan summaries, newest version first."""
+        raw = cast(dict[str, str], self._call(lambda: self.client.hgetall(PLANS_KEY)))
+        return [json.loads(raw[v]) for v in sorted(raw, key=int, reverse=True)]
 
     # -- topology -------------------------------------------------------------------------
     def get_topology(self) -> tuple[int, dict[str, Any] | None]:

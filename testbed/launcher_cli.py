@@ -176,6 +176,7 @@ def _up(args: argparse.Namespace) -> int:
     state = up(options, on_progress=say)
     out = sys.stdout.write
     out(f"controller  {state['controller_url']}\n")
+    out(f"dashboard   {state['controller_url']}/dashboard\n")
     out(f"origin      {state['origin_url']}\n")
     for url in state["edge_urls"]:
         out(f"edge        {url}\n")

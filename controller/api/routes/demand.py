@@ -1,7 +1,9 @@
-"""Client demand reports: ``POST /v1/demand``."""
+"""Client demand reports: ``POST /v1/demand`` (counted for the planner, and logged for the
+dashboard with the edge node each byte came from)."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
@@ -10,6 +12,7 @@ from pydantic import BaseModel, Field
 from controller.api.deps import AuthDep, MetricsDep, SettingsDep, StateDep
 from controller.api.routes.models import MODEL_ID_PATTERN
 from controller.api.routes.nodes import MAX_BYTES
+from controller.dashboard.views import FETCH_LOG_KEEP, fetch_entry
 from controller.errors import ModelNotFoundError
 from controller.topology import MAX_ID_CHARS
 
@@ -34,16 +37,18 @@ def post_demand(
 ) -> dict[str, Any]:
     if state.get_model(body.model_id) is None:
         raise ModelNotFoundError(body.model_id)
-    edge_urls = {n.url for n in state.live_nodes()}
+    node_of_url = {n.url: n.node_id for n in state.live_nodes()}
     by_kind: dict[str, int] = {}
+    by_node: dict[str, int] = {}
     for source, nbytes in body.bytes_by_source.items():
         url = source.rstrip("/")
         if source == "local":
             kind = "local"
         elif url == settings.origin_url:
             kind = "origin"
-        elif url in edge_urls:
+        elif url in node_of_url:
             kind = "edge"
+            by_node[node_of_url[url]] = by_node.get(node_of_url[url], 0) + max(0, int(nbytes))
         else:
             kind = "other"
         by_kind[kind] = by_kind.get(kind, 0) + max(0, int(nbytes))
@@ -55,5 +60,15 @@ def post_demand(
         bytes_by_kind=by_kind,
         half_life_s=settings.demand_half_life_s,
     )
+    entry = fetch_entry(
+        at_s=time.time(),
+        model_id=body.model_id,
+        area_id=area_id,
+        outcome=body.outcome,
+        seconds=body.seconds,
+        bytes_by_kind=by_kind,
+        bytes_by_node=by_node,
+    )
+    state.record_fetch(entry, keep=FETCH_LOG_KEEP)
     metrics.demand.labels(outcome=body.outcome).inc()
     return {"model_id": body.model_id, "area_id": area_id, "decayed_count": round(count, 6)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter
@@ -39,13 +40,26 @@ def metrics_text(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def demand_view(outcomes: Mapping[str, int]) -> dict[str, Any]:
+    """The outcome counters of client demand reports, with the measured hit ratio."""
+    requests = outcomes.get("requests", 0)
+    return {
+        "requests": requests,
+        "hit": outcomes.get("hit", 0),
+        "miss": outcomes.get("miss", 0),
+        "error": outcomes.get("error", 0),
+        "hit_ratio": (outcomes.get("hit", 0) / requests) if requests else None,
+        "bytes_by_kind": {
+            k.removeprefix("bytes:"): v for k, v in outcomes.items() if k.startswith("bytes:")
+        },
+    }
+
+
 @router.get("/v1/status")
 def status(state: StateDep, planner: PlannerDep, settings: SettingsDep) -> dict[str, Any]:
     now = time.time()
     nodes = state.live_nodes()
     view = planner.topology_view(nodes)
-    outcomes = state.outcomes()
-    requests = outcomes.get("requests", 0)
     attempt = attempt_view(state.get_plan_attempt())
     placement = placement_view(state.get_placement(), settings.solver)
     return {
@@ -61,16 +75,7 @@ def status(state: StateDep, planner: PlannerDep, settings: SettingsDep) -> dict[
             "version": view.version,
             "areas": len(view.topology.areas),
         },
-        "demand": {
-            "requests": requests,
-            "hit": outcomes.get("hit", 0),
-            "miss": outcomes.get("miss", 0),
-            "error": outcomes.get("error", 0),
-            "hit_ratio": (outcomes.get("hit", 0) / requests) if requests else None,
-            "bytes_by_kind": {
-                k.removeprefix("bytes:"): v for k, v in outcomes.items() if k.startswith("bytes:")
-            },
-        },
+        "demand": demand_view(state.outcomes()),
         "expected_hit_ratio": placement.get("hit_ratio", 0.0),
         "solver": settings.solver,
     }
