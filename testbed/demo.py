@@ -110,8 +110,10 @@ def _plots(report: Mapping[str, Any], out: Path) -> list[str]:
     xs = range(len(models))
     edge = [report["models"][m]["edge"]["download_seconds"] for m in models]
     origin = [report["models"][m]["origin"]["download_seconds"] for m in models]
-    ax.bar([x - 0.2 for x in xs], edge, width=0.4, label="via edge (controller route)")
-    ax.bar([x + 0.2 for x in xs], origin, width=0.4, label="from origin (cloud)")
+    bars = ax.bar([x - 0.2 for x in xs], edge, width=0.4, label="via edge (controller route)")
+    ax.bar_label(bars, fmt="%.2f s", fontsize=8)
+    bars = ax.bar([x + 0.2 for x in xs], origin, width=0.4, label="from origin (cloud)")
+    ax.bar_label(bars, fmt="%.2f s", fontsize=8)
     ax.set_xticks(list(xs), models, rotation=10)
     ax.set_ylabel("download time (s)")
     ax.set_title("Model download time, user in area-1")
@@ -129,7 +131,9 @@ def _plots(report: Mapping[str, Any], out: Path) -> list[str]:
         values = [
             report["models"][m]["edge"]["bytes_by_source"].get(source, 0) / MIB for m in models
         ]
-        ax.bar(list(xs), values, bottom=bottom, label=source)
+        bars = ax.bar(list(xs), values, bottom=bottom, label=source)
+        ax.bar_label(bars, labels=[f"{v:.1f}" if v else "" for v in values],
+                     label_type="center", fontsize=8)  # fmt: skip
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_xticks(list(xs), models, rotation=10)
     ax.set_ylabel("MiB")
@@ -145,21 +149,62 @@ def _plots(report: Mapping[str, Any], out: Path) -> list[str]:
     if nodes:
         fig, ax = plt.subplots(figsize=(7, 4))
         nx = range(len(nodes))
-        ax.bar([x - 0.2 for x in nx], [report["edges"][n]["logical_bytes"] / MIB for n in nodes],
-               width=0.4, label="logical (sum of models)")  # fmt: skip
-        ax.bar([x + 0.2 for x in nx], [report["edges"][n]["physical_bytes"] / MIB for n in nodes],
-               width=0.4, label="physical (deduplicated blocks)")  # fmt: skip
+        logical = [report["edges"][n]["logical_bytes"] / MIB for n in nodes]
+        physical = [report["edges"][n]["physical_bytes"] / MIB for n in nodes]
+        bars = ax.bar([x - 0.2 for x in nx], logical, width=0.4, label="logical (sum of models)")
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        bars = ax.bar(
+            [x + 0.2 for x in nx], physical, width=0.4, label="physical (deduplicated blocks)"
+        )
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        # Each node's capacity as a dashed line across its pair of bars.
+        known = []
+        for x, n in zip(nx, nodes, strict=True):
+            if capacity := report["edges"][n].get("capacity_bytes"):
+                known.append(capacity / MIB)
+                label = "capacity" if len(known) == 1 else "_nolegend_"
+                ax.hlines(capacity / MIB, x - 0.45, x + 0.45, colors="black",
+                          linestyles="--", linewidth=1, label=label)  # fmt: skip
+                ax.annotate(f"{capacity / MIB:.0f} MiB", (x + 0.45, capacity / MIB),
+                            fontsize=8, ha="right", va="bottom")  # fmt: skip
         ax.set_xticks(list(nx), nodes)
         ax.set_ylabel("MiB")
         ax.set_title("Edge storage: logical vs physical")
-        top = max((report["edges"][n]["logical_bytes"] / MIB for n in nodes), default=1.0)
-        ax.set_ylim(top=top * 1.3 or 1.0)
+        ax.set_ylim(top=max([*logical, *known], default=1.0) * 1.3 or 1.0)
         ax.legend(loc="upper center", ncol=2)
         fig.tight_layout()
         fig.savefig(out / "edge_storage.png", dpi=120)
         plt.close(fig)
         files.append("edge_storage.png")
     return files
+
+
+def _comparison_plot(points: Sequence[Mapping[str, Any]], out: Path) -> str:
+    """Measured vs predicted hit ratio per solver (one capacity), numbers on the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(points, key=lambda p: p["solver"])
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bars = ax.bar([x - 0.2 for x in xs], [p["hit_ratio"] for p in rows], width=0.4,
+                  label="measured")  # fmt: skip
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    bars = ax.bar([x + 0.2 for x in xs], [p["predicted_hit_ratio"] for p in rows], width=0.4,
+                  label="predicted by the placement problem")  # fmt: skip
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(list(xs), [p["solver"] for p in rows])
+    ax.set_ylabel("hit ratio")
+    ax.set_ylim(0, 1.25)
+    capacity = rows[0].get("capacity_mib")
+    ax.set_title(f"Solvers on the same workload, {capacity} MiB per edge node")
+    ax.legend(loc="upper center", ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "solver_comparison.png", dpi=120)
+    plt.close(fig)
+    return "solver_comparison.png"
 
 
 def _markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
@@ -232,7 +277,9 @@ def _markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
 
 def _edge_row(stats: Mapping[str, Any]) -> dict[str, Any]:
     models = stats.get("models", 0)
+    capacity = stats.get("capacity_bytes")
     return {
+        "capacity_bytes": int(capacity) if capacity is not None else None,
         "physical_bytes": int(stats.get("physical_bytes", 0)),
         "logical_bytes": int(stats.get("logical_bytes", 0)),
         "savings": float(stats.get("savings", 0.0)),
@@ -329,6 +376,8 @@ def run(args: argparse.Namespace) -> int:
     if args.compare_requests > 0:
         section, points = _comparison(args, catalogue, out)
         report["comparison"] = points
+        if points:
+            section += f"\n![solver comparison]({_comparison_plot(points, out)})\n"
         markdown += section
         (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (out / "report.md").write_text(markdown)
