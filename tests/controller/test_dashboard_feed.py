@@ -119,3 +119,19 @@ def test_page_and_assets(client: TestClient) -> None:
         response = client.get(f"/dashboard/assets/{bad}")
         assert response.status_code == 404, bad
         assert response.headers["X-Error-Code"] == "asset_not_found"
+
+
+def test_logs_keep_only_the_newest(redis_url: str) -> None:
+    from controller.state import RedisState
+
+    state = RedisState(redis_url)
+    try:
+        for i in range(5):
+            state.record_fetch({"at": i, "model_id": f"m{i}"}, keep=3)
+            state.put_plan_summary(i + 1, {"version": i + 1}, keep=2)
+        assert [f["at"] for f in state.recent_fetches()] == [4, 3, 2]
+        assert [p["version"] for p in state.plan_summaries()] == [5, 4]
+        state.put_plan_summary(5, {"version": 5, "push": "applied"}, keep=2)  # overwritten
+        assert state.plan_summaries()[0] == {"version": 5, "push": "applied"}
+    finally:
+        state.close()
