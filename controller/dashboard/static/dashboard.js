@@ -40,10 +40,10 @@ function renderMap(data) {
   const pts = nodes.map((n) => n.position).concat(areas.map((a) => [a.x_m, a.y_m]));
   if (!pts.length) return;
   const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
-  const pad = Math.max(cov * 0.35, 20);
+  const pad = Math.max(cov, 20) + 10;  // whole coverage circles in view
   const x0 = Math.min(...xs) - pad, x1 = Math.max(...xs) + pad;
   const y0 = Math.min(...ys) - pad, y1 = Math.max(...ys) + pad;
-  const W = 400, H = 300, s = Math.min(W / (x1 - x0 || 1), H / (y1 - y0 || 1));
+  const W = 800, H = 300, s = Math.min(W / (x1 - x0 || 1), H / (y1 - y0 || 1));
   const X = (x) => (W - (x1 - x0) * s) / 2 + (x - x0) * s;
   const Y = (y) => (H - (y1 - y0) * s) / 2 + (y1 - y) * s;
   for (const n of nodes) {
@@ -53,16 +53,18 @@ function renderMap(data) {
   for (const a of areas) {
     const g = svg("g", { class: "area", "data-area-id": a.area_id });
     g.append(svg("circle", { cx: X(a.x_m), cy: Y(a.y_m), r: 4 + 3 * Math.min(a.weight, 3), fill: "#ffb300" }));
-    g.append(svg("text", { x: X(a.x_m), y: Y(a.y_m) + 20, "font-size": 10, fill: "#8d6e00",
-      "text-anchor": "middle" }, a.area_id));
+    g.append(svg("text", { x: X(a.x_m), y: Y(a.y_m) - 10, "font-size": 10, fill: "#8d6e00",
+      "text-anchor": "middle", class: "halo" }, a.area_id));
     map.append(g);
   }
   for (const n of nodes) {
     const g = svg("g", { class: "map-node", "data-node-id": n.node_id });
     const cx = X(n.position[0]), cy = Y(n.position[1]);
     g.append(svg("rect", { x: cx - 7, y: cy - 7, width: 14, height: 14, rx: 2, fill: "#37474f" }));
-    g.append(svg("text", { x: cx, y: cy - 24, "font-size": 11, "font-weight": 600, "text-anchor": "middle" }, n.node_id));
-    g.append(svg("text", { x: cx, y: cy - 13, "font-size": 9, fill: "#546e7a", "text-anchor": "middle" },
+    g.append(svg("text", { x: cx, y: cy + 20, "font-size": 11, "font-weight": 600,
+      "text-anchor": "middle", class: "halo" }, n.node_id));
+    g.append(svg("text", { x: cx, y: cy + 31, "font-size": 9, fill: "#546e7a",
+      "text-anchor": "middle", class: "halo" },
       n.models.length + " models, " + mb(n.physical_bytes)));
     map.append(g);
   }
