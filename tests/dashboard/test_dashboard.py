@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.dashboard.browser import Browser, chromium_binary
-from tests.helpers import run_cli
+from tests.helpers import run_cli, still_running
 
 NODE_MODELS_JS = """JSON.stringify(Object.fromEntries([...document.querySelectorAll('.edge-node')]
   .map(n => [n.dataset.nodeId,
@@ -134,3 +134,4 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, zoo_dir: Path) -> None:
             browser.close()
         stopped = run_cli("testbed", "down", "--dir", str(state_dir))
     assert stopped.returncode == 0, stopped.stderr
+    assert still_running(state["pids"]) == []
