@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import httpx
 
-from core.errors import TrimCacheError
+from core.errors import ErrorCode, TrimCacheError
 
 __all__ = [
     "BlockIntegrityError",
@@ -63,7 +63,7 @@ class ClientError(TrimCacheError):
         body: the start of the response body, for debugging.
     """
 
-    code: ClassVar[str] = "client_error"
+    code: ClassVar[str] = ErrorCode.client_error
     exit_code: ClassVar[int] = 1
 
     def __init__(
@@ -87,13 +87,13 @@ class ClientError(TrimCacheError):
 class ModelNotFoundError(ClientError, LookupError):
     """The controller (or edge node, origin, device cache) does not know the model."""
 
-    code = "model_not_found"
+    code = ErrorCode.model_not_found
 
 
 class BlockNotFoundError(ClientError, LookupError):
     """A source does not hold a block it was asked for."""
 
-    code = "block_not_found"
+    code = ErrorCode.block_not_found
 
 
 class ControllerUnavailableError(ClientError, ConnectionError):
@@ -102,19 +102,19 @@ class ControllerUnavailableError(ClientError, ConnectionError):
     Not an edge error: no edge node was asked. ``url`` is the controller's base URL.
     """
 
-    code = "controller_unavailable"
+    code = ErrorCode.controller_unavailable
 
 
 class EdgeUnavailableError(ClientError, ConnectionError):
     """A source could not be reached, dropped the connection, or answered 5xx."""
 
-    code = "edge_unavailable"
+    code = ErrorCode.edge_unavailable
 
 
 class BlockIntegrityError(ClientError):
     """Received bytes do not match the block id (wrong bytes or a short body)."""
 
-    code = "block_integrity"
+    code = ErrorCode.block_integrity
 
 
 class NoSourceError(ClientError):
@@ -123,7 +123,7 @@ class NoSourceError(ClientError):
     ``tried`` maps each failed block id to the ``(source_url, reason)`` attempts made for it.
     """
 
-    code = "no_source"
+    code = ErrorCode.no_source
 
     def __init__(self, model_id: str, tried: Mapping[str, Sequence[tuple[str, str]]]) -> None:
         sources: dict[str, str] = {}
@@ -141,22 +141,19 @@ class NoSourceError(ClientError):
 class DiskFullError(ClientError, OSError):
     """The device cache ran out of space; nothing half-written was left in it."""
 
-    code = "disk_full"
+    code = ErrorCode.disk_full
 
 
-# X-Error-Code -> class. Origin codes are the Hub's own (RepoNotFound, ...).
-_CODE_TO_ERROR: dict[str, type[ClientError]] = {
-    "model_not_found": ModelNotFoundError,
-    "repo_not_found": ModelNotFoundError,
-    "revision_not_found": ModelNotFoundError,
-    "RepoNotFound": ModelNotFoundError,
-    "RevisionNotFound": ModelNotFoundError,
-    "block_not_found": BlockNotFoundError,
-    "entry_not_found": BlockNotFoundError,
-    "EntryNotFound": BlockNotFoundError,
-    "state_unavailable": EdgeUnavailableError,
-    "upstream_unavailable": EdgeUnavailableError,
-    "internal": EdgeUnavailableError,
+# Error code -> class (either spelling of X-Error-Code, see core.errors.ErrorCode.parse).
+_CODE_TO_ERROR: dict[ErrorCode, type[ClientError]] = {
+    ErrorCode.model_not_found: ModelNotFoundError,
+    ErrorCode.repo_not_found: ModelNotFoundError,
+    ErrorCode.revision_not_found: ModelNotFoundError,
+    ErrorCode.block_not_found: BlockNotFoundError,
+    ErrorCode.entry_not_found: BlockNotFoundError,
+    ErrorCode.state_unavailable: EdgeUnavailableError,
+    ErrorCode.upstream_unavailable: EdgeUnavailableError,
+    ErrorCode.internal: EdgeUnavailableError,
 }
 
 
@@ -196,7 +193,8 @@ def raise_for_error(response: httpx.Response) -> None:
     except (httpx.ResponseNotRead, UnicodeDecodeError):
         body = ""
     message = _message_of(body) or body.strip()[:200] or response.reason_phrase
-    cls = _CODE_TO_ERROR.get(remote_code or "")
+    code = ErrorCode.parse(remote_code)
+    cls = _CODE_TO_ERROR.get(code) if code is not None else None
     if cls is None:
         cls = EdgeUnavailableError if response.status_code >= 500 else ClientError
     url = str(response.request.url)

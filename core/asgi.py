@@ -13,18 +13,26 @@
 error message quoting a client's non-latin-1 path never turns a 404 into a 500.
 :func:`validation_error` is FastAPI's 422 answer made safe for any input: FastAPI echoes the
 offending value, and a NaN or infinity there made the answer itself fail with a 500.
+:func:`bearer_dependency` is the one FastAPI dependency for control routes, enforcing the one
+token policy of :mod:`core.auth` (which stays framework-free: the client imports it too).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
 
 import anyio
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.auth import refusal
+from core.errors import UnauthorizedError
 
 # OpenAPI ``responses`` of routes that answer raw bytes (blocks, Hub file downloads).
 _BYTES = {
@@ -153,3 +161,32 @@ class RequestGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+_BEARER = HTTPBearer(auto_error=False, description="the service's control token")
+
+
+def bearer_dependency(
+    tokens: Callable[[Request], Iterable[str | None]], *, setting: str
+) -> Callable[..., None]:
+    """The FastAPI dependency that enforces :func:`core.auth.refusal` on a control route.
+
+    ``tokens(request)`` returns the tokens the service accepts (from its settings on
+    ``app.state``); ``setting`` names the variable that configures them. The header is read with
+    FastAPI's :class:`~fastapi.security.HTTPBearer` (``auto_error=False``: the one policy, not
+    FastAPI's 403, decides), so each service's OpenAPI document declares the bearer scheme.
+    Raises :class:`core.errors.UnauthorizedError` (401 ``unauthorized``).
+    """
+
+    def require_token(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
+        header = request.headers.get("Authorization")
+        if credentials is not None:
+            header = f"{credentials.scheme} {credentials.credentials}"
+        reason = refusal(header, tokens(request), setting=setting)
+        if reason is not None:
+            raise UnauthorizedError(reason)
+
+    return require_token

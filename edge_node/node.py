@@ -167,7 +167,7 @@ class EdgeNode:
         with self._lock:
             found = self._manifests.get(model_id)
         if found is None:
-            raise ModelNotFoundError(model_id)
+            raise ModelNotFoundError(model_id, "is not held by this node")
         return found
 
     def put_manifest(self, manifest: ModelManifest) -> None:

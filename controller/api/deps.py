@@ -6,12 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from controller.errors import UnauthorizedError
 from controller.metrics import Metrics
 from controller.planner import Planner
 from controller.settings import Settings
 from controller.state import RedisState
-from core.auth import refusal
+from core.asgi import bearer_dependency
 
 
 def get_settings(request: Request) -> Settings:
@@ -39,29 +38,17 @@ StateDep = Annotated[RedisState, Depends(get_state)]
 PlannerDep = Annotated[Planner, Depends(get_planner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
-
-def require_token(request: Request, settings: SettingsDep) -> None:
-    """Writes need ``Authorization: Bearer <CONTROLLER_AUTH_TOKEN>`` (policy: :mod:`core.auth`)."""
-    reason = refusal(
-        request.headers.get("Authorization"), [settings.auth_token], setting="CONTROLLER_AUTH_TOKEN"
+#: Writes need ``Authorization: Bearer <CONTROLLER_AUTH_TOKEN>`` (policy: :mod:`core.auth`).
+AuthDep = Depends(
+    bearer_dependency(
+        lambda request: [get_settings(request).auth_token], setting="CONTROLLER_AUTH_TOKEN"
     )
-    if reason is not None:
-        raise UnauthorizedError(reason)
-
-
-AuthDep = Depends(require_token)
-
-
-def require_node_token(request: Request, settings: SettingsDep) -> None:
-    """Heartbeats: the controller's token or the edge nodes' token. Registering must be
-    authenticated because the controller sends its edge token to registered URLs."""
-    reason = refusal(
-        request.headers.get("Authorization"),
-        [settings.auth_token, settings.edge_auth_token],
+)
+#: Heartbeats: the controller's token or the edge nodes' token. Registering must be
+#: authenticated because the controller sends its edge token to registered URLs.
+NodeAuthDep = Depends(
+    bearer_dependency(
+        lambda request: [get_settings(request).auth_token, get_settings(request).edge_auth_token],
         setting="CONTROLLER_AUTH_TOKEN",
     )
-    if reason is not None:
-        raise UnauthorizedError(reason)
-
-
-NodeAuthDep = Depends(require_node_token)
+)

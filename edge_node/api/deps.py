@@ -7,8 +7,7 @@ from typing import Annotated
 import httpx
 from fastapi import Depends, Request
 
-from core.auth import refusal
-from edge_node.errors import UnauthorizedError
+from core.asgi import bearer_dependency
 from edge_node.ingest import PlanProgress
 from edge_node.node import EdgeNode
 from edge_node.pull import PullThrough
@@ -40,18 +39,13 @@ def get_http_client(request: Request) -> httpx.Client:
     return client
 
 
-def require_token(request: Request) -> None:
-    """Control endpoints: ``Authorization: Bearer <EDGE_AUTH_TOKEN>`` or 401 ``unauthorized``
-    (the one policy of :mod:`core.auth`: no token configured refuses every write)."""
-    token: str | None = request.app.state.settings.auth_token
-    reason = refusal(request.headers.get("authorization"), [token], setting="EDGE_AUTH_TOKEN")
-    if reason is not None:
-        raise UnauthorizedError(reason)
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 NodeDep = Annotated[EdgeNode, Depends(get_node)]
 ProgressDep = Annotated[PlanProgress, Depends(get_progress)]
 PullDep = Annotated[PullThrough, Depends(get_pull)]
 HttpClientDep = Annotated[httpx.Client, Depends(get_http_client)]
-AuthDep = Depends(require_token)
+#: Control endpoints: ``Authorization: Bearer <EDGE_AUTH_TOKEN>`` or 401 ``unauthorized`` (the
+#: one policy of :mod:`core.auth`: no token configured refuses every write).
+AuthDep = Depends(
+    bearer_dependency(lambda request: [get_settings(request).auth_token], setting="EDGE_AUTH_TOKEN")
+)

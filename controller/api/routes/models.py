@@ -6,7 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from pydantic import BaseModel, Field, field_validator
 
 from controller.api.deps import AuthDep, MetricsDep, SettingsDep, StateDep
 from controller.errors import InvalidRequestError, ModelNotFoundError
@@ -26,6 +28,16 @@ class AddModel(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$"
     )
     revision: str = Field(default="main", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _hub_repo_id(cls, value: str) -> str:
+        # The Hub's own rule too (no trailing "." or "-", no "--"/".."): 422, never a 500.
+        try:
+            validate_repo_id(value)
+        except HFValidationError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 @router.post("/v1/models", status_code=201, dependencies=[AuthDep])
