@@ -30,6 +30,7 @@ quality: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy core edge_node controller client testbed bench tests
+	$(VENV)/bin/lint-imports
 
 style: setup
 	$(VENV)/bin/ruff check --fix .
