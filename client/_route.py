@@ -15,6 +15,7 @@ from typing import Any, Literal
 from core.digest import BlockId
 from core.errors import ManifestError
 from core.manifest import ModelManifest
+from core.wire import RouteSource
 
 from ._errors import ClientError
 
@@ -62,17 +63,18 @@ def parse_route(data: Any) -> Route:
     """
     try:
         manifest = ModelManifest.from_dict(data["manifest"])
+        parsed = [RouteSource.model_validate(s) for s in data["sources"]]
         sources = tuple(
             Source(
-                url=str(s["url"]).rstrip("/"),
-                kind="origin" if s.get("kind") == "origin" else "edge",
-                node_id=s.get("node_id"),
-                expected_ms=s.get("expected_ms"),
+                url=s.url.rstrip("/"),
+                kind=s.kind,
+                node_id=s.node_id,
+                expected_ms=s.expected_ms,
             )
-            for s in data["sources"]
+            for s in parsed
         )
         raw_blocks: Mapping[str, Any] = data.get("blocks") or {}
-    except (KeyError, TypeError, AttributeError, ManifestError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, ManifestError) as exc:
         raise ClientError(f"malformed route from controller: {exc}") from exc
     origins = [i for i, s in enumerate(sources) if s.kind == "origin"]
     origin = origins[-1] if origins else None

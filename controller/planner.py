@@ -80,10 +80,10 @@ from controller.state import CatalogueEntry, NodeRecord, PlanLock, RedisState
 from controller.topology import Topology, default_topology, reachable_sets
 from core import ModelManifest, TrimCacheError, group_by_sharing
 from core.digest import BlockId
+from core.wire import EdgePlan, ErrorBody, PlanStatus
 
 logger = logging.getLogger(__name__)
 
-EDGE_PLAN_SCHEMA = "trimcache.edge-plan/v1"
 # How often the push waits for the node's answer before it looks at the node's progress.
 PROGRESS_POLL_S = 2.0
 # Push outcomes the loop retries (with backoff, within the budget): "pending" outside a running
@@ -552,13 +552,12 @@ class Planner:
             ]
             if urls:
                 peers[block_id] = urls
-        body = {
-            "schema": EDGE_PLAN_SCHEMA,
-            "version": push.version,
-            "manifests": [dict(push.entries[m].manifest) for m in models],
-            "peers": peers,
-            "origin_url": self.settings.origin_url,
-        }
+        body = EdgePlan(
+            version=push.version,
+            manifests=[dict(push.entries[m].manifest) for m in models],
+            peers=peers,
+            origin_url=self.settings.origin_url,
+        ).to_json()
         # Routes stop naming what this plan evicts before the node starts evicting (and
         # name again what an earlier plan dropped but this one brings back).
         dropping = sorted(set(node.models) - set(models))
@@ -657,8 +656,8 @@ class Planner:
         if response.status_code != 200:
             code = response.headers.get("X-Error-Code", f"http_{response.status_code}")
             try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
+                message = ErrorBody.model_validate_json(response.content).error.message
+            except ValueError:
                 message = response.text[:500]
             logger.warning(
                 "plan rejected node_id=%s status=%d code=%s",
@@ -706,10 +705,11 @@ class Planner:
     def _progress(self, node: NodeRecord, *, timeout_s: float) -> Any:
         """What the node reports of the plan it is applying (None: no answer)."""
         try:
-            doc = self.http.get(f"{node.url}/v1/plan", timeout=timeout_s).json()
-            return (doc.get("applying_version"), json.dumps(doc.get("progress"), sort_keys=True))
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError):
+            response = self.http.get(f"{node.url}/v1/plan", timeout=timeout_s)
+            status = PlanStatus.model_validate_json(response.content)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError):
             return None
+        return (status.applying_version, status.progress.model_dump_json())
 
     # -- the background loop --------------------------------------------------------------
     def tick(self, *, now_s: float | None = None) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from controller.state import CatalogueEntry, NodeRecord
 from controller.topology import DEFAULT_AREA_OFFSET_M, Topology, delivery_ms
+from core.wire import RouteSource
 
 
 def manifest_block_ids(manifest: Mapping[str, Any]) -> frozenset[str]:
@@ -68,16 +69,11 @@ def build_route(
         }
         held_bytes = {n: sum(sizes[b] for b in holders[n]) for n in holders}
         order = sorted(holders, key=lambda n: (-held_bytes[n], n))
-    sources: list[dict[str, Any]] = [
-        {
-            "url": by_id[n].url,
-            "kind": "edge",
-            "node_id": n,
-            "expected_ms": round(times[n], 3),
-        }
+    sources = [
+        RouteSource(url=by_id[n].url, kind="edge", node_id=n, expected_ms=round(times[n], 3))
         for n in order
     ]
-    sources.append({"url": origin_url, "kind": "origin"})
+    sources.append(RouteSource(url=origin_url, kind="origin"))
     origin_index = len(sources) - 1
     blocks = {
         block_id: [i for i, n in enumerate(order) if block_id in holders[n]] + [origin_index]
@@ -86,6 +82,6 @@ def build_route(
     return {
         "model_id": entry.model_id,
         "manifest": dict(manifest),
-        "sources": sources,
+        "sources": [s.model_dump(exclude_none=True) for s in sources],
         "blocks": blocks,
     }

@@ -1,7 +1,8 @@
 """Heartbeats to the controller: ``PUT {controller_url}/v1/nodes/{node_id}`` every interval.
 
-Body (docs/api.md "Edge node"): ``url``, ``capacity_bytes``, ``position`` ``[x_m, y_m]``,
-``physical_bytes``, ``models`` (complete models held) and ``blocks_digest``. Runs in a daemon
+Body: :class:`core.wire.NodeHeartbeat` (docs/api.md "Edge node"): ``url``, ``capacity_bytes``,
+``position`` ``[x_m, y_m]``, ``physical_bytes``, ``models`` (complete models held),
+``blocks_digest`` and ``plan_version``. Runs in a daemon
 thread; failures are logged and retried at the next tick, never fatal.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 
 from core.auth import bearer_header
+from core.wire import NodeHeartbeat
 from edge_node.node import EdgeNode
 
 logger = logging.getLogger(__name__)
@@ -21,16 +23,16 @@ logger = logging.getLogger(__name__)
 
 def heartbeat_body(node: EdgeNode) -> dict[str, Any]:
     s = node.settings
-    return {
-        "url": s.url,
-        "capacity_bytes": s.capacity_bytes,
-        "position": [s.position_x_m, s.position_y_m],
-        "physical_bytes": node.store.used_bytes,
-        "models": [m.model_id for m in node.complete_models()],
-        "blocks_digest": node.blocks_digest(),
+    return NodeHeartbeat(
+        url=s.url,
+        capacity_bytes=s.capacity_bytes,
+        position=(s.position_x_m, s.position_y_m),
+        physical_bytes=node.store.used_bytes,
+        models=[m.model_id for m in node.complete_models()],
+        blocks_digest=node.blocks_digest(),
         # The controller never hands out a version at or below it, even after losing its state.
-        "plan_version": node.plan_record.version,
-    }
+        plan_version=node.plan_record.version,
+    ).model_dump(mode="json")
 
 
 class Heartbeat:

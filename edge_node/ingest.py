@@ -61,7 +61,6 @@ from edge_node.node import EdgeNode, PlanRecord
 
 logger = logging.getLogger(__name__)
 
-PLAN_SCHEMA = "trimcache.edge-plan/v1"
 #: Upper bound of one peer batch or one coalesced origin Range request.
 MAX_REQUEST_BYTES = 64 << 20
 MAX_BATCH_BLOCKS = 512

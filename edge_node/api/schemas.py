@@ -1,21 +1,15 @@
-"""Request bodies (pydantic only at the boundary; converted to domain objects in routes)."""
+"""Request bodies of the edge node (pydantic only at the boundary; converted to domain objects in
+routes). The plan is a wire message shared with the controller: :class:`core.wire.EdgePlan`."""
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import BaseModel, Field
 
-from pydantic import BaseModel, ConfigDict, Field
+from core.wire import EdgePlan
+
+#: The plan body (the same model the controller's planner builds).
+PlanRequest = EdgePlan
 
 
 class BatchRequest(BaseModel):
     block_ids: list[str] = Field(max_length=100_000)
-
-
-class PlanRequest(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    schema_: str = Field(default="trimcache.edge-plan/v1", alias="schema")
-    version: int
-    manifests: list[dict[str, Any]]
-    peers: dict[str, list[str]] = Field(default_factory=dict)
-    origin_url: str | None = None

@@ -5,53 +5,18 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, Field, field_validator
 
 from controller.api.deps import AuthDep, MetricsDep, NodeAuthDep, SettingsDep, StateDep
 from controller.errors import NodeNotFoundError
 from controller.state import NodeRecord
-from controller.topology import MAX_COORD_M
+from core.wire import MAX_BYTES, MAX_VERSION, NodeHeartbeat, NodeRegistered
 
-# Largest byte count and version number accepted (2**53: exact in every JSON parser).
-MAX_BYTES = 2**53
-MAX_VERSION = 2**53
+__all__ = ["MAX_BYTES", "MAX_VERSION", "router"]
 
 router = APIRouter(tags=["nodes"])
 
 NodeId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-
-
-Coordinate = Annotated[float, Field(ge=-MAX_COORD_M, le=MAX_COORD_M, allow_inf_nan=False)]
-ByteCount = Annotated[int, Field(ge=0, le=MAX_BYTES)]
-
-
-class Heartbeat(BaseModel):
-    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
-    capacity_bytes: ByteCount | None = None
-    position: tuple[Coordinate, Coordinate] = (0.0, 0.0)
-    physical_bytes: ByteCount = 0
-    models: list[Annotated[str, Field(max_length=128)]] = Field(
-        default_factory=list, max_length=100_000
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _parsable(cls, value: str) -> str:
-        # The controller sends plans to this URL: it must be one httpx can request.
-        try:
-            url = httpx.URL(value)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"not a usable URL: {exc}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("not an http(s) URL with a host")
-        return value
-
-    blocks_digest: str | None = Field(default=None, max_length=128)
-    # The last placement version the node applied: a controller whose Redis lost its state
-    # never hands out a version at or below it (the edges' fencing would refuse it).
-    plan_version: int | None = Field(default=None, ge=0, le=MAX_VERSION)
 
 
 def node_view(node: NodeRecord, now_s: float | None = None) -> dict[str, Any]:
@@ -74,7 +39,11 @@ def node_view(node: NodeRecord, now_s: float | None = None) -> dict[str, Any]:
 
 @router.put("/v1/nodes/{node_id}", dependencies=[NodeAuthDep])
 def put_node(
-    node_id: NodeId, body: Heartbeat, state: StateDep, settings: SettingsDep, metrics: MetricsDep
+    node_id: NodeId,
+    body: NodeHeartbeat,
+    state: StateDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> dict[str, Any]:
     now = time.time()
     record = NodeRecord(
@@ -91,11 +60,9 @@ def put_node(
     )
     new = state.put_node(record, ttl_s=settings.heartbeat_expiry_s)
     metrics.heartbeats.inc()
-    return {
-        "node_id": node_id,
-        "registered": new,
-        "expires_in_s": settings.heartbeat_expiry_s,
-    }
+    return NodeRegistered(
+        node_id=node_id, registered=new, expires_in_s=settings.heartbeat_expiry_s
+    ).model_dump()
 
 
 @router.get("/v1/nodes")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from core.digest import check_block_id
 from core.errors import ManifestError
 from core.manifest import ModelManifest
+from core.wire import EDGE_PLAN_SCHEMA as PLAN_SCHEMA
+from core.wire import PlanStatus
 from edge_node.api.deps import AuthDep, HttpClientDep, NodeDep, ProgressDep
 from edge_node.api.schemas import PlanRequest
 from edge_node.errors import InvalidRequestError
-from edge_node.ingest import PLAN_SCHEMA, Plan, apply_plan
+from edge_node.ingest import Plan, apply_plan
 
 router = APIRouter(tags=["plan"])
 
@@ -44,10 +44,10 @@ def _to_plan(request: PlanRequest) -> Plan:
 @router.put("/v1/plan", dependencies=[AuthDep])
 def put_plan(
     request: PlanRequest, node: NodeDep, progress: ProgressDep, client: HttpClientDep
-) -> dict[str, Any]:
+) -> dict[str, object]:
     return apply_plan(node, _to_plan(request), client=client, progress=progress)
 
 
-@router.get("/v1/plan")
-def get_plan(progress: ProgressDep) -> dict[str, Any]:
-    return progress.to_json()
+@router.get("/v1/plan", response_model=PlanStatus)
+def get_plan(progress: ProgressDep) -> PlanStatus:
+    return PlanStatus.model_validate(progress.to_json())

@@ -1,0 +1,163 @@
+"""The messages that cross a process boundary between TrimCache's services, one pydantic model each.
+
+The side that builds a message and the side that parses it import the same model here, so the
+two cannot drift (docs/api.md has the prose):
+
+================  ===============================  =============================================
+model             built by                         parsed by
+================  ===============================  =============================================
+:class:`ErrorBody`   every service's error handler    ``client._errors``, the planner
+:class:`NodeHeartbeat`  ``edge_node.heartbeat``       ``PUT /v1/nodes/{id}`` (controller)
+:class:`NodeRegistered`  ``PUT /v1/nodes/{id}``       ``edge_node.heartbeat``
+:class:`EdgePlan`    ``controller.planner``           ``PUT /v1/plan`` (edge node)
+:class:`PlanStatus`  ``GET /v1/plan`` (edge node)     ``controller.planner``
+:class:`RouteSource`  ``controller.routing``          ``client._route``
+================  ===============================  =============================================
+
+Manifests travel in their own versioned JSON form (:meth:`core.manifest.ModelManifest.to_dict`),
+checked by :meth:`~core.manifest.ModelManifest.from_dict` on arrival; here they are plain JSON
+objects. Pure: pydantic only (no web framework, no HTTP client).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.errors import ErrorCode
+
+__all__ = [
+    "EDGE_PLAN_SCHEMA",
+    "MAX_BYTES",
+    "MAX_VERSION",
+    "EdgePlan",
+    "ErrorBody",
+    "ErrorCode",
+    "ErrorDetail",
+    "NodeHeartbeat",
+    "NodeRegistered",
+    "PlanProgressCounts",
+    "PlanStatus",
+    "RouteSource",
+]
+
+EDGE_PLAN_SCHEMA = "trimcache.edge-plan/v1"
+# Largest byte count and version number accepted (2**53: exact in every JSON parser).
+MAX_BYTES = 2**53
+MAX_VERSION = 2**53
+# Coordinates in metres (the controller's topology uses the same bound).
+MAX_COORD_M = 1e7
+
+ByteCount = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+Version = Annotated[int, Field(ge=0, le=MAX_VERSION)]
+Coordinate = Annotated[float, Field(ge=-MAX_COORD_M, le=MAX_COORD_M, allow_inf_nan=False)]
+
+
+def check_http_url(value: str) -> str:
+    """``value`` if it is an absolute http(s) URL with a host, else ValueError.
+
+    >>> check_http_url("http://127.0.0.1:8001")
+    'http://127.0.0.1:8001'
+    """
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a usable URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL with a host")
+    if any(c.isspace() for c in value):
+        raise ValueError("a URL has no whitespace")
+    return value
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(max_length=64)
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response of every service: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+    @classmethod
+    def of(cls, code: str, message: str) -> ErrorBody:
+        return cls(error=ErrorDetail(code=str(code), message=message))
+
+
+class NodeHeartbeat(BaseModel):
+    """``PUT /v1/nodes/{node_id}``: an edge node registering or renewing its registration."""
+
+    url: str = Field(max_length=2048)
+    capacity_bytes: ByteCount | None = None
+    position: tuple[Coordinate, Coordinate] = (0.0, 0.0)
+    physical_bytes: ByteCount = 0
+    models: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=100_000
+    )
+    blocks_digest: str | None = Field(default=None, max_length=128)
+    # The last placement version the node applied: a controller whose Redis lost its state
+    # never hands out a version at or below it (the edges' fencing would refuse it).
+    plan_version: Version | None = None
+
+    # The controller sends plans to this URL: it must be one an HTTP client can request.
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, value: str) -> str:
+        return check_http_url(value)
+
+
+class NodeRegistered(BaseModel):
+    """The controller's answer to a heartbeat."""
+
+    node_id: str
+    registered: bool
+    expires_in_s: float
+
+
+class EdgePlan(BaseModel):
+    """``PUT /v1/plan``: what an edge node must hold (manifests) and where to copy it from."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_: str = Field(default=EDGE_PLAN_SCHEMA, alias="schema")
+    version: Version
+    manifests: list[dict[str, Any]]
+    peers: dict[str, list[str]] = Field(default_factory=dict)
+    origin_url: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+class PlanProgressCounts(BaseModel):
+    blocks_total: int = 0
+    blocks_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+
+
+class PlanStatus(BaseModel):
+    """``GET /v1/plan`` on an edge node: the last applied version and a running apply."""
+
+    version: int | None = None
+    status: Literal["idle", "applying", "applied", "failed"] = "idle"
+    applying_version: int | None = None
+    progress: PlanProgressCounts = Field(default_factory=PlanProgressCounts)
+    fetched_bytes_by_source: dict[str, int] = Field(default_factory=dict)
+    evicted_bytes: int = 0
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class RouteSource(BaseModel):
+    """One source of a route (``GET /v1/routes/{model_id}``: ``sources[i]``)."""
+
+    url: str
+    kind: Literal["edge", "origin"]
+    node_id: str | None = None
+    expected_ms: float | None = None
