@@ -113,6 +113,6 @@ def test_every_wire_message_round_trips(
             assert ErrorCode(body.error.code).value == response.headers["X-Error-Code"]
             assert body.error.message
         stale = EdgePlan(version=placement["version"] - 1, manifests=[manifest])
-        r = httpx.put(f"{edge_url}/v1/plan", json=stale.to_json(), headers=AUTH)
-        assert r.status_code == 409
-        assert ErrorBody.model_validate_json(r.content).error.code == ErrorCode.stale_plan
+        refused = httpx.put(f"{edge_url}/v1/plan", json=stale.to_json(), headers=AUTH)
+        assert refused.status_code == 409
+        assert ErrorBody.model_validate_json(refused.content).error.code == ErrorCode.stale_plan
