@@ -13,15 +13,15 @@ from core.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     NodeNotFoundError,
-    ServiceError,
     StateUnavailableError,
+    TrimCacheError,
     UnauthorizedError,
     UpstreamUnavailableError,
 )
 from core.hubapi import RepoNotFoundError, RevisionNotFoundError
 
-#: Former base of the controller's errors: every service error now shares one base.
-ControllerError = ServiceError
+#: Former base of the controller's errors: now the one root (Hub errors live in core.hubapi).
+ControllerError = TrimCacheError
 
 __all__ = [
     "ControllerError",
