@@ -101,10 +101,10 @@ def test_stop_services_kills_the_whole_group(
     sleeper: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
     service = Service(
-        "sleeper", "edge", "http://x", sleeper.pid, launcher._start_ticks(sleeper.pid),
+        "sleeper", "edge", "http://x", sleeper.pid, launcher._create_time(sleeper.pid),
         tmp_path / "log", sleeper,
     )  # fmt: skip
-    assert launcher.process_alive(sleeper.pid, service.start_ticks)
+    assert launcher.process_alive(sleeper.pid, service.create_time)
     assert launcher.stop_services([service], grace_s=5) == ["sleeper"]
     assert sleeper.poll() is not None
     assert not launcher._group_alive(sleeper.pid)
@@ -113,9 +113,9 @@ def test_stop_services_kills_the_whole_group(
 def test_a_recycled_pid_is_never_signalled(
     sleeper: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
-    ticks = launcher._start_ticks(sleeper.pid)
-    assert ticks is not None
-    impostor = Service("old", "edge", "http://x", sleeper.pid, ticks - 1, tmp_path / "log")
+    started = launcher._create_time(sleeper.pid)
+    assert started is not None
+    impostor = Service("old", "edge", "http://x", sleeper.pid, started - 1, tmp_path / "log")
     assert launcher.stop_services([impostor], grace_s=1) == []
     assert sleeper.poll() is None
 
@@ -227,7 +227,7 @@ def test_up_rejects_a_partly_running_testbed(
 ) -> None:
     alive = Service(
         "origin", "origin", "http://127.0.0.1:9", sleeper.pid,
-        launcher._start_ticks(sleeper.pid), tmp_path / "o.log",
+        launcher._create_time(sleeper.pid), tmp_path / "o.log",
     )  # fmt: skip
     dead = Service("redis", "redis", "redis://127.0.0.1:9/0", 2**22 + 7, None, tmp_path / "r.log")
     state = {"schema": launcher.SCHEMA, "services": [alive.to_json(), dead.to_json()]}
