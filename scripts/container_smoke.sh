@@ -73,8 +73,9 @@ cleanup() {
     done
     left=$(buildah images --format '{{.Name}}' 2>/dev/null | grep -c "$RUN_ID")
     left_ctrs=$(buildah containers --format '{{.ContainerName}}' 2>/dev/null | grep -c "$RUN_ID")
+    left_procs=$(pgrep -f -c "$RUN_ID-" 2>/dev/null)
     say "clean-up: removed $(wc -w <<<"$ctrs") container(s) and this run's images;" \
-        "left: ${left} image(s), ${left_ctrs} container(s) named $RUN_ID"
+        "left: ${left} image(s), ${left_ctrs} container(s), ${left_procs:-0} process(es) of $RUN_ID"
     if [[ $KEEP_LOGS -eq 1 || $code -ne 0 ]]; then say "logs kept in $WORK"; else rm -rf "$WORK"; fi
     exit "$code"
 }
@@ -137,6 +138,14 @@ buildah build --isolation=chroot --network=host --layers=false --target service 
     >"$WORK/build.log" 2>&1 || fail "image build failed ($DOCKERFILE, target service)" "$WORK/build.log"
 DIGEST=$(buildah inspect --type image --format '{{.FromImageDigest}}' "$IMAGE")
 say "image $IMAGE built in $((SECONDS - BUILD_START)) s, digest $DIGEST"
+# The image's own CMD must run too (compose and the table override it for every service).
+mapfile -t CMD < <(buildah inspect --type image --format '{{json .OCIv1.Config.Cmd}}' "$IMAGE" \
+    | python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin) or []))')
+[[ ${#CMD[@]} -gt 0 ]] || fail "the image has no CMD"
+buildah from --pull=never --name "$RUN_ID-cmd" "$IMAGE" >/dev/null
+buildah run --isolation=chroot --network=host "$RUN_ID-cmd" -- "${CMD[@]}" >"$WORK/cmd.log" 2>&1 \
+    || fail "the image's CMD (${CMD[*]}) failed" "$WORK/cmd.log"
+say "the image's CMD (${CMD[*]}) exits 0"
 
 # ---------------------------------------------------------------- 4. the stack from the image
 ZOO=$("$PY" -c 'from testbed.zoo import ensure_zoo; print(ensure_zoo("test"))') \

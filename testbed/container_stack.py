@@ -74,7 +74,12 @@ def buildah_runner(
     return argv
 
 
+def _fail(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     from huggingface_hub import snapshot_download
 
     from client import fetch_model
@@ -87,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
 
     def say(message: str) -> None:
-        print(f"[stack {time.monotonic() - started:5.1f}s] {message}", flush=True)
+        sys.stdout.write(f"[stack {time.monotonic() - started:5.1f}s] {message}\n")
+        sys.stdout.flush()
 
     options = launcher.LaunchOptions(
         state_dir=state_dir,
@@ -103,14 +109,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         state = launcher.up(options, on_progress=say)
     except (launcher.TestbedError, subprocess.CalledProcessError) as exc:
-        print(f"stack failed: {exc}", file=sys.stderr)
+        _fail(f"stack failed: {exc}")
         return 1
     try:
         healthy = launcher.status(state_dir)
         for row in healthy:
             say(f"service {row.name:<10} {row.url:<28} healthy={row.healthy} ({row.detail})")
         if not all(row.healthy for row in healthy):
-            print("stack failed: a service is not healthy", file=sys.stderr)
+            _fail("stack failed: a service is not healthy")
             return 1
         repo_id = f"trimcache-zoo/{args.model}"
         want = sha256_of(zoo / "repos" / repo_id / WEIGHTS)
@@ -122,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             auth_token=state["auth_token"],
         )
         via_sdk = sha256_of(Path(fetched.path) / WEIGHTS)
-        say(f"SDK fetch of {args.model}: {json.dumps(fetched.report.get('bytes', {}))}")
+        say(f"SDK fetch of {args.model}, bytes by source: {json.dumps(fetched.report['bytes_by_source'])}")
         edge = state["edge_urls"][0]
         snapshot = snapshot_download(
             repo_id, endpoint=edge, cache_dir=state_dir / "hf-client", token=False
@@ -132,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"SDK      {WEIGHTS} sha256 {via_sdk}")
         say(f"edge-1   {WEIGHTS} sha256 {via_edge} (snapshot_download from {edge})")
         if not via_sdk == via_edge == want:
-            print(f"stack failed: {args.model} differs from the zoo's file", file=sys.stderr)
+            _fail(f"stack failed: {args.model} differs from the zoo's file")
             return 1
         say(f"sha256 equal: the SDK's and the edge's {args.model} are the zoo's bytes")
         return 0
