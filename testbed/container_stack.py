@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
             auth_token=state["auth_token"],
         )
         via_sdk = sha256_of(Path(fetched.path) / WEIGHTS)
-        say(f"SDK fetch of {args.model}, bytes by source: {json.dumps(fetched.report['bytes_by_source'])}")
+        by_source = json.dumps(fetched.report["bytes_by_source"])
+        say(f"SDK fetch of {args.model}, bytes by source: {by_source}")
         edge = state["edge_urls"][0]
         snapshot = snapshot_download(
             repo_id, endpoint=edge, cache_dir=state_dir / "hf-client", token=False
