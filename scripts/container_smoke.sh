@@ -139,8 +139,8 @@ buildah build --isolation=chroot --network=host --layers=false --target service 
 DIGEST=$(buildah inspect --type image --format '{{.FromImageDigest}}' "$IMAGE")
 say "image $IMAGE built in $((SECONDS - BUILD_START)) s, digest $DIGEST"
 # The image's own CMD must run too (compose and the table override it for every service).
-mapfile -t CMD < <(buildah inspect --type image --format '{{json .OCIv1.Config.Cmd}}' "$IMAGE" \
-    | python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin) or []))')
+mapfile -t CMD < <(buildah inspect --type image "$IMAGE" \
+    | python3 -c 'import json, sys; [print(a) for a in json.load(sys.stdin)["OCIv1"]["config"].get("Cmd") or []]')
 [[ ${#CMD[@]} -gt 0 ]] || fail "the image has no CMD"
 buildah from --pull=never --name "$RUN_ID-cmd" "$IMAGE" >/dev/null
 buildah run --isolation=chroot --network=host "$RUN_ID-cmd" -- "${CMD[@]}" >"$WORK/cmd.log" 2>&1 \
