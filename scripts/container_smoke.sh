@@ -76,7 +76,15 @@ cleanup() {
     left_procs=$(pgrep -f -c "$RUN_ID-" 2>/dev/null)
     say "clean-up: removed $(wc -w <<<"$ctrs") container(s) and this run's images;" \
         "left: ${left} image(s), ${left_ctrs} container(s), ${left_procs:-0} process(es) of $RUN_ID"
-    if [[ $KEEP_LOGS -eq 1 || $code -ne 0 ]]; then say "logs kept in $WORK"; else rm -rf "$WORK"; fi
+    if [[ $KEEP_LOGS -eq 1 || $code -ne 0 ]]; then
+        # Logs only: the zoo links, block stores and downloads go.
+        find "$WORK" -mindepth 1 -maxdepth 1 ! -name '*.log' ! -name stack -exec rm -rf {} +
+        [[ -d $WORK/stack ]] && find "$WORK/stack" -mindepth 1 -maxdepth 1 ! -name logs \
+            -exec rm -rf {} +
+        say "logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
     exit "$code"
 }
 trap cleanup EXIT
