@@ -51,12 +51,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import psutil
 
 from core.errors import TrimCacheError
+from core.ports import free_port
+from core.waiting import wait_until
 from testbed import paths
 from testbed.services import (
     Deployment,
@@ -66,7 +68,6 @@ from testbed.services import (
     find_redis_server,
     local_argv,
     service_table,
-    wait_until,
     waves,
 )
 from testbed.topology import Topology, grid_topology, node_id_for
@@ -79,6 +80,7 @@ LOOPBACK = "127.0.0.1"
 # The SDK's and CLI's default controller URL is http://127.0.0.1:8080.
 DEFAULT_CONTROLLER_PORT = 8080
 Profile = Literal["test", "full"]
+T = TypeVar("T")
 # Env prefixes of the services' settings: never leaked from the caller into a service.
 SERVICE_ENV_PREFIXES = ("EDGE_", "CONTROLLER_", "ORIGIN_")
 
@@ -291,13 +293,42 @@ def stop_services(services: Iterable[Service], *, grace_s: float = 10.0) -> list
 
 def _free_port(taken: set[int]) -> int:
     """An unused loopback TCP port, never one already handed out in this launch."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((LOOPBACK, 0))
-            port: int = sock.getsockname()[1]
-        if port not in taken:
-            taken.add(port)
-            return port
+    while (port := free_port(LOOPBACK)) in taken:
+        pass
+    taken.add(port)
+    return port
+
+
+def _wait(
+    predicate: Callable[[], T | None],
+    *,
+    timeout_s: float,
+    on_timeout: Callable[[], Exception],
+    check: Callable[[], None] = lambda: None,
+    interval_s: float = 0.1,
+) -> T:
+    """:func:`core.waiting.wait_until` on ``predicate``, with ``check`` run first each time: a
+    :class:`TestbedError` it raises (a service died) ends the wait at once; on timeout,
+    ``on_timeout()`` is raised."""
+    fatal: list[TestbedError] = []
+
+    def step() -> T | None:
+        try:
+            check()
+        except TestbedError as exc:
+            fatal.append(exc)
+            return None
+        return predicate()
+
+    try:
+        value = wait_until(
+            lambda: True if fatal else step(), timeout_s=timeout_s, interval_s=interval_s
+        )
+    except TimeoutError:
+        raise on_timeout() from None
+    if fatal:
+        raise fatal[0]
+    return value  # type: ignore[return-value]
 
 
 def _port_is_free(port: int) -> bool:
@@ -424,7 +455,7 @@ def _wait_healthy(services: Sequence[Service], *, timeout_s: float) -> None:
             f"({last.get(name, '')}); last lines of {service.log}:\n{log_tail(service.log)}"
         )
 
-    wait_until(
+    _wait(
         all_healthy,
         timeout_s=timeout_s,
         on_timeout=timed_out,
@@ -456,7 +487,7 @@ def _wait_registered(
             f"last lines of {first.log}:\n{log_tail(first.log)}"
         )
 
-    wait_until(registered, timeout_s=timeout_s, on_timeout=timed_out, interval_s=0.2)
+    _wait(registered, timeout_s=timeout_s, on_timeout=timed_out, interval_s=0.2)
 
 
 def origin_repos(origin_url: str) -> list[str]:
@@ -538,7 +569,7 @@ def wait_ready(
         return None
 
     with httpx.Client(base_url=controller_url, timeout=10) as http:
-        return wait_until(
+        return _wait(
             lambda: ready(http),
             timeout_s=timeout_s,
             on_timeout=lambda: TestbedError(

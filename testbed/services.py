@@ -1,4 +1,4 @@
-"""The testbed's services as one declarative table, and the one wait loop of the launcher.
+"""The testbed's services as one declarative table.
 
 :func:`service_table` says, for Redis, the origin, the controller and every edge node: the
 command (program first: ``trimcache`` or ``redis-server``), the settings env vars, the URL it
@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from testbed.topology import Topology, node_id_for
 
 Kind = Literal["redis", "origin", "controller", "edge"]
 LOOPBACK = "127.0.0.1"
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,24 +223,3 @@ def local_argv(spec: ServiceSpec) -> list[str]:
             raise FileNotFoundError("redis-server not found on PATH: run `make setup`")
         return [found, *args]
     return list(spec.command)
-
-
-def wait_until(
-    predicate: Callable[[], T | None],
-    *,
-    timeout_s: float,
-    on_timeout: Callable[[], Exception],
-    check: Callable[[], None] = lambda: None,
-    interval_s: float = 0.1,
-) -> T:
-    """Call ``check`` (it raises to abort) then ``predicate`` until the latter returns a value
-    other than None/False; raise ``on_timeout()`` once ``timeout_s`` has passed."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        check()
-        value = predicate()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise on_timeout()
-        time.sleep(interval_s)
