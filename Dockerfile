@@ -1,4 +1,5 @@
-# TrimCache images, built from python:3.11-slim. Two targets:
+# TrimCache images, built from BASE_IMAGE (python:3.11-slim; any Debian-like image with python3
+# and its venv module works, e.g. the debootstrap base of scripts/container_smoke.sh). Two targets:
 #
 #   service (the default, last stage): origin, controller and edge nodes. No torch: the
 #           services move and hash bytes, they never run a model.
@@ -10,16 +11,23 @@
 #   docker build --target zoo -t trimcache-zoo:latest .
 #
 # docker-compose.yml builds both. Both run as the unprivileged user 10001, which owns /data and
-# /zoo, so fresh named volumes mounted there are writable.
+# /zoo, so fresh named volumes mounted there are writable. Packages go into the venv /opt/venv
+# (Debian's own python refuses system-wide pip installs); its bin/ comes first on PATH, so
+# `python`, `pip` and `trimcache` are the venv's. Index settings and CA bundles for pip are the
+# builder's business (build-time mounts, see scripts/container_smoke.sh): none is baked in.
 
-FROM python:3.11-slim AS base
-ENV PYTHONDONTWRITEBYTECODE=1 \
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE} AS base
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     HF_HUB_DISABLE_XET=1
-RUN useradd --create-home --uid 10001 trimcache \
+RUN python3 -m venv /opt/venv \
+    && useradd --create-home --uid 10001 trimcache \
     && mkdir -p /data /zoo \
     && chown trimcache:trimcache /data /zoo
 WORKDIR /app

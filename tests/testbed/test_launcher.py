@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -101,10 +102,10 @@ def test_stop_services_kills_the_whole_group(
     sleeper: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
     service = Service(
-        "sleeper", "edge", "http://x", sleeper.pid, launcher._start_ticks(sleeper.pid),
+        "sleeper", "edge", "http://x", sleeper.pid, launcher._create_time(sleeper.pid),
         tmp_path / "log", sleeper,
     )  # fmt: skip
-    assert launcher.process_alive(sleeper.pid, service.start_ticks)
+    assert launcher.process_alive(sleeper.pid, service.create_time)
     assert launcher.stop_services([service], grace_s=5) == ["sleeper"]
     assert sleeper.poll() is not None
     assert not launcher._group_alive(sleeper.pid)
@@ -113,9 +114,9 @@ def test_stop_services_kills_the_whole_group(
 def test_a_recycled_pid_is_never_signalled(
     sleeper: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
-    ticks = launcher._start_ticks(sleeper.pid)
-    assert ticks is not None
-    impostor = Service("old", "edge", "http://x", sleeper.pid, ticks - 1, tmp_path / "log")
+    started = launcher._create_time(sleeper.pid)
+    assert started is not None
+    impostor = Service("old", "edge", "http://x", sleeper.pid, started - 1, tmp_path / "log")
     assert launcher.stop_services([impostor], grace_s=1) == []
     assert sleeper.poll() is None
 
@@ -227,7 +228,7 @@ def test_up_rejects_a_partly_running_testbed(
 ) -> None:
     alive = Service(
         "origin", "origin", "http://127.0.0.1:9", sleeper.pid,
-        launcher._start_ticks(sleeper.pid), tmp_path / "o.log",
+        launcher._create_time(sleeper.pid), tmp_path / "o.log",
     )  # fmt: skip
     dead = Service("redis", "redis", "redis://127.0.0.1:9/0", 2**22 + 7, None, tmp_path / "r.log")
     state = {"schema": launcher.SCHEMA, "services": [alive.to_json(), dead.to_json()]}
@@ -235,3 +236,39 @@ def test_up_rejects_a_partly_running_testbed(
     with pytest.raises(TestbedError, match="partly running"):
         launcher.up(launcher.LaunchOptions(state_dir=tmp_path, profile="test"))
     assert sleeper.poll() is None
+
+
+def test_service_waves_follow_depends_on() -> None:
+    from testbed.services import Deployment, service_table, waves
+
+    table = service_table(
+        Deployment(
+            auth_token="t", zoo_dir="/zoo", redis_dir="/r", edge_data_dirs=["/a", "/b"],
+            hf_home="/hf", manifest_cache_dir="/m", topology=grid_topology(2),
+            backhaul=LinkProfile(None, 0.0), radio=LinkProfile(None, 0.0),
+            capacity_bytes=1 << 20, edge_ports=[9001, 9002],
+        )
+    )  # fmt: skip
+    names = [[spec.name for spec in wave] for wave in waves(table)]
+    assert names == [["redis", "origin"], ["controller"], ["edge-1", "edge-2"]]
+    edge = table[-1]
+    assert edge.env["EDGE_CONTROLLER_URL"] == "http://127.0.0.1:8080"
+    assert "EDGE_LINK_RATE_BYTES_PER_S" not in edge.env  # unshaped radio
+    assert edge.writes == ("/b",)
+    with pytest.raises(ValueError, match="cycle"):
+        waves([replace(table[0], depends_on=("origin",)), replace(table[1], depends_on=("redis",))])
+
+
+def test_zoo_files_are_world_readable(zoo_dir: Path, tmp_path: Path) -> None:
+    """save_pretrained writes 0600; an origin of another user (the image's) must read the zoo."""
+    from testbed.zoo import make_world_readable
+
+    for path in zoo_dir.rglob("*"):
+        assert path.stat().st_mode & 0o005 == (0o005 if path.is_dir() else 0o004), path
+    secret = tmp_path / "repo" / "model.safetensors"
+    secret.parent.mkdir(mode=0o700)
+    secret.write_bytes(b"x")
+    secret.chmod(0o600)
+    make_world_readable(tmp_path / "repo")
+    assert secret.stat().st_mode & 0o777 == 0o644
+    assert secret.parent.stat().st_mode & 0o777 == 0o755
