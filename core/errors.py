@@ -69,6 +69,7 @@ class ErrorCode(StrEnum):
     state_unavailable = "state_unavailable"
     pull_buffer_busy = "pull_buffer_busy"
     push_stalled = "push_stalled"
+    file_unreadable = "file_unreadable"
     # generic HTTP answers (unknown route, wrong method, body too large, slow request, ...)
     not_found = "not_found"
     method_not_allowed = "method_not_allowed"

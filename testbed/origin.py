@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -52,17 +53,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from core import hubapi
 from core.asgi import BINARY_RESPONSES, RequestGuard, header_text, validation_error
 from core.auth import refusal
-from core.errors import TrimCacheError
+from core.errors import ErrorCode, TrimCacheError
 from core.hubapi import (
     DEFAULT_BRANCH,
     FIXED_TIMESTAMP,
@@ -73,6 +73,7 @@ from core.hubapi import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
+from core.link import LinkCounters, LinkEmulationMiddleware
 from core.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,14 @@ class BadRequestError(OriginError):
     code = "bad_request"
     hub_code = "BadRequest"
     status_code = 400
+
+
+class FileUnreadableError(OriginError):
+    """A zoo file the origin's user may not read (e.g. a host-built zoo mounted into a
+    container whose user is not the owner): 503, the origin cannot serve it as it stands."""
+
+    code = ErrorCode.file_unreadable
+    status_code = 503
 
 
 def _sha256_file(path: Path) -> str:
@@ -221,21 +230,6 @@ class ServedStats:
                 "requests": self.requests,
                 "repos": {k: dict(v) for k, v in sorted(self.repos.items())},
             }
-
-
-class LatencyMiddleware:
-    """Adds ``latency_ms`` before every Hub request (not ``/v1/*`` nor ``/healthz``)."""
-
-    def __init__(self, app: ASGIApp, *, latency_ms: float) -> None:
-        self.app = app
-        self.latency_s = latency_ms / 1000.0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.latency_s > 0:
-            path: str = scope.get("path", "")
-            if not (path.startswith("/v1/") or path == "/healthz"):
-                await anyio.sleep(self.latency_s)
-        await self.app(scope, receive, send)
 
 
 class _FileRange(FileResponse):
@@ -369,8 +363,17 @@ def create_app(
     app = FastAPI(title="TrimCache origin (local Hugging Face Hub)", docs_url=None)
     app.state.index = index
     app.state.stats = stats
+    # The backhaul's latency, once per Hub request (control and observability paths are left
+    # alone); its rate is the bucket `_FileRange` paces by. One link-emulation middleware.
+    app.state.link_counters = LinkCounters()
     if latency_ms > 0:
-        app.add_middleware(LatencyMiddleware, latency_ms=latency_ms)
+        app.add_middleware(
+            LinkEmulationMiddleware,
+            latency_ms=latency_ms,
+            bucket=None,
+            unemulated=("/v1/", "/healthz"),
+            counters=app.state.link_counters,
+        )
     app.add_middleware(RequestGuard)
     app.add_exception_handler(RequestValidationError, validation_error)
 
@@ -388,6 +391,12 @@ def create_app(
             status_code=exc.status_code,
             headers=headers,
         )
+
+    @app.exception_handler(PermissionError)
+    def _unreadable(request: Request, exc: PermissionError) -> JSONResponse:
+        name = Path(exc.filename).name if exc.filename else "a zoo file"
+        message = f"the origin (uid {os.getuid()}) may not read {name}: make the zoo readable"
+        return _origin_error(request, FileUnreadableError(message))
 
     @app.exception_handler(StarletteHTTPException)
     def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -217,9 +220,13 @@ def test_link_emulation_paces_bytes_and_adds_latency(zoo_dir):
         assert len(r.content) == 4 * 1024 * 1024
         # 4 MiB at 8 MiB/s, minus at most one MiB of burst credit, plus latency.
         assert elapsed >= 0.4 + 3 / 8 - 0.05
-        started = time.monotonic()
+        counters = app.state.link_counters
+        before = (counters.delayed_requests, counters.unemulated_requests)
         httpx.get(f"{url}/v1/stats")
-        assert time.monotonic() - started < 0.4  # /v1/* is not delayed
+        httpx.get(f"{url}/healthz")
+        # /v1/* and /healthz are left alone; the two Hub requests above were delayed.
+        assert before[0] == 2
+        assert (counters.delayed_requests, counters.unemulated_requests) == (2, before[1] + 2)
 
 
 def test_transformers_from_pretrained_through_hf_endpoint(origin_url, tmp_path):
@@ -322,3 +329,44 @@ def test_list_models_answers_hfapi_like_the_hub(zoo_dir, origin_url):
     assert expanded.sha == sst2.sha
     bad = httpx.get(f"{origin_url}/api/models", params={"sort": "nonsense"})
     assert bad.status_code == 400 and bad.headers["x-error-code"] == "BadRequest"
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0, reason="needs root")
+def test_an_unreadable_zoo_file_is_a_clear_error_not_a_500(zoo_dir):
+    """A zoo the origin's user may not read (a root-built zoo served by uid 65534, as in a
+    container): a JSON ``file_unreadable`` answer naming the file, not a 500 traceback."""
+    # Not under pytest's tmp_path: its parents are private to root.
+    tmp_path = Path(tempfile.mkdtemp(prefix="origin-unreadable-"))
+    repo = tmp_path / "zoo" / "repos" / "trimcache-zoo" / "bert-sst2"
+    shutil.copytree(zoo_dir / "repos" / "trimcache-zoo" / "bert-sst2", repo)
+    for path in [tmp_path, *sorted(tmp_path.rglob("*"))]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (repo / "config.json").chmod(0o600)  # what save_pretrained writes
+    port = free_port()
+    proc = subprocess.Popen(
+        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        + [sys.executable, "-m", "testbed.cli", "origin", "serve", "--root", str(tmp_path / "zoo")]
+        + ["--port", str(port)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(f"{url}/healthz"), timeout_s=60)
+        r = httpx.get(f"{url}/trimcache-zoo/bert-sst2/resolve/main/config.json")
+        assert r.status_code == 503, r.text
+        assert r.headers["x-error-code"] == "file_unreadable"
+        assert "config.json" in r.json()["error"]["message"]
+        assert httpx.get(f"{url}/healthz").status_code == 200  # the origin keeps serving
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
