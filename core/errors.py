@@ -17,6 +17,7 @@ Hierarchy (one tree; the services' ``errors`` modules and ``client`` re-export f
     │       └── DiskFullError      the disk itself is full (ENOSPC), also 507 store_full
     └── ServiceError               what a service answers with (one HTTP status each)
         ├── InvalidRequestError        400 invalid_request (also a ValueError)
+        │   └── HostNotAllowedError    400 host_not_allowed (a plan names an unlisted host)
         ├── UnauthorizedError          401 unauthorized
         ├── ModelNotFoundError         404 model_not_found (also a LookupError)
         ├── NodeNotFoundError          404 node_not_found
@@ -63,6 +64,7 @@ class ErrorCode(StrEnum):
     entry_not_found = "entry_not_found"
     bad_request = "bad_request"
     stale_plan = "stale_plan"
+    host_not_allowed = "host_not_allowed"
     range_not_satisfiable = "range_not_satisfiable"
     invalid_model = "invalid_model"
     upstream_unavailable = "upstream_unavailable"
@@ -223,6 +225,12 @@ class InvalidRequestError(ServiceError, ValueError):
     code = ErrorCode.invalid_request
     status_code = 400
     exit_code = 2
+
+
+class HostNotAllowedError(InvalidRequestError):
+    """A plan names a URL whose host:port is not on the edge's allow-list (edge_node.allowlist)."""
+
+    code = ErrorCode.host_not_allowed
 
 
 class UnauthorizedError(ServiceError):

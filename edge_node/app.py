@@ -100,7 +100,8 @@ def create_app(settings: Settings) -> FastAPI:
         client = httpx.Client(
             timeout=httpx.Timeout(settings.fetch_timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            follow_redirects=True,
+            # Never follow a redirect: a plan's allowed host could send us anywhere else.
+            follow_redirects=False,
         )
         node.repair_fetch = repair_fetcher(node, client)
         pull = PullThrough(node, client, Catalogue(settings, client))

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     #: Default origin (HF-compatible hub) when a plan names none, and for repairs.
     origin_url: str | None = None
     controller_url: str | None = None
+    #: Comma-separated ``host:port`` (or ``host``: any port) a plan may name besides the
+    #: configured origin and controller, e.g. the peer edges (edge_node.allowlist).
+    allowed_hosts: str = ""
     #: Bearer token for control endpoints (plans, eviction). Unset: control endpoints refuse.
     auth_token: str | None = None
     host: str = "127.0.0.1"

@@ -91,6 +91,7 @@ def edges(tmp_path: Path, mini_origin: str) -> Iterator[Callable[[str, int | Non
                 capacity_bytes=capacity_bytes,
                 auth_token=TOKEN,
                 origin_url=mini_origin,
+                allowed_hosts="127.0.0.1",  # the peer edges, on OS-assigned loopback ports
                 durable=False,
                 scrub_on_start=False,
             )

@@ -74,6 +74,8 @@ def edge_nodes(base_dir: Path) -> Iterator[EdgeFactory]:
                 "data_dir": base_dir / node_id,
                 "auth_token": TOKEN,
                 "durable": False,
+                # Every test server listens on loopback (tests of the allow-list override it).
+                "allowed_hosts": "127.0.0.1",
                 **overrides,
             }
             app = create_app(Settings(**fields))

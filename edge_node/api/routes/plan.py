@@ -9,15 +9,17 @@ from core.errors import ManifestError
 from core.manifest import ModelManifest
 from core.wire import EDGE_PLAN_SCHEMA as PLAN_SCHEMA
 from core.wire import PlanStatus
+from edge_node.allowlist import check_allowed
 from edge_node.api.deps import AuthDep, HttpClientDep, NodeDep, ProgressDep
 from edge_node.api.schemas import PlanRequest
 from edge_node.errors import InvalidRequestError
 from edge_node.ingest import Plan, apply_plan
+from edge_node.settings import Settings
 
 router = APIRouter(tags=["plan"])
 
 
-def _to_plan(request: PlanRequest) -> Plan:
+def _to_plan(request: PlanRequest, settings: Settings) -> Plan:
     if request.schema_ != PLAN_SCHEMA:
         raise InvalidRequestError(
             f"unsupported plan schema {request.schema_!r}, want {PLAN_SCHEMA}"
@@ -29,9 +31,11 @@ def _to_plan(request: PlanRequest) -> Plan:
     ids = [m.model_id for m in manifests]
     if len(set(ids)) != len(ids):
         raise InvalidRequestError("a model appears twice in the plan")
-    for url in [request.origin_url or "", *(u for urls in request.peers.values() for u in urls)]:
+    urls = [request.origin_url or "", *(u for urls in request.peers.values() for u in urls)]
+    for url in urls:
         if url and not url.startswith(("http://", "https://")):
             raise InvalidRequestError(f"not an http(s) URL: {url!r}")
+    check_allowed(settings, filter(None, urls))
     peers = {check_block_id(b): tuple(urls) for b, urls in request.peers.items()}
     return Plan(
         version=request.version,
@@ -45,7 +49,8 @@ def _to_plan(request: PlanRequest) -> Plan:
 def put_plan(
     request: PlanRequest, node: NodeDep, progress: ProgressDep, client: HttpClientDep
 ) -> dict[str, object]:
-    return apply_plan(node, _to_plan(request), client=client, progress=progress)
+    plan = _to_plan(request, node.settings)
+    return apply_plan(node, plan, client=client, progress=progress)
 
 
 @router.get("/v1/plan", response_model=PlanStatus)
