@@ -136,6 +136,8 @@ def service_table(d: Deployment) -> list[ServiceSpec]:
         writes=(d.hf_home, d.manifest_cache_dir),
     )  # fmt: skip
     table = [redis, origin, controller]
+    # The hosts a plan may name besides the origin and the controller: the peer edges.
+    allowed_hosts = ",".join(f"{LOOPBACK}:{port}" for port in d.edge_ports)
     for index, (port, data_dir) in enumerate(zip(d.edge_ports, d.edge_data_dirs, strict=True)):
         node_id = node_id_for(index)
         url = f"http://{LOOPBACK}:{port}"
@@ -149,6 +151,7 @@ def service_table(d: Deployment) -> list[ServiceSpec]:
             "EDGE_CAPACITY_BYTES": str(d.capacity_bytes),
             "EDGE_ORIGIN_URL": origin_url,
             "EDGE_CONTROLLER_URL": controller_url,
+            "EDGE_ALLOWED_HOSTS": allowed_hosts,
             "EDGE_AUTH_TOKEN": d.auth_token,
             "EDGE_POSITION_X_M": f"{x_m:g}",
             "EDGE_POSITION_Y_M": f"{y_m:g}",

@@ -84,7 +84,7 @@ def edge_settings(
         heartbeat_interval_s=0.2,
         scrub_on_start=False,
         durable=False,
-        **extra,
+        **{"allowed_hosts": "127.0.0.1", **extra},  # peers: other loopback test edges
     )
 
 

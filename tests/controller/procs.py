@@ -107,6 +107,8 @@ def controller_process(
 
 def edge_process(log_dir: Path, node_id: str, **settings: Any) -> ServiceProcess:
     port = free_port()
-    env = {f"EDGE_{k.upper()}": str(v) for k, v in settings.items()}
+    # Peers are other test edges on loopback ports picked at start: allow loopback.
+    env = {"EDGE_ALLOWED_HOSTS": "127.0.0.1"}
+    env.update({f"EDGE_{k.upper()}": str(v) for k, v in settings.items()})
     env.update(EDGE_NODE_ID=node_id, EDGE_HOST="127.0.0.1", EDGE_PORT=str(port))
     return ServiceProcess(node_id, "edge_node", env, log_dir, port)
