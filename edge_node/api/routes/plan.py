@@ -35,8 +35,8 @@ def _to_plan(request: PlanRequest, settings: Settings) -> Plan:
     for url in urls:
         if url and not url.startswith(("http://", "https://")):
             raise InvalidRequestError(f"not an http(s) URL: {url!r}")
-    check_allowed(settings, filter(None, urls))
     peers = {check_block_id(b): tuple(urls) for b, urls in request.peers.items()}
+    check_allowed(settings, filter(None, urls))
     return Plan(
         version=request.version,
         manifests=manifests,
