@@ -158,7 +158,11 @@ def _wave(
         "edge_requests": requests,
         "edge_requests_per_s": requests / wall if wall else 0.0,
         "origin_bytes": sum(
-            sum(v for k, v in r.get("bytes_by_source", {}).items() if "origin" in k)
+            sum(
+                v
+                for k, v in r.get("bytes_by_source", {}).items()
+                if k.rstrip("/") == state["origin_url"].rstrip("/")
+            )
             for r in results
         ),
     }
