@@ -22,6 +22,8 @@ The only module that turns state into actions on edge nodes. Internal logic of
 5. store the new placement (version from ``INCR``, above every version a live node reports
    having applied, so a Redis wipe never sends the edges a version they already passed) with
    every push ``pending``;
+   On-demand nodes (``cache_policy`` ``lru``/``lfu`` in their heartbeat) are left out of the
+   problem, the placement and the pushes: they cache what their clients ask for;
 6. push each node its plan (manifests of the models to hold, and for each block it lacks, the
    live peers whose *confirmed* holdings include it), one node at a time, choosing next a node
    whose evictions remove no *last confirmed copy* of a block that another node is placed to
@@ -313,10 +315,12 @@ class Planner:
 
     def _plan_locked(self, trigger: str, guard: PlanLock) -> dict[str, Any]:
         started = time.time()
-        nodes = self.state.live_nodes()
+        live = self.state.live_nodes()
         catalogue = self.state.list_models()
-        view = self.topology_view(nodes)
-        signature = self.signature(nodes, view)
+        view = self.topology_view(live)
+        signature = self.signature(live, view)
+        # On-demand nodes (cache_policy) cache what they are asked for: a plan would fight them.
+        nodes = [n for n in live if not n.cache_policy]
         previous = self.state.get_placement()
         attempt: dict[str, Any] = {"at": started, "trigger": trigger, "signature": signature}
 
@@ -473,7 +477,7 @@ class Planner:
             record = self.state.get_placement()
             if record is None:
                 return
-            nodes = self.state.live_nodes()
+            nodes = [n for n in self.state.live_nodes() if not n.cache_policy]
             catalogue = self.state.list_models()
             self._push(record, nodes, catalogue, guard=guard, only=set(node_ids))
 

@@ -115,6 +115,9 @@ class NodeRecord:
     dropping: tuple[str, ...] = ()
     # The last placement version the node reports having applied (None: not reported).
     plan_version: int | None = None
+    # "lru" / "lfu": the node caches on demand (no plans pushed; routes send it the misses of
+    # the clients it is nearest to); None: it holds the planned placement.
+    cache_policy: str | None = None
 
     @property
     def serving_models(self) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 Body: :class:`core.wire.NodeHeartbeat` (docs/api.md "Edge node"): ``url``, ``capacity_bytes``,
 ``position`` ``[x_m, y_m]``, ``physical_bytes``, ``models`` (complete models held),
-``blocks_digest`` and ``plan_version``. Runs in a daemon
+``blocks_digest``, ``plan_version`` and ``cache_policy``. Runs in a daemon
 thread; failures are logged and retried at the next tick, never fatal.
 """
 
@@ -32,6 +32,7 @@ def heartbeat_body(node: EdgeNode) -> dict[str, Any]:
         blocks_digest=node.blocks_digest(),
         # The controller never hands out a version at or below it, even after losing its state.
         plan_version=node.plan_record.version,
+        cache_policy=s.cache_policy,
     ).model_dump(mode="json")
 
 

@@ -20,17 +20,18 @@ at ``rate_per_s`` (seeded Poisson arrivals; none: back to back) on ``concurrency
 bounded by ``requests`` and ``max_seconds``.
 
 A :class:`Record` per request: model, area, bytes per source (``edge-N``, ``origin``,
-``local``), download seconds, the model's deadline (the controller topology's), ``hit`` (no
-byte from the origin, no error, and done within the deadline), and ``verified``: the SDK checks
-every block's sha256 while downloading, and the runner then compares every rebuilt file with the
-zoo's original (sha256), so ``verified`` means byte-identical files. Each record names the
-controller's placement version in force when it started (polled in the background: the
-controller may re-plan mid-run as the users' demand reports arrive); the predicted hit ratio is
-the request-weighted mean over those placements, and ``predicted_sampled_hit_ratio`` the share
-of the drawn requests themselves that the placement problem counts as hits (``sampled_gap``:
-measured minus that, free of sampling noise). Results: ``records.jsonl``
-and ``records.csv`` in the output dir, plus ``summary.json`` (see :func:`summarize`) with the
-edges' and the origin's served-bytes counters over the run.
+``local``), download seconds, the model's deadline (the controller topology's), ``hit`` (no byte
+from the origin, none that an on-demand edge had to pull through for it (its
+``X-TrimCache-Pulled-Bytes``: ``pulled_bytes``), no error, and done within the deadline), and
+``verified``: the SDK checks every block's sha256 while downloading, and the runner then
+compares every rebuilt file with the zoo's original (sha256), so ``verified`` means
+byte-identical files. Each record names the controller's placement version in force when it
+started (polled in the background: the controller may re-plan mid-run as the users' demand
+reports arrive); the predicted hit ratio is the request-weighted mean over those placements, and
+``predicted_sampled_hit_ratio`` the share of the drawn requests themselves that the placement
+problem counts as hits (``sampled_gap``: measured minus that, free of sampling noise). Results:
+``records.jsonl`` and ``records.csv`` in the output dir, plus ``summary.json`` (see
+:func:`summarize`) with the edges' and the origin's served-bytes counters over the run.
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ class Record:
     edge_bytes: int = 0
     origin_bytes: int = 0
     local_bytes: int = 0
+    # Bytes on-demand edges fetched upstream (origin or peers) to answer this request: a miss.
+    pulled_bytes: int = 0
     hit: bool = False
     verified: bool = False
     error: str | None = None
@@ -521,6 +524,9 @@ def run_workload(
                 record.bytes_by_source = {
                     testbed.label(src): int(n) for src, n in report["bytes_by_source"].items() if n
                 }
+                record.pulled_bytes = sum(
+                    int(n) for n in report.get("bytes_pulled_by_edges", {}).values()
+                )
                 if config.verify_files:
                     record.verified = digests.identical(repos[request.model_id], Path(fetched.path))
                 else:
@@ -536,6 +542,7 @@ def run_workload(
         record.hit = (
             record.error is None
             and record.origin_bytes == 0
+            and record.pulled_bytes == 0
             and record.download_s <= record.deadline_s
         )
         if on_record is not None:
@@ -638,6 +645,7 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
         "edge_bytes": sum(r.edge_bytes for r in records),
         "origin_bytes": sum(r.origin_bytes for r in records),
         "local_bytes": sum(r.local_bytes for r in records),
+        "pulled_bytes": sum(r.pulled_bytes for r in records),
     }
 
 
