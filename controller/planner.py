@@ -66,6 +66,7 @@ from typing import Any
 
 import httpx
 
+from controller.adapters import base_models, with_base_sizes, with_bases
 from controller.demand import request_probabilities
 from controller.errors import StateUnavailableError
 from controller.metrics import Metrics
@@ -245,10 +246,15 @@ class Planner:
         manifests = [ModelManifest.from_dict(e.manifest) for e in catalogue]
         groups = group_by_sharing(manifests)
         blocks = {g.pb_id: g.size_bytes for g in groups}
-        models = {
-            m.model_id: tuple(g.pb_id for g in groups if m.model_id in g.model_ids)
-            for m in manifests
-        }
+        # An adapter needs its base model too (controller.adapters).
+        bases = base_models([e.summary() for e in catalogue])
+        models = with_bases(
+            {
+                m.model_id: tuple(g.pb_id for g in groups if m.model_id in g.model_ids)
+                for m in manifests
+            },
+            bases,
+        )
         total = sum(blocks.values())
         servers = {n.node_id: (n.capacity_bytes if n.capacity_bytes >= 0 else total) for n in nodes}
         topology = view.topology
@@ -261,7 +267,7 @@ class Planner:
             area_id: {m: p * topology.areas[area_id].weight / max_weight for m, p in row.items()}
             for area_id, row in probs.items()
         }
-        sizes = {m.model_id: m.total_bytes for m in manifests}
+        sizes = with_base_sizes({m.model_id: m.total_bytes for m in manifests}, bases)
         reachable = {
             area_id: {n: frozenset(ms) for n, ms in by_node.items()}
             for area_id, by_node in reachable_sets(topology, positions, sizes).items()

@@ -6,12 +6,14 @@ through the catalogue's manifests. The intended placement alone never puts a nod
 Edge sources are ordered by the expected time to deliver the whole model to the client
 (:func:`controller.topology.delivery_ms`), ties by node id; the origin is always last.
 
-On-demand nodes (``cache_policy`` ``lru``/``lfu``) are routed like the others for what they
-confirmed, and one more way: a client with a position gets its *home* on-demand node (the one
-with the least delivery time, ties by node id) as a source of every block of the model, after
-the nodes confirmed to hold that block. The home node pulls what it lacks through and caches
-the model (edge_node.ondemand), as the placement problem's ``lru``/``lfu`` replay inserts a
-missed model at the user's nearest reachable server (controller.placement.online).
+On-demand nodes (``cache_policy`` ``lru``/``lfu``) are sources of the models they confirmed
+holding whole (not of the blocks those share with other models: asking such a node for a model
+it does not cache would not match the policy's model of a hit), and one more way: a client with
+a position gets its *home* on-demand node (the one with the least delivery time, ties by node
+id) as a source of every block of the model, after the nodes confirmed to hold that block. The
+home node pulls what it lacks through and caches the model (edge_node.ondemand), as the
+placement problem's ``lru``/``lfu`` replay inserts a missed model at the user's nearest
+reachable server (controller.placement.online).
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ def build_route(
     model_bytes = int(entry.total_bytes)
     holders: dict[str, frozenset[str]] = {}
     for node in nodes:
-        have = held_blocks(node, blocks_by_model) & sizes.keys()
+        if node.cache_policy:  # on demand: a source of the models it holds whole, only
+            have = frozenset(sizes) if entry.model_id in node.serving_models else frozenset()
+        else:
+            have = held_blocks(node, blocks_by_model) & sizes.keys()
         if have:
             holders[node.node_id] = frozenset(have)
     by_id = {n.node_id: n for n in nodes}

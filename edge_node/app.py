@@ -124,6 +124,8 @@ def create_app(settings: Settings) -> FastAPI:
         heartbeat = Heartbeat(node, client) if settings.controller_url else None
         if heartbeat is not None:
             heartbeat.start()
+            if app.state.ondemand is not None:
+                app.state.ondemand.on_change = heartbeat.poke
         app.state.heartbeat = heartbeat
         zerocopy_on, zerocopy_why = zerocopy_status()
         logger.info("zero-copy sendfile %s: %s", "active" if zerocopy_on else "off", zerocopy_why)

@@ -83,6 +83,8 @@ class OnDemandCache:
         self._lock = threading.Lock()
         self._in_use: dict[BlockId, int] = {}  # block -> responses using it
         self._serving: dict[str, int] = {}  # model -> responses streaming it
+        #: Called after an eviction and when a response ends (the app: a heartbeat now).
+        self.on_change: Callable[[], None] | None = None
         self._restore()
 
     def _learn(self, manifest: ModelManifest) -> None:
@@ -113,9 +115,13 @@ class OnDemandCache:
     def _pinned(self, model_id: str) -> bool:
         return model_id in self._serving
 
-    def lookup(self, manifest: ModelManifest) -> Lease:
-        """Count a request for ``manifest``'s model as a hit or a miss; on a miss admit it
-        (evicting by the policy). The returned lease pins the model's blocks until released."""
+    def lookup(self, manifest: ModelManifest, *, admit: bool = True) -> Lease:
+        """Look ``manifest``'s model up (a hit touches it); on a miss with ``admit`` cache it
+        (evicting by the policy). The returned lease pins the model until released.
+
+        ``admit`` is False for a response whose blocks are all here (e.g. blocks it shares
+        with a cached model, asked of this node as their holder): nothing to pull, so nothing
+        to cache, and no eviction for a request this node is not the cache of."""
         node = self.node
         model_id = manifest.model_id
         with self._lock:
@@ -126,7 +132,7 @@ class OnDemandCache:
             for block_id in blocks:
                 self._in_use[block_id] = self._in_use.get(block_id, 0) + 1
             self._serving[model_id] = self._serving.get(model_id, 0) + 1
-            if not hit:
+            if not hit and admit:
                 self._admit(manifest, cached=found)
         return Lease(self, model_id, blocks, hit)
 
@@ -148,6 +154,7 @@ class OnDemandCache:
             if admission_evicted:
                 keep = {BlockId(b) for b in self.cache.block_ids()} | set(self._in_use)
                 freed = node.evict_except(keep)
+                self._changed()
                 node.counters.add_cache_evictions(len(admission_evicted), freed)
                 logger.info(
                     "on-demand %s node_id=%s evicted=%s bytes=%d for model_id=%s",
@@ -165,6 +172,10 @@ class OnDemandCache:
                     node.node_id,
                     manifest.model_id,
                 )
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def unpin(self, model_id: str, blocks: tuple[BlockId, ...]) -> None:
         """A response is done: release its model and blocks; delete the blocks it kept alive
@@ -191,6 +202,7 @@ class OnDemandCache:
                     for block_id in orphans:
                         if block_id not in keep:
                             node.store.delete(block_id)
+        self._changed()
 
 
 class LeasedPieces:
@@ -230,12 +242,14 @@ def serve(
 ) -> tuple[Iterator[Piece], dict[str, str]]:
     """A response body for ``repo`` on an on-demand node, and its cache headers.
 
-    Looks the model up (admitting it on a miss), then cuts the response into windows
-    (``windows_of``, after the lookup: its evictions never touch this model's blocks). Nothing
-    missing: the ``held`` pieces, a ``hit``; else pull-through, a ``miss`` with the bytes pulled.
+    Looks the model up (admitting it on a miss when this response lacks blocks here), then
+    cuts the response into windows (``windows_of``, after the lookup: its evictions never touch
+    this model's blocks). Nothing missing: the ``held`` pieces, a ``hit``; else pull-through, a
+    ``miss`` with the bytes pulled.
     Raises (UpstreamUnavailableError, PullBufferBusyError) before any byte, lease released.
     """
-    lease = cache.lookup(repo.manifest)
+    lacking = any(w.missing for w in windows_of())
+    lease = cache.lookup(repo.manifest, admit=lacking)
     try:
         windows = windows_of()
         pulled = pull.missing_bytes(windows)

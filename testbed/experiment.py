@@ -183,6 +183,8 @@ class Testbed:
     edges: dict[str, str]  # node id -> URL
     zoo_dir: Path
     auth_token: str
+    # "lru" / "lfu": the edges cache on demand (testbed up --cache-policy); None: planned.
+    cache_policy: str | None = None
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Testbed:
@@ -193,6 +195,10 @@ class Testbed:
                 edges={str(e["node_id"]): str(e["url"]) for e in state["edges"]},
                 zoo_dir=Path(state["zoo_dir"]),
                 auth_token=str(state.get("auth_token") or ""),
+                cache_policy=next(
+                    (str(e["cache_policy"]) for e in state["edges"] if e.get("cache_policy")),
+                    None,
+                ),
             )
         except (KeyError, TypeError) as exc:
             raise ExperimentError(f"testbed state lacks {exc}") from exc
@@ -573,16 +579,27 @@ def run_workload(
         )
     weights = [per_version.get(r.placement_version or 0, 0.0) for r in done]
     predicted = sum(weights) / len(weights) if weights else 0.0
+    if testbed.cache_policy:  # no placement: the simulator's replay of these very requests
+        from testbed.experiment_online import predicted_online
+
+        verdicts = predicted_online(testbed, view, workload, testbed.cache_policy)
+        for r in done:
+            r.predicted_hit = verdicts[r.index]
+        predicted = sum(bool(r.predicted_hit) for r in done) / len(done) if done else 0.0
+        per_version = {}
     summary.update(
         wall_seconds=round(wall, 3),
         planned_requests=len(workload),
         served_delta={k: after[k] - before.get(k, 0) for k in after},
         placement_version_before=placement_before.get("version"),
         placement_version_after=placement_after.get("version"),
-        plan_hit_ratio=float(placement_before.get("hit_ratio") or 0.0),
+        plan_hit_ratio=(
+            None if testbed.cache_policy else float(placement_before.get("hit_ratio") or 0.0)
+        ),
         predicted_hit_ratio=round(predicted, 4),
         predicted_by_version={str(v): round(p, 4) for v, p in sorted(per_version.items())},
-        solver=placement_before.get("solver"),
+        solver=testbed.cache_policy or placement_before.get("solver"),
+        cache_policy=testbed.cache_policy,
         storage=edge_storage(testbed),
         config=config.to_json(),
     )

@@ -145,6 +145,14 @@ def markdown(doc: Mapping[str, Any], *, command: str, figures: Sequence[Path], f
         "what is left once sampling noise is out). `placement` `vA→vB`: the controller re-planned "
         "during the workload (it follows the users' demand reports).",
         "",
+        "`lru` and `lfu` (placement `on demand`) are not planned: their edges start empty and "
+        "cache whole models from the requests they see (`testbed up --cache-policy`), so a "
+        "first request an edge pulls through from the origin is a miss (the edge announces the "
+        "bytes in `X-TrimCache-Pulled-Bytes`). Their `predicted` is the simulator's replay of "
+        "the same request sequence through the same policy from empty caches (the "
+        "`lru`/`lfu` code the edges run), so it equals `predicted (drawn)`; `models placed` is "
+        "what the edges held at the end.",
+        "",
         headline(points, focus),
         "",
     ]
@@ -178,6 +186,8 @@ def _drawn(point: Mapping[str, Any]) -> str:
 
 def _versions(point: Mapping[str, Any]) -> str:
     """``v2``, or ``v2→v3`` when the controller re-planned during the workload."""
+    if point.get("cache_policy"):
+        return "on demand"
     before, after = point.get("placement_version_before"), point.get("placement_version_after")
     return f"v{before}" if before == after else f"v{before}→v{after}"
 
