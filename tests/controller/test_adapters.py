@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def test_an_adapter_is_a_hit_only_with_its_base() -> None:
 
 
 def test_base_models_needs_the_base_in_the_catalogue() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"model_id": "b", "repo_id": "org/b", "base_repo_id": None},
         {"model_id": "l", "repo_id": "org/l", "base_repo_id": "org/b"},
         {"model_id": "orphan", "repo_id": "org/o", "base_repo_id": "org/missing"},
