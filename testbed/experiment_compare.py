@@ -43,6 +43,7 @@ from testbed.experiment import (
     write_json,
     write_records,
 )
+from testbed.experiment_report import origin_mib
 
 MIB = 1024 * 1024
 #: Solvers that are online cache policies: the testbed runs them on the edges themselves
@@ -170,7 +171,7 @@ def compare(
             say(
                 f"{solver} at {capacity} MiB: hit ratio {row['hit_ratio']:.3f} measured, "
                 f"{row['predicted_hit_ratio']:.3f} predicted; mean download "
-                f"{row['mean_download_s']:.2f} s; origin {row['origin_bytes'] / MIB:.0f} MiB"
+                f"{row['mean_download_s']:.2f} s; origin {origin_mib(row):.0f} MiB"
             )
             _write_points(out, points, config, options, time.monotonic() - started)
     by_point: dict[tuple[str, int], list[Record]] = {}
