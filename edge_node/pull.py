@@ -328,7 +328,11 @@ class PullThrough:
         if not any(b in node.referenced_blocks() for b in blocks):
             return
         with self._keep_lock:  # pulls copy one at a time, so they never skip for each other
-            if not node.plan_lock.acquire(blocking=False):
+            # An on-demand node runs no plans: its lock holders (admissions, repairs) are brief,
+            # so wait for them rather than leave a cached model incomplete.
+            waits = node.settings.cache_policy is not None
+            timeout = node.settings.fetch_timeout_s if waits else -1
+            if not node.plan_lock.acquire(blocking=waits, timeout=timeout):
                 return  # a plan (or repair) is running: it decides, and fetches what it keeps
             try:
                 self._copy_placed(blocks)
