@@ -154,7 +154,8 @@ def markdown(doc: Mapping[str, Any], *, command: str, figures: Sequence[Path], f
         "what the edges held at the end, and `origin MiB` the origin's own counter over the "
         "workload (what the edges pulled from it; their clients never reach it). Concurrent "
         "requests are a source of gap the replay does not have: a request for a model another "
-        "request is still pulling through is a miss.",
+        "request is still pulling through is a miss, and so is one that would evict a model "
+        "another request is still streaming (the new model is then served without caching).",
         "",
         headline(points, focus),
         "",
