@@ -554,6 +554,8 @@ def wait_ready(
                 say(
                     f"placement v{version} applied on {len(applied)} edge node(s) "
                     f"(expected hit ratio {float(placement.get('hit_ratio', 0.0)):.3f})"
+                    if node_ids
+                    else f"all {len(have)} repos indexed; the edges cache on demand (no placement)"
                 )
                 return placement
             note = (
