@@ -82,12 +82,15 @@ class SocketWriter:
         micros = int((self.idle_timeout_s - seconds) * 1e6)
         with socket.socket(fileno=os.dup(self.fd)) as sock:  # the same socket, own fd
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds, micros))
+            # Corked (as nginx's tcp_nopush): tails and small blocks fill whole segments.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
             os.set_blocking(self.fd, True)
             try:
                 yield
             finally:
                 os.set_blocking(self.fd, False)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0, 0))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # sends the rest
 
     def _stalled(self) -> TimeoutError:
         return TimeoutError(f"client took no bytes for {self.idle_timeout_s:.0f} s")

@@ -314,11 +314,13 @@ class EdgeNode:
         ids = [check_block_id(b) for b in block_ids]
         out: list[tuple[BlockId, int]] = []
         for bid in ids:
-            if not self.store.has(bid):
-                raise BlockNotFoundError(bid, f"node {self.node_id}")
+            try:
+                size = self.store.size(bid)
+            except BlockNotFoundError:
+                raise BlockNotFoundError(bid, f"node {self.node_id}") from None
             if not self.is_trusted(bid):
                 self.verify(bid)
-            out.append((bid, self.store.size(bid)))
+            out.append((bid, size))
         return out
 
     def on_corrupt(self, block_id: BlockId) -> None:
@@ -360,14 +362,17 @@ class EdgeNode:
             raise BlockCorruptError(block_id)
         return data
 
-    def block_pieces(self, block_id: BlockId, lo: int, hi: int) -> Iterator[Piece]:
+    def block_pieces(
+        self, block_id: BlockId, lo: int, hi: int, *, size: int | None = None
+    ) -> Iterator[Piece]:
         """Bytes ``[lo, hi)`` of a block as response pieces.
 
         Large trusted blocks (unless ``stream_verify``) become one :class:`FileSlice` for
         ``sendfile``; whole blocks otherwise are hashed as read (:meth:`iter_whole_block`);
         parts of untrusted blocks are verified in full first.
         """
-        size = self.store.size(block_id)
+        if size is None:
+            size = self.store.size(block_id)
         if size > self.settings.verify_on_read_max_bytes and not self.settings.stream_verify:
             piece = self._open_trusted(block_id, lo, hi)
             if piece is not None:
@@ -383,7 +388,7 @@ class EdgeNode:
     def blocks_pieces(self, blocks: Sequence[tuple[BlockId, int]]) -> Iterator[Piece]:
         """Whole blocks, concatenated in order."""
         for block_id, size in blocks:
-            yield from self.block_pieces(block_id, 0, size)
+            yield from self.block_pieces(block_id, 0, size, size=size)
             self.counters.add_blocks_served(1)
 
     def file_pieces(self, entry: FileEntry, start: int, end: int) -> Iterator[Piece]:
