@@ -347,6 +347,10 @@ class PiecesResponse(Response):
       during the ``sendfile`` may reach the client, but the response never completes: clients
       of ``/v1/blocks`` hash every block and fetch it again; Hub clients that resume with a
       Range should use the read path (the resolve route does).
+
+    Where the server offers :mod:`edge_node.direct` (and the body has a Content-Length), the
+    same two paths run in one worker thread writing to the socket itself (:meth:`_write_direct`),
+    not as one ASGI message per piece; there ``sendfile`` starts at ``DIRECT_SENDFILE_BYTES``.
     """
 
     def __init__(
