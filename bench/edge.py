@@ -10,10 +10,12 @@ Cases (each downloaded ``--repeats`` times with ``curl -o /dev/null``, a neutral
   nginx serves the original file.
 
 The edge node runs as its own process (``python -m edge_node``, like in production) and so does
-nginx (one worker, ``sendfile on``). Prints a table of MB/s (10^6 bytes/s, median and best), each
-server's CPU seconds per GB sent (from ``/proc``; on a shared host it moves less than MB/s) and
-the load average, and writes JSON lines to ``bench/results/edge.jsonl``. Only the table goes to
-stdout: both servers' own output is discarded.
+nginx (one worker, ``sendfile on``); measuring starts once the edge's startup scrub is done.
+Prints a table of MB/s (10^6 bytes/s, median and best, and the edge/nginx ratio of the
+medians), each server's CPU seconds per GB sent (from ``/proc``; on a shared host it moves less
+than MB/s) and their ratio, and the load average, and writes JSON lines to
+``bench/results/edge.jsonl``. Only the table goes to stdout: both servers' own output is
+discarded.
 """
 
 from __future__ import annotations
@@ -61,6 +63,16 @@ def _cpu_seconds(pid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+def _wait_idle(pid: int, *, timeout_s: float = 60.0) -> None:
+    """Until process ``pid`` uses (almost) no CPU for 0.5 s (e.g. its startup scrub is done)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = _cpu_seconds(pid)
+        time.sleep(0.5)
+        if _cpu_seconds(pid) - before <= 0.02:
+            return
 
 
 def _measure(
@@ -170,7 +182,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         wait_http(f"{nginx}/block.bin")
         # Let the startup scrub (re-hash of every block) finish before measuring.
         httpx.head(f"{edge}/v1/blocks/{block_id}", timeout=60).raise_for_status()
-        time.sleep(1.0)
+        _wait_idle(procs[0].pid)
 
         batch_json = json.dumps({"block_ids": [b for b, _ in model_blocks]})
         model_size = (model_dir / "model.safetensors").stat().st_size
@@ -206,8 +218,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "edge_mb_s_best": round(max(e), 1),
                     "nginx_mb_s_median": round(statistics.median(n), 1),
                     "nginx_mb_s_best": round(max(n), 1),
+                    "mb_s_ratio": round(statistics.median(e) / statistics.median(n), 3),
                     "edge_cpu_s_per_gb": round(e_cpu, 3),
                     "nginx_cpu_s_per_gb": round(n_cpu, 3),
+                    "cpu_ratio": round(e_cpu / n_cpu, 2) if n_cpu else None,
                     "load_avg_1m": round(os.getloadavg()[0], 1),
                     "repeats": args.repeats,
                 }
@@ -232,15 +246,17 @@ def main() -> None:
     header = (
         f"{'case':8} {'bytes':>11} {'blocks':>6}  {'edge MB/s (med/best)':>22}  "
         f"{'nginx MB/s (med/best)':>22}  {'edge/nginx':>10}  {'CPU s/GB edge/nginx':>20}"
+        f"  {'CPU edge/nginx':>14}"
     )
     print(header)
     for r in results:
-        ratio = r["edge_mb_s_median"] / r["nginx_mb_s_median"]
+        cpu_ratio = "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.2f}"
         print(
             f"{r['case']:8} {r['bytes']:>11} {r['blocks']:>6}  "
             f"{r['edge_mb_s_median']:>10.1f} / {r['edge_mb_s_best']:<9.1f}  "
-            f"{r['nginx_mb_s_median']:>10.1f} / {r['nginx_mb_s_best']:<9.1f}  {ratio:>10.2f}  "
-            f"{r['edge_cpu_s_per_gb']:>9.3f} / {r['nginx_cpu_s_per_gb']:<8.3f}"
+            f"{r['nginx_mb_s_median']:>10.1f} / {r['nginx_mb_s_best']:<9.1f}  "
+            f"{r['mb_s_ratio']:>10.2f}  "
+            f"{r['edge_cpu_s_per_gb']:>9.3f} / {r['nginx_cpu_s_per_gb']:<8.3f}  {cpu_ratio:>14}"
         )
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
     out_dir = REPO_ROOT / "bench" / "results"

@@ -16,8 +16,9 @@ module holds the edge's configuration of it:
   slices (~20 per second of line time, 16 KiB to 1 MiB) and each slice waits for its booking on
   the bucket before it goes out. Zero-copy ``sendfile`` messages (see :mod:`edge_node.zerocopy`)
   are cut into file slices the same way, so they keep their zero-copy path but never bypass the
-  limiter. Every route's bytes go through it: blocks, batches, Hub ``resolve``, the Hub and
-  model metadata JSON.
+  limiter (bodies written straight to the socket, :mod:`edge_node.direct`, are not offered
+  while the rate is emulated). Every route's bytes go through it: blocks, batches, Hub
+  ``resolve``, the Hub and model metadata JSON.
 - Control and observability paths (``/healthz``, ``/metrics``, ``/v1/stats``, ``/v1/plan``) are
   neither delayed nor paced: they are not radio traffic.
 - Peer migration (another edge fetching ``/v1/blocks:batch`` from this one) cannot be told apart
@@ -27,11 +28,12 @@ module holds the edge's configuration of it:
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.link import LinkCounters, make_bucket
 from core.link import LinkEmulationMiddleware as _Link
 from core.ratelimit import TokenBucket
+from edge_node.direct import DIRECT_EXTENSION
 
 __all__ = ["UNEMULATED_PREFIXES", "LinkCounters", "LinkEmulationMiddleware", "make_bucket"]
 
@@ -58,3 +60,12 @@ class LinkEmulationMiddleware(_Link):
             unemulated=UNEMULATED_PREFIXES,
             counters=counters,
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A body written straight to the socket would bypass the pacing: paced responses take
+        # the per-message path (zero-copy messages are paced slice by slice).
+        extensions = scope.get("extensions") or {}
+        if self.bucket is not None and DIRECT_EXTENSION in extensions:
+            extensions = {k: v for k, v in extensions.items() if k != DIRECT_EXTENSION}
+            scope = {**scope, "extensions": extensions}
+        await super().__call__(scope, receive, send)

@@ -94,6 +94,7 @@ class EdgeNode:
         )
         self._lock = threading.Lock()
         self._trusted: dict[BlockId, _Signature] = {}
+        self._paths: dict[BlockId, str] = {}
         self._manifests: dict[str, ModelManifest] = {}
         self._manifests_version = 0
         # complete_models() of (store generation, manifests version): every Hub request asks.
@@ -240,6 +241,7 @@ class EdgeNode:
                 freed += size
                 with self._lock:
                     self._trusted.pop(block_id, None)
+                self._paths.pop(block_id, None)
         if freed:
             logger.info("evicted node_id=%s bytes=%d", self.node_id, freed)
         return freed
@@ -247,10 +249,30 @@ class EdgeNode:
     # -- integrity -----------------------------------------------------------------------
     def _signature(self, block_id: BlockId) -> _Signature | None:
         try:
-            st = os.stat(self.store.path(block_id))
+            st = os.stat(self._path(block_id))
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _path(self, block_id: BlockId) -> str:
+        # Serving asks for the same paths per block and request: build each once.
+        path = self._paths.get(block_id)
+        if path is None:
+            path = self._paths[block_id] = os.fspath(self.store.path(block_id))
+        return path
+
+    def _open_trusted(self, block_id: BlockId, lo: int, hi: int) -> FileSlice | None:
+        """``[lo, hi)`` of the block as a slice if its open file still has the signature it
+        had when last hashed (one open and one fstat), else None."""
+        fh = self.store.open(block_id)
+        st = os.fstat(fh.fileno())
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            trusted = self._trusted.get(block_id) == sig
+        if not trusted:
+            fh.close()
+            return None
+        return FileSlice(fh, lo, hi - lo, signature=sig)
 
     def is_trusted(self, block_id: BlockId) -> bool:
         with self._lock:
@@ -292,11 +314,13 @@ class EdgeNode:
         ids = [check_block_id(b) for b in block_ids]
         out: list[tuple[BlockId, int]] = []
         for bid in ids:
-            if not self.store.has(bid):
-                raise BlockNotFoundError(bid, f"node {self.node_id}")
+            try:
+                size = self.store.size(bid)
+            except BlockNotFoundError:
+                raise BlockNotFoundError(bid, f"node {self.node_id}") from None
             if not self.is_trusted(bid):
                 self.verify(bid)
-            out.append((bid, self.store.size(bid)))
+            out.append((bid, size))
         return out
 
     def on_corrupt(self, block_id: BlockId) -> None:
@@ -338,21 +362,22 @@ class EdgeNode:
             raise BlockCorruptError(block_id)
         return data
 
-    def block_pieces(self, block_id: BlockId, lo: int, hi: int) -> Iterator[Piece]:
+    def block_pieces(
+        self, block_id: BlockId, lo: int, hi: int, *, size: int | None = None
+    ) -> Iterator[Piece]:
         """Bytes ``[lo, hi)`` of a block as response pieces.
 
         Large trusted blocks (unless ``stream_verify``) become one :class:`FileSlice` for
         ``sendfile``; whole blocks otherwise are hashed as read (:meth:`iter_whole_block`);
         parts of untrusted blocks are verified in full first.
         """
-        size = self.store.size(block_id)
-        if (
-            size > self.settings.verify_on_read_max_bytes
-            and not self.settings.stream_verify
-            and self.is_trusted(block_id)
-        ):
-            yield FileSlice(self.store.open(block_id), lo, hi - lo)
-            return
+        if size is None:
+            size = self.store.size(block_id)
+        if size > self.settings.verify_on_read_max_bytes and not self.settings.stream_verify:
+            piece = self._open_trusted(block_id, lo, hi)
+            if piece is not None:
+                yield piece
+                return
         if lo == 0 and hi == size:
             yield from self.iter_whole_block(block_id, size)
             return
@@ -363,7 +388,7 @@ class EdgeNode:
     def blocks_pieces(self, blocks: Sequence[tuple[BlockId, int]]) -> Iterator[Piece]:
         """Whole blocks, concatenated in order."""
         for block_id, size in blocks:
-            yield from self.block_pieces(block_id, 0, size)
+            yield from self.block_pieces(block_id, 0, size, size=size)
             self.counters.add_blocks_served(1)
 
     def file_pieces(self, entry: FileEntry, start: int, end: int) -> Iterator[Piece]:

@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from functools import partial
+from typing import Any, BinaryIO, ClassVar
 
 import anyio.to_thread
 from starlette.background import BackgroundTask
@@ -33,6 +35,13 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from core.link import ZEROCOPY_EXTENSION
+from edge_node.direct import (
+    DIRECT_EXTENSION,
+    MAX_DIRECT,
+    SocketWriter,
+    direct_ready,
+    send_direct,
+)
 from edge_node.streaming import read_ahead
 
 logger = logging.getLogger(__name__)
@@ -44,6 +53,11 @@ _READ_BYTES = 1 << 20
 UVICORN_RANGE = ((0, 29), (0, 56))
 #: The end of every ``sendfile``'d slice that is read and checked instead (see PiecesResponse).
 TAIL_BYTES = 64 * 1024
+#: Bytes gathered for one ``writev`` on the direct path (and its reused read buffer).
+GATHER_BYTES = 4 << 20
+#: On the direct path, slices from this size go by ``sendfile`` (+ a checked tail): there a
+#: ``sendfile`` costs one syscall, not an event-loop round trip.
+DIRECT_SENDFILE_BYTES = 4 * TAIL_BYTES
 
 
 def _signature(fd: int) -> tuple[int, int, int, int]:
@@ -82,6 +96,12 @@ class FileSlice:
             raise SourceChangedError(self)
         self.check()
         return chunk
+
+    def read_into(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` with the file's bytes at ``offset``, checked unchanged after the read."""
+        if os.preadv(self.file.fileno(), [view], offset) != len(view):
+            raise SourceChangedError(self)
+        self.check()
 
     def iter_bytes(self, end: int | None = None) -> Iterator[bytes]:
         """The slice (up to file offset ``end``) in checked 1 MiB reads."""
@@ -229,9 +249,17 @@ def zerocopy_send(scope: Scope, send: Send) -> tuple[Scope, Send]:
         return scope, send
     extensions = dict(scope.get("extensions") or {})
     extensions[ZEROCOPY_EXTENSION] = {}
+    if hasattr(transport, "_make_empty_waiter"):
+        extensions[DIRECT_EXTENSION] = {}
     scope = {**scope, "extensions": extensions}
 
     async def send_with_zerocopy(message: Message) -> None:
+        if message["type"] == DIRECT_EXTENSION:
+            if getattr(cycle, "response_complete", False):
+                raise RuntimeError("direct body after the response completed")
+            more_body = message.get("more_body", False)
+            await send_direct(transport, message["run"], account, send, more_body=more_body)
+            return
         if message["type"] != ZEROCOPY_EXTENSION:
             await send(message)
             return
@@ -252,6 +280,58 @@ def zerocopy_send(scope: Scope, send: Send) -> tuple[Scope, Send]:
     return scope, send_with_zerocopy
 
 
+class _Gather:
+    """Pieces bound for one ``writev``: ``bytes`` as they are, file bytes read (and checked)
+    into one reused buffer. A buffer may be reused once ``writev`` returns: the kernel copied it.
+    """
+
+    _free: ClassVar[list[bytearray]] = []  # buffers of finished bodies (at most MAX_DIRECT)
+    _free_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, writer: SocketWriter, on_bytes: Callable[[int], None] | None) -> None:
+        self.writer = writer
+        self.on_bytes = on_bytes
+        with self._free_lock:
+            self.buffer = self._free.pop() if self._free else bytearray(GATHER_BYTES)
+        self.view = memoryview(self.buffer)
+        self.used = 0  # of ``view``
+        self.pending: list[bytes | memoryview] = []
+        self.pending_bytes = 0
+
+    def add(self, data: bytes | memoryview) -> None:
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= GATHER_BYTES or len(self.pending) >= 256:
+            self.flush()
+
+    def read(self, piece: FileSlice, offset: int, count: int) -> None:
+        """Queue ``count`` bytes of ``piece`` at file ``offset`` (checked after the read)."""
+        end = offset + count
+        while offset < end:
+            if self.used == len(self.view):
+                self.flush()
+            n = min(end - offset, len(self.view) - self.used, _READ_BYTES)
+            view = self.view[self.used : self.used + n]
+            piece.read_into(view, offset)
+            self.used += n
+            offset += n
+            self.add(view)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writer.writev(self.pending)
+            if self.on_bytes is not None:
+                self.on_bytes(self.pending_bytes)
+        self.pending, self.pending_bytes, self.used = [], 0, 0
+
+    def close(self) -> None:
+        """Give the buffer back (no view of it may be used after this)."""
+        self.pending, self.pending_bytes, self.used = [], 0, 0
+        with self._free_lock:
+            if len(self._free) < MAX_DIRECT:
+                self._free.append(self.buffer)
+
+
 class PiecesResponse(Response):
     """A response whose body is a sequence of pieces (see the module docstring).
 
@@ -267,6 +347,10 @@ class PiecesResponse(Response):
       during the ``sendfile`` may reach the client, but the response never completes: clients
       of ``/v1/blocks`` hash every block and fetch it again; Hub clients that resume with a
       Range should use the read path (the resolve route does).
+
+    Where the server offers :mod:`edge_node.direct` (and the body has a Content-Length), the
+    same two paths run in one worker thread writing to the socket itself (:meth:`_write_direct`),
+    not as one ASGI message per piece; there ``sendfile`` starts at ``DIRECT_SENDFILE_BYTES``.
     """
 
     def __init__(
@@ -313,25 +397,67 @@ class PiecesResponse(Response):
         body = piece.read(piece.offset, piece.count)  # at most 64 KiB
         await send({"type": "http.response.body", "body": body, "more_body": True})
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        zerocopy = self.zero_copy and ZEROCOPY_EXTENSION in (scope.get("extensions") or {})
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
+    def _write_direct(self, writer: SocketWriter, *, zerocopy: bool) -> None:
+        """The whole body on the socket from this worker thread (see :mod:`edge_node.direct`).
+
+        Same rules as the message path: ``bytes`` and file bytes read and checked go out
+        gathered in ``writev`` calls; with ``zerocopy``, slices of ``DIRECT_SENDFILE_BYTES``
+        or more go by ``sendfile`` up to their last ``TAIL_BYTES``, which are read and checked.
+        """
+        out = _Gather(writer, self.on_bytes)
+        try:
+            for piece in self.pieces:
+                if not isinstance(piece, FileSlice):
+                    out.add(piece)
+                    continue
+                with piece.file:
+                    if zerocopy and piece.count >= DIRECT_SENDFILE_BYTES:
+                        out.flush()
+                        count = piece.count - TAIL_BYTES
+                        if writer.sendfile(piece.file.fileno(), piece.offset, count) != count:
+                            raise SourceChangedError(piece)
+                        if self.on_zerocopy_bytes is not None:
+                            self.on_zerocopy_bytes(count)
+                        if self.on_bytes is not None:
+                            self.on_bytes(count)
+                        out.read(piece, piece.offset + count, TAIL_BYTES)
+                    else:
+                        out.read(piece, piece.offset, piece.count)
+            out.flush()
+        finally:
+            out.close()
+            close = getattr(self.pieces, "close", None)
+            if close is not None:
+                close()
+
+    async def _send_body(self, scope: Scope, send: Send) -> None:
+        extensions = scope.get("extensions") or {}
+        zerocopy = self.zero_copy and ZEROCOPY_EXTENSION in extensions
+        if direct_ready(scope) and "content-length" in self.headers:
+            run = partial(self._write_direct, zerocopy=zerocopy)
+            await send({"type": DIRECT_EXTENSION, "run": run, "more_body": False})
+            return
         # Read path: slices become checked 1 MiB reads, gathered with the other pieces so one
         # worker-thread hop reads ahead across block boundaries.
         pieces = _small_to_bytes(self.pieces) if zerocopy else pieces_to_bytes(self.pieces)
+        async for piece in read_ahead(coalesce(pieces), size=_piece_size):
+            if isinstance(piece, FileSlice):
+                with piece.file:
+                    await self._send_slice(piece, send)
+                n = piece.count
+            else:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                n = len(piece)
+            if self.on_bytes is not None:
+                self.on_bytes(n)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
         try:
-            async for piece in read_ahead(coalesce(pieces), size=_piece_size):
-                if isinstance(piece, FileSlice):
-                    with piece.file:
-                        await self._send_slice(piece, send)
-                    n = piece.count
-                else:
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
-                    n = len(piece)
-                if self.on_bytes is not None:
-                    self.on_bytes(n)
+            await self._send_body(scope, send)
         except SourceChangedError as exc:
             logger.warning("response cut short: %s", exc)
             if self.on_changed is not None:
@@ -343,6 +469,5 @@ class PiecesResponse(Response):
         except OSError as exc:
             logger.info("client disconnected mid-response: %s", exc)
             return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:
             await self.background()

@@ -3,7 +3,8 @@
 - An HF cache filled from the origin and then from an edge holds one blob per file: both send
   the Hub's ETags (sha256 for LFS-like files, git blob sha1 for the others).
 - A block file written while its response streams: ``/v1/blocks`` never completes the
-  response; the resolve route never sends a changed byte, so ``huggingface_hub`` (which
+  response; the resolve route never sends a changed byte (with and without link emulation,
+  i.e. on the message path and on the direct socket path), so ``huggingface_hub`` (which
   resumes a cut transfer with a Range) ends with the right file or an error, never a wrong
   file. Either way the block is quarantined and repaired.
 - A manifest that gives a held block another length is refused (409 block_length_conflict).
@@ -145,6 +146,34 @@ def test_snapshot_download_never_keeps_a_block_written_mid_transfer(
     else:
         assert isinstance(outcome["error"], Exception)
     wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
+
+
+def test_resolve_never_sends_a_byte_written_mid_response(edge_factory, manifests, origin_url):
+    # No link emulation: the body goes straight to the socket (edge_node.direct), read path.
+    url, app = _placed(edge_factory, manifests, origin_url)
+    node = app.state.node
+    entry = manifests["clf-a"].file("model.safetensors")
+    path = f"{REPO}/resolve/main/{entry.path}"
+    good = httpx.get(f"{origin_url}/{path}", timeout=60).content
+    # A block well past what the socket buffers hold once the client stops reading.
+    late = [b for b in entry.blocks if b.offset > entry.size // 2 and b.length > 1 << 20]
+    ref = late[0] if late else entry.blocks[-1]
+    received = bytearray()
+    with httpx.Client(timeout=60) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            with client.stream("GET", f"{url}/{path}") as r:
+                assert r.status_code == 200
+                chunks = r.iter_raw(1 << 20)
+                received += next(chunks)
+                _flip(node.store.path(ref.block_id), ref.length // 2)
+                for chunk in chunks:
+                    received += chunk
+    assert 0 < len(received) < entry.size
+    assert received == good[: len(received)]  # not one changed byte went out
+    assert _stats(url)["corrupt_blocks"] == 1
+    wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
+    again = httpx.get(f"{url}/{path}", timeout=60)
+    assert hashlib.sha256(again.content).hexdigest() == entry.sha256
 
 
 def test_manifest_giving_a_held_block_another_length_is_rejected(

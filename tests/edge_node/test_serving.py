@@ -194,12 +194,45 @@ def test_client_going_away_mid_body_does_not_hurt_the_node(node_a, manifests):
     url, _ = node_a
     block_id, size = _blocks_by_size(manifests["minilm-base"])[-1]
     ids = list(manifests["clf-a"].block_sizes())
+    resolve = f"{url}/trimcache-zoo/clf-a/resolve/main/model.safetensors"
     for _ in range(3):
         with httpx.Client() as client:
             with client.stream("GET", f"{url}/v1/blocks/{block_id}") as r:
                 next(r.iter_raw(65536))
             with client.stream("POST", f"{url}/v1/blocks:batch", json={"block_ids": ids}) as r:
                 next(r.iter_raw(65536))
+            with client.stream("GET", resolve) as r:
+                next(r.iter_raw(65536))
     r = httpx.get(f"{url}/v1/blocks/{block_id}", timeout=30)
     assert r.status_code == 200 and len(r.content) == size
     assert hashlib.sha256(r.content).hexdigest() == block_id
+
+
+def test_one_connection_carries_many_bodies(node_a, manifests, edge_zoo):
+    # Bodies written straight to the socket (edge_node.direct) leave the connection as they
+    # found it: the next requests on it (bodies, JSON, a HEAD) get whole, right answers.
+    url, _ = node_a
+    manifest = manifests["clf-a"]
+    blocks = list(manifest.block_sizes().items())
+    ids = [b for b, _ in blocks]
+    data = (edge_zoo[1]["trimcache-zoo/clf-a"] / "model.safetensors").read_bytes()
+    resolve = f"{url}/trimcache-zoo/clf-a/resolve/main/model.safetensors"
+    ports = set()
+    with httpx.Client(timeout=60) as client:
+        for _ in range(2):
+            for block_id, size in blocks[:3] + blocks[-3:]:
+                r = client.get(f"{url}/v1/blocks/{block_id}")
+                assert len(r.content) == size
+                assert hashlib.sha256(r.content).hexdigest() == block_id
+            r = client.post(f"{url}/v1/blocks:batch", json={"block_ids": ids})
+            offset = 0
+            for block_id, size in blocks:
+                chunk = r.content[offset : offset + size]
+                assert hashlib.sha256(chunk).hexdigest() == block_id
+                offset += size
+            assert offset == len(r.content)
+            assert client.get(resolve).content == data
+            assert client.head(resolve).headers["content-length"] == str(len(data))
+            assert client.get(f"{url}/healthz").json()["status"] == "ok"
+            ports.add(r.extensions["network_stream"].get_extra_info("client_addr"))
+    assert len(ports) == 1  # every request went over the one kept-alive connection
