@@ -178,6 +178,8 @@ class PlanStatus(BaseModel):
     evicted_bytes: int = 0
     error_code: str | None = None
     error: str | None = None
+    # The HTTP status the error has everywhere else in the API (e.g. 507 for store_full).
+    error_http_status: int | None = None
     held_models: list[str] = Field(default_factory=list)
     started_at: float | None = None
     finished_at: float | None = None

@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from core.errors import ErrorCode, PlanSupersededError, TrimCacheError
+from core.errors import PlanSupersededError, TrimCacheError
 from core.wire import PlanAccepted, PlanState, PlanStatus
 from edge_node.errors import StalePlanError
 from edge_node.ingest import Plan, apply_plan, check_fits
@@ -67,6 +67,7 @@ class PlanProgress:
     evicted_bytes: int = 0
     error_code: str | None = None
     error: str | None = None
+    error_http_status: int | None = None
     held_models: list[str] = field(default_factory=list)
     started_at: float | None = None
     finished_at: float | None = None
@@ -78,6 +79,7 @@ class PlanProgress:
             self.fetched_bytes_by_source = {}
             self.evicted_bytes = 0
             self.error_code = self.error = None
+            self.error_http_status = None
             self.held_models = []
             self.started_at = self.finished_at = None
 
@@ -90,7 +92,7 @@ class PlanProgress:
         state: PlanState,
         *,
         result: dict[str, Any] | None = None,
-        error: tuple[str, str] | None = None,
+        error: TrimCacheError | None = None,
     ) -> None:
         """Record the end of ``plan_id`` (only while it is still the newest plan, except that
         an applied version always counts for fencing)."""
@@ -105,7 +107,8 @@ class PlanProgress:
                 self.evicted_bytes = int(result["evicted_bytes"])
                 self.held_models = list(result["held_models"])
             if error is not None:
-                self.error_code, self.error = error
+                self.error_code, self.error = str(error.code), str(error)
+                self.error_http_status = error.status_code
 
     def to_status(self) -> PlanStatus:
         with self.lock:
@@ -136,6 +139,7 @@ class PlanProgress:
                     "evicted_bytes": self.evicted_bytes,
                     "error_code": self.error_code,
                     "error": self.error,
+                    "error_http_status": self.error_http_status,
                     "held_models": list(self.held_models),
                     "started_at": self.started_at,
                     "finished_at": self.finished_at,
@@ -258,7 +262,7 @@ class PlanWorker:
                 cancel=job.cancel,
             )
         except PlanSupersededError as exc:
-            progress.finish(job.plan_id, "superseded", error=(exc.code, str(exc)))
+            progress.finish(job.plan_id, "superseded", error=exc)
         except TrimCacheError as exc:
             logger.warning(
                 "plan failed node_id=%s plan_id=%s version=%s: %s",
@@ -267,11 +271,10 @@ class PlanWorker:
                 job.plan.version,
                 exc,
             )
-            progress.finish(job.plan_id, "failed", error=(exc.code, str(exc)))
+            progress.finish(job.plan_id, "failed", error=exc)
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything
             logger.exception("plan failed node_id=%s plan_id=%s", self.node.node_id, job.plan_id)
-            progress.finish(
-                job.plan_id, "failed", error=(ErrorCode.internal, f"{type(exc).__name__}: {exc}")
-            )
+            internal = TrimCacheError(f"{type(exc).__name__}: {exc}")
+            progress.finish(job.plan_id, "failed", error=internal)
         else:
             progress.finish(job.plan_id, "applied", result=result)

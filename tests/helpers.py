@@ -34,11 +34,13 @@ __all__ = [
     "hf_env",
     "last_json_line",
     "live_server",
+    "plan_and_wait",
     "process_gone",
     "run_cli",
     "run_python",
     "serve",
     "still_running",
+    "wait_pushed",
     "start_testbed",
     "wait_until",
 ]
@@ -129,6 +131,28 @@ def apply_plan(
     return PlanOutcome(
         response, wait_until(done, timeout_s=timeout_s, interval_s=0.05, what="plan done")
     )
+
+
+def wait_pushed(client: Any, version: int, *, timeout_s: float = 120.0) -> dict[str, Any]:
+    """``GET /v1/placement`` once the push round of ``version`` ended (or a newer placement
+    replaced it): ``POST /v1/placement:plan`` answers before the edges applied anything."""
+
+    def done() -> dict[str, Any] | None:
+        placement: dict[str, Any] = client.get("/v1/placement").json()
+        dispatch = placement.get("dispatch") or {"state": "done"}
+        if placement["version"] != version or dispatch["state"] == "done":
+            return placement
+        return None
+
+    return wait_until(done, timeout_s=timeout_s, interval_s=0.05, what=f"pushes of v{version}")
+
+
+def plan_and_wait(client: Any, *, timeout_s: float = 120.0) -> dict[str, Any]:
+    """``POST /v1/placement:plan`` (with the client's own token), then wait for its pushes
+    (:func:`wait_pushed`)."""
+    response = client.post("/v1/placement:plan")
+    assert response.status_code == 200, response.text
+    return wait_pushed(client, int(response.json()["version"]), timeout_s=timeout_s)
 
 
 #: Loads and runs bert-sst2 with unmodified transformers (HF_ENDPOINT picks the server).

@@ -43,9 +43,12 @@ def test_put_answers_202_and_the_plan_runs_to_applied(edge_factory, manifests, e
         )
         assert running.plan_id == accepted.plan_id and running.plan_version == 3
         assert running.progress.bytes_total == total and running.version is None
-        done = wait_until(
-            lambda: (s := _status(url)).state in ("applied", "failed") and s, timeout_s=120
-        )
+
+        def finished() -> PlanStatus | None:
+            status = _status(url)
+            return status if status.state in ("applied", "failed") else None
+
+        done = wait_until(finished, timeout_s=120, what="plan finished")
     assert done.state == "applied", done.error
     assert done.plan_id == accepted.plan_id and done.version == 3
     assert done.progress.bytes_done == done.progress.bytes_total == total
