@@ -61,8 +61,9 @@ A node that rejects or fails its plan is recorded (``push[node].status``, ``atte
 retried by the background loop (:meth:`Planner.tick`) with exponential backoff from
 ``retry_interval_s`` (full jitter, capped at ``retry_max_interval_s``) at most
 ``push_retry_budget`` times per placement version. The loop skips nodes a round of this
-process still pushes, and ``pending``/``pushing`` pushes while a round started less than
-``push_timeout_s`` ago (they belong to a round elsewhere; older ones to a process that died).
+process still pushes, and ``pending``/``pushing`` pushes while the round refreshed
+``dispatch.alive_at`` within :data:`ROUND_DEAD_S` (a round elsewhere; a silent one died with
+its process, and its pushes are retried).
 The loop also re-plans when membership or the topology change (after ``settle_s`` of quiet),
 every ``plan_interval_s``, and re-pushes the current plan to a node whose reported models
 drift from it.
@@ -113,10 +114,14 @@ ROUND_CHECK_S = 0.5
 # A node that has not accepted its plan (202) this long after the push started does not make
 # others wait for the blocks it would fetch (a hung edge must not hold healthy ones).
 CLAIM_ACCEPT_S = 2.0
+# A running round refreshes ``dispatch.alive_at`` this often; one silent for ROUND_DEAD_S died
+# with its process (its pending pushes are retried).
+ROUND_ALIVE_S = 1.0
+ROUND_DEAD_S = 10.0
 # Push outcomes the loop retries (with backoff, within the budget): "pending"/"pushing" that no
-# round of this process runs (and no round anywhere started within push_timeout_s) means the
-# process that pushed died mid-round; "retained" kept last copies for a holder that had not
-# confirmed them; "superseded": the node replaced the plan with another one of this version.
+# live round runs means the process that pushed died mid-round; "retained" kept last copies
+# for a holder that had not confirmed them; "superseded": the node replaced the plan with
+# another one of this version.
 RETRIED_STATUSES = frozenset(
     {"failed", "unreachable", "stalled", "retained", "superseded", "pending", "pushing", None}
 )
@@ -597,8 +602,9 @@ class Planner:
         pending = sorted(n for n in targets if only is None or n in only)
         with self._rounds_lock:
             self._active.update(pending)
-        if only is not None:
-            self.state.update_dispatch(version, DispatchState(started_at=time.time()).model_dump())
+        dispatch = DispatchState(started_at=time.time(), alive_at=time.time()).model_dump()
+        self.state.update_dispatch(version, dispatch)
+        alive_next = time.monotonic() + ROUND_ALIVE_S
         inflight: dict[Future[None], str] = {}
         fetching: dict[
             str, str
@@ -644,6 +650,10 @@ class Planner:
                         retained.append(node_id)
                 if self._superseded(version):
                     stop.set()
+                elif time.monotonic() >= alive_next:
+                    alive_next = time.monotonic() + ROUND_ALIVE_S
+                    dispatch["alive_at"] = time.time()
+                    self.state.update_dispatch(version, dispatch)
             # Nodes that kept last copies get their exact plan once the new holders confirmed.
             again = []
             for node_id in retained:
@@ -662,14 +672,8 @@ class Planner:
                 self._active.difference_update(inflight.values())
                 self._active.difference_update(retained)
             if not stop.is_set():
-                self.state.update_dispatch(
-                    version,
-                    DispatchState(
-                        state="done",
-                        started_at=float(record.get("planned_at", 0.0)),
-                        finished_at=time.time(),
-                    ).model_dump(),
-                )
+                dispatch.update(state="done", finished_at=time.time())
+                self.state.update_dispatch(version, dispatch)
 
     def _superseded(self, version: int) -> bool:
         """Whether the stored placement moved past ``version`` (another plan, maybe in another
@@ -936,9 +940,9 @@ class Planner:
         with self._rounds_lock:
             active = set(self._active)
         dispatch = record.get("dispatch") or {}
-        # A round still running somewhere (started within push_timeout_s) owns its pushes.
+        # A round still running somewhere (it refreshed alive_at lately) owns its pushes.
         round_alive = dispatch.get("state") == "running" and (
-            now - float(dispatch.get("started_at", 0.0)) < self.settings.push_timeout_s
+            now - float(dispatch.get("alive_at", dispatch.get("started_at", 0.0))) < ROUND_DEAD_S
         )
         for node in nodes:
             placed = record["servers"].get(node.node_id)

@@ -61,6 +61,7 @@ class DispatchState(BaseModel):
 
     state: Literal["running", "done"] = "running"
     started_at: float
+    alive_at: float | None = None  # refreshed while the round runs (a silent one died)
     finished_at: float | None = None
 
 
