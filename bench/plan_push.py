@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,10 @@ class Stack:
                 proc.kill()
 
 
-def _applied(url: str, version: int) -> bool:
+def _applied_version(url: str) -> int | None:
     status = httpx.get(f"{url}/v1/plan", timeout=5).json()
-    return bool(status.get("version") == version and status.get("status") == "applied")
+    version = status.get("version")
+    return int(version) if status.get("status") == "applied" and version is not None else None
 
 
 def one_run(stack: Stack, hung_id: str) -> dict[str, Any]:
@@ -167,18 +169,32 @@ def one_run(stack: Stack, hung_id: str) -> dict[str, Any]:
     try:
         body = {"url": f"http://127.0.0.1:{hung.getsockname()[1]}", "capacity_bytes": None}
         stack.http.put(f"/v1/nodes/{hung_id}", json=body).raise_for_status()
-        start = time.monotonic()
-        response = stack.http.post("/v1/placement:plan")
-        plan_s = time.monotonic() - start
-        response.raise_for_status()
-        version = int(response.json()["version"])
-        wait_until(
-            lambda: all(_applied(u, version) for u in stack.edges.values()),
-            timeout_s=600,
-            interval_s=0.02,
-            what="both edges applied",
+        answer: dict[str, Any] = {}
+
+        def post() -> None:
+            response = stack.http.post("/v1/placement:plan")
+            answer["plan_s"] = time.monotonic() - start
+            answer["response"] = response
+
+        start, wall = time.monotonic(), time.time()
+        poster = threading.Thread(target=post)
+        poster.start()
+
+        # Fresh edges: the first version either reports applied is this plan's.
+        def both_applied() -> list[int] | None:
+            versions = [_applied_version(u) for u in stack.edges.values()]
+            return [v for v in versions if v is not None] if None not in versions else None
+
+        applied = wait_until(
+            both_applied, timeout_s=600, interval_s=0.02, what="both edges applied"
         )
         applied_s = time.monotonic() - start
+        poster.join(timeout=600)
+        response = answer["response"]
+        response.raise_for_status()
+        version = int(response.json()["version"])
+        assert set(applied) == {version}, (applied, version)
+        plan_s = answer["plan_s"]
 
         def round_over() -> dict[str, Any] | None:
             placement: dict[str, Any] = stack.http.get("/v1/placement").json()
@@ -196,6 +212,11 @@ def one_run(stack: Stack, hung_id: str) -> dict[str, Any]:
         "others_applied_s": round(applied_s, 3),
         "hung_status": hung_status.get("status"),
         "hung_code": hung_status.get("code"),
+        # When each push started (s after the plan request), as the controller recorded it.
+        "push_started_s": {
+            n: round(float(p.get("at", wall)) - wall, 3)
+            for n, p in sorted(placement["push"].items())
+        },
     }
 
 
