@@ -606,9 +606,8 @@ class Planner:
         self.state.update_dispatch(version, dispatch)
         alive_next = time.monotonic() + ROUND_ALIVE_S
         inflight: dict[Future[None], str] = {}
-        fetching: dict[
-            str, str
-        ] = {}  # block -> the node of this round fetching it (no peer has it)
+        # Block -> the node of this round fetching it (no peer holds it yet).
+        fetching: dict[str, str] = {}
         retained: list[str] = []
 
         def start(node_id: str, prior: Mapping[str, Any]) -> None:
@@ -624,8 +623,9 @@ class Planner:
         def ended(node_id: str) -> None:
             for block_id in [b for b, n in fetching.items() if n == node_id]:
                 del fetching[block_id]
-            with self._rounds_lock:
-                self._active.discard(node_id)
+            if node_id not in push.retaining:  # a retaining node gets its exact plan below
+                with self._rounds_lock:
+                    self._active.discard(node_id)
 
         try:
             while (pending or inflight) and not stop.is_set():
@@ -894,8 +894,11 @@ class Planner:
     def _applied_versions(self, nodes: Sequence[NodeRecord]) -> list[int]:
         """The placement versions the nodes report having applied (``GET /v1/plan``)."""
         versions = []
-        # Asked all at once: a hung node costs the timeout once, not once per node.
-        for current in self._pool.map(lambda n: self._plan_status(n, timeout_s=2.0), nodes):
+        # Asked all at once (not on the push pool, which hung pushes may fill): a hung node
+        # costs the timeout once, not once per node.
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as probe:
+            answers = list(probe.map(lambda n: self._plan_status(n, timeout_s=2.0), nodes))
+        for current in answers:
             if current is not None and current.version is not None:
                 if 0 <= current.version <= 2**53:
                     versions.append(current.version)
