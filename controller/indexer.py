@@ -48,6 +48,7 @@ from huggingface_hub.errors import (
 )
 from tqdm.auto import tqdm
 
+from controller import adapters
 from controller.errors import (
     ControllerError,
     IndexingError,
@@ -227,6 +228,12 @@ def add_model(
     except ControllerError as exc:
         metrics.indexed.labels(outcome=exc.code).inc()
         raise
+    base_repo_id: str | None = None
+    if adapters.is_adapter(manifest):
+        try:
+            base_repo_id = adapters.read_base_repo(origin_url, manifest)
+        except (httpx.HTTPError, ValueError) as exc:
+            logger.warning("adapter model_id=%s: cannot read its base model: %s", model_id, exc)
     entry = CatalogueEntry(
         model_id=model_id,
         repo_id=repo_id,
@@ -236,6 +243,7 @@ def add_model(
         blocks=len(manifest.block_sizes()),
         manifest=manifest.to_dict(),
         indexed_at=time.time(),
+        base_repo_id=base_repo_id,
     )
     state.put_model(entry)
     metrics.indexed.labels(outcome="ok").inc()

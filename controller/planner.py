@@ -24,7 +24,9 @@ The only module that turns state into actions on edge nodes. Internal logic of
    sends the edges a version they already passed) with every push ``pending`` and
    ``dispatch.state`` ``running``, and start its *push round* in a background thread; the
    plan lock is released and :meth:`Planner.plan` returns here (``POST /v1/placement:plan``
-   answers before any transfer);
+   answers before any transfer). On-demand nodes (``cache_policy`` ``lru``/``lfu`` in their
+   heartbeat) are left out of the problem, the placement and the pushes: they cache what
+   their clients ask for;
 6. the round pushes each node its plan (manifests of the models to hold, and for each block it
    lacks, the live peers whose *confirmed* holdings include it) on a bounded pool of
    ``push_workers`` threads, all nodes at once except where a node must wait for a peer:
@@ -85,6 +87,7 @@ from typing import Any
 
 import httpx
 
+from controller.adapters import base_models, with_base_sizes, with_bases
 from controller.demand import request_probabilities
 from controller.errors import StateUnavailableError
 from controller.metrics import Metrics
@@ -293,10 +296,15 @@ class Planner:
         manifests = [ModelManifest.from_dict(e.manifest) for e in catalogue]
         groups = group_by_sharing(manifests)
         blocks = {g.pb_id: g.size_bytes for g in groups}
-        models = {
-            m.model_id: tuple(g.pb_id for g in groups if m.model_id in g.model_ids)
-            for m in manifests
-        }
+        # An adapter needs its base model too (controller.adapters).
+        bases = base_models([e.summary() for e in catalogue])
+        models = with_bases(
+            {
+                m.model_id: tuple(g.pb_id for g in groups if m.model_id in g.model_ids)
+                for m in manifests
+            },
+            bases,
+        )
         total = sum(blocks.values())
         servers = {n.node_id: (n.capacity_bytes if n.capacity_bytes >= 0 else total) for n in nodes}
         topology = view.topology
@@ -309,7 +317,7 @@ class Planner:
             area_id: {m: p * topology.areas[area_id].weight / max_weight for m, p in row.items()}
             for area_id, row in probs.items()
         }
-        sizes = {m.model_id: m.total_bytes for m in manifests}
+        sizes = with_base_sizes({m.model_id: m.total_bytes for m in manifests}, bases)
         reachable = {
             area_id: {n: frozenset(ms) for n, ms in by_node.items()}
             for area_id, by_node in reachable_sets(topology, positions, sizes).items()
@@ -365,10 +373,12 @@ class Planner:
 
     def _plan_locked(self, trigger: str, guard: PlanLock) -> dict[str, Any]:
         started = time.time()
-        nodes = self.state.live_nodes()
+        live = self.state.live_nodes()
         catalogue = self.state.list_models()
-        view = self.topology_view(nodes)
-        signature = self.signature(nodes, view)
+        view = self.topology_view(live)
+        signature = self.signature(live, view)
+        # On-demand nodes (cache_policy) cache what they are asked for: a plan would fight them.
+        nodes = [n for n in live if not n.cache_policy]
         previous = self.state.get_placement()
         attempt: dict[str, Any] = {"at": started, "trigger": trigger, "signature": signature}
 
@@ -526,7 +536,7 @@ class Planner:
             record = self.state.get_placement()
             if record is None:
                 return
-            nodes = self.state.live_nodes()
+            nodes = [n for n in self.state.live_nodes() if not n.cache_policy]
             catalogue = self.state.list_models()
             self._dispatch(record, nodes, catalogue, only=set(node_ids))
 

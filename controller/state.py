@@ -115,6 +115,9 @@ class NodeRecord:
     dropping: tuple[str, ...] = ()
     # The last placement version the node reports having applied (None: not reported).
     plan_version: int | None = None
+    # "lru" / "lfu": the node caches on demand (no plans pushed; routes send it the misses of
+    # the clients it is nearest to); None: it holds the planned placement.
+    cache_policy: str | None = None
 
     @property
     def serving_models(self) -> tuple[str, ...]:
@@ -153,6 +156,8 @@ class CatalogueEntry:
     indexed_at: float = 0.0
     # Set when the entry was rebuilt from an edge node's manifest (state lost), not indexed.
     adopted_from: str | None = None
+    # A LoRA adapter: the repo of the base model it needs (controller.adapters).
+    base_repo_id: str | None = None
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -171,6 +176,7 @@ class CatalogueEntry:
             "revision": self.revision,
             "total_bytes": self.total_bytes,
             "blocks": self.blocks,
+            "base_repo_id": self.base_repo_id,
         }
 
 

@@ -53,6 +53,11 @@ def _to_plan(request: PlanRequest, settings: Settings) -> Plan:
     response_model=PlanAccepted,
 )
 def put_plan(request: PlanRequest, node: NodeDep, worker: PlanWorkerDep) -> PlanAccepted:
+    if node.settings.cache_policy:
+        raise InvalidRequestError(
+            f"this node caches on demand (EDGE_CACHE_POLICY={node.settings.cache_policy}); "
+            "it takes no plans"
+        )
     return worker.submit(_to_plan(request, node.settings))
 
 
