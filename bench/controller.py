@@ -7,8 +7,9 @@ registered with random confirmed holdings and unreachable URLs. Then, through th
 (in-process ``TestClient``, real Redis):
 
 - ``GET /v1/routes/{model}?area_id=...`` ``--routes`` times: median and p95 latency;
-- ``POST /v1/placement:plan``: build the problem + solve (+ pushes that fail fast: the nodes'
-  URLs are closed ports), wall time; the solve time and hit ratio from the placement record.
+- ``POST /v1/placement:plan``: build the problem + solve + store, wall time (the pushes run in
+  the background and fail fast: the nodes' URLs are closed ports); the solve time and hit ratio
+  from the placement record.
 
 Writes JSON lines (models, nodes, blocks, route_ms_p50/p95, plan_s, solve_s, hit_ratio,
 parameter_blocks, git sha) to ``bench/results/controller.jsonl`` and prints a table.

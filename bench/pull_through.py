@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from bench._net import free_port, wait_http
+from core.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
@@ -138,7 +139,17 @@ def run(repeats: int) -> list[dict[str, Any]]:
             "origin_url": origin,
         }
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        httpx.put(f"{edges[0]}/v1/plan", json=plan, headers=headers, timeout=300)
+        accepted = httpx.put(f"{edges[0]}/v1/plan", json=plan, headers=headers, timeout=60)
+        accepted.raise_for_status()  # 202: the edge applies the plan in the background
+        plan_id = accepted.json()["plan_id"]
+        wait_until(
+            lambda: (
+                (s := httpx.get(f"{edges[0]}/v1/plan", timeout=5).json())["plan_id"] == plan_id
+                and s["state"] == "applied"
+            ),
+            timeout_s=300,
+            what="plan applied on the first edge",
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             route = httpx.get(f"{controller}/v1/routes/bert-sst2").json()

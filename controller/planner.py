@@ -19,34 +19,56 @@ The only module that turns state into actions on edge nodes. Internal logic of
    ``outcome: "kept"`` with the decision (gain, bytes it would move). A current placement that
    is no longer valid (a node joined or left, a capacity shrank below what a node holds, a
    model left the catalogue or was re-indexed) is always replaced;
-5. store the new placement (version from ``INCR``, above every version a live node reports
-   having applied, so a Redis wipe never sends the edges a version they already passed) with
-   every push ``pending``;
-   On-demand nodes (``cache_policy`` ``lru``/``lfu`` in their heartbeat) are left out of the
-   problem, the placement and the pushes: they cache what their clients ask for;
-6. push each node its plan (manifests of the models to hold, and for each block it lacks, the
-   live peers whose *confirmed* holdings include it), one node at a time, choosing next a node
-   whose evictions remove no *last confirmed copy* of a block that another node is placed to
-   hold but has not confirmed yet; after each push the node's confirmed models come from its
-   response, so later nodes migrate from it and the origin serves each missing block at most
-   once. When every remaining node would evict such a last copy (a swap, or a new holder that
-   failed), the node is sent a *retaining* plan that keeps the models holding those copies
-   (``push[node].retained``); it gets its exact plan once the new holders confirmed (later in
-   the same push, or by the loop's drift repair). A placed model therefore never loses its
-   last edge copy to a handover that did not complete.
+5. store the new placement (a typed :class:`~controller.records.PlacementRecord`; version from
+   ``INCR``, above every version a live node reports having applied, so a Redis wipe never
+   sends the edges a version they already passed) with every push ``pending`` and
+   ``dispatch.state`` ``running``, and start its *push round* in a background thread; the
+   plan lock is released and :meth:`Planner.plan` returns here (``POST /v1/placement:plan``
+   answers before any transfer). On-demand nodes (``cache_policy`` ``lru``/``lfu`` in their
+   heartbeat) are left out of the problem, the placement and the pushes: they cache what
+   their clients ask for;
+6. the round pushes each node its plan (manifests of the models to hold, and for each block it
+   lacks, the live peers whose *confirmed* holdings include it) on a bounded pool of
+   ``push_workers`` threads, all nodes at once except where a node must wait for a peer:
+   - it needs a block no node holds yet that another node of the round is fetching (it
+     copies it from that peer once the peer confirmed, so the origin serves each missing
+     block once), or
+   - its evictions would remove the *last confirmed copy* of a block that a node still in
+     the round is placed to hold but has not confirmed.
+   A node waits only while that peer's push is in flight (which liveness bounds, below).
+   When every remaining node waits for another one (a swap), or the new holder's push
+   failed, the node is sent a *retaining* plan that keeps the models holding those copies
+   (``push[node].retained``); it gets its exact plan once the new holders confirmed (later
+   in the same round, or by the loop's drift repair). A placed model therefore never loses
+   its last edge copy to a handover that did not complete. The round ends with
+   ``dispatch.state`` ``done``.
 
-Pushes are fenced: the plan lock (TTL ``plan_lock_ttl_s``, renewed by a helper thread that
-shares the lock's token) must still be held before the placement is stored and before each
-push, and every plan carries its version; edges refuse a version older than the one they
-applied. A push waits at most ``push_timeout_s``, and gives up early when the node's progress
-(``GET /v1/plan``) stands still for ``push_stall_s``.
+A push is ``PUT /v1/plan`` (the edge validates it and answers 202 with a ``plan_id``), then
+``GET /v1/plan`` every :data:`PROGRESS_POLL_S` until the edge reports that plan ``applied``
+(its held models become the node's confirmed models, so nodes waiting for it migrate from it)
+or ``failed``. Liveness is progress-based: the push is given up (``stalled``,
+``push_stalled``) when the edge's bytes/blocks done stand still for ``push_stall_s``, when the
+edge does not answer the PUT within ``push_accept_timeout_s`` (a hung edge), and after
+``push_timeout_s`` in all.
+
+Pushes are fenced by the version instead of the lock: every plan carries its version and edges
+refuse a version older than the one they applied (or are applying); a round stops
+dispatching as soon as the stored placement is a newer one (a newer round in this process
+also stops it at once), and nothing a stopped round learns is recorded over the newer one
+(``update_push_status`` is conditional on the version). The plan lock (TTL
+``plan_lock_ttl_s``, renewed by a helper thread that shares the lock's token) serialises
+computing, storing and dispatching, and must still be held before the placement is stored.
 
 A node that rejects or fails its plan is recorded (``push[node].status``, ``attempts``) and
 retried by the background loop (:meth:`Planner.tick`) with exponential backoff from
 ``retry_interval_s`` (full jitter, capped at ``retry_max_interval_s``) at most
-``push_retry_budget`` times per placement version. The loop also re-plans when membership or
-the topology change (after ``settle_s`` of quiet), every ``plan_interval_s``, and re-pushes the
-current plan to a node whose reported models drift from it.
+``push_retry_budget`` times per placement version. The loop skips nodes a round of this
+process still pushes, and ``pending``/``pushing`` pushes while the round refreshed
+``dispatch.alive_at`` within :data:`ROUND_DEAD_S` (a round elsewhere; a silent one died with
+its process, and its pushes are retried).
+The loop also re-plans when membership or the topology change (after ``settle_s`` of quiet),
+every ``plan_interval_s``, and re-pushes the current plan to a node whose reported models
+drift from it.
 """
 
 from __future__ import annotations
@@ -56,9 +78,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,22 +98,37 @@ from controller.placement import (
     ReplanDecision,
     decide_replan,
 )
+from controller.records import DispatchState, PlacementRecord, PushStatus, ServerPlacement
 from controller.routing import held_blocks, manifest_block_ids
 from controller.settings import Settings
 from controller.state import CatalogueEntry, NodeRecord, PlanLock, RedisState
 from controller.topology import Topology, default_topology, reachable_sets
 from core import ModelManifest, TrimCacheError, group_by_sharing
 from core.digest import BlockId
-from core.wire import EdgePlan, ErrorBody, PlanStatus
+from core.errors import ErrorCode
+from core.wire import EdgePlan, ErrorBody, PlanAccepted, PlanStatus
 
 logger = logging.getLogger(__name__)
 
-# How often the push waits for the node's answer before it looks at the node's progress.
-PROGRESS_POLL_S = 2.0
-# Push outcomes the loop retries (with backoff, within the budget): "pending" outside a running
-# plan means the process that pushed died mid-plan; "retained" kept last copies for a holder
-# that had not confirmed them.
-RETRIED_STATUSES = frozenset({"failed", "unreachable", "stalled", "retained", "pending", None})
+# How often a push looks at the node's plan status (GET /v1/plan) while the node applies it.
+PROGRESS_POLL_S = 0.25
+# How often a push round looks whether a newer placement superseded it (and re-checks waits).
+ROUND_CHECK_S = 0.5
+# A node that has not accepted its plan (202) this long after the push started does not make
+# others wait for the blocks it would fetch (a hung edge must not hold healthy ones).
+CLAIM_ACCEPT_S = 2.0
+# A running round refreshes ``dispatch.alive_at`` this often; one silent for ROUND_DEAD_S died
+# with its process (its pending pushes are retried).
+ROUND_ALIVE_S = 1.0
+ROUND_DEAD_S = 10.0
+# Push outcomes the loop retries (with backoff, within the budget): "pending"/"pushing" that no
+# live round runs means the process that pushed died mid-round; "retained" kept last copies
+# for a holder that had not confirmed them; "superseded": the node replaced the plan with
+# another one of this version.
+RETRIED_STATUSES = frozenset(
+    {"failed", "unreachable", "stalled", "retained", "superseded", "pending", "pushing", None}
+)
+IN_FLIGHT_STATUSES = frozenset({"pending", "pushing"})
 FALLBACK_SOLVER = "trimcaching-gen"
 
 
@@ -139,9 +175,23 @@ class Planner:
         self._redis_down = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Push rounds running in this process (thread ident -> (version, stop flag)) and the
+        # nodes they have not finished with; pushes themselves run on the bounded pool.
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.push_workers, thread_name_prefix="push"
+        )
+        self._rounds_lock = threading.Lock()
+        self._rounds_done = threading.Condition(self._rounds_lock)
+        self._rounds: dict[int, tuple[int, threading.Event]] = {}
+        self._active: set[str] = set()
 
     def close(self) -> None:
         self.stop()
+        with self._rounds_lock:
+            for _version, stop in self._rounds.values():
+                stop.set()
+        self.wait_rounds(timeout_s=30)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()
 
     # -- reading state --------------------------------------------------------------------
@@ -307,7 +357,9 @@ class Planner:
     def plan(
         self, *, trigger: str = "manual", blocking_timeout_s: float | None = None
     ) -> dict[str, Any]:
-        """Solve, store and push a new placement; returns the stored placement record.
+        """Solve and store a new placement and dispatch its pushes; returns the stored
+        placement record at once (its pushes ``pending``: :meth:`wait_rounds` or
+        ``GET /v1/placement`` follow them).
 
         Raises:
             StateUnavailableError: Redis is down (nothing is pushed).
@@ -373,53 +425,53 @@ class Planner:
         if previous is None:  # a first plan, or Redis lost its state: ask the nodes themselves
             applied += self._applied_versions(nodes)
         version = self.state.next_placement_version(floor=max(applied, default=0))
-        servers: dict[str, dict[str, Any]] = {}
+        servers: dict[str, ServerPlacement] = {}
         for node in nodes:
             placed = result.servers.get(node.node_id) if result is not None else None
-            servers[node.node_id] = {
-                "models": list(placed.models) if placed else [],
-                "blocks": list(placed.blocks) if placed else [],
-                "used_bytes": placed.used_bytes if placed else 0,
-            }
-        record: dict[str, Any] = {
-            "version": version,
-            "solver": solver_name,
-            "status": result.status if result is not None else "empty",
-            "hit_ratio": result.hit_ratio if result is not None else 0.0,
-            "solve_seconds": result.solve_seconds if result is not None else 0.0,
-            "planned_at": started,
-            "trigger": trigger,
-            "topology": view.source,
-            "nodes": {n.node_id: n.url for n in nodes},
-            "problem": {
+            servers[node.node_id] = ServerPlacement(
+                models=list(placed.models) if placed else [],
+                blocks=list(placed.blocks) if placed else [],
+                used_bytes=placed.used_bytes if placed else 0,
+            )
+        record = PlacementRecord(
+            version=version,
+            solver=solver_name,
+            status=result.status if result is not None else "empty",
+            hit_ratio=result.hit_ratio if result is not None else 0.0,
+            solve_seconds=result.solve_seconds if result is not None else 0.0,
+            planned_at=started,
+            trigger=trigger,
+            topology=view.source,
+            nodes={n.node_id: n.url for n in nodes},
+            problem={
                 "areas": len(problem.requests) if problem else 0,
                 "models": len(problem.models) if problem else len(catalogue),
                 "parameter_blocks": len(problem.blocks) if problem else 0,
             },
-            "servers": servers,
+            servers=servers,
             # Which revision each placed model had: a re-indexed model invalidates the plan.
-            "revisions": {e.model_id: e.revision for e in catalogue},
-            "push": {
-                n.node_id: {"status": "pending", "version": version, "at": started} for n in nodes
-            },
-        }
-        self.state.save_placement(record)
+            revisions={e.model_id: e.revision for e in catalogue},
+            push={n.node_id: PushStatus(version=version, at=started) for n in nodes},
+            dispatch=DispatchState(started_at=started),
+        )
+        doc = record.to_json()
+        self.state.save_placement(doc)
         self.metrics.plans.labels(outcome="ok").inc()
         self.metrics.placement_version.set(version)
-        self.metrics.expected_hit_ratio.set(record["hit_ratio"])
+        self.metrics.expected_hit_ratio.set(record.hit_ratio)
         logger.info(
             "placement version=%d solver=%s hit_ratio=%.4f nodes=%d models=%d trigger=%s",
             version,
             solver_name,
-            record["hit_ratio"],
+            record.hit_ratio,
             len(nodes),
             len(catalogue),
             trigger,
         )
         attempt.update(outcome="ok", version=version)
         self.state.save_plan_attempt(attempt)
-        self._push(record, nodes, catalogue, guard=guard)
-        return self.state.get_placement() or record
+        self._dispatch(doc, nodes, catalogue)
+        return doc
 
     def _decide(
         self,
@@ -476,7 +528,8 @@ class Planner:
             return SOLVERS[FALLBACK_SOLVER](problem, **kwargs), FALLBACK_SOLVER
 
     def repush(self, node_ids: Sequence[str]) -> None:
-        """Push the current placement again to some nodes (failed or drifted ones)."""
+        """Push the current placement again to some nodes (failed or drifted ones), in the
+        background (:meth:`wait_rounds` waits for it)."""
         with self._locked(blocking_timeout_s=0.0) as guard:
             if guard is None:
                 return
@@ -485,18 +538,60 @@ class Planner:
                 return
             nodes = [n for n in self.state.live_nodes() if not n.cache_policy]
             catalogue = self.state.list_models()
-            self._push(record, nodes, catalogue, guard=guard, only=set(node_ids))
+            self._dispatch(record, nodes, catalogue, only=set(node_ids))
 
     # -- pushing --------------------------------------------------------------------------
+    def _dispatch(
+        self,
+        record: Mapping[str, Any],
+        nodes: Sequence[NodeRecord],
+        catalogue: Sequence[CatalogueEntry],
+        *,
+        only: set[str] | None = None,
+    ) -> None:
+        """Start the push round of ``record`` in a background thread (rounds of older versions
+        stop dispatching; their pushes in flight are abandoned, fenced by the version)."""
+        version = int(record["version"])
+        stop = threading.Event()
+        with self._rounds_lock:
+            for other_version, other_stop in list(self._rounds.values()):
+                if other_version < version:
+                    other_stop.set()
+
+            def run() -> None:
+                try:
+                    self._push(record, nodes, catalogue, only=only, stop=stop)
+                except StateUnavailableError as exc:
+                    logger.warning("push round of version %d stopped: %s", version, exc)
+                except Exception:  # noqa: BLE001 - a round must never take the process down
+                    logger.exception("push round of version %d failed", version)
+                finally:
+                    with self._rounds_lock:
+                        self._rounds.pop(threading.get_ident(), None)
+                        self._rounds_done.notify_all()
+
+            thread = threading.Thread(target=run, name=f"push-round-{version}", daemon=True)
+            thread.start()
+            assert thread.ident is not None
+            self._rounds[thread.ident] = (version, stop)
+
+    def wait_rounds(self, timeout_s: float | None = None) -> bool:
+        """Wait until no push round runs in this process; False when ``timeout_s`` passed."""
+        with self._rounds_lock:
+            return self._rounds_done.wait_for(lambda: not self._rounds, timeout=timeout_s)
+
     def _push(
         self,
         record: Mapping[str, Any],
         nodes: Sequence[NodeRecord],
         catalogue: Sequence[CatalogueEntry],
         *,
-        guard: PlanLock,
         only: set[str] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
+        """One push round of ``record`` (runs to the end; see the module docstring): nodes are
+        pushed concurrently on the push workers, each as soon as it waits for no peer."""
+        stop = stop or threading.Event()
         version = int(record["version"])
         entries = {e.model_id: e for e in catalogue}
         blocks_by_model = self.blocks_by_model(catalogue)
@@ -515,53 +610,124 @@ class Planner:
         urls = {n: live[n].url for n in live}
         push = _Push(version, entries, blocks_by_model, targets, target_models, held, holding, urls)
         pending = sorted(n for n in targets if only is None or n in only)
+        with self._rounds_lock:
+            self._active.update(pending)
+        dispatch = DispatchState(started_at=time.time(), alive_at=time.time()).model_dump()
+        self.state.update_dispatch(version, dispatch)
+        alive_next = time.monotonic() + ROUND_ALIVE_S
+        inflight: dict[Future[None], str] = {}
+        # Block -> the node of this round fetching it (no peer holds it yet).
+        fetching: dict[str, str] = {}
         retained: list[str] = []
-        while pending:
-            node_id = _next_node(pending, targets, held)
-            if node_id is None:  # every remaining node would evict a last copy: retain
-                node_id = pending[0]
-            pending.remove(node_id)
-            if not self._push_node(live[node_id], push, pushes.get(node_id, {}), guard):
-                return
-            if node_id in push.retaining:
-                retained.append(node_id)
-        # Nodes that kept last copies get their exact plan once the new holders confirmed.
-        for node_id in retained:
-            if not _last_copies(node_id, targets, held):
-                prior = {"version": version, "status": "retained", "attempts": 0}
-                if not self._push_node(live[node_id], push, prior, guard):
-                    return
+
+        def start(node_id: str, prior: Mapping[str, Any]) -> None:
+            with push.lock:
+                push.started[node_id] = time.monotonic()
+                push.accepted.discard(node_id)
+                anywhere = frozenset().union(*push.held.values())
+                for block_id in targets[node_id] - anywhere:
+                    fetching.setdefault(block_id, node_id)
+            future = self._pool.submit(self._push_node, live[node_id], push, prior, stop)
+            inflight[future] = node_id
+
+        def ended(node_id: str) -> None:
+            for block_id in [b for b, n in fetching.items() if n == node_id]:
+                del fetching[block_id]
+            if node_id not in push.retaining:  # a retaining node gets its exact plan below
+                with self._rounds_lock:
+                    self._active.discard(node_id)
+
+        try:
+            while (pending or inflight) and not stop.is_set():
+                busy = set(pending) | set(inflight.values())
+                for node_id in list(pending):
+                    if not _waits_for(node_id, push, busy, fetching):
+                        pending.remove(node_id)
+                        start(node_id, pushes.get(node_id, {}))
+                if pending and not inflight:
+                    # Every remaining node waits for another pending one (a swap): one gets a
+                    # retaining plan (see _push_node) and the others follow.
+                    with push.lock:
+                        node_id = _next_node(pending, targets, push.held) or pending[0]
+                    pending.remove(node_id)
+                    start(node_id, pushes.get(node_id, {}))
+                done, _ = wait(inflight, timeout=ROUND_CHECK_S, return_when=FIRST_COMPLETED)
+                for future in done:
+                    node_id = inflight.pop(future)
+                    future.result()
+                    ended(node_id)
+                    if node_id in push.retaining:
+                        retained.append(node_id)
+                if self._superseded(version):
+                    stop.set()
+                elif time.monotonic() >= alive_next:
+                    alive_next = time.monotonic() + ROUND_ALIVE_S
+                    dispatch["alive_at"] = time.time()
+                    self.state.update_dispatch(version, dispatch)
+            # Nodes that kept last copies get their exact plan once the new holders confirmed.
+            again = []
+            for node_id in retained:
+                with push.lock:
+                    safe = not _last_copies(node_id, targets, push.held)
+                if safe and not stop.is_set():
+                    prior = {"version": version, "status": "retained", "attempts": 0}
+                    again.append(
+                        self._pool.submit(self._push_node, live[node_id], push, prior, stop)
+                    )
+            for future in again:
+                future.result()
+        finally:
+            with self._rounds_lock:
+                self._active.difference_update(pending)
+                self._active.difference_update(inflight.values())
+                self._active.difference_update(retained)
+            if not stop.is_set():
+                dispatch.update(state="done", finished_at=time.time())
+                self.state.update_dispatch(version, dispatch)
+
+    def _superseded(self, version: int) -> bool:
+        """Whether the stored placement moved past ``version`` (another plan, maybe in another
+        process): the round stops dispatching (the edges would refuse it anyway)."""
+        try:
+            current = self.state.get_placement()
+        except StateUnavailableError:
+            return False
+        return current is not None and int(current.get("version", 0)) != version
 
     def _push_node(
-        self, node: NodeRecord, push: _Push, prior: Mapping[str, Any], guard: PlanLock
-    ) -> bool:
+        self, node: NodeRecord, push: _Push, prior: Mapping[str, Any], stop: threading.Event
+    ) -> None:
         """Push one node its plan (retaining last copies, see the module docstring) and record
-        the outcome; False when the plan lock was lost (nothing was sent)."""
-        if not guard.owned():
-            logger.warning("plan lock lost: push of version %d stopped", push.version)
-            return False
+        the outcome (runs on a push worker)."""
+        if stop.is_set():
+            return
         node_id = node.node_id
-        models = list(push.target_models[node_id])
-        keep = _last_copies(node_id, push.targets, push.held)
-        kept: list[str] = []
-        if keep:
-            kept = [
-                m
-                for m in push.holding[node_id]
-                if m not in models and push.blocks_by_model[m] & keep
-            ]
-            models = self._fitting(node, kept, models, push.entries)
-            push.retaining.add(node_id)
-        else:
-            push.retaining.discard(node_id)
-        needed = frozenset().union(*(push.blocks_by_model[m] for m in models)) - push.held[node_id]
-        peers: dict[str, list[str]] = {}
-        for block_id in sorted(needed):
-            urls = [
-                push.urls[p] for p in sorted(push.held) if p != node_id and block_id in push.held[p]
-            ]
-            if urls:
-                peers[block_id] = urls
+        with push.lock:
+            models = list(push.target_models[node_id])
+            keep = _last_copies(node_id, push.targets, push.held)
+            kept: list[str] = []
+            if keep:
+                kept = [
+                    m
+                    for m in push.holding[node_id]
+                    if m not in models and push.blocks_by_model[m] & keep
+                ]
+                models = self._fitting(node, kept, models, push.entries)
+                push.retaining.add(node_id)
+            else:
+                push.retaining.discard(node_id)
+            needed = (
+                frozenset().union(*(push.blocks_by_model[m] for m in models)) - push.held[node_id]
+            )
+            peers: dict[str, list[str]] = {}
+            for block_id in sorted(needed):
+                urls = [
+                    push.urls[p]
+                    for p in sorted(push.held)
+                    if p != node_id and block_id in push.held[p]
+                ]
+                if urls:
+                    peers[block_id] = urls
         body = EdgePlan(
             version=push.version,
             manifests=[dict(push.entries[m].manifest) for m in models],
@@ -572,16 +738,26 @@ class Planner:
         # name again what an earlier plan dropped but this one brings back).
         dropping = sorted(set(node.models) - set(models))
         self.state.update_node_models(node_id, dropping=dropping)
-        status = self._push_one(node, body)
-        status["version"] = push.version
-        status["models"] = push.target_models[node_id]
+        started = time.time()
+        pushing = PushStatus(
+            status="pushing", version=push.version, at=started, models=push.target_models[node_id]
+        )
+        self.state.update_push_status(push.version, node_id, pushing.to_json())
+
+        def accepted() -> None:
+            with push.lock:
+                push.accepted.add(node_id)
+
+        status = self._push_one(node, body, stop, on_accepted=accepted)
+        status.update(at=started, version=push.version, models=push.target_models[node_id])
         if status["status"] == "applied":
             held_models = status.get("held_models", models)
             self.state.update_node_models(node_id, held_models)
-            push.holding[node_id] = [m for m in held_models if m in push.entries]
-            push.held[node_id] = frozenset().union(
-                *(push.blocks_by_model.get(m, frozenset()) for m in held_models)
-            )
+            with push.lock:
+                push.holding[node_id] = [m for m in held_models if m in push.entries]
+                push.held[node_id] = frozenset().union(
+                    *(push.blocks_by_model.get(m, frozenset()) for m in held_models)
+                )
             if kept:
                 status.update(status="retained", retained=kept)
         if status["status"] != "applied":
@@ -589,9 +765,10 @@ class Planner:
             attempts = int(prior.get("attempts", 0)) + 1 if same else 1
             status["attempts"] = attempts
             status["retry_at"] = status["at"] + self._backoff_s(attempts)
-        self.state.update_push_status(push.version, node_id, status)
+        if status["status"] == "superseded" and stop.is_set():
+            return  # a newer round took over: nothing of this one is recorded
+        self.state.update_push_status(push.version, node_id, PushStatus(**status).to_json())
         self.metrics.pushes.labels(status=status["status"]).inc()
-        return True
 
     def _fitting(
         self,
@@ -621,49 +798,36 @@ class Planner:
         step = min(step, max(self.settings.retry_interval_s, self.settings.retry_max_interval_s))
         return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not security
 
-    def _push_one(self, node: NodeRecord, body: Mapping[str, Any]) -> dict[str, Any]:
-        """PUT the plan and wait for the answer while the node's progress moves (see the
-        module docstring: ``push_timeout_s`` in all, ``push_stall_s`` without progress)."""
+    def _push_one(
+        self,
+        node: NodeRecord,
+        body: Mapping[str, Any],
+        stop: threading.Event,
+        *,
+        on_accepted: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """PUT the plan (the edge answers 202 after validating it), then follow it with
+        ``GET /v1/plan`` until it applied or failed, while its progress moves (see the module
+        docstring: ``push_timeout_s`` in all, ``push_stall_s`` without progress)."""
         url = f"{node.url}/v1/plan"
-        started = time.time()
-        status: dict[str, Any] = {"at": started}
-        future: Future[httpx.Response] = Future()
-
-        def send() -> None:
-            try:
-                future.set_result(self.http.put(url, json=body))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                future.set_exception(exc)
-
-        threading.Thread(target=send, name=f"push-{node.node_id}", daemon=True).start()
+        started = time.monotonic()
+        status: dict[str, Any] = {}
         stall_s = self.settings.push_stall_s
-        poll_s = min(PROGRESS_POLL_S, stall_s / 3)
-        last_progress: Any = None
-        moved_at = time.monotonic()
-        deadline = moved_at + self.settings.push_timeout_s
-        while True:
-            try:
-                response = future.result(timeout=poll_s)
-                break
-            except FutureTimeout:
-                pass
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                logger.warning(
-                    "plan push failed node_id=%s url=%s error=%r", node.node_id, url, exc
-                )
-                status.update(status="unreachable", code="upstream_unavailable", error=repr(exc))
-                return status
-            now = time.monotonic()
-            progress = self._progress(node, timeout_s=poll_s)
-            if progress is not None and progress != last_progress:
-                last_progress, moved_at = progress, now
-            if now >= deadline or now - moved_at >= stall_s:
-                why = "timed out" if now >= deadline else f"made no progress for {stall_s:g} s"
-                logger.warning("plan push %s node_id=%s url=%s", why, node.node_id, url)
-                status.update(status="stalled", code="push_stalled", error=f"the node {why}")
-                return status
-        status["seconds"] = round(time.time() - started, 3)
-        if response.status_code != 200:
+        accept_s = min(stall_s, self.settings.push_accept_timeout_s, self.settings.push_timeout_s)
+        try:
+            response = self.http.put(
+                url, json=dict(body), timeout=httpx.Timeout(accept_s, connect=min(5.0, accept_s))
+            )
+        except httpx.TimeoutException as exc:
+            logger.warning("plan push not accepted node_id=%s url=%s: %r", node.node_id, url, exc)
+            why = f"the node did not accept the plan within {accept_s:g} s"
+            status.update(status="stalled", code=ErrorCode.push_stalled, error=why)
+            return status
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            logger.warning("plan push failed node_id=%s url=%s error=%r", node.node_id, url, exc)
+            status.update(status="unreachable", code="upstream_unavailable", error=repr(exc))
+            return status
+        if response.status_code != 202:
             code = response.headers.get("X-Error-Code", f"http_{response.status_code}")
             try:
                 message = ErrorBody.model_validate_json(response.content).error.message
@@ -680,46 +844,83 @@ class Planner:
             )
             return status
         try:
-            doc = response.json()
+            plan_id = PlanAccepted.model_validate_json(response.content).plan_id
         except ValueError:
-            doc = {}
-        held_models = [
-            m["model_id"] if isinstance(m, Mapping) else str(m) for m in doc.get("held_models", [])
-        ]
+            status.update(status="failed", code="bad_response", error=response.text[:500])
+            return status
+        status["plan_id"] = plan_id
+        if on_accepted is not None:
+            on_accepted()
+        poll_s = min(PROGRESS_POLL_S, stall_s / 4)
+        last_progress: Any = None
+        moved_at = time.monotonic()
+        deadline = started + self.settings.push_timeout_s
+        while not stop.wait(poll_s):
+            now = time.monotonic()
+            current = self._plan_status(node, timeout_s=max(poll_s, 1.0))
+            if current is not None:
+                outcome = _outcome(current, plan_id, int(body["version"]))
+                if outcome is not None:
+                    status.update(outcome)
+                    status["seconds"] = round(time.monotonic() - started, 3)
+                    if status["status"] == "applied":
+                        logger.info(
+                            "plan applied node_id=%s version=%s fetched=%s",
+                            node.node_id,
+                            body["version"],
+                            status["fetched_bytes_by_source"],
+                        )
+                    else:
+                        logger.warning(
+                            "plan %s node_id=%s version=%s: %s",
+                            status["status"],
+                            node.node_id,
+                            body["version"],
+                            status.get("error"),
+                        )
+                    return status
+                progress = (
+                    current.state,
+                    current.progress.bytes_done,
+                    current.progress.blocks_done,
+                )
+                if progress != last_progress:
+                    last_progress, moved_at = progress, now
+                    status["progress"] = current.progress.model_dump()
+            if now >= deadline or now - moved_at >= stall_s:
+                why = "timed out" if now >= deadline else f"made no progress for {stall_s:g} s"
+                logger.warning("plan push %s node_id=%s url=%s", why, node.node_id, url)
+                status.update(
+                    status="stalled", code=ErrorCode.push_stalled, error=f"the node {why}"
+                )
+                return status
         status.update(
-            status="applied",
-            held_models=held_models,
-            fetched_bytes_by_source=doc.get("fetched_bytes_by_source", {}),
-            evicted_bytes=doc.get("evicted_bytes", 0),
-        )
-        logger.info(
-            "plan applied node_id=%s version=%s fetched=%s",
-            node.node_id,
-            body["version"],
-            status["fetched_bytes_by_source"],
+            status="superseded",
+            code=ErrorCode.plan_superseded,
+            error="a newer push round took over",
         )
         return status
 
     def _applied_versions(self, nodes: Sequence[NodeRecord]) -> list[int]:
         """The placement versions the nodes report having applied (``GET /v1/plan``)."""
         versions = []
-        for node in nodes:
-            try:
-                version = self.http.get(f"{node.url}/v1/plan", timeout=2.0).json().get("version")
-            except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError):
-                continue
-            if isinstance(version, int) and 0 <= version <= 2**53:
-                versions.append(version)
+        # Asked all at once (not on the push pool, which hung pushes may fill): a hung node
+        # costs the timeout once, not once per node.
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as probe:
+            answers = list(probe.map(lambda n: self._plan_status(n, timeout_s=2.0), nodes))
+        for current in answers:
+            if current is not None and current.version is not None:
+                if 0 <= current.version <= 2**53:
+                    versions.append(current.version)
         return versions
 
-    def _progress(self, node: NodeRecord, *, timeout_s: float) -> Any:
-        """What the node reports of the plan it is applying (None: no answer)."""
+    def _plan_status(self, node: NodeRecord, *, timeout_s: float) -> PlanStatus | None:
+        """What the node reports of its current/last plan (None: no usable answer)."""
         try:
             response = self.http.get(f"{node.url}/v1/plan", timeout=timeout_s)
-            status = PlanStatus.model_validate_json(response.content)
+            return PlanStatus.model_validate_json(response.content)
         except (httpx.HTTPError, httpx.InvalidURL, ValueError):
             return None
-        return (status.applying_version, status.progress.model_dump_json())
 
     # -- the background loop --------------------------------------------------------------
     def tick(self, *, now_s: float | None = None) -> str | None:
@@ -749,15 +950,22 @@ class Planner:
         if record is None:
             return None
         retry = []
+        with self._rounds_lock:
+            active = set(self._active)
+        dispatch = record.get("dispatch") or {}
+        # A round still running somewhere (it refreshed alive_at lately) owns its pushes.
+        round_alive = dispatch.get("state") == "running" and (
+            now - float(dispatch.get("alive_at", dispatch.get("started_at", 0.0))) < ROUND_DEAD_S
+        )
         for node in nodes:
             placed = record["servers"].get(node.node_id)
-            if placed is None:
+            if placed is None or node.node_id in active:
                 continue
             push = record.get("push", {}).get(node.node_id, {})
             age = now - float(push.get("at", 0.0))
-            # "pending" outside a running plan (repush takes the plan lock, so it only runs
-            # when no planner anywhere holds it): the process that pushed died mid-plan.
             status = push.get("status")
+            if status in IN_FLIGHT_STATUSES and round_alive:
+                continue
             if status in RETRIED_STATUSES:
                 attempts = int(push.get("attempts", 0))
                 due = float(
@@ -838,7 +1046,8 @@ def current_placement(
 
 @dataclass(slots=True)
 class _Push:
-    """One push round's working state: what each node is meant to hold and has confirmed."""
+    """One push round's working state: what each node is meant to hold and has confirmed
+    (mutated by the push workers under ``lock``)."""
 
     version: int
     entries: Mapping[str, CatalogueEntry]
@@ -849,6 +1058,9 @@ class _Push:
     holding: dict[str, list[str]]  # confirmed models per live node
     urls: Mapping[str, str]
     retaining: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held/holding/retaining
+    started: dict[str, float] = field(default_factory=dict)  # monotonic start of each push
+    accepted: set[str] = field(default_factory=set)  # nodes that answered 202
 
 
 def _last_copies(
@@ -878,4 +1090,61 @@ def _next_node(
     for node_id in pending:
         if not _last_copies(node_id, targets, held):
             return node_id
+    return None
+
+
+def _waits_for(node_id: str, push: _Push, busy: set[str], fetching: Mapping[str, str]) -> bool:
+    """Whether ``node_id`` must wait before its push starts: its evictions would remove the
+    last confirmed copy of a block a node still in the round (``busy``) is placed to hold, or it
+    needs a block no node holds yet that another node of the round is fetching (it copies it
+    from that peer afterwards, so the origin serves each block once) - unless that node has
+    not accepted its plan within :data:`CLAIM_ACCEPT_S`."""
+    with push.lock:
+        last = _last_copies(node_id, push.targets, push.held)
+        if last and any(
+            (push.targets[m] - push.held.get(m, frozenset())) & last for m in busy if m != node_id
+        ):
+            return True
+        anywhere = frozenset().union(*push.held.values())
+        unheld = push.targets[node_id] - anywhere
+        claim_by = time.monotonic() - CLAIM_ACCEPT_S
+        live_claims = {
+            n
+            for n in set(fetching.values())
+            if n != node_id and (n in push.accepted or push.started.get(n, 0.0) > claim_by)
+        }
+    return any(fetching.get(b) in live_claims for b in unheld)
+
+
+def _outcome(current: PlanStatus, plan_id: str, version: int) -> dict[str, Any] | None:
+    """The push outcome the node's plan status shows for ``plan_id`` (None: still going)."""
+    if current.plan_id != plan_id:
+        if current.plan_version is not None and current.plan_version >= version:
+            return {
+                "status": "superseded",
+                "code": ErrorCode.plan_superseded,
+                "error": f"the node replaced the plan with {current.plan_id}",
+            }
+        return {
+            "status": "failed",
+            "code": ErrorCode.plan_lost,
+            "error": "the node no longer knows the plan (did it restart?)",
+        }
+    progress = current.progress.model_dump()
+    if current.state == "applied":
+        return {
+            "status": "applied",
+            "held_models": list(current.held_models),
+            "fetched_bytes_by_source": dict(current.fetched_bytes_by_source),
+            "evicted_bytes": current.evicted_bytes,
+            "progress": progress,
+        }
+    if current.state in ("failed", "superseded"):
+        return {
+            "status": current.state,
+            "code": current.error_code or ErrorCode.internal,
+            "error": current.error or "",
+            "http_status": current.error_http_status,
+            "progress": progress,
+        }
     return None

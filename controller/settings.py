@@ -46,11 +46,17 @@ class Settings(BaseSettings):
     topology_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    # Timeout of one plan push (a node downloads its blocks before answering): the push is
-    # abandoned after push_timeout_s in all, or as soon as the node's reported progress
-    # (``GET /v1/plan``) has not moved for push_stall_s.
+    # Liveness of one plan push (the node answers 202, then applies the plan in the
+    # background): the push is abandoned after push_timeout_s in all, or as soon as the node's
+    # reported progress (``GET /v1/plan`` bytes/blocks done) has not moved for push_stall_s (a
+    # node that does not even answer the PUT within push_stall_s counts as stalled too).
     push_timeout_s: float = Field(default=600.0, gt=0)
     push_stall_s: float = Field(default=30.0, gt=0)
+    # A node that does not even answer the PUT of a plan within this long is given up
+    # (stalled) at once: a hung edge.
+    push_accept_timeout_s: float = Field(default=10.0, gt=0)
+    # Pushes run concurrently on this many threads (each follows one node's plan).
+    push_workers: int = Field(default=16, ge=1, le=256)
     # The cross-process plan lock expires this long after its holder stopped renewing it (a
     # crashed controller delays the next plan by at most this much).
     plan_lock_ttl_s: float = Field(default=6.0, gt=0)

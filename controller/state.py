@@ -542,6 +542,18 @@ class RedisState:
 
     def update_push_status(self, version: int, node_id: str, status: Mapping[str, Any]) -> bool:
         """Set ``push[node_id]`` of the stored placement if it is still ``version``."""
+        return self._update_placement(
+            version, lambda doc: doc.setdefault("push", {}).update({node_id: dict(status)})
+        )
+
+    def update_dispatch(self, version: int, dispatch: Mapping[str, Any]) -> bool:
+        """Set ``dispatch`` (the push round's state) of the stored placement if it is still
+        ``version``."""
+        return self._update_placement(version, lambda doc: doc.update(dispatch=dict(dispatch)))
+
+    def _update_placement(self, version: int, change: Callable[[dict[str, Any]], None]) -> bool:
+        """Apply ``change`` to the stored placement document if it is still ``version``
+        (a WATCH transaction: concurrent updates of different fields never lose each other)."""
 
         def txn(pipe: Any) -> bool:
             text = pipe.get(PLACEMENT_KEY)
@@ -552,7 +564,7 @@ class RedisState:
             if doc.get("version") != version:
                 pipe.multi()
                 return False
-            doc.setdefault("push", {})[node_id] = dict(status)
+            change(doc)
             pipe.multi()
             pipe.set(PLACEMENT_KEY, json.dumps(doc, sort_keys=True))
             return True

@@ -22,6 +22,7 @@ Hierarchy (one tree; the services' ``errors`` modules and ``client`` re-export f
         ├── ModelNotFoundError         404 model_not_found (also a LookupError)
         ├── NodeNotFoundError          404 node_not_found
         ├── StalePlanError             409 stale_plan (older than the applied plan)
+        ├── PlanSupersededError        409 plan_superseded (a newer plan replaced it)
         ├── IndexingError              422 invalid_model
         ├── UpstreamUnavailableError   502 upstream_unavailable
         ├── StateUnavailableError      503 state_unavailable (the controller's Redis)
@@ -71,6 +72,8 @@ class ErrorCode(StrEnum):
     state_unavailable = "state_unavailable"
     pull_buffer_busy = "pull_buffer_busy"
     push_stalled = "push_stalled"
+    plan_superseded = "plan_superseded"
+    plan_lost = "plan_lost"
     file_unreadable = "file_unreadable"
     # generic HTTP answers (unknown route, wrong method, body too large, slow request, ...)
     not_found = "not_found"
@@ -267,6 +270,14 @@ class StalePlanError(ServiceError):
     """A plan older than the one the node applied (fencing: a lapsed planner's late push)."""
 
     code = ErrorCode.stale_plan
+    status_code = 409
+
+
+class PlanSupersededError(ServiceError):
+    """A plan an edge node stopped applying because a newer one arrived (nothing half-written
+    stays: blocks already verified are kept, evictions never started)."""
+
+    code = ErrorCode.plan_superseded
     status_code = 409
 
 

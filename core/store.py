@@ -364,6 +364,16 @@ class BlockStore:
     def put_manifest(self, manifest: ModelManifest) -> None:
         """Store ``manifest``; BlockLengthConflictError (409) if it gives a held block (or one
         of its own blocks twice) another length than it has."""
+        self.check_manifest(manifest)
+        atomic_write_bytes(
+            self._manifest_path(manifest.model_id),
+            manifest.to_json().encode(),
+            durable=self.durable,
+        )
+
+    def check_manifest(self, manifest: ModelManifest) -> None:
+        """BlockLengthConflictError (409) if ``manifest`` gives a held block (or one of its own
+        blocks twice) another length than it has; nothing is written."""
         seen: dict[BlockId, int] = {}
         for entry in manifest.files:
             for ref in entry.blocks:
@@ -373,11 +383,6 @@ class BlockStore:
                         f"manifest {manifest.model_id!r} gives block {ref.block_id} "
                         f"{ref.length} bytes ({entry.path}); it has {known}"
                     )
-        atomic_write_bytes(
-            self._manifest_path(manifest.model_id),
-            manifest.to_json().encode(),
-            durable=self.durable,
-        )
 
     def get_manifest(self, model_id: str) -> ModelManifest:
         path = self._manifest_path(model_id)

@@ -10,6 +10,7 @@ model             built by                         parsed by
 :class:`NodeHeartbeat`  ``edge_node.heartbeat``       ``PUT /v1/nodes/{id}`` (controller)
 :class:`NodeRegistered`  ``PUT /v1/nodes/{id}``       ``edge_node.heartbeat``
 :class:`EdgePlan`    ``controller.planner``           ``PUT /v1/plan`` (edge node)
+:class:`PlanAccepted`  ``PUT /v1/plan`` (202)         ``controller.planner``
 :class:`PlanStatus`  ``GET /v1/plan`` (edge node)     ``controller.planner``
 :class:`RouteSource`  ``controller.routing``          ``client._route``
 ================  ===============================  =============================================
@@ -38,6 +39,8 @@ __all__ = [
     "ErrorDetail",
     "NodeHeartbeat",
     "NodeRegistered",
+    "PlanAccepted",
+    "PlanState",
     "PlanProgressCounts",
     "PlanStatus",
     "RouteSource",
@@ -143,16 +146,44 @@ class PlanProgressCounts(BaseModel):
     bytes_done: int = 0
 
 
+#: Where one plan is on an edge node: accepted and waiting for the worker, being transferred,
+#: done, given up, or replaced by a newer plan before it finished.
+PlanState = Literal["queued", "running", "applied", "failed", "superseded"]
+
+
+class PlanAccepted(BaseModel):
+    """``PUT /v1/plan`` (202): the plan passed validation and is queued for the edge's worker;
+    follow it with ``GET /v1/plan`` (``plan_id``)."""
+
+    plan_id: str
+    version: Version
+    state: PlanState = "queued"
+
+
 class PlanStatus(BaseModel):
-    """``GET /v1/plan`` on an edge node: the last applied version and a running apply."""
+    """``GET /v1/plan`` on an edge node: the last applied version and the current/last plan.
+
+    ``version`` is the last version applied (fencing); ``plan_id``/``plan_version``/``state``
+    describe the newest plan accepted (``progress`` counts its transfer, ``error_code`` and
+    ``error`` say why it failed, ``held_models`` what the node holds once it applied).
+    ``status``/``applying_version`` summarise the same for older readers: ``applying`` while
+    a plan is queued or running.
+    """
 
     version: int | None = None
     status: Literal["idle", "applying", "applied", "failed"] = "idle"
     applying_version: int | None = None
+    plan_id: str | None = None
+    plan_version: int | None = None
+    state: PlanState | None = None
     progress: PlanProgressCounts = Field(default_factory=PlanProgressCounts)
     fetched_bytes_by_source: dict[str, int] = Field(default_factory=dict)
     evicted_bytes: int = 0
+    error_code: str | None = None
     error: str | None = None
+    # The HTTP status the error has everywhere else in the API (e.g. 507 for store_full).
+    error_http_status: int | None = None
+    held_models: list[str] = Field(default_factory=list)
     started_at: float | None = None
     finished_at: float | None = None
 

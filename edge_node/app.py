@@ -1,10 +1,11 @@
 """``create_app(settings)``: the edge node's FastAPI app.
 
 The lifespan opens the node (block store, index rebuild, temp sweep), starts the background
-scrub, the repair worker and (with ``controller_url``) the heartbeat, and keeps everything on
-``app.state``: ``settings``, ``node``, ``plan_progress``, ``http_client``, ``pull`` (Hub
-requests for what the node lacks), ``ondemand`` (the cache policy with ``EDGE_CACHE_POLICY``,
-else None), ``metrics_registry``.
+scrub, the repair worker, the plan worker (:mod:`edge_node.plans`) and (with
+``controller_url``) the heartbeat, and keeps everything on ``app.state``: ``settings``,
+``node``, ``plan_progress``, ``plan_worker``, ``http_client``, ``pull`` (Hub requests for what
+the node lacks), ``ondemand`` (the cache policy with ``EDGE_CACHE_POLICY``, else None),
+``metrics_registry``.
 
 Errors: every ``TrimCacheError`` (the ``EdgeError`` tree and core's errors) becomes
 ``{"error": {"code", "message"}}`` with ``X-Error-Code``; anything else is a 500 ``internal``
@@ -30,11 +31,12 @@ from edge_node.api.routes import blocks, health, hf, models, plan, stats
 from edge_node.catalogue import Catalogue
 from edge_node.errors import RangeNotSatisfiableError, error_header_code
 from edge_node.heartbeat import Heartbeat
-from edge_node.ingest import PlanProgress, repair_fetcher
+from edge_node.ingest import repair_fetcher
 from edge_node.link import LinkCounters, LinkEmulationMiddleware, make_bucket
 from edge_node.metrics import Counters, make_registry
 from edge_node.node import EdgeNode
 from edge_node.ondemand import OnDemandCache
+from edge_node.plans import PlanProgress, PlanWorker
 from edge_node.pull import PullThrough
 from edge_node.settings import Settings
 from edge_node.zerocopy import zerocopy_send, zerocopy_status
@@ -107,20 +109,20 @@ def create_app(settings: Settings) -> FastAPI:
         )
         node.repair_fetch = repair_fetcher(node, client)
         pull = PullThrough(node, client, Catalogue(settings, client))
-        progress = PlanProgress(
-            version=node.plan_record.version,
-            status="applied" if node.plan_record.version is not None else "idle",
-        )
+        progress = PlanProgress(version=node.plan_record.version)
+        worker = PlanWorker(node, client, progress)
         app.state.settings = settings
         app.state.node = node
         app.state.http_client = client
         app.state.plan_progress = progress
+        app.state.plan_worker = worker
         app.state.pull = pull
         app.state.ondemand = (
             OnDemandCache(node, settings.cache_policy) if settings.cache_policy else None
         )
         app.state.metrics_registry = make_registry(node.stats)
         node.start()
+        worker.start()
         heartbeat = Heartbeat(node, client) if settings.controller_url else None
         if heartbeat is not None:
             heartbeat.start()
@@ -144,6 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if heartbeat is not None:
                 heartbeat.stop()
+            worker.stop()
             pull.close()
             node.stop()
             client.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from core.errors import (
     InvalidRequestError,
     ModelNotFoundError,
+    PlanSupersededError,
     PullBufferBusyError,
     ServiceError,
     StalePlanError,
@@ -36,6 +37,7 @@ __all__ = [
     "HubError",
     "InvalidRequestError",
     "ModelNotFoundError",
+    "PlanSupersededError",
     "PullBufferBusyError",
     "RangeNotSatisfiableError",
     "RepoNotFoundError",

@@ -26,18 +26,21 @@ Internal logic of :func:`apply_plan`:
    dropped. If some block could not be fetched from anywhere, :class:`UpstreamUnavailableError`
    (502) is raised and nothing more is evicted; applying the plan again resumes.
 
-Applying the same plan twice fetches nothing. Progress is kept in :class:`PlanProgress`.
+Applying the same plan twice fetches nothing. The caller (:mod:`edge_node.plans`, the node's
+plan worker) runs it in the background, observes it through :class:`PlanObserver` (progress
+counts, and a cancel flag set when a newer plan supersedes this one: the transfer stops at the
+next chunk with :class:`~core.errors.PlanSupersededError`, before any eviction; blocks already
+verified stay, a half-received one leaves nothing behind).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
 from huggingface_hub import hf_hub_url
@@ -56,7 +59,7 @@ from core.transfer import (
     split_body,
     total_bytes,
 )
-from edge_node.errors import StalePlanError, UpstreamUnavailableError
+from edge_node.errors import PlanSupersededError, StalePlanError, UpstreamUnavailableError
 from edge_node.node import EdgeNode, PlanRecord
 
 logger = logging.getLogger(__name__)
@@ -80,50 +83,14 @@ class Plan:
     origin_url: str | None
 
 
-@dataclass
-class PlanProgress:
-    """What ``GET /v1/plan`` reports; mutated under ``lock`` by the applying thread."""
+class PlanObserver(Protocol):
+    """What :func:`apply_plan` reports while it runs (the plan worker's progress record)."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    status: str = "idle"  # idle | applying | applied | failed
-    version: int | None = None  # last version applied successfully
-    applying_version: int | None = None
-    blocks_total: int = 0
-    blocks_done: int = 0
-    bytes_total: int = 0
-    bytes_done: int = 0
-    fetched_bytes_by_source: dict[str, int] = field(default_factory=dict)
-    evicted_bytes: int = 0
-    error: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
+    def started(self, blocks: int, nbytes: int) -> None:
+        """The transfer starts: ``blocks`` missing blocks of ``nbytes`` in all."""
 
-    def add_fetched(self, source: str, nbytes: int) -> None:
-        with self.lock:
-            self.blocks_done += 1
-            self.bytes_done += nbytes
-            self.fetched_bytes_by_source[source] = (
-                self.fetched_bytes_by_source.get(source, 0) + nbytes
-            )
-
-    def to_json(self) -> dict[str, Any]:
-        with self.lock:
-            return {
-                "version": self.version,
-                "status": self.status,
-                "applying_version": self.applying_version,
-                "progress": {
-                    "blocks_total": self.blocks_total,
-                    "blocks_done": self.blocks_done,
-                    "bytes_total": self.bytes_total,
-                    "bytes_done": self.bytes_done,
-                },
-                "fetched_bytes_by_source": dict(self.fetched_bytes_by_source),
-                "evicted_bytes": self.evicted_bytes,
-                "error": self.error,
-                "started_at": self.started_at,
-                "finished_at": self.finished_at,
-            }
+    def fetched(self, source: str, nbytes: int) -> None:
+        """One block of ``nbytes`` arrived from ``source`` and was verified and stored."""
 
 
 class Fetcher:
@@ -140,11 +107,23 @@ class Fetcher:
         *,
         store: BlockStore | None = None,
         on_stored: Callable[[str, BlockId, int], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.node = node
         self.client = client
         self.store = node.store if store is None else store
         self._on_stored = on_stored
+        self._cancel = cancel
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`PlanSupersededError` once the plan this fetch serves was replaced."""
+        if self._cancel is not None and self._cancel.is_set():
+            raise PlanSupersededError("a newer plan superseded this one")
+
+    def _chunks(self, response: httpx.Response) -> Iterator[bytes]:
+        for chunk in response.iter_raw(_READ_CHUNK_BYTES):
+            self.check_cancelled()
+            yield chunk
 
     @property
     def into_node(self) -> bool:
@@ -174,7 +153,7 @@ class Fetcher:
     ) -> None:
         """Cut the body at the spans' lengths and store each block; ``stored`` gets the ids kept
         (filled as they land, so a transfer that dies midway keeps what it verified)."""
-        body = split_body(response.iter_raw(_READ_CHUNK_BYTES), [s.length for s in spans])
+        body = split_body(self._chunks(response), [s.length for s in spans])
         for span, pieces in zip(spans, body, strict=True):
             if self._store_from(pieces, span.block_id, span.length):
                 stored.add(span.block_id)
@@ -182,6 +161,7 @@ class Fetcher:
 
     def from_peer(self, peer_url: str, blocks: Sequence[Span]) -> set[BlockId]:
         """Fetch ``blocks`` from a peer's batch endpoint; return the ids stored."""
+        self.check_cancelled()
         stored: set[BlockId] = set()
         ids = [b.block_id for b in blocks]
         try:
@@ -207,6 +187,7 @@ class Fetcher:
 
     def from_origin(self, origin_url: str, run: Sequence[Span]) -> set[BlockId]:
         """Fetch a run of adjacent blocks of one file with one Range read."""
+        self.check_cancelled()
         stored: set[BlockId] = set()
         first = run[0]
         url = hf_hub_url(first.repo_id, first.path, revision=first.revision, endpoint=origin_url)
@@ -275,6 +256,7 @@ def fetch_blocks(
                     by_peer.setdefault(candidates[rank].rstrip("/"), []).append(span)
             if not by_peer:
                 break
+            fetcher.check_cancelled()
             jobs = [
                 pool.submit(fetcher.from_peer, peer, batch)
                 for peer, blocks in by_peer.items()
@@ -287,6 +269,7 @@ def fetch_blocks(
         for _attempt in ORIGIN_RETRY.attempts():
             if not remaining or origin_url is None:
                 break
+            fetcher.check_cancelled()
             todo = [located[b] for b in remaining if b in located]
             jobs = [pool.submit(fetcher.from_origin, origin_url, run) for run in _origin_runs(todo)]
             for job in jobs:
@@ -297,30 +280,29 @@ def fetch_blocks(
 
 
 def apply_plan(
-    node: EdgeNode, plan: Plan, *, client: httpx.Client, progress: PlanProgress
+    node: EdgeNode,
+    plan: Plan,
+    *,
+    client: httpx.Client,
+    observer: PlanObserver,
+    cancel: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """Make the node hold exactly the plan's blocks (see the module docstring)."""
+    """Make the node hold exactly the plan's blocks (see the module docstring); returns what
+    it fetched and evicted and the models it holds afterwards."""
     with node.plan_lock:
-        try:
-            return _apply_locked(node, plan, client=client, progress=progress)
-        except BaseException as exc:
-            with progress.lock:
-                if progress.applying_version == plan.version and progress.status == "applying":
-                    progress.status = "failed"
-                    progress.error = f"{type(exc).__name__}: {exc}"
-                    progress.finished_at = time.time()
-            raise
+        return _apply_locked(node, plan, client=client, observer=observer, cancel=cancel)
 
 
-def _apply_locked(
-    node: EdgeNode, plan: Plan, *, client: httpx.Client, progress: PlanProgress
-) -> dict[str, Any]:
+def check_fits(node: EdgeNode, plan: Plan) -> None:
+    """Fencing, capacity and block lengths, checked before a plan is accepted and again when
+    it runs (StalePlanError 409, StoreFullError 507, BlockLengthConflictError 409)."""
+    for manifest in plan.manifests:
+        node.store.check_manifest(manifest)
     applied = node.plan_record.version
     if applied is not None and plan.version < applied:
         raise StalePlanError(
             f"plan version {plan.version} is older than the applied version {applied}"
         )
-    store = node.store
     needed: dict[BlockId, int] = {}
     for manifest in plan.manifests:
         needed.update(manifest.block_sizes())
@@ -329,27 +311,32 @@ def _apply_locked(
     if capacity is not None and needed_bytes > capacity:
         raise StoreFullError(needed_bytes, capacity)
 
+
+def _apply_locked(
+    node: EdgeNode,
+    plan: Plan,
+    *,
+    client: httpx.Client,
+    observer: PlanObserver,
+    cancel: threading.Event | None,
+) -> dict[str, Any]:
+    check_fits(node, plan)
+    store = node.store
+    needed: dict[BlockId, int] = {}
+    for manifest in plan.manifests:
+        needed.update(manifest.block_sizes())
+    capacity = node.settings.capacity_bytes
     origin_url = (plan.origin_url or node.settings.origin_url or "").rstrip("/") or None
     missing = {b: n for b, n in needed.items() if not store.has(b)}
-    with progress.lock:
-        progress.status = "applying"
-        progress.applying_version = plan.version
-        progress.blocks_total = len(missing)
-        progress.bytes_total = sum(missing.values())
-        progress.blocks_done = 0
-        progress.bytes_done = 0
-        progress.fetched_bytes_by_source = {}
-        progress.evicted_bytes = 0
-        progress.error = None
-        progress.started_at = time.time()
-        progress.finished_at = None
+    missing_bytes = sum(missing.values())
+    observer.started(len(missing), missing_bytes)
     logger.info(
         "applying plan node_id=%s version=%s models=%d missing_blocks=%d missing_bytes=%d",
         node.node_id,
         plan.version,
         len(plan.manifests),
         len(missing),
-        progress.bytes_total,
+        missing_bytes,
     )
     for manifest in plan.manifests:
         node.put_manifest(manifest)
@@ -361,11 +348,18 @@ def _apply_locked(
         )
     )
     evicted = 0
-    missing_bytes = sum(missing.values())
     if capacity is not None and store.used_bytes + missing_bytes > capacity:
         evicted += _make_room(node, keep=set(needed), nbytes=missing_bytes)
 
-    fetcher = Fetcher(node, client, on_stored=lambda src, _b, n: progress.add_fetched(src, n))
+    fetched: dict[str, int] = {}
+    fetched_lock = threading.Lock()
+
+    def on_stored(source: str, _block_id: BlockId, nbytes: int) -> None:
+        with fetched_lock:
+            fetched[source] = fetched.get(source, 0) + nbytes
+        observer.fetched(source, nbytes)
+
+    fetcher = Fetcher(node, client, on_stored=on_stored, cancel=cancel)
     with store.one_sync():  # one syncfs for the whole plan, not an fsync per block
         still_missing = fetch_blocks(
             fetcher,
@@ -380,11 +374,8 @@ def _apply_locked(
             f"{len(still_missing)} blocks could not be fetched from any peer or the origin "
             f"(e.g. {sorted(still_missing)[0]})"
         )
-        with progress.lock:
-            progress.status = "failed"
-            progress.error = message
-            progress.finished_at = time.time()
         raise UpstreamUnavailableError(message)
+    fetcher.check_cancelled()  # the last moment a newer plan can still stop the evictions
 
     planned = {m.model_id for m in plan.manifests}
     for manifest in node.manifests():
@@ -394,12 +385,6 @@ def _apply_locked(
     node.save_plan_record(
         PlanRecord(version=plan.version, peers=node.plan_record.peers, origin_url=origin_url)
     )
-    with progress.lock:
-        progress.status = "applied"
-        progress.version = plan.version
-        progress.evicted_bytes = evicted
-        progress.finished_at = time.time()
-        fetched = dict(progress.fetched_bytes_by_source)
     logger.info(
         "applied plan node_id=%s version=%s fetched=%s evicted_bytes=%d",
         node.node_id,
@@ -410,7 +395,7 @@ def _apply_locked(
     return {
         "version": plan.version,
         "status": "applied",
-        "fetched_bytes_by_source": fetched,
+        "fetched_bytes_by_source": dict(fetched),
         "evicted_bytes": evicted,
         "held_models": [m.model_id for m in node.complete_models()],
     }

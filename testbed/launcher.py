@@ -565,7 +565,7 @@ def wait_ready(
             failed = {
                 n: f"{p.get('status')}: {p.get('error', '')}".strip(": ")
                 for n, p in push.items()
-                if p.get("status") not in ("applied", "pending")
+                if p.get("status") not in ("applied", "pending", "pushing")
             }
             notes["problem"] = note + (f" (push {failed})" if failed else "")
         if note != notes["last"]:

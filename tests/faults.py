@@ -127,3 +127,59 @@ class CorruptBlocks:
             await send(message)
 
         return flipping_send
+
+
+class StallBodies:
+    """A stalled upstream: wraps a real app (e.g. the origin) and, while ``stalled`` is set,
+    sends the status line and the first ``after_bytes`` of every ``GET`` body that matches
+    ``paths`` (a substring; "" = all), then holds the connection open without sending more
+    until ``stalled`` is cleared (the rest then flows normally). ``stalls`` counts the
+    responses held so far."""
+
+    def __init__(self, app: ASGIApp, *, paths: str = "", after_bytes: int = 1024) -> None:
+        import threading
+
+        self.app = app
+        self.paths = paths
+        self.after_bytes = after_bytes
+        self.stalled = threading.Event()
+        self.stalled.set()
+        self.stalls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hit = (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and self.paths in scope["path"]
+            and self.stalled.is_set()
+        )
+        if not hit:
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, self._holding(send))
+
+    def _holding(self, send: Send) -> Send:
+        import asyncio
+
+        state = {"sent": 0, "held": False}
+
+        async def holding_send(message: Message) -> None:
+            if message["type"] == "http.response.body" and self.stalled.is_set():
+                body: bytes = message.get("body", b"")
+                room = max(0, self.after_bytes - state["sent"])
+                if len(body) > room:
+                    head, rest = body[:room], body[room:]
+                    if head:
+                        await send({**message, "body": head, "more_body": True})
+                    state["sent"] += len(head)
+                    if not state["held"]:
+                        state["held"] = True
+                        self.stalls += 1
+                    while self.stalled.is_set():
+                        await asyncio.sleep(0.05)
+                    message = {**message, "body": rest}
+                else:
+                    state["sent"] += len(body)
+            await send(message)
+
+        return holding_send

@@ -14,27 +14,34 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from core.asgi import KEEP_ALIVE_S
 from core.ports import free_port
 from core.waiting import wait_until
+from core.wire import PlanAccepted
 
 __all__ = [
     "PREDICT_SCRIPT",
     "REPO_ROOT",
+    "PlanOutcome",
+    "apply_plan",
     "free_port",
     "hf_env",
     "last_json_line",
     "live_server",
+    "plan_and_wait",
     "process_gone",
     "run_cli",
     "run_python",
     "serve",
     "still_running",
+    "wait_pushed",
     "start_testbed",
     "wait_until",
 ]
@@ -79,6 +86,77 @@ def live_server(app: Any) -> Iterator[str]:
     """Serve an ASGI app with a real uvicorn in a thread; yield its base URL."""
     with serve(lambda _url: app) as url:
         yield url
+
+
+_PLAN_DONE = ("applied", "failed", "superseded")
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """``PUT /v1/plan`` and, when the edge accepted it (202), the final ``GET /v1/plan``."""
+
+    response: httpx.Response
+    status: dict[str, Any] | None
+
+    @property
+    def state(self) -> str:
+        return "refused" if self.status is None else str(self.status["state"])
+
+    @property
+    def applied(self) -> bool:
+        return self.state == "applied"
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The final status (AssertionError when the edge refused the plan)."""
+        if self.status is None:
+            raise AssertionError(f"plan refused: {self.response.status_code} {self.response.text}")
+        return self.status
+
+
+def apply_plan(
+    url: str, body: Mapping[str, Any], *, headers: Mapping[str, str], timeout_s: float = 120.0
+) -> PlanOutcome:
+    """PUT a plan to the edge at ``url`` and wait until it applied, failed or was superseded.
+
+    A plan the edge refuses synchronously (4xx/5xx instead of 202) is returned at once.
+    """
+    response = httpx.put(f"{url}/v1/plan", json=dict(body), headers=dict(headers), timeout=30)
+    if response.status_code != 202:
+        return PlanOutcome(response, None)
+    plan_id = PlanAccepted.model_validate_json(response.content).plan_id
+
+    def done() -> dict[str, Any] | None:
+        status: dict[str, Any] = httpx.get(f"{url}/v1/plan", timeout=10).json()
+        if status["plan_id"] != plan_id:
+            return {**status, "state": "superseded"}
+        return status if status["state"] in _PLAN_DONE else None
+
+    return PlanOutcome(
+        response, wait_until(done, timeout_s=timeout_s, interval_s=0.05, what="plan done")
+    )
+
+
+def wait_pushed(client: Any, version: int, *, timeout_s: float = 120.0) -> dict[str, Any]:
+    """``GET /v1/placement`` once the push round of ``version`` ended (or a newer placement
+    replaced it): ``POST /v1/placement:plan`` answers before the edges applied anything."""
+
+    def done() -> dict[str, Any] | None:
+        placement: dict[str, Any] = client.get("/v1/placement").json()
+        dispatch = placement.get("dispatch") or {"state": "done"}
+        if placement["version"] != version or dispatch["state"] == "done":
+            return placement
+        return None
+
+    return wait_until(done, timeout_s=timeout_s, interval_s=0.05, what=f"pushes of v{version}")
+
+
+def plan_and_wait(client: Any, *, timeout_s: float = 120.0) -> dict[str, Any]:
+    """``POST /v1/placement:plan`` (with the client's own token), then wait for its pushes
+    (:func:`wait_pushed`)."""
+    response = client.post("/v1/placement:plan")
+    assert response.status_code == 200, response.text
+    return wait_pushed(client, int(response.json()["version"]), timeout_s=timeout_s)
 
 
 #: Loads and runs bert-sst2 with unmodified transformers (HF_ENDPOINT picks the server).

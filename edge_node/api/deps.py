@@ -8,9 +8,9 @@ import httpx
 from fastapi import Depends, Request
 
 from core.asgi import bearer_dependency
-from edge_node.ingest import PlanProgress
 from edge_node.node import EdgeNode
 from edge_node.ondemand import OnDemandCache
+from edge_node.plans import PlanProgress, PlanWorker
 from edge_node.pull import PullThrough
 from edge_node.settings import Settings
 
@@ -28,6 +28,11 @@ def get_node(request: Request) -> EdgeNode:
 def get_progress(request: Request) -> PlanProgress:
     progress: PlanProgress = request.app.state.plan_progress
     return progress
+
+
+def get_plan_worker(request: Request) -> PlanWorker:
+    worker: PlanWorker = request.app.state.plan_worker
+    return worker
 
 
 def get_pull(request: Request) -> PullThrough:
@@ -48,6 +53,7 @@ def get_http_client(request: Request) -> httpx.Client:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 NodeDep = Annotated[EdgeNode, Depends(get_node)]
 ProgressDep = Annotated[PlanProgress, Depends(get_progress)]
+PlanWorkerDep = Annotated[PlanWorker, Depends(get_plan_worker)]
 PullDep = Annotated[PullThrough, Depends(get_pull)]
 OnDemandDep = Annotated[OnDemandCache | None, Depends(get_ondemand)]
 HttpClientDep = Annotated[httpx.Client, Depends(get_http_client)]

@@ -19,7 +19,7 @@ import httpx
 from core.digest import sha256_file
 from core.manifest import ModelManifest
 from tests.faults import CorruptBlocks
-from tests.helpers import serve, wait_until
+from tests.helpers import apply_plan, serve, wait_until
 
 TOKEN = "client-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -147,13 +147,11 @@ def push_plan(edge_url: str, controller_url: str, origin_url: str, model_ids: li
         "peers": {},
         "origin_url": origin_url,
     }
-    response = httpx.put(
-        f"{edge_url}/v1/plan",
-        json=body,
-        headers={"Authorization": f"Bearer {TOKEN}"},
-        timeout=300,
+    outcome = apply_plan(
+        edge_url, body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout_s=300
     )
-    response.raise_for_status()
+    if not outcome.applied:
+        raise RuntimeError(f"plan not applied on {edge_url}: {outcome.status}")
 
 
 def route_sources(controller_url: str, model_id: str) -> list[str]:

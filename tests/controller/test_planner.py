@@ -14,7 +14,13 @@ from controller.app import create_app
 from controller.demand import request_probabilities, zipf_prior
 from controller.planner import _next_node
 from controller.topology import Topology, default_topology, delivery_ms, reachable_sets
-from tests.controller.conftest import AUTH, MINI_MODELS, ORIGIN_TOKEN, controller_settings
+from tests.controller.conftest import (
+    AUTH,
+    MINI_MODELS,
+    ORIGIN_TOKEN,
+    controller_settings,
+)
+from tests.helpers import plan_and_wait
 
 ORIGIN_AUTH = {"Authorization": f"Bearer {ORIGIN_TOKEN}"}
 
@@ -108,7 +114,7 @@ def test_plan_push_migrates_between_real_edges(
     url1 = edges("edge-1", None)
     register(controller, "edge-1", url1, None)
     httpx.post(f"{mini_origin}/v1/stats/reset", headers=ORIGIN_AUTH).raise_for_status()
-    first = controller.post("/v1/placement:plan", headers=AUTH).json()
+    first = plan_and_wait(controller)
     assert first["push"]["edge-1"]["status"] == "applied"
     # Unbounded and alone: edge-1 holds the whole catalogue, every block from the origin once.
     assert edge_models(url1) == set(MINI_MODELS) == set(first["servers"]["edge-1"]["models"])
@@ -119,7 +125,7 @@ def test_plan_push_migrates_between_real_edges(
     # they come from edge-1, not the origin.
     url2 = edges("edge-2", None)
     register(controller, "edge-2", url2, None, position=[5000, 0])
-    second = controller.post("/v1/placement:plan", headers=AUTH).json()
+    second = plan_and_wait(controller)
     assert second["version"] == first["version"] + 1
     assert second["push"]["edge-2"]["status"] == "applied"
     assert edge_models(url2) == set(second["servers"]["edge-2"]["models"]) != set()
@@ -140,7 +146,7 @@ def test_rejected_plan_is_recorded_retried_and_never_routed(
     small = min(sum(s.values()) for s in sizes.values()) // 2
     url = edges("edge-1", small)  # the node really holds less than half a model...
     register(controller, "edge-1", url, 10**9)  # ...but registers a large capacity
-    placement = controller.post("/v1/placement:plan", headers=AUTH).json()
+    placement = plan_and_wait(controller)
     push = placement["push"]["edge-1"]
     assert (
         push["status"] == "failed" and push["code"] == "store_full" and push["http_status"] == 507
@@ -152,6 +158,7 @@ def test_rejected_plan_is_recorded_retried_and_never_routed(
     # The loop retries failed pushes (same version).
     planner = controller.app.state.planner  # type: ignore[attr-defined]
     assert planner.tick() == "repush"
+    assert planner.wait_rounds(timeout_s=120)
     again = controller.get("/v1/placement").json()
     assert again["version"] == placement["version"]
     assert again["push"]["edge-1"]["status"] == "failed"
@@ -159,6 +166,7 @@ def test_rejected_plan_is_recorded_retried_and_never_routed(
     # An unreachable node is recorded as such.
     register(controller, "edge-1", "http://127.0.0.1:9", 10**9)
     planner.repush(["edge-1"])
+    assert planner.wait_rounds(timeout_s=120)
     assert controller.get("/v1/placement").json()["push"]["edge-1"]["status"] == "unreachable"
 
 
@@ -169,7 +177,7 @@ def test_catalogue_rebuilt_from_edge_reports(
 
     url = edges("edge-1", None)
     register(controller, "edge-1", url, None)
-    assert controller.post("/v1/placement:plan", headers=AUTH).status_code == 200
+    assert plan_and_wait(controller)["version"] > 0
     before = {m: controller.get(f"/v1/models/{m}").json()["manifest"] for m in MINI_MODELS}
     # Redis loses everything (no persistence): the node's next heartbeat brings its models back.
     client = redis.Redis.from_url(redis_url)
@@ -198,7 +206,7 @@ def test_every_solver_plans_and_spec_falls_back(
             assert client.post("/v1/models", json=body).status_code == 201
         url = edges("edge-1", None)
         register(client, "edge-1", url, None)
-        placement = client.post("/v1/placement:plan", headers=AUTH).json()
+        placement = plan_and_wait(client)
         assert placement["push"]["edge-1"]["status"] == "applied"
         assert edge_models(url) == set(placement["servers"]["edge-1"]["models"]) != set()
         last = client.get("/v1/status").json()["last_plan"]
@@ -217,7 +225,7 @@ def test_demand_steers_the_placement(controller: TestClient, edges: Any) -> None
         for _ in range(reports):
             report = {"model_id": wanted, "area_id": "area-edge-1", "outcome": "miss"}
             assert controller.post("/v1/demand", json=report).status_code == 202
-        placement = controller.post("/v1/placement:plan", headers=AUTH).json()
+        placement = plan_and_wait(controller)
         assert placement["servers"]["edge-1"]["models"] == [wanted]
         assert edge_models(url) == {wanted}
 
@@ -248,6 +256,7 @@ def test_push_abandoned_by_a_dead_controller_is_resumed(controller: TestClient, 
         assert planner.tick() == "repush"
         assert controller.get("/v1/placement").json()["push"]["edge-1"]["status"] == "pending"
     assert planner.tick() == "repush"
+    assert planner.wait_rounds(timeout_s=120)
     push = controller.get("/v1/placement").json()["push"]["edge-1"]
     assert push["status"] == "applied" and push["version"] == version
     assert edge_models(url) == {"tiny-b"}
@@ -264,14 +273,14 @@ def test_replan_keeps_a_placement_that_still_pays_and_replaces_an_invalid_one(
     urls = {n: edges(n, capacity) for n in ("edge-1", "edge-2")}
     for node_id, url in urls.items():
         register(controller, node_id, url, capacity)
-    first = controller.post("/v1/placement:plan", headers=AUTH).json()
+    first = plan_and_wait(controller)
     assert first["last_plan"]["outcome"] == "ok"
     assert first["last_plan"]["decision"]["current_invalid"] == "no placement yet"
     applied = {n: httpx.get(f"{u}/v1/plan").json()["version"] for n, u in urls.items()}
     assert set(applied.values()) == {first["version"]}
 
     # Nothing changed: the placement stays, no version, no push (the edges saw nothing).
-    again = controller.post("/v1/placement:plan", headers=AUTH).json()
+    again = plan_and_wait(controller)
     assert again["version"] == first["version"] and again["servers"] == first["servers"]
     kept = again["last_plan"]
     assert kept["outcome"] == "kept" and kept["version"] == first["version"]
@@ -283,7 +292,7 @@ def test_replan_keeps_a_placement_that_still_pays_and_replaces_an_invalid_one(
     # A placed model leaves the catalogue: re-planned at once, whatever the gain.
     placed = next(m for p in first["servers"].values() for m in p["models"])
     assert controller.delete(f"/v1/models/{placed}").status_code == 200
-    third = controller.post("/v1/placement:plan", headers=AUTH).json()
+    third = plan_and_wait(controller)
     assert third["version"] > first["version"]
     assert third["last_plan"]["decision"]["current_invalid"] == f"model {placed} left the catalogue"
     assert all(placed not in edge_models(u) for u in urls.values())
@@ -291,6 +300,6 @@ def test_replan_keeps_a_placement_that_still_pays_and_replaces_an_invalid_one(
     # A node joins: re-planned at once too.
     url3 = edges("edge-3", capacity)
     register(controller, "edge-3", url3, capacity)
-    fourth = controller.post("/v1/placement:plan", headers=AUTH).json()
+    fourth = plan_and_wait(controller)
     assert fourth["version"] > third["version"]
     assert fourth["last_plan"]["decision"]["current_invalid"] == "server edge-3 joined"

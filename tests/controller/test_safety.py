@@ -144,9 +144,7 @@ def push(client: TestClient, version: int, servers: dict[str, list[str]]) -> dic
         "push": {n: {"status": "pending", "version": version, "at": time.time()} for n in servers},
     }
     state.save_placement(record)
-    with planner._locked(blocking_timeout_s=5.0) as guard:
-        assert guard is not None
-        planner._push(record, state.live_nodes(), state.list_models(), guard=guard)
+    planner._push(record, state.live_nodes(), state.list_models())  # the whole round, here
     placement: dict[str, Any] = state.get_placement()
     return placement
 
@@ -206,6 +204,7 @@ def test_failed_pushes_back_off_within_a_budget(
         steps = []
         current = first
         while planner.tick(now_s=current["retry_at"]) == "repush":
+            assert planner.wait_rounds(timeout_s=60)
             current = state.get_placement()["push"]["edge-2"]
             steps.append(current["retry_at"] - current["at"])
         assert current["attempts"] == 3  # the budget: no more retries for this version

@@ -23,12 +23,13 @@ from core.wire import (
     ErrorBody,
     NodeHeartbeat,
     NodeRegistered,
+    PlanAccepted,
     PlanStatus,
     RouteSource,
 )
 from edge_node.heartbeat import heartbeat_body
 from tests.controller.conftest import MINI_MODELS
-from tests.helpers import live_server
+from tests.helpers import apply_plan, live_server, plan_and_wait
 
 TOKEN = "wire-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -76,7 +77,7 @@ def test_every_wire_message_round_trips(
         assert controller.get("/v1/nodes/edge-w").json()["url"] == edge_url
 
         # Plan: the controller's planner builds it and the real edge applies it.
-        placement = controller.post("/v1/placement:plan").json()
+        placement = plan_and_wait(controller)
         push = placement["push"]["edge-w"]
         assert push["status"] == "applied", push
         assert push["held_models"] == [model_id]
@@ -88,9 +89,12 @@ def test_every_wire_message_round_trips(
         # A plan built with the model is one the edge accepts (a re-apply: fetches nothing).
         manifest = controller.get(f"/v1/models/{model_id}").json()["manifest"]
         plan = EdgePlan(version=placement["version"], manifests=[manifest])
-        again = httpx.put(f"{edge_url}/v1/plan", json=plan.to_json(), headers=AUTH, timeout=60)
-        assert again.status_code == 200, again.text
-        assert again.json()["fetched_bytes_by_source"] == {}
+        again = apply_plan(edge_url, plan.to_json(), headers=AUTH)
+        assert again.response.status_code == 202, again.response.text
+        accepted = PlanAccepted.model_validate_json(again.response.content)
+        assert accepted.version == placement["version"]
+        assert again.applied and again.result["fetched_bytes_by_source"] == {}
+        assert PlanStatus.model_validate(again.result).plan_id == accepted.plan_id
 
         # Route: the controller's answer parses with the model and with the client's parser.
         beat2 = heartbeat_body(edge.state.node)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from core.digest import sha256_file
-from tests.helpers import run_cli, start_testbed, still_running
+from tests.helpers import run_cli, start_testbed, still_running, wait_pushed
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -53,7 +53,8 @@ def test_fetch_and_snapshot_through_the_testbed(tmp_path: Path, zoo_dir: Path) -
                 assert response.status_code in (200, 201), response.text
             response = http.post("/v1/placement:plan")
             assert response.status_code == 200, response.text
-            placement = http.get("/v1/placement").json()
+            # The plan answers once its pushes are dispatched: wait until they ended.
+            placement = wait_pushed(http, int(response.json()["version"]), timeout_s=600)
         assert placement["hit_ratio"] > 0, placement
 
         holders = [

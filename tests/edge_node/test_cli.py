@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-from tests.helpers import REPO_ROOT, free_port, run_cli, wait_until
+from tests.helpers import REPO_ROOT, apply_plan, free_port, run_cli, wait_until
 
 
 def test_edge_serve_help():
@@ -47,12 +47,12 @@ def test_edge_serve_process(tmp_path):
         assert stats["capacity_bytes"] == 1_000_000 and stats["physical_bytes"] == 0
         r = httpx.put(f"{url}/v1/plan", json={}, headers={"Authorization": "Bearer nope"})
         assert r.status_code == 401 and r.headers["x-error-code"] == "unauthorized"
-        r = httpx.put(
-            f"{url}/v1/plan",
-            json={"schema": "trimcache.edge-plan/v1", "version": 1, "manifests": []},
+        outcome = apply_plan(
+            url,
+            {"schema": "trimcache.edge-plan/v1", "version": 1, "manifests": []},
             headers={"Authorization": "Bearer t0k"},
         )
-        assert r.status_code == 200 and r.json()["held_models"] == []
+        assert outcome.applied and outcome.result["held_models"] == []
     finally:
         proc.terminate()
         proc.wait(timeout=15)

@@ -15,10 +15,15 @@ from core.digest import BlockId
 from core.manifest import ModelManifest
 from tests.edge_node.conftest import AUTH, plan_body
 from tests.faults import read_body
-from tests.helpers import live_server, wait_until
+from tests.helpers import PlanOutcome, apply_plan, live_server, wait_until
 
 
-def _apply(url: str, body: dict[str, Any], *, headers: dict[str, str] = AUTH) -> httpx.Response:
+def _apply(url: str, body: dict[str, Any], *, headers: dict[str, str] = AUTH) -> PlanOutcome:
+    return apply_plan(url, body, headers=headers)
+
+
+def _put(url: str, body: dict[str, Any], *, headers: dict[str, str] = AUTH) -> httpx.Response:
+    """The synchronous answer only (validation, auth, fencing, capacity)."""
     return httpx.put(f"{url}/v1/plan", json=body, headers=headers, timeout=60)
 
 
@@ -44,7 +49,7 @@ def test_flipped_byte_is_never_served_and_is_repaired(
 ):
     url, app = edge_factory("edge-a")
     base = manifests["minilm-base"]
-    assert _apply(url, plan_body([base], origin_url=origin_url)).status_code == 200
+    assert _apply(url, plan_body([base], origin_url=origin_url)).applied
     sizes = sorted(base.block_sizes().items(), key=lambda kv: kv[1])
     small_id, small_size = sizes[len(sizes) // 2]
     large_id, large_size = sizes[-1]
@@ -89,7 +94,7 @@ def test_silent_rot_is_cut_off_not_delivered(edge_factory, manifests, origin_url
     large_id, large_size = max(base.block_sizes().items(), key=lambda kv: kv[1])
     for node_id, stream_verify in [("edge-s", True), ("edge-d", False)]:
         url, app = edge_factory(node_id, stream_verify=stream_verify)
-        assert _apply(url, plan_body([base], origin_url=origin_url)).status_code == 200
+        assert _apply(url, plan_body([base], origin_url=origin_url)).applied
         node = app.state.node
         _flip(_block_path(tmp_path / node_id, large_id), large_size - 10)
         node.mark_trusted(large_id)  # pretend the change went unnoticed (same signature)
@@ -118,23 +123,23 @@ def test_capacity_and_eviction(edge_factory, manifests, origin_url):
     capacity = unique(base, clf_b)
     url, _ = edge_factory("edge-a", capacity_bytes=capacity)
     r = _apply(url, plan_body([base, clf_a], origin_url=origin_url))
-    assert r.status_code == 200, r.text
+    assert r.applied, r.status
     before = httpx.get(f"{url}/v1/stats").json()
     assert before["physical_bytes"] == unique(base, clf_a)
 
     # Over capacity: 507 and nothing evicted, nothing fetched.
-    r = _apply(url, plan_body([base, clf_a, clf_b], version=2, origin_url=origin_url))
-    assert r.status_code == 507 and r.headers["x-error-code"] == "store_full"
+    refused = _put(url, plan_body([base, clf_a, clf_b], version=2, origin_url=origin_url))
+    assert refused.status_code == 507 and refused.headers["x-error-code"] == "store_full"
     after = httpx.get(f"{url}/v1/stats").json()
     assert after["physical_bytes"] == before["physical_bytes"]
     assert after["models"] == ["clf-a", "minilm-base"]
 
     # Exactly at capacity: clf-a's own blocks make room for clf-b's, shared ones stay.
     r = _apply(url, plan_body([base, clf_b], version=3, origin_url=origin_url))
-    assert r.status_code == 200, r.text
+    assert r.applied and r.status is not None, r.status
     # Exactly clf-a's own blocks (used by neither the base nor clf-b) were evicted.
-    assert r.json()["evicted_bytes"] == sum(_unique_blocks(clf_a, [base, clf_b]).values())
-    assert r.json()["fetched_bytes_by_source"] == {
+    assert r.status["evicted_bytes"] == sum(_unique_blocks(clf_a, [base, clf_b]).values())
+    assert r.status["fetched_bytes_by_source"] == {
         origin_url: sum(_unique_blocks(clf_b, [base, clf_a]).values())
     }
     stats = httpx.get(f"{url}/v1/stats").json()
@@ -143,36 +148,36 @@ def test_capacity_and_eviction(edge_factory, manifests, origin_url):
 
     # Dropping a model keeps the blocks another held model uses.
     assert httpx.delete(f"{url}/v1/models/clf-b").status_code == 401
-    r = httpx.delete(f"{url}/v1/models/clf-b", headers=AUTH)
-    assert r.status_code == 200
-    assert r.json()["evicted_bytes"] == sum(_unique_blocks(clf_b, [base]).values())
+    deleted = httpx.delete(f"{url}/v1/models/clf-b", headers=AUTH)
+    assert deleted.status_code == 200
+    assert deleted.json()["evicted_bytes"] == sum(_unique_blocks(clf_b, [base]).values())
     assert httpx.get(f"{url}/v1/stats").json()["physical_bytes"] == unique(base)
-    r = httpx.delete(f"{url}/v1/models/clf-b", headers=AUTH)
-    assert r.status_code == 404 and r.headers["x-error-code"] == "model_not_found"
+    deleted = httpx.delete(f"{url}/v1/models/clf-b", headers=AUTH)
+    assert deleted.status_code == 404 and deleted.headers["x-error-code"] == "model_not_found"
 
 
 def test_control_endpoints_need_the_token(edge_factory, manifests):
     url, _ = edge_factory("edge-a")
     body = plan_body([manifests["clf-a"]])
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
-        r = _apply(url, body, headers=headers)
+        r = _put(url, body, headers=headers)
         assert r.status_code == 401
         assert r.headers["x-error-code"] == "unauthorized"
         assert r.json()["error"]["code"] == "unauthorized"
     assert httpx.get(f"{url}/v1/stats").json()["physical_bytes"] == 0
     url2, _ = edge_factory("edge-b", auth_token=None)
-    assert _apply(url2, body).status_code == 401
+    assert _put(url2, body).status_code == 401
 
 
 def test_bad_plans(edge_factory, manifests):
     url, _ = edge_factory("edge-a")
     good = plan_body([manifests["clf-a"]])
     broken = dict(good, manifests=[{"schema": "nope"}])
-    assert _apply(url, broken).json()["error"]["code"] == "invalid_request"
-    assert _apply(url, dict(good, schema="x/v9")).status_code == 400
-    r = _apply(url, dict(good, peers={"../x": ["http://a"]}))
+    assert _put(url, broken).json()["error"]["code"] == "invalid_request"
+    assert _put(url, dict(good, schema="x/v9")).status_code == 400
+    r = _put(url, dict(good, peers={"../x": ["http://a"]}))
     assert r.status_code == 400 and r.headers["x-error-code"] == "invalid_block_id"
-    assert _apply(url, {"version": "x"}).status_code == 422
+    assert _put(url, {"version": "x"}).status_code == 422
 
 
 def _dying_app(payload_for, *, corrupt_first: bool = False):
@@ -214,8 +219,8 @@ def test_peer_dying_mid_transfer_falls_back_to_origin(
         url, _ = edge_factory("edge-b")
         peers = {b: [dead_peer] for b in sizes}
         r = _apply(url, plan_body([clf_a], origin_url=origin_url, peers=peers))
-    assert r.status_code == 200, r.text
-    assert r.json()["fetched_bytes_by_source"] == {origin_url: sum(sizes.values())}
+    assert r.applied and r.status is not None, r.status
+    assert r.status["fetched_bytes_by_source"] == {origin_url: sum(sizes.values())}
     assert origin_bytes() == sum(sizes.values())
     data_dir = tmp_path / "edge-b"
     assert list((data_dir / "tmp").iterdir()) == []
@@ -238,8 +243,8 @@ def test_origin_dying_mid_transfer_stores_no_partial_block(
     url, _ = edge_factory("edge-c", fetch_workers=2)
     with live_server(_dying_app(range_payload)) as dead_origin:
         r = _apply(url, plan_body([clf_a], origin_url=dead_origin))
-        assert r.status_code == 502, r.text
-        assert r.headers["x-error-code"] == "upstream_unavailable"
+        assert r.state == "failed" and r.status is not None, r.status
+        assert r.status["error_code"] == "upstream_unavailable"
     data_dir = tmp_path / "edge-c"
     assert list((data_dir / "tmp").iterdir()) == []
     stored = [p for p in (data_dir / "blocks" / "sha256").rglob("*") if p.is_file()]
@@ -250,7 +255,7 @@ def test_origin_dying_mid_transfer_stores_no_partial_block(
 
     # The same plan against a live origin resumes and completes.
     r = _apply(url, plan_body([clf_a], origin_url=origin_url))
-    assert r.status_code == 200
+    assert r.applied
     assert httpx.get(f"{url}/v1/stats").json()["physical_bytes"] == sum(sizes.values())
     assert os.listdir(data_dir / "tmp") == []
 
@@ -289,7 +294,7 @@ def test_progress_is_visible_while_a_plan_applies(edge_factory, manifests, edge_
         thread.join(timeout=60)
     assert seen["applying_version"] == 5
     assert 0 < seen["progress"]["bytes_done"] < seen["progress"]["bytes_total"]
-    assert result["r"].status_code == 200, result["r"].text
+    assert result["r"].applied, result["r"].status
     done = httpx.get(f"{url}/v1/plan").json()
     assert done["status"] == "applied" and done["version"] == 5
     assert done["progress"]["bytes_done"] == missing_bytes

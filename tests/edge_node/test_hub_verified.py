@@ -25,7 +25,7 @@ import pytest
 from core.hubapi import is_lfs
 from core.manifest import ModelManifest
 from tests.edge_node.conftest import AUTH, plan_body
-from tests.helpers import wait_until
+from tests.helpers import apply_plan, wait_until
 
 REPO = "trimcache-zoo/clf-a"
 
@@ -33,8 +33,8 @@ REPO = "trimcache-zoo/clf-a"
 def _placed(edge_factory: Any, manifests: dict[str, ModelManifest], origin_url: str, **kw: Any):
     url, app = edge_factory("edge-v", **kw)
     body = plan_body([manifests["clf-a"]], origin_url=origin_url)
-    r = httpx.put(f"{url}/v1/plan", json=body, headers=AUTH, timeout=120)
-    assert r.status_code == 200, r.text
+    r = apply_plan(url, body, headers=AUTH)
+    assert r.applied, r.status
     return url, app
 
 

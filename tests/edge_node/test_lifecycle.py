@@ -13,7 +13,7 @@ import httpx
 from fastapi import FastAPI, Request
 
 from tests.edge_node.conftest import AUTH, TOKEN, edge_nodes, plan_body
-from tests.helpers import live_server, wait_until
+from tests.helpers import apply_plan, live_server, wait_until
 
 
 def _block_path(data_dir: Path, block_id: str) -> Path:
@@ -25,7 +25,7 @@ def test_restart_rebuilds_index_sweeps_temp_and_scrubs(manifests, origin_url, tm
     with edge_nodes(tmp_path) as make:
         url, _ = make("edge-r", origin_url=origin_url)
         body = plan_body([base], version=7)
-        assert httpx.put(f"{url}/v1/plan", json=body, headers=AUTH).is_success
+        assert apply_plan(url, body, headers=AUTH).applied
         before = httpx.get(f"{url}/v1/stats").json()
     # The node is down now.
 
@@ -58,7 +58,7 @@ def test_restart_rebuilds_index_sweeps_temp_and_scrubs(manifests, origin_url, tm
 def test_tiny_blocks_are_rehashed_on_every_read(edge_factory, manifests, origin_url, tmp_path):
     base = manifests["minilm-base"]
     url, app = edge_factory("edge-t", origin_url=origin_url)
-    assert httpx.put(f"{url}/v1/plan", json=plan_body([base]), headers=AUTH).is_success
+    assert apply_plan(url, plan_body([base]), headers=AUTH).applied
     tiny_id, tiny_size = next((b, n) for b, n in base.block_sizes().items() if 16 < n <= 4096)
     with open(_block_path(tmp_path / "edge-t", tiny_id), "r+b") as fh:
         fh.write(b"\xff\xfe")
@@ -91,7 +91,7 @@ def test_heartbeat_reaches_the_controller(edge_factory, manifests, origin_url):
             origin_url=origin_url,
         )
         plan = plan_body([manifests["clf-a"]])
-        assert httpx.put(f"{url}/v1/plan", json=plan, headers=AUTH).is_success
+        assert apply_plan(url, plan, headers=AUTH).applied
 
         def saw_model() -> bool:
             with lock:
@@ -121,7 +121,7 @@ def test_radio_link_emulation(edge_factory, manifests, origin_url):
         "edge-l", link_rate_bytes_per_s=size / 0.5, link_latency_ms=200, origin_url=origin_url
     )
     counters = app.state.link_counters
-    assert httpx.put(f"{url}/v1/plan", json=plan_body([clf_a]), headers=AUTH).is_success
+    assert apply_plan(url, plan_body([clf_a]), headers=AUTH).applied
     t0 = time.monotonic()
     r = httpx.get(f"{url}/v1/blocks/{block_id}", timeout=30)
     elapsed = time.monotonic() - t0
@@ -171,10 +171,8 @@ def test_durable_plan_apply_syncs_once(edge_factory, manifests, origin_url, monk
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(core.store, "sync_filesystem", sync_filesystem)
     placed = manifests["clf-a"]
-    r = httpx.put(
-        f"{url}/v1/plan", json=plan_body([placed], origin_url=origin_url), headers=AUTH, timeout=60
-    )
-    assert r.status_code == 200, r.text
+    r = apply_plan(url, plan_body([placed], origin_url=origin_url), headers=AUTH)
+    assert r.applied, r.status
     blocks = placed.block_sizes()
     assert len(syncs) == 1  # the whole plan
     assert len(fsyncs) < len(blocks) / 4  # manifests and the plan record, not every block

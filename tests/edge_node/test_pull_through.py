@@ -29,6 +29,7 @@ from tests.controller.procs import ServiceProcess, controller_process, edge_proc
 from tests.faults import read_body
 from tests.helpers import (
     PREDICT_SCRIPT,
+    apply_plan,
     free_port,
     hf_env,
     last_json_line,
@@ -405,8 +406,8 @@ def test_pulled_blocks_the_plan_places_are_kept(cluster: Cluster, tmp_path: Path
     }
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
-        r = httpx.put(f"{edge2}/v1/plan", json=plan, headers=auth, timeout=120)
-        assert r.status_code == 502, r.text
+        r = apply_plan(edge2, plan, headers=auth)
+        assert r.state == "failed" and r.result["error_code"] == "upstream_unavailable", r.status
         assert "bert-sst2" not in cluster.stats("edge-2")["models"]
         path = snapshot_download(sst2.repo_id, endpoint=edge2, cache_dir=tmp_path)
         assert _zoo_files(Path(path)) == _zoo_files(cluster.repo_dir("bert-sst2"))

@@ -9,6 +9,7 @@ import pytest
 
 from core.manifest import ModelManifest
 from tests.edge_node.conftest import AUTH, edge_nodes, plan_body
+from tests.helpers import apply_plan
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,8 @@ def node_a(tmp_path_factory, manifests, origin_url):
         url, app = make("edge-a")
         placed = [manifests["minilm-base"], manifests["clf-a"]]
         body = plan_body(placed, origin_url=origin_url)
-        r = httpx.put(f"{url}/v1/plan", json=body, headers=AUTH, timeout=60)
-        assert r.status_code == 200, r.text
+        r = apply_plan(url, body, headers=AUTH)
+        assert r.applied, r.status
         yield url, app
 
 

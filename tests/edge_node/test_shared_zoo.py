@@ -12,7 +12,14 @@ import pytest
 from core.blocks import build_manifest
 from core.digest import BlockId
 from tests.edge_node.conftest import AUTH, TOKEN, plan_body
-from tests.helpers import PREDICT_SCRIPT, hf_env, last_json_line, live_server, run_python
+from tests.helpers import (
+    PREDICT_SCRIPT,
+    apply_plan,
+    hf_env,
+    last_json_line,
+    live_server,
+    run_python,
+)
 
 MODELS = ("bert-sst2", "bert-spam", "minilm-lora-topic")
 
@@ -45,23 +52,15 @@ def test_shared_zoo_origin_then_peer_then_snapshot(zoo_dir: Path, edge_factory, 
         url_a, _ = edge_factory("edge-a")
         url_b, _ = edge_factory("edge-b")
         httpx.post(f"{origin_url}/v1/stats/reset", headers=AUTH).raise_for_status()
-        r = httpx.put(
-            f"{url_a}/v1/plan",
-            json=plan_body(manifests, origin_url=origin_url),
-            headers=AUTH,
-            timeout=120,
-        )
-        assert r.status_code == 200, r.text
+        r = apply_plan(url_a, plan_body(manifests, origin_url=origin_url), headers=AUTH)
+        assert r.applied, r.status
         assert httpx.get(f"{origin_url}/v1/stats").json()["bytes_served"] == unique_bytes
         peers: dict[str, list[str]] = {b: [url_a] for b in unique}
-        r = httpx.put(
-            f"{url_b}/v1/plan",
-            json=plan_body(manifests, origin_url=origin_url, peers=peers, version=2),
-            headers=AUTH,
-            timeout=120,
+        r = apply_plan(
+            url_b, plan_body(manifests, origin_url=origin_url, peers=peers, version=2), headers=AUTH
         )
-        assert r.status_code == 200, r.text
-        assert r.json()["fetched_bytes_by_source"] == {url_a: unique_bytes}
+        assert r.applied, r.status
+        assert r.result["fetched_bytes_by_source"] == {url_a: unique_bytes}
         assert httpx.get(f"{origin_url}/v1/stats").json()["bytes_served"] == unique_bytes
 
         stats = httpx.get(f"{url_b}/v1/stats").json()

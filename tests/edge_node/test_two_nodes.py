@@ -10,6 +10,7 @@ import httpx
 from core.digest import BlockId
 from core.manifest import ModelManifest
 from tests.edge_node.conftest import AUTH, plan_body
+from tests.helpers import apply_plan
 
 
 def _unique_bytes(manifests: list[ModelManifest]) -> int:
@@ -36,9 +37,9 @@ def test_plan_origin_then_peer_migration_and_snapshot(
 
     # Node A: everything from the origin, each distinct block exactly once.
     body = plan_body(placed, origin_url=origin_url)
-    r = httpx.put(f"{url_a}/v1/plan", json=body, headers=AUTH, timeout=60)
-    assert r.status_code == 200, r.text
-    result = r.json()
+    r = apply_plan(url_a, body, headers=AUTH)
+    assert r.applied, r.status
+    result = r.result
     assert result["status"] == "applied"
     assert result["fetched_bytes_by_source"] == {origin_url: unique}
     assert sorted(result["held_models"]) == ["clf-a", "clf-b", "minilm-base"]
@@ -53,16 +54,16 @@ def test_plan_origin_then_peer_migration_and_snapshot(
     assert stats["bytes_ingested_by_source"] == {origin_url: unique}
 
     # Applying the same plan again moves nothing.
-    again = httpx.put(f"{url_a}/v1/plan", json=body, headers=AUTH, timeout=60).json()
+    again = apply_plan(url_a, body, headers=AUTH).result
     assert again["fetched_bytes_by_source"] == {} and again["evicted_bytes"] == 0
     assert origin_bytes() == unique
 
     # Node B: the same plan with A as the peer of every block -> zero origin bytes.
     peers = {b: [url_a] for m in placed for b in m.block_sizes()}
     body_b = plan_body(placed, origin_url=origin_url, peers=peers, version=2)
-    r = httpx.put(f"{url_b}/v1/plan", json=body_b, headers=AUTH, timeout=60)
-    assert r.status_code == 200, r.text
-    assert r.json()["fetched_bytes_by_source"] == {url_a: unique}
+    r = apply_plan(url_b, body_b, headers=AUTH)
+    assert r.applied, r.status
+    assert r.result["fetched_bytes_by_source"] == {url_a: unique}
     assert origin_bytes() == unique
     plan_state = httpx.get(f"{url_b}/v1/plan").json()
     assert plan_state["version"] == 2 and plan_state["status"] == "applied"

@@ -2,6 +2,9 @@
 
 Both answer the stored placement plus ``last_plan``, the latest plan attempt: a re-plan that
 kept the placement (``outcome: "kept"``) leaves the version alone and says why there.
+``POST /v1/placement:plan`` answers once the placement is stored and its pushes dispatched
+(``push[node].status`` ``pending``/``pushing``, ``dispatch.state`` ``running``); follow the
+pushes with ``GET /v1/placement`` until ``dispatch.state`` is ``done``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ _FIELDS = (
     "problem",
     "servers",
     "push",
+    "dispatch",
 )
 
 

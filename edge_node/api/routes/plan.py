@@ -1,19 +1,20 @@
-"""Plan routes: apply a placement plan (auth) and report the last one / progress."""
+"""Plan routes: accept a placement plan (auth; 202, applied by :mod:`edge_node.plans`) and
+report the current/last plan and its progress."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, status
 
 from core.digest import check_block_id
 from core.errors import ManifestError
 from core.manifest import ModelManifest
 from core.wire import EDGE_PLAN_SCHEMA as PLAN_SCHEMA
-from core.wire import PlanStatus
+from core.wire import PlanAccepted, PlanStatus
 from edge_node.allowlist import check_allowed
-from edge_node.api.deps import AuthDep, HttpClientDep, NodeDep, ProgressDep
+from edge_node.api.deps import AuthDep, NodeDep, PlanWorkerDep, ProgressDep
 from edge_node.api.schemas import PlanRequest
 from edge_node.errors import InvalidRequestError
-from edge_node.ingest import Plan, apply_plan
+from edge_node.ingest import Plan
 from edge_node.settings import Settings
 
 router = APIRouter(tags=["plan"])
@@ -45,19 +46,21 @@ def _to_plan(request: PlanRequest, settings: Settings) -> Plan:
     )
 
 
-@router.put("/v1/plan", dependencies=[AuthDep])
-def put_plan(
-    request: PlanRequest, node: NodeDep, progress: ProgressDep, client: HttpClientDep
-) -> dict[str, object]:
+@router.put(
+    "/v1/plan",
+    dependencies=[AuthDep],
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=PlanAccepted,
+)
+def put_plan(request: PlanRequest, node: NodeDep, worker: PlanWorkerDep) -> PlanAccepted:
     if node.settings.cache_policy:
         raise InvalidRequestError(
             f"this node caches on demand (EDGE_CACHE_POLICY={node.settings.cache_policy}); "
             "it takes no plans"
         )
-    plan = _to_plan(request, node.settings)
-    return apply_plan(node, plan, client=client, progress=progress)
+    return worker.submit(_to_plan(request, node.settings))
 
 
 @router.get("/v1/plan", response_model=PlanStatus)
 def get_plan(progress: ProgressDep) -> PlanStatus:
-    return PlanStatus.model_validate(progress.to_json())
+    return progress.to_status()
