@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import os
 
-import uvicorn
-
 from controller.app import create_app
 from controller.settings import Settings
-from core.asgi import KEEP_ALIVE_S
+from core import serving
 
 
 def main() -> None:
@@ -20,13 +18,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
     settings = Settings()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
+    serving.run(create_app(settings), host=settings.host, port=settings.port)
 
 
 if __name__ == "__main__":

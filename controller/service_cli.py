@@ -43,11 +43,9 @@ def add_serve_parser(subparsers: Any) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from controller.app import create_app
     from controller.settings import Settings
-    from core.asgi import KEEP_ALIVE_S
+    from core import serving
 
     logging.basicConfig(
         level=os.environ.get("TRIMCACHE_LOG_LEVEL", "INFO"),
@@ -57,11 +55,5 @@ def _run_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
+    serving.run(create_app(settings), host=settings.host, port=settings.port)
     return 0

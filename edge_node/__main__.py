@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
-
-from core.asgi import KEEP_ALIVE_S
+from core import serving
 from edge_node.app import create_app
 from edge_node.settings import Settings
 
@@ -16,13 +14,11 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
+    serving.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level="warning",
         timeout_graceful_shutdown=5,
-        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 

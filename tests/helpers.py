@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from core.asgi import KEEP_ALIVE_S
+from core import serving
 from core.ports import free_port
 from core.waiting import wait_until
 from core.wire import PlanAccepted
@@ -50,8 +50,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def serve(factory: Callable[[str], Any]) -> Iterator[str]:
+def serve(factory: Callable[[str], Any], **server_options: Any) -> Iterator[str]:
     """Serve the ASGI app ``factory(url)`` with a real uvicorn in a thread; yield its base URL.
+
+    ``server_options`` go to :func:`core.serving.config` (the services' connection policy).
 
     The socket is bound to an OS-assigned port first and handed to uvicorn, so there is no race
     for a port, and the app is built knowing its own URL (an edge node's ``public_url``).
@@ -60,10 +62,7 @@ def serve(factory: Callable[[str], Any]) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     host, port = sock.getsockname()
     url = f"http://{host}:{port}"
-    config = uvicorn.Config(
-        factory(url), log_level="warning", lifespan="on", timeout_keep_alive=KEEP_ALIVE_S
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(serving.config(factory(url), lifespan="on", **server_options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
 
