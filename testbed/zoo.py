@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from core.fsutil import atomic_write_text
 from testbed.paths import zoo_cache_dir
 
 if TYPE_CHECKING:
@@ -758,9 +759,7 @@ def build_zoo(
         "base_model": BASE_MODEL_ID,
         "models": models,
     }
-    tmp_json = out / f".zoo.json.tmp-{os.getpid()}"
-    tmp_json.write_text(json.dumps(catalogue, indent=2) + "\n")
-    os.replace(tmp_json, out / "zoo.json")
+    atomic_write_text(out / "zoo.json", json.dumps(catalogue, indent=2) + "\n")
     reporter.finished(len(models), out, time.monotonic() - started)
     return catalogue
 
