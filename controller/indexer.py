@@ -28,7 +28,6 @@ here touches Redis; the caller stores the manifest only when indexing succeeded.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import tempfile
 import threading
@@ -60,6 +59,7 @@ from controller.errors import (
 from controller.state import CatalogueEntry, RedisState
 from core import ModelManifest, build_manifest
 from core.errors import CoreError, TrimCacheError
+from core.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
     from controller.metrics import Metrics
@@ -183,15 +183,10 @@ def _cache_manifest(cache_dir: Path | None, manifest: ModelManifest) -> None:
     if cache_dir is None:
         return
     path = _cache_path(cache_dir, manifest.model_id, manifest.repo_id, manifest.revision)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(manifest.to_json())
-        os.replace(tmp, path)
-    except OSError as exc:  # a cache, not a requirement
+        atomic_write_text(path, manifest.to_json(), durable=False)
+    except OSError as exc:  # a cache, not a requirement (a full disk too)
         logger.warning("cannot cache the manifest in %s: %s", path, exc)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def add_model(
@@ -227,15 +222,8 @@ def add_model(
     except ControllerError as exc:
         metrics.indexed.labels(outcome=exc.code).inc()
         raise
-    entry = CatalogueEntry(
-        model_id=model_id,
-        repo_id=repo_id,
-        revision=manifest.revision,
-        requested_revision=revision,
-        total_bytes=manifest.total_bytes,
-        blocks=len(manifest.block_sizes()),
-        manifest=manifest.to_dict(),
-        indexed_at=time.time(),
+    entry = CatalogueEntry.of(
+        manifest, model_id=model_id, requested_revision=revision, indexed_at=time.time()
     )
     state.put_model(entry)
     metrics.indexed.labels(outcome="ok").inc()
