@@ -31,6 +31,7 @@ from typing import Any
 
 from core.digest import BlockId
 from core.manifest import BlockRef, FileEntry, ModelManifest
+from core.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench"
@@ -62,13 +63,17 @@ def _start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.DEVNULL,
     )
     url = f"unix://{sock}"
-    for _ in range(200):
-        try:
-            if redis.Redis.from_url(url).ping():
-                return proc, url
-        except (redis.ConnectionError, FileNotFoundError):
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
+
+    def answers() -> bool:
+        with redis.Redis.from_url(url) as client:
+            return bool(client.ping())
+
+    try:
+        wait_until(answers, timeout_s=10.0, what="redis-server answers")
+    except TimeoutError as exc:
+        proc.kill()
+        raise RuntimeError("redis-server did not start") from exc
+    return proc, url
 
 
 def run_case(n_models: int, n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
