@@ -415,7 +415,7 @@ class Client:
             return fetched  # the controller was unreachable a moment ago: do not wait on it
         self._report_demand(
             model_id,
-            "miss" if by_kind["origin"] else "hit",
+            "miss" if by_kind["origin"] or fetched.report.get("bytes_pulled_by_edges") else "hit",
             fetched.report["seconds"],
             fetched.report["bytes_by_source"],
         )
@@ -475,6 +475,7 @@ class Client:
         local_bytes = sum(sizes[b] for b in local_ids)
         report["bytes_by_source"] = {LOCAL: local_bytes, **download.bytes_by_source}
         report["blocks_by_source"] = {LOCAL: len(local_ids), **download.blocks_by_source}
+        report["bytes_pulled_by_edges"] = dict(download.pulled_by_source)
         report["bytes_local"] = local_bytes
         report["bytes_fetched"] = sum(download.bytes_by_source.values())
         report["blocks_cached"] = len(local_ids)
@@ -586,9 +587,9 @@ class Client:
 
 def _merge_base_report(report: dict[str, Any], base: Mapping[str, Any], timer: _Timer) -> None:
     report["base"] = dict(base)
-    for key in ("bytes_by_source", "blocks_by_source"):
-        merged = dict(report[key])
-        for url, n in base[key].items():
+    for key in ("bytes_by_source", "blocks_by_source", "bytes_pulled_by_edges"):
+        merged = dict(report.get(key, {}))
+        for url, n in base.get(key, {}).items():
             merged[url] = merged.get(url, 0) + n
         report[key] = merged
     for key in ("bytes_local", "bytes_fetched", "blocks_cached", "blocks_fetched"):

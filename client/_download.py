@@ -120,6 +120,7 @@ class _Outcome:
     stored: list[Span] = field(default_factory=list)
     failed: list[tuple[Span, str]] = field(default_factory=list)
     source_dead: bool = False
+    pulled_bytes: int = 0  # what an on-demand edge fetched upstream to answer
 
 
 @dataclass(slots=True)
@@ -130,6 +131,9 @@ class DownloadResult:
     blocks_by_source: dict[str, int] = field(default_factory=dict)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (url, block, reason)
     wasted_bytes: int = 0
+    #: Bytes on-demand edges announced (``X-TrimCache-Pulled-Bytes``) they fetched upstream to
+    #: answer this download: an edge cache miss, per edge URL.
+    pulled_by_source: dict[str, int] = field(default_factory=dict)
 
 
 class _Check:
@@ -320,6 +324,10 @@ class Downloader:
                     if outcome.source_dead:
                         with self._lock:
                             self._dead.add(task.source)
+                    if outcome.pulled_bytes:
+                        result.pulled_by_source[url] = (
+                            result.pulled_by_source.get(url, 0) + outcome.pulled_bytes
+                        )
                     for item in outcome.stored:
                         result.bytes_by_source[url] = (
                             result.bytes_by_source.get(url, 0) + item.length
@@ -378,7 +386,10 @@ class Downloader:
 
     def _request(self, source: Source, kind: TaskKind, items: list[Span], out: _Outcome) -> None:
         if kind == "batch":
-            body = json.dumps({"block_ids": [i.block_id for i in items]}).encode()
+            # model_id: an on-demand edge caches the model (and pulls what it lacks).
+            body = json.dumps(
+                {"block_ids": [i.block_id for i in items], "model_id": self._manifest.model_id}
+            ).encode()
             self._stream(source, "POST", f"{source.url}/v1/blocks:batch", items, out, body=body)
             return
         # Re-plan the remaining run as contiguous pieces (a retry may have left gaps).
@@ -412,6 +423,7 @@ class Downloader:
         checks: list[_Check] = []
         try:
             with self._wire.request(method, url, headers=headers, body=body) as reply:
+                out.pulled_bytes += _pulled_bytes(reply)
                 if skip and reply.status == 200:
                     self._discard(reply, skip, source)  # the server ignored our Range
                 self._receive(reply, items, checks, source)
@@ -481,3 +493,18 @@ class Downloader:
                 raise BlockIntegrityError(
                     f"{reply.url}: short body ({want - filled} bytes missing)", url=reply.url
                 )
+
+
+PULLED_HEADER = "x-trimcache-pulled-bytes"
+
+
+def _pulled_bytes(reply: Reply) -> int:
+    """The bytes an on-demand edge says it fetched upstream for this answer (0: none, or not
+    an on-demand edge)."""
+    for key, value in reply.headers.items():
+        if key.lower() == PULLED_HEADER:
+            try:
+                return max(0, int(value))
+            except ValueError:
+                return 0
+    return 0

@@ -47,6 +47,7 @@ from huggingface_hub.errors import (
 )
 from tqdm.auto import tqdm
 
+from controller import adapters
 from controller.errors import (
     ControllerError,
     IndexingError,
@@ -222,8 +223,18 @@ def add_model(
     except ControllerError as exc:
         metrics.indexed.labels(outcome=exc.code).inc()
         raise
+    base_repo_id: str | None = None
+    if adapters.is_adapter(manifest):
+        try:
+            base_repo_id = adapters.read_base_repo(origin_url, manifest)
+        except (httpx.HTTPError, ValueError) as exc:
+            logger.warning("adapter model_id=%s: cannot read its base model: %s", model_id, exc)
     entry = CatalogueEntry.of(
-        manifest, model_id=model_id, requested_revision=revision, indexed_at=time.time()
+        manifest,
+        model_id=model_id,
+        requested_revision=revision,
+        indexed_at=time.time(),
+        base_repo_id=base_repo_id,
     )
     state.put_model(entry)
     metrics.indexed.labels(outcome="ok").inc()

@@ -22,6 +22,8 @@ The only module that turns state into actions on edge nodes. Internal logic of
 5. store the new placement (version from ``INCR``, above every version a live node reports
    having applied, so a Redis wipe never sends the edges a version they already passed) with
    every push ``pending``;
+   On-demand nodes (``cache_policy`` ``lru``/``lfu`` in their heartbeat) are left out of the
+   problem, the placement and the pushes: they cache what their clients ask for;
 6. push each node its plan (manifests of the models to hold, and for each block it lacks, the
    live peers whose *confirmed* holdings include it), one node at a time, choosing next a node
    whose evictions remove no *last confirmed copy* of a block that another node is placed to
@@ -64,6 +66,7 @@ from typing import Any
 
 import httpx
 
+from controller.adapters import base_models, with_base_sizes, with_bases
 from controller.demand import request_probabilities
 from controller.errors import StateUnavailableError
 from controller.metrics import Metrics
@@ -237,10 +240,15 @@ class Planner:
         manifests = [e.manifest for e in catalogue]
         groups = group_by_sharing(manifests)
         blocks = {g.pb_id: g.size_bytes for g in groups}
-        models = {
-            m.model_id: tuple(g.pb_id for g in groups if m.model_id in g.model_ids)
-            for m in manifests
-        }
+        # An adapter needs its base model too (controller.adapters).
+        bases = base_models([e.summary() for e in catalogue])
+        models = with_bases(
+            {
+                m.model_id: tuple(g.pb_id for g in groups if m.model_id in g.model_ids)
+                for m in manifests
+            },
+            bases,
+        )
         total = sum(blocks.values())
         servers = {n.node_id: (n.capacity_bytes if n.capacity_bytes >= 0 else total) for n in nodes}
         topology = view.topology
@@ -253,7 +261,7 @@ class Planner:
             area_id: {m: p * topology.areas[area_id].weight / max_weight for m, p in row.items()}
             for area_id, row in probs.items()
         }
-        sizes = {m.model_id: m.total_bytes for m in manifests}
+        sizes = with_base_sizes({m.model_id: m.total_bytes for m in manifests}, bases)
         reachable = {
             area_id: {n: frozenset(ms) for n, ms in by_node.items()}
             for area_id, by_node in reachable_sets(topology, positions, sizes).items()
@@ -307,10 +315,12 @@ class Planner:
 
     def _plan_locked(self, trigger: str, guard: PlanLock) -> dict[str, Any]:
         started = time.time()
-        nodes = self.state.live_nodes()
+        live = self.state.live_nodes()
         catalogue = self.state.list_models()
-        view = self.active_topology(nodes)
-        signature = self.signature(nodes, view)
+        view = self.active_topology(live)
+        signature = self.signature(live, view)
+        # On-demand nodes (cache_policy) cache what they are asked for: a plan would fight them.
+        nodes = [n for n in live if not n.cache_policy]
         previous = self.state.get_placement()
         attempt: dict[str, Any] = {"at": started, "trigger": trigger, "signature": signature}
 
@@ -467,7 +477,7 @@ class Planner:
             record = self.state.get_placement()
             if record is None:
                 return
-            nodes = self.state.live_nodes()
+            nodes = [n for n in self.state.live_nodes() if not n.cache_policy]
             catalogue = self.state.list_models()
             self._push(record, nodes, catalogue, guard=guard, only=set(node_ids))
 

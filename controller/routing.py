@@ -5,6 +5,15 @@ the complete models it reported in its last heartbeat or plan response, expanded
 through the catalogue's manifests. The intended placement alone never puts a node in a route.
 Edge sources are ordered by the expected time to deliver the whole model to the client
 (:func:`controller.topology.delivery_ms`), ties by node id; the origin is always last.
+
+On-demand nodes (``cache_policy`` ``lru``/``lfu``) are sources of the models they confirmed
+holding whole (not of the blocks those share with other models: asking such a node for a model
+it does not cache would not match the policy's model of a hit), and one more way: a client with
+a position gets its *home* on-demand node (the one with the least delivery time, ties by node
+id) as a source of every block of the model, after the nodes confirmed to hold that block. The
+home node pulls what it lacks through and caches the model (edge_node.ondemand), as the
+placement problem's ``lru``/``lfu`` replay inserts a missed model at the user's nearest
+reachable server (controller.placement.online).
 """
 
 from __future__ import annotations
@@ -26,6 +35,23 @@ def held_blocks(node: NodeRecord, blocks_by_model: Mapping[str, frozenset[str]])
     return frozenset(held)
 
 
+def home_node(
+    nodes: Sequence[NodeRecord],
+    topology: Topology,
+    point: tuple[float, float] | None,
+    model_bytes: int,
+) -> str | None:
+    """The on-demand node a client at ``point`` sends its misses to: the least delivery time
+    for the model, ties by node id (None: no position, or no on-demand node)."""
+    on_demand = {
+        n.node_id: topology.positions.get(n.node_id, n.position) for n in nodes if n.cache_policy
+    }
+    if point is None or not on_demand:
+        return None
+    times = delivery_ms(topology, point, on_demand, model_bytes)
+    return min(times, key=lambda n: (times[n], n))
+
+
 def build_route(
     entry: CatalogueEntry,
     *,
@@ -45,10 +71,16 @@ def build_route(
     model_bytes = int(entry.total_bytes)
     holders: dict[str, frozenset[str]] = {}
     for node in nodes:
-        have = held_blocks(node, blocks_by_model) & sizes.keys()
+        if node.cache_policy:  # on demand: a source of the models it holds whole, only
+            have = frozenset(sizes) if entry.model_id in node.serving_models else frozenset()
+        else:
+            have = held_blocks(node, blocks_by_model) & sizes.keys()
         if have:
             holders[node.node_id] = frozenset(have)
     by_id = {n.node_id: n for n in nodes}
+    home = home_node(nodes, topology, point, model_bytes)
+    if home is not None:
+        holders.setdefault(home, frozenset())
     positions = {n: topology.positions.get(n, by_id[n].position) for n in holders}
     if point is not None:
         times = delivery_ms(topology, point, positions, model_bytes)
@@ -67,8 +99,11 @@ def build_route(
     ]
     sources.append(RouteSource(url=origin_url, kind="origin"))
     origin_index = len(sources) - 1
+    home_index = [order.index(home)] if home is not None else []
     blocks = {
-        block_id: [i for i, n in enumerate(order) if block_id in holders[n]] + [origin_index]
+        block_id: [i for i, n in enumerate(order) if block_id in holders[n]]
+        + [i for i in home_index if block_id not in holders[order[i]]]
+        + [origin_index]
         for block_id in sizes
     }
     return {

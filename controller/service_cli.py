@@ -47,6 +47,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from controller.app import create_app
     from controller.settings import Settings
+    from core.asgi import KEEP_ALIVE_S
 
     logging.basicConfig(
         level=os.environ.get("TRIMCACHE_LOG_LEVEL", "INFO"),
@@ -56,5 +57,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
     return 0

@@ -116,6 +116,9 @@ class NodeRecord:
     dropping: tuple[str, ...] = ()
     # The last placement version the node reports having applied (None: not reported).
     plan_version: int | None = None
+    # "lru" / "lfu": the node caches on demand (no plans pushed; routes send it the misses of
+    # the clients it is nearest to); None: it holds the planned placement.
+    cache_policy: str | None = None
 
     @property
     def serving_models(self) -> tuple[str, ...]:
@@ -158,6 +161,8 @@ class CatalogueEntry:
     indexed_at: float = 0.0
     # Set when the entry was rebuilt from an edge node's manifest (state lost), not indexed.
     adopted_from: str | None = None
+    # A LoRA adapter: the repo of the base model it needs (controller.adapters).
+    base_repo_id: str | None = None
 
     @classmethod
     def of(
@@ -168,6 +173,7 @@ class CatalogueEntry:
         requested_revision: str | None = None,
         indexed_at: float = 0.0,
         adopted_from: str | None = None,
+        base_repo_id: str | None = None,
     ) -> CatalogueEntry:
         """The entry of ``manifest`` (sizes and block count derived from it)."""
         return cls(
@@ -180,6 +186,7 @@ class CatalogueEntry:
             manifest=manifest,
             indexed_at=indexed_at,
             adopted_from=adopted_from,
+            base_repo_id=base_repo_id,
         )
 
     def to_json(self) -> str:
@@ -206,6 +213,7 @@ class CatalogueEntry:
             "revision": self.revision,
             "total_bytes": self.total_bytes,
             "blocks": self.blocks,
+            "base_repo_id": self.base_repo_id,
         }
 
 

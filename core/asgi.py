@@ -34,6 +34,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.auth import refusal
 from core.errors import UnauthorizedError
 
+#: Seconds a server keeps an idle keep-alive connection open (uvicorn's own default is 5 s).
+#: HTTP client pools (httpx, huggingface_hub's 8 download threads) reuse idle connections; a server
+#: that closes one while a client's next request is already on the wire resets that request, and
+#: on a loaded host that happened to every retry of one file. 75 s is nginx's default.
+KEEP_ALIVE_S = 75
+
 # OpenAPI ``responses`` of routes that answer raw bytes (blocks, Hub file downloads).
 _BYTES = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}

@@ -6,6 +6,7 @@ import logging
 
 import uvicorn
 
+from core.asgi import KEEP_ALIVE_S
 from edge_node.app import create_app
 from edge_node.settings import Settings
 
@@ -21,6 +22,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 

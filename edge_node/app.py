@@ -3,7 +3,8 @@
 The lifespan opens the node (block store, index rebuild, temp sweep), starts the background
 scrub, the repair worker and (with ``controller_url``) the heartbeat, and keeps everything on
 ``app.state``: ``settings``, ``node``, ``plan_progress``, ``http_client``, ``pull`` (Hub
-requests for what the node lacks), ``metrics_registry``.
+requests for what the node lacks), ``ondemand`` (the cache policy with ``EDGE_CACHE_POLICY``,
+else None), ``metrics_registry``.
 
 Errors: every ``TrimCacheError`` (the ``EdgeError`` tree and core's errors) becomes
 ``{"error": {"code", "message"}}`` with ``X-Error-Code``; anything else is a 500 ``internal``
@@ -33,6 +34,7 @@ from edge_node.ingest import PlanProgress, repair_fetcher
 from edge_node.link import LinkCounters, LinkEmulationMiddleware, make_bucket
 from edge_node.metrics import Counters, make_registry
 from edge_node.node import EdgeNode
+from edge_node.ondemand import OnDemandCache
 from edge_node.pull import PullThrough
 from edge_node.settings import Settings
 from edge_node.zerocopy import zerocopy_send, zerocopy_status
@@ -114,11 +116,16 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.http_client = client
         app.state.plan_progress = progress
         app.state.pull = pull
+        app.state.ondemand = (
+            OnDemandCache(node, settings.cache_policy) if settings.cache_policy else None
+        )
         app.state.metrics_registry = make_registry(node.stats)
         node.start()
         heartbeat = Heartbeat(node, client) if settings.controller_url else None
         if heartbeat is not None:
             heartbeat.start()
+            if app.state.ondemand is not None:
+                app.state.ondemand.on_change = heartbeat.poke
         app.state.heartbeat = heartbeat
         zerocopy_on, zerocopy_why = zerocopy_status()
         logger.info("zero-copy sendfile %s: %s", "active" if zerocopy_on else "off", zerocopy_why)

@@ -2,8 +2,10 @@
 
 Body: :class:`core.wire.NodeHeartbeat` (docs/api.md "Edge node"): ``url``, ``capacity_bytes``,
 ``position`` ``[x_m, y_m]``, ``physical_bytes``, ``models`` (complete models held),
-``blocks_digest`` and ``plan_version``. Runs in a daemon
-thread; failures are logged and retried at the next tick, never fatal.
+``blocks_digest``, ``plan_version`` and ``cache_policy``. Runs in a daemon
+thread; failures are logged and retried at the next tick, never fatal. :meth:`Heartbeat.poke`
+sends one at once (an on-demand node after a response or an eviction, so routes follow what it
+holds within moments).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def heartbeat_body(node: EdgeNode) -> dict[str, Any]:
         blocks_digest=node.blocks_digest(),
         # The controller never hands out a version at or below it, even after losing its state.
         plan_version=node.plan_record.version,
+        cache_policy=s.cache_policy,
     ).model_dump(mode="json")
 
 
@@ -42,6 +45,7 @@ class Heartbeat:
         self.node = node
         self.client = client
         self._stop = threading.Event()
+        self._wake = threading.Event()  # poke(): beat now, not at the next tick
         self._thread = threading.Thread(target=self._run, name="edge-heartbeat", daemon=True)
         self.sent = 0
         self.failures = 0
@@ -49,8 +53,14 @@ class Heartbeat:
     def start(self) -> None:
         self._thread.start()
 
+    def poke(self) -> None:
+        """Send the next heartbeat now (an on-demand node's holdings just changed); pokes
+        during a beat coalesce into one more."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
@@ -81,4 +91,5 @@ class Heartbeat:
                 self.beat()
             except Exception:  # never let the loop die
                 logger.exception("heartbeat crashed; retrying")
-            self._stop.wait(self.node.settings.heartbeat_interval_s)
+            self._wake.wait(self.node.settings.heartbeat_interval_s)
+            self._wake.clear()

@@ -32,6 +32,10 @@ class Counters:
         self.repaired_blocks = 0
         self.bytes_pulled_by_source: dict[str, int] = {}
         self.bytes_pulled_kept = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.cache_evictions = 0
+        self.cache_evicted_bytes = 0
 
     def add_request(self, *, status_code: int) -> None:
         with self._lock:
@@ -72,6 +76,19 @@ class Counters:
         with self._lock:
             self.bytes_pulled_kept += nbytes
 
+    def add_cache_lookup(self, *, hit: bool) -> None:
+        """One request on an on-demand node (edge_node.ondemand): a hit or a miss."""
+        with self._lock:
+            if hit:
+                self.cache_hits += 1
+            else:
+                self.cache_misses += 1
+
+    def add_cache_evictions(self, models: int, nbytes: int) -> None:
+        with self._lock:
+            self.cache_evictions += models
+            self.cache_evicted_bytes += nbytes
+
     def add_corrupt(self) -> None:
         with self._lock:
             self.corrupt_blocks += 1
@@ -94,6 +111,10 @@ class Counters:
                 "repaired_blocks": self.repaired_blocks,
                 "bytes_pulled_by_source": dict(sorted(self.bytes_pulled_by_source.items())),
                 "bytes_pulled_kept": self.bytes_pulled_kept,
+                "cache_hits": self.cache_hits,
+                "cache_misses": self.cache_misses,
+                "cache_evictions": self.cache_evictions,
+                "cache_evicted_bytes": self.cache_evicted_bytes,
             }
 
 
@@ -133,6 +154,9 @@ class NodeCollector(Collector):
         yield counter("edge_blocks_served", "Whole blocks served", s["blocks_served"])
         yield counter("edge_corrupt_blocks", "Blocks found corrupt", s["corrupt_blocks"])
         yield counter("edge_repaired_blocks", "Corrupt blocks refetched", s["repaired_blocks"])
+        yield counter("edge_cache_hits", "On-demand requests served from store", s["cache_hits"])
+        yield counter("edge_cache_misses", "On-demand requests pulled through", s["cache_misses"])
+        yield counter("edge_cache_evictions", "Models evicted by the policy", s["cache_evictions"])
         ingested = CounterMetricFamily(
             "edge_ingested_bytes", "Block bytes ingested by source", labels=["node_id", "source"]
         )

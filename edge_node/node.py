@@ -422,6 +422,7 @@ class EdgeNode:
             "models": [m.model_id for m in complete],
             "plan_version": self.plan_record.version,
             "repairs_pending": self.repairs_pending(),
+            "cache_policy": self.settings.cache_policy,
         }
         out.update(self.counters.snapshot())
         out["hits"] = out["blocks_served"]

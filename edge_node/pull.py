@@ -49,6 +49,7 @@ from core.store import BlockStore
 from edge_node import hub
 from edge_node.catalogue import Catalogue, Sources
 from edge_node.errors import (
+    ModelNotFoundError,
     PullBufferBusyError,
     RepoNotFoundError,
     RevisionNotFoundError,
@@ -139,7 +140,10 @@ _Segment = tuple[bytes | BlockRef, int, int]
 
 
 @dataclass
-class _Window:
+class Window:
+    """A stretch of a response: its pieces, the blocks it lacks here (id -> size) and the
+    references it holds in the pull buffer once prepared."""
+
     segments: list[_Segment]
     missing: dict[BlockId, int] = field(default_factory=dict)
     pulled: dict[BlockId, int] = field(default_factory=dict)  # references held in the buffer
@@ -180,6 +184,16 @@ class PullThrough:
         model = self.catalogue.find(repo_id, revision)
         return ServedRepo(model.manifest, model.sources)
 
+    def find_model(self, model_id: str) -> ServedRepo:
+        """A model by TrimCache id: held (complete or not), else the catalogue's route."""
+        try:
+            return ServedRepo(self.node.manifest(model_id))
+        except ModelNotFoundError:
+            if not self.catalogue.enabled:
+                raise
+        model = self.catalogue.route(model_id)
+        return ServedRepo(model.manifest, model.sources)
+
     def repo_ids(self) -> list[str]:
         held = {m.repo_id for m in self.node.complete_models()}
         listed = self.catalogue.repo_ids() if self.catalogue.enabled else []
@@ -211,24 +225,51 @@ class PullThrough:
     ) -> Iterator[Piece]:
         """Bytes ``[start, end)`` of a file; the first window is fetched before this returns
         (raises UpstreamUnavailableError / PullBufferBusyError before any byte)."""
-        windows = self._windows(entry, start, end)
+        windows = self.file_windows(entry, start, end)
         if not any(w.missing for w in windows):
             return self.node.file_pieces(entry, start, end)
+        return self.serve(repo, windows)
+
+    def serve(self, repo: ServedRepo, windows: list[Window]) -> Iterator[Piece]:
+        """The pieces of ``windows`` (from :meth:`file_windows` / :meth:`block_windows`),
+        pulling what is missing; the first window is fetched before this returns."""
+        if not any(w.missing for w in windows):
+            return self._held_pieces(windows)
         first = self._prepare(repo, windows[0])
         return self._stream(repo, windows, first)
 
-    def _windows(self, entry: FileEntry, start: int, end: int) -> list[_Window]:
-        limit = self.node.settings.pull_window_bytes
-        windows = [_Window([])]
+    def _held_pieces(self, windows: list[Window]) -> Iterator[Piece]:
+        for window in windows:
+            yield from self._window_pieces(window)
+
+    @staticmethod
+    def missing_bytes(windows: list[Window]) -> int:
+        """Bytes of blocks the windows lack here (what serving them pulls from upstream)."""
+        return sum(n for w in windows for n in w.missing.values())
+
+    def file_windows(self, entry: FileEntry, start: int, end: int) -> list[Window]:
+        """Bytes ``[start, end)`` of a file cut into pull windows."""
+        pieces: list[_Segment] = []
         for seg_start, seg_end, source in entry.segments():
             if seg_end <= start or seg_start >= end or seg_start == seg_end:
                 continue
             lo, hi = max(start, seg_start) - seg_start, min(end, seg_end) - seg_start
+            pieces.append((source, lo, hi))
+        return self._windows(pieces)
+
+    def block_windows(self, blocks: Iterable[tuple[BlockId, int]]) -> list[Window]:
+        """Whole blocks ``(id, size)``, concatenated in order, cut into pull windows."""
+        return self._windows([(BlockRef(b, 0, n), 0, n) for b, n in blocks])
+
+    def _windows(self, pieces: Iterable[_Segment]) -> list[Window]:
+        limit = self.node.settings.pull_window_bytes
+        windows = [Window([])]
+        for source, lo, hi in pieces:
             window = windows[-1]
             if isinstance(source, BlockRef) and not self._servable(source.block_id):
                 missing_bytes = sum(window.missing.values())
                 if window.missing and missing_bytes + source.length > limit:
-                    window = _Window([])
+                    window = Window([])
                     windows.append(window)
                 window.missing[source.block_id] = source.length
             window.segments.append((source, lo, hi))
@@ -243,7 +284,7 @@ class PullThrough:
             return False  # corrupt: quarantined (and queued for repair); pull it meanwhile
         return True
 
-    def _prepare(self, repo: ServedRepo, window: _Window) -> _Window:
+    def _prepare(self, repo: ServedRepo, window: Window) -> Window:
         """Reserve, fetch and verify a window's missing blocks into the buffer."""
         if not window.missing:
             return window
@@ -287,7 +328,11 @@ class PullThrough:
         if not any(b in node.referenced_blocks() for b in blocks):
             return
         with self._keep_lock:  # pulls copy one at a time, so they never skip for each other
-            if not node.plan_lock.acquire(blocking=False):
+            # An on-demand node runs no plans: its lock holders (admissions, repairs) are brief,
+            # so wait for them rather than leave a cached model incomplete.
+            waits = node.settings.cache_policy is not None
+            timeout = node.settings.fetch_timeout_s if waits else -1
+            if not node.plan_lock.acquire(blocking=waits, timeout=timeout):
                 return  # a plan (or repair) is running: it decides, and fetches what it keeps
             try:
                 self._copy_placed(blocks)
@@ -309,10 +354,10 @@ class PullThrough:
             node.mark_trusted(block_id)
             node.counters.add_pulled_kept(size)
 
-    def _stream(self, repo: ServedRepo, windows: list[_Window], first: _Window) -> Iterator[Piece]:
+    def _stream(self, repo: ServedRepo, windows: list[Window], first: Window) -> Iterator[Piece]:
         queued = iter(windows[1:])
-        pending: deque[Future[_Window]] = deque()
-        current: _Window | None = first
+        pending: deque[Future[Window]] = deque()
+        current: Window | None = first
         try:
             while current is not None:
                 while len(pending) < PREFETCH_WINDOWS:
@@ -335,11 +380,11 @@ class PullThrough:
             for future in pending:
                 future.add_done_callback(self._release_done)
 
-    def _release_done(self, future: Future[_Window]) -> None:
+    def _release_done(self, future: Future[Window]) -> None:
         if not future.cancelled() and future.exception() is None:
             self.buffer.release(future.result().pulled)
 
-    def _window_pieces(self, window: _Window) -> Iterator[Piece]:
+    def _window_pieces(self, window: Window) -> Iterator[Piece]:
         for source, lo, hi in window.segments:
             if isinstance(source, bytes):
                 yield source[lo:hi]

@@ -7,6 +7,7 @@ stores it on ``app.state``; tests construct ``Settings(...)`` directly.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +61,15 @@ class Settings(BaseSettings):
     #: How long catalogue lookups and routes from the controller are reused.
     catalogue_ttl_s: float = Field(default=5.0, ge=0)
     controller_timeout_s: float = Field(default=5.0, gt=0)
+    #: ``lru`` / ``lfu``: cache whole models on demand from the requests this node sees
+    #: (edge_node.ondemand) instead of holding the controller's planned placement. Unset (or
+    #: empty): planned placement.
+    cache_policy: Literal["lru", "lfu"] | None = None
+
+    @field_validator("cache_policy", mode="before")
+    @classmethod
+    def _policy_unset(cls, value: object) -> object:
+        return None if value in ("", "planned") else value
 
     @field_validator("origin_url", "controller_url", "public_url")
     @classmethod

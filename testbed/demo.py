@@ -398,11 +398,9 @@ def _comparison(
     from testbed.experiment_compare import CompareOptions, compare
     from testbed.experiment_report import headline, table
 
-    # Adapters are left out: a LoRA request also needs its base model, which the placement
-    # problem does not count (so its predicted hits would not be comparable).
-    models = tuple(
-        m["model_id"] for m in catalogue["models"] if not m.get("synthetic") and m["kind"] != "lora"
-    )
+    # Adapters included: the placement problem counts the base model a LoRA request also needs
+    # (controller.adapters), so their predicted hits compare with the measured ones.
+    models = tuple(m["model_id"] for m in catalogue["models"] if not m.get("synthetic"))
     config = ExperimentConfig(
         seed=0, requests=args.compare_requests, concurrency=3, users_per_area=4,
         device_cache="fresh", models=models, max_seconds=args.compare_seconds,

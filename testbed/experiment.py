@@ -20,17 +20,18 @@ at ``rate_per_s`` (seeded Poisson arrivals; none: back to back) on ``concurrency
 bounded by ``requests`` and ``max_seconds``.
 
 A :class:`Record` per request: model, area, bytes per source (``edge-N``, ``origin``,
-``local``), download seconds, the model's deadline (the controller topology's), ``hit`` (no
-byte from the origin, no error, and done within the deadline), and ``verified``: the SDK checks
-every block's sha256 while downloading, and the runner then compares every rebuilt file with the
-zoo's original (sha256), so ``verified`` means byte-identical files. Each record names the
-controller's placement version in force when it started (polled in the background: the
-controller may re-plan mid-run as the users' demand reports arrive); the predicted hit ratio is
-the request-weighted mean over those placements, and ``predicted_sampled_hit_ratio`` the share
-of the drawn requests themselves that the placement problem counts as hits (``sampled_gap``:
-measured minus that, free of sampling noise). Results: ``records.jsonl``
-and ``records.csv`` in the output dir, plus ``summary.json`` (see :func:`summarize`) with the
-edges' and the origin's served-bytes counters over the run.
+``local``), download seconds, the model's deadline (the controller topology's), ``hit`` (no byte
+from the origin, none that an on-demand edge had to pull through for it (its
+``X-TrimCache-Pulled-Bytes``: ``pulled_bytes``), no error, and done within the deadline), and
+``verified``: the SDK checks every block's sha256 while downloading, and the runner then
+compares every rebuilt file with the zoo's original (sha256), so ``verified`` means
+byte-identical files. Each record names the controller's placement version in force when it
+started (polled in the background: the controller may re-plan mid-run as the users' demand
+reports arrive); the predicted hit ratio is the request-weighted mean over those placements, and
+``predicted_sampled_hit_ratio`` the share of the drawn requests themselves that the placement
+problem counts as hits (``sampled_gap``: measured minus that, free of sampling noise). Results:
+``records.jsonl`` and ``records.csv`` in the output dir, plus ``summary.json`` (see
+:func:`summarize`) with the edges' and the origin's served-bytes counters over the run.
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ class Record:
     edge_bytes: int = 0
     origin_bytes: int = 0
     local_bytes: int = 0
+    # Bytes on-demand edges fetched upstream (origin or peers) to answer this request: a miss.
+    pulled_bytes: int = 0
     hit: bool = False
     verified: bool = False
     error: str | None = None
@@ -182,6 +185,8 @@ class Testbed:
     edges: dict[str, str]  # node id -> URL
     zoo_dir: Path
     auth_token: str
+    # "lru" / "lfu": the edges cache on demand (testbed up --cache-policy); None: planned.
+    cache_policy: str | None = None
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Testbed:
@@ -192,6 +197,10 @@ class Testbed:
                 edges={str(e["node_id"]): str(e["url"]) for e in state["edges"]},
                 zoo_dir=Path(state["zoo_dir"]),
                 auth_token=str(state.get("auth_token") or ""),
+                cache_policy=next(
+                    (str(e["cache_policy"]) for e in state["edges"] if e.get("cache_policy")),
+                    None,
+                ),
             )
         except (KeyError, TypeError) as exc:
             raise ExperimentError(f"testbed state lacks {exc}") from exc
@@ -523,6 +532,9 @@ def run_workload(
                 record.bytes_by_source = {
                     testbed.label(src): int(n) for src, n in report["bytes_by_source"].items() if n
                 }
+                record.pulled_bytes = sum(
+                    int(n) for n in report.get("bytes_pulled_by_edges", {}).values()
+                )
                 if config.verify_files:
                     record.verified = digests.identical(repos[request.model_id], Path(fetched.path))
                 else:
@@ -538,6 +550,7 @@ def run_workload(
         record.hit = (
             record.error is None
             and record.origin_bytes == 0
+            and record.pulled_bytes == 0
             and record.download_s <= record.deadline_s
         )
         if on_record is not None:
@@ -568,16 +581,27 @@ def run_workload(
         )
     weights = [per_version.get(r.placement_version or 0, 0.0) for r in done]
     predicted = sum(weights) / len(weights) if weights else 0.0
+    if testbed.cache_policy:  # no placement: the simulator's replay of these very requests
+        from testbed.experiment_online import predicted_online
+
+        verdicts = predicted_online(testbed, view, workload, testbed.cache_policy)
+        for r in done:
+            r.predicted_hit = verdicts[r.index]
+        predicted = sum(bool(r.predicted_hit) for r in done) / len(done) if done else 0.0
+        per_version = {}
     summary.update(
         wall_seconds=round(wall, 3),
         planned_requests=len(workload),
         served_delta={k: after[k] - before.get(k, 0) for k in after},
         placement_version_before=placement_before.get("version"),
         placement_version_after=placement_after.get("version"),
-        plan_hit_ratio=float(placement_before.get("hit_ratio") or 0.0),
+        plan_hit_ratio=(
+            None if testbed.cache_policy else float(placement_before.get("hit_ratio") or 0.0)
+        ),
         predicted_hit_ratio=round(predicted, 4),
         predicted_by_version={str(v): round(p, 4) for v, p in sorted(per_version.items())},
-        solver=placement_before.get("solver"),
+        solver=testbed.cache_policy or placement_before.get("solver"),
+        cache_policy=testbed.cache_policy,
         storage=edge_storage(testbed),
         config=config.to_json(),
     )
@@ -640,6 +664,7 @@ def summarize(records: Sequence[Record]) -> dict[str, Any]:
         "edge_bytes": sum(r.edge_bytes for r in records),
         "origin_bytes": sum(r.origin_bytes for r in records),
         "local_bytes": sum(r.local_bytes for r in records),
+        "pulled_bytes": sum(r.pulled_bytes for r in records),
     }
 
 

@@ -10,6 +10,11 @@ neither has a route that changes it at run time; a fresh testbed also starts eve
 the same empty demand, so every plan is made for the same (prior) demand the workload draws
 from.
 
+``lru`` and ``lfu`` are not planned: their testbed's edges cache on demand with that policy
+(``EDGE_CACHE_POLICY``, edge_node.ondemand) from the workload's own requests, starting empty.
+Their predicted hit ratio is the simulator's replay of the same request sequence through the
+same policy from empty caches (testbed.experiment_online), and they have no plan hit ratio.
+
 Each point: measured hit ratio, mean/p95 download time, origin egress and edge bytes during
 the workload (the services' own counters), edge physical vs logical bytes, the hit ratio the
 plan predicted (the placement record's ``hit_ratio``, the placement problem's objective for this
@@ -40,15 +45,19 @@ from testbed.experiment import (
     write_json,
     write_records,
 )
+from testbed.experiment_report import origin_mib
 
 MIB = 1024 * 1024
+#: Solvers that are online cache policies: the testbed runs them on the edges themselves
+#: (``testbed up --cache-policy``), with no placement.
+ON_DEMAND = ("lru", "lfu")
 POINT_FIELDS = (
     "solver", "capacity_mib", "requests", "errors", "hits", "hit_ratio", "predicted_hit_ratio",
     "gap", "predicted_sampled_hit_ratio", "sampled_gap", "plan_hit_ratio", "mean_download_s",
     "p95_download_s", "edge_bytes", "origin_bytes",
     "origin_served_bytes", "edge_served_bytes", "physical_bytes", "logical_bytes", "savings",
     "models_placed", "verified", "placement_version_before", "placement_version_after",
-    "planned_solver",
+    "planned_solver", "cache_policy",
 )  # fmt: skip
 
 
@@ -112,6 +121,7 @@ def point_row(solver: str, capacity_mib: int, summary: dict[str, Any]) -> dict[s
         "savings": round(1 - physical / logical, 4) if logical else 0.0,
         "models_placed": sum(len(s["models"]) for s in storage.values()),
         "planned_solver": summary.get("solver"),
+        "cache_policy": summary.get("cache_policy"),
         "served_delta": dict(served),
     }
 
@@ -142,7 +152,9 @@ def compare(
                             zoo_dir=options.zoo_dir,
                             capacity_bytes=capacity * MIB,
                             profile=options.profile,
-                            solver=solver,
+                            # lru/lfu run as what they are: edges caching on demand.
+                            solver=None if solver in ON_DEMAND else solver,
+                            cache_policy=solver if solver in ON_DEMAND else None,
                             controller_port=0,
                             ready_timeout_s=options.ready_timeout_s,
                         )
@@ -161,7 +173,7 @@ def compare(
             say(
                 f"{solver} at {capacity} MiB: hit ratio {row['hit_ratio']:.3f} measured, "
                 f"{row['predicted_hit_ratio']:.3f} predicted; mean download "
-                f"{row['mean_download_s']:.2f} s; origin {row['origin_bytes'] / MIB:.0f} MiB"
+                f"{row['mean_download_s']:.2f} s; origin {origin_mib(row):.0f} MiB"
             )
             _write_points(out, points, config, options, time.monotonic() - started)
     by_point: dict[tuple[str, int], list[Record]] = {}

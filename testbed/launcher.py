@@ -117,6 +117,9 @@ class LaunchOptions:
     seed: int = 0
     timeout_s: float = 120.0
     solver: str | None = None
+    # "lru" / "lfu": every edge caches on demand (EDGE_CACHE_POLICY) instead of holding a
+    # planned placement; None: planned placement.
+    cache_policy: str | None = None
     # Preferred controller port, used when free (else a random one); 0: always random (tests).
     controller_port: int = DEFAULT_CONTROLLER_PORT
     # Bound on indexing + the first placement being applied (the full zoo over a 100 Mbit/s
@@ -552,6 +555,8 @@ def wait_ready(
                 say(
                     f"placement v{version} applied on {len(applied)} edge node(s) "
                     f"(expected hit ratio {float(placement.get('hit_ratio', 0.0)):.3f})"
+                    if node_ids
+                    else f"all {len(have)} repos indexed; the edges cache on demand (no placement)"
                 )
                 return placement
             note = (
@@ -723,6 +728,7 @@ def _deployment(
         edge_ports=[_free_port(taken) for _ in node_ids],
         solver=options.solver,
         topology_file=str(topology_file),
+        extra_edge_env={"EDGE_CACHE_POLICY": options.cache_policy} if options.cache_policy else {},
     )
 
 
@@ -799,9 +805,10 @@ def up(
         )
         say(f"{len(edges)} edge nodes are healthy and registered with the controller")
         # Ready: the catalogue holds every origin repo and every edge applied the placement
-        # that covers them.
+        # that covers them (on-demand edges take no placement: only the catalogue counts).
+        planned = [] if options.cache_policy else [s.name for s in edges]
         placement = wait_ready(
-            controller_url, origin_url, [s.name for s in edges],
+            controller_url, origin_url, planned,
             timeout_s=options.ready_timeout_s, say=say, services=started,
         )  # fmt: skip
         state = _state(options, deployment, started, placement, zoo_dir)
@@ -848,6 +855,7 @@ def _state(
                 "position": list(topology.edge(service.name).position),
                 "data_dir": data_dir,
                 "capacity_bytes": options.capacity_bytes,
+                "cache_policy": options.cache_policy,
                 "area_id": topology.area_near(service.name).area_id,
             }
             for service, data_dir in zip(edges, deployment.edge_data_dirs, strict=True)

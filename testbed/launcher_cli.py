@@ -93,6 +93,10 @@ def add_parsers(subparsers: Any) -> None:
     )  # fmt: skip
     up.add_argument("--solver", default=None, help="controller placement solver")
     up.add_argument(
+        "--cache-policy", choices=("lru", "lfu"), default=None,
+        help="edges cache on demand with this policy instead of holding a planned placement",
+    )  # fmt: skip
+    up.add_argument(
         "--auth-token",
         default=None,
         help="control-plane token (default: $TRIMCACHE_AUTH_TOKEN, else a random one)",
@@ -165,6 +169,7 @@ def _up(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout_s=args.timeout_s,
         solver=args.solver,
+        cache_policy=args.cache_policy,
         controller_port=args.controller_port,
         ready_timeout_s=args.ready_timeout_s,
     )

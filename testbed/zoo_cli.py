@@ -164,6 +164,7 @@ def _rich_progress() -> BuildProgress:
 def _origin_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from core.asgi import KEEP_ALIVE_S
     from testbed.origin import create_app
 
     if not (args.root / "repos").is_dir():
@@ -176,5 +177,7 @@ def _origin_serve(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         auth_token=os.environ.get("ORIGIN_AUTH_TOKEN") or None,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S
+    )
     return 0

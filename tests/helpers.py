@@ -19,6 +19,7 @@ from typing import Any
 
 import uvicorn
 
+from core.asgi import KEEP_ALIVE_S
 from core.ports import free_port
 from core.waiting import wait_until
 
@@ -52,7 +53,10 @@ def serve(factory: Callable[[str], Any]) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     host, port = sock.getsockname()
     url = f"http://{host}:{port}"
-    server = uvicorn.Server(uvicorn.Config(factory(url), log_level="warning", lifespan="on"))
+    config = uvicorn.Config(
+        factory(url), log_level="warning", lifespan="on", timeout_keep_alive=KEEP_ALIVE_S
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
 

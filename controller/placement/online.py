@@ -1,10 +1,8 @@
 """Online caches ``lru`` and ``lfu``, replayed on a request trace sampled from the problem.
 
 Each server runs one cache of *models* whose storage is the union of their blocks (a block
-shared by two cached models is stored once). The policies share one template method,
-:meth:`OnlineCache.get` (style P6, after libCacheSim's ``cache_get_base``): ``find``; on a
-miss, ``to_evict`` + ``evict`` until the model's missing blocks fit, then ``insert``. They
-hold metadata only (ids, sizes, counters), never bytes.
+shared by two cached models is stored once): :mod:`core.cachepolicy`, the same policy code an
+on-demand edge node runs (``EDGE_CACHE_POLICY``, :mod:`edge_node.ondemand`).
 
 Replay. A trace is a list of ``(user, model)`` requests. A request is a hit when some server
 in ``reachable(user, model)`` can serve the model (``find`` also counts a model whose blocks
@@ -30,169 +28,28 @@ least recent use.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from controller.placement.problem import PlacementProblem, PlacementResult, make_result
+from core.cachepolicy import POLICIES, LFUCache, LRUCache, OnlineCache
+
+__all__ = [
+    "POLICIES",
+    "LFUCache",
+    "LRUCache",
+    "OnlineCache",
+    "Replay",
+    "replay",
+    "sample_trace",
+    "solve_lfu",
+    "solve_lru",
+]
 
 DEFAULT_REQUESTS_PER_USER = 20
 MIN_TRACE_LENGTH = 1_000
-
-
-class OnlineCache:
-    """A model cache with union-of-blocks storage; subclasses supply the eviction hooks.
-
-    Args:
-        capacity_bytes: the server's capacity.
-        models: model id -> block ids.
-        blocks: block id -> size in bytes.
-    """
-
-    def __init__(
-        self,
-        capacity_bytes: int,
-        models: Mapping[str, Sequence[str]],
-        blocks: Mapping[str, int],
-    ) -> None:
-        self.capacity_bytes = capacity_bytes
-        self.models = models
-        self.blocks = blocks
-        self.refs: dict[str, int] = {}  # block id -> number of cached models using it
-        self.used_bytes = 0
-        self.clock = 0
-
-    # Template method ---------------------------------------------------------------------
-    def get(self, model_id: str) -> bool:
-        """Request ``model_id``: True on a hit; on a miss insert it (evicting as needed)."""
-        if self.find(model_id):
-            return True
-        if self.size_bytes(self.models[model_id]) > self.capacity_bytes:
-            return False
-        while self.used_bytes + self.missing_bytes(model_id) > self.capacity_bytes:
-            self.evict(self.to_evict())
-        self.insert(model_id)
-        return False
-
-    # Hooks ---------------------------------------------------------------------------------
-    def find(self, model_id: str) -> bool:
-        """Hit test; updates metadata on a hit. A model whose blocks are all present (brought by
-        other models) is a hit too, and becomes cached at no cost."""
-        self.clock += 1
-        if self.contains(model_id):
-            self.touch(model_id)
-            return True
-        if all(b in self.refs for b in self.models[model_id]):
-            self.insert(model_id)
-            return True
-        return False
-
-    def insert(self, model_id: str) -> None:
-        for block_id in self.models[model_id]:
-            if block_id not in self.refs:
-                self.refs[block_id] = 0
-                self.used_bytes += self.blocks[block_id]
-            self.refs[block_id] += 1
-        self.add_item(model_id)
-
-    def evict(self, model_id: str) -> None:
-        self.remove_item(model_id)
-        for block_id in self.models[model_id]:
-            self.refs[block_id] -= 1
-            if self.refs[block_id] == 0:
-                del self.refs[block_id]
-                self.used_bytes -= self.blocks[block_id]
-
-    def to_evict(self) -> str:
-        raise NotImplementedError
-
-    def contains(self, model_id: str) -> bool:
-        raise NotImplementedError
-
-    def touch(self, model_id: str) -> None:
-        raise NotImplementedError
-
-    def add_item(self, model_id: str) -> None:
-        raise NotImplementedError
-
-    def remove_item(self, model_id: str) -> None:
-        raise NotImplementedError
-
-    def cached_models(self) -> tuple[str, ...]:
-        raise NotImplementedError
-
-    # Helpers -------------------------------------------------------------------------------
-    def size_bytes(self, block_ids: Sequence[str]) -> int:
-        return sum(self.blocks[b] for b in set(block_ids))
-
-    def missing_bytes(self, model_id: str) -> int:
-        return sum(self.blocks[b] for b in set(self.models[model_id]) if b not in self.refs)
-
-    def block_ids(self) -> frozenset[str]:
-        return frozenset(self.refs)
-
-
-class LRUCache(OnlineCache):
-    """Evicts the least recently used model."""
-
-    def __init__(
-        self, capacity_bytes: int, models: Mapping[str, Sequence[str]], blocks: Mapping[str, int]
-    ) -> None:
-        super().__init__(capacity_bytes, models, blocks)
-        self.order: OrderedDict[str, None] = OrderedDict()
-
-    def contains(self, model_id: str) -> bool:
-        return model_id in self.order
-
-    def touch(self, model_id: str) -> None:
-        self.order.move_to_end(model_id)
-
-    def add_item(self, model_id: str) -> None:
-        self.order[model_id] = None
-
-    def remove_item(self, model_id: str) -> None:
-        del self.order[model_id]
-
-    def to_evict(self) -> str:
-        return next(iter(self.order))
-
-    def cached_models(self) -> tuple[str, ...]:
-        return tuple(self.order)
-
-
-class LFUCache(OnlineCache):
-    """Evicts the least frequently used model (ties: least recently used)."""
-
-    def __init__(
-        self, capacity_bytes: int, models: Mapping[str, Sequence[str]], blocks: Mapping[str, int]
-    ) -> None:
-        super().__init__(capacity_bytes, models, blocks)
-        self.meta: dict[str, tuple[int, int]] = {}  # model id -> (count, last use)
-
-    def contains(self, model_id: str) -> bool:
-        return model_id in self.meta
-
-    def touch(self, model_id: str) -> None:
-        count, _ = self.meta[model_id]
-        self.meta[model_id] = (count + 1, self.clock)
-
-    def add_item(self, model_id: str) -> None:
-        self.meta[model_id] = (1, self.clock)
-
-    def remove_item(self, model_id: str) -> None:
-        del self.meta[model_id]
-
-    def to_evict(self) -> str:
-        return min(self.meta, key=self.meta.__getitem__)
-
-    def cached_models(self) -> tuple[str, ...]:
-        return tuple(self.meta)
-
-
-CacheFactory = Callable[[int, Mapping[str, Sequence[str]], Mapping[str, int]], OnlineCache]
-POLICIES: Mapping[str, CacheFactory] = {"lru": LRUCache, "lfu": LFUCache}
 
 
 def sample_trace(
@@ -241,6 +98,8 @@ class Replay:
     placement: Mapping[str, frozenset[str]]
     hits: int
     requests: int
+    #: Per trace entry, in order: whether it was a hit.
+    outcomes: tuple[bool, ...] = ()
 
     @property
     def trace_hit_ratio(self) -> float:
@@ -277,19 +136,21 @@ def replay(
                 cache.used_bytes + cache.missing_bytes(model_id) <= cache.capacity_bytes
             ):
                 cache.insert(model_id)
-    hits = 0
+    outcomes: list[bool] = []
     for user_id, model_id in trace:
         if user_id not in problem.requests:
             raise ValueError(f"trace: unknown user {user_id!r}")
         if model_id not in problem.models:
             raise ValueError(f"trace: unknown model {model_id!r}")
         servers = [s for s, ms in problem.reachable.get(user_id, {}).items() if model_id in ms]
-        if any(caches[s].find(model_id) for s in servers):
-            hits += 1
-        elif servers:
+        hit = any(caches[s].find(model_id) for s in servers)
+        outcomes.append(hit)
+        if not hit and servers:
             caches[servers[0]].get(model_id)
     placement = {s: cache.block_ids() for s, cache in caches.items()}
-    return Replay(placement=placement, hits=hits, requests=len(trace))
+    return Replay(
+        placement=placement, hits=sum(outcomes), requests=len(trace), outcomes=tuple(outcomes)
+    )
 
 
 def _solve(

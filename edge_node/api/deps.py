@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from core.asgi import bearer_dependency
 from edge_node.ingest import PlanProgress
 from edge_node.node import EdgeNode
+from edge_node.ondemand import OnDemandCache
 from edge_node.pull import PullThrough
 from edge_node.settings import Settings
 
@@ -34,6 +35,11 @@ def get_pull(request: Request) -> PullThrough:
     return pull
 
 
+def get_ondemand(request: Request) -> OnDemandCache | None:
+    ondemand: OnDemandCache | None = request.app.state.ondemand
+    return ondemand
+
+
 def get_http_client(request: Request) -> httpx.Client:
     client: httpx.Client = request.app.state.http_client
     return client
@@ -43,6 +49,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 NodeDep = Annotated[EdgeNode, Depends(get_node)]
 ProgressDep = Annotated[PlanProgress, Depends(get_progress)]
 PullDep = Annotated[PullThrough, Depends(get_pull)]
+OnDemandDep = Annotated[OnDemandCache | None, Depends(get_ondemand)]
 HttpClientDep = Annotated[httpx.Client, Depends(get_http_client)]
 #: Control endpoints: ``Authorization: Bearer <EDGE_AUTH_TOKEN>`` or 401 ``unauthorized`` (the
 #: one policy of :mod:`core.auth`: no token configured refuses every write).

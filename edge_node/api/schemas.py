@@ -13,3 +13,6 @@ PlanRequest = EdgePlan
 
 class BatchRequest(BaseModel):
     block_ids: list[str] = Field(max_length=100_000)
+    #: The model the blocks belong to: an on-demand node (``EDGE_CACHE_POLICY``) pulls the
+    #: blocks it lacks through and caches the model; other nodes ignore it.
+    model_id: str | None = Field(default=None, max_length=128)

@@ -31,6 +31,7 @@ def node_view(node: NodeRecord, now_s: float | None = None) -> dict[str, Any]:
         "dropping": list(node.dropping),
         "blocks_digest": node.blocks_digest,
         "plan_version": node.plan_version,
+        "cache_policy": node.cache_policy,
         "registered_at": node.registered_at,
         "last_seen": node.last_seen,
         "age_s": round(max(0.0, now - node.last_seen), 3),
@@ -55,6 +56,7 @@ def put_node(
         models=tuple(body.models),
         blocks_digest=body.blocks_digest,
         plan_version=body.plan_version,
+        cache_policy=body.cache_policy,
         registered_at=now,
         last_seen=now,
     )

@@ -1,4 +1,8 @@
-"""Block routes: one block (GET/HEAD, Range) and a streamed batch of whole blocks."""
+"""Block routes: one block (GET/HEAD, Range) and a streamed batch of whole blocks.
+
+On an on-demand node (``EDGE_CACHE_POLICY``) a batch naming its ``model_id`` is served through
+:func:`edge_node.ondemand.serve` (missing blocks pulled through, the model cached).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,13 @@ from fastapi import APIRouter, Header
 from fastapi.responses import Response
 
 from core.asgi import BINARY_RESPONSES
+from core.digest import check_block_id
 from core.hubapi import parse_range, range_headers
-from edge_node.api.deps import NodeDep
+from edge_node import ondemand
+from edge_node.api.deps import NodeDep, OnDemandDep, PullDep
 from edge_node.api.routes._body import OCTET, pieces_response
 from edge_node.api.schemas import BatchRequest
+from edge_node.errors import InvalidRequestError
 
 router = APIRouter(tags=["blocks"])
 
@@ -53,8 +60,40 @@ def get_block(
 
 
 @router.post("/v1/blocks:batch", response_class=Response, responses=BINARY_RESPONSES)
-def get_blocks_batch(request: BatchRequest, node: NodeDep) -> Response:
+def get_blocks_batch(
+    request: BatchRequest, node: NodeDep, pull: PullDep, cache: OnDemandDep
+) -> Response:
     """The blocks' bytes concatenated in request order; unknown ids are 404 before any byte."""
+    if cache is not None and request.model_id is not None:
+        return _batch_on_demand(request, request.model_id, node, pull, cache)
     blocks = node.ensure_servable(request.block_ids)
     headers = {"Content-Length": str(sum(size for _, size in blocks))}
     return pieces_response(node, node.blocks_pieces(blocks), status_code=200, headers=headers)
+
+
+def _batch_on_demand(
+    request: BatchRequest,
+    model_id: str,
+    node: NodeDep,
+    pull: PullDep,
+    cache: ondemand.OnDemandCache,
+) -> Response:
+    ids = [check_block_id(b) for b in request.block_ids]
+    repo = pull.find_model(model_id)
+    sizes = repo.manifest.block_sizes()
+    foreign = [b for b in ids if b not in sizes]
+    if foreign:
+        raise InvalidRequestError(f"block {foreign[0]} is not a block of model {model_id!r}")
+    blocks = [(b, sizes[b]) for b in ids]
+    pieces, headers = ondemand.serve(
+        cache,
+        pull,
+        repo,
+        lambda: pull.block_windows(blocks),
+        lambda: node.blocks_pieces(node.ensure_servable(ids)),
+    )
+    headers["Content-Length"] = str(sum(n for _, n in blocks))
+    # Pulled blocks live in the pull buffer only while their window is sent: read them on the
+    # way out (as the Hub route does), never hand a file to sendfile that may be gone by then.
+    miss = headers[ondemand.CACHE_HEADER] == "miss"
+    return pieces_response(node, pieces, status_code=200, headers=headers, zero_copy=not miss)

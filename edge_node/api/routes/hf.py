@@ -1,7 +1,8 @@
 """The Hugging Face Hub download API (model info, tree, resolve) for every catalogued model.
 
 Held models are answered from the node's manifests and blocks; others from the controller's
-catalogue, their blocks pulled through (edge_node.pull).
+catalogue, their blocks pulled through (edge_node.pull). On an on-demand node a file download
+also counts as a request for its model (edge_node.ondemand: cached on a miss).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from fastapi.responses import Response
 
 from core import hubapi
 from core.asgi import BINARY_RESPONSES
-from edge_node.api.deps import NodeDep, PullDep
+from edge_node import ondemand
+from edge_node.api.deps import NodeDep, OnDemandDep, PullDep
 from edge_node.api.routes._body import pieces_response
 from edge_node.hub import file_headers, find_file, model_info, tree
 from edge_node.pull import PullThrough, ServedRepo
@@ -84,6 +86,7 @@ def resolve_get(
     path: str,
     node: NodeDep,
     pull: PullDep,
+    cache: OnDemandDep,
     range_header: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
     repo = pull.find_repo(f"{org}/{name}", revision)
@@ -91,7 +94,17 @@ def resolve_get(
     headers = file_headers(repo.manifest, entry, _reader(pull, repo))
     span = hubapi.parse_range(range_header, entry.size)
     status, start, end = hubapi.range_headers(headers, span, entry.size)
-    pieces = pull.file_pieces(repo, entry, start, end)
+    if cache is not None:  # on demand: count the request, cache the model on a miss
+        pieces, cache_headers = ondemand.serve(
+            cache,
+            pull,
+            repo,
+            lambda: pull.file_windows(entry, start, end),
+            lambda: node.file_pieces(entry, start, end),
+        )
+        headers.update(cache_headers)
+    else:
+        pieces = pull.file_pieces(repo, entry, start, end)
     # The read path: Hub clients resume a cut transfer with a Range, so not one changed byte
     # may leave (zero-copy could send one before the check that ends the response).
     return pieces_response(node, pieces, status_code=status, headers=headers, zero_copy=False)

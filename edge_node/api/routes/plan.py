@@ -49,6 +49,11 @@ def _to_plan(request: PlanRequest, settings: Settings) -> Plan:
 def put_plan(
     request: PlanRequest, node: NodeDep, progress: ProgressDep, client: HttpClientDep
 ) -> dict[str, object]:
+    if node.settings.cache_policy:
+        raise InvalidRequestError(
+            f"this node caches on demand (EDGE_CACHE_POLICY={node.settings.cache_policy}); "
+            "it takes no plans"
+        )
     plan = _to_plan(request, node.settings)
     return apply_plan(node, plan, client=client, progress=progress)
 
