@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from core.fsutil import atomic_write_text
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # name -> command (run from the repo root with this interpreter).
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
         seconds = time.monotonic() - start
-        (out / f"{name}.txt").write_text(proc.stdout + proc.stderr)
+        atomic_write_text(out / f"{name}.txt", proc.stdout + proc.stderr)
         sys.stdout.write(proc.stdout)
         status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
         if proc.returncode:
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         table = proc.stdout.strip()
         header = f"## {name}\n\n`{shown}` — {status}, {seconds:.0f} s"
         sections.append(f"{header}\n\n```\n{table}\n```\n")
-    (out / "summary.md").write_text("\n".join(sections))
+    atomic_write_text(out / "summary.md", "\n".join(sections))
     sys.stdout.write(f"summary: {out / 'summary.md'}\n")
     if failed:
         sys.stdout.write(f"failed: {', '.join(failed)}\n")

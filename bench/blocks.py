@@ -43,12 +43,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from core.blocks import assemble, build_manifest, split_model
 from core.digest import sha256_file
+from core.fsutil import PUBLIC_MODE, atomic_write
 from core.store import BlockStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -111,16 +112,16 @@ def generate(path: Path, size_mb: int, *, seed: int = 0) -> Path:
     expected = 8 + len(raw) + offset
     if path.exists() and path.stat().st_size == expected:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)) + raw)
+
+    def chunks() -> Iterator[bytes]:
+        yield struct.pack("<Q", len(raw)) + raw
         remaining = offset
         while remaining:
             n = min(remaining, 8 << 20)
-            fh.write(os.urandom(n))
+            yield os.urandom(n)
             remaining -= n
-    os.replace(tmp, path)
+
+    atomic_write(path, chunks(), durable=False, mode=PUBLIC_MODE)
     return path
 
 

@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.digest import BlockId
+from core.manifest import BlockRef, FileEntry, ModelManifest
+from core.waiting import wait_until
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench"
 
@@ -38,17 +42,14 @@ def _block_id(*parts: object) -> str:
     return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()
 
 
-def _manifest(model_id: str, family: int, *, blocks: int, shared: int) -> dict[str, Any]:
-    from core.digest import BlockId
-    from core.manifest import BlockRef, FileEntry, ModelManifest
-
+def _manifest(model_id: str, family: int, *, blocks: int, shared: int) -> ModelManifest:
     files = []
     for i in range(blocks):
         owner = f"family{family}" if i < shared else model_id
         bid = BlockId(_block_id(owner, i))
         size = 1_000_000 + (int(bid[:6], 16) % 4_000_000)
         files.append(FileEntry(f"f{i:04d}.bin", size, bid, "file", (BlockRef(bid, 0, size),)))
-    return ModelManifest(model_id, f"bench/{model_id}", "0" * 40, tuple(files)).to_dict()
+    return ModelManifest(model_id, f"bench/{model_id}", "0" * 40, tuple(files))
 
 
 def _start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -63,13 +64,17 @@ def _start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.DEVNULL,
     )
     url = f"unix://{sock}"
-    for _ in range(200):
-        try:
-            if redis.Redis.from_url(url).ping():
-                return proc, url
-        except (redis.ConnectionError, FileNotFoundError):
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
+
+    def answers() -> bool:
+        with redis.Redis.from_url(url) as client:
+            return bool(client.ping())
+
+    try:
+        wait_until(answers, timeout_s=10.0, what="redis-server answers")
+    except TimeoutError as exc:
+        proc.kill()
+        raise RuntimeError("redis-server did not start") from exc
+    return proc, url
 
 
 def run_case(n_models: int, n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -89,18 +94,7 @@ def run_case(n_models: int, n_nodes: int, args: argparse.Namespace) -> dict[str,
                 manifest = _manifest(
                     model_id, i % args.families, blocks=args.blocks, shared=args.shared
                 )
-                total = sum(f["size"] for f in manifest["files"])
-                state.put_model(
-                    CatalogueEntry(
-                        model_id,
-                        manifest["repo_id"],
-                        "0" * 40,
-                        "main",
-                        total,
-                        args.blocks,
-                        manifest,
-                    )
-                )
+                state.put_model(CatalogueEntry.of(manifest, requested_revision="main"))
             state.close()
             settings = Settings(
                 redis_url=url,

@@ -34,6 +34,7 @@ from bench.placement import _git_sha, _seeds
 from controller.delay import DELAY_SOLVERS, evaluate_delay
 from controller.delay.scenario import DelayScenario, make_delay_problem, tiny_problem
 from controller.delay.solvers import solve_optimal
+from core.fsutil import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLASSICAL = ("coarse", "fine-unicast", "trimcaching-gen", "delay-greedy")
@@ -179,7 +180,7 @@ def write_curves(curves: dict[bool, list[list[Any]]], path: Path) -> None:
             b = statistics.fmean(max(pt.greedy_return for pt in c[: i + 1]) for c in runs)
             variant = "aug" if augment else "plain"
             lines.append(f"{variant},{runs[0][i].episode},{x:.1f},{y:.6f},{b:.6f}")
-    path.with_suffix(".csv").write_text("\n".join(lines) + "\n")
+    atomic_write_text(path.with_suffix(".csv"), "\n".join(lines) + "\n")
     plot_curves(path.with_suffix(".csv"), n_instances=len(curves[False]))
 
 

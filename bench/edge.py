@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from bench._net import free_port, wait_http
+from bench._net import free_port, stop_processes, wait_http
 
 NGINX = "/usr/sbin/nginx"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -228,12 +228,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
         return results
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from bench._net import free_port, wait_http
+from bench._net import free_port, stop_processes, wait_http
 from core.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -192,13 +192,7 @@ def run(repeats: int) -> list[dict[str, Any]]:
             row["edge2_physical_bytes"] = stats["physical_bytes"]
         return rows
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -28,7 +28,6 @@ here touches Redis; the caller stores the manifest only when indexing succeeded.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import tempfile
 import threading
@@ -61,6 +60,7 @@ from controller.errors import (
 from controller.state import CatalogueEntry, RedisState
 from core import ModelManifest, build_manifest
 from core.errors import CoreError, TrimCacheError
+from core.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
     from controller.metrics import Metrics
@@ -184,15 +184,10 @@ def _cache_manifest(cache_dir: Path | None, manifest: ModelManifest) -> None:
     if cache_dir is None:
         return
     path = _cache_path(cache_dir, manifest.model_id, manifest.repo_id, manifest.revision)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(manifest.to_json())
-        os.replace(tmp, path)
-    except OSError as exc:  # a cache, not a requirement
+        atomic_write_text(path, manifest.to_json(), durable=False)
+    except OSError as exc:  # a cache, not a requirement (a full disk too)
         logger.warning("cannot cache the manifest in %s: %s", path, exc)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def add_model(
@@ -234,14 +229,10 @@ def add_model(
             base_repo_id = adapters.read_base_repo(origin_url, manifest)
         except (httpx.HTTPError, ValueError) as exc:
             logger.warning("adapter model_id=%s: cannot read its base model: %s", model_id, exc)
-    entry = CatalogueEntry(
+    entry = CatalogueEntry.of(
+        manifest,
         model_id=model_id,
-        repo_id=repo_id,
-        revision=manifest.revision,
         requested_revision=revision,
-        total_bytes=manifest.total_bytes,
-        blocks=len(manifest.block_sizes()),
-        manifest=manifest.to_dict(),
         indexed_at=time.time(),
         base_repo_id=base_repo_id,
     )

@@ -99,7 +99,7 @@ from controller.placement import (
     decide_replan,
 )
 from controller.records import DispatchState, PlacementRecord, PushStatus, ServerPlacement
-from controller.routing import held_blocks, manifest_block_ids
+from controller.routing import held_blocks
 from controller.settings import Settings
 from controller.state import CatalogueEntry, NodeRecord, PlanLock, RedisState
 from controller.topology import Topology, default_topology, reachable_sets
@@ -133,7 +133,9 @@ FALLBACK_SOLVER = "trimcaching-gen"
 
 
 @dataclass(frozen=True, slots=True)
-class TopologyView:
+class ActiveTopology:
+    """The topology the planner and the router use now, and where it came from."""
+
     topology: Topology
     version: int
     source: str  # "stored" | "file" | "default"
@@ -195,13 +197,15 @@ class Planner:
         self.http.close()
 
     # -- reading state --------------------------------------------------------------------
-    def topology_view(self, nodes: Sequence[NodeRecord]) -> TopologyView:
+    def active_topology(self, nodes: Sequence[NodeRecord]) -> ActiveTopology:
         version, doc = self.state.get_topology()
         if doc is not None:
-            return TopologyView(Topology.from_json(doc), version, "stored")
+            return ActiveTopology(Topology.from_json(doc), version, "stored")
         if self.file_topology is not None:
-            return TopologyView(self.file_topology, 0, "file")
-        return TopologyView(default_topology({n.node_id: n.position for n in nodes}), 0, "default")
+            return ActiveTopology(self.file_topology, 0, "file")
+        return ActiveTopology(
+            default_topology({n.node_id: n.position for n in nodes}), 0, "default"
+        )
 
     def catalogue(self) -> dict[str, CatalogueEntry]:
         """Every catalogue entry by model id, re-read only when the catalogue's stamp moves
@@ -223,7 +227,7 @@ class Planner:
             cache_key = (entry.model_id, entry.revision)
             blocks = self._blocks_cache.get(cache_key)
             if blocks is None:
-                blocks = manifest_block_ids(entry.manifest)
+                blocks = frozenset(entry.manifest.block_sizes())
                 if len(self._blocks_cache) > 4096:
                     self._blocks_cache.clear()
                 self._blocks_cache[cache_key] = blocks
@@ -259,24 +263,14 @@ class Planner:
                 if manifest.model_id != model_id:
                     continue
                 self.state.put_model(
-                    CatalogueEntry(
-                        model_id=model_id,
-                        repo_id=manifest.repo_id,
-                        revision=manifest.revision,
-                        requested_revision=manifest.revision,
-                        total_bytes=manifest.total_bytes,
-                        blocks=len(manifest.block_sizes()),
-                        manifest=manifest.to_dict(),
-                        indexed_at=now_s,
-                        adopted_from=node.node_id,
-                    )
+                    CatalogueEntry.of(manifest, indexed_at=now_s, adopted_from=node.node_id)
                 )
                 present.add(model_id)
                 adopted.append(model_id)
                 logger.info("adopted model_id=%s from node_id=%s", model_id, node.node_id)
         return adopted
 
-    def signature(self, nodes: Sequence[NodeRecord], view: TopologyView) -> str:
+    def signature(self, nodes: Sequence[NodeRecord], view: ActiveTopology) -> str:
         """What triggers a re-plan by itself: membership (and each node's place and capacity)
         and the topology. Catalogue and demand changes wait for the periodic or a manual plan,
         so indexing a batch of models does not re-plan (and move blocks) after each one."""
@@ -291,9 +285,9 @@ class Planner:
         self,
         nodes: Sequence[NodeRecord],
         catalogue: Sequence[CatalogueEntry],
-        view: TopologyView,
+        view: ActiveTopology,
     ) -> PlacementProblem:
-        manifests = [ModelManifest.from_dict(e.manifest) for e in catalogue]
+        manifests = [e.manifest for e in catalogue]
         groups = group_by_sharing(manifests)
         blocks = {g.pb_id: g.size_bytes for g in groups}
         # An adapter needs its base model too (controller.adapters).
@@ -375,7 +369,7 @@ class Planner:
         started = time.time()
         live = self.state.live_nodes()
         catalogue = self.state.list_models()
-        view = self.topology_view(live)
+        view = self.active_topology(live)
         signature = self.signature(live, view)
         # On-demand nodes (cache_policy) cache what they are asked for: a plan would fight them.
         nodes = [n for n in live if not n.cache_policy]
@@ -730,7 +724,7 @@ class Planner:
                     peers[block_id] = urls
         body = EdgePlan(
             version=push.version,
-            manifests=[dict(push.entries[m].manifest) for m in models],
+            manifests=[push.entries[m].manifest.to_dict() for m in models],
             peers=peers,
             origin_url=self.settings.origin_url,
         ).to_json()
@@ -784,7 +778,7 @@ class Planner:
             if model_id in chosen:
                 continue
             more = dict(sizes)
-            more.update(ModelManifest.from_dict(dict(entries[model_id].manifest)).block_sizes())
+            more.update(entries[model_id].manifest.block_sizes())
             fits = node.capacity_bytes < 0 or sum(more.values()) <= node.capacity_bytes
             if model_id in kept or fits:
                 sizes = more
@@ -929,7 +923,7 @@ class Planner:
         nodes = self.state.live_nodes()
         self.metrics.live_nodes.set(len(nodes))
         self.adopt_models(nodes, now_s=now)
-        view = self.topology_view(nodes)
+        view = self.active_topology(nodes)
         signature = self.signature(nodes, view)
         last = self.state.get_plan_attempt()
         if last is None or last.get("signature") != signature:

@@ -26,11 +26,6 @@ from controller.topology import DEFAULT_AREA_OFFSET_M, Topology, delivery_ms
 from core.wire import RouteSource
 
 
-def manifest_block_ids(manifest: Mapping[str, Any]) -> frozenset[str]:
-    """Every block id of a manifest dict (the core JSON form)."""
-    return frozenset(row[0] for entry in manifest.get("files", ()) for row in entry["blocks"])
-
-
 def held_blocks(node: NodeRecord, blocks_by_model: Mapping[str, frozenset[str]]) -> frozenset[str]:
     """Blocks a node has confirmed: the union of the blocks of its reported complete models,
     minus models a pushed plan is dropping (they may be evicted any moment)."""
@@ -72,10 +67,7 @@ def build_route(
     many of the model's bytes they hold, with ``expected_ms`` the in-coverage radio time.
     """
     manifest = entry.manifest
-    sizes: dict[str, int] = {}
-    for file_entry in manifest.get("files", ()):
-        for row in file_entry["blocks"]:
-            sizes.setdefault(row[0], int(row[2]))
+    sizes: dict[str, int] = dict(manifest.block_sizes().items())
     model_bytes = int(entry.total_bytes)
     holders: dict[str, frozenset[str]] = {}
     for node in nodes:
@@ -116,7 +108,7 @@ def build_route(
     }
     return {
         "model_id": entry.model_id,
-        "manifest": dict(manifest),
+        "manifest": manifest.to_dict(),
         "sources": [s.model_dump(exclude_none=True) for s in sources],
         "blocks": blocks,
     }

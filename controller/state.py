@@ -50,7 +50,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar, cast
 
 import redis
@@ -58,6 +58,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from controller.errors import StateUnavailableError
+from core.manifest import ModelManifest
 
 SCHEMA_VERSION = 1
 PREFIX = "ctl:"
@@ -144,7 +145,11 @@ class NodeRecord:
 
 @dataclass(frozen=True, slots=True)
 class CatalogueEntry:
-    """A model in the catalogue: its repo, the resolved commit and the manifest (a dict)."""
+    """A model in the catalogue: its repo, the resolved commit and its parsed manifest.
+
+    The manifest is parsed once, where the entry is read from Redis (:meth:`from_json`); the
+    stored and served JSON is the manifest's own ``to_dict()`` form.
+    """
 
     model_id: str
     repo_id: str
@@ -152,22 +157,54 @@ class CatalogueEntry:
     requested_revision: str
     total_bytes: int
     blocks: int
-    manifest: Mapping[str, Any] = field(default_factory=dict)
+    manifest: ModelManifest
     indexed_at: float = 0.0
     # Set when the entry was rebuilt from an edge node's manifest (state lost), not indexed.
     adopted_from: str | None = None
     # A LoRA adapter: the repo of the base model it needs (controller.adapters).
     base_repo_id: str | None = None
 
+    @classmethod
+    def of(
+        cls,
+        manifest: ModelManifest,
+        *,
+        model_id: str | None = None,
+        requested_revision: str | None = None,
+        indexed_at: float = 0.0,
+        adopted_from: str | None = None,
+        base_repo_id: str | None = None,
+    ) -> CatalogueEntry:
+        """The entry of ``manifest`` (sizes and block count derived from it)."""
+        return cls(
+            model_id=model_id or manifest.model_id,
+            repo_id=manifest.repo_id,
+            revision=manifest.revision,
+            requested_revision=requested_revision or manifest.revision,
+            total_bytes=manifest.total_bytes,
+            blocks=len(manifest.block_sizes()),
+            manifest=manifest,
+            indexed_at=indexed_at,
+            adopted_from=adopted_from,
+            base_repo_id=base_repo_id,
+        )
+
     def to_json(self) -> str:
-        doc = asdict(self)
-        doc["manifest"] = dict(self.manifest)
+        doc: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["manifest"] = self.manifest.to_dict()
         doc["schema_version"] = SCHEMA_VERSION
         return json.dumps(doc, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> CatalogueEntry:
-        return cls(**_known(cls, json.loads(text)))
+        """Parse a stored entry.
+
+        Raises:
+            ManifestError: the stored manifest is malformed.
+        """
+        doc = _known(cls, json.loads(text))
+        doc["manifest"] = ModelManifest.from_dict(doc["manifest"])
+        return cls(**doc)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from core.fsutil import atomic_write_text
 
 ENGINES = ("local", "ray")
 
@@ -153,17 +156,12 @@ def _apply(work: Callable[[Cell], R], cell: Cell) -> R:
 
 def write_rows_csv(rows: Sequence[object], fields: Sequence[str], path: Path) -> None:
     """Rows (objects with ``fields`` as attributes) as CSV with a header, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(fields)
-            for row in rows:
-                writer.writerow([getattr(row, f) for f in fields])
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(fields)
+    for row in rows:
+        writer.writerow([getattr(row, f) for f in fields])
+    atomic_write_text(path, handle.getvalue())
 
 
 def mean_by_solver(rows: Iterable[Any], metric: str) -> dict[str, dict[float, float]]:

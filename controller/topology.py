@@ -202,10 +202,10 @@ def default_topology(node_positions: Mapping[str, tuple[float, float]]) -> Topol
 
 def _wireless(
     node_positions: Mapping[str, tuple[float, float]], users: Mapping[str, tuple[float, float]]
-) -> wireless.Topology:
+) -> wireless.RadioGeometry:
     node_ids = tuple(node_positions)
     user_ids = tuple(users)
-    return wireless.Topology(
+    return wireless.RadioGeometry(
         server_ids=node_ids,
         server_xy_m=np.array([node_positions[n] for n in node_ids], dtype=np.float64).reshape(
             len(node_ids), 2

@@ -52,8 +52,9 @@ class RadioConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Topology:
-    """Positions in metres: servers and users, in id order."""
+class RadioGeometry:
+    """Where the radio model's servers and users stand, in metres, in id order (the wireless
+    model's input; :class:`controller.topology.Topology` is the controller's user-area view)."""
 
     server_ids: tuple[str, ...]
     server_xy_m: FloatArray  # (S, 2)
@@ -88,7 +89,7 @@ def rate_bps(distance_m: FloatArray | float, radio: RadioConfig | None = None) -
 
 def random_topology(
     n_servers: int, n_users: int, *, area_m: float = 1000.0, seed: int = 0
-) -> Topology:
+) -> RadioGeometry:
     """Servers on a jittered grid, users uniform on an ``area_m`` square.
 
     Example:
@@ -103,7 +104,7 @@ def random_topology(
     jitter = rng.uniform(0.3, 0.7, size=(n_servers, 2))
     servers = (cells + jitter) * cell
     users = rng.uniform(0.0, area_m, size=(n_users, 2))
-    return Topology(
+    return RadioGeometry(
         server_ids=tuple(f"s{i}" for i in range(n_servers)),
         server_xy_m=servers.reshape(n_servers, 2),
         user_ids=tuple(f"u{i}" for i in range(n_users)),
@@ -111,7 +112,7 @@ def random_topology(
     )
 
 
-def seconds_per_byte(topology: Topology, radio: RadioConfig | None = None) -> FloatArray:
+def seconds_per_byte(topology: RadioGeometry, radio: RadioConfig | None = None) -> FloatArray:
     """(U, S) delivery time per byte from each server to each user (``inf`` if out of reach).
 
     Direct when the server covers the user, else relayed by the user's associated server if
@@ -152,7 +153,7 @@ def delivery_budget(model_bytes: Mapping[str, int], deadlines_s: Mapping[str, fl
 
 
 def reachable_sets(
-    topology: Topology,
+    topology: RadioGeometry,
     model_bytes: Mapping[str, int],
     deadlines_s: Mapping[str, float],
     radio: RadioConfig | None = None,
@@ -226,7 +227,7 @@ def uniform_deadlines(
 
 def build_problem(
     library: ModelLibrary,
-    topology: Topology,
+    topology: RadioGeometry,
     *,
     capacity_bytes: int | Mapping[str, int],
     zipf_exponent: float = 0.8,

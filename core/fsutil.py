@@ -1,5 +1,9 @@
 """Atomic file writes: unique temp file in the target's directory, fsync, ``os.replace``.
 
+The one writer of every file that appears under a final name (blocks, manifests, state files,
+reports, CSV results): :func:`atomic_write` for chunks, ``atomic_write_bytes`` / ``_text`` /
+``_json`` for whole values.
+
 A reader never sees a half-written file under its final name: after a crash only a ``.tmp-*``
 file can be left behind, and stores sweep those when they open. A writer holds an exclusive
 ``flock`` on its temp file until the file has its final name, and the sweep leaves locked files
@@ -11,19 +15,27 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from core.errors import DiskFullError
 
 TMP_PREFIX = ".tmp-"
+# Mode of reports, state and result files (blocks keep the temp file's 0600).
+PUBLIC_MODE = 0o644
 
 
 def atomic_write(
-    path: str | Path, chunks: Iterable[bytes | memoryview], *, durable: bool = True
+    path: str | Path,
+    chunks: Iterable[bytes | memoryview],
+    *,
+    durable: bool = True,
+    mode: int | None = None,
 ) -> int:
     """Write ``chunks`` to ``path`` atomically; return the number of bytes written.
 
@@ -33,6 +45,8 @@ def atomic_write(
     2. write every chunk, then fsync when ``durable``;
     3. ``os.replace`` onto ``path``; on any error the temp file is removed (a full disk
        raises :class:`~core.errors.DiskFullError`).
+
+    The file keeps the temp file's owner-only mode (0600) unless ``mode`` is given.
     """
     path = Path(path)
     with disk_full_as_store_full(path.parent):
@@ -44,8 +58,10 @@ def atomic_write(
             for chunk in chunks:
                 fh.write(chunk)
                 written += len(chunk)
+            fh.flush()
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
             if durable:
-                fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp_name, path)  # before close: the lock guards the temp name until here
     finally:
@@ -56,6 +72,32 @@ def atomic_write(
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
     atomic_write(path, [data], durable=durable)
+
+
+def atomic_write_text(
+    path: str | Path, text: str, *, durable: bool = True, mode: int = PUBLIC_MODE
+) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, readable by all (see :func:`atomic_write`).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "sub" / "a.txt"
+    >>> atomic_write_text(p, "hé\\n"); p.read_text(), oct(p.stat().st_mode & 0o777)
+    ('hé\\n', '0o644')
+    """
+    atomic_write(path, [text.encode()], durable=durable, mode=mode)
+
+
+def atomic_write_json(
+    path: str | Path,
+    data: object,
+    *,
+    default: Callable[[Any], Any] | None = None,
+    durable: bool = True,
+) -> None:
+    """``data`` as indented, key-sorted JSON plus a newline, written atomically; ``default``
+    as in :func:`json.dumps`."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=default) + "\n"
+    atomic_write_text(path, text, durable=durable)
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from core.fsutil import atomic_write_text
 from testbed import launcher
 
 MIB = 1024 * 1024
@@ -364,9 +365,9 @@ def run(args: argparse.Namespace) -> int:
             "wall_seconds": time.perf_counter() - started,
         }
         plots = _plots(report, out)
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
         markdown = _markdown(report, plots)
-        (out / "report.md").write_text(markdown)
+        atomic_write_text(out / "report.md", markdown)
     finally:
         if state is not None or launcher.load_state(state_dir) is not None:
             stopped = launcher.down(state_dir)
@@ -379,8 +380,8 @@ def run(args: argparse.Namespace) -> int:
         if points:
             section += f"\n![solver comparison]({_comparison_plot(points, out)})\n"
         markdown += section
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-        (out / "report.md").write_text(markdown)
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+        atomic_write_text(out / "report.md", markdown)
     sys.stdout.write(markdown + "\n")
     _say(f"report written to {out / 'report.md'}")
     return 0

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import random
@@ -55,6 +56,7 @@ import httpx
 
 from controller.demand import zipf_prior
 from core.errors import TrimCacheError
+from core.fsutil import atomic_write_json, atomic_write_text
 
 CacheMode = Literal["fresh", "cold", "warm"]
 CACHE_MODES = ("fresh", "cold", "warm")
@@ -684,22 +686,17 @@ def write_records(
     out.mkdir(parents=True, exist_ok=True)
     extra = dict(extra or {})
     rows = [{**extra, **asdict(r)} for r in records]
-    _atomic_text(out / "records.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    atomic_write_text(
+        out / "records.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    )
     names = [*extra, *(f.name for f in fields(Record))]
-    tmp = out / ".records.csv.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        for r in records:
-            writer.writerow({**extra, **r.csv_row()})
-    tmp.replace(out / "records.csv")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=names)
+    writer.writeheader()
+    for r in records:
+        writer.writerow({**extra, **r.csv_row()})
+    atomic_write_text(out / "records.csv", handle.getvalue())
 
 
 def write_json(path: Path, data: Any) -> None:
-    _atomic_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_json(path, data, default=str)

@@ -25,6 +25,7 @@ topology and demand) and the gap. ``DIR/points.json`` / ``points.csv``, every re
 from __future__ import annotations
 
 import csv
+import io
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.fsutil import atomic_write_text
 from testbed import launcher
 from testbed.experiment import (
     ExperimentConfig,
@@ -200,13 +202,12 @@ def _write_points(
             "points": list(points),
         },
     )
-    tmp = out / ".points.csv.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(POINT_FIELDS))
-        writer.writeheader()
-        for row in points:
-            writer.writerow({k: row.get(k) for k in POINT_FIELDS})
-    tmp.replace(out / "points.csv")
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=list(POINT_FIELDS))
+    writer.writeheader()
+    for row in points:
+        writer.writerow({k: row.get(k) for k in POINT_FIELDS})
+    atomic_write_text(out / "points.csv", handle.getvalue())
 
 
 def _write_all_records(out: Path, by_point: dict[tuple[str, int], list[Record]]) -> None:
@@ -220,10 +221,8 @@ def _write_all_records(out: Path, by_point: dict[tuple[str, int], list[Record]])
         lines.append((part / "records.jsonl").read_text())
         text = (part / "records.csv").read_text().splitlines(keepends=True)
         csv_rows += text if not csv_rows else text[1:]
-    (out / ".records.jsonl.tmp").write_text("".join(lines))
-    (out / ".records.jsonl.tmp").replace(out / "records.jsonl")
-    (out / ".records.csv.tmp").write_text("".join(csv_rows))
-    (out / ".records.csv.tmp").replace(out / "records.csv")
+    atomic_write_text(out / "records.jsonl", "".join(lines))
+    atomic_write_text(out / "records.csv", "".join(csv_rows))
     import shutil
 
     shutil.rmtree(parts, ignore_errors=True)

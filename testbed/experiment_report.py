@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.fsutil import atomic_write_text
+
 MIB = 1024 * 1024
 
 
@@ -116,7 +118,7 @@ def write_report(
             ax.set_title(f"Edge storage savings (1 - physical/logical), {focus} MiB per edge")
         finish(fig, name)
 
-    (out / "report.md").write_text(markdown(doc, command=command, figures=files, focus=focus))
+    atomic_write_text(out / "report.md", markdown(doc, command=command, figures=files, focus=focus))
     return files
 
 

@@ -57,6 +57,7 @@ import httpx
 import psutil
 
 from core.errors import TrimCacheError
+from core.fsutil import atomic_write_json
 from core.ports import free_port
 from core.waiting import wait_until
 from testbed import paths
@@ -70,7 +71,7 @@ from testbed.services import (
     service_table,
     waves,
 )
-from testbed.topology import Topology, grid_topology, node_id_for
+from testbed.topology import SiteLayout, grid_topology, node_id_for
 
 __all__ = ["LinkProfile", "LaunchOptions", "Service", "TestbedError", "down", "status", "up"]
 
@@ -606,19 +607,6 @@ def load_state(state_dir: Path) -> dict[str, Any] | None:
     return data
 
 
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def services_of(state: Mapping[str, Any]) -> list[Service]:
     return [Service.from_json(item) for item in state.get("services", [])]
 
@@ -782,7 +770,7 @@ def up(
     def record(service: Service) -> Service:
         # Recorded at once, so `down` finds the process even if this launcher dies mid-start.
         started.append(service)
-        _write_json_atomic(
+        atomic_write_json(
             state_path(state_dir),
             {
                 "schema": SCHEMA,
@@ -825,7 +813,7 @@ def up(
         )  # fmt: skip
         state = _state(options, deployment, started, placement, zoo_dir)
         state["up_seconds"] = round(time.monotonic() - launch_started, 1)
-        _write_json_atomic(state_path(state_dir), state)
+        atomic_write_json(state_path(state_dir), state)
         paths.remember_testbed(state_dir)
         say(f"ready in {state['up_seconds']:.1f} s")
     except BaseException:
@@ -883,7 +871,7 @@ def _state(
 
 
 def controller_topology(
-    topology: Topology, *, backhaul: LinkProfile, radio: LinkProfile
+    topology: SiteLayout, *, backhaul: LinkProfile, radio: LinkProfile
 ) -> dict[str, Any]:
     """The testbed's geography and links as a controller topology document.
 
@@ -905,10 +893,10 @@ def controller_topology(
 
 
 def write_controller_topology(
-    path: Path, topology: Topology, *, backhaul: LinkProfile, radio: LinkProfile
+    path: Path, topology: SiteLayout, *, backhaul: LinkProfile, radio: LinkProfile
 ) -> Path:
     """Write :func:`controller_topology` to ``path`` (for ``CONTROLLER_TOPOLOGY_FILE``)."""
-    _write_json_atomic(path, controller_topology(topology, backhaul=backhaul, radio=radio))
+    atomic_write_json(path, controller_topology(topology, backhaul=backhaul, radio=radio))
     return path
 
 

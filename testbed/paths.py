@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.fsutil import atomic_write_text
+
 ZOO_CACHE_ENV = "TRIMCACHE_ZOO_CACHE"
 
 
@@ -49,10 +51,7 @@ def remember_testbed(state_dir: Path) -> None:
     """Record ``state_dir`` as the last started testbed (atomic; best effort)."""
     path = last_testbed_file()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".last.{os.getpid()}.tmp")
-        tmp.write_text(f"{Path(state_dir).resolve()}\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, f"{Path(state_dir).resolve()}\n")
     except OSError:
         pass  # a read-only home must not stop the testbed
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from testbed.topology import Topology, node_id_for
+from testbed.topology import SiteLayout, node_id_for
 
 Kind = Literal["redis", "origin", "controller", "edge"]
 LOOPBACK = "127.0.0.1"
@@ -67,7 +67,7 @@ class Deployment:
     edge_data_dirs: Sequence[str]
     hf_home: str
     manifest_cache_dir: str
-    topology: Topology
+    topology: SiteLayout
     backhaul: LinkProfile
     radio: LinkProfile
     capacity_bytes: int
@@ -170,7 +170,7 @@ def service_table(d: Deployment) -> list[ServiceSpec]:
     return table
 
 
-def compose_deployment(auth_token: str, topology: Topology) -> Deployment:
+def compose_deployment(auth_token: str, topology: SiteLayout) -> Deployment:
     """The table's parameters in docker-compose.yml (its variables at their defaults): every
     service in one network namespace on the ports compose publishes, the "full" links, the zoo
     volume at /zoo and each service's own volume at /data."""

@@ -48,8 +48,9 @@ class UserArea:
 
 
 @dataclass(frozen=True, slots=True)
-class Topology:
-    """Edge sites and user areas; ``to_json()`` is what testbed.json records."""
+class SiteLayout:
+    """The testbed's edge sites and user areas; ``to_json()`` is what testbed.json records
+    (:func:`testbed.launcher.controller_topology` turns it into a controller topology)."""
 
     edges: tuple[EdgeSite, ...]
     areas: tuple[UserArea, ...]
@@ -88,7 +89,7 @@ def grid_topology(
     *,
     spacing_m: float = DEFAULT_SPACING_M,
     area_offset_m: tuple[float, float] = DEFAULT_AREA_OFFSET_M,
-) -> Topology:
+) -> SiteLayout:
     """Place ``n_edges`` edge nodes on a line (n <= 4) or a grid, each with one user area nearby.
 
     >>> [site.position for site in grid_topology(3).edges]
@@ -115,4 +116,4 @@ def grid_topology(
                 near=site.node_id,
             )
         )
-    return Topology(tuple(edges), tuple(areas))
+    return SiteLayout(tuple(edges), tuple(areas))

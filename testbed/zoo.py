@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from core.fsutil import atomic_write_text
 from testbed.paths import zoo_cache_dir
 
 if TYPE_CHECKING:
@@ -429,13 +430,13 @@ def _build_base(tmp: Path, base: Path) -> dict[str, Any]:
     }
 
 
-def _build_classifier(
-    tmp: Path, base: Path, spec: ModelSpec, *, seed: int, progress: BuildProgress
-) -> dict[str, Any]:
+def _seeded_classifier(base: Path, spec: ModelSpec, *, seed: int) -> tuple[list[str], Any, Any]:
+    """``(labels, tokenizer, model)``: the base with a fresh classification head for
+    ``spec.task``, torch seeded from ``seed`` and the model id (the start of every fine-tune)."""
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    labels = load_task(spec.task)["labels"]
+    labels: list[str] = load_task(spec.task)["labels"]
     torch.manual_seed(seed * 1_000_003 + _stable_int(spec.model_id))
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = BertForSequenceClassification.from_pretrained(
@@ -444,6 +445,13 @@ def _build_classifier(
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
     )
+    return labels, tokenizer, model
+
+
+def _build_classifier(
+    tmp: Path, base: Path, spec: ModelSpec, *, seed: int, progress: BuildProgress
+) -> dict[str, Any]:
+    labels, tokenizer, model = _seeded_classifier(base, spec, seed=seed)
     frozen = _frozen_prefixes(spec.frozen_layers)
     for name, param in model.named_parameters():
         param.requires_grad = not name.startswith(frozen)
@@ -478,19 +486,9 @@ def _build_classifier(
 def _build_lora(
     tmp: Path, base: Path, spec: ModelSpec, *, seed: int, progress: BuildProgress
 ) -> dict[str, Any]:
-    import torch
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoTokenizer, BertForSequenceClassification
 
-    labels = load_task(spec.task)["labels"]
-    torch.manual_seed(seed * 1_000_003 + _stable_int(spec.model_id))
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = BertForSequenceClassification.from_pretrained(
-        base,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
+    labels, tokenizer, model = _seeded_classifier(base, spec, seed=seed)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=spec.lora_rank,
@@ -758,9 +756,7 @@ def build_zoo(
         "base_model": BASE_MODEL_ID,
         "models": models,
     }
-    tmp_json = out / f".zoo.json.tmp-{os.getpid()}"
-    tmp_json.write_text(json.dumps(catalogue, indent=2) + "\n")
-    os.replace(tmp_json, out / "zoo.json")
+    atomic_write_text(out / "zoo.json", json.dumps(catalogue, indent=2) + "\n")
     reporter.finished(len(models), out, time.monotonic() - started)
     return catalogue
 

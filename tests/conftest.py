@@ -44,3 +44,56 @@ def zoo_dir() -> Path:
     from tests.zoo_fixture import test_zoo_dir
 
     return test_zoo_dir()
+
+
+# -- scheduling under pytest-xdist (pyproject: ``--dist loadgroup --no-loadscope-reorder``) -------
+# Two rules keep `pytest -n 2` short:
+# 1. Tests that share a module- or package-scoped fixture (a testbed, a stack of services, a set
+#    of manifests) run on one worker, so that fixture is built once per run, not once per worker.
+# 2. The heaviest units go first (slow-marked tests and those fixture groups), the quick ones
+#    after, so the two workers finish together instead of one idling while the other runs a
+#    long test it picked up last (longest-first scheduling).
+SHARED_SCOPES = ("module", "package")
+
+
+def _shared_scope_group(item: pytest.Item) -> str | None:
+    """The module (or package) whose scoped fixture ``item`` uses, if any."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    group: str | None = None
+    for name in info.names_closure:
+        defs = info.name2fixturedefs.get(name)
+        if not defs:
+            continue
+        scope = defs[-1].scope
+        if scope == "package":
+            return f"package:{defs[-1].baseid}"
+        if scope == "module":
+            group = f"module:{item.nodeid.split('::', 1)[0]}"
+    return group
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        group = _shared_scope_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+            groups.setdefault(group, []).append(index)
+    slow_groups = {
+        group
+        for group, members in groups.items()
+        if any(items[i].get_closest_marker("slow") for i in members)
+    }
+
+    def rank(index: int) -> int:
+        item = items[index]
+        group = _shared_scope_group(item)
+        if group in slow_groups or (group is None and item.get_closest_marker("slow")):
+            return 0  # slow: first
+        return 1 if group is not None else 2  # then shared-fixture groups, then the rest
+
+    # A stable sort keeps every group contiguous and collection order within a rank.
+    order = sorted(range(len(items)), key=rank)
+    items[:] = [items[i] for i in order]

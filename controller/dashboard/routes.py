@@ -151,7 +151,7 @@ def dashboard_data(state: StateDep, planner: PlannerDep, settings: SettingsDep) 
     now = time.time()
     nodes = state.live_nodes()
     catalogue = planner.catalogue()
-    view = planner.topology_view(nodes)
+    view = planner.active_topology(nodes)
     topology = view.topology
     outcomes = state.outcomes()
     fetches = state.recent_fetches()

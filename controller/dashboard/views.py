@@ -17,7 +17,6 @@ from typing import Any
 from controller.state import CatalogueEntry, NodeRecord
 from controller.topology import Topology
 from core.blocks import group_by_sharing
-from core.manifest import ModelManifest
 
 # Fetch reports the log keeps (newest first).
 FETCH_LOG_KEEP = 500
@@ -110,7 +109,7 @@ def storage_view(node: NodeRecord, catalogue: Mapping[str, CatalogueEntry]) -> d
     ``reported_physical_bytes``), ``logical_bytes`` the sum of their full sizes.
     """
     entries = [catalogue[m] for m in node.models if m in catalogue]
-    manifests = [ModelManifest.from_dict(e.manifest) for e in entries]
+    manifests = [e.manifest for e in entries]
     groups = group_by_sharing(manifests)
     groups = sorted(
         groups, key=lambda g: (len(g.model_ids) < 2, -len(g.model_ids), -g.size_bytes, g.pb_id)

@@ -102,7 +102,7 @@ def test_the_catalogue_records_the_base_and_the_planner_counts_it(
         planner = client.app.state.planner  # type: ignore[attr-defined]
         nodes = planner.state.live_nodes()
         problem = planner.build_problem(
-            nodes, planner.state.list_models(), planner.topology_view(nodes)
+            nodes, planner.state.list_models(), planner.active_topology(nodes)
         )
     # The adapter's block set holds the base's; the base's does not hold the adapter's.
     assert set(problem.models["base"]) < set(problem.models["lora"])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
@@ -88,6 +89,7 @@ def _serve_later(sock: socket.socket, app: object) -> Iterator[None]:
         thread.join(timeout=10)
 
 
+@pytest.mark.slow
 def test_an_origin_that_comes_up_late_is_indexed_after_retries(
     redis_url: str, mini_zoo: Path
 ) -> None:

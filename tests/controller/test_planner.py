@@ -247,7 +247,7 @@ def test_push_abandoned_by_a_dead_controller_is_resumed(controller: TestClient, 
         {
             "at": time.time(),
             "signature": planner.signature(
-                state.live_nodes(), planner.topology_view(state.live_nodes())
+                state.live_nodes(), planner.active_topology(state.live_nodes())
             ),
         }
     )

@@ -8,15 +8,17 @@ from typing import Any
 from controller.routing import build_route, home_node
 from controller.state import CatalogueEntry, NodeRecord
 from controller.topology import default_topology
+from core.digest import BlockId
+from core.manifest import BlockRef, FileEntry, ModelManifest
 
 A, B, S = "a" * 64, "b" * 64, "c" * 64  # block ids; S is shared by both models
 
 
 def _entry(model_id: str, blocks: list[str]) -> CatalogueEntry:
-    files = [{"path": "model.bin", "size": 30, "sha256": "0" * 64, "kind": "file",
-              "blocks": [[b, i * 10, 10] for i, b in enumerate(blocks)]}]  # fmt: skip
-    manifest = {"schema": "trimcache.manifest/v1", "model_id": model_id,
-                "repo_id": f"org/{model_id}", "revision": "main", "files": files}  # fmt: skip
+    # One file of 10-byte blocks (a headerless "safetensors" file: blocks tile it exactly).
+    refs = tuple(BlockRef(BlockId(b), i * 10, 10) for i, b in enumerate(blocks))
+    file = FileEntry("model.bin", 10 * len(blocks), "0" * 64, "safetensors", refs)
+    manifest = ModelManifest(model_id, f"org/{model_id}", "main", (file,))
     return CatalogueEntry(model_id, f"org/{model_id}", "main", "main", 20, 2, manifest)
 
 

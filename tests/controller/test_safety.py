@@ -195,7 +195,7 @@ def test_failed_pushes_back_off_within_a_budget(
         planner = client.app.state.planner  # type: ignore[attr-defined]
         state = client.app.state.redis_state  # type: ignore[attr-defined]
         nodes = state.live_nodes()
-        signature = planner.signature(nodes, planner.topology_view(nodes))
+        signature = planner.signature(nodes, planner.active_topology(nodes))
         state.save_plan_attempt({"at": time.time() + 10**6, "signature": signature})
         first = push(client, 1, {"edge-2": ["tiny-a"]})["push"]["edge-2"]
         assert first["status"] == "failed" and first["attempts"] == 1

@@ -16,6 +16,7 @@ from controller.state import (
     demand_field,
     node_key,
 )
+from core.manifest import BlockRef, FileEntry, ModelManifest
 from tests.helpers import free_port, wait_until
 
 
@@ -32,7 +33,9 @@ def node(node_id: str = "edge-1", **kw) -> NodeRecord:
 
 def test_every_key_has_the_prefix_and_json_carries_schema_version(state: RedisState) -> None:
     state.put_node(node(), ttl_s=10)
-    state.put_model(CatalogueEntry("m", "o/m", "a" * 40, "main", 1, 1, {"files": []}))
+    state.put_model(
+        CatalogueEntry.of(ModelManifest("m", "o/m", "a" * 40, ()), requested_revision="main")
+    )
     state.record_demand(area_id="a", model_id="m", outcome="hit", bytes_by_kind={}, half_life_s=60)
     state.put_topology({"areas": {}})
     state.save_placement({"version": state.next_placement_version(), "servers": {}})
@@ -44,6 +47,22 @@ def test_every_key_has_the_prefix_and_json_carries_schema_version(state: RedisSt
             value = str(state.client.get(key))
             if value.startswith("{"):
                 assert json.loads(value)["schema_version"] == 1, key
+
+
+def test_a_catalogue_entry_holds_a_parsed_manifest_and_stores_its_json(state: RedisState) -> None:
+    from core.digest import BlockId, sha256_bytes
+
+    bid = BlockId(sha256_bytes(b"{}"))
+    manifest = ModelManifest(
+        "m", "o/m", "b" * 40, (FileEntry("config.json", 2, bid, "file", (BlockRef(bid, 0, 2),)),)
+    )
+    entry = CatalogueEntry.of(manifest, requested_revision="main", indexed_at=5.0)
+    assert (entry.total_bytes, entry.blocks, entry.revision) == (2, 1, "b" * 40)
+    state.put_model(entry)
+    got = state.get_model("m")
+    assert got == entry and isinstance(got.manifest, ModelManifest)
+    stored = json.loads(str(state.client.get("ctl:model:m")))
+    assert stored["manifest"] == manifest.to_dict()  # the wire and Redis form is unchanged
 
 
 def test_nodes_expire_and_drop_out(state: RedisState) -> None:

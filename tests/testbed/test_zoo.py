@@ -145,6 +145,7 @@ def _all_files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_build_is_deterministic(tmp_path):
     args = ("--profile", "test", "--only", "bert-spam,minilm-lora-topic", "--max-steps", "2")
     # Different hash seeds: set iteration order must not leak into the files.

@@ -59,7 +59,7 @@ def demand_view(outcomes: Mapping[str, int]) -> dict[str, Any]:
 def status(state: StateDep, planner: PlannerDep, settings: SettingsDep) -> dict[str, Any]:
     now = time.time()
     nodes = state.live_nodes()
-    view = planner.topology_view(nodes)
+    view = planner.active_topology(nodes)
     attempt = attempt_view(state.get_plan_attempt())
     placement = placement_view(state.get_placement(), settings.solver)
     return {
@@ -67,7 +67,7 @@ def status(state: StateDep, planner: PlannerDep, settings: SettingsDep) -> dict[
         "placement": placement,
         "last_plan": attempt,
         "catalogue": {
-            "models": len(state.list_models()),
+            "models": len(planner.catalogue()),
             "version": state.catalogue_version(),
         },
         "topology": {

@@ -95,7 +95,7 @@ def get_model(model_id: ModelId, state: StateDep) -> JSONResponse:
     entry = state.get_model(model_id)
     if entry is None:
         raise ModelNotFoundError(model_id)
-    doc = {**entry.summary(), "indexed_at": entry.indexed_at, "manifest": dict(entry.manifest)}
+    doc = {**entry.summary(), "indexed_at": entry.indexed_at, "manifest": entry.manifest.to_dict()}
     return JSONResponse(doc)
 
 

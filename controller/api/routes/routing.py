@@ -35,7 +35,7 @@ def get_route(
     if entry is None:
         raise ModelNotFoundError(model_id)
     nodes = state.live_nodes()
-    view = planner.topology_view(nodes)
+    view = planner.active_topology(nodes)
     point: tuple[float, float] | None = None
     if (x_m is None) != (y_m is None):
         raise InvalidRequestError("give both x_m and y_m, or neither")

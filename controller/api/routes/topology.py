@@ -14,7 +14,7 @@ router = APIRouter(tags=["topology"])
 
 @router.get("/v1/topology")
 def get_topology(planner: PlannerDep, state: StateDep) -> dict[str, Any]:
-    view = planner.topology_view(state.live_nodes())
+    view = planner.active_topology(state.live_nodes())
     return {**view.topology.to_json(), "version": view.version, "source": view.source}
 
 

@@ -74,6 +74,7 @@ def test_sim_bad_options_are_one_line_exit_2(tmp_path, extra, needle):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
     reason="ray is not installed (pip install 'trimcache[ray]')",

@@ -75,7 +75,7 @@ def test_channel_model():
 
 
 def test_reachable_direct_relay_and_deadlines():
-    topo = wireless.Topology(
+    topo = wireless.RadioGeometry(
         server_ids=("near", "neighbour", "far"),
         server_xy_m=np.array([[0.0, 0.0], [400.0, 0.0], [5000.0, 0.0]]),
         user_ids=("u",),
