@@ -84,7 +84,8 @@ def test_a_slow_but_timely_head_and_a_long_idle_keep_alive_are_served(
         sock.sendall(b"Host: x\r\n\r\n")
         first = _read_response(sock)
         assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"hello")
-        time.sleep(HEAD_TIMEOUT_S * 3)  # idle: the keep-alive timeout (75 s) governs, not the head's
+        # Idle: the keep-alive timeout (75 s) governs now, not the head deadline.
+        time.sleep(HEAD_TIMEOUT_S * 3)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         second = _read_response(sock)
         assert second.startswith(b"HTTP/1.1 200") and second.endswith(b"hello")
