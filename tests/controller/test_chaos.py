@@ -252,37 +252,42 @@ def test_chaos(tmp_path: Path, mini_zoo: Path, mini_origin: str) -> None:
         chaos.controller.launch().wait_healthy()
         chaos.down.discard("controller")
         time.sleep(2)
+
         # 4. the disk of an edge that holds blocks fills up (another tenant's ballast), and
         # a block flips a byte at rest there, so its repair meets a full disk; then the disk
         # is freed. While stored bytes are damaged the copy sampler pauses ("damaged" below);
         # the end of the run checks that every placed model is held again.
-        blocks = sorted(
-            p
-            for node_id in sorted(chaos.edges)
-            for p in (tmp_path / node_id).glob("blocks/sha256/*/*")
-            if p.is_file()
-        )
-        if blocks:
-            target = max(blocks, key=lambda p: p.stat().st_size)
-            damaged = target.relative_to(tmp_path).parts[0]
-            chaos.down.add("damaged")
-            if tmp_path / damaged in chaos.mounts:
-                phase[0] = "disk_full"
-                fill_disk(tmp_path / damaged)
-                chaos.faults["disk_full"] += 1
-            phase[0] = "block_corrupted"
-            data = bytearray(target.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            with open(target, "r+b") as fh:  # in place: a full disk has no room for a copy
-                fh.write(bytes(data))
-            chaos.faults["block_corrupted"] += 1
-            time.sleep(3)
-            (tmp_path / damaged / "ballast").unlink(missing_ok=True)
-            # The damage lasts until the copy is whole again: repaired by the edge or re-pushed
-            # by the controller, within a bound; then the sampler resumes.
-            wait_until(all_placed_held, timeout_s=60, interval_s=0.2)
-            phase[0] = "recovered"
-            chaos.down.discard("damaged")
+        def stored_blocks() -> list[Path]:
+            return sorted(
+                p
+                for node_id in sorted(chaos.edges)
+                for p in (tmp_path / node_id).glob("blocks/sha256/*/*")
+                if p.is_file()
+            )
+
+        # The placement holds blocks again once the restarts above settled (on a loaded host a
+        # re-plan after the controller's restart may still be delivering them).
+        blocks = wait_until(stored_blocks, timeout_s=60, interval_s=0.2, what="stored blocks")
+        target = max(blocks, key=lambda p: p.stat().st_size)
+        damaged = target.relative_to(tmp_path).parts[0]
+        chaos.down.add("damaged")
+        if tmp_path / damaged in chaos.mounts:
+            phase[0] = "disk_full"
+            fill_disk(tmp_path / damaged)
+            chaos.faults["disk_full"] += 1
+        phase[0] = "block_corrupted"
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        with open(target, "r+b") as fh:  # in place: a full disk has no room for a copy
+            fh.write(bytes(data))
+        chaos.faults["block_corrupted"] += 1
+        time.sleep(3)
+        (tmp_path / damaged / "ballast").unlink(missing_ok=True)
+        # The damage lasts until the copy is whole again: repaired by the edge or re-pushed
+        # by the controller, within a bound; then the sampler resumes.
+        wait_until(all_placed_held, timeout_s=60, interval_s=0.2)
+        phase[0] = "recovered"
+        chaos.down.discard("damaged")
         time.sleep(2)
         stop.set()
         for t in threads:
