@@ -29,9 +29,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def redis_url(redis_server: str) -> Iterator[str]:
-    """The session redis, flushed after each test."""
+    """The session redis, empty when the test starts and flushed after it (a thread an earlier
+    test left behind may still write after that test's flush)."""
     import redis
 
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    client.close()
     yield redis_server
     client = redis.Redis.from_url(redis_server)
     client.flushdb()

@@ -101,9 +101,9 @@ def test_the_catalogue_records_the_base_and_the_planner_counts_it(
         assert client.put("/v1/nodes/edge-1", json=body, headers=AUTH).status_code == 200
         planner = client.app.state.planner  # type: ignore[attr-defined]
         nodes = planner.state.live_nodes()
-        problem = planner.build_problem(
-            nodes, planner.state.list_models(), planner.active_topology(nodes)
-        )
+        view = planner.active_topology(nodes)
+        problem = planner.build_problem(nodes, planner.state.list_models(), view)
+    assert problem.requests, f"no user areas in the {view.source} topology: {view.topology}"
     # The adapter's block set holds the base's; the base's does not hold the adapter's.
     assert set(problem.models["base"]) < set(problem.models["lora"])
     assert problem.model_bytes("lora") > problem.model_bytes("base")
