@@ -27,6 +27,7 @@ from controller.errors import StateUnavailableError
 from controller.indexer import OriginIndexer
 from controller.metrics import Metrics
 from controller.planner import Planner, load_topology_file
+from controller.route_cache import RouteCache
 from controller.settings import Settings
 from controller.state import RedisState
 from core.asgi import RequestGuard, validation_error
@@ -51,6 +52,7 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
         app.state.redis_state = state
         app.state.planner = planner
         app.state.metrics = metrics
+        app.state.route_cache = RouteCache(state, planner, settings.origin_url)
         if settings.auto_plan:
             planner.start()
         indexer = None

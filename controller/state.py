@@ -30,6 +30,10 @@ key                            type    value
                                        first, trimmed to the last ``keep`` (the dashboard's log)
 ``ctl:plans``                  hash    placement version -> JSON plan summary as the dashboard
                                        last saw it (trimmed to the newest ``keep`` versions)
+``ctl:routing:stamp``          string  random token, rewritten by every write a route may
+                                       depend on: a node joining, leaving or changing its url,
+                                       position, holdings or policy; a catalogue add/remove; a
+                                       topology; a placement (see :mod:`controller.route_cache`)
 =============================  ======  =========================================================
 
 Invariants:
@@ -76,6 +80,9 @@ PLAN_LOCK_KEY = f"{PREFIX}lock:plan"
 PLAN_ATTEMPT_KEY = f"{PREFIX}plan:last"
 FETCHES_KEY = f"{PREFIX}fetches"
 PLANS_KEY = f"{PREFIX}plans"
+ROUTING_STAMP_KEY = f"{PREFIX}routing:stamp"
+#: NodeRecord fields a route reads (a heartbeat changing none of them keeps routes cached).
+ROUTED_FIELDS = ("url", "position", "models", "dropping", "cache_policy")
 _SEP = "\x1f"
 
 T = TypeVar("T")
@@ -239,6 +246,24 @@ return tostring(value)
 """
 
 
+# Remove the ids whose node key has expired from ctl:nodes, in one round trip.
+# KEYS[1] = ctl:nodes; KEYS[2..n+1] = ctl:node:{id} of the candidates; ARGV[1..n] = their ids.
+# Returns how many were removed (a heartbeat racing in keeps its id: its key exists again).
+_PRUNE_LUA = """
+local removed = 0
+for i, node_id in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    removed = removed + redis.call('SREM', KEYS[1], node_id)
+  end
+end
+return removed
+"""
+
+
+def _new_stamp() -> str:
+    return uuid.uuid4().hex
+
+
 def decayed(count: float, at_s: float, now_s: float, half_life_s: float) -> float:
     """``count`` recorded at ``at_s``, decayed with half-life ``half_life_s`` to ``now_s``."""
     return count * math.pow(2.0, -max(0.0, now_s - at_s) / half_life_s)
@@ -267,6 +292,7 @@ class RedisState:
             health_check_interval=5,
         )
         self._demand_script = self.client.register_script(_DEMAND_LUA)
+        self._prune_script = self.client.register_script(_PRUNE_LUA)
 
     def close(self) -> None:
         self.client.close()
@@ -297,6 +323,7 @@ class RedisState:
         def txn(pipe: Any) -> bool:
             text = pipe.get(key)
             doc = json.loads(record.to_json())
+            old: dict[str, Any] = {}
             if text:
                 old = json.loads(text)
                 doc["registered_at"] = old.get("registered_at", record.registered_at)
@@ -306,6 +333,8 @@ class RedisState:
             pipe.multi()
             pipe.set(key, json.dumps(doc, sort_keys=True), px=ttl_ms)
             pipe.sadd(NODES_KEY, record.node_id)
+            if text is None or any(old.get(f) != doc[f] for f in ROUTED_FIELDS):
+                pipe.set(ROUTING_STAMP_KEY, _new_stamp())
             return text is None
 
         return bool(self._transact(txn, key))
@@ -315,30 +344,43 @@ class RedisState:
         return NodeRecord.from_json(cast(str, text)) if text else None
 
     def live_nodes(self) -> list[NodeRecord]:
-        """Nodes whose heartbeat has not expired, sorted by id; prunes expired ids."""
+        """Nodes whose heartbeat has not expired, sorted by id; prunes expired ids. Two round
+        trips whatever the number of nodes (SMEMBERS, one MGET), plus one script call when
+        expired ids need pruning."""
+        return self._live_nodes(with_ttl=False)[0]
 
-        def run() -> list[NodeRecord]:
+    def live_nodes_ttl(self) -> tuple[list[NodeRecord], float | None]:
+        """``(live nodes, seconds until the first of them expires)`` (None: no node with a
+        TTL); the TTLs come in the MGET's pipeline (still two round trips)."""
+        return self._live_nodes(with_ttl=True)
+
+    def _live_nodes(self, *, with_ttl: bool) -> tuple[list[NodeRecord], float | None]:
+        def run() -> tuple[list[NodeRecord], float | None]:
             node_ids = sorted(cast(set[str], self.client.smembers(NODES_KEY)))
             if not node_ids:
-                return []
-            texts = cast(list[str | None], self.client.mget([node_key(n) for n in node_ids]))
+                return [], None
+            keys = [node_key(n) for n in node_ids]
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget(keys)
+            for key in keys if with_ttl else ():
+                pipe.pttl(key)
+            texts, *ttls = pipe.execute()
             dead = [n for n, t in zip(node_ids, texts, strict=True) if t is None]
             if dead:
                 # Only remove ids whose key is still missing (a heartbeat may race in).
-                for node_id in dead:
-                    self._prune_node(node_id)
-            return [NodeRecord.from_json(t) for t in texts if t is not None]
+                self._prune_nodes(dead)
+            live_ttls = [int(ms) for t, ms in zip(texts, ttls, strict=False) if t and ms >= 0]
+            first = min(live_ttls) / 1000.0 if live_ttls else None
+            return [NodeRecord.from_json(t) for t in texts if t is not None], first
 
         return self._call(run)
 
-    def _prune_node(self, node_id: str) -> None:
-        def txn(pipe: Any) -> None:
-            exists = pipe.exists(node_key(node_id))
-            pipe.multi()
-            if not exists:
-                pipe.srem(NODES_KEY, node_id)
-
-        self.client.transaction(txn, node_key(node_id))
+    def _prune_nodes(self, node_ids: Sequence[str]) -> None:
+        removed = self._prune_script(
+            keys=[NODES_KEY, *(node_key(n) for n in node_ids)], args=list(node_ids)
+        )
+        if int(removed):
+            self.client.set(ROUTING_STAMP_KEY, _new_stamp())
 
     def update_node_models(
         self,
@@ -362,6 +404,7 @@ class RedisState:
                 doc["dropping"] = list(dropping)
             pipe.multi()
             pipe.set(node_key(node_id), json.dumps(doc, sort_keys=True), keepttl=True)
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
             return True
 
         return bool(self._transact(txn, node_key(node_id)))
@@ -371,7 +414,8 @@ class RedisState:
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(node_key(node_id))
             pipe.srem(NODES_KEY, node_id)
-            deleted, _ = pipe.execute()
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            deleted, _, _ = pipe.execute()
             return bool(deleted)
 
         return self._call(run)
@@ -385,6 +429,7 @@ class RedisState:
             pipe.srem(DELETED_MODELS_KEY, entry.model_id)
             pipe.set(CATALOGUE_EPOCH_KEY, uuid.uuid4().hex, nx=True)
             pipe.incr(CATALOGUE_VERSION_KEY)
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
             pipe.execute()
 
         self._call(run)
@@ -412,7 +457,8 @@ class RedisState:
             pipe.srem(MODELS_KEY, model_id)
             pipe.sadd(DELETED_MODELS_KEY, model_id)
             pipe.incr(CATALOGUE_VERSION_KEY)
-            deleted, _, _, _ = pipe.execute()
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            deleted, *_ = pipe.execute()
             return bool(deleted)
 
         return self._call(run)
@@ -435,6 +481,19 @@ class RedisState:
         def run() -> tuple[str, int]:
             epoch, version = self.client.mget([CATALOGUE_EPOCH_KEY, CATALOGUE_VERSION_KEY])
             return str(epoch or ""), int(version or 0)
+
+        return self._call(run)
+
+    def routing_stamp(self) -> str:
+        """The token of everything a route depends on (one GET; see ``ctl:routing:stamp``).
+        A missing stamp (a fresh or wiped Redis) is set to a new token first."""
+
+        def run() -> str:
+            stamp = self.client.get(ROUTING_STAMP_KEY)
+            if stamp is None:
+                self.client.set(ROUTING_STAMP_KEY, _new_stamp(), nx=True)
+                stamp = self.client.get(ROUTING_STAMP_KEY)
+            return str(stamp)
 
         return self._call(run)
 
@@ -541,6 +600,7 @@ class RedisState:
             doc = {"schema_version": SCHEMA_VERSION, "version": version, "topology": topology}
             pipe.multi()
             pipe.set(TOPOLOGY_KEY, json.dumps(doc, sort_keys=True))
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
             return version
 
         return int(self._transact(txn, TOPOLOGY_KEY))
@@ -575,7 +635,14 @@ class RedisState:
     def save_placement(self, record: Mapping[str, Any]) -> None:
         """Store the placement record (``version``, ``solver``, ``servers``, ``push``, ...)."""
         doc = {**record, "schema_version": SCHEMA_VERSION}
-        self._call(lambda: self.client.set(PLACEMENT_KEY, json.dumps(doc, sort_keys=True)))
+
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(PLACEMENT_KEY, json.dumps(doc, sort_keys=True))
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            pipe.execute()
+
+        self._call(run)
 
     def update_push_status(self, version: int, node_id: str, status: Mapping[str, Any]) -> bool:
         """Set ``push[node_id]`` of the stored placement if it is still ``version``."""
