@@ -9,7 +9,8 @@ topology, the client's point (from its area or x/y) and the origin URL. This mod
   smallest remaining TTL of the snapshot's node keys;
 - a bounded LRU of encoded route bodies per ``(model_id, point)`` of the current snapshot.
 
-The rule that keeps cached routes exact: every request reads the stamp (one GET). The snapshot
+The rule that keeps cached routes exact: every request reads the stamp (one GET, on the
+event loop with an asyncio client: a cached answer never waits for a worker thread). The snapshot
 and its routes are used only while the stamp is unchanged **and** the monotonic clock is before
 the deadline; otherwise the inputs are re-read (and the LRU emptied). Every write a route may
 depend on rewrites the stamp in the same Redis transaction (:mod:`controller.state`: a node
@@ -23,11 +24,14 @@ snapshot whose stamp moved while it was read serves that one request and is not 
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+
+import anyio.to_thread
 
 from controller.errors import ModelNotFoundError
 from controller.planner import Planner
@@ -95,6 +99,35 @@ class RouteCache:
                 self._routes.clear()
         return snapshot, keep
 
+    async def route_async(self, model_id: str, *, area_id: str | None, point: Point) -> bytes:
+        """:meth:`route` on the event loop: a cached body after one non-blocking stamp read;
+        anything else (a re-read, a rebuild, an error) in a worker thread."""
+        stamp = await self.state.routing_stamp_async()
+        snapshot = self._snapshot
+        if (
+            snapshot is not None
+            and snapshot.stamp == stamp
+            and time.monotonic() < snapshot.deadline
+            and model_id in snapshot.catalogue
+        ):
+            key = (model_id, self._point(snapshot, area_id, point))
+            with self._lock:
+                body = self._routes.get(key) if self._snapshot is snapshot else None
+                if body is not None:
+                    self._routes.move_to_end(key)
+                    self.hits += 1
+                    return body
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.route, model_id, area_id=area_id, point=point)
+        )
+
+    @staticmethod
+    def _point(snapshot: _Snapshot, area_id: str | None, point: Point) -> Point:
+        if point is None and area_id is not None and area_id in snapshot.topology.areas:
+            area = snapshot.topology.areas[area_id]
+            return (area.x_m, area.y_m)
+        return point
+
     def route(self, model_id: str, *, area_id: str | None, point: Point) -> bytes:
         """The JSON body of the route of ``model_id`` for a client at ``point`` (or in
         ``area_id`` when no point is given; an unknown area ranks as if no position).
@@ -106,9 +139,7 @@ class RouteCache:
         entry = snapshot.catalogue.get(model_id)
         if entry is None:
             raise ModelNotFoundError(model_id)
-        if point is None and area_id is not None and area_id in snapshot.topology.areas:
-            area = snapshot.topology.areas[area_id]
-            point = (area.x_m, area.y_m)
+        point = self._point(snapshot, area_id, point)
         key = (model_id, point)
         with self._lock:
             body = self._routes.get(key) if kept and self._snapshot is snapshot else None

@@ -58,6 +58,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar, cast
 
 import redis
+import redis.asyncio
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -291,11 +292,20 @@ class RedisState:
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
             health_check_interval=5,
         )
+        self._timeout_s = timeout_s
+        # For the one read on an event loop (the route fast path); made on first use, in the
+        # loop that uses it.
+        self._aclient: redis.asyncio.Redis | None = None
         self._demand_script = self.client.register_script(_DEMAND_LUA)
         self._prune_script = self.client.register_script(_PRUNE_LUA)
 
     def close(self) -> None:
         self.client.close()
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
 
     def _call(self, fn: Callable[[], T]) -> T:
         with _redis_errors():
@@ -496,6 +506,20 @@ class RedisState:
             return str(stamp)
 
         return self._call(run)
+
+    async def routing_stamp_async(self) -> str | None:
+        """:meth:`routing_stamp` without blocking the event loop (None: no stamp yet)."""
+        if self._aclient is None:
+            self._aclient = redis.asyncio.Redis.from_url(
+                self.url,
+                decode_responses=True,
+                socket_timeout=self._timeout_s,
+                socket_connect_timeout=self._timeout_s,
+                retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+            )
+        with _redis_errors():
+            stamp = await self._aclient.get(ROUTING_STAMP_KEY)
+        return None if stamp is None else str(stamp)
 
     def catalogue_version(self) -> int:
         value = self._call(lambda: self.client.get(CATALOGUE_VERSION_KEY))

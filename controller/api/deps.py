@@ -30,12 +30,13 @@ def get_planner(request: Request) -> Planner:
     return planner
 
 
-def get_route_cache(request: Request) -> RouteCache:
+# Async (they only read app.state): a sync dependency costs a worker-thread hop per request.
+async def get_route_cache(request: Request) -> RouteCache:
     cache: RouteCache = request.app.state.route_cache
     return cache
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 

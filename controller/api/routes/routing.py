@@ -18,7 +18,7 @@ router = APIRouter(tags=["routes"])
 
 
 @router.get("/v1/routes/{model_id}")
-def get_route(
+async def get_route(
     model_id: Annotated[str, Path(min_length=1, max_length=128)],
     routes: RouteCacheDep,
     metrics: MetricsDep,
@@ -33,6 +33,6 @@ def get_route(
     if (x_m is None) != (y_m is None):
         raise InvalidRequestError("give both x_m and y_m, or neither")
     point = (x_m, y_m) if x_m is not None and y_m is not None else None
-    body = routes.route(model_id, area_id=area_id, point=point)
+    body = await routes.route_async(model_id, area_id=area_id, point=point)
     metrics.routes.inc()
     return Response(body, media_type="application/json")
