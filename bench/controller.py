@@ -92,20 +92,13 @@ def run_case(n_models: int, n_nodes: int, args: argparse.Namespace) -> dict[str,
 
     from controller.app import create_app
     from controller.settings import Settings
-    from controller.state import CatalogueEntry, RedisState
 
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-controller-") as tmp:
         proc, url = _start_redis(Path(tmp))
         try:
-            state = RedisState(url)
             model_ids = [f"m{i:03d}" for i in range(n_models)]
-            for i, model_id in enumerate(model_ids):
-                manifest = _manifest(
-                    model_id, i % args.families, blocks=args.blocks, shared=args.shared
-                )
-                state.put_model(CatalogueEntry.of(manifest, requested_revision="main"))
-            state.close()
+            _load_model_catalogue(url, model_ids, args)
             settings = Settings(
                 redis_url=url,
                 origin_url="http://127.0.0.1:9",
@@ -116,15 +109,8 @@ def run_case(n_models: int, n_nodes: int, args: argparse.Namespace) -> dict[str,
             )
             with TestClient(create_app(settings)) as client:
                 client.headers["Authorization"] = f"Bearer {TOKEN}"  # node PUTs need it
-                for n in range(n_nodes):
-                    held = rng.sample(model_ids, k=max(1, n_models // 4))
-                    body = {
-                        "url": "http://127.0.0.1:9",
-                        "capacity_bytes": args.capacity_mb * 1_000_000,
-                        "position": [n * 300.0, 0.0],
-                        "models": held,
-                    }
-                    client.put(f"/v1/nodes/edge-{n}", json=body).raise_for_status()
+                held = [rng.sample(model_ids, k=max(1, n_models // 4)) for _ in range(n_nodes)]
+                _register(client, [f"edge-{n}" for n in range(n_nodes)], held, args)
                 times = []
                 for _ in range(args.routes):
                     model_id = rng.choice(model_ids)
