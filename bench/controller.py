@@ -13,6 +13,15 @@ registered with random confirmed holdings and unreachable URLs. Then, through th
 
 Writes JSON lines (models, nodes, blocks, route_ms_p50/p95, plan_s, solve_s, hit_ratio,
 parameter_blocks, git sha) to ``bench/results/controller.jsonl`` and prints a table.
+
+``--wrk [--tree DIR ...]``: throughput instead, side by side for each source tree (default this
+one; ``--tree /work/main --tree .`` compares main's code path with this one's), each as ONE
+controller process (``python -m controller`` run from the tree) on loopback with its own
+redis-server: the catalogue as above, ``--nodes`` nodes registered over HTTP, then ``wrk``
+(Debian package ``wrk``) for ``--duration`` seconds over random (model, area) route requests
+(requests/s, latency percentiles, non-2xx count); then ``--status-nodes`` more nodes registered
+and ``GET /v1/status`` timed ``--status-requests`` times (median, p99). Rows (with the load
+average) go to ``bench/results/controller_wrk.jsonl``.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import random
 import shutil
 import statistics
@@ -82,20 +92,13 @@ def run_case(n_models: int, n_nodes: int, args: argparse.Namespace) -> dict[str,
 
     from controller.app import create_app
     from controller.settings import Settings
-    from controller.state import CatalogueEntry, RedisState
 
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-controller-") as tmp:
         proc, url = _start_redis(Path(tmp))
         try:
-            state = RedisState(url)
             model_ids = [f"m{i:03d}" for i in range(n_models)]
-            for i, model_id in enumerate(model_ids):
-                manifest = _manifest(
-                    model_id, i % args.families, blocks=args.blocks, shared=args.shared
-                )
-                state.put_model(CatalogueEntry.of(manifest, requested_revision="main"))
-            state.close()
+            _load_model_catalogue(url, model_ids, args)
             settings = Settings(
                 redis_url=url,
                 origin_url="http://127.0.0.1:9",
@@ -106,15 +109,8 @@ def run_case(n_models: int, n_nodes: int, args: argparse.Namespace) -> dict[str,
             )
             with TestClient(create_app(settings)) as client:
                 client.headers["Authorization"] = f"Bearer {TOKEN}"  # node PUTs need it
-                for n in range(n_nodes):
-                    held = rng.sample(model_ids, k=max(1, n_models // 4))
-                    body = {
-                        "url": "http://127.0.0.1:9",
-                        "capacity_bytes": args.capacity_mb * 1_000_000,
-                        "position": [n * 300.0, 0.0],
-                        "models": held,
-                    }
-                    client.put(f"/v1/nodes/edge-{n}", json=body).raise_for_status()
+                held = [rng.sample(model_ids, k=max(1, n_models // 4)) for _ in range(n_nodes)]
+                _register(client, [f"edge-{n}" for n in range(n_nodes)], held, args)
                 times = []
                 for _ in range(args.routes):
                     model_id = rng.choice(model_ids)
@@ -151,9 +147,190 @@ def run_case(n_models: int, n_nodes: int, args: argparse.Namespace) -> dict[str,
     }
 
 
-def _git_sha() -> str:
+def _load_model_catalogue(url: str, model_ids: list[str], args: argparse.Namespace) -> None:
+    from controller.state import CatalogueEntry, RedisState
+
+    state = RedisState(url)
+    for i, model_id in enumerate(model_ids):
+        manifest = _manifest(model_id, i % args.families, blocks=args.blocks, shared=args.shared)
+        state.put_model(CatalogueEntry.of(manifest, requested_revision="main"))
+    state.close()
+
+
+def _register(
+    http: Any, node_ids: list[str], held: list[list[str]], args: argparse.Namespace
+) -> None:
+    for n, (node_id, models) in enumerate(zip(node_ids, held, strict=True)):
+        body = {
+            "url": "http://127.0.0.1:9",
+            "capacity_bytes": args.capacity_mb * 1_000_000,
+            "position": [n * 300.0, 0.0],
+            "models": models,
+        }
+        http.put(f"/v1/nodes/{node_id}", json=body).raise_for_status()
+
+
+_WRK_SCRIPT = """
+local paths = {%s}
+math.randomseed(%d)
+request = function()
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+"""
+
+
+def _wrk(url: str, paths: list[str], work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise SystemExit("wrk not found (Debian: apt-get install wrk)")
+    script = work / "routes.lua"
+    script.write_text(_WRK_SCRIPT % (",".join(json.dumps(p) for p in paths), args.seed))
+    out = subprocess.run(
+        [binary, "-t", str(args.wrk_threads), "-c", str(args.connections)]
+        + ["-d", f"{args.duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    row: dict[str, Any] = {"route_rps": None, "non_2xx": 0}
+    for line in out.splitlines():
+        words = line.split()
+        if line.startswith("Requests/sec:"):
+            row["route_rps"] = float(words[1])
+        elif line.startswith("Non-2xx"):
+            row["non_2xx"] = int(words[-1])
+        elif words and words[0] in ("50%", "99%"):
+            row[f"route_latency_p{words[0][:-1]}"] = words[1]
+        elif "requests in" in line:
+            row["route_requests"] = int(words[0])
+    return row
+
+
+def run_wrk_case(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import sys
+
+    import httpx
+
+    from bench._net import free_port, stop_processes, wait_http
+
+    rng = random.Random(args.seed)
+    n_models, n_nodes = args.models[-1], args.nodes[-1]
+    model_ids = [f"m{i:03d}" for i in range(n_models)]
+    node_ids = [f"edge-{n}" for n in range(n_nodes)]
+    held = [rng.sample(model_ids, k=max(1, n_models // 4)) for _ in node_ids]
+    with tempfile.TemporaryDirectory(prefix="bench-controller-wrk-") as tmp:
+        work = Path(tmp)
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            redis_port, port = free_port(), free_port()
+            redis_bin = shutil.which("redis-server") or "redis-server"
+            procs.append(
+                subprocess.Popen(
+                    [redis_bin, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            wait_until(lambda: _redis_answers(redis_url), timeout_s=10, what="redis answers")
+            _load_model_catalogue(redis_url, model_ids, args)
+            env = {
+                **os.environ,
+                "PYTHONPATH": "",
+                "PYTHONWARNINGS": "ignore",
+                "TRIMCACHE_LOG_LEVEL": "WARNING",
+                "CONTROLLER_PORT": str(port),
+                "CONTROLLER_HOST": "127.0.0.1",
+                "CONTROLLER_REDIS_URL": redis_url,
+                "CONTROLLER_ORIGIN_URL": "http://127.0.0.1:9",
+                "CONTROLLER_AUTO_PLAN": "false",
+                "CONTROLLER_AUTH_TOKEN": TOKEN,
+                "CONTROLLER_HEARTBEAT_EXPIRY_S": "600",
+            }
+            with (work / "controller.log").open("ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "controller"],
+                        cwd=tree,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/healthz")
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+                _register(http, node_ids, held, args)
+                paths = [f"/v1/routes/{m}?area_id=area-{n}" for m in model_ids for n in node_ids]
+                http.get(paths[0]).raise_for_status()
+                load_before = os.getloadavg()
+                row = _wrk(url, paths, work, args)
+                load_after = os.getloadavg()
+                more = [f"status-{n:04d}" for n in range(args.status_nodes - n_nodes)]
+                _register(http, more, [[] for _ in more], args)
+                listed = len(http.get("/v1/status").json()["nodes"])
+                times = []
+                for _ in range(args.status_requests):
+                    started = time.perf_counter()
+                    http.get("/v1/status").raise_for_status()
+                    times.append((time.perf_counter() - started) * 1000)
+        finally:
+            stop_processes(procs)
+    times.sort()
+    return {
+        "bench": "controller_wrk",
+        "tree": str(tree),
+        "git_sha": _git_sha(tree),
+        "models": n_models,
+        "nodes": n_nodes,
+        "blocks_per_model": args.blocks,
+        "distinct_routes": len(paths),
+        "connections": args.connections,
+        "wrk_threads": args.wrk_threads,
+        "duration_s": args.duration,
+        **row,
+        "status_nodes": listed,
+        "status_ms_p50": round(statistics.median(times), 2),
+        "status_ms_p99": round(times[min(len(times) - 1, int(0.99 * len(times)))], 2),
+        "loadavg_before": [round(v, 2) for v in load_before],
+        "loadavg_after": [round(v, 2) for v in load_after],
+    }
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        with redis.Redis.from_url(url) as client:
+            return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def run_wrk(args: argparse.Namespace) -> None:
+    trees = [t.resolve() for t in (args.tree or [REPO_ROOT])]
+    rows = []
+    with (args.out / "controller_wrk.jsonl").open("a") as out:
+        for tree in trees:
+            row = run_wrk_case(tree, args)
+            rows.append(row)
+            out.write(json.dumps(row, sort_keys=True) + "\n")
+    print(
+        f"{'tree':<26} {'sha':<8} {'route req/s':>11} {'p50':>8} {'p99':>8} {'non2xx':>6} "
+        f"{'status nodes':>12} {'p50 ms':>7} {'p99 ms':>7}  load"
+    )
+    for r in rows:
+        print(
+            f"{r['tree'][-26:]:<26} {r['git_sha']:<8} {r['route_rps']!s:>11} "
+            f"{r.get('route_latency_p50', '?'):>8} {r.get('route_latency_p99', '?'):>8} "
+            f"{r['non_2xx']:>6} {r['status_nodes']:>12} {r['status_ms_p50']:>7} "
+            f"{r['status_ms_p99']:>7}  {r['loadavg_before']}"
+        )
+
+
+def _git_sha(tree: Path = REPO_ROOT) -> str:
     result = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=tree
     )
     return result.stdout.strip()
 
@@ -174,8 +351,18 @@ def main() -> None:
     parser.add_argument("--solver", default="trimcaching-gen")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--wrk", action="store_true", help="route req/s with wrk (docstring)")
+    parser.add_argument("--tree", type=Path, action="append", help="source tree (repeatable)")
+    parser.add_argument("--duration", type=int, default=10, help="wrk seconds")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--status-nodes", type=int, default=1000)
+    parser.add_argument("--status-requests", type=int, default=200)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.wrk:
+        run_wrk(args)
+        return
     rows = []
     with (args.out / "controller.jsonl").open("a") as out:
         for n_models, n_nodes in itertools.product(args.models, args.nodes):

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.api.routes import demand, health, models, nodes, placement, routing, topology
 from controller.dashboard import routes as dashboard
@@ -27,6 +28,7 @@ from controller.errors import StateUnavailableError
 from controller.indexer import OriginIndexer
 from controller.metrics import Metrics
 from controller.planner import Planner, load_topology_file
+from controller.route_cache import RouteCache
 from controller.settings import Settings
 from controller.state import RedisState
 from core.asgi import RequestGuard, validation_error
@@ -51,6 +53,7 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
         app.state.redis_state = state
         app.state.planner = planner
         app.state.metrics = metrics
+        app.state.route_cache = RouteCache(state, planner, settings.origin_url)
         if settings.auto_plan:
             planner.start()
         indexer = None
@@ -71,6 +74,7 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
                 indexer.stop()
             planner.close()
             state.close()
+            await state.aclose()
 
     app = FastAPI(title="TrimCache controller", version="1", lifespan=lifespan)
 
@@ -95,21 +99,39 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
             headers={"X-Error-Code": "internal"},
         )
 
-    @app.middleware("http")
-    async def _count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        metrics.requests.labels(route=name, status=str(response.status_code)).inc()
-        metrics.request_seconds.labels(route=name).observe(time.perf_counter() - started)
-        return response
-
     for module in (nodes, models, demand, topology, placement, routing, health, dashboard):
         app.include_router(module.router)
     app.add_middleware(
         RequestGuard, max_body_bytes=settings.max_body_bytes, read_timeout_s=settings.read_timeout_s
     )
+    app.add_middleware(_CountRequests, metrics=metrics)
     return app
+
+
+class _CountRequests:
+    """Request count and latency per route template and status (a plain ASGI middleware:
+    Starlette's ``BaseHTTPMiddleware`` costs more than a cached route answer)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router writes the matched route into the scope it was given.
+            name = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route=name, status=str(status)).inc()
+            self.metrics.request_seconds.labels(route=name).observe(time.perf_counter() - started)

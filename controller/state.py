@@ -30,6 +30,10 @@ key                            type    value
                                        first, trimmed to the last ``keep`` (the dashboard's log)
 ``ctl:plans``                  hash    placement version -> JSON plan summary as the dashboard
                                        last saw it (trimmed to the newest ``keep`` versions)
+``ctl:routing:stamp``          string  random token, rewritten by every write a route may
+                                       depend on: a node joining, leaving or changing its url,
+                                       position, holdings or policy; a catalogue add/remove; a
+                                       topology; a placement (see :mod:`controller.route_cache`)
 =============================  ======  =========================================================
 
 Invariants:
@@ -54,6 +58,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar, cast
 
 import redis
+import redis.asyncio
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -76,6 +81,9 @@ PLAN_LOCK_KEY = f"{PREFIX}lock:plan"
 PLAN_ATTEMPT_KEY = f"{PREFIX}plan:last"
 FETCHES_KEY = f"{PREFIX}fetches"
 PLANS_KEY = f"{PREFIX}plans"
+ROUTING_STAMP_KEY = f"{PREFIX}routing:stamp"
+#: NodeRecord fields a route reads (a heartbeat changing none of them keeps routes cached).
+ROUTED_FIELDS = ("url", "position", "models", "dropping", "cache_policy")
 _SEP = "\x1f"
 
 T = TypeVar("T")
@@ -239,6 +247,24 @@ return tostring(value)
 """
 
 
+# Remove the ids whose node key has expired from ctl:nodes, in one round trip.
+# KEYS[1] = ctl:nodes; KEYS[2..n+1] = ctl:node:{id} of the candidates; ARGV[1..n] = their ids.
+# Returns how many were removed (a heartbeat racing in keeps its id: its key exists again).
+_PRUNE_LUA = """
+local removed = 0
+for i, node_id in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    removed = removed + redis.call('SREM', KEYS[1], node_id)
+  end
+end
+return removed
+"""
+
+
+def _new_stamp() -> str:
+    return uuid.uuid4().hex
+
+
 def decayed(count: float, at_s: float, now_s: float, half_life_s: float) -> float:
     """``count`` recorded at ``at_s``, decayed with half-life ``half_life_s`` to ``now_s``."""
     return count * math.pow(2.0, -max(0.0, now_s - at_s) / half_life_s)
@@ -266,10 +292,20 @@ class RedisState:
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
             health_check_interval=5,
         )
+        self._timeout_s = timeout_s
+        # For the one read on an event loop (the route fast path); made on first use, in the
+        # loop that uses it.
+        self._aclient: redis.asyncio.Redis | None = None
         self._demand_script = self.client.register_script(_DEMAND_LUA)
+        self._prune_script = self.client.register_script(_PRUNE_LUA)
 
     def close(self) -> None:
         self.client.close()
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
 
     def _call(self, fn: Callable[[], T]) -> T:
         with _redis_errors():
@@ -297,6 +333,7 @@ class RedisState:
         def txn(pipe: Any) -> bool:
             text = pipe.get(key)
             doc = json.loads(record.to_json())
+            old: dict[str, Any] = {}
             if text:
                 old = json.loads(text)
                 doc["registered_at"] = old.get("registered_at", record.registered_at)
@@ -306,6 +343,8 @@ class RedisState:
             pipe.multi()
             pipe.set(key, json.dumps(doc, sort_keys=True), px=ttl_ms)
             pipe.sadd(NODES_KEY, record.node_id)
+            if text is None or any(old.get(f) != doc[f] for f in ROUTED_FIELDS):
+                pipe.set(ROUTING_STAMP_KEY, _new_stamp())
             return text is None
 
         return bool(self._transact(txn, key))
@@ -315,30 +354,43 @@ class RedisState:
         return NodeRecord.from_json(cast(str, text)) if text else None
 
     def live_nodes(self) -> list[NodeRecord]:
-        """Nodes whose heartbeat has not expired, sorted by id; prunes expired ids."""
+        """Nodes whose heartbeat has not expired, sorted by id; prunes expired ids. Two round
+        trips whatever the number of nodes (SMEMBERS, one MGET), plus one script call when
+        expired ids need pruning."""
+        return self._live_nodes(with_ttl=False)[0]
 
-        def run() -> list[NodeRecord]:
+    def live_nodes_ttl(self) -> tuple[list[NodeRecord], float | None]:
+        """``(live nodes, seconds until the first of them expires)`` (None: no node with a
+        TTL); the TTLs come in the MGET's pipeline (still two round trips)."""
+        return self._live_nodes(with_ttl=True)
+
+    def _live_nodes(self, *, with_ttl: bool) -> tuple[list[NodeRecord], float | None]:
+        def run() -> tuple[list[NodeRecord], float | None]:
             node_ids = sorted(cast(set[str], self.client.smembers(NODES_KEY)))
             if not node_ids:
-                return []
-            texts = cast(list[str | None], self.client.mget([node_key(n) for n in node_ids]))
+                return [], None
+            keys = [node_key(n) for n in node_ids]
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget(keys)
+            for key in keys if with_ttl else ():
+                pipe.pttl(key)
+            texts, *ttls = pipe.execute()
             dead = [n for n, t in zip(node_ids, texts, strict=True) if t is None]
             if dead:
                 # Only remove ids whose key is still missing (a heartbeat may race in).
-                for node_id in dead:
-                    self._prune_node(node_id)
-            return [NodeRecord.from_json(t) for t in texts if t is not None]
+                self._prune_nodes(dead)
+            live_ttls = [int(ms) for t, ms in zip(texts, ttls, strict=False) if t and ms >= 0]
+            first = min(live_ttls) / 1000.0 if live_ttls else None
+            return [NodeRecord.from_json(t) for t in texts if t is not None], first
 
         return self._call(run)
 
-    def _prune_node(self, node_id: str) -> None:
-        def txn(pipe: Any) -> None:
-            exists = pipe.exists(node_key(node_id))
-            pipe.multi()
-            if not exists:
-                pipe.srem(NODES_KEY, node_id)
-
-        self.client.transaction(txn, node_key(node_id))
+    def _prune_nodes(self, node_ids: Sequence[str]) -> None:
+        removed = self._prune_script(
+            keys=[NODES_KEY, *(node_key(n) for n in node_ids)], args=list(node_ids)
+        )
+        if int(removed):
+            self.client.set(ROUTING_STAMP_KEY, _new_stamp())
 
     def update_node_models(
         self,
@@ -362,6 +414,7 @@ class RedisState:
                 doc["dropping"] = list(dropping)
             pipe.multi()
             pipe.set(node_key(node_id), json.dumps(doc, sort_keys=True), keepttl=True)
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
             return True
 
         return bool(self._transact(txn, node_key(node_id)))
@@ -371,7 +424,8 @@ class RedisState:
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(node_key(node_id))
             pipe.srem(NODES_KEY, node_id)
-            deleted, _ = pipe.execute()
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            deleted, _, _ = pipe.execute()
             return bool(deleted)
 
         return self._call(run)
@@ -385,6 +439,7 @@ class RedisState:
             pipe.srem(DELETED_MODELS_KEY, entry.model_id)
             pipe.set(CATALOGUE_EPOCH_KEY, uuid.uuid4().hex, nx=True)
             pipe.incr(CATALOGUE_VERSION_KEY)
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
             pipe.execute()
 
         self._call(run)
@@ -412,7 +467,8 @@ class RedisState:
             pipe.srem(MODELS_KEY, model_id)
             pipe.sadd(DELETED_MODELS_KEY, model_id)
             pipe.incr(CATALOGUE_VERSION_KEY)
-            deleted, _, _, _ = pipe.execute()
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            deleted, *_ = pipe.execute()
             return bool(deleted)
 
         return self._call(run)
@@ -437,6 +493,33 @@ class RedisState:
             return str(epoch or ""), int(version or 0)
 
         return self._call(run)
+
+    def routing_stamp(self) -> str:
+        """The token of everything a route depends on (one GET; see ``ctl:routing:stamp``).
+        A missing stamp (a fresh or wiped Redis) is set to a new token first."""
+
+        def run() -> str:
+            stamp = self.client.get(ROUTING_STAMP_KEY)
+            if stamp is None:
+                self.client.set(ROUTING_STAMP_KEY, _new_stamp(), nx=True)
+                stamp = self.client.get(ROUTING_STAMP_KEY)
+            return str(stamp)
+
+        return self._call(run)
+
+    async def routing_stamp_async(self) -> str | None:
+        """:meth:`routing_stamp` without blocking the event loop (None: no stamp yet)."""
+        if self._aclient is None:
+            self._aclient = redis.asyncio.Redis.from_url(
+                self.url,
+                decode_responses=True,
+                socket_timeout=self._timeout_s,
+                socket_connect_timeout=self._timeout_s,
+                retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+            )
+        with _redis_errors():
+            stamp = await self._aclient.get(ROUTING_STAMP_KEY)
+        return None if stamp is None else str(stamp)
 
     def catalogue_version(self) -> int:
         value = self._call(lambda: self.client.get(CATALOGUE_VERSION_KEY))
@@ -541,6 +624,7 @@ class RedisState:
             doc = {"schema_version": SCHEMA_VERSION, "version": version, "topology": topology}
             pipe.multi()
             pipe.set(TOPOLOGY_KEY, json.dumps(doc, sort_keys=True))
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
             return version
 
         return int(self._transact(txn, TOPOLOGY_KEY))
@@ -575,7 +659,14 @@ class RedisState:
     def save_placement(self, record: Mapping[str, Any]) -> None:
         """Store the placement record (``version``, ``solver``, ``servers``, ``push``, ...)."""
         doc = {**record, "schema_version": SCHEMA_VERSION}
-        self._call(lambda: self.client.set(PLACEMENT_KEY, json.dumps(doc, sort_keys=True)))
+
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(PLACEMENT_KEY, json.dumps(doc, sort_keys=True))
+            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            pipe.execute()
+
+        self._call(run)
 
     def update_push_status(self, version: int, node_id: str, status: Mapping[str, Any]) -> bool:
         """Set ``push[node_id]`` of the stored placement if it is still ``version``."""

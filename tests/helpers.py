@@ -58,7 +58,9 @@ def serve(factory: Callable[[str], Any], **server_options: Any) -> Iterator[str]
     The socket is bound to an OS-assigned port first and handed to uvicorn, so there is no race
     for a port, and the app is built knowing its own URL (an edge node's ``public_url``).
     """
-    sock = socket.socket()
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say they are TCP. With
+    # proto 0, a response's head and body wait for the client's delayed ACK (~40 ms a request).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     host, port = sock.getsockname()
     url = f"http://{host}:{port}"

@@ -1,4 +1,5 @@
-"""Module-level dependency aliases for the routes (settings, state, planner, metrics, auth)."""
+"""Module-level dependency aliases for the routes (settings, state, planner, route cache,
+metrics, auth)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from fastapi import Depends, Request
 
 from controller.metrics import Metrics
 from controller.planner import Planner
+from controller.route_cache import RouteCache
 from controller.settings import Settings
 from controller.state import RedisState
 from core.asgi import bearer_dependency
@@ -28,7 +30,13 @@ def get_planner(request: Request) -> Planner:
     return planner
 
 
-def get_metrics(request: Request) -> Metrics:
+# Async (they only read app.state): a sync dependency costs a worker-thread hop per request.
+async def get_route_cache(request: Request) -> RouteCache:
+    cache: RouteCache = request.app.state.route_cache
+    return cache
+
+
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
@@ -37,6 +45,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StateDep = Annotated[RedisState, Depends(get_state)]
 PlannerDep = Annotated[Planner, Depends(get_planner)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+RouteCacheDep = Annotated[RouteCache, Depends(get_route_cache)]
 
 #: Writes need ``Authorization: Bearer <CONTROLLER_AUTH_TOKEN>`` (policy: :mod:`core.auth`).
 AuthDep = Depends(

@@ -56,26 +56,30 @@ def demand_view(outcomes: Mapping[str, int]) -> dict[str, Any]:
 
 
 @router.get("/v1/status")
-def status(state: StateDep, planner: PlannerDep, settings: SettingsDep) -> dict[str, Any]:
+def status(state: StateDep, planner: PlannerDep, settings: SettingsDep) -> JSONResponse:
+    # A fixed number of Redis round trips whatever the number of nodes (live_nodes: SMEMBERS
+    # + one MGET), and straight to JSON (FastAPI's encoder would walk every node view).
     now = time.time()
     nodes = state.live_nodes()
     view = planner.active_topology(nodes)
     attempt = attempt_view(state.get_plan_attempt())
     placement = placement_view(state.get_placement(), settings.solver)
-    return {
-        "nodes": [node_view(n, now) for n in nodes],
-        "placement": placement,
-        "last_plan": attempt,
-        "catalogue": {
-            "models": len(planner.catalogue()),
-            "version": state.catalogue_version(),
-        },
-        "topology": {
-            "source": view.source,
-            "version": view.version,
-            "areas": len(view.topology.areas),
-        },
-        "demand": demand_view(state.outcomes()),
-        "expected_hit_ratio": placement.get("hit_ratio", 0.0),
-        "solver": settings.solver,
-    }
+    return JSONResponse(
+        {
+            "nodes": [node_view(n, now) for n in nodes],
+            "placement": placement,
+            "last_plan": attempt,
+            "catalogue": {
+                "models": len(planner.catalogue()),
+                "version": state.catalogue_version(),
+            },
+            "topology": {
+                "source": view.source,
+                "version": view.version,
+                "areas": len(view.topology.areas),
+            },
+            "demand": demand_view(state.outcomes()),
+            "expected_hit_ratio": placement.get("hit_ratio", 0.0),
+            "solver": settings.solver,
+        }
+    )
