@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +58,7 @@ from controller.errors import (
 )
 from controller.state import CatalogueEntry, RedisState
 from core import ModelManifest, build_manifest
+from core.background import LoopThread
 from core.errors import CoreError, TrimCacheError
 from core.fsutil import atomic_write_text
 
@@ -309,8 +309,8 @@ class OriginIndexer:
         self.retry_s = retry_s
         self.max_retry_s = max_retry_s
         self.status = IndexerStatus()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = LoopThread(self.run, name="origin-indexer")
+        self._stop = self._loop.stop_event
 
     def run_once(self) -> bool:
         """One pass: list, add what is missing. True when every listed repo is in."""
@@ -380,12 +380,7 @@ class OriginIndexer:
             return
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self.run, name="origin-indexer", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._loop.stop()

@@ -104,6 +104,7 @@ from controller.settings import Settings
 from controller.state import CatalogueEntry, NodeRecord, PlanLock, RedisState
 from controller.topology import Topology, default_topology, reachable_sets
 from core import ModelManifest, TrimCacheError, group_by_sharing
+from core.background import LoopThread
 from core.digest import BlockId
 from core.errors import ErrorCode
 from core.wire import EdgePlan, ErrorBody, PlanAccepted, PlanStatus
@@ -175,8 +176,8 @@ class Planner:
         self._adopt_backoff: dict[tuple[str, str], float] = {}
         self._catalogue: tuple[tuple[str, int], dict[str, CatalogueEntry]] | None = None
         self._redis_down = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = LoopThread(self.run_forever, name="planner")
+        self._stop = self._loop.stop_event
         # Push rounds running in this process (thread ident -> (version, stop flag)) and the
         # nodes they have not finished with; pushes themselves run on the bounded pool.
         self._pool = ThreadPoolExecutor(
@@ -993,15 +994,10 @@ class Planner:
             self._stop.wait(self.settings.check_interval_s)
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self.run_forever, name="planner", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._loop.stop()
 
 
 def current_placement(
