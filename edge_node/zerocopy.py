@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, BinaryIO, ClassVar
@@ -163,6 +163,28 @@ def _small_to_bytes(pieces: Iterator[Piece]) -> Iterator[Piece]:
                 yield piece.read(piece.offset, piece.count)
         else:
             yield piece
+
+
+def _mark_last(pieces: Iterator[Piece]) -> Generator[tuple[Piece, bool], None, None]:
+    """Each non-empty piece and whether it is the body's last (looks one piece ahead; a
+    piece read ahead but never handed out is closed here)."""
+    held: Piece | None = None
+    try:
+        for piece in pieces:
+            if (piece.count if isinstance(piece, FileSlice) else len(piece)) == 0:
+                if isinstance(piece, FileSlice):
+                    piece.file.close()
+                continue
+            if held is not None:
+                ready, held = held, None
+                yield ready, False
+            held = piece
+        if held is not None:
+            ready, held = held, None
+            yield ready, True
+    finally:
+        if isinstance(held, FileSlice):
+            held.file.close()
 
 
 def pieces_to_bytes(pieces: Iterator[Piece]) -> Iterator[bytes]:
@@ -350,7 +372,10 @@ class PiecesResponse(Response):
 
     Where the server offers :mod:`edge_node.direct` (and the body has a Content-Length), the
     same two paths run in one worker thread writing to the socket itself (:meth:`_write_direct`),
-    not as one ASGI message per piece; there ``sendfile`` starts at ``DIRECT_SENDFILE_BYTES``.
+    not as one ASGI message per piece; there ``sendfile`` starts at ``DIRECT_SENDFILE_BYTES``,
+    and a slice followed by more of the body goes whole, checked before the next byte is
+    written (the next bytes are what the response withholds); only the body's last slice
+    keeps a checked tail.
     """
 
     def __init__(
@@ -400,32 +425,42 @@ class PiecesResponse(Response):
     def _write_direct(self, writer: SocketWriter, *, zerocopy: bool) -> None:
         """The whole body on the socket from this worker thread (see :mod:`edge_node.direct`).
 
-        Same rules as the message path: ``bytes`` and file bytes read and checked go out
-        gathered in ``writev`` calls; with ``zerocopy``, slices of ``DIRECT_SENDFILE_BYTES``
-        or more go by ``sendfile`` up to their last ``TAIL_BYTES``, which are read and checked.
+        ``bytes`` and file bytes read and checked go out gathered in ``writev`` calls. With
+        ``zerocopy``, slices of ``DIRECT_SENDFILE_BYTES`` or more go by ``sendfile``, and the
+        file is checked right after it, before any later byte of the body is written; so a
+        file written during its ``sendfile`` ends the response short, as on the message path.
+        Only the body's last piece has no later byte to hold back: a slice that ends the body
+        keeps its last ``TAIL_BYTES`` out of the ``sendfile`` and sends them read and checked.
+        Checking once per slice (not reading a tail of each) saves a read, a copy and a
+        ``writev`` per block of a batch.
         """
         out = _Gather(writer, self.on_bytes)
+        marked = _mark_last(self.pieces)
         try:
-            for piece in self.pieces:
+            for piece, last in marked:
                 if not isinstance(piece, FileSlice):
                     out.add(piece)
                     continue
                 with piece.file:
                     if zerocopy and piece.count >= DIRECT_SENDFILE_BYTES:
                         out.flush()
-                        count = piece.count - TAIL_BYTES
+                        count = piece.count - TAIL_BYTES if last else piece.count
                         if writer.sendfile(piece.file.fileno(), piece.offset, count) != count:
                             raise SourceChangedError(piece)
                         if self.on_zerocopy_bytes is not None:
                             self.on_zerocopy_bytes(count)
                         if self.on_bytes is not None:
                             self.on_bytes(count)
-                        out.read(piece, piece.offset + count, TAIL_BYTES)
+                        if last:
+                            out.read(piece, piece.offset + count, TAIL_BYTES)
+                        else:
+                            piece.check()
                     else:
                         out.read(piece, piece.offset, piece.count)
             out.flush()
         finally:
             out.close()
+            marked.close()
             close = getattr(self.pieces, "close", None)
             if close is not None:
                 close()

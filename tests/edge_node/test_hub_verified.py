@@ -2,8 +2,8 @@
 
 - An HF cache filled from the origin and then from an edge holds one blob per file: both send
   the Hub's ETags (sha256 for LFS-like files, git blob sha1 for the others).
-- A block file written while its response streams: ``/v1/blocks`` never completes the
-  response; the resolve route never sends a changed byte (with and without link emulation,
+- A block file written while its response streams: ``/v1/blocks`` (one block or a batch)
+  never completes the response; the resolve route never sends a changed byte (with and without link emulation,
   i.e. on the message path and on the direct socket path), so ``huggingface_hub`` (which
   resumes a cut transfer with a Range) ends with the right file or an error, never a wrong
   file. Either way the block is quarantined and repaired.
@@ -109,6 +109,39 @@ def test_block_written_mid_response_is_never_a_complete_response(
     wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
     good = httpx.get(f"{url}/v1/blocks/{block_id}", timeout=60)
     assert hashlib.sha256(good.content).hexdigest() == block_id
+
+
+def test_batch_block_written_mid_response_is_never_a_complete_response(
+    edge_factory, manifests, origin_url
+):
+    # The changed block is not the body's last: on the direct path it goes by one whole
+    # sendfile and is checked before the next block's first byte (no tail of its own).
+    url, app = _placed(edge_factory, manifests, origin_url)
+    node = app.state.node
+    block_id, size = _largest_block(manifests["clf-a"])
+    others = sorted(
+        (kv for kv in manifests["clf-a"].block_sizes().items() if kv[0] != block_id),
+        key=lambda kv: -kv[1],
+    )[:3]
+    body = {"block_ids": [block_id] + [b for b, _ in others]}
+    total = size + sum(n for _, n in others)
+    received = 0
+    with httpx.Client(timeout=60) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            with client.stream("POST", f"{url}/v1/blocks:batch", json=body) as r:
+                assert r.status_code == 200
+                assert int(r.headers["content-length"]) == total
+                chunks = r.iter_raw(1 << 20)
+                received += len(next(chunks))
+                _flip(node.store.path(block_id), size // 2)  # far past what was sent
+                for chunk in chunks:
+                    received += len(chunk)
+    assert received < total
+    assert _stats(url)["corrupt_blocks"] == 1
+    wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
+    good = httpx.post(f"{url}/v1/blocks:batch", json=body, timeout=60)
+    assert len(good.content) == total
+    assert hashlib.sha256(good.content[:size]).hexdigest() == block_id
 
 
 def test_snapshot_download_never_keeps_a_block_written_mid_transfer(
