@@ -3,10 +3,10 @@
 - An HF cache filled from the origin and then from an edge holds one blob per file: both send
   the Hub's ETags (sha256 for LFS-like files, git blob sha1 for the others).
 - A block file written while its response streams: ``/v1/blocks`` (one block or a batch)
-  never completes the response; the resolve route never sends a changed byte (with and without link emulation,
-  i.e. on the message path and on the direct socket path), so ``huggingface_hub`` (which
-  resumes a cut transfer with a Range) ends with the right file or an error, never a wrong
-  file. Either way the block is quarantined and repaired.
+  never completes the response; the resolve route never sends a changed byte (with and
+  without link emulation, i.e. on the message path and on the direct socket path), so
+  ``huggingface_hub`` (which resumes a cut transfer with a Range) ends with the right file or
+  an error, never a wrong file. Either way the block is quarantined and repaired.
 - A manifest that gives a held block another length is refused (409 block_length_conflict).
 """
 
