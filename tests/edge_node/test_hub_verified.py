@@ -87,48 +87,30 @@ def _stats(url: str) -> dict[str, Any]:
     return stats
 
 
+@pytest.mark.parametrize("route", ["block", "batch"])
 def test_block_written_mid_response_is_never_a_complete_response(
-    edge_factory, manifests, origin_url
+    edge_factory, manifests, origin_url, route
 ):
     url, app = _placed(edge_factory, manifests, origin_url)
     node = app.state.node
     block_id, size = _largest_block(manifests["clf-a"])
+    if route == "block":
+        request: dict[str, Any] = {"method": "GET", "url": f"{url}/v1/blocks/{block_id}"}
+        total = size
+    else:
+        # The changed block is not the body's last: on the direct path it goes by one whole
+        # sendfile and is checked before the next block's first byte (no tail of its own).
+        others = sorted(
+            (kv for kv in manifests["clf-a"].block_sizes().items() if kv[0] != block_id),
+            key=lambda kv: -kv[1],
+        )[:3]
+        body = {"block_ids": [block_id] + [b for b, _ in others]}
+        request = {"method": "POST", "url": f"{url}/v1/blocks:batch", "json": body}
+        total = size + sum(n for _, n in others)
     received = 0
     with httpx.Client(timeout=60) as client:
         with pytest.raises(httpx.RemoteProtocolError):
-            with client.stream("GET", f"{url}/v1/blocks/{block_id}") as r:
-                assert r.status_code == 200
-                chunks = r.iter_raw(1 << 20)
-                received += len(next(chunks))
-                _flip(node.store.path(block_id), size // 2)  # far past what was sent
-                for chunk in chunks:
-                    received += len(chunk)
-    assert received < size
-    # Re-hashed on the spot: quarantined, then repaired from the origin.
-    assert _stats(url)["corrupt_blocks"] == 1
-    wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
-    good = httpx.get(f"{url}/v1/blocks/{block_id}", timeout=60)
-    assert hashlib.sha256(good.content).hexdigest() == block_id
-
-
-def test_batch_block_written_mid_response_is_never_a_complete_response(
-    edge_factory, manifests, origin_url
-):
-    # The changed block is not the body's last: on the direct path it goes by one whole
-    # sendfile and is checked before the next block's first byte (no tail of its own).
-    url, app = _placed(edge_factory, manifests, origin_url)
-    node = app.state.node
-    block_id, size = _largest_block(manifests["clf-a"])
-    others = sorted(
-        (kv for kv in manifests["clf-a"].block_sizes().items() if kv[0] != block_id),
-        key=lambda kv: -kv[1],
-    )[:3]
-    body = {"block_ids": [block_id] + [b for b, _ in others]}
-    total = size + sum(n for _, n in others)
-    received = 0
-    with httpx.Client(timeout=60) as client:
-        with pytest.raises(httpx.RemoteProtocolError):
-            with client.stream("POST", f"{url}/v1/blocks:batch", json=body) as r:
+            with client.stream(**request) as r:
                 assert r.status_code == 200
                 assert int(r.headers["content-length"]) == total
                 chunks = r.iter_raw(1 << 20)
@@ -137,9 +119,10 @@ def test_batch_block_written_mid_response_is_never_a_complete_response(
                 for chunk in chunks:
                     received += len(chunk)
     assert received < total
+    # Re-hashed on the spot: quarantined, then repaired from the origin.
     assert _stats(url)["corrupt_blocks"] == 1
     wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
-    good = httpx.post(f"{url}/v1/blocks:batch", json=body, timeout=60)
+    good = httpx.request(**request, timeout=60)
     assert len(good.content) == total
     assert hashlib.sha256(good.content[:size]).hexdigest() == block_id
 
