@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, BinaryIO, ClassVar
@@ -163,28 +163,6 @@ def _small_to_bytes(pieces: Iterator[Piece]) -> Iterator[Piece]:
                 yield piece.read(piece.offset, piece.count)
         else:
             yield piece
-
-
-def _mark_last(pieces: Iterator[Piece]) -> Generator[tuple[Piece, bool], None, None]:
-    """Each non-empty piece and whether it is the body's last (looks one piece ahead; a
-    piece read ahead but never handed out is closed here)."""
-    held: Piece | None = None
-    try:
-        for piece in pieces:
-            if (piece.count if isinstance(piece, FileSlice) else len(piece)) == 0:
-                if isinstance(piece, FileSlice):
-                    piece.file.close()
-                continue
-            if held is not None:
-                ready, held = held, None
-                yield ready, False
-            held = piece
-        if held is not None:
-            ready, held = held, None
-            yield ready, True
-    finally:
-        if isinstance(held, FileSlice):
-            held.file.close()
 
 
 def pieces_to_bytes(pieces: Iterator[Piece]) -> Iterator[bytes]:
@@ -435,15 +413,20 @@ class PiecesResponse(Response):
         ``writev`` per block of a batch.
         """
         out = _Gather(writer, self.on_bytes)
-        marked = _mark_last(self.pieces)
+        # The body's end, from its Content-Length: no look-ahead, since a piece may only stay
+        # readable until the next one is asked for (pull-through windows).
+        remaining = int(self.headers["content-length"])
         try:
-            for piece, last in marked:
+            for piece in self.pieces:
                 if not isinstance(piece, FileSlice):
                     out.add(piece)
+                    remaining -= len(piece)
                     continue
+                remaining -= piece.count
                 with piece.file:
                     if zerocopy and piece.count >= DIRECT_SENDFILE_BYTES:
                         out.flush()
+                        last = remaining <= 0
                         count = piece.count - TAIL_BYTES if last else piece.count
                         if writer.sendfile(piece.file.fileno(), piece.offset, count) != count:
                             raise SourceChangedError(piece)
@@ -460,7 +443,6 @@ class PiecesResponse(Response):
             out.flush()
         finally:
             out.close()
-            marked.close()
             close = getattr(self.pieces, "close", None)
             if close is not None:
                 close()
