@@ -82,6 +82,8 @@ class BlockStore:
         sweep_temp_files(self.root)
         self._lock = threading.Lock()
         self._sizes: dict[BlockId, int] = {}
+        # fspath() of stored blocks: a server opens the same block files on every request.
+        self._fspaths: dict[BlockId, str] = {}
         # Blocks reserved in the index whose file is still being written: set when done, so
         # a second writer or a reader of the same block waits instead of racing the rename.
         self._writing: dict[BlockId, threading.Event] = {}
@@ -101,22 +103,42 @@ class BlockStore:
                     sizes[BlockId(entry.name)] = entry.stat().st_size
         with self._lock:
             self._sizes = sizes
+            self._fspaths = {}
             self._used = sum(sizes.values())
             self._generation += 1
+
+    def _checked(self, block_id: str) -> BlockId:
+        """``block_id`` validated: an id in the index is one already (no regex per call)."""
+        try:
+            if block_id in self._sizes:
+                return BlockId(block_id)
+        except TypeError:  # unhashable: not an id
+            pass
+        return check_block_id(block_id)
 
     def path(self, block_id: str) -> Path:
         """Where a block lives (validates the id first)."""
         bid = check_block_id(block_id)
         return self._blocks_dir / bid[:2] / bid
 
+    def fspath(self, block_id: str) -> str:
+        """:meth:`path` as a string; cached while the block is stored (servers ask per request)."""
+        bid = self._checked(block_id)
+        found = self._fspaths.get(bid)
+        if found is None:
+            found = os.fspath(self.path(bid))
+            if bid in self._sizes:
+                self._fspaths[bid] = found
+        return found
+
     def has(self, block_id: str) -> bool:
-        return check_block_id(block_id) in self._sizes
+        return self._checked(block_id) in self._sizes
 
     def size(self, block_id: str) -> int:
-        bid = check_block_id(block_id)
         try:
-            return self._sizes[bid]
-        except KeyError:
+            return self._sizes[block_id]  # type: ignore[index]
+        except (KeyError, TypeError):
+            bid = check_block_id(block_id)
             raise BlockNotFoundError(bid, self.root) from None
 
     def ids(self) -> list[BlockId]:
@@ -271,6 +293,7 @@ class BlockStore:
     def _release(self, block_id: BlockId) -> None:
         with self._lock:
             size = self._sizes.pop(block_id, None)
+            self._fspaths.pop(block_id, None)
             if size is not None:
                 self._used -= size
                 self._generation += 1
@@ -281,6 +304,7 @@ class BlockStore:
         self._wait_written(bid)
         with self._lock:
             size = self._sizes.pop(bid, None)
+            self._fspaths.pop(bid, None)
             if size is None:
                 return False
             self._used -= size
@@ -291,10 +315,10 @@ class BlockStore:
     # -- reads -----------------------------------------------------------------------------
     def open(self, block_id: str) -> BinaryIO:
         """Open a block for reading (no verification; see :meth:`read_verified_chunks`)."""
-        bid = check_block_id(block_id)
+        bid = self._checked(block_id)
         self._wait_written(bid)
         try:
-            return open(self.path(bid), "rb")
+            return open(self.fspath(bid), "rb")
         except FileNotFoundError:
             self._release(bid)
             raise BlockNotFoundError(bid, self.root) from None

@@ -94,7 +94,6 @@ class EdgeNode:
         )
         self._lock = threading.Lock()
         self._trusted: dict[BlockId, _Signature] = {}
-        self._paths: dict[BlockId, str] = {}
         self._manifests: dict[str, ModelManifest] = {}
         self._manifests_version = 0
         # complete_models() of (store generation, manifests version): every Hub request asks.
@@ -241,7 +240,6 @@ class EdgeNode:
                 freed += size
                 with self._lock:
                     self._trusted.pop(block_id, None)
-                self._paths.pop(block_id, None)
         if freed:
             logger.info("evicted node_id=%s bytes=%d", self.node_id, freed)
         return freed
@@ -249,17 +247,10 @@ class EdgeNode:
     # -- integrity -----------------------------------------------------------------------
     def _signature(self, block_id: BlockId) -> _Signature | None:
         try:
-            st = os.stat(self._path(block_id))
+            st = os.stat(self.store.fspath(block_id))
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def _path(self, block_id: BlockId) -> str:
-        # Serving asks for the same paths per block and request: build each once.
-        path = self._paths.get(block_id)
-        if path is None:
-            path = self._paths[block_id] = os.fspath(self.store.path(block_id))
-        return path
 
     def _open_trusted(self, block_id: BlockId, lo: int, hi: int) -> FileSlice | None:
         """``[lo, hi)`` of the block as a slice if its open file still has the signature it

@@ -350,7 +350,10 @@ class PiecesResponse(Response):
 
     Where the server offers :mod:`edge_node.direct` (and the body has a Content-Length), the
     same two paths run in one worker thread writing to the socket itself (:meth:`_write_direct`),
-    not as one ASGI message per piece; there ``sendfile`` starts at ``DIRECT_SENDFILE_BYTES``.
+    not as one ASGI message per piece; there ``sendfile`` starts at ``DIRECT_SENDFILE_BYTES``,
+    and a slice followed by more of the body goes whole, checked before the next byte is
+    written (the next bytes are what the response withholds); only the body's last slice
+    keeps a checked tail.
     """
 
     def __init__(
@@ -400,27 +403,41 @@ class PiecesResponse(Response):
     def _write_direct(self, writer: SocketWriter, *, zerocopy: bool) -> None:
         """The whole body on the socket from this worker thread (see :mod:`edge_node.direct`).
 
-        Same rules as the message path: ``bytes`` and file bytes read and checked go out
-        gathered in ``writev`` calls; with ``zerocopy``, slices of ``DIRECT_SENDFILE_BYTES``
-        or more go by ``sendfile`` up to their last ``TAIL_BYTES``, which are read and checked.
+        ``bytes`` and file bytes read and checked go out gathered in ``writev`` calls. With
+        ``zerocopy``, slices of ``DIRECT_SENDFILE_BYTES`` or more go by ``sendfile``, and the
+        file is checked right after it, before any later byte of the body is written; so a
+        file written during its ``sendfile`` ends the response short, as on the message path.
+        Only the body's last piece has no later byte to hold back: a slice that ends the body
+        keeps its last ``TAIL_BYTES`` out of the ``sendfile`` and sends them read and checked.
+        Checking once per slice (not reading a tail of each) saves a read, a copy and a
+        ``writev`` per block of a batch.
         """
         out = _Gather(writer, self.on_bytes)
+        # The body's end, from its Content-Length: no look-ahead, since a piece may only stay
+        # readable until the next one is asked for (pull-through windows).
+        remaining = int(self.headers["content-length"])
         try:
             for piece in self.pieces:
                 if not isinstance(piece, FileSlice):
                     out.add(piece)
+                    remaining -= len(piece)
                     continue
+                remaining -= piece.count
                 with piece.file:
                     if zerocopy and piece.count >= DIRECT_SENDFILE_BYTES:
                         out.flush()
-                        count = piece.count - TAIL_BYTES
+                        last = remaining <= 0
+                        count = piece.count - TAIL_BYTES if last else piece.count
                         if writer.sendfile(piece.file.fileno(), piece.offset, count) != count:
                             raise SourceChangedError(piece)
                         if self.on_zerocopy_bytes is not None:
                             self.on_zerocopy_bytes(count)
                         if self.on_bytes is not None:
                             self.on_bytes(count)
-                        out.read(piece, piece.offset + count, TAIL_BYTES)
+                        if last:
+                            out.read(piece, piece.offset + count, TAIL_BYTES)
+                        else:
+                            piece.check()
                     else:
                         out.read(piece, piece.offset, piece.count)
             out.flush()

@@ -2,11 +2,11 @@
 
 - An HF cache filled from the origin and then from an edge holds one blob per file: both send
   the Hub's ETags (sha256 for LFS-like files, git blob sha1 for the others).
-- A block file written while its response streams: ``/v1/blocks`` never completes the
-  response; the resolve route never sends a changed byte (with and without link emulation,
-  i.e. on the message path and on the direct socket path), so ``huggingface_hub`` (which
-  resumes a cut transfer with a Range) ends with the right file or an error, never a wrong
-  file. Either way the block is quarantined and repaired.
+- A block file written while its response streams: ``/v1/blocks`` (one block or a batch)
+  never completes the response; the resolve route never sends a changed byte (with and
+  without link emulation, i.e. on the message path and on the direct socket path), so
+  ``huggingface_hub`` (which resumes a cut transfer with a Range) ends with the right file or
+  an error, never a wrong file. Either way the block is quarantined and repaired.
 - A manifest that gives a held block another length is refused (409 block_length_conflict).
 """
 
@@ -87,28 +87,44 @@ def _stats(url: str) -> dict[str, Any]:
     return stats
 
 
+@pytest.mark.parametrize("route", ["block", "batch"])
 def test_block_written_mid_response_is_never_a_complete_response(
-    edge_factory, manifests, origin_url
+    edge_factory, manifests, origin_url, route
 ):
     url, app = _placed(edge_factory, manifests, origin_url)
     node = app.state.node
     block_id, size = _largest_block(manifests["clf-a"])
+    if route == "block":
+        request: dict[str, Any] = {"method": "GET", "url": f"{url}/v1/blocks/{block_id}"}
+        total = size
+    else:
+        # The changed block is not the body's last: on the direct path it goes by one whole
+        # sendfile and is checked before the next block's first byte (no tail of its own).
+        others = sorted(
+            (kv for kv in manifests["clf-a"].block_sizes().items() if kv[0] != block_id),
+            key=lambda kv: -kv[1],
+        )[:3]
+        body = {"block_ids": [block_id] + [b for b, _ in others]}
+        request = {"method": "POST", "url": f"{url}/v1/blocks:batch", "json": body}
+        total = size + sum(n for _, n in others)
     received = 0
     with httpx.Client(timeout=60) as client:
         with pytest.raises(httpx.RemoteProtocolError):
-            with client.stream("GET", f"{url}/v1/blocks/{block_id}") as r:
+            with client.stream(**request) as r:
                 assert r.status_code == 200
+                assert int(r.headers["content-length"]) == total
                 chunks = r.iter_raw(1 << 20)
                 received += len(next(chunks))
                 _flip(node.store.path(block_id), size // 2)  # far past what was sent
                 for chunk in chunks:
                     received += len(chunk)
-    assert received < size
+    assert received < total
     # Re-hashed on the spot: quarantined, then repaired from the origin.
     assert _stats(url)["corrupt_blocks"] == 1
     wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
-    good = httpx.get(f"{url}/v1/blocks/{block_id}", timeout=60)
-    assert hashlib.sha256(good.content).hexdigest() == block_id
+    good = httpx.request(**request, timeout=60)
+    assert len(good.content) == total
+    assert hashlib.sha256(good.content[:size]).hexdigest() == block_id
 
 
 def test_snapshot_download_never_keeps_a_block_written_mid_transfer(
