@@ -52,5 +52,6 @@ def test_call_when_every_url_failed() -> None:
     answers = {"http://a": 502, "http://b": 503}
     got = endpoints.call(answers.__getitem__, errors=(), retry_on=lambda s: s >= 500)
     assert got == 503
+    unknown: dict[str, int] = {}
     with pytest.raises(KeyError):  # an exception not named in errors is not a failover
-        endpoints.call({}.__getitem__, errors=(ConnectionRefusedError,))
+        endpoints.call(unknown.__getitem__, errors=(ConnectionRefusedError,))
