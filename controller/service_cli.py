@@ -22,6 +22,7 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--topology-file", "topology_file", str, "topology JSON (CONTROLLER_TOPOLOGY_FILE)"),
     ("--plan-interval-s", "plan_interval_s", float, "periodic re-plan (0: on changes only)"),
     ("--heartbeat-expiry-s", "heartbeat_expiry_s", float, "node expiry after last heartbeat"),
+    ("--replica-id", "replica_id", str, "name among replicas on one Redis (CONTROLLER_REPLICA_ID)"),
     (
         "--replan-min-gain",
         "replan_min_gain",

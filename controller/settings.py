@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     topology_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # This process's name among the controller replicas on one Redis (leader lease, the
+    # placement's ``planned_by``); unset: ``{hostname}:{pid}``.
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
     # Liveness of one plan push (the node answers 202, then applies the plan in the
     # background): the push is abandoned after push_timeout_s in all, or as soon as the node's
     # reported progress (``GET /v1/plan`` bytes/blocks done) has not moved for push_stall_s (a
@@ -57,8 +60,9 @@ class Settings(BaseSettings):
     push_accept_timeout_s: float = Field(default=10.0, gt=0)
     # Pushes run concurrently on this many threads (each follows one node's plan).
     push_workers: int = Field(default=16, ge=1, le=256)
-    # The cross-process plan lock expires this long after its holder stopped renewing it (a
-    # crashed controller delays the next plan by at most this much).
+    # The cross-process plan lock, and the leader lease of the controller replica that runs the
+    # background loop (controller.leader), expire this long after their holder stopped
+    # renewing them: a crashed (even SIGKILLed) replica is replaced within this and a third.
     plan_lock_ttl_s: float = Field(default=6.0, gt=0)
     # Timeout of one Redis command; also bounds how long a request waits when Redis is down.
     redis_timeout_s: float = Field(default=2.0, gt=0)

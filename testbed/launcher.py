@@ -57,6 +57,7 @@ import httpx
 import psutil
 
 from core.errors import TrimCacheError
+from core.failover import Endpoints
 from core.fsutil import atomic_write_json
 from core.ports import free_port
 from core.waiting import wait_until
@@ -122,6 +123,9 @@ class LaunchOptions:
     cache_policy: str | None = None
     # Preferred controller port, used when free (else a random one); 0: always random (tests).
     controller_port: int = DEFAULT_CONTROLLER_PORT
+    # Controller replicas on the one Redis (the first on controller_port, the others on random
+    # ports); every edge gets every controller URL.
+    controllers: int = 1
     # Bound on indexing + the first placement being applied (the full zoo over a 100 Mbit/s
     # backhaul moves ~1 GB).
     ready_timeout_s: float = 900.0
@@ -725,6 +729,7 @@ def _deployment(
         redis_port=redis_port,
         origin_port=origin_port,
         controller_port=controller_port,
+        replica_ports=[_free_port(taken) for _ in range(options.controllers - 1)],
         edge_ports=[_free_port(taken) for _ in node_ids],
         solver=options.solver,
         topology_file=str(topology_file),
@@ -753,6 +758,8 @@ def up(
         return existing
     if options.edges < 1:
         raise TestbedError(f"--edges must be at least 1, got {options.edges}")
+    if options.controllers < 1:
+        raise TestbedError(f"--controllers must be at least 1, got {options.controllers}")
     if find_redis_server() is None:
         raise TestbedError("redis-server not found on PATH: run `make setup`")
 
@@ -839,6 +846,8 @@ def _state(
         "status": "running",
         "state_dir": str(Path(options.state_dir).resolve()),
         "controller_url": by_name["controller"].url,
+        # Every replica (the first is controller_url): what the edges and clients fail over on.
+        "controller_urls": [s.url for s in started if s.kind == "controller"],
         "origin_url": by_name["origin"].url,
         "edge_urls": [service.url for service in edges],
         "redis_url": by_name["redis"].url,
@@ -946,11 +955,26 @@ def overview(state: Mapping[str, Any], *, timeout_s: float = 5.0) -> dict[str, A
         except (httpx.HTTPError, ValueError) as exc:
             return {"unavailable": f"{url}: {exc}"}
 
-    controller = str(state.get("controller_url", ""))
-    status = get(f"{controller}/v1/status")
-    models = get(f"{controller}/v1/models")
+    urls = [str(u) for u in state.get("controller_urls") or [state.get("controller_url", "")]]
+
+    def from_controller(path: str) -> Any:
+        """From the first replica that answers (core.failover), like an edge or a client."""
+        try:
+            controllers = Endpoints(urls)
+        except ValueError as exc:
+            return {"unavailable": f"controller URLs {urls!r}: {exc}"}
+        return controllers.call(
+            lambda base: get(f"{base}{path}"),
+            errors=(),
+            retry_on=lambda doc: isinstance(doc, dict) and "unavailable" in doc,
+        )
+
+    status = from_controller("/v1/status")
+    models = from_controller("/v1/models")
     out: dict[str, Any] = {
-        "controller_url": controller,
+        "controller_url": urls[0],
+        # Per replica: its id and whether it leads the planner loop (GET /v1/planner).
+        "controllers": {url: get(f"{url}/v1/planner") for url in urls},
         "models": models.get("models", models) if isinstance(models, dict) else models,
         "placement": status.get("placement", status),
         "demand": status.get("demand", status),

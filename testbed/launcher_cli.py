@@ -51,6 +51,13 @@ def add_parsers(subparsers: Any) -> None:
         "~/.cache/trimcache-testbed/zoo or $TRIMCACHE_ZOO_CACHE, built once)",
     )
     up.add_argument(
+        "--controllers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="controller replicas on the one Redis, all serving, one planning (default 1)",
+    )
+    up.add_argument(
         "--controller-port",
         type=int,
         default=8080,
@@ -171,6 +178,7 @@ def _up(args: argparse.Namespace) -> int:
         solver=args.solver,
         cache_policy=args.cache_policy,
         controller_port=args.controller_port,
+        controllers=args.controllers,
         ready_timeout_s=args.ready_timeout_s,
     )
 
@@ -180,7 +188,8 @@ def _up(args: argparse.Namespace) -> int:
 
     state = up(options, on_progress=say)
     out = sys.stdout.write
-    out(f"controller  {state['controller_url']}\n")
+    for url in state.get("controller_urls") or [state["controller_url"]]:
+        out(f"controller  {url}\n")
     out(f"dashboard   {state['controller_url']}/dashboard\n")
     out(f"origin      {state['origin_url']}\n")
     for url in state["edge_urls"]:
@@ -188,7 +197,8 @@ def _up(args: argparse.Namespace) -> int:
     out(f"redis       {state['redis_url']}\n")
     out(f"state       {Path(state['state_dir']) / 'testbed.json'}\n")
     # The SDK and CLI read this; it is http://127.0.0.1:8080 (their default) when 8080 was free.
-    out(f"export TRIMCACHE_CONTROLLER_URL={state['controller_url']}\n")
+    urls = ",".join(state.get("controller_urls") or [state["controller_url"]])
+    out(f"export TRIMCACHE_CONTROLLER_URL={urls}\n")
     # The testbed's own control-plane token (also in testbed.json): with it the SDK's demand
     # reports (an authenticated write) reach the controller, so the planner and `status` see them.
     out(f"export TRIMCACHE_AUTH_TOKEN={state['auth_token']}\n")
@@ -234,7 +244,7 @@ def _status(args: argparse.Namespace) -> int:
         for service in services:
             health = "up" if service.healthy else ("unhealthy" if service.running else "down")
             out(
-                f"{service.name:<12}{health:<11}{service.url:<30}pid {service.pid:<8}"
+                f"{service.name:<14}{health:<11}{service.url:<30}pid {service.pid:<8}"
                 f"{'' if service.healthy else service.detail}\n"
             )
         if view is not None:
@@ -249,6 +259,12 @@ def _mib(n: Any) -> str:
 def _describe(view: dict[str, Any]) -> list[str]:
     """The human summary of :func:`testbed.launcher.overview`."""
     lines: list[str] = []
+    for url, planner in view.get("controllers", {}).items():
+        if "unavailable" in planner:
+            lines.append(f"\ncontroller  {url} unknown ({planner['unavailable']})")
+        else:
+            role = "leads the planner loop" if planner.get("leading") else "serves"
+            lines.append(f"\ncontroller  {url} {planner.get('replica_id')}: {role}")
     models = view["models"]
     if isinstance(models, list):
         ids = ", ".join(str(m["model_id"]) for m in models)

@@ -26,6 +26,7 @@ _FIELDS = (
     "solve_seconds",
     "planned_at",
     "trigger",
+    "planned_by",
     "topology",
     "problem",
     "servers",
