@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def planning_solver(self) -> str:
+        """The solver plans use: ``solver`` (hit ratio) or ``delay_solver`` (delay)."""
+        return self.delay_solver if self.objective == "delay" else self.solver
+
+    @property
     def route_migration(self) -> bool:
         """Whether routes send clients to a serving edge that migrates blocks it lacks."""
         return self.migration == "on" or (self.migration == "auto" and self.objective == "delay")
