@@ -32,6 +32,8 @@ pytestmark = pytest.mark.slow
 POSITIONS = {"edge-1": (0.0, 0.0), "edge-2": (400.0, 0.0), "edge-3": (800.0, 0.0)}
 HELD = {"edge-1": ["bert-sst2"], "edge-2": ["bert-spam"], "edge-3": []}
 MODEL = "bert-spam"
+#: Catalogued, held by no edge.
+UNHELD = "bert-question"
 TOPOLOGY = {
     "schema": "trimcache.topology/v1",
     "areas": {"area-1": {"x_m": 20.0, "y_m": 0.0}, "area-3": {"x_m": 820.0, "y_m": 0.0}},
@@ -96,7 +98,7 @@ def cluster(
     try:
         catalogue = json.loads((zoo_dir / "zoo.json").read_text())["models"]
         models = {m["model_id"]: m["repo_id"] for m in catalogue}
-        for model_id in (MODEL, "bert-sst2"):
+        for model_id in (MODEL, "bert-sst2", UNHELD):
             body = {"model_id": model_id, "repo_id": models[model_id]}
             r = httpx.post(f"{controller.url}/v1/models", json=body, timeout=300, headers=AUTH)
             assert r.status_code == 201, r.text
@@ -217,3 +219,22 @@ def test_a_block_held_only_by_a_neighbour_is_migrated_and_served(
     }
     assert samples["edge_migrated_out_bytes_total"] == after["edge-2"]["migrated_out_bytes"]
     assert samples["edge_migrated_out_blocks_total"] == after["edge-2"]["migrated_out_blocks"]
+
+
+def test_a_migration_never_falls_back_to_the_origin(cluster: Cluster) -> None:
+    own = sorted(set(cluster.model_blocks(UNHELD)) - set(cluster.model_blocks("bert-sst2")))
+    origin_before = cluster.origin_stats()
+    body = {"block_ids": own[:1], "model_id": UNHELD, "migrate": True}
+    r = httpx.post(f"{cluster.edges['edge-1']}/v1/blocks:batch", json=body, timeout=60)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unavailable"
+    assert cluster.origin_stats()["requests"] == origin_before["requests"]
+    # A block of another model is bad input; without "migrate" a lacking block is a 404 as
+    # before (an older client then reads the holder itself).
+    foreign = sorted(set(cluster.model_blocks("bert-sst2")) - set(cluster.model_blocks(MODEL)))
+    body = {"block_ids": foreign[:1], "model_id": MODEL, "migrate": True}
+    r = httpx.post(f"{cluster.edges['edge-1']}/v1/blocks:batch", json=body, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+    lacking = sorted(set(cluster.model_blocks(MODEL)) - set(cluster.model_blocks("bert-sst2")))
+    body = {"block_ids": lacking[:1], "model_id": MODEL}
+    r = httpx.post(f"{cluster.edges['edge-1']}/v1/blocks:batch", json=body, timeout=60)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "block_not_found"
