@@ -21,8 +21,8 @@ id): a migration that is no faster than reading the far holder directly is not m
 options above, fastest first, the origin last).
 
 Hook for broadcast groups: a block already being broadcast in the client's cluster would cost
-only the rest of its airtime; :func:`block_options` takes every cost from ``air_ms`` and
-``prep`` computed here, so a broadcast-aware estimate replaces :func:`airtime_ms` for the
+only the rest of its airtime; :func:`block_options` takes every cost from
+:class:`RouteCosts`, so a broadcast-aware estimate replaces ``air_ms_per_byte`` for the
 blocks of a live group (not done yet: this module knows no broadcast state).
 
 Pure code: no I/O.
@@ -31,30 +31,49 @@ Pure code: no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from controller.delay.model import airtime_s, snr_linear
 from controller.topology import Topology
 
 How = Literal["held", "migrate", "origin"]
-_HOW_RANK: Mapping[str, int] = {"held": 0, "migrate": 1, "origin": 2}
+#: Exact ties: held before migrate before origin.
+HELD, MIGRATE, ORIGIN = 0, 1, 2
+_HOW: tuple[How, How, How] = ("held", "migrate", "origin")
 
 Point = tuple[float, float]
 
 
-@dataclass(frozen=True, slots=True)
-class BlockOption:
-    """One way a block reaches the client: who sends it (None: the origin) and how."""
+class BlockOption(NamedTuple):
+    """One way a block reaches the client: who sends it (None: the origin) and how, with its
+    cost in milliseconds per byte of the block. Every option adds the same ``latency_ms``, so
+    the ranking of a block's options does not depend on its size; tuples order by cost, then
+    held < migrate < origin, then node id."""
 
+    ms_per_byte: float
+    rank: int  # HELD | MIGRATE | ORIGIN
     node_id: str | None
-    how: How
-    expected_ms: float
     migrate_from: str | None = None
 
-    def key(self) -> tuple[float, int, str]:
-        return (self.expected_ms, _HOW_RANK[self.how], self.node_id or "")
+    @property
+    def how(self) -> How:
+        return _HOW[self.rank]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteCosts:
+    """What every block of one route shares: per node, the radio's milliseconds per byte to
+    the client; the links' milliseconds per byte; the serving edge and, per node, its
+    distance to it (the migration source is the nearest holder)."""
+
+    air_ms_per_byte: Mapping[str, float]
+    latency_ms: float
+    migrate_ms_per_byte: float
+    origin_ms_per_byte: float
+    serving: str | None
+    to_serving_m: Mapping[str, float]
 
 
 def _distance(a: Point, b: Point) -> float:
@@ -82,45 +101,43 @@ def serving_edge(positions: Mapping[str, Point], point: Point | None) -> str | N
     return min(positions, key=lambda n: (_distance(point, positions[n]), n))
 
 
-def block_options(
-    topology: Topology,
-    point: Point,
-    nbytes: int,
-    *,
-    holders: Mapping[str, Point],
-    serving: str | None,
-    positions: Mapping[str, Point],
-) -> list[BlockOption]:
-    """Every way one block of ``nbytes`` reaches a client at ``point``, fastest first.
-
-    ``holders``: node id -> position of the nodes that hold the block and may serve it;
-    ``serving``: the client's serving edge (None: no migration, the origin read is costed as
-    a direct read); ``positions``: positions of all route nodes (the serving edge's included).
-    """
+def route_costs(
+    topology: Topology, point: Point, positions: Mapping[str, Point], serving: str | None
+) -> RouteCosts:
+    """The per-route constants of :func:`block_options` for a client at ``point``
+    (``positions``: every route node's, the serving edge's included)."""
     ch = topology.channel
-    lat = ch.latency_ms
-    options = [
-        BlockOption(n, "held", lat + airtime_ms(topology, point, pos, nbytes))
-        for n, pos in holders.items()
-    ]
-    last_hop = 0.0
-    if serving is not None:
-        home = positions[serving]
-        last_hop = airtime_ms(topology, point, home, nbytes)
-        if serving not in holders and holders:
-            source = min(holders, key=lambda n: (_distance(home, holders[n]), n))
-            prep = 8.0 * nbytes / ch.backhaul_bps * 1000.0
-            options.append(BlockOption(serving, "migrate", lat + prep + last_hop, source))
-    origin_ms = lat + 8.0 * nbytes / ch.origin_bps * 1000.0 + last_hop
-    options.append(BlockOption(None, "origin", origin_ms))
-    options.sort(key=BlockOption.key)
+    home = positions[serving] if serving is not None else None
+    return RouteCosts(
+        air_ms_per_byte={n: airtime_ms(topology, point, p, 1) for n, p in positions.items()},
+        latency_ms=ch.latency_ms,
+        migrate_ms_per_byte=8000.0 / ch.backhaul_bps,
+        origin_ms_per_byte=8000.0 / ch.origin_bps,
+        serving=serving,
+        to_serving_m={} if home is None else {n: _distance(home, p) for n, p in positions.items()},
+    )
+
+
+def block_options(costs: RouteCosts, holders: Sequence[str]) -> list[BlockOption]:
+    """Every way a block held by ``holders`` reaches the client, fastest first (the serving
+    edge migrates only a block it does not hold). The same for every block with these
+    holders: cache it per holder set."""
+    air = costs.air_ms_per_byte
+    options = [BlockOption(air[n], HELD, n) for n in holders]
+    serving = costs.serving
+    last_hop = 0.0 if serving is None else air[serving]
+    if serving is not None and holders and serving not in holders:
+        dist = costs.to_serving_m
+        source = min(holders, key=lambda n: (dist[n], n))
+        options.append(BlockOption(costs.migrate_ms_per_byte + last_hop, MIGRATE, serving, source))
+    options.append(BlockOption(costs.origin_ms_per_byte + last_hop, ORIGIN, None))
+    options.sort(key=lambda o: (o.ms_per_byte, o.rank, o.node_id or ""))
     return options
 
 
-def best_option(options: list[BlockOption]) -> BlockOption:
-    """The delivery of a block: the first of :func:`block_options` (the origin when it is the
-    only way)."""
-    return options[0]
+def expected_ms(costs: RouteCosts, option: BlockOption, nbytes: int) -> float:
+    """The expected time of ``option`` for a block of ``nbytes``."""
+    return costs.latency_ms + nbytes * option.ms_per_byte
 
 
 def order_by_delay(options: list[BlockOption], index: Mapping[str, int], origin: int) -> list[int]:

@@ -33,7 +33,7 @@ from typing import Any
 from controller import delay_routing
 from controller.state import CatalogueEntry, NodeRecord
 from controller.topology import DEFAULT_AREA_OFFSET_M, Topology, delivery_ms
-from core.wire import RouteDelivery, RouteSource
+from core.wire import RouteSource
 
 
 def held_blocks(node: NodeRecord, blocks_by_model: Mapping[str, frozenset[str]]) -> frozenset[str]:
@@ -103,16 +103,19 @@ def build_route(
     if not migration or serving not in planned:  # an on-demand home pulls through itself
         serving = None
     options: dict[str, list[delay_routing.BlockOption]] = {}
-    if point is not None:
-        for block_id, size in sizes.items():
-            options[block_id] = delay_routing.block_options(
-                topology,
-                point,
-                size,
-                holders={n: everyone[n] for n in sorted(holders) if block_id in holders[n]},
-                serving=serving,
-                positions=everyone,
-            )
+    costs: delay_routing.RouteCosts | None = None
+    # Per-block delivery: with migration or the delay objective (otherwise every block's first
+    # candidate simply holds it, or is the origin, and routes stay as they were).
+    if point is not None and (migration or objective == "delay"):
+        costs = delay_routing.route_costs(topology, point, everyone, serving)
+        by_holders: dict[tuple[str, ...], list[delay_routing.BlockOption]] = {}
+        by_id_order = sorted(holders)
+        for block_id in sizes:
+            key = tuple([n for n in by_id_order if block_id in holders[n]])
+            found = by_holders.get(key)
+            if found is None:
+                found = by_holders[key] = delay_routing.block_options(costs, key)
+            options[block_id] = found
     # The serving edge is a source when it migrates some block (a delay route: when it could).
     considered = {b: opts if objective == "delay" else opts[:1] for b, opts in options.items()}
     if serving is not None and any(o.how == "migrate" for v in considered.values() for o in v):
@@ -144,15 +147,28 @@ def build_route(
     }
     delivery: dict[str, dict[str, Any]] = {}
     index = {n: i for i, n in enumerate(order)}
+    # Blocks with the same holders share their options (one list object per holder set).
+    ranked_by_options: dict[int, list[int]] = {}
+    templates: dict[tuple[int, int], tuple[dict[str, Any], float | None]] = {}
     for block_id, ranked_options in options.items():
         listed = blocks[block_id]
         if objective == "delay":
-            ranked = delay_routing.order_by_delay(ranked_options, index, origin_index)
+            ranked = ranked_by_options.get(id(ranked_options))
+            if ranked is None:
+                ranked = delay_routing.order_by_delay(ranked_options, index, origin_index)
+                ranked_by_options[id(ranked_options)] = ranked
             listed = ranked[:-1] + [i for i in listed if i not in ranked] + [origin_index]
         elif ranked_options[0].how == "migrate":
             listed = [index[ranked_options[0].node_id or ""], *listed]
         blocks[block_id] = listed
-        delivery[block_id] = _delivery(ranked_options, order, listed[0], origin_index)
+        template = templates.get((id(ranked_options), listed[0]))
+        if template is None:
+            template = _delivery(ranked_options, order, listed[0], origin_index)
+            templates[(id(ranked_options), listed[0])] = template
+        doc, ms_per_byte = template
+        if ms_per_byte is not None and costs is not None:
+            doc = {**doc, "expected_ms": round(costs.latency_ms + sizes[block_id] * ms_per_byte, 3)}
+        delivery[block_id] = doc
     route: dict[str, Any] = {
         "model_id": entry.model_id,
         "manifest": manifest.to_dict(),
@@ -166,15 +182,15 @@ def build_route(
 
 def _delivery(
     options: Sequence[delay_routing.BlockOption], order: Sequence[str], first: int, origin: int
-) -> dict[str, Any]:
-    """``delivery[block]`` of a route: how its first candidate (``first``) serves it."""
+) -> tuple[dict[str, Any], float | None]:
+    """How a block's first candidate (``first``) serves it: ``delivery[block]`` of a route (a
+    :class:`core.wire.RouteDelivery`, built as a plain dict) without ``expected_ms``, and the
+    option's cost per byte (None: an on-demand home, which pulls the block through itself)."""
     want = None if first == origin else order[first]
     option = next((o for o in options if o.node_id == want), None)
-    if option is None:  # an on-demand home: it pulls the block through itself
-        return RouteDelivery(source=first, how="held").model_dump(exclude_none=True)
-    return RouteDelivery(
-        source=first,
-        how=option.how,
-        migrate_from=None if option.migrate_from is None else order.index(option.migrate_from),
-        expected_ms=round(option.expected_ms, 3),
-    ).model_dump(exclude_none=True)
+    if option is None:
+        return {"source": first, "how": "held"}, None
+    out: dict[str, Any] = {"source": first, "how": option.how}
+    if option.migrate_from is not None:
+        out["migrate_from"] = order.index(option.migrate_from)
+    return out, option.ms_per_byte

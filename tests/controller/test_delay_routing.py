@@ -75,7 +75,7 @@ def test_without_migration_or_position_routes_are_as_before() -> None:
     plain = _route(migration=False)
     names = _names(plain)
     assert plain["blocks"][A] == [names.index("far"), names.index("origin")]
-    assert plain["delivery"][A]["how"] == "held"
+    assert "delivery" not in plain and "near" in names  # near holds S
     unplaced = _route(None, migration=True)
     assert "delivery" not in unplaced
     assert _route(None) == unplaced
@@ -133,16 +133,18 @@ def test_with_the_delay_objective_candidates_follow_expected_delay() -> None:
 
 
 def test_block_options_order_and_ties() -> None:
-    topology = _topology()
-    options = delay_routing.block_options(
-        topology,
-        CLIENT,
-        SIZE,
-        holders={"x": (0.0, 0.0), "w": (0.0, 0.0)},
-        serving="x",
-        positions={"x": (0.0, 0.0), "w": (0.0, 0.0)},
-    )
-    # Equal times: ties by node id; the serving edge holds it, so no migration option.
+    here = {"x": (0.0, 0.0), "w": (0.0, 0.0)}
+    costs = delay_routing.route_costs(_topology(), CLIENT, here, "x")
+    options = delay_routing.block_options(costs, ["w", "x"])
+    # Equal costs: ties by node id; the serving edge holds it, so no migration option.
     assert [(o.node_id, o.how) for o in options] == [("w", "held"), ("x", "held"), (None, "origin")]
+    lacking = delay_routing.block_options(costs, ["w"])
+    assert [(o.node_id, o.how, o.migrate_from) for o in lacking][:2] == [
+        ("w", "held", None),
+        ("x", "migrate", "w"),  # the same radio plus the edge link: slower than reading w
+    ]
+    assert delay_routing.expected_ms(costs, options[0], SIZE) == pytest.approx(
+        _expected_ms(_topology(), "held", (0.0, 0.0))
+    )
     assert delay_routing.serving_edge({"b": (0.0, 0.0), "a": (0.0, 0.0)}, CLIENT) == "a"
     assert delay_routing.serving_edge({"a": (0.0, 0.0)}, None) is None
