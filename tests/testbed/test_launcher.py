@@ -285,6 +285,16 @@ def test_the_objective_and_its_solver_reach_the_controller() -> None:
     assert doc["channel"]["origin_bps"] == 100e6
 
 
+def test_up_refuses_marl_without_its_checkpoint(tmp_path: Path) -> None:
+    args = ("testbed", "up", "--dir", str(tmp_path), "--objective", "delay", "--solver", "marl")
+    for extra in ((), ("--marl-checkpoint", str(tmp_path / "missing.pt"))):
+        result = run_cli(*args, *extra, timeout_s=60)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "marl-checkpoint" in lines[0], result.stderr
+    assert not (tmp_path / "testbed.json").exists()
+
+
 def test_zoo_files_are_world_readable(zoo_dir: Path, tmp_path: Path) -> None:
     """save_pretrained writes 0600; an origin of another user (the image's) must read the zoo."""
     from testbed.zoo import make_world_readable
