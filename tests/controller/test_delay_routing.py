@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from client._route import parse_route
 from controller import delay_routing
 from controller.delay.model import snr_linear
 from controller.routing import build_route
@@ -15,6 +16,7 @@ from controller.state import CatalogueEntry, NodeRecord
 from controller.topology import Topology
 from core.digest import BlockId
 from core.manifest import BlockRef, FileEntry, ModelManifest
+from core.wire import RouteDelivery
 
 A, B, S = "a" * 64, "b" * 64, "c" * 64  # A: only far holds it, S: both hold it, B: nobody
 SIZE = 10_000_000
@@ -69,6 +71,13 @@ def test_the_serving_edge_migrates_what_only_a_far_neighbour_holds() -> None:
         "expected_ms": route["delivery"][S]["expected_ms"],
     }
     assert route["delivery"][B]["how"] == "origin" and route["blocks"][B] == [origin]
+    # The wire model round-trips every entry, and the SDK reads them.
+    for doc in route["delivery"].values():
+        assert RouteDelivery.model_validate(doc).model_dump(exclude_none=True) == doc
+    parsed = parse_route(route)
+    assert parsed.migrate_from(BlockId(A), near) == "http://far"
+    assert parsed.migrate_from(BlockId(A), far) is None  # far holds A: it does not migrate it
+    assert parsed.migrate_from(BlockId(S), near) is None
 
 
 def test_without_migration_or_position_routes_are_as_before() -> None:
