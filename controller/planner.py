@@ -96,6 +96,7 @@ from typing import Any
 
 import httpx
 
+from controller import delay_planning
 from controller.adapters import base_models, with_base_sizes, with_bases
 from controller.demand import request_probabilities
 from controller.errors import StateUnavailableError
@@ -107,6 +108,7 @@ from controller.placement import (
     PlacementResult,
     ReplanDecision,
     decide_replan,
+    make_result,
 )
 from controller.records import DispatchState, PlacementRecord, PushStatus, ServerPlacement
 from controller.routing import held_blocks
@@ -397,11 +399,13 @@ class Planner:
 
         result: PlacementResult | None = None
         problem: PlacementProblem | None = None
-        solver_name = self.settings.solver
+        solver_name = self.settings.planning_solver
         if nodes and catalogue:
             try:
                 problem = self.build_problem(nodes, catalogue, view)
-                decision, solver_name = self._decide(problem, previous, catalogue, attempt)
+                decision, solver_name = self._decide(
+                    problem, previous, catalogue, attempt, nodes=nodes, view=view
+                )
             except StateUnavailableError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a solver failure must not stop the loop
@@ -499,10 +503,16 @@ class Planner:
         previous: Mapping[str, Any] | None,
         catalogue: Sequence[CatalogueEntry],
         attempt: dict[str, Any],
+        *,
+        nodes: Sequence[NodeRecord],
+        view: ActiveTopology,
     ) -> tuple[ReplanDecision, str]:
         """Solve from scratch and warm-started from the current placement, then decide whether
-        the best candidate pays for its moves; the decision goes into ``attempt``."""
+        the best candidate pays for its moves; the decision goes into ``attempt``. With the
+        delay objective: :meth:`_decide_delay`."""
         current, invalid = current_placement(previous, catalogue, problem)
+        if self.settings.objective == "delay":
+            return self._decide_delay(problem, current, invalid, attempt, nodes, view)
         cold = self._solve(problem, attempt)
         candidates = [cold]
         if current and cold[0].status != "infeasible":
@@ -520,6 +530,38 @@ class Planner:
         name = next(n for result, n in candidates if result is decision.chosen)
         warm_chosen = len(candidates) == 2 and decision.chosen is candidates[0][0]
         attempt["decision"] = {**decision.to_json(), "warm_start": warm_chosen}
+        return decision, name
+
+    def _decide_delay(
+        self,
+        problem: PlacementProblem,
+        current: Mapping[str, frozenset[str]],
+        invalid: str | None,
+        attempt: dict[str, Any],
+        nodes: Sequence[NodeRecord],
+        view: ActiveTopology,
+    ) -> tuple[ReplanDecision, str]:
+        """The delay objective: a delay solver over the delay model (controller.delay_planning)."""
+        settings = self.settings
+        topology = view.topology
+        positions = {n.node_id: topology.positions.get(n.node_id, n.position) for n in nodes}
+        dp = delay_planning.delay_problem(problem, positions, topology, seed=settings.solver_seed)
+        name = settings.delay_solver
+        if dp is None:  # no covered area has demand: nothing to minimise, hold nothing new
+            candidate = make_result(problem, {}, solver=name)
+            attempt["delay"] = {"solver": name, "skipped": "no covered area with demand"}
+            return decide_replan(problem, current, [candidate], min_gain=1.0), name
+        candidate = delay_planning.solve(
+            problem,
+            dp,
+            solver=name,
+            seed=settings.solver_seed,
+            time_limit_s=settings.solver_time_limit_s,
+            marl_checkpoint=settings.marl_checkpoint,
+        )
+        decision, numbers = delay_planning.decide(problem, dp, current, candidate, invalid=invalid)
+        attempt["decision"] = {**decision.to_json(), "warm_start": False}
+        attempt["delay"] = {"solver": name, "slots": len(dp.slots), **numbers}
         return decision, name
 
     def _solve(

@@ -7,6 +7,7 @@ environment anywhere else in the controller.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,16 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     origin_url: str = "http://127.0.0.1:8000"
     solver: str = "trimcaching-gen"
+    # What planning and routing minimise: "hit-ratio" (the first system: `solver`) or "delay"
+    # (the second: `delay_solver` over the delay model, routes by expected per-block delay;
+    # controller/delay_planning.py).
+    objective: Literal["hit-ratio", "delay"] = "hit-ratio"
+    delay_solver: str = "delay-greedy"
+    # The trained agents `delay_solver=marl` runs (controller.delay.marl.save_checkpoint).
+    marl_checkpoint: Path | None = None
+    # Request-time migration in routes (controller.delay_routing): "auto" = with the delay
+    # objective only; "on" / "off" whatever the objective.
+    migration: Literal["auto", "on", "off"] = "auto"
     # Periodic re-plan (0: only on changes and on `POST /v1/placement:plan`).
     plan_interval_s: float = Field(default=60.0, ge=0)
     # Run the background loop at all (re-plans on membership/topology changes,
@@ -93,6 +104,27 @@ class Settings(BaseSettings):
 
         if value not in SOLVERS:
             raise ValueError(f"unknown solver {value!r}; choose from {', '.join(SOLVERS)}")
+        return value
+
+    @property
+    def planning_solver(self) -> str:
+        """The solver plans use: ``solver`` (hit ratio) or ``delay_solver`` (delay)."""
+        return self.delay_solver if self.objective == "delay" else self.solver
+
+    @property
+    def route_migration(self) -> bool:
+        """Whether routes send clients to a serving edge that migrates blocks it lacks."""
+        return self.migration == "on" or (self.migration == "auto" and self.objective == "delay")
+
+    @field_validator("delay_solver")
+    @classmethod
+    def _known_delay_solver(cls, value: str) -> str:
+        from controller.delay import DELAY_SOLVERS
+
+        if value not in DELAY_SOLVERS:
+            raise ValueError(
+                f"unknown delay solver {value!r}; choose from {', '.join(DELAY_SOLVERS)}"
+            )
         return value
 
     @field_validator("origin_url")

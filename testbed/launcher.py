@@ -118,6 +118,11 @@ class LaunchOptions:
     seed: int = 0
     timeout_s: float = 120.0
     solver: str | None = None
+    # "hit-ratio" / "delay" (CONTROLLER_OBJECTIVE; None: the controller's default). With
+    # "delay", ``solver`` names a delay solver (CONTROLLER_DELAY_SOLVER).
+    objective: str | None = None
+    # The trained agents of the ``marl`` delay solver (CONTROLLER_MARL_CHECKPOINT).
+    marl_checkpoint: Path | None = None
     # "lru" / "lfu": every edge caches on demand (EDGE_CACHE_POLICY) instead of holding a
     # planned placement; None: planned placement.
     cache_policy: str | None = None
@@ -732,6 +737,8 @@ def _deployment(
         replica_ports=[_free_port(taken) for _ in range(options.controllers - 1)],
         edge_ports=[_free_port(taken) for _ in node_ids],
         solver=options.solver,
+        objective=options.objective,
+        marl_checkpoint=str(options.marl_checkpoint) if options.marl_checkpoint else None,
         topology_file=str(topology_file),
         extra_edge_env={"EDGE_CACHE_POLICY": options.cache_policy} if options.cache_policy else {},
     )
@@ -890,6 +897,7 @@ def controller_topology(
     channel: dict[str, float] = {"latency_ms": radio.latency_ms}
     if backhaul.rate_mbps is not None:
         channel["backhaul_bps"] = backhaul.rate_mbps * 1e6
+        channel["origin_bps"] = backhaul.rate_mbps * 1e6  # the delay model's cloud link
     return {
         "schema": "trimcache.topology/v1",
         "areas": {

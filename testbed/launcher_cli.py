@@ -98,7 +98,18 @@ def add_parsers(subparsers: Any) -> None:
         "--radio-latency-ms", type=float, default=None, metavar="L",
         help="edge node latency per response (full profile: 5)",
     )  # fmt: skip
-    up.add_argument("--solver", default=None, help="controller placement solver")
+    up.add_argument(
+        "--solver", default=None,
+        help="controller placement solver (with --objective delay: a delay solver)",
+    )  # fmt: skip
+    up.add_argument(
+        "--objective", choices=("hit-ratio", "delay"), default=None,
+        help="what the controller minimises: misses (default) or download delay",
+    )  # fmt: skip
+    up.add_argument(
+        "--marl-checkpoint", type=Path, default=None, metavar="PATH",
+        help="trained agents for --objective delay --solver marl",
+    )  # fmt: skip
     up.add_argument(
         "--cache-policy", choices=("lru", "lfu"), default=None,
         help="edges cache on demand with this policy instead of holding a planned placement",
@@ -162,6 +173,11 @@ def _up(args: argparse.Namespace) -> int:
         raise ValueError(f"--capacity-mb must be positive, got {args.capacity_mb}")
     if not 0 <= args.controller_port <= 65535:
         raise ValueError(f"--controller-port must be in 0..65535, got {args.controller_port}")
+    if args.objective == "delay" and args.solver == "marl":
+        if args.marl_checkpoint is None:
+            raise ValueError("--solver marl needs --marl-checkpoint PATH (trained agents)")
+        if not args.marl_checkpoint.is_file():
+            raise ValueError(f"--marl-checkpoint {args.marl_checkpoint} is not a file")
     state_dir = args.state_dir or paths.cache_home() / "state"
     backhaul_default, radio_default = DEFAULT_LINKS[args.profile]
     options = LaunchOptions(
@@ -176,6 +192,8 @@ def _up(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout_s=args.timeout_s,
         solver=args.solver,
+        objective=args.objective,
+        marl_checkpoint=args.marl_checkpoint,
         cache_policy=args.cache_policy,
         controller_port=args.controller_port,
         controllers=args.controllers,

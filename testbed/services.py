@@ -80,6 +80,8 @@ class Deployment:
     edge_ports: Sequence[int] = (8101, 8102, 8103)
     bind_host: str = LOOPBACK
     solver: str | None = None
+    objective: str | None = None
+    marl_checkpoint: str | None = None
     topology_file: str | None = None
     heartbeat_interval_s: float = 2.0
     # Edge nodes start together but register seconds apart on a loaded machine; with the
@@ -129,8 +131,13 @@ def service_table(d: Deployment) -> list[ServiceSpec]:
         "CONTROLLER_SETTLE_S": f"{d.settle_s:g}",
         "HF_HOME": d.hf_home,
     }
+    if d.objective:
+        controller_env["CONTROLLER_OBJECTIVE"] = d.objective
     if d.solver:
-        controller_env["CONTROLLER_SOLVER"] = d.solver
+        delay = d.objective == "delay"
+        controller_env["CONTROLLER_DELAY_SOLVER" if delay else "CONTROLLER_SOLVER"] = d.solver
+    if d.marl_checkpoint:
+        controller_env["CONTROLLER_MARL_CHECKPOINT"] = d.marl_checkpoint
     if d.topology_file:
         controller_env["CONTROLLER_TOPOLOGY_FILE"] = d.topology_file
     table = [redis, origin]

@@ -323,6 +323,42 @@ def test_controller_replicas_in_the_service_table() -> None:
     )
 
 
+def test_the_objective_and_its_solver_reach_the_controller() -> None:
+    from testbed.services import Deployment, service_table
+
+    def controller_env(**extra: str) -> dict[str, str]:
+        table = service_table(
+            Deployment(
+                auth_token="t", zoo_dir="/zoo", redis_dir="/r", edge_data_dirs=["/a"],
+                hf_home="/hf", manifest_cache_dir="/m", topology=grid_topology(1),
+                backhaul=LinkProfile(None, 0.0), radio=LinkProfile(None, 0.0),
+                capacity_bytes=1 << 20, edge_ports=[9001], **extra,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+        return dict(next(s for s in table if s.name == "controller").env)
+
+    delay = controller_env(objective="delay", solver="marl", marl_checkpoint="/ck.pt")
+    assert delay["CONTROLLER_OBJECTIVE"] == "delay"
+    assert delay["CONTROLLER_DELAY_SOLVER"] == "marl" and "CONTROLLER_SOLVER" not in delay
+    assert delay["CONTROLLER_MARL_CHECKPOINT"] == "/ck.pt"
+    plain = controller_env(solver="popularity")
+    assert plain["CONTROLLER_SOLVER"] == "popularity" and "CONTROLLER_OBJECTIVE" not in plain
+    doc = launcher.controller_topology(
+        grid_topology(1), backhaul=LinkProfile(100.0, 30.0), radio=LinkProfile(400.0, 5.0)
+    )
+    assert doc["channel"]["origin_bps"] == 100e6
+
+
+def test_up_refuses_marl_without_its_checkpoint(tmp_path: Path) -> None:
+    args = ("testbed", "up", "--dir", str(tmp_path), "--objective", "delay", "--solver", "marl")
+    for extra in ((), ("--marl-checkpoint", str(tmp_path / "missing.pt"))):
+        result = run_cli(*args, *extra, timeout_s=60)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "marl-checkpoint" in lines[0], result.stderr
+    assert not (tmp_path / "testbed.json").exists()
+
+
 def test_zoo_files_are_world_readable(zoo_dir: Path, tmp_path: Path) -> None:
     """save_pretrained writes 0600; an origin of another user (the image's) must read the zoo."""
     from testbed.zoo import make_world_readable
