@@ -20,8 +20,8 @@
    peak RSS (each (factor, path, solver) in its own subprocess), mean delay and its ratio to
    ``coarse``. Paths: ``vector`` (the greedy on :class:`controller.delay.vector.VectorDelay`)
    and, up to ``--reference-max-factor`` (default 1), ``reference`` (the same greedy on the
-   reference ``slot_delays``, the previous implementation's evaluator); ``same`` says
-   whether the placement equals the first path's.
+   reference ``slot_delays``, the previous implementation's evaluator; for
+   ``--reference-solvers``); ``same`` says whether the placement equals the first path's.
 
 Instances come from seeds (no downloads). Prints a table and appends JSON lines (part, seed,
 solver, mean_s, wall_s, git sha) to ``bench/results/delay.jsonl``. Never part of ``make test``.
@@ -304,8 +304,8 @@ def scale(args: argparse.Namespace, emit: Any) -> None:
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for path in paths:
             for solver in CLASSICAL:
-                if path == "reference" and solver == "trimcaching-gen":
-                    continue  # no delay evaluator inside: one path
+                if path == "reference" and solver not in args.reference_solvers.split(","):
+                    continue  # trimcaching-gen has no delay evaluator inside: one path
                 cmd = [
                     sys.executable, "-m", "bench.delay", "--scale-one", str(factor),
                     "--path", path, "--solver", solver, "--tight-gb", str(args.tight_gb),
@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", action="store_true", help="run the scale table only")
     parser.add_argument("--scale-factors", default="1,10")
     parser.add_argument("--reference-max-factor", type=int, default=1)
+    parser.add_argument("--reference-solvers", default="coarse,fine-unicast,delay-greedy")
     parser.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=EVALUATORS, default="vector", help=argparse.SUPPRESS)
     parser.add_argument("--solver", choices=CLASSICAL, help=argparse.SUPPRESS)

@@ -91,6 +91,7 @@ class VectorDelay:
         self._tau: list[Floats] = []
         self._prep: list[Floats] = []
         self.slot_sum: list[float] = []
+        self._order: list[Ints] = []  # per slot: the current state's job order (a sort hint)
         for t, s in enumerate(self.slots):
             n_jobs = len(s.entry_unit) if delivery == "broadcast" else len(s.pair_entry)
             self._key.append(np.zeros((1, n_jobs)))
@@ -208,10 +209,24 @@ class VectorDelay:
 
     # -- the schedule -----------------------------------------------------------------------
 
-    def _slot_delays(self, t: int, key: Floats, tau: Floats, prep: Floats) -> Floats:
-        """(K, U_t) D_u per variant row, users in the slot's request order."""
+    def _job_order(self, key: Floats, hint: Ints | None) -> Ints:
+        """Per row, the jobs by (key, job index): a stable argsort. With ``hint`` (the order
+        of the current state, which each variant changes in a few jobs only) the keys are
+        sorted in that order first, where a stable sort is nearly linear, and rows where an
+        equal-key run came out of job-index order are sorted again from scratch."""
+        if hint is None:
+            return np.argsort(key, axis=1, kind="stable")
+        order = hint[np.argsort(key[:, hint], axis=1, kind="stable")]
+        ordered = np.take_along_axis(key, order, axis=1)
+        wrong = (ordered[:, 1:] == ordered[:, :-1]) & (order[:, 1:] < order[:, :-1])
+        rows = np.flatnonzero(wrong.any(axis=1))
+        if len(rows):
+            order[rows] = np.argsort(key[rows], axis=1, kind="stable")
+        return order
+
+    def _slot_delays(self, t: int, order: Ints, tau: Floats, prep: Floats) -> Floats:
+        """(K, U_t) D_u per variant row (jobs run in ``order``), users in request order."""
         s = self.slots[t]
-        order = np.argsort(key, axis=1, kind="stable")
         tau_s = np.take_along_axis(tau, order, axis=1)
         prep_s = np.take_along_axis(prep, order, axis=1)
         cum = np.cumsum(tau_s, axis=1)
@@ -219,16 +234,19 @@ class VectorDelay:
         end = np.empty_like(cum)
         np.put_along_axis(end, order, cum + slack, axis=1)
         per_pair = end[:, s.pair_entry] if self.delivery == "broadcast" else end
-        out = np.zeros((key.shape[0], s.n_users))
+        out = np.zeros((order.shape[0], s.n_users))
         out[:, s.run_user] = np.maximum.reduceat(per_pair[:, s.by_user], s.user_starts, axis=1)
         return out
 
-    def _slot_sums(self, t: int, key: Floats, tau: Floats, prep: Floats) -> Floats:
-        sums: Floats = self._slot_delays(t, key, tau, prep).sum(axis=1)
-        return sums
-
     def _current_sum(self, t: int) -> float:
-        return float(self._slot_sums(t, self._key[t], self._tau[t], self._prep[t])[0])
+        """Slot t's summed delay in the current state (its job order is kept as a hint)."""
+        hint = self._order[t] if t < len(self._order) else None
+        order = self._job_order(self._key[t], hint)
+        if hint is None:
+            self._order.append(order[0])
+        else:
+            self._order[t] = order[0]
+        return float(self._slot_delays(t, order, self._tau[t], self._prep[t]).sum(axis=1)[0])
 
     # -- the solver interface ---------------------------------------------------------------
 
@@ -249,7 +267,8 @@ class VectorDelay:
             prep = np.repeat(self._prep[t], len(nodes), axis=0)
             for e in by_slot[t]:
                 self._set_entry(t, e, key, tau, prep, nodes)
-            total += self.slot_sum[t] - self._slot_sums(t, key, tau, prep)
+            order = self._job_order(key, self._order[t])
+            total += self.slot_sum[t] - self._slot_delays(t, order, tau, prep).sum(axis=1)
         return [float(g) for g in total]
 
     def add(self, node_id: str, unit: str) -> None:
@@ -278,7 +297,8 @@ class VectorDelay:
                 key, tau, prep = np.zeros((1, n_jobs)), np.zeros((1, n_jobs)), np.zeros((1, n_jobs))
                 for e in range(len(s.entry_unit)):
                     self._set_entry(t, e, key, tau, prep, None)
-                per_slot.append(self._slot_delays(t, key, tau, prep)[0].tolist())
+                order = self._job_order(key, None)
+                per_slot.append(self._slot_delays(t, order, tau, prep)[0].tolist())
         finally:
             self.holders = saved
         return self.instance.stats(per_slot)
