@@ -28,6 +28,13 @@ states it generates synthetic transitions with freshly sampled joint actions; ea
 batch is then half real, half synthetic. Both variants make the same number of gradient
 updates per environment sample, so a difference comes from the data, not the update count.
 
+Rollouts. By default the team acts and learns step by step in this process. With
+``MarlConfig(parallel_envs=n)`` the exploration episodes are played n at a time by the policy
+as it is at the batch's start (:func:`_rollout`, each episode with its own seed), on the sweep
+engine (:func:`controller.sweep.engine_session`: in process, or one Ray task per episode), and
+the learner then learns from their transitions in episode order, so the engine does not change
+the result.
+
 The solver trains on the instance it is given and returns the placement of the best greedy
 (exploration-free) rollout seen at the evaluation points. Everything is seeded: torch's
 global generator is used only inside ``torch.random.fork_rng`` with ``manual_seed(seed)`` (the
