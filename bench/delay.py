@@ -13,6 +13,16 @@
    to first reach 95 % of the return the plain learner ends with (its learning curve's best);
    ``--curves PATH`` writes the mean learning curves to CSV + PNG.
 
+4. Scale (``--scale``, instead of 1-3): the medium instance (part 2, seed 0, ``--tight-gb``)
+   grown by each factor of ``--scale-factors`` (default 1,10; :func:`scale_scenario`:
+   factor x the nodes, users and models per family, area x sqrt(factor) so densities stay,
+   6 slots): per classical solver build time, solve time (``wall`` and process ``cpu``),
+   peak RSS (each (factor, path, solver) in its own subprocess), mean delay and its ratio to
+   ``coarse``. Paths: ``vector`` (the greedy on :class:`controller.delay.vector.VectorDelay`)
+   and, up to ``--reference-max-factor`` (default 1), ``reference`` (the same greedy on the
+   reference ``slot_delays``, the previous implementation's evaluator; for
+   ``--reference-solvers``); ``same`` says whether the placement equals the first path's.
+
 Instances come from seeds (no downloads). Prints a table and appends JSON lines (part, seed,
 solver, mean_s, wall_s, git sha) to ``bench/results/delay.jsonl``. Never part of ``make test``.
 """
@@ -22,18 +32,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.placement import _git_sha, _seeds
+from bench.placement import _git_sha, _peak_rss_mb, _seeds
 from controller.delay import DELAY_SOLVERS, evaluate_delay
 from controller.delay.scenario import DelayScenario, make_delay_problem, tiny_problem
-from controller.delay.solvers import solve_optimal
+from controller.delay.solvers import EVALUATORS, solve_optimal
 from core.fsutil import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -227,6 +239,105 @@ def plot_curves(csv_path: Path, *, n_instances: int) -> None:
     plt.close(fig)
 
 
+def scale_scenario(factor: int, capacity_gb: float) -> DelayScenario:
+    """The medium instance (part 2) grown ``factor`` times (see the module docstring)."""
+    base = DelayScenario()
+    return dataclasses.replace(
+        base,
+        n_servers=base.n_servers * factor,
+        n_users=base.n_users * factor,
+        models_per_family=base.models_per_family * factor,
+        area_m=base.area_m * math.sqrt(factor),
+        capacity_gb=capacity_gb,
+    )
+
+
+def scale_one(args: argparse.Namespace) -> int:
+    """One (factor, path, solver) measurement in this process: a JSON line on stdout."""
+    from controller.delay import solvers
+
+    started = time.perf_counter()
+    p = make_delay_problem(scale_scenario(args.scale_one, args.tight_gb), seed=0)
+    build_s = time.perf_counter() - started
+    solve: Any = DELAY_SOLVERS[args.solver]
+    if args.solver != "trimcaching-gen":
+        solve = {
+            "coarse": solvers.solve_coarse,
+            "fine-unicast": solvers.solve_fine_unicast,
+            "delay-greedy": solvers.solve_delay_greedy,
+        }[args.solver]
+        solve = functools.partial(solve, evaluator=args.path)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    r = solve(p, seed=0)
+    wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+    row = {
+        "models": len(p.models),
+        "blocks": len(p.blocks),
+        "nodes": len(p.servers),
+        "users": len(p.users),
+        "slots": len(p.slots),
+        "build_s": build_s,
+        "solve_s": r.solve_seconds,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "peak_rss_mb": _peak_rss_mb(),
+        "mean_s": r.delay.mean_s,
+        "placement": {n: list(ids) for n, ids in r.placement.items()},
+    }
+    sys.stdout.write(json.dumps(row) + "\n")
+    return 0
+
+
+def scale(args: argparse.Namespace, emit: Any) -> None:
+    """Every (factor, path, solver) in its own subprocess; one table."""
+    say(
+        f"\n4. scale: the medium instance x factor ({args.tight_gb} GB/node, seed 0, 6 slots);"
+        " each row its own process"
+    )
+    say(
+        f"   {'factor':<7}{'models x nodes x users':<24}{'path':<11}{'solver':<17}"
+        f"{'build s':>8}{'solve s':>9}{'cpu s':>7}{'peak MB':>9}{'mean delay s':>14}"
+        f"{'/coarse':>9}{'same':>6}"
+    )
+    for factor in (int(x) for x in args.scale_factors.split(",")):
+        paths = ["vector", "reference"] if factor <= args.reference_max_factor else ["vector"]
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for path in paths:
+            for solver in CLASSICAL:
+                if path == "reference" and solver not in args.reference_solvers.split(","):
+                    continue  # trimcaching-gen has no delay evaluator inside: one path
+                cmd = [
+                    sys.executable, "-m", "bench.delay", "--scale-one", str(factor),
+                    "--path", path, "--solver", solver, "--tight-gb", str(args.tight_gb),
+                ]  # fmt: skip
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode:
+                    say(f"   {factor:<7}{'':<24}{path:<11}{solver:<17}FAILED")
+                    say(proc.stderr[-1500:])
+                    continue
+                rows[path, solver] = json.loads(proc.stdout.strip().splitlines()[-1])
+        for path in paths:
+            coarse = rows.get((path, "coarse"), rows.get(("vector", "coarse"), {})).get("mean_s")
+            for solver in CLASSICAL:
+                row = rows.get((path, solver))
+                if row is None:
+                    continue
+                first = rows.get((paths[0], solver))
+                same = "yes" if first and first["placement"] == row["placement"] else "no"
+                size = f"{row['models']} x {row['nodes']} x {row['users']}"
+                ratio = row["mean_s"] / coarse if coarse else math.nan
+                say(
+                    f"   {factor:<7}{size:<24}{path:<11}{solver:<17}{row['build_s']:>8.1f}"
+                    f"{row['wall_s']:>9.2f}{row['cpu_s']:>7.2f}{row['peak_rss_mb']:>9.0f}"
+                    f"{row['mean_s']:>14.3f}{ratio:>9.3f}{same:>6}"
+                )
+                emit(f"scale/{factor}/{path}", 0, solver, row["mean_s"], row["wall_s"])
+    say(
+        "   (solve s = the call's wall time incl. the reference evaluation of the result;"
+        " 'same': the placement equals the first path's)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.delay", description=__doc__)
     parser.add_argument("--tiny-seeds", default="0-29")
@@ -236,7 +347,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tight-gb", type=float, default=0.1)
     parser.add_argument("--parts", default="tiny,medium,marl")
     parser.add_argument("--curves", default=None, help="write learning curves to PATH.csv/.png")
+    parser.add_argument("--scale", action="store_true", help="run the scale table only")
+    parser.add_argument("--scale-factors", default="1,10")
+    parser.add_argument("--reference-max-factor", type=int, default=1)
+    parser.add_argument("--reference-solvers", default="coarse,fine-unicast,delay-greedy")
+    parser.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=EVALUATORS, default="vector", help=argparse.SUPPRESS)
+    parser.add_argument("--solver", choices=CLASSICAL, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scale_one:
+        return scale_one(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     sha = _git_sha()
     out = (RESULTS / "delay.jsonl").open("a")
@@ -258,9 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             + "\n"
         )
 
-    parts = {"tiny": tiny, "medium": medium, "marl": marl_part}
+    parts = {"tiny": tiny, "medium": medium, "marl": marl_part, "scale": scale}
     try:
-        for name in args.parts.split(","):
+        for name in ["scale"] if args.scale else args.parts.split(","):
             start = time.perf_counter()
             parts[name](args, emit)
             say(f"   ({name}: {time.perf_counter() - start:.0f} s)")

@@ -65,10 +65,28 @@ def _add_place(subparsers: Subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=None, help="seed (lru/lfu traces, HiGHS, marl)")
     p.add_argument("--time-limit-s", type=float, default=None, help="time limit (optimal)")
+    p.add_argument(
+        "--engine",
+        default=None,
+        help="marl: where episodes are rolled out, local or ray (default local, step by step)",
+    )
+    p.add_argument("--address", default=None, help="marl on ray: a cluster address")
+    p.add_argument(
+        "--parallel-envs",
+        type=int,
+        default=None,
+        help="marl: episodes rolled out per batch (default 0 = step by step; 4 with ray)",
+    )
     p.set_defaults(func=_run_place)
 
 
 def _run_place(args: argparse.Namespace) -> int:
+    marl_only = {"--engine": args.engine, "--address": args.address}
+    marl_only["--parallel-envs"] = args.parallel_envs
+    if args.objective != "delay" or (args.solver or "delay-greedy") != "marl":
+        for option, value in marl_only.items():
+            if value is not None:
+                raise ValueError(f"{option}: only with --objective delay --solver marl")
     if args.objective == "delay":
         return _run_place_delay(args)
     from controller.placement import get_solver, problem_from_json, result_to_json
@@ -85,7 +103,22 @@ def _run_place_delay(args: argparse.Namespace) -> int:
 
     solve = get_delay_solver(args.solver or "delay-greedy")
     problem = delay_problem_from_json(_read_json(args.problem_json))
-    result = solve(problem, seed=args.seed, time_limit_s=args.time_limit_s)
+    if args.solver == "marl" and (args.engine, args.address, args.parallel_envs) != (None,) * 3:
+        from controller.delay import marl
+
+        engine = args.engine or "local"
+        envs = args.parallel_envs if args.parallel_envs is not None else 4 * (engine == "ray")
+        if envs < 0:
+            raise ValueError("--parallel-envs: must be >= 0")
+        result = marl.solve(
+            problem,
+            seed=args.seed,
+            config=marl.MarlConfig(parallel_envs=envs),
+            engine=engine,
+            address=args.address,
+        )
+    else:
+        result = solve(problem, seed=args.seed, time_limit_s=args.time_limit_s)
     sys.stdout.write(json.dumps(delay_result_to_json(result), indent=2) + "\n")
     return 0
 

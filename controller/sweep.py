@@ -9,10 +9,12 @@ runs the cells and returns the rows in cell order, whatever ran where:
   shut down afterwards) or on the cluster at ``address``. Install with
   ``pip install 'trimcache[ray]'``; a cluster's workers need ``trimcache`` importable.
 
-A cell's result depends only on the cell (the instance comes from its seed), so both engines
-give the same rows; only the measured ``solve_seconds`` differ from run to run. The cell
-functions memoise the last instance they built (:func:`last_built`), so a local run builds
-each (value, seed) instance once, as the solver loop did before cells.
+:func:`engine_session` keeps one engine up for many batches (the ``marl`` learner rolls
+out each batch of episodes through it). A cell's result depends only on the cell (the
+instance comes from its seed), so both engines give the same rows; only the measured
+``solve_seconds`` differ from run to run. The cell functions memoise the last instance they
+built (:func:`last_built`), so a local run builds each (value, seed) instance once, as the
+solver loop did before cells.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +34,7 @@ ENGINES = ("local", "ray")
 
 R = TypeVar("R")
 S = TypeVar("S")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +108,8 @@ def last_built(kind: str, key: Hashable, build: Callable[[], R]) -> R:
 
 
 def run_cells(
-    work: Callable[[Cell], R],
-    todo: Sequence[Cell],
+    work: Callable[[T], R],
+    todo: Sequence[T],
     *,
     engine: str = "local",
     address: str | None = None,
@@ -118,16 +122,27 @@ def run_cells(
     Raises:
         ValueError: unknown engine, ``address`` without ``ray``, or Ray not installed.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"--engine: unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    with engine_session(engine, address) as run:
+        return run(work, todo)
+
+
+# A started engine: (work, items) -> [work(item) for item in items], in item order.
+Runner = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
+
+@contextmanager
+def engine_session(engine: str = "local", address: str | None = None) -> Iterator[Runner]:
+    """The engine, started once for many :data:`Runner` calls (the learner's rollout batches):
+    ``local`` runs items in this process; ``ray`` runs one task per item (a private local
+    2-CPU Ray started here and shut down after, or the cluster at ``address``).
+
+    Raises:
+        ValueError: unknown engine, ``address`` without ``ray``, or Ray not installed.
+    """
+    check_engine(engine, address)
     if engine == "local":
-        if address is not None:
-            raise ValueError("--address: only with --engine ray")
-        return [work(cell) for cell in todo]
-    return _run_ray(work, todo, address)
-
-
-def _run_ray(work: Callable[[Cell], R], todo: Sequence[Cell], address: str | None) -> list[R]:
+        yield _run_local
+        return
     try:
         import ray
     except ImportError:
@@ -140,18 +155,34 @@ def _run_ray(work: Callable[[Cell], R], todo: Sequence[Cell], address: str | Non
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
-        task: Any = ray.remote(_apply)
+    task: Any = ray.remote(_apply)
+
+    def run(work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         work_ref = ray.put(work)  # shipped once; Ray resolves it in each task
-        return list(ray.get([task.remote(work_ref, cell) for cell in todo]))
+        return list(ray.get([task.remote(work_ref, item) for item in items]))
+
+    try:
+        yield run
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _apply(work: Callable[[Cell], R], cell: Cell) -> R:
+def check_engine(engine: str, address: str | None) -> None:
+    """Raise ``ValueError`` for an unknown engine or an ``address`` without ``ray``."""
+    if engine not in ENGINES:
+        raise ValueError(f"--engine: unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "local" and address is not None:
+        raise ValueError("--address: only with --engine ray")
+
+
+def _run_local(work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    return [work(item) for item in items]
+
+
+def _apply(work: Callable[[T], R], item: T) -> R:
     """The Ray task body (Ray wraps functions only, not ``functools.partial`` objects)."""
-    return work(cell)
+    return work(item)
 
 
 def write_rows_csv(rows: Sequence[object], fields: Sequence[str], path: Path) -> None:

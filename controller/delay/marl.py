@@ -28,6 +28,13 @@ states it generates synthetic transitions with freshly sampled joint actions; ea
 batch is then half real, half synthetic. Both variants make the same number of gradient
 updates per environment sample, so a difference comes from the data, not the update count.
 
+Rollouts. By default the team acts and learns step by step in this process. With
+``MarlConfig(parallel_envs=n)`` the exploration episodes are played n at a time by the policy
+as it is at the batch's start (:func:`_rollout`, each episode with its own seed), on the sweep
+engine (:func:`controller.sweep.engine_session`: in process, or one Ray task per episode), and
+the learner then learns from their transitions in episode order, so the engine does not change
+the result.
+
 The solver trains on the instance it is given and returns the placement of the best greedy
 (exploration-free) rollout seen at the evaluation points. Everything is seeded: torch's
 global generator is used only inside ``torch.random.fork_rng`` with ``manual_seed(seed)`` (the
@@ -38,6 +45,9 @@ one thread during training, so one seed gives bit-identical parameters (tested).
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 import random
 import time
@@ -51,8 +61,9 @@ import torch
 from torch import nn
 
 from controller.delay.model import DelayInstance
-from controller.delay.problem import DelayProblem, DelayResult
+from controller.delay.problem import DelayProblem, DelayResult, delay_problem_to_json
 from controller.delay.solvers import make_delay_result
+from controller.sweep import check_engine, engine_session, last_built
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +88,13 @@ class MarlConfig:
     model_warmup: int = 32  # real transitions before the reward model is used
     max_rounds: int = 24
     reward_scale: float = 10.0  # returns are relative delay drops (~0.1); scaled for the TD loss
+    parallel_envs: int = 0  # 0: act and learn step by step; n: roll out n episodes per batch
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.eval_every < 1 or self.batch < 1 or self.hidden < 1:
             raise ValueError("marl: episodes, eval_every, batch and hidden must be >= 1")
+        if self.parallel_envs < 0:
+            raise ValueError("marl: parallel_envs must be >= 0")
         if self.mixer not in ("qmix", "vdn"):
             raise ValueError(f"marl: mixer must be 'qmix' or 'vdn', got {self.mixer!r}")
 
@@ -342,16 +356,23 @@ def _max_rounds(game: CacheGame, cap: int) -> int:
     return min(best + 1, cap)
 
 
+def _episode_over(
+    game: CacheGame, actions: torch.Tensor, round_: int, next_mask: torch.Tensor
+) -> bool:
+    """Every agent stopped, the round bound is reached, or nothing fits any more."""
+    return (
+        bool((actions == game.n_units).all())
+        or round_ + 1 >= game.max_rounds
+        or bool((~next_mask[:, :-1]).all())
+    )
+
+
 def _transition(
     game: CacheGame, x: torch.Tensor, round_: int, actions: torch.Tensor, reward: float
 ) -> tuple[torch.Tensor, ...]:
     nxt = game.apply(x, actions)
     next_mask = game.mask(nxt)
-    done = (
-        bool((actions == game.n_units).all())
-        or round_ + 1 >= game.max_rounds
-        or bool((~next_mask[:, :-1]).all())
-    )
+    done = _episode_over(game, actions, round_, next_mask)
     return (
         game.observe(x, round_),
         game.mask(x),
@@ -367,8 +388,74 @@ def _transition(
     )
 
 
-def train(problem: DelayProblem, *, seed: int = 0, config: MarlConfig | None = None) -> Trained:
+@dataclass(frozen=True, slots=True)
+class RolloutJob:
+    """One exploration episode for a rollout worker: the policy's parameters, its
+    temperature and the episode's own seed."""
+
+    episode: int
+    temperature: float
+    seed: int
+    agent_state: dict[str, torch.Tensor]
+
+
+def _rollout_seed(seed: int, episode: int) -> int:
+    return (seed * 1_000_003 + episode) % 2**63
+
+
+def _problem_token(problem: DelayProblem) -> str:
+    """A content digest of the instance (a worker builds its game once per instance)."""
+    doc = json.dumps(delay_problem_to_json(problem), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def _rollout(
+    problem: DelayProblem, hidden: int, max_rounds: int, token: str, job: RolloutJob
+) -> list[tuple[list[int], float]]:
+    """Play one episode with the frozen policy: per round the joint action and the mean
+    delay after it (the environment sample). Runs in a Ray task or in the learner's process;
+    the global torch RNG is forked and seeded with the episode's seed, so the caller's state
+    is left alone and the episode is the same wherever it runs."""
+    game = last_built("marl-game", token, lambda: _game(problem, max_rounds))
+    steps: list[tuple[list[int], float]] = []
+    with _seeded_torch(job.seed):
+        agent = AgentNet(game.obs_dim, game.n_actions, hidden)
+        agent.load_state_dict(job.agent_state)
+        x = torch.zeros(game.n_agents, game.n_units)
+        for round_ in range(game.max_rounds):
+            mask = game.mask(x)
+            with torch.no_grad():
+                acts = _gumbel_actions(agent(game.observe(x, round_)), mask, job.temperature)
+            nxt = game.apply(x, acts)
+            steps.append((acts.tolist(), game._mean_s(nxt)))
+            if _episode_over(game, acts, round_, game.mask(nxt)):
+                break
+            x = nxt
+    return steps
+
+
+def _game(problem: DelayProblem, max_rounds: int) -> CacheGame:
+    game = CacheGame(DelayInstance(problem))
+    game.max_rounds = max_rounds
+    return game
+
+
+def train(
+    problem: DelayProblem,
+    *,
+    seed: int = 0,
+    config: MarlConfig | None = None,
+    engine: str = "local",
+    address: str | None = None,
+) -> Trained:
     """Train the team on one instance (see the module docstring).
+
+    With ``config.parallel_envs = n > 0`` the episodes are rolled out in batches of n by the
+    policy as it is at the batch's start, on ``engine`` (``local``: in this process; ``ray``:
+    one Ray task per episode, on a local Ray or the cluster at ``address``;
+    :func:`controller.sweep.engine_session`); the learner then replays the batch's
+    transitions in episode order. Each episode has its own seed, so both engines train
+    bit-identical networks.
 
     Example:
         >>> from controller.delay.scenario import tiny_problem
@@ -377,6 +464,9 @@ def train(problem: DelayProblem, *, seed: int = 0, config: MarlConfig | None = N
         (True, True)
     """
     cfg = config or MarlConfig()
+    check_engine(engine, address)
+    if engine != "local" and cfg.parallel_envs == 0:
+        raise ValueError("--parallel-envs: must be >= 1 with --engine ray")
     instance = DelayInstance(problem)
     game = CacheGame(instance)
     game.max_rounds = _max_rounds(game, cfg.max_rounds)
@@ -456,50 +546,90 @@ def train(problem: DelayProblem, *, seed: int = 0, config: MarlConfig | None = N
                 x = game.apply(x, acts)
             return game._mean_s(x), x
 
-        for episode in range(cfg.episodes):
-            frac = episode / max(cfg.episodes - 1, 1)
-            temp = cfg.temperature_start * (cfg.temperature_end / cfg.temperature_start) ** frac
-            x = torch.zeros(game.n_agents, game.n_units)
-            prev = game.empty_mean_s
-            for round_ in range(game.max_rounds):
-                mask = game.mask(x)
-                with torch.no_grad():
-                    acts = _gumbel_actions(agent(game.observe(x, round_)), mask, temp)
-                nxt = game.apply(x, acts)
-                mean = game._mean_s(nxt)
-                trained.env_samples += 1
-                item = _transition(
-                    game, x, round_, acts, cfg.reward_scale * (prev - mean) / game.empty_mean_s
-                )
-                real.add(item)
-                if cfg.augment:
-                    batch = real.sample(min(len(real.items), cfg.batch))
-                    pred = model(batch[9].flatten(1), batch[10].flatten(1))
-                    mloss = torch.nn.functional.mse_loss(pred, batch[3].float())
-                    model_opt.zero_grad()
-                    mloss.backward()  # type: ignore[no-untyped-call]
-                    model_opt.step()
-                    if len(real.items) >= cfg.model_warmup:
-                        synthesise(cfg.synthetic_per_real)
-                for _ in range(cfg.updates_per_step):
-                    if len(real.items) < 8:
-                        break
-                    if cfg.augment and len(synth.items) >= cfg.batch // 2:
-                        half = cfg.batch // 2
-                        a, b2 = real.sample(half), synth.sample(half)
-                        td_update([torch.cat([p, s]) for p, s in zip(a, b2, strict=True)])
-                    else:
-                        td_update(real.sample(min(len(real.items), cfg.batch)))
-                prev, x = mean, nxt
-                if bool(item[8]):
+        def learn(item: tuple[torch.Tensor, ...]) -> None:
+            """One real transition: store it, fit the reward model, make the TD updates."""
+            real.add(item)
+            if cfg.augment:
+                batch = real.sample(min(len(real.items), cfg.batch))
+                pred = model(batch[9].flatten(1), batch[10].flatten(1))
+                mloss = torch.nn.functional.mse_loss(pred, batch[3].float())
+                model_opt.zero_grad()
+                mloss.backward()  # type: ignore[no-untyped-call]
+                model_opt.step()
+                if len(real.items) >= cfg.model_warmup:
+                    synthesise(cfg.synthetic_per_real)
+            for _ in range(cfg.updates_per_step):
+                if len(real.items) < 8:
                     break
-            if episode % cfg.eval_every == cfg.eval_every - 1 or episode == cfg.episodes - 1:
-                mean_s, xg = greedy_rollout()
-                ret = (game.empty_mean_s - mean_s) / game.empty_mean_s
-                trained.curve.append(LearningPoint(trained.env_samples, episode + 1, ret, mean_s))
-                if ret > best_return:
-                    best_return = ret
-                    trained.best_placement = game.placement(xg)
+                if cfg.augment and len(synth.items) >= cfg.batch // 2:
+                    half = cfg.batch // 2
+                    a, b2 = real.sample(half), synth.sample(half)
+                    td_update([torch.cat([p, s]) for p, s in zip(a, b2, strict=True)])
+                else:
+                    td_update(real.sample(min(len(real.items), cfg.batch)))
+
+        def temperature(episode: int) -> float:
+            frac = episode / max(cfg.episodes - 1, 1)
+            return float(
+                cfg.temperature_start * (cfg.temperature_end / cfg.temperature_start) ** frac
+            )
+
+        def evaluate(episode: int) -> None:
+            nonlocal best_return
+            mean_s, xg = greedy_rollout()
+            ret = (game.empty_mean_s - mean_s) / game.empty_mean_s
+            trained.curve.append(LearningPoint(trained.env_samples, episode + 1, ret, mean_s))
+            if ret > best_return:
+                best_return = ret
+                trained.best_placement = game.placement(xg)
+
+        def is_eval_point(episode: int) -> bool:
+            return episode % cfg.eval_every == cfg.eval_every - 1 or episode == cfg.episodes - 1
+
+        if cfg.parallel_envs == 0:
+            for episode in range(cfg.episodes):
+                temp = temperature(episode)
+                x = torch.zeros(game.n_agents, game.n_units)
+                prev = game.empty_mean_s
+                for round_ in range(game.max_rounds):
+                    mask = game.mask(x)
+                    with torch.no_grad():
+                        acts = _gumbel_actions(agent(game.observe(x, round_)), mask, temp)
+                    nxt = game.apply(x, acts)
+                    mean = game._mean_s(nxt)
+                    trained.env_samples += 1
+                    reward = cfg.reward_scale * (prev - mean) / game.empty_mean_s
+                    item = _transition(game, x, round_, acts, reward)
+                    learn(item)
+                    prev, x = mean, nxt
+                    if bool(item[8]):
+                        break
+                if is_eval_point(episode):
+                    evaluate(episode)
+            return trained
+        # Batches of parallel_envs episodes rolled out by one frozen policy on the engine,
+        # then learned from in episode order: the same result wherever the rollouts ran.
+        work = functools.partial(
+            _rollout, problem, cfg.hidden, game.max_rounds, _problem_token(problem)
+        )
+        with engine_session(engine, address) as run:
+            for first in range(0, cfg.episodes, cfg.parallel_envs):
+                episodes = range(first, min(first + cfg.parallel_envs, cfg.episodes))
+                state = {k: v.detach().clone() for k, v in agent.state_dict().items()}
+                jobs = [
+                    RolloutJob(e, temperature(e), _rollout_seed(seed, e), state) for e in episodes
+                ]
+                for steps in run(work, jobs):
+                    x = torch.zeros(game.n_agents, game.n_units)
+                    prev = game.empty_mean_s
+                    for round_, (actions, mean) in enumerate(steps):
+                        acts = torch.tensor(actions, dtype=torch.int64)
+                        trained.env_samples += 1
+                        reward = cfg.reward_scale * (prev - mean) / game.empty_mean_s
+                        learn(_transition(game, x, round_, acts, reward))
+                        prev, x = mean, game.apply(x, acts)
+                if any(is_eval_point(e) for e in episodes):
+                    evaluate(episodes[-1])
     return trained
 
 
@@ -509,8 +639,11 @@ def solve(
     seed: int | None = None,
     time_limit_s: float | None = None,
     config: MarlConfig | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> DelayResult:
-    """``marl``: train on the instance, return the best greedy rollout's placement.
+    """``marl``: train on the instance, return the best greedy rollout's placement
+    (``engine``/``address``: where the rollouts run, see :func:`train`).
 
     Example:
         >>> from controller.delay.scenario import tiny_problem
@@ -521,7 +654,9 @@ def solve(
     del time_limit_s
     start = time.perf_counter()
     cfg = config or MarlConfig()
-    trained = train(problem, seed=0 if seed is None else seed, config=cfg)
+    trained = train(
+        problem, seed=0 if seed is None else seed, config=cfg, engine=engine, address=address
+    )
     last = trained.curve[-1]
     return make_delay_result(
         DelayInstance(problem),
@@ -533,6 +668,7 @@ def solve(
             "env_samples": trained.env_samples,
             "episodes": cfg.episodes,
             "augment": cfg.augment,
+            "parallel_envs": cfg.parallel_envs,
             "final_greedy_return": last.greedy_return,
         },
     )

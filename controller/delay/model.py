@@ -26,7 +26,7 @@ its full size (the ``coarse`` rules) [7]. Pure code: no I/O, no randomness.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.delay.problem import (
@@ -244,18 +244,27 @@ class DelayInstance:
             raise ValueError(f"delivery must be one of {DELIVERIES}, got {delivery!r}")
         self.check_placement(placement)
         holders = self.holders_of(placement)
+        per_slot = []
+        for t, slot in enumerate(self.slots):
+            delays = self.slot_delays(t, holders, delivery)
+            per_slot.append([delays[u] for u in slot.users])
+        return self.stats(per_slot)
+
+    def stats(self, per_slot: Sequence[Sequence[float]]) -> DelayStats:
+        """The statistics of per-slot delays (D_u in each slot's request order) [6]."""
         per_request: list[float] = []
         hits = 0
         slot_max: list[float] = []
         deadlines = self.problem.deadlines_s
         for t, slot in enumerate(self.slots):
-            delays = self.slot_delays(t, holders, delivery)
-            for u in slot.users:
-                per_request.append(delays[u])
-                m = self.problem.slots[t][u]
-                if m in deadlines and delays[u] <= deadlines[m]:
-                    hits += 1
-            slot_max.append(max(delays.values()))
+            delays = per_slot[t]
+            per_request.extend(delays)
+            if deadlines:
+                for u, d in zip(slot.users, delays, strict=True):
+                    m = self.problem.slots[t][u]
+                    if m in deadlines and d <= deadlines[m]:
+                        hits += 1
+            slot_max.append(max(delays))
         n = len(per_request)
         return DelayStats(
             mean_s=math.fsum(per_request) / n,

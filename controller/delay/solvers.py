@@ -14,8 +14,12 @@ code, so "reported == evaluate_delay()" holds by construction (and is tested).
   re-evaluated and taken when its fresh ratio is still >= the next key. Unlike coverage, the
   delay reduction is not submodular (a second holder adds SNR, a schedule can reorder), so
   lazy evaluation is a heuristic here, not a proof of picking the eager maximum; a re-
-  evaluation only touches the slots that request the PB. It stops when no pair fits or
-  reduces the delay. On small instances (at most :data:`MAX_ENUMERATED_PICKS` pairs) it is
+  evaluation only touches the slots that request the PB. Gains come from
+  :class:`~controller.delay.vector.VectorDelay` (numpy; the first pass evaluates each
+  candidate at every node in one call per slot) and are rounded to :data:`GAIN_QUANTUM` of
+  the empty-cache total, so the reference evaluator (``evaluator="reference"``) picks the same
+  placement (tested). It stops when no pair fits or reduces the delay. On small instances
+  (at most :data:`MAX_ENUMERATED_PICKS` pairs) it is
   also rerun from every pair as its forced first pick and the best run is kept.
 - ``fine-unicast`` (block, unicast) and ``coarse`` (model, unicast: the paper's whole-model
   baseline) run the same greedy under their own rules, so each baseline gets its best effort.
@@ -39,9 +43,9 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from controller.delay.model import DelayInstance
 from controller.delay.problem import (
@@ -51,7 +55,16 @@ from controller.delay.problem import (
     Granularity,
     NodeHolding,
 )
+from controller.delay.vector import VectorDelay
 from controller.placement.problem import Status
+
+# The greedy's gains are rounded to this fraction of the empty-cache summed delay (see
+# greedy_placement): far below any gain that matters, far above float rounding (~1e-15).
+GAIN_QUANTUM = 1e-9
+
+# How the greedy computes gains: vectorised (default) or with the reference slot_delays.
+Evaluator = Literal["vector", "reference"]
+EVALUATORS: tuple[Evaluator, ...] = ("vector", "reference")
 
 # Up to this many (node, candidate) pairs the greedy is also rerun from every pair as its
 # forced first pick (partial enumeration, as trimcaching-gen does) and the best run is kept.
@@ -139,6 +152,10 @@ class _Evaluator:
             for t in self.instance.slots_of_unit.get(unit, ())
         }
 
+    def gains(self, node_ids: Sequence[str], units: Collection[str]) -> list[float]:
+        """:meth:`gain` of each node (the interface :class:`VectorDelay` shares)."""
+        return [self.gain(n, units) for n in node_ids]
+
     def gain(self, node_id: str, units: Collection[str]) -> float:
         """Reduction of the summed delay if ``node_id`` also held ``units``."""
         trial = dict(self.holders)
@@ -158,8 +175,28 @@ class _Evaluator:
             self.slot_sum[t] = s
 
 
+class _Gains(Protocol):
+    slot_sum: list[float]
+
+    def gains(self, node_ids: Sequence[str], units: Collection[str]) -> list[float]: ...
+
+    def add(self, node_id: str, unit: str) -> None: ...
+
+
+def _make_evaluator(instance: DelayInstance, delivery: Delivery, evaluator: Evaluator) -> _Gains:
+    if evaluator == "vector":
+        return VectorDelay(instance, delivery)
+    if evaluator == "reference":
+        return _Evaluator(instance, delivery)
+    raise ValueError(f"evaluator must be one of {EVALUATORS}, got {evaluator!r}")
+
+
 def greedy_placement(
-    instance: DelayInstance, *, delivery: Delivery, first: tuple[str, int] | None = None
+    instance: DelayInstance,
+    *,
+    delivery: Delivery,
+    first: tuple[str, int] | None = None,
+    evaluator: Evaluator = "vector",
 ) -> tuple[dict[str, list[str]], int]:
     """Lazy greedy on marginal delay reduction per marginal byte (see module docstring).
 
@@ -170,12 +207,15 @@ def greedy_placement(
     again with their lower cost.
 
     ``first`` = (node, candidate index) forces the first pick (partial enumeration).
+    ``evaluator`` computes the gains: ``"vector"`` (:class:`VectorDelay`, the default) or
+    ``"reference"`` (:meth:`DelayInstance.slot_delays` itself; slow, for checks and the
+    bench's before/after rows). Both give the same placement (tested).
 
     Returns:
         (node id -> units in the order added, number of gain evaluations).
     """
     problem = instance.problem
-    ev = _Evaluator(instance, delivery)
+    ev = _make_evaluator(instance, delivery, evaluator)
     free = {n: problem.servers[n].capacity for n in instance.nodes}
     held: dict[str, set[str]] = {n: set() for n in instance.nodes}
     placement: dict[str, list[str]] = {n: [] for n in instance.nodes}
@@ -198,19 +238,25 @@ def greedy_placement(
         units = [u for u in bundles[c] if u not in held[node_id]]
         return units, sum(instance.unit_bytes[u] for u in units)
 
+    # Gains count in units of GAIN_QUANTUM x the empty-cache total, as ints: equal gains stay
+    # equal and a zero stays zero whichever evaluator computed them (float rounding differs).
+    quantum = GAIN_QUANTUM * max(sum(ev.slot_sum), 1e-300)
+
+    def quantise(gains: list[float]) -> list[int]:
+        return [round(g / quantum) for g in gains]
+
     heap: list[tuple[float, int, str, int]] = []  # (-ratio, tie index, node, bundle)
     evaluations = 0
     ties = {n: i * len(bundles) for i, n in enumerate(instance.nodes)}
-    for node_id in instance.nodes:
-        for c in range(len(bundles)):
-            units, cost = missing(node_id, c)
-            if cost > free[node_id]:
-                continue
-            g = ev.gain(node_id, units)
+    # Every node starts empty, so a bundle costs the same everywhere: one batched call each.
+    for c, bundle in enumerate(bundles):
+        cost = sum(instance.unit_bytes[u] for u in bundle)
+        fits = [n for n in instance.nodes if cost <= free[n]]
+        for node_id, g in zip(fits, quantise(ev.gains(fits, bundle)), strict=True):
             evaluations += 1
             if g > 0:
                 heap.append((-g / max(cost, 1), ties[node_id] + c, node_id, c))
-    heapq.heapify(heap)
+    heapq.heapify(heap)  # pops follow (key, unique tie): the push order does not matter
     if first is not None:
         heapq.heappush(heap, (-math.inf, -1, first[0], first[1]))  # popped first
     while heap:
@@ -218,7 +264,7 @@ def greedy_placement(
         units, cost = missing(node_id, c)
         if not units or cost > free[node_id]:
             continue  # done, or capacity only shrinks: never feasible again
-        g = ev.gain(node_id, units)
+        g = quantise(ev.gains([node_id], units))[0]
         evaluations += 1
         if g <= 0:
             continue
@@ -235,7 +281,7 @@ def greedy_placement(
         for other in sorted({o for u in units for o in containing.get(u, ()) if o != c}):
             rest, new_cost = missing(node_id, other)
             if rest and new_cost <= free[node_id]:
-                g = ev.gain(node_id, rest)
+                g = quantise(ev.gains([node_id], rest))[0]
                 evaluations += 1
                 if g > 0:
                     heapq.heappush(
@@ -257,18 +303,20 @@ def candidate_count(instance: DelayInstance) -> int:
 
 
 def best_greedy_placement(
-    instance: DelayInstance, *, delivery: Delivery
+    instance: DelayInstance, *, delivery: Delivery, evaluator: Evaluator = "vector"
 ) -> tuple[dict[str, list[str]], int]:
     """The greedy, plus on small instances the greedy from every forced first pick; the
     placement with the lowest mean delay wins (ties: the plain greedy, then pick order)."""
-    placement, evaluations = greedy_placement(instance, delivery=delivery)
+    placement, evaluations = greedy_placement(instance, delivery=delivery, evaluator=evaluator)
     per_node = candidate_count(instance)
     if per_node * len(instance.nodes) > MAX_ENUMERATED_PICKS:
         return placement, evaluations
     best_mean = instance.evaluate(placement, delivery=delivery).mean_s
     for node_id in instance.nodes:
         for c in range(per_node):
-            trial, n_eval = greedy_placement(instance, delivery=delivery, first=(node_id, c))
+            trial, n_eval = greedy_placement(
+                instance, delivery=delivery, first=(node_id, c), evaluator=evaluator
+            )
             evaluations += n_eval
             mean = instance.evaluate(trial, delivery=delivery).mean_s
             if mean < best_mean:
@@ -277,11 +325,16 @@ def best_greedy_placement(
 
 
 def _greedy_solver(
-    problem: DelayProblem, *, name: str, granularity: Granularity, delivery: Delivery
+    problem: DelayProblem,
+    *,
+    name: str,
+    granularity: Granularity,
+    delivery: Delivery,
+    evaluator: Evaluator,
 ) -> DelayResult:
     start = time.perf_counter()
     instance = DelayInstance(problem, granularity=granularity)
-    placement, evaluations = best_greedy_placement(instance, delivery=delivery)
+    placement, evaluations = best_greedy_placement(instance, delivery=delivery, evaluator=evaluator)
     return make_delay_result(
         instance,
         placement,
@@ -293,7 +346,11 @@ def _greedy_solver(
 
 
 def solve_delay_greedy(
-    problem: DelayProblem, *, seed: int | None = None, time_limit_s: float | None = None
+    problem: DelayProblem,
+    *,
+    seed: int | None = None,
+    time_limit_s: float | None = None,
+    evaluator: Evaluator = "vector",
 ) -> DelayResult:
     """``delay-greedy``: PB caching, CoMP broadcast, lazy marginal-delay-per-byte greedy.
 
@@ -304,23 +361,37 @@ def solve_delay_greedy(
         ('block', 'broadcast', True)
     """
     del seed, time_limit_s
-    return _greedy_solver(problem, name="delay-greedy", granularity="block", delivery="broadcast")
+    return _greedy_solver(
+        problem, name="delay-greedy", granularity="block", delivery="broadcast", evaluator=evaluator
+    )
 
 
 def solve_fine_unicast(
-    problem: DelayProblem, *, seed: int | None = None, time_limit_s: float | None = None
+    problem: DelayProblem,
+    *,
+    seed: int | None = None,
+    time_limit_s: float | None = None,
+    evaluator: Evaluator = "vector",
 ) -> DelayResult:
     """``fine-unicast``: PB caching, one unicast job per user and PB."""
     del seed, time_limit_s
-    return _greedy_solver(problem, name="fine-unicast", granularity="block", delivery="unicast")
+    return _greedy_solver(
+        problem, name="fine-unicast", granularity="block", delivery="unicast", evaluator=evaluator
+    )
 
 
 def solve_coarse(
-    problem: DelayProblem, *, seed: int | None = None, time_limit_s: float | None = None
+    problem: DelayProblem,
+    *,
+    seed: int | None = None,
+    time_limit_s: float | None = None,
+    evaluator: Evaluator = "vector",
 ) -> DelayResult:
     """``coarse``: whole-model caching with unicast delivery (the main baseline)."""
     del seed, time_limit_s
-    return _greedy_solver(problem, name="coarse", granularity="model", delivery="unicast")
+    return _greedy_solver(
+        problem, name="coarse", granularity="model", delivery="unicast", evaluator=evaluator
+    )
 
 
 def to_placement_problem(problem: DelayProblem) -> Any:

@@ -68,3 +68,28 @@ def test_place_delay_bad_input_is_one_line_exit_2(tmp_path, path, value, needle)
 def test_place_delay_unknown_solver(problem_path):
     proc = run_cli("place", str(problem_path), "--objective", "delay", "--solver", "nope")
     assert proc.returncode == 2 and "unknown delay solver 'nope'" in proc.stderr
+
+
+def test_place_marl_with_parallel_rollouts_on_the_local_engine(problem_path):
+    proc = run_cli(
+        "place", str(problem_path), "--objective", "delay", "--solver", "marl",
+        "--engine", "local", "--parallel-envs", "2", "--seed", "1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["solver"] == "marl" and doc["info"]["parallel_envs"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--engine", "ray"], "--engine: only with --objective delay --solver marl"),
+        (["--solver", "marl", "--engine", "spark"], "--engine: unknown engine 'spark'"),
+        (["--solver", "marl", "--address", "x:1"], "--address: only with --engine ray"),
+        (["--solver", "marl", "--engine", "ray", "--parallel-envs", "0"], "must be >= 1"),
+    ],
+)
+def test_place_engine_options_are_checked_one_line_exit_2(problem_path, extra, needle):
+    proc = run_cli("place", str(problem_path), "--objective", "delay", *extra)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""

@@ -1,15 +1,17 @@
-"""marl: deterministic for a seed, checkpoints reload, capacity and reported delay hold."""
+"""marl: deterministic for a seed, checkpoints reload, capacity and reported delay hold; rollouts
+in parallel batches give the same networks on the local engine and on Ray."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import pytest
 import torch
 
 from controller.delay import DELAY_SOLVERS, evaluate_delay, marl
 from controller.delay.problem import DelayProblem
-from controller.delay.scenario import tiny_problem
+from controller.delay.scenario import DelayScenario, make_delay_problem, tiny_problem
 
 FAST = marl.MarlConfig(episodes=6, eval_every=2, batch=16, hidden=16, mixing_embed=8)
 
@@ -73,3 +75,40 @@ def test_vdn_mixer_trains_and_bad_config_is_rejected(problem):
         marl.MarlConfig(mixer="sum")
     with pytest.raises(ValueError, match="episodes"):
         marl.MarlConfig(episodes=0)
+
+
+def _small_multi_cell() -> DelayProblem:
+    scenario = DelayScenario(
+        n_servers=3, n_users=8, n_slots=2, models_per_family=1, capacity_gb=0.2
+    )
+    return make_delay_problem(scenario, seed=0)
+
+
+PARALLEL = dataclasses.replace(FAST, parallel_envs=3, augment=True, model_warmup=4)
+
+
+def test_parallel_rollouts_are_seeded_per_episode():
+    p = _small_multi_cell()
+    a = marl.train(p, seed=4, config=PARALLEL)
+    b = marl.train(p, seed=4, config=PARALLEL)
+    assert torch.equal(a.parameters_vector(), b.parameters_vector()) and a.curve == b.curve
+    assert a.env_samples > PARALLEL.episodes  # episodes of several rounds were learned from
+    assert len(a.curve) == 2  # one evaluation per batch that holds an evaluation point
+    with pytest.raises(ValueError, match="parallel_envs"):
+        marl.MarlConfig(parallel_envs=-1)
+    with pytest.raises(ValueError, match="--engine: unknown engine"):
+        marl.train(p, seed=4, config=PARALLEL, engine="spark")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="ray is not installed (pip install 'trimcache[ray]')",
+)
+def test_ray_rollouts_train_the_local_engines_networks():
+    p = _small_multi_cell()
+    local = marl.train(p, seed=4, config=PARALLEL, engine="local")
+    ray = marl.train(p, seed=4, config=PARALLEL, engine="ray")
+    assert torch.equal(ray.parameters_vector(), local.parameters_vector())
+    assert ray.curve == local.curve and ray.best_placement == local.best_placement
+    assert ray.env_samples == local.env_samples
