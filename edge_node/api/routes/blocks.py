@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from core.asgi import BINARY_RESPONSES
@@ -19,6 +19,7 @@ from edge_node.api.deps import NodeDep, OnDemandDep, PullDep
 from edge_node.api.routes._body import OCTET, pieces_response
 from edge_node.api.schemas import BatchRequest
 from edge_node.errors import InvalidRequestError
+from edge_node.radio import declare_blocks
 
 router = APIRouter(tags=["blocks"])
 
@@ -41,6 +42,7 @@ def head_block(block_id: str, node: NodeDep) -> Response:
 def get_block(
     block_id: str,
     node: NodeDep,
+    raw: Request,
     range_header: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
     [(bid, size)] = node.ensure_servable([block_id])
@@ -55,18 +57,20 @@ def get_block(
         return Response(data, status_code=status, headers=headers, media_type=OCTET)
     if span is None:
         node.counters.add_blocks_served(1)
+        declare_blocks(raw.scope, [(bid, size)])
     pieces = node.block_pieces(bid, start, end)
     return pieces_response(node, pieces, status_code=status, headers=headers)
 
 
 @router.post("/v1/blocks:batch", response_class=Response, responses=BINARY_RESPONSES)
 def get_blocks_batch(
-    request: BatchRequest, node: NodeDep, pull: PullDep, cache: OnDemandDep
+    request: BatchRequest, node: NodeDep, pull: PullDep, cache: OnDemandDep, raw: Request
 ) -> Response:
     """The blocks' bytes concatenated in request order; unknown ids are 404 before any byte."""
     if cache is not None and request.model_id is not None:
         return _batch_on_demand(request, request.model_id, node, pull, cache)
     blocks = node.ensure_servable(request.block_ids)
+    declare_blocks(raw.scope, blocks)  # the radio may broadcast them (edge_node.radio)
     headers = {"Content-Length": str(sum(size for _, size in blocks))}
     return pieces_response(node, node.blocks_pieces(blocks), status_code=200, headers=headers)
 
