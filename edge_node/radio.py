@@ -75,6 +75,10 @@ JobKind = Literal["block", "head", "bytes"]
 KINDS: tuple[JobKind, ...] = ("block", "head", "bytes")
 
 
+class ClientGoneError(OSError):
+    """The client of a response left; its remaining bytes are not sent."""
+
+
 class AirtimeLedger:
     """A cluster's medium: bookings of airtime one after another, across processes.
 
@@ -155,6 +159,7 @@ class _Ticket:
     job: Job
     join_at: int
     head: Job | None
+    gone: bool = False  # the member left: nothing to wait for
 
 
 class Radio:
@@ -191,6 +196,7 @@ class Radio:
         self._groups: dict[str, Job] = {}
         self._next_member = 0
         self._changed: asyncio.Condition | None = None
+        self._work: asyncio.Event | None = None  # set when a job is queued
         self._task: asyncio.Task[None] | None = None
 
     # -- areas and rates -------------------------------------------------------------------
@@ -213,6 +219,7 @@ class Radio:
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:
             self._changed = asyncio.Condition()
+            self._work = asyncio.Event()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._transmit())
         return self._changed
@@ -223,15 +230,18 @@ class Radio:
             changed.notify_all()
 
     async def _transmit(self) -> None:
-        changed = self._changed
-        assert changed is not None
+        changed, work = self._changed, self._work
+        assert changed is not None and work is not None
         while True:
-            async with changed:
-                await changed.wait_for(lambda: bool(self._queue))
+            while not self._queue:
+                work.clear()
+                await work.wait()
             job = self._queue[0]
             delay = job.not_before - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if job.done:  # everyone left while it waited for its window
+                continue
             job.started = True
             while job.sent < job.size and job.members:
                 rate = self._rate(job)
@@ -272,6 +282,8 @@ class Radio:
 
     def _queue_job(self, job: Job) -> None:
         self._queue.append(job)
+        if self._work is not None:
+            self._work.set()
 
     # -- members ---------------------------------------------------------------------------
     def member(self) -> int:
@@ -308,9 +320,9 @@ class Radio:
         job, head = ticket.job, ticket.head
         async with changed:
             if head is None:
-                await changed.wait_for(lambda: job.sent >= hi or job.done)
+                await changed.wait_for(lambda: job.sent >= hi or job.done or ticket.gone)
             else:
-                await changed.wait_for(lambda: head.done and job.done)
+                await changed.wait_for(lambda: (head.done and job.done) or ticket.gone)
 
     async def unicast(self, area: str, nbytes: int) -> None:
         """Send ``nbytes`` that are not part of a whole block, at ``area``'s rate."""
@@ -329,6 +341,7 @@ class Radio:
         """``member`` is gone (its response ended or failed): drop it from unfinished jobs."""
         left = False
         for ticket in tickets:
+            ticket.gone = True
             for job in (ticket.job, ticket.head):
                 if job is None or job.done or member not in job.members:
                     continue
@@ -338,6 +351,11 @@ class Radio:
                     self._finish(job)  # nobody waits for it: never goes on air
         if left:
             self.stats.members_left += 1
+
+    async def disconnected(self, member: int, tickets: Sequence[_Ticket]) -> None:
+        """The member's client went away mid-response: leave now and wake its waits."""
+        self.leave(member, tickets)
+        await self._notify()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -484,18 +502,37 @@ class RadioMiddleware:
                 return
             await send(message)
 
+        async def watch() -> None:
+            # The request body is read by now: the next message is the client going away.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            await radio.disconnected(member, state["tickets"])
+
+        watcher: asyncio.Task[None] | None = None
+
+        async def paced_and_watched(message: Message) -> None:
+            nonlocal watcher
+            if message["type"] == "http.response.start" and holder.blocks:
+                watcher = asyncio.get_running_loop().create_task(watch())
+            await paced(message)
+
         try:
-            await self.app(scope, receive, paced)
+            await self.app(scope, receive, paced_and_watched)
         finally:
+            if watcher is not None:
+                watcher.cancel()
             radio.leave(member, state["tickets"])
 
     async def _pace(self, state: dict[str, Any], area: str, nbytes: int) -> list[tuple[int, int]]:
         """Wait for the airtime of the next ``nbytes`` of the body; return its body spans
         (pieces of at most one block each, in order)."""
+        tickets: list[_Ticket] = state["tickets"]
+        if tickets and tickets[0].gone:
+            # The response's own send path takes an OSError as "the client went away".
+            raise ClientGoneError("the client went away mid-broadcast")
         lo = state["offset"]
         hi = lo + nbytes
         state["offset"] = hi
-        tickets: list[_Ticket] = state["tickets"]
         spans: list[tuple[int, int]] = []
         if tickets:
             starts: list[int] = state["starts"]

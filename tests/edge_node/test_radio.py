@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
+from controller.delay.problem import Channel
 from core.blocks import build_manifest
 from core.manifest import ModelManifest
 from core.store import BlockStore
@@ -49,7 +50,9 @@ def _write_model(repo: Path) -> None:
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ModelManifest, Path]:
     base = tmp_path_factory.mktemp("radio")
     _write_model(base / "repo")
-    world_file = write_world(base / "world.json", build_world(grid_topology(1)))
+    # A 5 MHz downlink (~10 MB/s here): a 6 MB block is on the air for ~0.5 s.
+    world = build_world(grid_topology(1), channel=Channel(bandwidth_hz=5e6))
+    world_file = write_world(base / "world.json", world)
     return base, _manifest(base, "edge-1"), world_file
 
 
@@ -184,3 +187,77 @@ def test_the_ledger_serialises_bookings_across_processes(tmp_path: Path) -> None
     finally:
         a.close()
         b.close()
+
+
+def _wait_for(check: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("node", [0.05], indirect=True)
+def test_a_late_joiner_gets_the_rest_then_the_missed_head(
+    node: tuple[str, Any], model_store: tuple[Path, ModelManifest, Path]
+) -> None:
+    url, _app = node
+    blocks = _big_blocks(model_store[1])
+    ids = [b for b, _ in blocks]
+    first: list[bytes] = []
+    early = threading.Thread(target=lambda: first.append(_batch(url, ids)()))
+    early.start()
+    # Join once the first block is on the air, before it is through.
+    _wait_for(lambda: 0 < _radio(url)["bytes_on_air"] < blocks[0][1])
+    late = _batch(url, ids)()
+    early.join(timeout=120)
+    expected = b"".join(
+        (model_store[0] / "edge-1").joinpath("blocks", "sha256", b[:2], b).read_bytes() for b in ids
+    )
+    assert first == [expected]
+    assert late == expected
+    radio = _radio(url)
+    total = sum(n for _, n in blocks)
+    assert radio["mid_joins"] == 1, radio
+    assert radio["block_transmissions"] == 4  # every block on air once in full
+    assert 0 < radio["airtime_by_kind_s"]["head"]
+    assert total < radio["bytes_on_air"] < total + blocks[0][1]  # + the missed head only
+
+
+@pytest.mark.parametrize("node", [1.0], indirect=True)
+def test_a_client_that_goes_away_does_not_stall_the_others(
+    node: tuple[str, Any], model_store: tuple[Path, ModelManifest, Path]
+) -> None:
+    import socket
+
+    url, _app = node
+    blocks = _big_blocks(model_store[1])
+    ids = [b for b, _ in blocks]
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"block_ids": ids}).encode()
+    gone = socket.create_connection((host, int(port)))
+    gone.sendall(
+        b"POST /v1/blocks:batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    results: list[bytes] = []
+    others = [threading.Thread(target=lambda: results.append(_batch(url, ids)())) for _ in range(2)]
+    for t in others:
+        t.start()
+    # ...it reads a little of its body (the group is on the air) and drops the connection.
+    got = 0
+    while got < 1_000_000:
+        got += len(gone.recv(65536))
+    gone.close()
+    for t in others:
+        t.join(timeout=120)
+    expected = b"".join(
+        (model_store[0] / "edge-1").joinpath("blocks", "sha256", b[:2], b).read_bytes() for b in ids
+    )
+    assert results == [expected, expected]
+    radio = _radio(url)
+    assert radio["block_transmissions"] == 4, radio
+    assert radio["group_sizes"] == {"3": 4}, radio
+    assert radio["members_left"] == 1, radio  # dropped from the jobs it still waited for
