@@ -22,7 +22,7 @@ from controller.delay.model import DelayInstance
 from controller.delay.problem import Channel, DelayProblem
 from core.fsutil import atomic_write_json
 from core.world import SCHEMA, Link, World, transmitter_key
-from testbed.topology import SiteLayout
+from testbed.topology import EdgeSite, SiteLayout, UserArea, grid_topology, node_id_for
 
 #: Largest CoMP cluster (its transmitter subsets are listed: 2^k - 1 per area).
 MAX_CLUSTER = 6
@@ -166,3 +166,65 @@ def world_problem(
         slots=slots,
         clusters={c: ns for c, ns in doc["clusters"].items() if len(ns) > 1},
     )
+
+
+def layout_of(world: World) -> SiteLayout:
+    """The site layout a world describes (positions of its edges and areas)."""
+    doc = world.doc
+    edges = tuple(
+        EdgeSite(e["node_id"], float(e["position"][0]), float(e["position"][1]))
+        for e in doc["edges"]
+    )
+    areas = tuple(
+        UserArea(
+            a["area_id"],
+            float(a["position"][0]),
+            float(a["position"][1]),
+            near=a.get("near") or edges[0].node_id,
+        )
+        for a in doc["areas"]
+    )
+    return SiteLayout(edges, areas)
+
+
+def prepare_world(
+    source: Path | None,
+    *,
+    edges: int,
+    cluster_size: int,
+    edge_urls: Sequence[str],
+    path: Path,
+) -> World:
+    """The world of a ``testbed up``: ``source`` (a world file) or, None, the default grid
+    with clusters of ``cluster_size``; the edges' URLs are recorded and the result written
+    to ``path`` (what ``EDGE_WORLD_FILE`` names).
+
+    Raises:
+        ValueError: an unusable file, or one whose edges are not ``edge-1..edge-N``.
+    """
+    if source is None:
+        layout = grid_topology(edges)
+        doc = build_world(layout, clusters=line_clusters(layout, cluster_size))
+    else:
+        doc = World.load(source).to_json()
+    ids = [e["node_id"] for e in doc["edges"]]
+    expected = [node_id_for(i) for i in range(edges)]
+    if ids != expected:
+        raise ValueError(
+            f"world {source}: its edges are {ids}, the testbed starts {expected} (--edges)"
+        )
+    doc = {
+        **doc,
+        "edges": [{**e, "url": url} for e, url in zip(doc["edges"], edge_urls, strict=True)],
+    }
+    write_world(path, doc)
+    return World.from_json(doc)
+
+
+def world_env(world_file: Path, *, broadcast_window_s: float, medium_dir: Path) -> dict[str, str]:
+    """The edge settings that make an edge emulate ``world_file`` (edge_node.radio)."""
+    return {
+        "EDGE_WORLD_FILE": str(world_file),
+        "EDGE_BROADCAST_WINDOW_S": f"{broadcast_window_s:g}",
+        "EDGE_MEDIUM_DIR": str(medium_dir),
+    }
