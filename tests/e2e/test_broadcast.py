@@ -86,6 +86,7 @@ def _clients(
     state: dict[str, Any], tmp: Path, models: tuple[str, ...]
 ) -> list[subprocess.Popen[str]]:
     """Start one client process per model; they fetch together once all are ready."""
+    tmp.mkdir(parents=True, exist_ok=True)
     start = tmp / "start"
     procs = [
         subprocess.Popen(
@@ -105,11 +106,16 @@ def _clients(
         )  # fmt: skip
         for i, model in enumerate(models)
     ]
+    _started.extend(procs)
     for proc in procs:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
     start.touch()
     return procs
+
+
+#: Every client process a test started (killed, by pid, if the test fails midway).
+_started: list[subprocess.Popen[str]] = []
 
 
 def _finish(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -134,6 +140,11 @@ def _up(tmp: Path, zoo_dir: Path, window_s: float) -> dict[str, Any]:
 
 
 def _down(tmp: Path, pids: dict[str, int]) -> None:
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
     stopped = run_cli("testbed", "down", "--dir", str(tmp / "testbed"))
     assert stopped.returncode == 0, stopped.stderr
     assert still_running(pids) == []
@@ -167,7 +178,7 @@ def test_three_clients_share_each_block_once_and_survive_a_killed_one(
         after = _radio(edge_url)
         for model, result in zip(MODELS, results, strict=True):
             assert _files(Path(result["path"])) == expected_files[model]
-            assert set(result["bytes_by_source"]) == {edge_url}, result
+            assert {k for k, v in result["bytes_by_source"].items() if v} == {edge_url}, result
         # Every block on the air once, shared by exactly the clients whose model holds it.
         assert after["block_transmissions"] - before["block_transmissions"] == len(sizes)
         groups = Counter(holders.values())
