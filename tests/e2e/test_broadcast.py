@@ -36,6 +36,7 @@ from tests.helpers import REPO_ROOT, run_cli, start_testbed, still_running, wait
 
 MODELS = ("bert-sst2", "bert-spam", "bert-question")
 WINDOW_S = 3.0
+FIGURES = ("airtime_s", "bytes_on_air", "bytes_delivered", "block_transmissions", "group_sizes")
 
 # One client process: ready once imported, fetches when the start file appears.
 CLIENT = """
@@ -184,6 +185,7 @@ def test_three_clients_share_each_block_once_and_survive_a_killed_one(
         groups = Counter(holders.values())
         assert after["group_sizes"] == {str(k): v for k, v in sorted(groups.items())}, after
         assert after["mid_joins"] == 0
+        print("broadcast on:", json.dumps({k: after[k] for k in FIGURES}))  # README figures
         airtime = after["airtime_by_kind_s"]["block"] - before["airtime_by_kind_s"]["block"]
         assert airtime == pytest.approx(sum(sizes.values()) / rate, rel=1e-6)
         assert after["bytes_delivered"] - before["bytes_delivered"] == sum(
@@ -226,6 +228,7 @@ def test_without_broadcast_each_client_is_charged_its_own_airtime(
         transmissions = after["block_transmissions"] - before["block_transmissions"]
         assert transmissions == sum(len(blocks) for blocks in per_client)
         assert after["broadcast_groups"] == 0
+        print("broadcast off:", json.dumps({k: after[k] for k in FIGURES}))  # README figures
         airtime = after["airtime_by_kind_s"]["block"] - before["airtime_by_kind_s"]["block"]
         total = sum(n for blocks in per_client for n in blocks.values())
         assert airtime == pytest.approx(total / rate, rel=1e-6)
