@@ -261,3 +261,62 @@ def test_a_client_that_goes_away_does_not_stall_the_others(
     assert radio["block_transmissions"] == 4, radio
     assert radio["group_sizes"] == {"3": 4}, radio
     assert radio["members_left"] == 1, radio  # dropped from the jobs it still waited for
+
+
+def test_a_block_two_cluster_edges_hold_goes_out_at_the_joint_rate() -> None:
+    import asyncio
+
+    from edge_node.radio import Radio
+
+    # 200 m apart: both edges cover area-1, so edge-2 joins edge-1's transmission (CoMP).
+    layout = grid_topology(2, spacing_m=200.0)
+    world = World.from_json(build_world(layout, clusters={"c1": ["edge-1", "edge-2"]}))
+    size = 4_000_000
+
+    async def airtime(holders: tuple[str, ...]) -> float:
+        radio = Radio(
+            world, "edge-1", window_s=0.0, ledger=AirtimeLedger(None), holders=lambda _b: holders
+        )
+        member = radio.member()
+        [ticket] = radio.announce(member, "area-1", [("b" * 64, size)])
+        await radio.ready(ticket, size)
+        radio.leave(member, [ticket])
+        await radio.close()
+        spent: float = radio.stats.airtime_s["block"]
+        return spent
+
+    joint = world.joint_rates["c1"]["area-1"]["edge-1+edge-2"]
+    alone = world.rates["edge-1"]["area-1"]
+    assert asyncio.run(airtime(("edge-2",))) == pytest.approx(size / joint, rel=1e-9)
+    assert asyncio.run(airtime(())) == pytest.approx(size / alone, rel=1e-9)
+    assert joint > alone
+
+
+def test_the_edges_of_a_cluster_share_one_downlink(tmp_path: Path) -> None:
+    import time
+
+    # Two edge servers of one cluster, each holding the model, each serving one request at
+    # once: their airtime is booked on one ledger, so the two take at least the sum of it
+    # (with a ledger each they would overlap: checked to fail that way).
+    _write_model(tmp_path / "repo")
+    layout = grid_topology(2, spacing_m=200.0)
+    doc = build_world(
+        layout, clusters={"c1": ["edge-1", "edge-2"]}, channel=Channel(bandwidth_hz=5e6)
+    )
+    world_file = write_world(tmp_path / "world.json", doc)
+    manifest = _manifest(tmp_path, "edge-1")
+    _manifest(tmp_path, "edge-2")
+    ids = [b for b, _ in _big_blocks(manifest)]
+    with edge_nodes(tmp_path) as make:
+        urls = [
+            make(n, world_file=world_file, medium_dir=tmp_path / "medium")[0]
+            for n in ("edge-1", "edge-2")
+        ]
+        started = time.monotonic()
+        bodies = _together([_batch(urls[0], ids), _batch(urls[1], ids, area="area-2")])
+        elapsed = time.monotonic() - started
+        spent = [_radio(u)["airtime_s"] for u in urls]
+    assert all(len(b) == sum(n for _, n in _big_blocks(manifest)) for b in bodies)
+    assert all(s > 0 for s in spent)
+    assert elapsed >= 0.95 * sum(spent), (elapsed, spent)  # one medium: never both at once
+    assert (tmp_path / "medium" / "c1.airtime").exists()
