@@ -243,24 +243,31 @@ class Radio:
             if job.done:  # everyone left while it waited for its window
                 continue
             job.started = True
-            while job.sent < job.size and job.members:
-                rate = self._rate(job)
-                n = min(
-                    job.size - job.sent,
-                    max(MIN_SLICE_BYTES, min(MAX_SLICE_BYTES, int(rate * SLICE_S))),
-                )
-                tau = n / rate
-                end = self.ledger.book(tau)
-                wait = end - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                job.sent += n
-                job.airtime_s += tau
-                self.stats.airtime_s[job.kind] += tau
-                self.stats.bytes_on_air += n
-                async with changed:
-                    changed.notify_all()
+            try:
+                await self._send_job(job, changed)
+            except Exception:  # the transmitter must outlive any one job: log, drop the job
+                logger.exception("radio node_id=%s: job %s failed", self.node_id, job.kind)
             self._finish(job)
+            async with changed:
+                changed.notify_all()
+
+    async def _send_job(self, job: Job, changed: asyncio.Condition) -> None:
+        """Put ``job`` on the air slice by slice (stops when no member waits for it)."""
+        while job.sent < job.size and job.members:
+            rate = self._rate(job)
+            n = min(
+                job.size - job.sent,
+                max(MIN_SLICE_BYTES, min(MAX_SLICE_BYTES, int(rate * SLICE_S))),
+            )
+            tau = n / rate
+            end = self.ledger.book(tau)
+            wait = end - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            job.sent += n
+            job.airtime_s += tau
+            self.stats.airtime_s[job.kind] += tau
+            self.stats.bytes_on_air += n
             async with changed:
                 changed.notify_all()
 
@@ -346,6 +353,8 @@ class Radio:
                 if job is None or job.done or member not in job.members:
                     continue
                 del job.members[member]
+                if job.sent >= job.size:
+                    continue  # all on the air already: nothing was left waiting
                 left = True
                 if not job.members and not job.started:
                     self._finish(job)  # nobody waits for it: never goes on air
