@@ -12,6 +12,9 @@ processes in ``area-1`` fetch the three sibling classifiers (``bert-sst2``, ``be
   the zoo's;
 - a client SIGKILLed mid-broadcast leaves the other two complete and correct;
 - broadcast off: every client's blocks are on the air for it alone (three times the shared).
+
+The client processes and the world are ``bench/broadcast.py``'s (``python -m bench.broadcast``
+runs the same scenario at several windows and reports fetch times).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,31 +29,20 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.broadcast import (
+    FIGURES,
+    MODELS,
+    finish_client,
+    holds_models,
+    radio_stats,
+    start_clients,
+    world_file,
+)
 from core.digest import sha256_file
 from core.manifest import ModelManifest
-from core.world import Link
-from testbed.topology import grid_topology
-from testbed.world import build_world, write_world
-from tests.helpers import REPO_ROOT, run_cli, start_testbed, still_running, wait_until
+from tests.helpers import run_cli, start_testbed, still_running, wait_until
 
-MODELS = ("bert-sst2", "bert-spam", "bert-question")
 WINDOW_S = 3.0
-FIGURES = ("airtime_s", "bytes_on_air", "bytes_delivered", "block_transmissions", "group_sizes")
-
-# One client process: ready once imported, fetches when the start file appears.
-CLIENT = """
-import json, os, sys, time
-from client import fetch_model
-model, controller, cache, start = sys.argv[1:5]
-print("ready", flush=True)
-while not os.path.exists(start):
-    time.sleep(0.005)
-fetched = fetch_model(model, controller_url=controller, cache_dir=cache, area_id="area-1",
-                      load=False)
-report = {"path": str(fetched.path), "bytes_by_source": fetched.report["bytes_by_source"],
-          "seconds": fetched.report["seconds"]}
-print(json.dumps(report))
-"""
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -62,17 +53,8 @@ def _files(root: Path) -> dict[str, str]:
     }
 
 
-def _world(path: Path) -> Path:
-    # The default radio (20 MHz, the delay model's reference channel) and no backhaul shaping,
-    # so the placement is quick: only the downlink is emulated.
-    return write_world(
-        path, build_world(grid_topology(1), backhaul=Link(None, 0.0), radio_latency_ms=0.0)
-    )
-
-
 def _radio(edge_url: str) -> dict[str, Any]:
-    radio: dict[str, Any] = httpx.get(f"{edge_url}/v1/stats", timeout=30).json()["radio"]
-    return radio
+    return radio_stats(edge_url)
 
 
 def _manifests(edge_url: str) -> dict[str, ModelManifest]:
@@ -87,32 +69,9 @@ def _manifests(edge_url: str) -> dict[str, ModelManifest]:
 def _clients(
     state: dict[str, Any], tmp: Path, models: tuple[str, ...]
 ) -> list[subprocess.Popen[str]]:
-    """Start one client process per model; they fetch together once all are ready."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    start = tmp / "start"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                CLIENT,
-                model,
-                state["controller_url"],
-                str(tmp / f"device-{i}"),
-                str(start),
-            ],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for i, model in enumerate(models)
-    ]
+    """bench.broadcast's client processes, remembered so a failing test kills them."""
+    procs = start_clients(state["controller_url"], tmp, models)
     _started.extend(procs)
-    for proc in procs:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
-    start.touch()
     return procs
 
 
@@ -121,10 +80,7 @@ _started: list[subprocess.Popen[str]] = []
 
 
 def _finish(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return finish_client(proc)
 
 
 def _zoo_files(zoo_dir: Path) -> dict[str, dict[str, str]]:
@@ -134,7 +90,7 @@ def _zoo_files(zoo_dir: Path) -> dict[str, dict[str, str]]:
 
 
 def _up(tmp: Path, zoo_dir: Path, window_s: float) -> dict[str, Any]:
-    world = _world(tmp / "world.json")
+    world = world_file(tmp / "world.json")
     return start_testbed(
         tmp / "testbed", zoo_dir, edges=1, capacity_mb=512, timeout_s=180,
         extra=("--world", str(world), "--broadcast-window-s", f"{window_s:g}"),
@@ -153,11 +109,7 @@ def _down(tmp: Path, pids: dict[str, int]) -> None:
 
 
 def _ready(edge_url: str) -> None:
-    def holds_all() -> bool:
-        held = httpx.get(f"{edge_url}/v1/models", timeout=30).json()["models"]
-        return set(MODELS) <= {m["model_id"] for m in held}
-
-    wait_until(holds_all, timeout_s=300)
+    wait_until(lambda: holds_models(edge_url, MODELS), timeout_s=300)
 
 
 @pytest.mark.slow
