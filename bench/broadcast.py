@@ -5,8 +5,10 @@ testbed with one edge emulating the default world (``testbed up --world FILE
 --broadcast-window-s W``, test zoo, backhaul unshaped so only the downlink is emulated), waits
 until the edge holds the three sibling classifiers, then releases three SDK client processes in
 ``area-1`` together (each fetches one sibling with ``client.fetch_model``) and reports the edge's
-radio counters (airtime, bytes on the air and delivered, block transmissions, group sizes) and
-each client's fetch seconds. Writes JSON lines to ``bench/results/broadcast.jsonl``.
+radio counters (airtime, bytes on the air and delivered, block transmissions, group sizes),
+each client's fetch seconds, and beside them the simulator's prediction for the same world and
+requests (``evaluate_delay``: broadcast for W > 0, unicast for W = 0; pure airtime schedule, no
+client or HTTP overhead). Writes JSON lines to ``bench/results/broadcast.jsonl``.
 
 The client processes are :func:`start_clients` / :func:`finish_client`; the e2e test
 (tests/e2e/test_broadcast.py) drives the same ones.
@@ -25,11 +27,13 @@ from typing import Any
 
 import httpx
 
+from controller.delay.model import evaluate_delay
+from core.manifest import ModelManifest
 from core.waiting import wait_until
-from core.world import Link
+from core.world import Link, World
 from testbed import launcher
 from testbed.topology import grid_topology
-from testbed.world import build_world, write_world
+from testbed.world import build_world, world_problem, write_world
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("bert-sst2", "bert-spam", "bert-question")
@@ -116,6 +120,25 @@ def holds_models(edge_url: str, models: Sequence[str]) -> bool:
     return set(models) <= {m["model_id"] for m in held}
 
 
+def predicted(
+    world: World, manifests: Sequence[ModelManifest], *, broadcast: bool
+) -> dict[str, float]:
+    """The simulator's delays for the same world and requests: one slot, the three users in
+    ``area-1``, every block held by the edge (controller/delay/model.py's ``evaluate_delay``)."""
+    blocks: dict[str, int] = {b: n for m in manifests for b, n in m.block_sizes().items()}
+    problem = world_problem(
+        world,
+        blocks=blocks,
+        models={m.model_id: sorted(m.block_sizes()) for m in manifests},
+        capacities={"edge-1": sum(blocks.values())},
+        slots=[{f"area-1#{i}": m.model_id for i, m in enumerate(manifests)}],
+    )
+    stats = evaluate_delay(
+        problem, {"edge-1": list(blocks)}, delivery="broadcast" if broadcast else "unicast"
+    )
+    return {"sim_mean_s": round(stats.mean_s, 3), "sim_makespan_s": round(stats.makespan_s, 3)}
+
+
 def run_window(window_s: float, zoo_dir: Path, work: Path) -> dict[str, Any]:
     """One testbed at window ``window_s``: the edge's figures and the clients' fetch seconds."""
     world = world_file(work / "world.json")
@@ -127,6 +150,10 @@ def run_window(window_s: float, zoo_dir: Path, work: Path) -> dict[str, Any]:
     try:
         edge = state["edge_urls"][0]
         wait_until(lambda: holds_models(edge, MODELS), timeout_s=300, what="the placement")
+        manifests = [
+            ModelManifest.from_dict(httpx.get(f"{edge}/v1/models/{m}/manifest", timeout=30).json())
+            for m in MODELS
+        ]
         before = radio_stats(edge)
         results = [finish_client(p) for p in start_clients(state["controller_url"], work, MODELS)]
         after = radio_stats(edge)
@@ -137,6 +164,7 @@ def run_window(window_s: float, zoo_dir: Path, work: Path) -> dict[str, Any]:
     row["airtime_s"] = round(after["airtime_s"] - before["airtime_s"], 3)
     row["fetch_s"] = seconds
     row["mean_fetch_s"] = round(sum(seconds) / len(seconds), 2)
+    row.update(predicted(World.load(world), manifests, broadcast=window_s > 0))
     return row
 
 
@@ -157,13 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with RESULTS.open("a") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
-    print(
-        f"{'W s':>5} {'airtime s':>10} {'MB on air':>10} {'MB delivered':>13} {'mean fetch s':>13}"
-    )
+    header = ("W s", "airtime s", "sim airtime s", "MB on air", "MB delivered")
+    print(" ".join(f"{h:>13}" for h in (*header, "mean fetch s", "sim mean s")))
     for row in rows:
         print(
-            f"{row['window_s']:>5g} {row['airtime_s']:>10.2f} {row['bytes_on_air'] / 1e6:>10.1f}"
+            f"{row['window_s']:>13g} {row['airtime_s']:>13.3f} {row['sim_makespan_s']:>13.3f}"
+            f" {row['bytes_on_air'] / 1e6:>13.1f}"
             f" {row['bytes_delivered'] / 1e6:>13.1f} {row['mean_fetch_s']:>13.2f}"
+            f" {row['sim_mean_s']:>13.2f}"
         )
     return 0
 
