@@ -22,6 +22,11 @@ redis-server: the catalogue as above, ``--nodes`` nodes registered over HTTP, th
 (requests/s, latency percentiles, non-2xx count); then ``--status-nodes`` more nodes registered
 and ``GET /v1/status`` timed ``--status-requests`` times (median, p99). Rows (with the load
 average) go to ``bench/results/controller_wrk.jsonl``.
+
+``--replicas 1,2``: each tree is also run as that many controller processes on the one Redis
+(stateless replicas, one leader), every replica loaded at once by its own ``wrk`` process (each
+with ``--connections``): ``route_rps`` is their sum, ``route_rps_by_replica`` each one's, side by
+side with the 1-replica row of the same run.
 """
 
 from __future__ import annotations
@@ -206,7 +211,31 @@ def _wrk(url: str, paths: list[str], work: Path, args: argparse.Namespace) -> di
     return row
 
 
-def run_wrk_case(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _wrk_all(
+    urls: list[str], paths: list[str], work: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One ``wrk`` per controller replica, all at once; their requests/s summed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dirs = [work / f"wrk-{i}" for i in range(len(urls))]
+    for directory in dirs:
+        directory.mkdir(exist_ok=True)
+    with ThreadPoolExecutor(len(urls)) as pool:
+        rows = list(pool.map(lambda u, d: _wrk(u, paths, d, args), urls, dirs))
+    if len(rows) == 1:
+        return rows[0]
+    return {
+        **rows[0],
+        "route_rps": round(sum(float(r["route_rps"] or 0) for r in rows), 2),
+        "route_rps_by_replica": [r["route_rps"] for r in rows],
+        "non_2xx": sum(int(r["non_2xx"]) for r in rows),
+        "route_requests": sum(int(r.get("route_requests", 0)) for r in rows),
+        "route_latency_p50": [r.get("route_latency_p50") for r in rows],
+        "route_latency_p99": [r.get("route_latency_p99") for r in rows],
+    }
+
+
+def run_wrk_case(tree: Path, args: argparse.Namespace, replicas: int = 1) -> dict[str, Any]:
     import sys
 
     import httpx
@@ -222,7 +251,8 @@ def run_wrk_case(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tmp)
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            redis_port, port = free_port(), free_port()
+            redis_port = free_port()
+            ports = [free_port() for _ in range(replicas)]
             redis_bin = shutil.which("redis-server") or "redis-server"
             procs.append(
                 subprocess.Popen(
@@ -238,7 +268,6 @@ def run_wrk_case(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
                 "PYTHONPATH": "",
                 "PYTHONWARNINGS": "ignore",
                 "TRIMCACHE_LOG_LEVEL": "WARNING",
-                "CONTROLLER_PORT": str(port),
                 "CONTROLLER_HOST": "127.0.0.1",
                 "CONTROLLER_REDIS_URL": redis_url,
                 "CONTROLLER_ORIGIN_URL": "http://127.0.0.1:9",
@@ -246,25 +275,29 @@ def run_wrk_case(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
                 "CONTROLLER_AUTH_TOKEN": TOKEN,
                 "CONTROLLER_HEARTBEAT_EXPIRY_S": "600",
             }
-            with (work / "controller.log").open("ab") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "controller"],
-                        cwd=tree,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
+            for i, port in enumerate(ports):
+                with (work / f"controller-{i}.log").open("ab") as log:
+                    procs.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "controller"],
+                            cwd=tree,
+                            env={**env, "CONTROLLER_PORT": str(port)},
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                        )
                     )
-                )
-            url = f"http://127.0.0.1:{port}"
-            wait_http(f"{url}/healthz")
+            urls = [f"http://127.0.0.1:{port}" for port in ports]
+            for replica_url in urls:
+                wait_http(f"{replica_url}/healthz")
+            url = urls[0]
             headers = {"Authorization": f"Bearer {TOKEN}"}
             with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
                 _register(http, node_ids, held, args)
                 paths = [f"/v1/routes/{m}?area_id=area-{n}" for m in model_ids for n in node_ids]
-                http.get(paths[0]).raise_for_status()
+                for replica_url in urls:
+                    httpx.get(f"{replica_url}{paths[0]}", timeout=60).raise_for_status()
                 load_before = os.getloadavg()
-                row = _wrk(url, paths, work, args)
+                row = _wrk_all(urls, paths, work, args)
                 load_after = os.getloadavg()
                 more = [f"status-{n:04d}" for n in range(args.status_nodes - n_nodes)]
                 _register(http, more, [[] for _ in more], args)
@@ -281,6 +314,7 @@ def run_wrk_case(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
         "bench": "controller_wrk",
         "tree": str(tree),
         "git_sha": _git_sha(tree),
+        "replicas": replicas,
         "models": n_models,
         "nodes": n_nodes,
         "blocks_per_model": args.blocks,
@@ -312,20 +346,29 @@ def run_wrk(args: argparse.Namespace) -> None:
     rows = []
     with (args.out / "controller_wrk.jsonl").open("a") as out:
         for tree in trees:
-            row = run_wrk_case(tree, args)
-            rows.append(row)
-            out.write(json.dumps(row, sort_keys=True) + "\n")
+            for replicas in args.replicas:
+                row = run_wrk_case(tree, args, replicas)
+                rows.append(row)
+                out.write(json.dumps(row, sort_keys=True) + "\n")
     print(
-        f"{'tree':<26} {'sha':<8} {'route req/s':>11} {'p50':>8} {'p99':>8} {'non2xx':>6} "
+        f"{'tree':<26} {'sha':<8} {'replicas':>8} {'route req/s':>11} {'p50':>8} {'p99':>8} "
+        f"{'non2xx':>6} "
         f"{'status nodes':>12} {'p50 ms':>7} {'p99 ms':>7}  load"
     )
     for r in rows:
         print(
-            f"{r['tree'][-26:]:<26} {r['git_sha']:<8} {r['route_rps']!s:>11} "
-            f"{r.get('route_latency_p50', '?'):>8} {r.get('route_latency_p99', '?'):>8} "
+            f"{r['tree'][-26:]:<26} {r['git_sha']:<8} {r['replicas']:>8} {r['route_rps']!s:>11} "
+            f"{_first(r.get('route_latency_p50')):>8} {_first(r.get('route_latency_p99')):>8} "
             f"{r['non_2xx']:>6} {r['status_nodes']:>12} {r['status_ms_p50']:>7} "
             f"{r['status_ms_p99']:>7}  {r['loadavg_before']}"
         )
+
+
+def _first(value: Any) -> str:
+    """A latency cell: one replica's, or the first replica's of several."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return "?" if value is None else str(value)
 
 
 def _git_sha(tree: Path = REPO_ROOT) -> str:
@@ -356,6 +399,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="wrk seconds")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument(
+        "--replicas", type=_ints, default=[1], help="controller replica counts, e.g. 1,2 (--wrk)"
+    )
     parser.add_argument("--status-nodes", type=int, default=1000)
     parser.add_argument("--status-requests", type=int, default=200)
     args = parser.parse_args()

@@ -3,7 +3,8 @@
 Configuration: every setting is an explicit argument. The environment is read in exactly one
 place, :func:`resolve_settings` (and :func:`resolve_token`), only for arguments left as ``None``:
 
-- ``TRIMCACHE_CONTROLLER_URL`` (default ``http://127.0.0.1:8080``)
+- ``TRIMCACHE_CONTROLLER_URL`` (default ``http://127.0.0.1:8080``): one controller, or its
+  replicas comma-separated
 - ``TRIMCACHE_CACHE_DIR`` (default ``~/.cache/trimcache``)
 - ``TRIMCACHE_AUTH_TOKEN`` (default none): the bearer token demand reports carry; without it the
   controller refuses them (a fetch never fails for that)
@@ -22,11 +23,15 @@ Internal logic of a fetch (:meth:`Client.fetch`):
 5. load: transformers (and peft for a LoRA adapter, whose base model is fetched the same way);
 6. report the request and timings to the controller (best effort: never fails the fetch).
 
-Errors of the controller itself (no answer, or a 5xx) are :class:`ControllerUnavailableError`,
-never an edge error. When the source of the route (controller, edge node or origin) fails but
-the device cache holds the complete model, the cached copy is served: the fetch logs one
-``WARNING`` record on the ``client`` logger (printed as one stderr line when the application has
-not configured logging) and sets ``report["offline"] = True``.
+Controller replicas: ``controller_url`` may list several (a comma-separated string or a
+sequence); every controller request goes to one that answers (:class:`core.failover.Endpoints`:
+connection refused, a timeout or a 5xx tries the next, and the one that answered is asked first
+next time). Errors of the controller itself (none answered, or all with a 5xx) are
+:class:`ControllerUnavailableError`, never an edge error. When the source of the route
+(controller, edge node or origin) fails but the device cache holds the complete model, the
+cached copy is served: the fetch logs one ``WARNING`` record on the ``client`` logger (printed
+as one stderr line when the application has not configured logging) and sets
+``report["offline"] = True``.
 
 Origin fallback: a controller-mode client given ``fallback_origin_url`` (or
 ``TRIMCACHE_ORIGIN_URL``) fetches a model that is not cached from that origin when the
@@ -41,7 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +57,7 @@ import httpx
 from core.auth import bearer_header
 from core.digest import BlockId
 from core.errors import ManifestError
+from core.failover import Endpoints, parse_urls
 from core.manifest import ModelManifest, check_model_id
 
 from ._cache import DeviceCache
@@ -84,20 +90,26 @@ Mode = Literal["controller", "edge", "origin"]
 
 
 def resolve_settings(
-    controller_url: str | None = None, cache_dir: str | os.PathLike[str] | None = None
+    controller_url: str | Sequence[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[str, Path]:
     """The only place the SDK reads its environment: fill in arguments left as None.
 
     Args:
-        controller_url: explicit controller URL, or None for ``TRIMCACHE_CONTROLLER_URL``.
+        controller_url: explicit controller URL (or replicas: comma-separated, or a sequence),
+            or None for ``TRIMCACHE_CONTROLLER_URL``.
         cache_dir: explicit cache directory, or None for ``TRIMCACHE_CACHE_DIR``.
 
     Returns:
-        ``(controller_url, cache_dir)`` with defaults applied.
+        ``(controller_url, cache_dir)`` with defaults applied; several controllers come back
+        comma-separated.
+
+    Raises:
+        ValueError: a controller URL that is not http(s).
     """
     url = controller_url or os.environ.get("TRIMCACHE_CONTROLLER_URL") or DEFAULT_CONTROLLER_URL
     directory = cache_dir or os.environ.get("TRIMCACHE_CACHE_DIR") or DEFAULT_CACHE_DIR
-    return url.rstrip("/"), Path(directory).expanduser()
+    return ",".join(parse_urls(url)), Path(directory).expanduser()
 
 
 def resolve_fallback_origin(fallback_origin_url: str | None = None) -> str | None:
@@ -143,7 +155,8 @@ class Client:
     ``origin_url`` (the origin alone; pass ``repo_id`` to :meth:`fetch`), else the controller.
 
     Args:
-        controller_url: the controller (None: ``TRIMCACHE_CONTROLLER_URL`` or the default).
+        controller_url: the controller, or its replicas (comma-separated or a sequence; tried
+            in turn) (None: ``TRIMCACHE_CONTROLLER_URL`` or the default).
         cache_dir: the device cache (None: ``TRIMCACHE_CACHE_DIR`` or ``~/.cache/trimcache``).
         edge_url: fetch from this edge node only.
         origin_url: fetch from this HF-compatible origin only.
@@ -166,7 +179,7 @@ class Client:
     def __init__(
         self,
         *,
-        controller_url: str | None = None,
+        controller_url: str | Sequence[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         edge_url: str | None = None,
         origin_url: str | None = None,
@@ -180,6 +193,7 @@ class Client:
         auth_token: str | None = None,
     ) -> None:
         self.controller_url, cache_path = resolve_settings(controller_url, cache_dir)
+        self._controllers = Endpoints(parse_urls(self.controller_url))
         # Demand reports are a control-plane write: they carry the token (core.auth's policy).
         self.auth_token = resolve_token(auth_token)
         self.edge_url = edge_url.rstrip("/") if edge_url else None
@@ -214,12 +228,20 @@ class Client:
         self.close()
 
     # -- HTTP helpers ----------------------------------------------------------------------
-    def _get_json(self, url: str, *, params: Mapping[str, str] | None = None) -> Any:
-        """GET, retried on transport errors and 503 (:meth:`DownloadOptions.retry_policy`)."""
+    def _get_json(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        send: Callable[[], httpx.Response] | None = None,
+    ) -> Any:
+        """GET, retried on transport errors and 503 (:meth:`DownloadOptions.retry_policy`);
+        ``send`` replaces the one GET of ``url`` (the controller's failover)."""
+        get = send or (lambda: self._http.get(url, params=params))
         failure: httpx.TransportError | httpx.Response | None = None
         for _attempt in self.options.retry_policy().attempts():
             try:
-                response = self._http.get(url, params=params)
+                response = get()
             except httpx.TransportError as exc:
                 failure = exc
                 continue
@@ -244,11 +266,23 @@ class Client:
 
     def _controller_json(self, path: str, *, params: Mapping[str, str] | None = None) -> Any:
         """GET ``path`` from the controller; no answer or a 5xx is ControllerUnavailableError."""
+
+        def send() -> httpx.Response:
+            return self._controller_call(
+                lambda base: self._http.get(f"{base}{path}", params=params)
+            )
+
         try:
-            return self._get_json(f"{self.controller_url}{path}", params=params)
+            return self._get_json(f"{self._controllers.current}{path}", params=params, send=send)
         except EdgeUnavailableError as exc:
             # Chained from the transport error itself (None for a 5xx): no edge error in between.
             raise controller_unavailable(self.controller_url, exc) from exc.__cause__
+
+    def _controller_call(self, send: Callable[[str], httpx.Response]) -> httpx.Response:
+        """``send(base_url)`` to the controller replicas in turn (:mod:`core.failover`)."""
+        return self._controllers.call(
+            send, errors=(httpx.TransportError,), retry_on=lambda r: r.status_code >= 500
+        )
 
     # -- routing ---------------------------------------------------------------------------
     def _route(self, model_id: str, repo_id: str | None, revision: str) -> tuple[Route, int]:
@@ -576,11 +610,11 @@ class Client:
         if self.area_id:
             body["area_id"] = self.area_id
         try:
-            response = self._http.post(
-                f"{self.controller_url}/v1/demand",
-                json=body,
-                timeout=2.0,
-                headers=bearer_header(self.auth_token),
+            headers = bearer_header(self.auth_token)
+            response = self._controller_call(
+                lambda base: self._http.post(
+                    f"{base}/v1/demand", json=body, timeout=2.0, headers=headers
+                )
             )
             if response.status_code >= 400:
                 logger.info("demand report refused: %s %s", response.status_code, response.text)
@@ -605,7 +639,7 @@ def _merge_base_report(report: dict[str, Any], base: Mapping[str, Any], timer: _
 def fetch_model(
     model_id: str,
     *,
-    controller_url: str | None = None,
+    controller_url: str | Sequence[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     edge_url: str | None = None,
     origin_url: str | None = None,
@@ -625,7 +659,8 @@ def fetch_model(
 
     Args:
         model_id: the TrimCache model id, e.g. ``"bert-sst2"``.
-        controller_url: the controller (None: ``TRIMCACHE_CONTROLLER_URL``, default
+        controller_url: the controller, or its replicas (comma-separated or a sequence: each
+            request goes to one that answers) (None: ``TRIMCACHE_CONTROLLER_URL``, default
             ``http://127.0.0.1:8080``).
         cache_dir: the device cache (None: ``TRIMCACHE_CACHE_DIR``, default
             ``~/.cache/trimcache``).

@@ -37,7 +37,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from core.digest import BlockId
 from core.manifest import ModelManifest
@@ -363,7 +363,7 @@ class Downloader:
         reason = "no attempt left"
         for _attempt in policy.attempts():
             try:
-                self._request(source, task.kind, pending, outcome)
+                self._request(source, task, pending, outcome)
                 return outcome
             except DiskFullError:
                 raise
@@ -384,12 +384,22 @@ class Downloader:
         outcome.source_dead = True
         return outcome
 
-    def _request(self, source: Source, kind: TaskKind, items: list[Span], out: _Outcome) -> None:
-        if kind == "batch":
+    def _request(self, source: Source, task: _Task, items: list[Span], out: _Outcome) -> None:
+        if task.kind == "batch":
             # model_id: an on-demand edge caches the model (and pulls what it lacks).
-            body = json.dumps(
-                {"block_ids": [i.block_id for i in items], "model_id": self._manifest.model_id}
-            ).encode()
+            doc: dict[str, Any] = {
+                "block_ids": [i.block_id for i in items],
+                "model_id": self._manifest.model_id,
+            }
+            # A serving edge the route says migrates some of them pulls those from a peer.
+            hints = {
+                i.block_id: url
+                for i in items
+                if (url := self._route.migrate_from(i.block_id, task.source)) is not None
+            }
+            if hints:
+                doc.update(migrate=True, migrate_from=hints)
+            body = json.dumps(doc).encode()
             self._stream(source, "POST", f"{source.url}/v1/blocks:batch", items, out, body=body)
             return
         # Re-plan the remaining run as contiguous pieces (a retry may have left gaps).

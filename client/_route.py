@@ -4,18 +4,22 @@ A :class:`Route` is the parsed answer of the controller's ``GET /v1/routes/{mode
 (docs/api.md), or one built locally when there is no controller (a single edge node, or the origin
 alone). Invariant: every block of the manifest has a non-empty candidate list, and when the route
 has an origin it is the last candidate of every block ("ending at the origin").
+
+``delivery`` (optional in the answer) says per block how its first candidate serves it: it
+holds it, or it *migrates* it from a neighbour edge (``migrate_from``) while it sends it; the
+download asks a migrating edge with ``"migrate": true`` (client._download).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.digest import BlockId
 from core.errors import ManifestError
 from core.manifest import ModelManifest
-from core.wire import RouteSource
+from core.wire import DeliveryHow, RouteDelivery, RouteSource
 
 from ._errors import ClientError
 
@@ -33,6 +37,16 @@ class Source:
 
 
 @dataclass(frozen=True, slots=True)
+class Delivery:
+    """How source ``source`` serves one block: ``held``, ``migrate`` (from source
+    ``migrate_from``) or ``origin``."""
+
+    source: int
+    how: DeliveryHow
+    migrate_from: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """A manifest plus, for every block, the indexes of its sources in preference order."""
 
@@ -40,6 +54,14 @@ class Route:
     manifest: ModelManifest
     sources: tuple[Source, ...]
     blocks: Mapping[BlockId, tuple[int, ...]]
+    delivery: Mapping[BlockId, Delivery] = field(default_factory=dict)
+
+    def migrate_from(self, block_id: BlockId, source: int) -> str | None:
+        """The URL ``source`` migrates ``block_id`` from, when the route says it does."""
+        d = self.delivery.get(block_id)
+        if d is None or d.how != "migrate" or d.source != source or d.migrate_from is None:
+            return None
+        return self.sources[d.migrate_from].url
 
     def candidates(self, block_id: BlockId) -> tuple[int, ...]:
         return self.blocks[block_id]
@@ -74,6 +96,10 @@ def parse_route(data: Any) -> Route:
             for s in parsed
         )
         raw_blocks: Mapping[str, Any] = data.get("blocks") or {}
+        raw_delivery: Mapping[str, Any] = data.get("delivery") or {}
+        parsed_delivery = {
+            BlockId(b): RouteDelivery.model_validate(d) for b, d in raw_delivery.items()
+        }
     except (KeyError, TypeError, AttributeError, ValueError, ManifestError) as exc:
         raise ClientError(f"malformed route from controller: {exc}") from exc
     origins = [i for i, s in enumerate(sources) if s.kind == "origin"]
@@ -89,7 +115,14 @@ def parse_route(data: Any) -> Route:
         if not candidates:
             raise ClientError(f"route for {manifest.model_id} names no source for {block_id}")
         blocks[block_id] = candidates
-    return Route(manifest.model_id, manifest, sources, blocks)
+    delivery: dict[BlockId, Delivery] = {}
+    for block_id, d in parsed_delivery.items():
+        if block_id not in blocks:
+            continue
+        if d.source >= len(sources) or (d.migrate_from or 0) >= len(sources):
+            raise ClientError(f"malformed route: bad delivery indexes for block {block_id}")
+        delivery[block_id] = Delivery(d.source, d.how, d.migrate_from)
+    return Route(manifest.model_id, manifest, sources, blocks, delivery)
 
 
 def single_source_route(manifest: ModelManifest, source: Source) -> Route:

@@ -34,7 +34,11 @@ if TYPE_CHECKING:
 def add_parsers(subparsers: Any) -> None:
     """Register ``fetch``, ``predict`` and ``cache`` on the ``trimcache`` parser."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--controller", help="controller URL (env TRIMCACHE_CONTROLLER_URL)")
+    common.add_argument(
+        "--controller",
+        help="controller URL, or replicas comma-separated, tried in turn"
+        " (env TRIMCACHE_CONTROLLER_URL)",
+    )
     common.add_argument("--cache-dir", help="device cache dir (env TRIMCACHE_CACHE_DIR)")
 
     source = argparse.ArgumentParser(add_help=False)

@@ -22,7 +22,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from controller.api.routes import demand, health, models, nodes, placement, routing, topology
+from controller.api.routes import (
+    demand,
+    health,
+    models,
+    nodes,
+    placement,
+    replicas,
+    routing,
+    topology,
+)
 from controller.dashboard import routes as dashboard
 from controller.errors import StateUnavailableError
 from controller.indexer import OriginIndexer
@@ -99,7 +108,17 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
             headers={"X-Error-Code": "internal"},
         )
 
-    for module in (nodes, models, demand, topology, placement, routing, health, dashboard):
+    for module in (
+        nodes,
+        models,
+        demand,
+        topology,
+        placement,
+        routing,
+        health,
+        replicas,
+        dashboard,
+    ):
         app.include_router(module.router)
     app.add_middleware(
         RequestGuard, max_body_bytes=settings.max_body_bytes, read_timeout_s=settings.read_timeout_s

@@ -57,7 +57,14 @@ dispatching as soon as the stored placement is a newer one (a newer round in thi
 also stops it at once), and nothing a stopped round learns is recorded over the newer one
 (``update_push_status`` is conditional on the version). The plan lock (TTL
 ``plan_lock_ttl_s``, renewed by a helper thread that shares the lock's token) serialises
-computing, storing and dispatching, and must still be held before the placement is stored.
+computing, storing and dispatching, and fences the store itself: the placement is written only
+while the lock still holds this planner's token (one Redis script), so a planner whose lock
+lapsed (a pause, a partition) cannot overwrite a successor's placement. The record names the
+replica that planned it (``planned_by``).
+
+Several controller replicas may share one Redis: each serves every request, and only the one
+holding the leader lease (:mod:`controller.leader`) runs the background loop below; when it
+dies another takes the lease within ``plan_lock_ttl_s`` and a third of it.
 
 A node that rejects or fails its plan is recorded (``push[node].status``, ``attempts``) and
 retried by the background loop (:meth:`Planner.tick`) with exponential backoff from
@@ -75,7 +82,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -87,9 +96,11 @@ from typing import Any
 
 import httpx
 
+from controller import delay_planning
 from controller.adapters import base_models, with_base_sizes, with_bases
 from controller.demand import request_probabilities
 from controller.errors import StateUnavailableError
+from controller.leader import Leadership
 from controller.metrics import Metrics
 from controller.placement import (
     SOLVERS,
@@ -97,6 +108,7 @@ from controller.placement import (
     PlacementResult,
     ReplanDecision,
     decide_replan,
+    make_result,
 )
 from controller.records import DispatchState, PlacementRecord, PushStatus, ServerPlacement
 from controller.routing import held_blocks
@@ -176,6 +188,9 @@ class Planner:
         self._adopt_backoff: dict[tuple[str, str], float] = {}
         self._catalogue: tuple[tuple[str, int], dict[str, CatalogueEntry]] | None = None
         self._redis_down = False
+        #: This process among the controller replicas on one Redis (logs, leases, records).
+        self.replica_id = settings.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.leadership = Leadership(state, self.replica_id, lease_s=settings.plan_lock_ttl_s)
         self._loop = LoopThread(self.run_forever, name="planner")
         self._stop = self._loop.stop_event
         # Push rounds running in this process (thread ident -> (version, stop flag)) and the
@@ -375,15 +390,22 @@ class Planner:
         # On-demand nodes (cache_policy) cache what they are asked for: a plan would fight them.
         nodes = [n for n in live if not n.cache_policy]
         previous = self.state.get_placement()
-        attempt: dict[str, Any] = {"at": started, "trigger": trigger, "signature": signature}
+        attempt: dict[str, Any] = {
+            "at": started,
+            "trigger": trigger,
+            "signature": signature,
+            "replica": self.replica_id,
+        }
 
         result: PlacementResult | None = None
         problem: PlacementProblem | None = None
-        solver_name = self.settings.solver
+        solver_name = self.settings.planning_solver
         if nodes and catalogue:
             try:
                 problem = self.build_problem(nodes, catalogue, view)
-                decision, solver_name = self._decide(problem, previous, catalogue, attempt)
+                decision, solver_name = self._decide(
+                    problem, previous, catalogue, attempt, nodes=nodes, view=view
+                )
             except StateUnavailableError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a solver failure must not stop the loop
@@ -436,6 +458,7 @@ class Planner:
             solve_seconds=result.solve_seconds if result is not None else 0.0,
             planned_at=started,
             trigger=trigger,
+            planned_by=self.replica_id,
             topology=view.source,
             nodes={n.node_id: n.url for n in nodes},
             problem={
@@ -450,7 +473,13 @@ class Planner:
             dispatch=DispatchState(started_at=started),
         )
         doc = record.to_json()
-        self.state.save_placement(doc)
+        if not self.state.save_placement(doc, fence=guard):
+            logger.warning(
+                "plan lock lost: placement version=%d not stored (fenced) trigger=%s",
+                version,
+                trigger,
+            )
+            return self.state.get_placement() or {"version": 0, "servers": {}}
         self.metrics.plans.labels(outcome="ok").inc()
         self.metrics.placement_version.set(version)
         self.metrics.expected_hit_ratio.set(record.hit_ratio)
@@ -474,10 +503,16 @@ class Planner:
         previous: Mapping[str, Any] | None,
         catalogue: Sequence[CatalogueEntry],
         attempt: dict[str, Any],
+        *,
+        nodes: Sequence[NodeRecord],
+        view: ActiveTopology,
     ) -> tuple[ReplanDecision, str]:
         """Solve from scratch and warm-started from the current placement, then decide whether
-        the best candidate pays for its moves; the decision goes into ``attempt``."""
+        the best candidate pays for its moves; the decision goes into ``attempt``. With the
+        delay objective: :meth:`_decide_delay`."""
         current, invalid = current_placement(previous, catalogue, problem)
+        if self.settings.objective == "delay":
+            return self._decide_delay(problem, current, invalid, attempt, nodes, view)
         cold = self._solve(problem, attempt)
         candidates = [cold]
         if current and cold[0].status != "infeasible":
@@ -495,6 +530,38 @@ class Planner:
         name = next(n for result, n in candidates if result is decision.chosen)
         warm_chosen = len(candidates) == 2 and decision.chosen is candidates[0][0]
         attempt["decision"] = {**decision.to_json(), "warm_start": warm_chosen}
+        return decision, name
+
+    def _decide_delay(
+        self,
+        problem: PlacementProblem,
+        current: Mapping[str, frozenset[str]],
+        invalid: str | None,
+        attempt: dict[str, Any],
+        nodes: Sequence[NodeRecord],
+        view: ActiveTopology,
+    ) -> tuple[ReplanDecision, str]:
+        """The delay objective: a delay solver over the delay model (controller.delay_planning)."""
+        settings = self.settings
+        topology = view.topology
+        positions = {n.node_id: topology.positions.get(n.node_id, n.position) for n in nodes}
+        dp = delay_planning.delay_problem(problem, positions, topology, seed=settings.solver_seed)
+        name = settings.delay_solver
+        if dp is None:  # no covered area has demand: nothing to minimise, hold nothing new
+            candidate = make_result(problem, {}, solver=name)
+            attempt["delay"] = {"solver": name, "skipped": "no covered area with demand"}
+            return decide_replan(problem, current, [candidate], min_gain=1.0), name
+        candidate = delay_planning.solve(
+            problem,
+            dp,
+            solver=name,
+            seed=settings.solver_seed,
+            time_limit_s=settings.solver_time_limit_s,
+            marl_checkpoint=settings.marl_checkpoint,
+        )
+        decision, numbers = delay_planning.decide(problem, dp, current, candidate, invalid=invalid)
+        attempt["decision"] = {**decision.to_json(), "warm_start": False}
+        attempt["delay"] = {"solver": name, "slots": len(dp.slots), **numbers}
         return decision, name
 
     def _solve(
@@ -981,7 +1048,8 @@ class Planner:
     def run_forever(self) -> None:
         while not self._stop.is_set():
             try:
-                self.tick()
+                if self.leadership.leading():  # one replica's loop runs (controller.leader)
+                    self.tick()
                 if self._redis_down:
                     logger.info("planner loop: Redis is back")
                 self._redis_down = False
@@ -994,10 +1062,13 @@ class Planner:
             self._stop.wait(self.settings.check_interval_s)
 
     def start(self) -> None:
+        """Run the background loop; it ticks only while this replica holds the leader lease."""
+        self.leadership.start()
         self._loop.start()
 
     def stop(self) -> None:
         self._loop.stop()
+        self.leadership.stop()
 
 
 def current_placement(

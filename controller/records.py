@@ -77,6 +77,7 @@ class PlacementRecord(BaseModel):
     solve_seconds: float = 0.0
     planned_at: float
     trigger: str
+    planned_by: str | None = None  # the controller replica that planned it
     topology: str
     nodes: dict[str, str] = Field(default_factory=dict)
     problem: dict[str, int] = Field(default_factory=dict)

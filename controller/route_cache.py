@@ -156,6 +156,8 @@ class RouteCache:
                 topology=snapshot.topology,
                 point=point,
                 origin_url=self.origin_url,
+                objective=self.planner.settings.objective,
+                migration=self.planner.settings.route_migration,
             ),
             ensure_ascii=False,
             allow_nan=False,

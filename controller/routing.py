@@ -14,6 +14,15 @@ id) as a source of every block of the model, after the nodes confirmed to hold t
 home node pulls what it lacks through and caches the model (edge_node.ondemand), as the
 placement problem's ``lru``/``lfu`` replay inserts a missed model at the user's nearest
 reachable server (controller.placement.online).
+
+Request-time migration (:mod:`controller.delay_routing`, ``migration``: setting
+``CONTROLLER_MIGRATION``, on with the delay objective): a client with a position has a
+*serving edge* (the nearest planned node). ``delivery[block]`` says per block which source
+serves it and how (``held`` | ``migrate`` | ``origin``), by the delay model's expected time;
+when migrating is fastest, the serving edge is listed first in ``blocks[block]`` (it pulls the
+block from ``migrate_from`` over the edge-to-edge link while it sends it), before the holders.
+With ``objective="delay"`` every block's candidates are ordered by the same per-block expected
+delay instead of by the whole model's delivery time.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from controller import delay_routing
 from controller.state import CatalogueEntry, NodeRecord
 from controller.topology import DEFAULT_AREA_OFFSET_M, Topology, delivery_ms
 from core.wire import RouteSource
@@ -60,6 +70,8 @@ def build_route(
     topology: Topology,
     point: tuple[float, float] | None,
     origin_url: str,
+    objective: str = "hit-ratio",
+    migration: bool = False,
 ) -> dict[str, Any]:
     """The route document of ``GET /v1/routes/{model_id}`` (see docs/api.md).
 
@@ -81,6 +93,33 @@ def build_route(
     home = home_node(nodes, topology, point, model_bytes)
     if home is not None:
         holders.setdefault(home, frozenset())
+    planned = {
+        n.node_id: topology.positions.get(n.node_id, n.position)
+        for n in nodes
+        if not n.cache_policy
+    }
+    everyone = {n.node_id: topology.positions.get(n.node_id, n.position) for n in nodes}
+    serving = delay_routing.serving_edge(everyone, point)
+    if not migration or serving not in planned:  # an on-demand home pulls through itself
+        serving = None
+    options: dict[str, list[delay_routing.BlockOption]] = {}
+    costs: delay_routing.RouteCosts | None = None
+    # Per-block delivery: with migration or the delay objective (otherwise every block's first
+    # candidate simply holds it, or is the origin, and routes stay as they were).
+    if point is not None and (migration or objective == "delay"):
+        costs = delay_routing.route_costs(topology, point, everyone, serving)
+        by_holders: dict[tuple[str, ...], list[delay_routing.BlockOption]] = {}
+        by_id_order = sorted(holders)
+        for block_id in sizes:
+            key = tuple([n for n in by_id_order if block_id in holders[n]])
+            found = by_holders.get(key)
+            if found is None:
+                found = by_holders[key] = delay_routing.block_options(costs, key)
+            options[block_id] = found
+    # The serving edge is a source when it migrates some block (a delay route: when it could).
+    considered = {b: opts if objective == "delay" else opts[:1] for b, opts in options.items()}
+    if serving is not None and any(o.how == "migrate" for v in considered.values() for o in v):
+        holders.setdefault(serving, frozenset())
     positions = {n: topology.positions.get(n, by_id[n].position) for n in holders}
     if point is not None:
         times = delivery_ms(topology, point, positions, model_bytes)
@@ -106,9 +145,52 @@ def build_route(
         + [origin_index]
         for block_id in sizes
     }
-    return {
+    delivery: dict[str, dict[str, Any]] = {}
+    index = {n: i for i, n in enumerate(order)}
+    # Blocks with the same holders share their options (one list object per holder set).
+    ranked_by_options: dict[int, list[int]] = {}
+    templates: dict[tuple[int, int], tuple[dict[str, Any], float | None]] = {}
+    for block_id, ranked_options in options.items():
+        listed = blocks[block_id]
+        if objective == "delay":
+            ranked = ranked_by_options.get(id(ranked_options))
+            if ranked is None:
+                ranked = delay_routing.order_by_delay(ranked_options, index, origin_index)
+                ranked_by_options[id(ranked_options)] = ranked
+            listed = ranked[:-1] + [i for i in listed if i not in ranked] + [origin_index]
+        elif ranked_options[0].how == "migrate":
+            listed = [index[ranked_options[0].node_id or ""], *listed]
+        blocks[block_id] = listed
+        template = templates.get((id(ranked_options), listed[0]))
+        if template is None:
+            template = _delivery(ranked_options, order, listed[0], origin_index)
+            templates[(id(ranked_options), listed[0])] = template
+        doc, ms_per_byte = template
+        if ms_per_byte is not None and costs is not None:
+            doc = {**doc, "expected_ms": round(costs.latency_ms + sizes[block_id] * ms_per_byte, 3)}
+        delivery[block_id] = doc
+    route: dict[str, Any] = {
         "model_id": entry.model_id,
         "manifest": manifest.to_dict(),
         "sources": [s.model_dump(exclude_none=True) for s in sources],
         "blocks": blocks,
     }
+    if delivery:
+        route["delivery"] = delivery
+    return route
+
+
+def _delivery(
+    options: Sequence[delay_routing.BlockOption], order: Sequence[str], first: int, origin: int
+) -> tuple[dict[str, Any], float | None]:
+    """How a block's first candidate (``first``) serves it: ``delivery[block]`` of a route (a
+    :class:`core.wire.RouteDelivery`, built as a plain dict) without ``expected_ms``, and the
+    option's cost per byte (None: an on-demand home, which pulls the block through itself)."""
+    want = None if first == origin else order[first]
+    option = next((o for o in options if o.node_id == want), None)
+    if option is None:
+        return {"source": first, "how": "held"}, None
+    out: dict[str, Any] = {"source": first, "how": option.how}
+    if option.migrate_from is not None:
+        out["migrate_from"] = order.index(option.migrate_from)
+    return out, option.ms_per_byte

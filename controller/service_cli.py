@@ -18,10 +18,13 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--redis-url", "redis_url", str, "Redis URL (CONTROLLER_REDIS_URL)"),
     ("--origin-url", "origin_url", str, "HF-compatible origin (CONTROLLER_ORIGIN_URL)"),
     ("--solver", "solver", str, "placement solver (CONTROLLER_SOLVER)"),
+    ("--objective", "objective", str, "hit-ratio | delay (CONTROLLER_OBJECTIVE)"),
+    ("--delay-solver", "delay_solver", str, "delay objective's solver (CONTROLLER_DELAY_SOLVER)"),
     ("--auth-token", "auth_token", str, "bearer token (CONTROLLER_AUTH_TOKEN)"),
     ("--topology-file", "topology_file", str, "topology JSON (CONTROLLER_TOPOLOGY_FILE)"),
     ("--plan-interval-s", "plan_interval_s", float, "periodic re-plan (0: on changes only)"),
     ("--heartbeat-expiry-s", "heartbeat_expiry_s", float, "node expiry after last heartbeat"),
+    ("--replica-id", "replica_id", str, "name among replicas on one Redis (CONTROLLER_REPLICA_ID)"),
     (
         "--replan-min-gain",
         "replan_min_gain",

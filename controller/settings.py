@@ -7,6 +7,7 @@ environment anywhere else in the controller.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,16 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     origin_url: str = "http://127.0.0.1:8000"
     solver: str = "trimcaching-gen"
+    # What planning and routing minimise: "hit-ratio" (the first system: `solver`) or "delay"
+    # (the second: `delay_solver` over the delay model, routes by expected per-block delay;
+    # controller/delay_planning.py).
+    objective: Literal["hit-ratio", "delay"] = "hit-ratio"
+    delay_solver: str = "delay-greedy"
+    # The trained agents `delay_solver=marl` runs (controller.delay.marl.save_checkpoint).
+    marl_checkpoint: Path | None = None
+    # Request-time migration in routes (controller.delay_routing): "auto" = with the delay
+    # objective only; "on" / "off" whatever the objective.
+    migration: Literal["auto", "on", "off"] = "auto"
     # Periodic re-plan (0: only on changes and on `POST /v1/placement:plan`).
     plan_interval_s: float = Field(default=60.0, ge=0)
     # Run the background loop at all (re-plans on membership/topology changes,
@@ -46,6 +57,9 @@ class Settings(BaseSettings):
     topology_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # This process's name among the controller replicas on one Redis (leader lease, the
+    # placement's ``planned_by``); unset: ``{hostname}:{pid}``.
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
     # Liveness of one plan push (the node answers 202, then applies the plan in the
     # background): the push is abandoned after push_timeout_s in all, or as soon as the node's
     # reported progress (``GET /v1/plan`` bytes/blocks done) has not moved for push_stall_s (a
@@ -57,8 +71,9 @@ class Settings(BaseSettings):
     push_accept_timeout_s: float = Field(default=10.0, gt=0)
     # Pushes run concurrently on this many threads (each follows one node's plan).
     push_workers: int = Field(default=16, ge=1, le=256)
-    # The cross-process plan lock expires this long after its holder stopped renewing it (a
-    # crashed controller delays the next plan by at most this much).
+    # The cross-process plan lock, and the leader lease of the controller replica that runs the
+    # background loop (controller.leader), expire this long after their holder stopped
+    # renewing them: a crashed (even SIGKILLed) replica is replaced within this and a third.
     plan_lock_ttl_s: float = Field(default=6.0, gt=0)
     # Timeout of one Redis command; also bounds how long a request waits when Redis is down.
     redis_timeout_s: float = Field(default=2.0, gt=0)
@@ -89,6 +104,27 @@ class Settings(BaseSettings):
 
         if value not in SOLVERS:
             raise ValueError(f"unknown solver {value!r}; choose from {', '.join(SOLVERS)}")
+        return value
+
+    @property
+    def planning_solver(self) -> str:
+        """The solver plans use: ``solver`` (hit ratio) or ``delay_solver`` (delay)."""
+        return self.delay_solver if self.objective == "delay" else self.solver
+
+    @property
+    def route_migration(self) -> bool:
+        """Whether routes send clients to a serving edge that migrates blocks it lacks."""
+        return self.migration == "on" or (self.migration == "auto" and self.objective == "delay")
+
+    @field_validator("delay_solver")
+    @classmethod
+    def _known_delay_solver(cls, value: str) -> str:
+        from controller.delay import DELAY_SOLVERS
+
+        if value not in DELAY_SOLVERS:
+            raise ValueError(
+                f"unknown delay solver {value!r}; choose from {', '.join(DELAY_SOLVERS)}"
+            )
         return value
 
     @field_validator("origin_url")

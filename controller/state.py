@@ -25,7 +25,13 @@ key                            type    value
 ``ctl:placement:version``      int     last placement version handed out (INCR)
 ``ctl:plan:last``              string  JSON last planning attempt: ``at``, ``trigger``,
                                        ``outcome``, ``error``, ``signature`` (what it saw)
-``ctl:lock:plan``              string  redis-py lock: one planner at a time across processes
+``ctl:lock:plan``              string  redis-py lock: one planner at a time across processes;
+                                       its token fences the placement write
+                                       (:meth:`RedisState.save_placement` with ``fence``)
+``ctl:planner:leader``         string  ``"{replica_id} {term}"``: the controller replica whose
+                                       background loop runs (:mod:`controller.leader`); TTL =
+                                       the lease, renewed by its holder, gone when it dies
+``ctl:planner:term``           int     bumped by every new leader (the ``term`` above)
 ``ctl:fetches``                list    JSON fetch reports (one per ``POST /v1/demand``), newest
                                        first, trimmed to the last ``keep`` (the dashboard's log)
 ``ctl:plans``                  hash    placement version -> JSON plan summary as the dashboard
@@ -78,6 +84,8 @@ TOPOLOGY_KEY = f"{PREFIX}topology"
 PLACEMENT_KEY = f"{PREFIX}placement"
 PLACEMENT_VERSION_KEY = f"{PREFIX}placement:version"
 PLAN_LOCK_KEY = f"{PREFIX}lock:plan"
+LEADER_KEY = f"{PREFIX}planner:leader"
+LEADER_TERM_KEY = f"{PREFIX}planner:term"
 PLAN_ATTEMPT_KEY = f"{PREFIX}plan:last"
 FETCHES_KEY = f"{PREFIX}fetches"
 PLANS_KEY = f"{PREFIX}plans"
@@ -261,6 +269,49 @@ return removed
 """
 
 
+# Take or renew the leader lease in one round trip.
+# KEYS[1] = ctl:planner:leader; KEYS[2] = ctl:planner:term
+# ARGV[1] = replica id; ARGV[2] = lease (ms); ARGV[3] = the token this replica holds ("" if none)
+# Returns the token held now by this replica (renewed, or new with the next term), or false.
+_LEASE_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if cur == ARGV[3] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return cur
+  end
+  return false
+end
+local token = ARGV[1] .. ' ' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+return token
+"""
+
+
+# Delete a key only while it still holds the caller's token (a lease given up).
+# KEYS[1] = the key; ARGV[1] = the token
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+# Store the placement only while the plan lock still holds the planner's token (fencing: a
+# planner whose lock expired, paused or partitioned, cannot overwrite its successor's plan).
+# KEYS[1] = ctl:lock:plan; KEYS[2] = ctl:placement; KEYS[3] = ctl:routing:stamp
+# ARGV[1] = the lock token; ARGV[2] = the placement JSON; ARGV[3] = a new routing stamp
+_FENCED_PLACEMENT_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3])
+return 1
+"""
+
+
 def _new_stamp() -> str:
     return uuid.uuid4().hex
 
@@ -298,6 +349,9 @@ class RedisState:
         self._aclient: redis.asyncio.Redis | None = None
         self._demand_script = self.client.register_script(_DEMAND_LUA)
         self._prune_script = self.client.register_script(_PRUNE_LUA)
+        self._lease_script = self.client.register_script(_LEASE_LUA)
+        self._release_script = self.client.register_script(_RELEASE_LUA)
+        self._fenced_placement_script = self.client.register_script(_FENCED_PLACEMENT_LUA)
 
     def close(self) -> None:
         self.client.close()
@@ -656,17 +710,26 @@ class RedisState:
 
         return self._call(run)
 
-    def save_placement(self, record: Mapping[str, Any]) -> None:
-        """Store the placement record (``version``, ``solver``, ``servers``, ``push``, ...)."""
-        doc = {**record, "schema_version": SCHEMA_VERSION}
+    def save_placement(self, record: Mapping[str, Any], *, fence: PlanLock | None = None) -> bool:
+        """Store the placement record (``version``, ``solver``, ``servers``, ``push``, ...).
 
-        def run() -> None:
+        With ``fence``, only while that plan lock is still held (one atomic script): returns
+        False, storing nothing, once the lock expired or another planner took it."""
+        doc = {**record, "schema_version": SCHEMA_VERSION}
+        text = json.dumps(doc, sort_keys=True)
+
+        def run() -> bool:
+            if fence is not None:
+                keys = [PLAN_LOCK_KEY, PLACEMENT_KEY, ROUTING_STAMP_KEY]
+                args: list[bytes | str] = [fence.token, text, _new_stamp()]
+                return bool(self._fenced_placement_script(keys=keys, args=args))
             pipe = self.client.pipeline(transaction=True)
-            pipe.set(PLACEMENT_KEY, json.dumps(doc, sort_keys=True))
+            pipe.set(PLACEMENT_KEY, text)
             pipe.set(ROUTING_STAMP_KEY, _new_stamp())
             pipe.execute()
+            return True
 
-        self._call(run)
+        return self._call(run)
 
     def update_push_status(self, version: int, node_id: str, status: Mapping[str, Any]) -> bool:
         """Set ``push[node_id]`` of the stored placement if it is still ``version``."""
@@ -723,6 +786,27 @@ class RedisState:
         )
         return PlanLock(lock)
 
+    # -- leader lease (controller.leader) -----------------------------------------------
+    def hold_lease(self, replica_id: str, token: str | None, *, lease_s: float) -> str | None:
+        """Take the leader lease, or renew it when ``token`` is the one held; the token held
+        now (``"{replica_id} {term}"``), or None when another replica holds it."""
+        keys = [LEADER_KEY, LEADER_TERM_KEY]
+        args: list[str | int] = [replica_id, max(1, int(lease_s * 1000)), token or ""]
+        held = self._call(lambda: self._lease_script(keys=keys, args=args))
+        return str(held) if held else None
+
+    def release_lease(self, token: str) -> None:
+        """Give the lease up at once (a clean shutdown: the next leader need not wait)."""
+        self._call(lambda: self._release_script(keys=[LEADER_KEY], args=[token]))
+
+    def lease_holder(self) -> tuple[str, int] | None:
+        """``(replica_id, term)`` of the current leader (None: nobody leads right now)."""
+        text = self._call(lambda: self.client.get(LEADER_KEY))
+        if not text:
+            return None
+        replica_id, _, term = cast(str, text).rpartition(" ")
+        return replica_id, int(term)
+
 
 class PlanLock(AbstractContextManager[bool]):
     """Acquire on enter (returns whether it got the lock); release quietly on exit."""
@@ -742,6 +826,12 @@ class PlanLock(AbstractContextManager[bool]):
                 self._lock.release()
             except redis.RedisError:
                 pass  # expired or Redis gone: the lock times out by itself
+
+    @property
+    def token(self) -> bytes:
+        """The holder's token (the value of the lock key while held): the placement fence."""
+        token: bytes = self._lock.local.token
+        return token
 
     def reacquire(self) -> None:
         """Reset the lock's expiry to its full timeout (call while holding it)."""

@@ -48,6 +48,7 @@ CHANNEL_BOUNDS: Mapping[str, tuple[float, float, bool]] = MappingProxyType(
         "coverage_m": (0.0, MAX_COORD_M, True),
         "neighbour_m": (0.0, MAX_COORD_M, True),
         "backhaul_bps": (0.0, 1e15, False),
+        "origin_bps": (0.0, 1e15, False),
         "min_distance_m": (0.0, MAX_COORD_M, False),
         "latency_ms": (0.0, 1e7, True),
     }
@@ -69,7 +70,9 @@ def _bounded(what: str, value: float, low: float, high: float, *, low_ok: bool =
 class Channel:
     """Radio and backhaul parameters: :class:`controller.wireless.RadioConfig`'s fields plus
     ``latency_ms``, a fixed per-transfer latency (propagation, request round trip) added to the
-    expected delivery time of a route's sources."""
+    expected delivery time of a route's sources. ``backhaul_bps`` is the edge-to-edge link (the
+    relay hop of the wireless model, the migration link of :mod:`controller.delay_routing`);
+    ``origin_bps`` the origin -> edge link (the delay model's cloud backhaul)."""
 
     tx_power_dbm: float = 30.0
     bandwidth_hz: float = 100e6
@@ -79,6 +82,7 @@ class Channel:
     backhaul_bps: float = 10e9
     min_distance_m: float = 1.0
     latency_ms: float = 2.0
+    origin_bps: float = 1e9
 
     def radio(self) -> RadioConfig:
         return RadioConfig(

@@ -13,6 +13,7 @@ model             built by                         parsed by
 :class:`PlanAccepted`  ``PUT /v1/plan`` (202)         ``controller.planner``
 :class:`PlanStatus`  ``GET /v1/plan`` (edge node)     ``controller.planner``
 :class:`RouteSource`  ``controller.routing``          ``client._route``
+:class:`RouteDelivery`  ``controller.delay_routing``  ``client._route``
 ================  ===============================  =============================================
 
 Manifests travel in their own versioned JSON form (:meth:`core.manifest.ModelManifest.to_dict`),
@@ -43,6 +44,7 @@ __all__ = [
     "PlanState",
     "PlanProgressCounts",
     "PlanStatus",
+    "RouteDelivery",
     "RouteSource",
 ]
 
@@ -194,4 +196,23 @@ class RouteSource(BaseModel):
     url: str
     kind: Literal["edge", "origin"]
     node_id: str | None = None
+    expected_ms: float | None = None
+
+
+#: How a route's serving node gets a block to the client: it holds it, it migrates it from a
+#: neighbour edge (``migrate_from``) while sending it, or the client reads it from the origin.
+DeliveryHow = Literal["held", "migrate", "origin"]
+
+
+class RouteDelivery(BaseModel):
+    """How one block reaches the client (``GET /v1/routes/{model_id}``: ``delivery[block_id]``).
+
+    ``source`` and ``migrate_from`` index the route's ``sources``; ``expected_ms`` is the
+    delay model's estimate for this block alone. Readers that do not know this field follow
+    ``blocks`` as before (its first candidate is ``source``).
+    """
+
+    source: int = Field(ge=0)
+    how: DeliveryHow
+    migrate_from: int | None = Field(default=None, ge=0)
     expected_ms: float | None = None

@@ -38,7 +38,7 @@ def _entry(text: str) -> tuple[str, int | None]:
 
 def check_allowed(settings: Settings, urls: Iterable[str]) -> None:
     """Raise :class:`HostNotAllowedError` on the first of ``urls`` not on the allow-list."""
-    exact = {host_port(u) for u in (settings.origin_url, settings.controller_url) if u}
+    exact = {host_port(u) for u in (settings.origin_url, *settings.controller_urls) if u}
     any_port: set[str] = set()
     for text in filter(str.strip, settings.allowed_hosts.split(",")):
         host, port = _entry(text)

@@ -10,7 +10,9 @@ catalogue (docs/api.md "Controller"):
 
 Both answers are reused for ``EDGE_CATALOGUE_TTL_S`` (a snapshot download asks once per file).
 A controller that is down, slow (``EDGE_CONTROLLER_TIMEOUT_S``) or answers something that does
-not parse is :class:`UpstreamUnavailableError` (502), never a 500.
+not parse is :class:`UpstreamUnavailableError` (502), never a 500. With several controller
+replicas (``EDGE_CONTROLLER_URL`` comma-separated), a lookup goes to one that answers
+(:class:`core.failover.Endpoints`); the error comes only when none did.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import httpx
 
 from core.digest import BlockId, is_block_id
 from core.errors import ManifestError
+from core.failover import Endpoints
 from core.manifest import ModelManifest
 from edge_node.errors import RepoNotFoundError, RevisionNotFoundError, UpstreamUnavailableError
 from edge_node.settings import Settings
@@ -90,10 +93,11 @@ class Catalogue:
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self.controllers = Endpoints(settings.controller_urls) if settings.controller_url else None
 
     @property
     def enabled(self) -> bool:
-        return self.settings.controller_url is not None
+        return self.controllers is not None
 
     def _cached(self, key: tuple[str, ...], load: Callable[[], Any]) -> Any:
         now = self._clock()
@@ -110,8 +114,15 @@ class Catalogue:
 
     def _get(self, path: str, params: Mapping[str, str] | None = None) -> httpx.Response:
         url = f"{self.settings.controller_url}{path}"
+        if self.controllers is None:
+            raise UpstreamUnavailableError("no controller is configured (EDGE_CONTROLLER_URL)")
+        timeout = self.settings.controller_timeout_s
         try:
-            return self.client.get(url, params=params, timeout=self.settings.controller_timeout_s)
+            return self.controllers.call(
+                lambda base: self.client.get(f"{base}{path}", params=params, timeout=timeout),
+                errors=(httpx.TransportError,),
+                retry_on=lambda r: r.status_code >= 500,
+            )
         except httpx.HTTPError as exc:
             raise UpstreamUnavailableError(f"controller {url} did not answer: {exc}") from exc
 

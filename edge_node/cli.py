@@ -12,7 +12,7 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--data-dir", "data_dir", Path, "block store directory (EDGE_DATA_DIR)"),
     ("--capacity-bytes", "capacity_bytes", int, "store capacity (EDGE_CAPACITY_BYTES)"),
     ("--origin-url", "origin_url", str, "default origin hub URL (EDGE_ORIGIN_URL)"),
-    ("--controller-url", "controller_url", str, "controller for heartbeats"),
+    ("--controller-url", "controller_url", str, "controller URL(s), comma-separated"),
     ("--auth-token", "auth_token", str, "bearer token of control endpoints"),
     ("--host", "host", str, "listen address (EDGE_HOST, default 127.0.0.1)"),
     ("--port", "port", int, "listen port (EDGE_PORT, default 8001)"),

@@ -1,5 +1,8 @@
 """Heartbeats to the controller: ``PUT {controller_url}/v1/nodes/{node_id}`` every interval.
 
+With several controller replicas (``EDGE_CONTROLLER_URL`` comma-separated) each beat goes to
+one that answers (:class:`core.failover.Endpoints`: refused, timed out or 5xx tries the next).
+
 Body: :class:`core.wire.NodeHeartbeat` (docs/api.md "Edge node"): ``url``, ``capacity_bytes``,
 ``position`` ``[x_m, y_m]``, ``physical_bytes``, ``models`` (complete models held),
 ``blocks_digest``, ``plan_version`` and ``cache_policy``. Runs in a daemon
@@ -17,6 +20,7 @@ from typing import Any
 import httpx
 
 from core.auth import bearer_header
+from core.failover import Endpoints
 from core.wire import NodeHeartbeat
 from edge_node.node import EdgeNode
 
@@ -44,6 +48,7 @@ class Heartbeat:
     def __init__(self, node: EdgeNode, client: httpx.Client) -> None:
         self.node = node
         self.client = client
+        self.controllers = Endpoints(node.settings.controller_urls)
         self._stop = threading.Event()
         self._wake = threading.Event()  # poke(): beat now, not at the next tick
         self._thread = threading.Thread(target=self._run, name="edge-heartbeat", daemon=True)
@@ -66,12 +71,19 @@ class Heartbeat:
 
     def beat(self) -> bool:
         s = self.node.settings
-        url = f"{s.controller_url}/v1/nodes/{s.node_id}"
+        path = f"/v1/nodes/{s.node_id}"
+        url = f"{self.controllers}{path}"
         headers = bearer_header(s.auth_token)
+        body = heartbeat_body(self.node)
         try:
-            response = self.client.put(
-                url, json=heartbeat_body(self.node), headers=headers, timeout=5.0
+            response = self.controllers.call(
+                lambda base: self.client.put(
+                    f"{base}{path}", json=body, headers=headers, timeout=5.0
+                ),
+                errors=(httpx.TransportError,),
+                retry_on=lambda r: r.status_code >= 500,
             )
+            url = str(response.request.url)
         except httpx.HTTPError as exc:
             self.failures += 1
             logger.warning("heartbeat node_id=%s to %s failed: %s", s.node_id, url, exc)

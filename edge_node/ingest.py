@@ -71,6 +71,14 @@ ORIGIN_ATTEMPTS = 3
 #: Origin Range reads of blocks still missing: a few rounds, full-jitter backoff, bounded.
 ORIGIN_RETRY = RetryPolicy(attempts=ORIGIN_ATTEMPTS, backoff_s=0.2, budget_s=60.0)
 _READ_CHUNK_BYTES = 1 << 20
+#: The header of a request-time migration's peer batch (value: the pulling node's id); the
+#: peer counts what it serves under it as migrated out (edge_node.migrate).
+MIGRATION_HEADER = "X-TrimCache-Migration"
+
+
+def migration_headers(node_id: str) -> dict[str, str]:
+    """The peer request headers of a migration pulled by ``node_id``."""
+    return {MIGRATION_HEADER: node_id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +116,11 @@ class Fetcher:
         store: BlockStore | None = None,
         on_stored: Callable[[str, BlockId, int], None] | None = None,
         cancel: threading.Event | None = None,
+        peer_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.node = node
+        # Extra headers of peer batch requests (a migration names itself: edge_node.migrate).
+        self._peer_headers = dict(peer_headers or {})
         self.client = client
         self.store = node.store if store is None else store
         self._on_stored = on_stored
@@ -169,7 +180,7 @@ class Fetcher:
                 "POST",
                 f"{peer_url}/v1/blocks:batch",
                 json={"block_ids": ids},
-                headers={"Accept-Encoding": "identity"},
+                headers={"Accept-Encoding": "identity", **self._peer_headers},
             ) as response:
                 if response.status_code != 200:
                     response.read()

@@ -36,6 +36,12 @@ class Counters:
         self.cache_misses = 0
         self.cache_evictions = 0
         self.cache_evicted_bytes = 0
+        # Request-time migration (edge_node.migrate): blocks pulled from a peer edge to serve a
+        # client (in), and blocks served to a peer edge that migrates them (out).
+        self.migrated_in_blocks = 0
+        self.migrated_in_bytes = 0
+        self.migrated_out_blocks = 0
+        self.migrated_out_bytes = 0
 
     def add_request(self, *, status_code: int) -> None:
         with self._lock:
@@ -89,6 +95,16 @@ class Counters:
             self.cache_evictions += models
             self.cache_evicted_bytes += nbytes
 
+    def add_migrated_in(self, nbytes: int) -> None:
+        with self._lock:
+            self.migrated_in_blocks += 1
+            self.migrated_in_bytes += nbytes
+
+    def add_migrated_out(self, blocks: int, nbytes: int) -> None:
+        with self._lock:
+            self.migrated_out_blocks += blocks
+            self.migrated_out_bytes += nbytes
+
     def add_corrupt(self) -> None:
         with self._lock:
             self.corrupt_blocks += 1
@@ -115,6 +131,10 @@ class Counters:
                 "cache_misses": self.cache_misses,
                 "cache_evictions": self.cache_evictions,
                 "cache_evicted_bytes": self.cache_evicted_bytes,
+                "migrated_in_blocks": self.migrated_in_blocks,
+                "migrated_in_bytes": self.migrated_in_bytes,
+                "migrated_out_blocks": self.migrated_out_blocks,
+                "migrated_out_bytes": self.migrated_out_bytes,
             }
 
 
@@ -157,6 +177,11 @@ class NodeCollector(Collector):
         yield counter("edge_cache_hits", "On-demand requests served from store", s["cache_hits"])
         yield counter("edge_cache_misses", "On-demand requests pulled through", s["cache_misses"])
         yield counter("edge_cache_evictions", "Models evicted by the policy", s["cache_evictions"])
+        for way in ("in", "out"):
+            what = "pulled from a peer to serve" if way == "in" else "served to a peer migrating"
+            for unit in ("blocks", "bytes"):
+                name = f"migrated_{way}_{unit}"
+                yield counter(f"edge_{name}", f"{unit.capitalize()} {what}", s[name])
         ingested = CounterMetricFamily(
             "edge_ingested_bytes", "Block bytes ingested by source", labels=["node_id", "source"]
         )

@@ -35,7 +35,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +55,7 @@ from edge_node.errors import (
     RevisionNotFoundError,
     UpstreamUnavailableError,
 )
-from edge_node.ingest import Fetcher, fetch_blocks, locate_blocks
+from edge_node.ingest import Fetcher, fetch_blocks, locate_blocks, migration_headers
 from edge_node.node import EdgeNode
 from edge_node.zerocopy import FileSlice, Piece, ResponseCutShortError, pieces_to_bytes
 
@@ -133,6 +133,9 @@ class ServedRepo:
 
     manifest: ModelManifest
     sources: Sources | None = None
+    #: A request-time migration (edge_node.migrate): missing blocks come from peer edges
+    #: only (never the origin), peers are told so, and the node counts them as migrated.
+    migration: bool = False
 
 
 # One piece of a file range: header bytes, or bytes [lo, hi) of a block.
@@ -199,7 +202,9 @@ class PullThrough:
         listed = self.catalogue.repo_ids() if self.catalogue.enabled else []
         return sorted(held.union(listed))
 
-    def _sources(self, repo: ServedRepo) -> Sources:
+    def sources(self, repo: ServedRepo) -> Sources:
+        """Where ``repo``'s missing blocks come from: the route it came with, else the
+        controller's route, else the last plan's peers (then the origin)."""
         if repo.sources is not None:
             return repo.sources
         if self.catalogue.enabled:
@@ -294,13 +299,14 @@ class PullThrough:
         try:
             need = {b: n for b, n in window.missing.items() if not self.buffer.store.has(b)}
             if need:
-                sources = self._sources(repo)
-                origin_url = sources.origin_url or settings.origin_url
+                sources = self.sources(repo)
+                origin_url = None if repo.migration else sources.origin_url or settings.origin_url
                 fetcher = Fetcher(
                     self.node,
                     self.client,
                     store=self.buffer.store,
-                    on_stored=lambda src, _b, n: self.node.counters.add_pulled(src, n),
+                    on_stored=self._counter(repo),
+                    peer_headers=migration_headers(self.node.node_id) if repo.migration else None,
                 )
                 left = fetch_blocks(
                     fetcher,
@@ -321,6 +327,16 @@ class PullThrough:
             window.pulled = {}
             raise
         return window
+
+    def _counter(self, repo: ServedRepo) -> Callable[[str, BlockId, int], None]:
+        counters = self.node.counters
+
+        def stored(source: str, _block_id: BlockId, nbytes: int) -> None:
+            counters.add_pulled(source, nbytes)
+            if repo.migration:
+                counters.add_migrated_in(nbytes)
+
+        return stored
 
     def _keep_placed(self, blocks: Mapping[BlockId, int]) -> None:
         """Copy pulled blocks that a held manifest places here into the node's store."""

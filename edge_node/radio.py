@@ -26,9 +26,10 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
 - **No member stalls the others.** The transmitter never waits for a socket: members follow
   the job's progress at their own pace, and a member that goes away is dropped from every job
   it was in (a job nobody waits for any more stops).
-- Bytes that are not whole blocks of a batch or block GET (JSON, Hub files, ranges) are sent
-  as unicast jobs at the client's rate. Control paths (``edge_node.link.UNEMULATED_PREFIXES``)
-  are left alone.
+- Bytes that are not whole blocks of a batch or block GET (JSON, Hub files, ranges, blocks this
+  edge migrates in for a client) are sent as unicast jobs at the client's rate. Control paths
+  (``edge_node.link.UNEMULATED_PREFIXES``) and peer edges' migration requests
+  (``X-TrimCache-Migration``: the edge-to-edge link) are left alone.
 
 Counters (``radio`` in ``GET /v1/stats``, ``edge_radio_*`` in ``/metrics``): airtime used (by
 job kind), bytes on the air and bytes delivered to connections, block transmissions, broadcast
@@ -58,6 +59,7 @@ from core.asgi import header_text
 from core.link import ZEROCOPY_EXTENSION
 from core.world import World
 from edge_node.direct import DIRECT_EXTENSION
+from edge_node.ingest import MIGRATION_HEADER
 from edge_node.link import UNEMULATED_PREFIXES
 from edge_node.node import EdgeNode
 from edge_node.settings import Settings
@@ -65,6 +67,7 @@ from edge_node.settings import Settings
 logger = logging.getLogger(__name__)
 
 AREA_HEADER = "x-trimcache-area"
+MIGRATION_HEADER_BYTES = MIGRATION_HEADER.lower().encode()
 #: Where a route leaves the block layout of its body for the radio (:class:`RadioScope`).
 SCOPE_KEY = "trimcache.radio"
 #: Airtime per slice: the granularity of sharing the medium and of mid-air joins.
@@ -438,6 +441,10 @@ class RadioMiddleware:
             return
         requested = None
         for key, value in scope.get("headers") or ():
+            if key.lower() == MIGRATION_HEADER_BYTES:
+                # A peer edge migrating blocks: the edge-to-edge link, not this downlink.
+                await self.app(scope, receive, send)
+                return
             if key.lower() == AREA_HEADER.encode():
                 requested = value.decode("latin-1").strip()
         area = self.radio.area_for(requested)

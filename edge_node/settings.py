@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.failover import parse_urls
+
 
 class Settings(BaseSettings):
     """Edge node configuration (env prefix ``EDGE_``, e.g. ``EDGE_DATA_DIR``)."""
@@ -24,6 +26,7 @@ class Settings(BaseSettings):
     capacity_bytes: int | None = Field(default=None, ge=0)
     #: Default origin (HF-compatible hub) when a plan names none, and for repairs.
     origin_url: str | None = None
+    #: The controller, or its replicas comma-separated (tried in turn: core.failover).
     controller_url: str | None = None
     #: Comma-separated ``host:port`` (or ``host``: any port) a plan may name besides the
     #: configured origin and controller, e.g. the peer edges (edge_node.allowlist).
@@ -85,7 +88,12 @@ class Settings(BaseSettings):
     def _path_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("origin_url", "controller_url", "public_url")
+    @field_validator("controller_url")
+    @classmethod
+    def _url_list(cls, value: str | None) -> str | None:
+        return ",".join(parse_urls(value)) if value else None
+
+    @field_validator("origin_url", "public_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -93,6 +101,11 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"expected an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    @property
+    def controller_urls(self) -> tuple[str, ...]:
+        """The controller replicas, in the configured order (empty: no controller)."""
+        return parse_urls(self.controller_url) if self.controller_url else ()
 
     @property
     def url(self) -> str:

@@ -57,6 +57,7 @@ import httpx
 import psutil
 
 from core.errors import TrimCacheError
+from core.failover import Endpoints
 from core.fsutil import atomic_write_json
 from core.ports import free_port
 from core.waiting import wait_until
@@ -118,11 +119,19 @@ class LaunchOptions:
     seed: int = 0
     timeout_s: float = 120.0
     solver: str | None = None
+    # "hit-ratio" / "delay" (CONTROLLER_OBJECTIVE; None: the controller's default). With
+    # "delay", ``solver`` names a delay solver (CONTROLLER_DELAY_SOLVER).
+    objective: str | None = None
+    # The trained agents of the ``marl`` delay solver (CONTROLLER_MARL_CHECKPOINT).
+    marl_checkpoint: Path | None = None
     # "lru" / "lfu": every edge caches on demand (EDGE_CACHE_POLICY) instead of holding a
     # planned placement; None: planned placement.
     cache_policy: str | None = None
     # Preferred controller port, used when free (else a random one); 0: always random (tests).
     controller_port: int = DEFAULT_CONTROLLER_PORT
+    # Controller replicas on the one Redis (the first on controller_port, the others on random
+    # ports); every edge gets every controller URL.
+    controllers: int = 1
     # Bound on indexing + the first placement being applied (the full zoo over a 100 Mbit/s
     # backhaul moves ~1 GB).
     ready_timeout_s: float = 900.0
@@ -731,6 +740,8 @@ def _deployment(
         except ValueError as exc:
             raise TestbedError(str(exc)) from None
         topology, channel = layout_of(world), dict(world.doc["channel"])
+        if world.edge_links.rate_bytes_per_s is not None:  # the controller's edge-to-edge link
+            channel["backhaul_bps"] = world.edge_links.rate_bytes_per_s * 8
         rate = world.backhaul.rate_bytes_per_s
         backhaul = LinkProfile(None if rate is None else rate * 8 / 1e6, world.backhaul.latency_ms)
         radio = LinkProfile(None, world.radio_latency_ms)  # the edges emulate it from the world
@@ -760,8 +771,11 @@ def _deployment(
         redis_port=redis_port,
         origin_port=origin_port,
         controller_port=controller_port,
+        replica_ports=[_free_port(taken) for _ in range(options.controllers - 1)],
         edge_ports=edge_ports,
         solver=options.solver,
+        objective=options.objective,
+        marl_checkpoint=str(options.marl_checkpoint) if options.marl_checkpoint else None,
         topology_file=str(topology_file),
         extra_edge_env=extra_env,
     )
@@ -788,6 +802,8 @@ def up(
         return existing
     if options.edges < 1:
         raise TestbedError(f"--edges must be at least 1, got {options.edges}")
+    if options.controllers < 1:
+        raise TestbedError(f"--controllers must be at least 1, got {options.controllers}")
     if find_redis_server() is None:
         raise TestbedError("redis-server not found on PATH: run `make setup`")
 
@@ -874,6 +890,8 @@ def _state(
         "status": "running",
         "state_dir": str(Path(options.state_dir).resolve()),
         "controller_url": by_name["controller"].url,
+        # Every replica (the first is controller_url): what the edges and clients fail over on.
+        "controller_urls": [s.url for s in started if s.kind == "controller"],
         "origin_url": by_name["origin"].url,
         "edge_urls": [service.url for service in edges],
         "redis_url": by_name["redis"].url,
@@ -922,7 +940,8 @@ def controller_topology(
     # With a world, its downlink channel: the controller reasons about the radio the edges run.
     channel = {**(channel or {}), "latency_ms": radio.latency_ms}
     if backhaul.rate_mbps is not None:
-        channel["backhaul_bps"] = backhaul.rate_mbps * 1e6
+        channel.setdefault("backhaul_bps", backhaul.rate_mbps * 1e6)  # a world's edge links win
+        channel["origin_bps"] = backhaul.rate_mbps * 1e6  # the delay model's cloud link
     return {
         "schema": "trimcache.topology/v1",
         "areas": {
@@ -994,11 +1013,26 @@ def overview(state: Mapping[str, Any], *, timeout_s: float = 5.0) -> dict[str, A
         except (httpx.HTTPError, ValueError) as exc:
             return {"unavailable": f"{url}: {exc}"}
 
-    controller = str(state.get("controller_url", ""))
-    status = get(f"{controller}/v1/status")
-    models = get(f"{controller}/v1/models")
+    urls = [str(u) for u in state.get("controller_urls") or [state.get("controller_url", "")]]
+
+    def from_controller(path: str) -> Any:
+        """From the first replica that answers (core.failover), like an edge or a client."""
+        try:
+            controllers = Endpoints(urls)
+        except ValueError as exc:
+            return {"unavailable": f"controller URLs {urls!r}: {exc}"}
+        return controllers.call(
+            lambda base: get(f"{base}{path}"),
+            errors=(),
+            retry_on=lambda doc: isinstance(doc, dict) and "unavailable" in doc,
+        )
+
+    status = from_controller("/v1/status")
+    models = from_controller("/v1/models")
     out: dict[str, Any] = {
-        "controller_url": controller,
+        "controller_url": urls[0],
+        # Per replica: its id and whether it leads the planner loop (GET /v1/planner).
+        "controllers": {url: get(f"{url}/v1/planner") for url in urls},
         "models": models.get("models", models) if isinstance(models, dict) else models,
         "placement": status.get("placement", status),
         "demand": status.get("demand", status),

@@ -51,6 +51,13 @@ def add_parsers(subparsers: Any) -> None:
         "~/.cache/trimcache-testbed/zoo or $TRIMCACHE_ZOO_CACHE, built once)",
     )
     up.add_argument(
+        "--controllers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="controller replicas on the one Redis, all serving, one planning (default 1)",
+    )
+    up.add_argument(
         "--controller-port",
         type=int,
         default=8080,
@@ -106,7 +113,18 @@ def add_parsers(subparsers: Any) -> None:
         help="with --world: requests for one block within W seconds share one transmission "
         "(EDGE_BROADCAST_WINDOW_S; default 0: off)",
     )  # fmt: skip
-    up.add_argument("--solver", default=None, help="controller placement solver")
+    up.add_argument(
+        "--solver", default=None,
+        help="controller placement solver (with --objective delay: a delay solver)",
+    )  # fmt: skip
+    up.add_argument(
+        "--objective", choices=("hit-ratio", "delay"), default=None,
+        help="what the controller minimises: misses (default) or download delay",
+    )  # fmt: skip
+    up.add_argument(
+        "--marl-checkpoint", type=Path, default=None, metavar="PATH",
+        help="trained agents for --objective delay --solver marl",
+    )  # fmt: skip
     up.add_argument(
         "--cache-policy", choices=("lru", "lfu"), default=None,
         help="edges cache on demand with this policy instead of holding a planned placement",
@@ -174,6 +192,11 @@ def _up(args: argparse.Namespace) -> int:
         raise ValueError(f"--capacity-mb must be positive, got {args.capacity_mb}")
     if not 0 <= args.controller_port <= 65535:
         raise ValueError(f"--controller-port must be in 0..65535, got {args.controller_port}")
+    if args.objective == "delay" and args.solver == "marl":
+        if args.marl_checkpoint is None:
+            raise ValueError("--solver marl needs --marl-checkpoint PATH (trained agents)")
+        if not args.marl_checkpoint.is_file():
+            raise ValueError(f"--marl-checkpoint {args.marl_checkpoint} is not a file")
     state_dir = args.state_dir or paths.cache_home() / "state"
     backhaul_default, radio_default = DEFAULT_LINKS[args.profile]
     options = LaunchOptions(
@@ -188,8 +211,11 @@ def _up(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout_s=args.timeout_s,
         solver=args.solver,
+        objective=args.objective,
+        marl_checkpoint=args.marl_checkpoint,
         cache_policy=args.cache_policy,
         controller_port=args.controller_port,
+        controllers=args.controllers,
         ready_timeout_s=args.ready_timeout_s,
         world=args.world,
         cluster_size=args.cluster_size,
@@ -202,7 +228,8 @@ def _up(args: argparse.Namespace) -> int:
 
     state = up(options, on_progress=say)
     out = sys.stdout.write
-    out(f"controller  {state['controller_url']}\n")
+    for url in state.get("controller_urls") or [state["controller_url"]]:
+        out(f"controller  {url}\n")
     out(f"dashboard   {state['controller_url']}/dashboard\n")
     out(f"origin      {state['origin_url']}\n")
     for url in state["edge_urls"]:
@@ -210,7 +237,8 @@ def _up(args: argparse.Namespace) -> int:
     out(f"redis       {state['redis_url']}\n")
     out(f"state       {Path(state['state_dir']) / 'testbed.json'}\n")
     # The SDK and CLI read this; it is http://127.0.0.1:8080 (their default) when 8080 was free.
-    out(f"export TRIMCACHE_CONTROLLER_URL={state['controller_url']}\n")
+    urls = ",".join(state.get("controller_urls") or [state["controller_url"]])
+    out(f"export TRIMCACHE_CONTROLLER_URL={urls}\n")
     # The testbed's own control-plane token (also in testbed.json): with it the SDK's demand
     # reports (an authenticated write) reach the controller, so the planner and `status` see them.
     out(f"export TRIMCACHE_AUTH_TOKEN={state['auth_token']}\n")
@@ -256,7 +284,7 @@ def _status(args: argparse.Namespace) -> int:
         for service in services:
             health = "up" if service.healthy else ("unhealthy" if service.running else "down")
             out(
-                f"{service.name:<12}{health:<11}{service.url:<30}pid {service.pid:<8}"
+                f"{service.name:<14}{health:<11}{service.url:<30}pid {service.pid:<8}"
                 f"{'' if service.healthy else service.detail}\n"
             )
         if view is not None:
@@ -271,6 +299,12 @@ def _mib(n: Any) -> str:
 def _describe(view: dict[str, Any]) -> list[str]:
     """The human summary of :func:`testbed.launcher.overview`."""
     lines: list[str] = []
+    for url, planner in view.get("controllers", {}).items():
+        if "unavailable" in planner:
+            lines.append(f"\ncontroller  {url} unknown ({planner['unavailable']})")
+        else:
+            role = "leads the planner loop" if planner.get("leading") else "serves"
+            lines.append(f"\ncontroller  {url} {planner.get('replica_id')}: {role}")
     models = view["models"]
     if isinstance(models, list):
         ids = ", ".join(str(m["model_id"]) for m in models)

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from core.errors import TrimCacheError
+from core.failover import Endpoints, parse_urls
 
 DEFAULT_CONTROLLER_URL = "http://127.0.0.1:8080"
 MIB = 1024 * 1024
@@ -87,7 +88,7 @@ def resolve_target(controller: str | None, state_dir: Path | None) -> Target:
 
     env_token = os.environ.get("TRIMCACHE_AUTH_TOKEN") or None
     if controller:
-        return Target(controller.rstrip("/"), "--controller", env_token)
+        return Target(",".join(parse_urls(controller)), "--controller", env_token)
 
     def testbed(directory: Path, why: str) -> dict[str, Any] | None:
         try:
@@ -103,25 +104,37 @@ def resolve_target(controller: str | None, state_dir: Path | None) -> Target:
                 f"no running testbed in {state_dir} (start one: trimcache testbed up --dir "
                 f"{state_dir})"
             )
-        return Target(str(state["controller_url"]), f"testbed {state_dir}", state["auth_token"])
+        return Target(_urls(state), f"testbed {state_dir}", state["auth_token"])
     last_dir = paths.last_testbed()
     last = testbed(last_dir, "last testbed") if last_dir is not None else None
     env_url = os.environ.get("TRIMCACHE_CONTROLLER_URL")
     if env_url:
-        url = env_url.rstrip("/")
-        same = last is not None and last["controller_url"] == url
+        url = ",".join(parse_urls(env_url))
+        same = last is not None and url in (
+            last["controller_url"],
+            ",".join(last.get("controller_urls") or ()),
+        )
         token = env_token or (str(last["auth_token"]) if same and last else None)
         return Target(url, "TRIMCACHE_CONTROLLER_URL", token)
     if last is not None and last_dir is not None:
-        return Target(str(last["controller_url"]), f"testbed {last_dir}", last["auth_token"])
+        return Target(_urls(last), f"testbed {last_dir}", last["auth_token"])
     return Target(DEFAULT_CONTROLLER_URL, "the default URL", env_token)
+
+
+def _urls(state: dict[str, Any]) -> str:
+    """A testbed's controllers, comma-separated (every replica: ``testbed up --controllers``)."""
+    return ",".join(state.get("controller_urls") or [str(state["controller_url"])])
 
 
 def _request(target: Target, method: str, path: str, **kwargs: Any) -> Any:
     headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
-    try:
-        response = httpx.request(
-            method, f"{target.url}{path}", headers=headers, timeout=600.0, **kwargs
+    try:  # to the first replica that answers (a comma-separated URL list: core.failover)
+        response = Endpoints(parse_urls(target.url)).call(
+            lambda base: httpx.request(
+                method, f"{base}{path}", headers=headers, timeout=600.0, **kwargs
+            ),
+            errors=(httpx.TransportError,),
+            retry_on=lambda r: r.status_code >= 500,
         )
     except httpx.HTTPError as exc:
         raise ModelsCommandError(

@@ -74,9 +74,14 @@ class Deployment:
     redis_port: int = 6379
     origin_port: int = 8000
     controller_port: int = 8080
+    # Ports of further controller replicas on the same Redis ("controller-2", ...; every edge
+    # is given every controller's URL and fails over between them).
+    replica_ports: Sequence[int] = ()
     edge_ports: Sequence[int] = (8101, 8102, 8103)
     bind_host: str = LOOPBACK
     solver: str | None = None
+    objective: str | None = None
+    marl_checkpoint: str | None = None
     topology_file: str | None = None
     heartbeat_interval_s: float = 2.0
     # Edge nodes start together but register seconds apart on a loaded machine; with the
@@ -100,7 +105,8 @@ def service_table(d: Deployment) -> list[ServiceSpec]:
     controller/settings.py, ``trimcache origin serve --help``)."""
     redis_url = f"redis://{LOOPBACK}:{d.redis_port}/0"
     origin_url = f"http://{LOOPBACK}:{d.origin_port}"
-    controller_url = f"http://{LOOPBACK}:{d.controller_port}"
+    controller_ports = (d.controller_port, *d.replica_ports)
+    controller_urls = [f"http://{LOOPBACK}:{port}" for port in controller_ports]
     redis = ServiceSpec(
         "redis", "redis",
         ("redis-server", "--bind", d.bind_host, "--port", str(d.redis_port), "--dir", d.redis_dir,
@@ -116,7 +122,6 @@ def service_table(d: Deployment) -> list[ServiceSpec]:
     )  # fmt: skip
     controller_env = {
         "CONTROLLER_HOST": d.bind_host,
-        "CONTROLLER_PORT": str(d.controller_port),
         "CONTROLLER_REDIS_URL": redis_url,
         "CONTROLLER_ORIGIN_URL": origin_url,
         "CONTROLLER_AUTH_TOKEN": d.auth_token,
@@ -126,16 +131,28 @@ def service_table(d: Deployment) -> list[ServiceSpec]:
         "CONTROLLER_SETTLE_S": f"{d.settle_s:g}",
         "HF_HOME": d.hf_home,
     }
+    if d.objective:
+        controller_env["CONTROLLER_OBJECTIVE"] = d.objective
     if d.solver:
-        controller_env["CONTROLLER_SOLVER"] = d.solver
+        delay = d.objective == "delay"
+        controller_env["CONTROLLER_DELAY_SOLVER" if delay else "CONTROLLER_SOLVER"] = d.solver
+    if d.marl_checkpoint:
+        controller_env["CONTROLLER_MARL_CHECKPOINT"] = d.marl_checkpoint
     if d.topology_file:
         controller_env["CONTROLLER_TOPOLOGY_FILE"] = d.topology_file
-    controller = ServiceSpec(
-        "controller", "controller", ("trimcache", "controller", "serve"), controller_env,
-        controller_url, f"{controller_url}/healthz", depends_on=("redis", "origin"),
-        writes=(d.hf_home, d.manifest_cache_dir),
-    )  # fmt: skip
-    table = [redis, origin, controller]
+    table = [redis, origin]
+    controller_names = [controller_name(i) for i in range(len(controller_ports))]
+    for name, port, url in zip(controller_names, controller_ports, controller_urls, strict=True):
+        env = {**controller_env, "CONTROLLER_PORT": str(port)}
+        if d.replica_ports:  # several replicas: each names itself in leases and records
+            env["CONTROLLER_REPLICA_ID"] = name
+        table.append(
+            ServiceSpec(
+                name, "controller", ("trimcache", "controller", "serve"), env,
+                url, f"{url}/healthz", depends_on=("redis", "origin"),
+                writes=(d.hf_home, d.manifest_cache_dir),
+            )
+        )  # fmt: skip
     # The hosts a plan may name besides the origin and the controller: the peer edges.
     allowed_hosts = ",".join(f"{LOOPBACK}:{port}" for port in d.edge_ports)
     for index, (port, data_dir) in enumerate(zip(d.edge_ports, d.edge_data_dirs, strict=True)):
@@ -150,7 +167,7 @@ def service_table(d: Deployment) -> list[ServiceSpec]:
             "EDGE_DATA_DIR": data_dir,
             "EDGE_CAPACITY_BYTES": str(d.capacity_bytes),
             "EDGE_ORIGIN_URL": origin_url,
-            "EDGE_CONTROLLER_URL": controller_url,
+            "EDGE_CONTROLLER_URL": ",".join(controller_urls),
             "EDGE_ALLOWED_HOSTS": allowed_hosts,
             "EDGE_AUTH_TOKEN": d.auth_token,
             "EDGE_POSITION_X_M": f"{x_m:g}",
@@ -164,10 +181,15 @@ def service_table(d: Deployment) -> list[ServiceSpec]:
         table.append(
             ServiceSpec(
                 node_id, "edge", ("trimcache", "edge", "serve"), env, url, f"{url}/healthz",
-                depends_on=("origin", "controller"), writes=(data_dir,),
+                depends_on=("origin", *controller_names), writes=(data_dir,),
             )
         )  # fmt: skip
     return table
+
+
+def controller_name(index: int) -> str:
+    """The service name of controller replica ``index``: ``controller``, ``controller-2``, ..."""
+    return "controller" if index == 0 else f"controller-{index + 1}"
 
 
 def compose_deployment(auth_token: str, topology: SiteLayout) -> Deployment:

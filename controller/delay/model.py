@@ -229,12 +229,12 @@ class DelayInstance:
             order = sorted(tx)  # a fixed summation order: bit-for-bit reproducible
             snrs = [self._joint_snr(u, order) for u in group]
             if delivery == "broadcast":
-                tau = _airtime(size, min(snrs), w)
+                tau = airtime_s(size, min(snrs), w)
                 key = -math.inf if tau == 0 else -len(group) / tau
                 jobs.append((key, (unit, ""), tau, prep, group))
             else:
                 for u, snr in zip(group, snrs, strict=True):
-                    tau = _airtime(size, snr, w)
+                    tau = airtime_s(size, snr, w)
                     jobs.append((tau, (unit, u), tau, prep, (u,)))
         jobs.sort(key=lambda j: (j[0], j[1]))
         delays = dict.fromkeys(slot.users, 0.0)
@@ -276,8 +276,9 @@ class DelayInstance:
         )
 
 
-def _airtime(size_bytes: int, snr: float, bandwidth_hz: float) -> float:
-    """``8 S / (W log2(1 + snr))`` seconds (0 for an empty block)."""
+def airtime_s(size_bytes: int, snr: float, bandwidth_hz: float) -> float:
+    """``8 S / (W log2(1 + snr))`` seconds (0 for an empty block) [4]; the router's per-block
+    estimate (:mod:`controller.delay_routing`) uses it too."""
     if size_bytes == 0:
         return 0.0
     return 8.0 * size_bytes / (bandwidth_hz * math.log2(1.0 + snr))

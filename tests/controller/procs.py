@@ -95,14 +95,14 @@ class ServiceProcess:
 
 
 def controller_process(
-    log_dir: Path, *, port: int | None = None, **settings: Any
+    log_dir: Path, *, port: int | None = None, name: str = "controller", **settings: Any
 ) -> ServiceProcess:
     port = port or free_port()
     env = {f"CONTROLLER_{k.upper()}": str(v) for k, v in settings.items()}
     env.update(CONTROLLER_HOST="127.0.0.1", TRIMCACHE_LOG_LEVEL="INFO")
     # Through the console script's code path: `trimcache controller serve --port P`.
     args = ("controller", "serve", "--port", str(port))
-    return ServiceProcess("controller", "testbed.cli", env, log_dir, port, args)
+    return ServiceProcess(name, "testbed.cli", env, log_dir, port, args)
 
 
 def edge_process(log_dir: Path, node_id: str, **settings: Any) -> ServiceProcess:

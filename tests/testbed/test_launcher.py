@@ -240,6 +240,44 @@ def test_up_status_down_leaves_no_process(tmp_path: Path, zoo_dir: Path) -> None
     assert status.returncode == 1
 
 
+@pytest.mark.slow
+def test_up_with_two_controller_replicas(tmp_path: Path, zoo_dir: Path) -> None:
+    state_dir = tmp_path / "tb"
+    result = run_cli(
+        "testbed", "up", "--dir", str(state_dir), "--edges", "1", "--controllers", "2",
+        "--zoo", str(zoo_dir), "--profile", "test", "--capacity-mb", "256", "--timeout-s", "120",
+        "--controller-port", "0",
+    )  # fmt: skip
+    state = json.loads((state_dir / "testbed.json").read_text()) if result.returncode == 0 else {}
+    try:
+        assert result.returncode == 0, result.stderr
+        urls = state["controller_urls"]
+        assert len(urls) == 2 and urls[0] == state["controller_url"]
+        assert set(state["pids"]) == {"redis", "origin", "controller", "controller-2", "edge-1"}
+        assert f"export TRIMCACHE_CONTROLLER_URL={','.join(urls)}" in result.stdout
+        views = [httpx.get(f"{url}/v1/planner", timeout=5).json() for url in urls]
+        assert [v["replica_id"] for v in views] == ["controller", "controller-2"]
+        assert views[0]["leader"] == views[1]["leader"] is not None  # one leader, seen by both
+        assert sum(v["leading"] for v in views) == 1
+        # The edge registered through the replicas: both list it.
+        for url in urls:
+            nodes = json.dumps(httpx.get(f"{url}/v1/nodes", timeout=5).json())
+            assert "edge-1" in nodes
+        status = run_cli("testbed", "status", "--dir", str(state_dir), "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        doc = json.loads(status.stdout)
+        assert set(doc["controllers"]) == set(urls)
+        assert [s["name"] for s in doc["services"] if s["kind"] == "controller"] == [
+            "controller",
+            "controller-2",
+        ]
+    finally:
+        stopped = run_cli("testbed", "down", "--dir", str(state_dir))
+    assert stopped.returncode == 0, stopped.stderr
+    assert "controller-2" in stopped.stdout
+    wait_until(lambda: _processes_under(state_dir) == [], timeout_s=30, what="every process gone")
+
+
 def test_up_rejects_a_partly_running_testbed(
     tmp_path: Path, sleeper: subprocess.Popen[bytes]
 ) -> None:
@@ -274,6 +312,68 @@ def test_service_waves_follow_depends_on() -> None:
     assert edge.writes == ("/b",)
     with pytest.raises(ValueError, match="cycle"):
         waves([replace(table[0], depends_on=("origin",)), replace(table[1], depends_on=("redis",))])
+
+
+def test_controller_replicas_in_the_service_table() -> None:
+    from testbed.services import Deployment, service_table, waves
+
+    table = service_table(
+        Deployment(
+            auth_token="t", zoo_dir="/zoo", redis_dir="/r", edge_data_dirs=["/a"],
+            hf_home="/hf", manifest_cache_dir="/m", topology=grid_topology(1),
+            backhaul=LinkProfile(None, 0.0), radio=LinkProfile(None, 0.0),
+            capacity_bytes=1 << 20, edge_ports=[9001], replica_ports=[9081, 9082],
+        )
+    )  # fmt: skip
+    names = [[spec.name for spec in wave] for wave in waves(table)]
+    assert names == [
+        ["redis", "origin"],
+        ["controller", "controller-2", "controller-3"],
+        ["edge-1"],
+    ]
+    controllers = [spec for spec in table if spec.kind == "controller"]
+    assert [c.env["CONTROLLER_PORT"] for c in controllers] == ["8080", "9081", "9082"]
+    assert [c.env["CONTROLLER_REPLICA_ID"] for c in controllers] == [c.name for c in controllers]
+    assert {c.env["CONTROLLER_REDIS_URL"] for c in controllers} == {"redis://127.0.0.1:6379/0"}
+    assert table[-1].env["EDGE_CONTROLLER_URL"] == (
+        "http://127.0.0.1:8080,http://127.0.0.1:9081,http://127.0.0.1:9082"
+    )
+
+
+def test_the_objective_and_its_solver_reach_the_controller() -> None:
+    from testbed.services import Deployment, service_table
+
+    def controller_env(**extra: str) -> dict[str, str]:
+        table = service_table(
+            Deployment(
+                auth_token="t", zoo_dir="/zoo", redis_dir="/r", edge_data_dirs=["/a"],
+                hf_home="/hf", manifest_cache_dir="/m", topology=grid_topology(1),
+                backhaul=LinkProfile(None, 0.0), radio=LinkProfile(None, 0.0),
+                capacity_bytes=1 << 20, edge_ports=[9001], **extra,  # type: ignore[arg-type]
+            )
+        )  # fmt: skip
+        return dict(next(s for s in table if s.name == "controller").env)
+
+    delay = controller_env(objective="delay", solver="marl", marl_checkpoint="/ck.pt")
+    assert delay["CONTROLLER_OBJECTIVE"] == "delay"
+    assert delay["CONTROLLER_DELAY_SOLVER"] == "marl" and "CONTROLLER_SOLVER" not in delay
+    assert delay["CONTROLLER_MARL_CHECKPOINT"] == "/ck.pt"
+    plain = controller_env(solver="popularity")
+    assert plain["CONTROLLER_SOLVER"] == "popularity" and "CONTROLLER_OBJECTIVE" not in plain
+    doc = launcher.controller_topology(
+        grid_topology(1), backhaul=LinkProfile(100.0, 30.0), radio=LinkProfile(400.0, 5.0)
+    )
+    assert doc["channel"]["origin_bps"] == 100e6
+
+
+def test_up_refuses_marl_without_its_checkpoint(tmp_path: Path) -> None:
+    args = ("testbed", "up", "--dir", str(tmp_path), "--objective", "delay", "--solver", "marl")
+    for extra in ((), ("--marl-checkpoint", str(tmp_path / "missing.pt"))):
+        result = run_cli(*args, *extra, timeout_s=60)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "marl-checkpoint" in lines[0], result.stderr
+    assert not (tmp_path / "testbed.json").exists()
 
 
 def test_zoo_files_are_world_readable(zoo_dir: Path, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ _FIELDS = (
     "solve_seconds",
     "planned_at",
     "trigger",
+    "planned_by",
     "topology",
     "problem",
     "servers",
@@ -56,11 +57,13 @@ def placement_view(record: Mapping[str, Any] | None, solver: str) -> dict[str, A
 
 @router.get("/v1/placement")
 def get_placement(state: StateDep, settings: SettingsDep) -> dict[str, Any]:
-    view = placement_view(state.get_placement(), settings.solver)
-    return {**view, "last_plan": attempt_view(state.get_plan_attempt())}
+    view = placement_view(state.get_placement(), settings.planning_solver)
+    last = attempt_view(state.get_plan_attempt())
+    return {**view, "objective": settings.objective, "last_plan": last}
 
 
 @router.post("/v1/placement:plan", dependencies=[AuthDep])
 def plan_now(planner: PlannerDep, state: StateDep, settings: SettingsDep) -> dict[str, Any]:
-    view = placement_view(planner.plan(trigger="manual"), settings.solver)
-    return {**view, "last_plan": attempt_view(state.get_plan_attempt())}
+    view = placement_view(planner.plan(trigger="manual"), settings.planning_solver)
+    last = attempt_view(state.get_plan_attempt())
+    return {**view, "objective": settings.objective, "last_plan": last}

@@ -1,7 +1,10 @@
 """Block routes: one block (GET/HEAD, Range) and a streamed batch of whole blocks.
 
 On an on-demand node (``EDGE_CACHE_POLICY``) a batch naming its ``model_id`` is served through
-:func:`edge_node.ondemand.serve` (missing blocks pulled through, the model cached).
+:func:`edge_node.ondemand.serve` (missing blocks pulled through, the model cached). On other
+nodes a batch with ``migrate`` and ``model_id`` migrates the blocks it lacks from peer edges
+(:mod:`edge_node.migrate`); a batch a peer sends for its own migration is counted as migrated
+out.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from fastapi.responses import Response
 from core.asgi import BINARY_RESPONSES
 from core.digest import check_block_id
 from core.hubapi import parse_range, range_headers
-from edge_node import ondemand
+from edge_node import migrate, ondemand
 from edge_node.api.deps import NodeDep, OnDemandDep, PullDep
 from edge_node.api.routes._body import OCTET, pieces_response
 from edge_node.api.schemas import BatchRequest
 from edge_node.errors import InvalidRequestError
+from edge_node.ingest import MIGRATION_HEADER
 from edge_node.radio import declare_blocks
 
 router = APIRouter(tags=["blocks"])
@@ -64,12 +68,28 @@ def get_block(
 
 @router.post("/v1/blocks:batch", response_class=Response, responses=BINARY_RESPONSES)
 def get_blocks_batch(
-    request: BatchRequest, node: NodeDep, pull: PullDep, cache: OnDemandDep, raw: Request
+    request: BatchRequest,
+    node: NodeDep,
+    pull: PullDep,
+    cache: OnDemandDep,
+    raw: Request,
+    migrating_peer: Annotated[str | None, Header(alias=MIGRATION_HEADER)] = None,
 ) -> Response:
     """The blocks' bytes concatenated in request order; unknown ids are 404 before any byte."""
     if cache is not None and request.model_id is not None:
         return _batch_on_demand(request, request.model_id, node, pull, cache)
+    if request.migrate and request.model_id is not None:
+        pieces, length, migrated = migrate.serve_batch(
+            pull, request.block_ids, request.model_id, request.migrate_from
+        )
+        headers = {"Content-Length": str(length)}
+        # Migrated blocks live in the pull buffer only while their window is sent (as below).
+        return pieces_response(
+            node, pieces, status_code=200, headers=headers, zero_copy=not migrated
+        )
     blocks = node.ensure_servable(request.block_ids)
+    if migrating_peer is not None:
+        migrate.count_served(node, blocks)
     declare_blocks(raw.scope, blocks)  # the radio may broadcast them (edge_node.radio)
     headers = {"Content-Length": str(sum(size for _, size in blocks))}
     return pieces_response(node, node.blocks_pieces(blocks), status_code=200, headers=headers)
