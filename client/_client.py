@@ -82,6 +82,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONTROLLER_URL = "http://127.0.0.1:8080"
 DEFAULT_CACHE_DIR = "~/.cache/trimcache"
 LOCAL = "local"
+#: The user area on data requests to edge nodes (edge_node.radio).
+AREA_HEADER = "X-TrimCache-Area"
 PHASES = ("route", "verify", "download", "assemble", "load")
 
 Mode = Literal["controller", "edge", "origin"]
@@ -212,7 +214,8 @@ class Client:
             follow_redirects=True,
             verify=tls_context(),
         )
-        self._wire = Wire(timeout_s)
+        # The user area goes to the edges too: their emulated radio serves that area's rate.
+        self._wire = Wire(timeout_s, headers={AREA_HEADER: area_id} if area_id else None)
 
     def close(self) -> None:
         self._http.close()

@@ -70,10 +70,12 @@ class Wire:
 
     Args:
         timeout_s: connect and per-read timeout.
+        headers: sent with every request (the client's user area, ``X-TrimCache-Area``).
     """
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, *, headers: Mapping[str, str] | None = None) -> None:
         self._timeout_s = timeout_s
+        self._headers = dict(headers or {})
         self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
 
@@ -138,6 +140,7 @@ class Wire:
             ClientError: (a subclass for) a 4xx/5xx answer.
         """
         sent = {"Content-Type": "application/json"} if body is not None else {}
+        sent.update(self._headers)
         sent.update(headers or {})
         for _ in range(MAX_REDIRECTS + 1):
             key, conn, response = self._send(method, url, sent, body)

@@ -38,6 +38,7 @@ from edge_node.node import EdgeNode
 from edge_node.ondemand import OnDemandCache
 from edge_node.plans import PlanProgress, PlanWorker
 from edge_node.pull import PullThrough
+from edge_node.radio import RadioCollector, RadioMiddleware, make_radio
 from edge_node.settings import Settings
 from edge_node.zerocopy import zerocopy_send, zerocopy_status
 
@@ -121,6 +122,9 @@ def create_app(settings: Settings) -> FastAPI:
             OnDemandCache(node, settings.cache_policy) if settings.cache_policy else None
         )
         app.state.metrics_registry = make_registry(node.stats)
+        if radio is not None:
+            node.extra_stats["radio"] = radio.snapshot
+            app.state.metrics_registry.register(RadioCollector(radio, node.node_id))
         node.start()
         worker.start()
         heartbeat = Heartbeat(node, client) if settings.controller_url else None
@@ -150,6 +154,8 @@ def create_app(settings: Settings) -> FastAPI:
             pull.close()
             node.stop()
             client.close()
+            if radio is not None:
+                await radio.close()
 
     app = EdgeApp(title=f"TrimCache edge node {settings.node_id}", lifespan=lifespan)
     app.state.settings = settings
@@ -194,7 +200,11 @@ def create_app(settings: Settings) -> FastAPI:
     #: The node's radio link, shared by all its responses (None: rate not emulated).
     app.state.link_bucket = link_bucket = make_bucket(settings.link_rate_bytes_per_s)
     app.state.link_counters = link_counters = LinkCounters()
-    if settings.link_latency_ms > 0 or link_bucket is not None:
+    #: The emulated CoMP downlink (EDGE_WORLD_FILE); it replaces the byte-rate link.
+    app.state.radio = radio = make_radio(settings, lambda: getattr(app.state, "node", None))
+    if radio is not None:
+        app.add_middleware(RadioMiddleware, radio=radio)
+    elif settings.link_latency_ms > 0 or link_bucket is not None:
         app.add_middleware(
             LinkEmulationMiddleware,
             latency_ms=settings.link_latency_ms,

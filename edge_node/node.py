@@ -114,6 +114,8 @@ class EdgeNode:
         self._threads: list[threading.Thread] = []
         #: Set by the app: fetches one block from peers/origin (see edge_node.ingest).
         self.repair_fetch: Callable[[BlockId], bool] | None = None
+        #: Set by the app: more sections of :meth:`stats` (e.g. ``radio``), name -> snapshot.
+        self.extra_stats: dict[str, Callable[[], dict[str, Any]]] = {}
 
     # -- background work -----------------------------------------------------------------
     def start(self) -> None:
@@ -443,4 +445,6 @@ class EdgeNode:
         out.update(self.counters.snapshot())
         out["hits"] = out["blocks_served"]
         out["misses"] = out["errors_by_code"].get("block_not_found", 0)
+        for name, section in self.extra_stats.items():
+            out[name] = section()
         return out

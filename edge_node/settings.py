@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     #: latency added once per request (see edge_node.link).
     link_rate_bytes_per_s: float | None = Field(default=None, gt=0)
     link_latency_ms: float = Field(default=0.0, ge=0)
+    #: The world (``trimcache.world/v1``, testbed/world.py): with it the node emulates its
+    #: cluster's shared CoMP downlink (edge_node.radio) instead of the ``link_*`` byte rate.
+    world_file: Path | None = None
+    #: Broadcast window W in seconds (edge_node.radio): requests for one block within it share
+    #: one transmission. 0: off (every request's blocks go out on their own).
+    broadcast_window_s: float = Field(default=0.0, ge=0, le=60)
+    #: Directory of the clusters' airtime ledgers, shared by the edges of one machine (unset:
+    #: the ledger is in-process, right for a cluster of one edge).
+    medium_dir: Path | None = None
     #: Parallel transfers while applying a plan.
     fetch_workers: int = Field(default=4, ge=1, le=64)
     fetch_timeout_s: float = Field(default=30.0, gt=0)
@@ -73,6 +82,11 @@ class Settings(BaseSettings):
     @classmethod
     def _policy_unset(cls, value: object) -> object:
         return None if value in ("", "planned") else value
+
+    @field_validator("world_file", "medium_dir", mode="before")
+    @classmethod
+    def _path_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("controller_url")
     @classmethod

@@ -73,6 +73,7 @@ from testbed.services import (
     waves,
 )
 from testbed.topology import SiteLayout, grid_topology, node_id_for
+from testbed.world import layout_of, prepare_world, world_env
 
 __all__ = ["LinkProfile", "LaunchOptions", "Service", "TestbedError", "down", "status", "up"]
 
@@ -138,6 +139,13 @@ class LaunchOptions:
     manifest_cache_dir: Path | None = None
     # How a service's table command becomes an argv (None: a local process, services.local_argv).
     runner: Callable[[ServiceSpec], list[str]] | None = None
+    # The world (testbed/world.py): None: byte-rate links (backhaul/radio above); "default": the
+    # grid with the delay model's radio, in clusters of ``cluster_size``; else a world file.
+    # With a world its backhaul and radio apply and the edges emulate the shared downlink.
+    world: str | None = None
+    cluster_size: int = 1
+    # EDGE_BROADCAST_WINDOW_S of every edge (with a world; 0: no broadcast).
+    broadcast_window_s: float = 0.0
 
     def links(self) -> tuple[LinkProfile, LinkProfile]:
         backhaul, radio = DEFAULT_LINKS[self.profile]
@@ -716,8 +724,37 @@ def _deployment(
     node_ids = [node_id_for(index) for index in range(options.edges)]
     for directory in (state_dir / "redis", *(state_dir / "edges" / n for n in node_ids)):
         directory.mkdir(parents=True, exist_ok=True)
+    edge_ports = [_free_port(taken) for _ in node_ids]
+    extra_env = {"EDGE_CACHE_POLICY": options.cache_policy} if options.cache_policy else {}
+    channel: dict[str, float] | None = None
+    if options.world is not None:
+        world_file = state_dir / "world.json"
+        try:
+            world = prepare_world(
+                None if options.world == "default" else Path(options.world),
+                edges=options.edges,
+                cluster_size=options.cluster_size,
+                edge_urls=[f"http://{LOOPBACK}:{port}" for port in edge_ports],
+                path=world_file,
+            )
+        except ValueError as exc:
+            raise TestbedError(str(exc)) from None
+        topology, channel = layout_of(world), dict(world.doc["channel"])
+        if world.edge_links.rate_bytes_per_s is not None:  # the controller's edge-to-edge link
+            channel["backhaul_bps"] = world.edge_links.rate_bytes_per_s * 8
+        rate = world.backhaul.rate_bytes_per_s
+        backhaul = LinkProfile(None if rate is None else rate * 8 / 1e6, world.backhaul.latency_ms)
+        radio = LinkProfile(None, world.radio_latency_ms)  # the edges emulate it from the world
+        extra_env.update(
+            world_env(
+                world_file,
+                broadcast_window_s=options.broadcast_window_s,
+                medium_dir=state_dir / "medium",
+            )
+        )
+        say(f"world {world_file}: clusters {', '.join(sorted(set(world.cluster_of.values())))}")
     topology_file = write_controller_topology(
-        state_dir / "topology.json", topology, backhaul=backhaul, radio=radio
+        state_dir / "topology.json", topology, backhaul=backhaul, radio=radio, channel=channel
     )
     return Deployment(
         auth_token=auth_token,
@@ -735,12 +772,12 @@ def _deployment(
         origin_port=origin_port,
         controller_port=controller_port,
         replica_ports=[_free_port(taken) for _ in range(options.controllers - 1)],
-        edge_ports=[_free_port(taken) for _ in node_ids],
+        edge_ports=edge_ports,
         solver=options.solver,
         objective=options.objective,
         marl_checkpoint=str(options.marl_checkpoint) if options.marl_checkpoint else None,
         topology_file=str(topology_file),
-        extra_edge_env={"EDGE_CACHE_POLICY": options.cache_policy} if options.cache_policy else {},
+        extra_edge_env=extra_env,
     )
 
 
@@ -881,22 +918,29 @@ def _state(
             "backhaul": deployment.backhaul.to_json(),
             "radio": deployment.radio.to_json(),
         },
+        "world_file": deployment.extra_edge_env.get("EDGE_WORLD_FILE"),
+        "broadcast_window_s": options.broadcast_window_s if options.world else None,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "placement_version": placement.get("version"),
     }
 
 
 def controller_topology(
-    topology: SiteLayout, *, backhaul: LinkProfile, radio: LinkProfile
+    topology: SiteLayout,
+    *,
+    backhaul: LinkProfile,
+    radio: LinkProfile,
+    channel: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The testbed's geography and links as a controller topology document.
 
     Format: controller/topology.py (``trimcache.topology/v1``); the channel's latency and the
     backhaul rate mirror the emulated links, so the controller's expected latencies match them.
     """
-    channel: dict[str, float] = {"latency_ms": radio.latency_ms}
+    # With a world, its downlink channel: the controller reasons about the radio the edges run.
+    channel = {**(channel or {}), "latency_ms": radio.latency_ms}
     if backhaul.rate_mbps is not None:
-        channel["backhaul_bps"] = backhaul.rate_mbps * 1e6
+        channel.setdefault("backhaul_bps", backhaul.rate_mbps * 1e6)  # a world's edge links win
         channel["origin_bps"] = backhaul.rate_mbps * 1e6  # the delay model's cloud link
     return {
         "schema": "trimcache.topology/v1",
@@ -910,10 +954,16 @@ def controller_topology(
 
 
 def write_controller_topology(
-    path: Path, topology: SiteLayout, *, backhaul: LinkProfile, radio: LinkProfile
+    path: Path,
+    topology: SiteLayout,
+    *,
+    backhaul: LinkProfile,
+    radio: LinkProfile,
+    channel: Mapping[str, float] | None = None,
 ) -> Path:
     """Write :func:`controller_topology` to ``path`` (for ``CONTROLLER_TOPOLOGY_FILE``)."""
-    atomic_write_json(path, controller_topology(topology, backhaul=backhaul, radio=radio))
+    doc = controller_topology(topology, backhaul=backhaul, radio=radio, channel=channel)
+    atomic_write_json(path, doc)
     return path
 
 

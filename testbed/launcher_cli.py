@@ -99,6 +99,21 @@ def add_parsers(subparsers: Any) -> None:
         help="edge node latency per response (full profile: 5)",
     )  # fmt: skip
     up.add_argument(
+        "--world", default=None, metavar="FILE|default",
+        help="emulate this world (trimcache.world/v1, testbed/world.py): the delay model's radio, "
+        "shared per CoMP cluster, and its backhaul; 'default': the grid's world (its --radio-* "
+        "and --backhaul-* replace those options)",
+    )  # fmt: skip
+    up.add_argument(
+        "--cluster-size", type=int, default=1, metavar="K",
+        help="with --world default: consecutive edges in CoMP clusters of K (default 1)",
+    )  # fmt: skip
+    up.add_argument(
+        "--broadcast-window-s", type=float, default=0.0, metavar="W",
+        help="with --world: requests for one block within W seconds share one transmission "
+        "(EDGE_BROADCAST_WINDOW_S; default 0: off)",
+    )  # fmt: skip
+    up.add_argument(
         "--solver", default=None,
         help="controller placement solver (with --objective delay: a delay solver)",
     )  # fmt: skip
@@ -169,6 +184,10 @@ def _up(args: argparse.Namespace) -> int:
     from testbed import paths
     from testbed.launcher import DEFAULT_LINKS, LaunchOptions, up
 
+    if args.broadcast_window_s < 0:
+        raise ValueError(f"--broadcast-window-s must be >= 0, got {args.broadcast_window_s}")
+    if args.world is None and args.broadcast_window_s:
+        raise ValueError("--broadcast-window-s needs --world (the emulated shared downlink)")
     if args.capacity_mb <= 0:
         raise ValueError(f"--capacity-mb must be positive, got {args.capacity_mb}")
     if not 0 <= args.controller_port <= 65535:
@@ -198,6 +217,9 @@ def _up(args: argparse.Namespace) -> int:
         controller_port=args.controller_port,
         controllers=args.controllers,
         ready_timeout_s=args.ready_timeout_s,
+        world=args.world,
+        cluster_size=args.cluster_size,
+        broadcast_window_s=args.broadcast_window_s,
     )
 
     def say(message: str) -> None:

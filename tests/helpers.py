@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,13 +223,20 @@ def run_cli(
 
 
 def start_testbed(
-    state_dir: Path, zoo_dir: Path, *, edges: int, capacity_mb: int, timeout_s: int
+    state_dir: Path,
+    zoo_dir: Path,
+    *,
+    edges: int,
+    capacity_mb: int,
+    timeout_s: int,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """``trimcache testbed up`` (test profile, OS-assigned controller port); its state file."""
+    """``trimcache testbed up`` (test profile, OS-assigned controller port, then ``extra``
+    arguments); its state file."""
     result = run_cli(
         "testbed", "up", "--dir", str(state_dir), "--edges", str(edges), "--zoo", str(zoo_dir),
         "--profile", "test", "--capacity-mb", str(capacity_mb), "--timeout-s", str(timeout_s),
-        "--controller-port", "0",
+        "--controller-port", "0", *extra,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     state: dict[str, Any] = json.loads((state_dir / "testbed.json").read_text())

@@ -194,6 +194,16 @@ class DelayInstance:
         power = math.fsum(sq[n] ** 2 for n in order if n in sq)
         return (1.0 - e) * amplitude**2 / (1.0 + e * power)
 
+    def rate_bytes_per_s(self, user: str, transmitters: Collection[str]) -> float:
+        """The downlink rate to ``user`` when ``transmitters`` send jointly [4]:
+        ``W log2(1 + Gamma_u) / 8`` bytes/s (so a PB's airtime is ``S_b`` / this rate); 0 when
+        none of them covers ``user`` (within its cluster, with the ``clusters`` option).
+
+        The testbed's emulated radio takes its rates from here (testbed/world.py).
+        """
+        snr = self._joint_snr(user, sorted(transmitters))
+        return self.bandwidth_hz * math.log2(1.0 + snr) / 8.0
+
     def slot_delays(
         self, t: int, holders: Mapping[str, frozenset[str]], delivery: Delivery
     ) -> dict[str, float]:

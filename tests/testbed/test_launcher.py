@@ -98,6 +98,23 @@ def test_controller_topology_is_accepted_by_the_controller() -> None:
     assert topo.channel.latency_ms == 5.0
 
 
+def test_a_worlds_channel_reaches_the_controller() -> None:
+    from controller.topology import Topology
+    from core.world import World
+    from testbed.world import build_world, layout_of
+
+    world = World.from_json(build_world(grid_topology(2)))
+    doc = launcher.controller_topology(
+        layout_of(world),
+        backhaul=LinkProfile(100.0, 30.0),
+        radio=LinkProfile(None, world.radio_latency_ms),
+        channel=world.doc["channel"],
+    )
+    topo = Topology.from_json(doc)
+    assert topo.channel.bandwidth_hz == 20e6  # the delay model's downlink, not the default
+    assert topo.channel.coverage_m == world.doc["channel"]["coverage_m"]
+
+
 def test_stop_services_kills_the_whole_group(
     sleeper: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from core.asgi import BINARY_RESPONSES
@@ -23,6 +23,7 @@ from edge_node.api.routes._body import OCTET, pieces_response
 from edge_node.api.schemas import BatchRequest
 from edge_node.errors import InvalidRequestError
 from edge_node.ingest import MIGRATION_HEADER
+from edge_node.radio import declare_blocks
 
 router = APIRouter(tags=["blocks"])
 
@@ -45,6 +46,7 @@ def head_block(block_id: str, node: NodeDep) -> Response:
 def get_block(
     block_id: str,
     node: NodeDep,
+    raw: Request,
     range_header: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
     [(bid, size)] = node.ensure_servable([block_id])
@@ -59,6 +61,7 @@ def get_block(
         return Response(data, status_code=status, headers=headers, media_type=OCTET)
     if span is None:
         node.counters.add_blocks_served(1)
+        declare_blocks(raw.scope, [(bid, size)])
     pieces = node.block_pieces(bid, start, end)
     return pieces_response(node, pieces, status_code=status, headers=headers)
 
@@ -69,6 +72,7 @@ def get_blocks_batch(
     node: NodeDep,
     pull: PullDep,
     cache: OnDemandDep,
+    raw: Request,
     migrating_peer: Annotated[str | None, Header(alias=MIGRATION_HEADER)] = None,
 ) -> Response:
     """The blocks' bytes concatenated in request order; unknown ids are 404 before any byte."""
@@ -86,6 +90,7 @@ def get_blocks_batch(
     blocks = node.ensure_servable(request.block_ids)
     if migrating_peer is not None:
         migrate.count_served(node, blocks)
+    declare_blocks(raw.scope, blocks)  # the radio may broadcast them (edge_node.radio)
     headers = {"Content-Length": str(sum(size for _, size in blocks))}
     return pieces_response(node, node.blocks_pieces(blocks), status_code=200, headers=headers)
 
