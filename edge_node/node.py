@@ -7,6 +7,7 @@ On-disk tree under ``settings.data_dir`` (the :class:`core.store.BlockStore` lay
     quarantine/<block_id>.<n>    blocks caught with bytes that no longer match their id
     tmp/                         in-flight writes (swept on open)
     plan.json                    last applied plan: version, peers, origin_url (for repairs)
+    tainted.json                 blocks caught changed mid-response (edge_node.tainted)
 
 Integrity (a flipped byte on disk is never served, and the block comes back):
 
@@ -47,6 +48,7 @@ from core.store import BlockStore
 from edge_node.errors import ModelNotFoundError
 from edge_node.metrics import Counters
 from edge_node.settings import Settings
+from edge_node.tainted import TAINTED_FILE, TaintLog
 from edge_node.zerocopy import FileSlice, Piece
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,8 @@ class EdgeNode:
                 continue
             self._manifests[manifest.model_id] = manifest
         self.plan_record = self._load_plan_record()
+        #: Blocks caught changed or corrupt: Range resumes over them get the whole file.
+        self.tainted = TaintLog(settings.data_dir / TAINTED_FILE, durable=settings.durable)
         #: Serialises plan applies, model deletes and repairs (so evictions never race them).
         self.plan_lock = threading.Lock()
         self._repairs: queue.Queue[BlockId | None] = queue.Queue()
@@ -316,6 +320,7 @@ class EdgeNode:
 
     def on_corrupt(self, block_id: BlockId) -> None:
         logger.error("corrupt block node_id=%s block_id=%s: quarantined", self.node_id, block_id)
+        self.tainted.add(block_id)  # first: a response streaming it may have sent wrong bytes
         with self._lock:
             self._trusted.pop(block_id, None)
         self.store.quarantine(block_id)
