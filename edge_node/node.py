@@ -41,7 +41,7 @@ from typing import Any
 
 from core.blocks import iter_file_range
 from core.digest import CHUNK_BYTES, BlockId, check_block_id
-from core.errors import BlockNotFoundError, ManifestError
+from core.errors import BlockNotFoundError, InvalidBlockIdError, ManifestError
 from core.fsutil import atomic_write_bytes
 from core.manifest import FileEntry, ModelManifest, check_model_id
 from core.store import BlockStore
@@ -316,6 +316,25 @@ class EdgeNode:
             if not self.is_trusted(bid):
                 self.verify(bid)
             out.append((bid, size))
+        return out
+
+    def trusted_blocks(self, block_ids: Sequence[object]) -> list[tuple[BlockId, int]] | None:
+        """``(id, size)`` of each block if every one is stored and trusted (one ``stat`` each,
+        no hashing, no error raised), else None: then :meth:`ensure_servable` decides."""
+        store = self.store
+        try:
+            if not all(isinstance(b, str) and store.has(b) for b in block_ids):
+                return None
+        except InvalidBlockIdError:
+            return None
+        ids = [BlockId(str(b)) for b in block_ids]
+        with self._lock:
+            recorded = [self._trusted.get(b) for b in ids]
+        out: list[tuple[BlockId, int]] = []
+        for bid, sig in zip(ids, recorded, strict=True):
+            if sig is None or sig != self._signature(bid):
+                return None
+            out.append((bid, sig[1]))  # the size the block had when it was hashed
         return out
 
     def on_corrupt(self, block_id: BlockId) -> None:
