@@ -382,13 +382,18 @@ class EdgeNode:
     ) -> Iterator[Piece]:
         """Bytes ``[lo, hi)`` of a block as response pieces.
 
-        Large trusted blocks (unless ``stream_verify``) become one :class:`FileSlice` for
+        Small blocks (``verify_on_read_max_bytes``) are read whole and hashed first; large
+        trusted blocks (unless ``stream_verify``) become one :class:`FileSlice` for
         ``sendfile``; whole blocks otherwise are hashed as read (:meth:`iter_whole_block`);
         parts of untrusted blocks are verified in full first.
         """
         if size is None:
             size = self.store.size(block_id)
-        if size > self.settings.verify_on_read_max_bytes and not self.settings.stream_verify:
+        if size <= self.settings.verify_on_read_max_bytes:
+            # Small: read whole and hashed before any of it leaves (one read, no generator).
+            yield self.read_verified(block_id)[lo:hi]
+            return
+        if not self.settings.stream_verify:
             piece = self._open_trusted(block_id, lo, hi)
             if piece is not None:
                 yield piece
