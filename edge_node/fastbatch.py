@@ -11,8 +11,8 @@ The fast path is taken only when all of these hold; anything else goes to the ap
 with the request body replayed, so its answers (400 ``invalid_block_id``, 404, 413, 422, the
 re-hash of an untrusted block in a worker thread, on-demand caching) stay exactly the route's:
 
-- the body can go straight to the socket (``direct`` offered and a sender slot free, so no
-  link emulation) and the node is running with no cache policy;
+- the body can go straight to the socket (``direct`` offered and a sender slot free), the
+  node emulates no radio link (its middleware is part of the app) and has no cache policy;
 - the body is ``application/json``, at most :data:`MAX_BODY_BYTES`, ``{"block_ids": [...]}``
   (with an optional ``model_id`` string of at most 128 characters, ignored as by the route) of
   1 to :data:`MAX_FAST_IDS` ids (their trust checks run on the event loop: one ``stat`` each);
@@ -83,8 +83,11 @@ def _eligible(scope: Scope, node: object) -> bool:
         return False
     if scope.get("path") != PATH or not isinstance(node, EdgeNode):
         return False
-    if node.settings.cache_policy is not None or not direct_ready(scope):
+    settings = node.settings
+    if settings.cache_policy is not None or not direct_ready(scope):
         return False
+    if settings.link_rate_bytes_per_s or settings.link_latency_ms > 0:
+        return False  # the radio link emulation (inside FastAPI's stack) paces the route
     headers = dict(scope.get("headers") or [])
     content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     if content_type != b"application/json":
