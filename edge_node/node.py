@@ -339,7 +339,6 @@ class EdgeNode:
 
     def on_corrupt(self, block_id: BlockId) -> None:
         logger.error("corrupt block node_id=%s block_id=%s: quarantined", self.node_id, block_id)
-        self.tainted.add(block_id)  # first: a response streaming it may have sent wrong bytes
         with self._lock:
             self._trusted.pop(block_id, None)
         self.store.quarantine(block_id)
@@ -348,7 +347,11 @@ class EdgeNode:
 
     # -- reading -------------------------------------------------------------------------
     def iter_whole_block(self, block_id: BlockId, size: int) -> Iterator[bytes]:
-        """A whole block in chunks, hashed as read; the last chunk waits for the digest."""
+        """A whole block in chunks, hashed as read; the last chunk waits for the digest.
+
+        The chunks before it may already have left when the digest fails: the block is then
+        tainted (:mod:`edge_node.tainted`) before the response is cut, as well as quarantined.
+        """
         digest = hashlib.sha256()
         held: bytes | None = None
         remaining = size
@@ -356,6 +359,7 @@ class EdgeNode:
             while remaining > 0:
                 chunk = fh.read(min(SERVE_CHUNK_BYTES, remaining))
                 if not chunk:
+                    self.tainted.add(block_id)
                     self.on_corrupt(block_id)
                     raise BlockCorruptError(block_id)
                 digest.update(chunk)
@@ -364,6 +368,7 @@ class EdgeNode:
                     yield held
                 held = chunk
         if digest.hexdigest() != block_id:
+            self.tainted.add(block_id)
             self.on_corrupt(block_id)
             raise BlockCorruptError(block_id)
         if held is not None:

@@ -8,7 +8,10 @@ sent before the cut may hold changed ones, though, and a Hub client keeps them:
 appends the answer to what it has. A 206 there would stitch good bytes onto a tainted head and
 the download would end as a success.
 
-So a block caught changed (or corrupt) is *tainted* for :data:`TAINT_TTL_S`, and a Range request
+So a block caught changed after its ``sendfile``, or found corrupt at the end of a block
+streamed while hashed (:meth:`edge_node.node.EdgeNode.iter_whole_block`, whose earlier chunks
+have left), is *tainted* for :data:`TAINT_TTL_S` (blocks found bad before any of their bytes
+leave, e.g. by the scrub or a pre-response check, are not), and a Range request
 whose head (the file's bytes before the range's start) covers a tainted block is answered 200
 with the whole file: HTTP lets a server ignore Range, and ``huggingface_hub`` then rewinds and
 truncates its partial file before writing ("requested a Range but got 200": the whole file
@@ -16,9 +19,10 @@ comes from re-verified bytes); ``curl -C -`` gives up ("doesn't seem to support 
 rather than stitch. Ranges whose head holds no tainted block (e.g. the bytes before the changed
 block were all checked good) are answered 206 as usual.
 
-Taints are kept in ``tainted.json`` under the data dir (rare: one small write per event), so a
-restart between the cut and the resume forgets none; expired ones are dropped, and at most
-:data:`MAX_TAINTED` are kept (the oldest go first).
+Taints are the node's own: a resume sent to another node (say, behind a balancer) is not
+covered. They are kept in ``tainted.json`` under the data dir (rare: one small write per
+event), so a restart between the cut and the resume forgets none; expired ones are dropped,
+and at most :data:`MAX_TAINTED` are kept (the oldest go first).
 """
 
 from __future__ import annotations
