@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.asgi import RequestGuard, header_text, validation_error
 from core.errors import TrimCacheError
+from edge_node import fastbatch
 from edge_node.api.routes import blocks, health, hf, models, plan, stats
 from edge_node.catalogue import Catalogue
 from edge_node.errors import RangeNotSatisfiableError, error_header_code
@@ -87,11 +88,15 @@ def _error_response(code: str, message: str, status: int, header_code: str) -> J
 class EdgeApp(FastAPI):
     """FastAPI with the zero-copy send extension added where the server allows it.
 
-    It must happen here, at the outermost layer, where ``send`` is still the server's own.
+    It must happen here, at the outermost layer, where ``send`` is still the server's own; so
+    does the batch route's fast path (:mod:`edge_node.fastbatch`), which bypasses FastAPI.
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope, send = zerocopy_send(scope, send)
+        if scope.get("path") == fastbatch.PATH:  # the common case without FastAPI's machinery
+            await fastbatch.serve_batch(self.state, scope, receive, send, super().__call__)
+            return
         await super().__call__(scope, receive, send)
 
 

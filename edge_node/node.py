@@ -7,6 +7,7 @@ On-disk tree under ``settings.data_dir`` (the :class:`core.store.BlockStore` lay
     quarantine/<block_id>.<n>    blocks caught with bytes that no longer match their id
     tmp/                         in-flight writes (swept on open)
     plan.json                    last applied plan: version, peers, origin_url (for repairs)
+    tainted.json                 blocks caught changed mid-response (edge_node.tainted)
 
 Integrity (a flipped byte on disk is never served, and the block comes back):
 
@@ -40,13 +41,14 @@ from typing import Any
 
 from core.blocks import iter_file_range
 from core.digest import CHUNK_BYTES, BlockId, check_block_id
-from core.errors import BlockNotFoundError, ManifestError
+from core.errors import BlockNotFoundError, InvalidBlockIdError, ManifestError
 from core.fsutil import atomic_write_bytes
 from core.manifest import FileEntry, ModelManifest, check_model_id
 from core.store import BlockStore
 from edge_node.errors import ModelNotFoundError
 from edge_node.metrics import Counters
 from edge_node.settings import Settings
+from edge_node.tainted import TAINTED_FILE, TaintLog
 from edge_node.zerocopy import FileSlice, Piece
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,8 @@ class EdgeNode:
                 continue
             self._manifests[manifest.model_id] = manifest
         self.plan_record = self._load_plan_record()
+        #: Blocks caught changed or corrupt: Range resumes over them get the whole file.
+        self.tainted = TaintLog(settings.data_dir / TAINTED_FILE, durable=settings.durable)
         #: Serialises plan applies, model deletes and repairs (so evictions never race them).
         self.plan_lock = threading.Lock()
         self._repairs: queue.Queue[BlockId | None] = queue.Queue()
@@ -316,6 +320,25 @@ class EdgeNode:
             out.append((bid, size))
         return out
 
+    def trusted_blocks(self, block_ids: Sequence[object]) -> list[tuple[BlockId, int]] | None:
+        """``(id, size)`` of each block if every one is stored and trusted (one ``stat`` each,
+        no hashing, no error raised), else None: then :meth:`ensure_servable` decides."""
+        store = self.store
+        try:
+            if not all(isinstance(b, str) and store.has(b) for b in block_ids):
+                return None
+        except InvalidBlockIdError:
+            return None
+        ids = [BlockId(str(b)) for b in block_ids]
+        with self._lock:
+            recorded = [self._trusted.get(b) for b in ids]
+        out: list[tuple[BlockId, int]] = []
+        for bid, sig in zip(ids, recorded, strict=True):
+            if sig is None or sig != self._signature(bid):
+                return None
+            out.append((bid, sig[1]))  # the size the block had when it was hashed
+        return out
+
     def on_corrupt(self, block_id: BlockId) -> None:
         logger.error("corrupt block node_id=%s block_id=%s: quarantined", self.node_id, block_id)
         with self._lock:
@@ -326,7 +349,11 @@ class EdgeNode:
 
     # -- reading -------------------------------------------------------------------------
     def iter_whole_block(self, block_id: BlockId, size: int) -> Iterator[bytes]:
-        """A whole block in chunks, hashed as read; the last chunk waits for the digest."""
+        """A whole block in chunks, hashed as read; the last chunk waits for the digest.
+
+        The chunks before it may already have left when the digest fails: the block is then
+        tainted (:mod:`edge_node.tainted`) before the response is cut, as well as quarantined.
+        """
         digest = hashlib.sha256()
         held: bytes | None = None
         remaining = size
@@ -334,6 +361,7 @@ class EdgeNode:
             while remaining > 0:
                 chunk = fh.read(min(SERVE_CHUNK_BYTES, remaining))
                 if not chunk:
+                    self.tainted.add(block_id)
                     self.on_corrupt(block_id)
                     raise BlockCorruptError(block_id)
                 digest.update(chunk)
@@ -342,6 +370,7 @@ class EdgeNode:
                     yield held
                 held = chunk
         if digest.hexdigest() != block_id:
+            self.tainted.add(block_id)
             self.on_corrupt(block_id)
             raise BlockCorruptError(block_id)
         if held is not None:
@@ -360,13 +389,18 @@ class EdgeNode:
     ) -> Iterator[Piece]:
         """Bytes ``[lo, hi)`` of a block as response pieces.
 
-        Large trusted blocks (unless ``stream_verify``) become one :class:`FileSlice` for
+        Small blocks (``verify_on_read_max_bytes``) are read whole and hashed first; large
+        trusted blocks (unless ``stream_verify``) become one :class:`FileSlice` for
         ``sendfile``; whole blocks otherwise are hashed as read (:meth:`iter_whole_block`);
         parts of untrusted blocks are verified in full first.
         """
         if size is None:
             size = self.store.size(block_id)
-        if size > self.settings.verify_on_read_max_bytes and not self.settings.stream_verify:
+        if size <= self.settings.verify_on_read_max_bytes:
+            # Small: read whole and hashed before any of it leaves (one read, no generator).
+            yield self.read_verified(block_id)[lo:hi]
+            return
+        if not self.settings.stream_verify:
             piece = self._open_trusted(block_id, lo, hi)
             if piece is not None:
                 yield piece

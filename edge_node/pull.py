@@ -268,10 +268,18 @@ class PullThrough:
 
     def _windows(self, pieces: Iterable[_Segment]) -> list[Window]:
         limit = self.node.settings.pull_window_bytes
+        segments = list(pieces)
+        # The common case, a held model all of whose blocks are trusted: one check for all.
+        refs = [source.block_id for source, _, _ in segments if isinstance(source, BlockRef)]
+        all_servable = self.node.trusted_blocks(refs) is not None
         windows = [Window([])]
-        for source, lo, hi in pieces:
+        for source, lo, hi in segments:
             window = windows[-1]
-            if isinstance(source, BlockRef) and not self._servable(source.block_id):
+            if (
+                isinstance(source, BlockRef)
+                and not all_servable
+                and not self._servable(source.block_id)
+            ):
                 missing_bytes = sum(window.missing.values())
                 if window.missing and missing_bytes + source.length > limit:
                     window = Window([])

@@ -345,8 +345,9 @@ class PiecesResponse(Response):
       larger ones all but the last ``TAIL_BYTES`` go by ``sendfile``, then the tail is read and
       checked (which also covers the bytes sent before it) and sent. A write
       during the ``sendfile`` may reach the client, but the response never completes: clients
-      of ``/v1/blocks`` hash every block and fetch it again; Hub clients that resume with a
-      Range should use the read path (the resolve route does).
+      of ``/v1/blocks`` hash every block and fetch it again; for Hub clients, which resume with
+      a Range and keep what they had, ``on_changed`` taints the block (:mod:`edge_node.tainted`:
+      a resume over it gets the whole file).
 
     Where the server offers :mod:`edge_node.direct` (and the body has a Content-Length), the
     same two paths run in one worker thread writing to the socket itself (:meth:`_write_direct`),

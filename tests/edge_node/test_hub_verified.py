@@ -2,11 +2,13 @@
 
 - An HF cache filled from the origin and then from an edge holds one blob per file: both send
   the Hub's ETags (sha256 for LFS-like files, git blob sha1 for the others).
-- A block file written while its response streams: ``/v1/blocks`` (one block or a batch)
-  never completes the response; the resolve route never sends a changed byte (with and
-  without link emulation, i.e. on the message path and on the direct socket path), so
-  ``huggingface_hub`` (which resumes a cut transfer with a Range) ends with the right file or
-  an error, never a wrong file. Either way the block is quarantined and repaired.
+- A block file written while its response streams (by ``sendfile``): ``/v1/blocks`` (one block
+  or a batch) and the resolve route never complete the response. The resolve route taints the
+  block (edge_node.tainted), so a Range resume over it gets the whole file (200): the changed
+  byte did reach the client, yet ``huggingface_hub`` (which resumes a cut transfer with a Range)
+  ends with the right file or an error, never a wrong file (with and without link emulation,
+  i.e. on the message path and on the direct socket path). Either way the block is quarantined
+  and repaired.
 - A manifest that gives a held block another length is refused (409 block_length_conflict).
 """
 
@@ -127,53 +129,66 @@ def test_block_written_mid_response_is_never_a_complete_response(
     assert hashlib.sha256(good.content[:size]).hexdigest() == block_id
 
 
-def test_snapshot_download_never_keeps_a_block_written_mid_transfer(
+def _incomplete_bytes(cache: Path) -> int:
+    """Bytes huggingface_hub has written to its partial file(s) so far."""
+    return sum(p.stat().st_size for p in cache.rglob("*.incomplete") if p.exists())
+
+
+def test_hub_download_resumed_over_a_block_written_mid_sendfile_ends_with_the_right_file(
     edge_factory, manifests, origin_url, tmp_path
 ):
     from huggingface_hub import hf_hub_download
 
-    # A slow radio link, so the transfer is still running when the block is written.
+    # A slow radio link, so the block is written while its sendfile slices go out (the
+    # message path: the tail read after them finds the file changed and cuts the response).
     url, app = _placed(edge_factory, manifests, origin_url, link_rate_bytes_per_s=16e6)
     node = app.state.node
-    manifest = manifests["clf-a"]
-    entry = manifest.file("model.safetensors")
-    last = entry.blocks[-1]
+    entry = manifests["clf-a"].file("model.safetensors")
+    ref = max(entry.blocks, key=lambda b: b.length)
+    assert ref.length > 16 << 20  # the word embeddings: seconds of line time
+    cache = tmp_path / "hf"
     outcome: dict[str, Any] = {}
 
     def download() -> None:
         try:
             outcome["path"] = hf_hub_download(
-                REPO, "model.safetensors", endpoint=url, cache_dir=tmp_path / "hf"
+                REPO, "model.safetensors", endpoint=url, cache_dir=cache
             )
         except Exception as exc:  # what a caller would see
             outcome["error"] = exc
 
-    before = _stats(url)["bytes_served"]
     thread = threading.Thread(target=download)
     thread.start()
-    wait_until(lambda: _stats(url)["bytes_served"] - before > 4 << 20, timeout_s=60)
-    _flip(node.store.path(last.block_id), last.length - 1)
-    thread.join(timeout=120)
+    wait_until(lambda: _incomplete_bytes(cache) > ref.offset + (2 << 20), timeout_s=60)
+    # Ahead of what the client has, inside the block being sent: the changed byte goes out.
+    _flip(node.store.path(ref.block_id), ref.length - (4 << 20))
+    thread.join(timeout=180)
     assert not thread.is_alive()
-    assert _stats(url)["corrupt_blocks"] == 1  # caught while streaming, then quarantined
-    if "path" in outcome:  # huggingface_hub resumed: the rest came from a good copy
+    assert _stats(url)["corrupt_blocks"] == 1  # re-hashed after the cut, quarantined
+    assert ref.block_id in node.tainted._since
+    # huggingface_hub resumed with a Range over the tainted block, got the whole file (200)
+    # and rewrote its partial file: the right file, or an error, never a wrong file.
+    if "path" in outcome:
         data = Path(outcome["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry.sha256
+        # Its head counted ~ref.offset bytes; a 206 resume would have added only the rest.
+        assert _stats(url)["bytes_served"] >= entry.size  # the whole file in one response
     else:
         assert isinstance(outcome["error"], Exception)
     wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
 
 
-def test_resolve_never_sends_a_byte_written_mid_response(edge_factory, manifests, origin_url):
-    # No link emulation: the body goes straight to the socket (edge_node.direct), read path.
+def test_resolve_cut_by_a_block_written_mid_sendfile_refuses_to_resume_over_it(
+    edge_factory, manifests, origin_url, tmp_path
+):
+    # No link emulation: the body goes straight to the socket (edge_node.direct) by sendfile.
     url, app = _placed(edge_factory, manifests, origin_url)
     node = app.state.node
     entry = manifests["clf-a"].file("model.safetensors")
     path = f"{REPO}/resolve/main/{entry.path}"
     good = httpx.get(f"{origin_url}/{path}", timeout=60).content
-    # A block well past what the socket buffers hold once the client stops reading.
-    late = [b for b in entry.blocks if b.offset > entry.size // 2 and b.length > 1 << 20]
-    ref = late[0] if late else entry.blocks[-1]
+    ref = max(entry.blocks, key=lambda b: b.length)  # far more than the socket buffers hold
+    changed_at = ref.offset + ref.length // 2
     received = bytearray()
     with httpx.Client(timeout=60) as client:
         with pytest.raises(httpx.RemoteProtocolError):
@@ -181,12 +196,28 @@ def test_resolve_never_sends_a_byte_written_mid_response(edge_factory, manifests
                 assert r.status_code == 200
                 chunks = r.iter_raw(1 << 20)
                 received += next(chunks)
-                _flip(node.store.path(ref.block_id), ref.length // 2)
+                assert len(received) < ref.offset + ref.length // 4
+                _flip(node.store.path(ref.block_id), ref.length // 2)  # during its sendfile
                 for chunk in chunks:
                     received += chunk
-    assert 0 < len(received) < entry.size
-    assert received == good[: len(received)]  # not one changed byte went out
+    # Cut short right after that block's sendfile, which carried the changed byte.
+    assert changed_at < len(received) < entry.size
+    assert received[:changed_at] == good[:changed_at]
+    assert received[changed_at] != good[changed_at]
     assert _stats(url)["corrupt_blocks"] == 1
+    assert (node.settings.data_dir / "tainted.json").exists()
+    # A resume over the tainted block gets the whole file, from good bytes (pulled through
+    # from the origin until the block is repaired).
+    resume = httpx.get(f"{url}/{path}", headers={"Range": f"bytes={len(received)}-"}, timeout=60)
+    assert resume.status_code == 200
+    assert resume.headers["x-trimcache-range-ignored"] == "tainted"
+    assert "content-range" not in resume.headers
+    assert hashlib.sha256(resume.content).hexdigest() == entry.sha256
+    # Ranges whose head holds no tainted block are served as usual.
+    for start in (0, ref.offset):
+        part = httpx.get(f"{url}/{path}", headers={"Range": f"bytes={start}-"}, timeout=60)
+        assert part.status_code == 206, start
+        assert part.content == good[start:]
     wait_until(lambda: _stats(url)["repaired_blocks"] == 1, timeout_s=60)
     again = httpx.get(f"{url}/{path}", timeout=60)
     assert hashlib.sha256(again.content).hexdigest() == entry.sha256

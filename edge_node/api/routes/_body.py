@@ -2,8 +2,9 @@
 
 Radio link emulation paces these responses on their way out (:mod:`edge_node.link`), so routes
 build the same response whether it is on or off. A block file written while its response
-streams cuts the response short (:class:`edge_node.zerocopy.PiecesResponse`) and is re-hashed
-here: a mismatch quarantines it and queues its repair (:meth:`EdgeNode.verify`).
+streams cuts the response short (:class:`edge_node.zerocopy.PiecesResponse`), is tainted
+(:mod:`edge_node.tainted`: Range resumes over it get the whole file) and is re-hashed here: a
+mismatch quarantines it and queues its repair (:meth:`EdgeNode.verify`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 def _recheck(node: EdgeNode, piece: FileSlice) -> None:
-    """Re-hash the node's copy of the block ``piece`` came from (blocks are named by id)."""
+    """Taint the block ``piece`` came from (blocks are named by id), then re-hash the node's
+    copy: the bytes sent before the cut may be wrong even if the file is right again."""
     block_id = Path(str(getattr(piece.file, "name", ""))).name
-    if not is_block_id(block_id) or not node.store.has(block_id):
+    if not is_block_id(block_id):
+        return
+    node.tainted.add(block_id)  # before the cut response's connection closes
+    if not node.store.has(block_id):
         return  # a pull-buffer block: gone with its response
     try:
         node.verify(block_id)

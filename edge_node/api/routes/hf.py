@@ -20,6 +20,7 @@ from edge_node.api.deps import NodeDep, OnDemandDep, PullDep
 from edge_node.api.routes._body import pieces_response
 from edge_node.hub import file_headers, find_file, model_info, tree
 from edge_node.pull import PullThrough, ServedRepo
+from edge_node.tainted import RANGE_IGNORED_HEADER
 
 router = APIRouter(tags=["hub"])
 
@@ -93,6 +94,11 @@ def resolve_get(
     entry = find_file(repo.manifest, path)
     headers = file_headers(repo.manifest, entry, _reader(pull, repo))
     span = hubapi.parse_range(range_header, entry.size)
+    if span is not None and node.tainted.head_tainted(entry, span[0]):
+        # The client's head may hold bytes of a block caught changed mid-response: the whole
+        # file instead (huggingface_hub then rewrites its partial file from the start).
+        span = None
+        headers[RANGE_IGNORED_HEADER] = "tainted"
     status, start, end = hubapi.range_headers(headers, span, entry.size)
     if cache is not None:  # on demand: count the request, cache the model on a miss
         pieces, cache_headers = ondemand.serve(
@@ -103,8 +109,12 @@ def resolve_get(
             lambda: node.file_pieces(entry, start, end),
         )
         headers.update(cache_headers)
+        held = cache_headers[ondemand.CACHE_HEADER] != "miss"
     else:
-        pieces = pull.file_pieces(repo, entry, start, end)
-    # The read path: Hub clients resume a cut transfer with a Range, so not one changed byte
-    # may leave (zero-copy could send one before the check that ends the response).
-    return pieces_response(node, pieces, status_code=status, headers=headers, zero_copy=False)
+        windows = pull.file_windows(entry, start, end)
+        held = not pull.missing_bytes(windows)
+        pieces = pull.serve(repo, windows)
+    # Held blocks go by sendfile, each checked unchanged right after it; a failed check cuts
+    # the response short and taints the block, so a resume over it gets the whole file
+    # (edge_node.tainted). Pulled blocks are read and checked on the way out.
+    return pieces_response(node, pieces, status_code=status, headers=headers, zero_copy=held)
