@@ -11,6 +11,7 @@ The fast path is taken only when all of these hold; anything else goes to the ap
 with the request body replayed, so its answers (400 ``invalid_block_id``, 404, 413, 422, the
 re-hash of an untrusted block in a worker thread, on-demand caching) stay exactly the route's:
 
+- the request is not a peer's migration (``X-TrimCache-Migration``, counted by the route);
 - the body can go straight to the socket (``direct`` offered and a sender slot free), the
   node emulates no radio link (its middleware is part of the app) and has no cache policy;
 - the body is ``application/json``, at most :data:`MAX_BODY_BYTES`, ``{"block_ids": [...]}``
@@ -33,6 +34,7 @@ from core.asgi import DEFAULT_READ_TIMEOUT_S
 from core.digest import BlockId
 from edge_node.api.routes._body import pieces_response
 from edge_node.direct import direct_ready
+from edge_node.ingest import MIGRATION_HEADER
 from edge_node.node import EdgeNode
 
 PATH = "/v1/blocks:batch"
@@ -78,6 +80,9 @@ async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:
             return messages, b"".join(m.get("body", b"") for m in messages)
 
 
+_MIGRATION_HEADER = MIGRATION_HEADER.lower().encode()
+
+
 def _eligible(scope: Scope, node: object) -> bool:
     if scope.get("type") != "http" or scope.get("method") != "POST":
         return False
@@ -91,6 +96,8 @@ def _eligible(scope: Scope, node: object) -> bool:
     if settings.world_file is not None:
         return False  # the emulated CoMP downlink (edge_node/radio.py) schedules the route
     headers = dict(scope.get("headers") or [])
+    if _MIGRATION_HEADER in headers:
+        return False  # a peer migrating blocks: the route counts what it serves as migrated out
     content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     if content_type != b"application/json":
         return False
