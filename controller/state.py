@@ -531,7 +531,7 @@ class RedisState:
             pipe.delete(node_key(node_id))
             pipe.srem(NODES_KEY, node_id)
             _restamp(pipe)
-            deleted, _, _ = pipe.execute()
+            deleted, *_ = pipe.execute()
             return bool(deleted)
 
         with self._stamping():
