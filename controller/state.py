@@ -156,7 +156,17 @@ class NodeRecord:
 
     @classmethod
     def from_json(cls, text: str) -> NodeRecord:
-        doc = json.loads(text)
+        return cls.from_doc(json.loads(text))
+
+    @classmethod
+    def many_from_json(cls, texts: Sequence[str]) -> list[NodeRecord]:
+        """Records of many stored texts, parsed as one JSON array (one parser call)."""
+        if not texts:
+            return []
+        return [cls.from_doc(doc) for doc in json.loads("[" + ",".join(texts) + "]")]
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> NodeRecord:
         doc.pop("schema_version", None)
         doc["position"] = tuple(float(v) for v in doc.get("position", (0.0, 0.0)))
         doc["models"] = tuple(doc.get("models", ()))
@@ -485,7 +495,7 @@ class RedisState:
                 self._prune_nodes(dead)
             live_ttls = [int(ms) for t, ms in zip(texts, ttls, strict=False) if t and ms >= 0]
             first = min(live_ttls) / 1000.0 if live_ttls else None
-            return [NodeRecord.from_json(t) for t in texts if t is not None], first
+            return NodeRecord.many_from_json([t for t in texts if t is not None]), first
 
         return self._call(run)
 
