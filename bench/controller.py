@@ -27,6 +27,10 @@ average) go to ``bench/results/controller_wrk.jsonl``.
 (stateless replicas, one leader), every replica loaded at once by its own ``wrk`` process (each
 with ``--connections``): ``route_rps`` is their sum, ``route_rps_by_replica`` each one's, side by
 side with the 1-replica row of the same run.
+
+``--plan-nodes N[,N...]``: one plan over N simulated registrations (:func:`run_plan_case`):
+plan time and its phases (read, problem, solve + replan decision, store), then the push round
+to closed ports; rows to ``bench/results/controller_plan.jsonl``.
 """
 
 from __future__ import annotations
@@ -294,8 +298,9 @@ def run_wrk_case(tree: Path, args: argparse.Namespace, replicas: int = 1) -> dic
             with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
                 _register(http, node_ids, held, args)
                 paths = [f"/v1/routes/{m}?area_id=area-{n}" for m in model_ids for n in node_ids]
-                for replica_url in urls:
-                    httpx.get(f"{replica_url}{paths[0]}", timeout=60).raise_for_status()
+                for replica_url in urls:  # every route once: wrk measures answers, not first builds
+                    for path in paths:
+                        httpx.get(f"{replica_url}{path}", timeout=60).raise_for_status()
                 load_before = os.getloadavg()
                 row = _wrk_all(urls, paths, work, args)
                 load_after = os.getloadavg()
@@ -329,6 +334,93 @@ def run_wrk_case(tree: Path, args: argparse.Namespace, replicas: int = 1) -> dic
         "loadavg_before": [round(v, 2) for v in load_before],
         "loadavg_after": [round(v, 2) for v in load_after],
     }
+
+
+def run_plan_case(n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One plan over ``n_nodes`` simulated registrations (records written through
+    ``RedisState.put_node``, no processes): the planner in-process on a private Redis, with the
+    phase times it records (``ctl:plan:last`` ``timings_s``) and the push round to the nodes'
+    URLs (a closed port: every push fails at once, so the round's time is the dispatcher's own
+    cost: waits, plan bodies, push status writes)."""
+    from controller.metrics import Metrics
+    from controller.planner import Planner
+    from controller.settings import Settings
+    from controller.state import NodeRecord, RedisState
+
+    rng = random.Random(args.seed)
+    n_models = args.models[-1]
+    model_ids = [f"m{i:03d}" for i in range(n_models)]
+    with tempfile.TemporaryDirectory(prefix="bench-controller-plan-") as tmp:
+        proc, url = _start_redis(Path(tmp))
+        try:
+            _load_model_catalogue(url, model_ids, args)
+            state = RedisState(url)
+            for n in range(n_nodes):
+                record = NodeRecord(
+                    node_id=f"edge-{n:04d}",
+                    url="http://127.0.0.1:9",
+                    capacity_bytes=args.capacity_mb * 1_000_000,
+                    position=(n * 300.0, 0.0),
+                    models=tuple(rng.sample(model_ids, k=max(1, n_models // 4))),
+                )
+                state.put_node(record, ttl_s=3600)
+            settings = Settings(
+                redis_url=url,
+                origin_url="http://127.0.0.1:9",
+                auto_plan=False,
+                solver=args.solver,
+                push_timeout_s=30,
+            )
+            planner = Planner(state, settings, metrics=Metrics())
+            try:
+                started = time.perf_counter()
+                record_doc = planner.plan(trigger="bench")
+                plan_s = time.perf_counter() - started
+                finished = planner.wait_rounds(timeout_s=args.plan_timeout)
+                round_s = time.perf_counter() - started - plan_s
+                attempt = state.get_plan_attempt() or {}
+                placement = state.get_placement() or {}
+            finally:
+                planner.close()
+                state.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    pushes = placement.get("push", {})
+    statuses: dict[str, int] = {}
+    for push in pushes.values():
+        statuses[push.get("status")] = statuses.get(push.get("status"), 0) + 1
+    return {
+        "bench": "controller_plan",
+        "solver": args.solver,
+        "models": n_models,
+        "nodes": n_nodes,
+        "blocks_per_model": args.blocks,
+        "version": record_doc.get("version"),
+        "plan_s": round(plan_s, 3),
+        "timings_s": attempt.get("timings_s"),
+        "dispatch_s": round(round_s, 3),
+        "dispatch_done": finished and (placement.get("dispatch") or {}).get("state") == "done",
+        "push_statuses": statuses,
+        "hit_ratio": round(placement.get("hit_ratio", 0.0), 4),
+        "git_sha": _git_sha(),
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def run_plans(args: argparse.Namespace) -> None:
+    rows = []
+    with (args.out / "controller_plan.jsonl").open("a") as out:
+        for n_nodes in args.plan_nodes:
+            row = run_plan_case(n_nodes, args)
+            rows.append(row)
+            out.write(json.dumps(row, sort_keys=True) + "\n")
+    print(f"{'nodes':>5} {'models':>6} {'plan s':>7} {'dispatch s':>10}  phases s / pushes / load")
+    for r in rows:
+        print(
+            f"{r['nodes']:>5} {r['models']:>6} {r['plan_s']:>7} {r['dispatch_s']:>10}  "
+            f"{r['timings_s']} {r['push_statuses']} {r['loadavg']}"
+        )
 
 
 def _redis_answers(url: str) -> bool:
@@ -404,10 +496,17 @@ def main() -> None:
     )
     parser.add_argument("--status-nodes", type=int, default=1000)
     parser.add_argument("--status-requests", type=int, default=200)
+    parser.add_argument(
+        "--plan-nodes", type=_ints, help="plan over N simulated nodes (comma list; docstring)"
+    )
+    parser.add_argument("--plan-timeout", type=float, default=600.0, help="push round bound, s")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.wrk:
         run_wrk(args)
+        return
+    if args.plan_nodes:
+        run_plans(args)
         return
     rows = []
     with (args.out / "controller.jsonl").open("a") as out:

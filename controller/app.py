@@ -11,6 +11,7 @@ Shutdown stops both and closes the client. Redis may be down at startup: request
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from controller.api.fast_routes import RouteFastPath
 from controller.api.routes import (
     demand,
     health,
@@ -45,6 +47,13 @@ from core.errors import TrimCacheError
 
 logger = logging.getLogger(__name__)
 
+#: How the controller's entry points run it (core.serving): the C HTTP parser on uvloop
+#: (asyncio's loop where uvloop is not installed: it has no Windows build).
+SERVER = {
+    "http": "httptools",
+    "loop": "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio",
+}
+
 
 def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> FastAPI:
     """Build the controller app. ``transport`` replaces the HTTP transport to edge nodes
@@ -62,7 +71,9 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
         app.state.redis_state = state
         app.state.planner = planner
         app.state.metrics = metrics
-        app.state.route_cache = RouteCache(state, planner, settings.origin_url)
+        route_cache = RouteCache(state, planner, settings.origin_url)
+        app.state.route_cache = route_cache
+        route_cache.start()
         if settings.auto_plan:
             planner.start()
         indexer = None
@@ -81,11 +92,12 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
         finally:
             if indexer is not None:
                 indexer.stop()
+            await route_cache.aclose()
             planner.close()
             state.close()
             await state.aclose()
 
-    app = FastAPI(title="TrimCache controller", version="1", lifespan=lifespan)
+    app = ControllerApp(title="TrimCache controller", version="1", lifespan=lifespan)
 
     @app.exception_handler(TrimCacheError)
     async def _trimcache_error(_request: Request, exc: TrimCacheError) -> JSONResponse:
@@ -124,7 +136,23 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
         RequestGuard, max_body_bytes=settings.max_body_bytes, read_timeout_s=settings.read_timeout_s
     )
     app.add_middleware(_CountRequests, metrics=metrics)
+    app.fast_path = RouteFastPath(
+        metrics=metrics, cache=lambda: getattr(app.state, "route_cache", None)
+    )
     return app
+
+
+class ControllerApp(FastAPI):
+    """FastAPI with the route fast path asked first (:mod:`controller.api.fast_routes`):
+    a cached route is answered before any middleware or routing runs."""
+
+    fast_path: RouteFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast_path
+        if fast is not None and await fast.answer(scope, send):
+            return
+        await super().__call__(scope, receive, send)
 
 
 class _CountRequests:

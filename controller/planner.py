@@ -28,7 +28,8 @@ The only module that turns state into actions on edge nodes. Internal logic of
    heartbeat) are left out of the problem, the placement and the pushes: they cache what
    their clients ask for;
 6. the round pushes each node its plan (manifests of the models to hold, and for each block it
-   lacks, the live peers whose *confirmed* holdings include it) on a bounded pool of
+   lacks, up to :data:`MAX_PEERS` live peers whose *confirmed* holdings include it, in an order
+   of the node's own: :meth:`~controller.holdings.Holdings.peers`) on a bounded pool of
    ``push_workers`` threads, all nodes at once except where a node must wait for a peer:
    - it needs a block no node holds yet that another node of the round is fetching (it
      copies it from that peer once the peer confirmed, so the origin serves each missing
@@ -80,15 +81,17 @@ drift from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import queue
 import random
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +103,7 @@ from controller import delay_planning
 from controller.adapters import base_models, with_base_sizes, with_bases
 from controller.demand import request_probabilities
 from controller.errors import StateUnavailableError
+from controller.holdings import Holdings
 from controller.leader import Leadership
 from controller.metrics import Metrics
 from controller.placement import (
@@ -143,6 +147,10 @@ RETRIED_STATUSES = frozenset(
 )
 IN_FLIGHT_STATUSES = frozenset({"pending", "pushing"})
 FALLBACK_SOLVER = "trimcaching-gen"
+#: Peers named per block in a plan: a block held by many nodes must not make every plan body
+#: (and the round) grow with the number of nodes. Each node lists holders in its own order
+#: (controller.holdings.Holdings.peers).
+MAX_PEERS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +391,7 @@ class Planner:
 
     def _plan_locked(self, trigger: str, guard: PlanLock) -> dict[str, Any]:
         started = time.time()
+        clock = _PhaseClock()
         live = self.state.live_nodes()
         catalogue = self.state.list_models()
         view = self.active_topology(live)
@@ -395,7 +404,9 @@ class Planner:
             "trigger": trigger,
             "signature": signature,
             "replica": self.replica_id,
+            "timings_s": clock.timings,
         }
+        clock.lap("read")
 
         result: PlacementResult | None = None
         problem: PlacementProblem | None = None
@@ -403,9 +414,11 @@ class Planner:
         if nodes and catalogue:
             try:
                 problem = self.build_problem(nodes, catalogue, view)
+                clock.lap("problem")
                 decision, solver_name = self._decide(
                     problem, previous, catalogue, attempt, nodes=nodes, view=view
                 )
+                clock.lap("solve")
             except StateUnavailableError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a solver failure must not stop the loop
@@ -480,6 +493,7 @@ class Planner:
                 trigger,
             )
             return self.state.get_placement() or {"version": 0, "servers": {}}
+        clock.lap("store")
         self.metrics.plans.labels(outcome="ok").inc()
         self.metrics.placement_version.set(version)
         self.metrics.expected_hit_ratio.set(record.hit_ratio)
@@ -670,7 +684,8 @@ class Planner:
         holding = {n: [m for m in live[n].serving_models if m in entries] for n in live}
         pushes: Mapping[str, Any] = record.get("push", {})
         urls = {n: live[n].url for n in live}
-        push = _Push(version, entries, blocks_by_model, targets, target_models, held, holding, urls)
+        holdings = Holdings(targets, held)
+        push = _Push(version, entries, blocks_by_model, target_models, holdings, holding, urls)
         pending = sorted(n for n in targets if only is None or n in only)
         with self._rounds_lock:
             self._active.update(pending)
@@ -678,30 +693,36 @@ class Planner:
         self.state.update_dispatch(version, dispatch)
         alive_next = time.monotonic() + ROUND_ALIVE_S
         inflight: dict[Future[None], str] = {}
+        # Ended pushes, in order (waiting on all in-flight futures at once costs every one of
+        # them per wake-up: quadratic in a round over many nodes).
+        finished: queue.SimpleQueue[Future[None]] = queue.SimpleQueue()
         # Block -> the node of this round fetching it (no peer holds it yet).
         fetching: dict[str, str] = {}
+        claimed: dict[str, list[str]] = {}  # node -> the blocks of ``fetching`` it claimed
         retained: list[str] = []
 
         def start(node_id: str, prior: Mapping[str, Any]) -> None:
             with push.lock:
                 push.started[node_id] = time.monotonic()
                 push.accepted.discard(node_id)
-                anywhere = frozenset().union(*push.held.values())
-                for block_id in targets[node_id] - anywhere:
-                    fetching.setdefault(block_id, node_id)
+                for block_id in holdings.unheld(node_id):
+                    if fetching.setdefault(block_id, node_id) == node_id:
+                        claimed.setdefault(node_id, []).append(block_id)
             future = self._pool.submit(self._push_node, live[node_id], push, prior, stop)
             inflight[future] = node_id
+            future.add_done_callback(finished.put)
 
         def ended(node_id: str) -> None:
-            for block_id in [b for b, n in fetching.items() if n == node_id]:
-                del fetching[block_id]
+            for block_id in claimed.pop(node_id, ()):
+                if fetching.get(block_id) == node_id:
+                    del fetching[block_id]
             if node_id not in push.retaining:  # a retaining node gets its exact plan below
                 with self._rounds_lock:
                     self._active.discard(node_id)
 
         try:
             while (pending or inflight) and not stop.is_set():
-                busy = set(pending) | set(inflight.values())
+                busy = set(pending) | set(inflight.values()) if pending else set()
                 for node_id in list(pending):
                     if not _waits_for(node_id, push, busy, fetching):
                         pending.remove(node_id)
@@ -710,10 +731,14 @@ class Planner:
                     # Every remaining node waits for another pending one (a swap): one gets a
                     # retaining plan (see _push_node) and the others follow.
                     with push.lock:
-                        node_id = _next_node(pending, targets, push.held) or pending[0]
+                        node_id = holdings.next_node(pending) or pending[0]
                     pending.remove(node_id)
                     start(node_id, pushes.get(node_id, {}))
-                done, _ = wait(inflight, timeout=ROUND_CHECK_S, return_when=FIRST_COMPLETED)
+                done = []
+                with contextlib.suppress(queue.Empty):
+                    done.append(finished.get(timeout=ROUND_CHECK_S))
+                    while True:
+                        done.append(finished.get_nowait())
                 for future in done:
                     node_id = inflight.pop(future)
                     future.result()
@@ -730,7 +755,7 @@ class Planner:
             again = []
             for node_id in retained:
                 with push.lock:
-                    safe = not _last_copies(node_id, targets, push.held)
+                    safe = not holdings.last_copies(node_id)
                 if safe and not stop.is_set():
                     prior = {"version": version, "status": "retained", "attempts": 0}
                     again.append(
@@ -751,10 +776,10 @@ class Planner:
         """Whether the stored placement moved past ``version`` (another plan, maybe in another
         process): the round stops dispatching (the edges would refuse it anyway)."""
         try:
-            current = self.state.get_placement()
+            current = self.state.placement_version()
         except StateUnavailableError:
             return False
-        return current is not None and int(current.get("version", 0)) != version
+        return current is not None and current != version
 
     def _push_node(
         self, node: NodeRecord, push: _Push, prior: Mapping[str, Any], stop: threading.Event
@@ -766,7 +791,7 @@ class Planner:
         node_id = node.node_id
         with push.lock:
             models = list(push.target_models[node_id])
-            keep = _last_copies(node_id, push.targets, push.held)
+            keep = push.holdings.last_copies(node_id)
             kept: list[str] = []
             if keep:
                 kept = [
@@ -779,17 +804,14 @@ class Planner:
             else:
                 push.retaining.discard(node_id)
             needed = (
-                frozenset().union(*(push.blocks_by_model[m] for m in models)) - push.held[node_id]
+                frozenset().union(*(push.blocks_by_model[m] for m in models))
+                - push.holdings.held[node_id]
             )
             peers: dict[str, list[str]] = {}
             for block_id in sorted(needed):
-                urls = [
-                    push.urls[p]
-                    for p in sorted(push.held)
-                    if p != node_id and block_id in push.held[p]
-                ]
-                if urls:
-                    peers[block_id] = urls
+                best = push.holdings.peers(node_id, block_id, MAX_PEERS)
+                if best:
+                    peers[block_id] = [push.urls[p] for p in best]
         body = EdgePlan(
             version=push.version,
             manifests=[push.entries[m].manifest.to_dict() for m in models],
@@ -817,8 +839,11 @@ class Planner:
             self.state.update_node_models(node_id, held_models)
             with push.lock:
                 push.holding[node_id] = [m for m in held_models if m in push.entries]
-                push.held[node_id] = frozenset().union(
-                    *(push.blocks_by_model.get(m, frozenset()) for m in held_models)
+                push.holdings.set_held(
+                    node_id,
+                    frozenset().union(
+                        *(push.blocks_by_model.get(m, frozenset()) for m in held_models)
+                    ),
                 )
             if kept:
                 status.update(status="retained", retained=kept)
@@ -1105,6 +1130,19 @@ def current_placement(
     return current, invalid
 
 
+class _PhaseClock:
+    """Wall seconds of a plan's phases (``timings_s`` of the plan attempt)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._at = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.timings[phase] = round(now - self._at, 4)
+        self._at = now
+
+
 @dataclass(slots=True)
 class _Push:
     """One push round's working state: what each node is meant to hold and has confirmed
@@ -1113,45 +1151,15 @@ class _Push:
     version: int
     entries: Mapping[str, CatalogueEntry]
     blocks_by_model: Mapping[str, frozenset[str]]
-    targets: Mapping[str, frozenset[str]]
     target_models: Mapping[str, list[str]]
-    held: dict[str, frozenset[str]]  # confirmed blocks per live node (updated after each push)
+    # Targets and confirmed blocks per live node (updated after each push), indexed by block.
+    holdings: Holdings
     holding: dict[str, list[str]]  # confirmed models per live node
     urls: Mapping[str, str]
     retaining: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)  # held/holding/retaining
+    lock: threading.Lock = field(default_factory=threading.Lock)  # holdings/holding/retaining
     started: dict[str, float] = field(default_factory=dict)  # monotonic start of each push
     accepted: set[str] = field(default_factory=set)  # nodes that answered 202
-
-
-def _last_copies(
-    node_id: str, targets: Mapping[str, frozenset[str]], held: Mapping[str, frozenset[str]]
-) -> frozenset[str]:
-    """Blocks ``node_id``'s plan would evict although it holds their only confirmed copy and
-    another node is placed to hold them but has not confirmed them yet."""
-    evicts = held.get(node_id, frozenset()) - targets.get(node_id, frozenset())
-    if not evicts:
-        return frozenset()
-    wanted: set[str] = set()
-    for other, target in targets.items():
-        if other != node_id:
-            wanted |= (target - held.get(other, frozenset())) & evicts
-    return frozenset(
-        b for b in wanted if not any(b in blocks for p, blocks in held.items() if p != node_id)
-    )
-
-
-def _next_node(
-    pending: Sequence[str],
-    targets: Mapping[str, frozenset[str]],
-    held: Mapping[str, frozenset[str]],
-) -> str | None:
-    """The first pending node whose evictions remove no last confirmed copy of a block
-    another node is placed to hold but lacks (None: every pending node would)."""
-    for node_id in pending:
-        if not _last_copies(node_id, targets, held):
-            return node_id
-    return None
 
 
 def _waits_for(node_id: str, push: _Push, busy: set[str], fetching: Mapping[str, str]) -> bool:
@@ -1159,22 +1167,23 @@ def _waits_for(node_id: str, push: _Push, busy: set[str], fetching: Mapping[str,
     last confirmed copy of a block a node still in the round (``busy``) is placed to hold, or it
     needs a block no node holds yet that another node of the round is fetching (it copies it
     from that peer afterwards, so the origin serves each block once) - unless that node has
-    not accepted its plan within :data:`CLAIM_ACCEPT_S`."""
+    not accepted its plan within :data:`CLAIM_ACCEPT_S`. Costs the node's own blocks, not the
+    number of nodes (:class:`~controller.holdings.Holdings`)."""
     with push.lock:
-        last = _last_copies(node_id, push.targets, push.held)
-        if last and any(
-            (push.targets[m] - push.held.get(m, frozenset())) & last for m in busy if m != node_id
-        ):
-            return True
-        anywhere = frozenset().union(*push.held.values())
-        unheld = push.targets[node_id] - anywhere
+        holdings = push.holdings
+        for block_id in holdings.last_copies(node_id):
+            if any(m in busy for m in holdings.lacking(block_id) if m != node_id):
+                return True
         claim_by = time.monotonic() - CLAIM_ACCEPT_S
-        live_claims = {
-            n
-            for n in set(fetching.values())
-            if n != node_id and (n in push.accepted or push.started.get(n, 0.0) > claim_by)
-        }
-    return any(fetching.get(b) in live_claims for b in unheld)
+        for block_id in holdings.unheld(node_id):
+            n = fetching.get(block_id)
+            if (
+                n is not None
+                and n != node_id
+                and (n in push.accepted or push.started.get(n, 0.0) > claim_by)
+            ):
+                return True
+    return False
 
 
 def _outcome(current: PlanStatus, plan_id: str, version: int) -> dict[str, Any] | None:

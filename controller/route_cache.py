@@ -9,23 +9,39 @@ topology, the client's point (from its area or x/y) and the origin URL. This mod
   smallest remaining TTL of the snapshot's node keys;
 - a bounded LRU of encoded route bodies per ``(model_id, point)`` of the current snapshot.
 
-The rule that keeps cached routes exact: every request reads the stamp (one GET, on the
-event loop with an asyncio client: a cached answer never waits for a worker thread). The snapshot
-and its routes are used only while the stamp is unchanged **and** the monotonic clock is before
-the deadline; otherwise the inputs are re-read (and the LRU emptied). Every write a route may
-depend on rewrites the stamp in the same Redis transaction (:mod:`controller.state`: a node
-joining, a heartbeat changing a routed field, a plan response or push changing holdings or
-dropping, a node deleted or pruned, a catalogue add/remove, a topology, a placement). A node
-that stops heartbeating needs no write: its key's TTL runs out no earlier than the deadline,
-so after it the re-read no longer sees the node. A route therefore never names a node after
-its heartbeat expiry, and never misses a change later than the request after the write. A
-snapshot whose stamp moved while it was read serves that one request and is not kept.
+The rule that keeps cached routes exact: the snapshot and its routes are used only while the
+``ctl:routing:stamp`` is unchanged **and** the monotonic clock is before the deadline; otherwise
+the inputs are re-read (and the LRU emptied). Every write a route may depend on rewrites the
+stamp in the same Redis transaction and publishes it on ``ctl:routing:changed``
+(:mod:`controller.state`: a node joining, a heartbeat changing a routed field, a plan response
+or push changing holdings or dropping, a node deleted or pruned, a catalogue add/remove, a
+topology, a placement). A node that stops heartbeating needs no write: its key's TTL runs out no
+earlier than the deadline, so after it the re-read no longer sees the node. A snapshot whose
+stamp moved while it was read serves that one request and is not kept.
+
+How a request learns the stamp, without a Redis read on the hot path: a *listener* task on the
+event loop subscribes to ``ctl:routing:changed`` and re-reads the stamp (one GET) after every
+announcement and every :data:`STAMP_CHECK_S` without one. A cached body is answered with no
+Redis command while the stamp it last read equals the snapshot's, that read *started* less than
+:data:`STAMP_TRUST_S` ago, and no write of this process that may move the stamp
+(``RedisState.stamp_writes``) has finished since it started. Otherwise the request reads the
+stamp itself (one async GET, as before the listener existed), and a re-read or rebuild runs in a
+worker thread. So:
+
+- in one process, a route asked after a write returned always reflects it (read your writes);
+- across replicas, a route reflects a write of another process at most :data:`STAMP_TRUST_S`
+  (1 s) after that write, whatever happens to the subscription (a lost announcement, a dead
+  connection, a stalled listener): the trusted read started before the write, and trust ends
+  1 s after it started. With the subscription up the delay is the announcement's (well under
+  a millisecond on loopback) plus one GET.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -33,14 +49,21 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 
-from controller.errors import ModelNotFoundError
+from controller.errors import ModelNotFoundError, StateUnavailableError
 from controller.planner import Planner
 from controller.routing import build_route
 from controller.state import CatalogueEntry, NodeRecord, RedisState
 from controller.topology import Topology
 
+logger = logging.getLogger(__name__)
+
 #: Encoded routes kept per snapshot (model x distinct points); the oldest used go first.
 MAX_ROUTES = 4096
+#: Seconds a stamp read by the listener is trusted without another read: the longest a
+#: replica answers from its snapshot after another process moved the stamp (module docstring).
+STAMP_TRUST_S = 1.0
+#: Seconds between the listener's reads of the stamp when no change is announced.
+STAMP_CHECK_S = 0.25
 
 Point = tuple[float, float] | None
 
@@ -68,6 +91,88 @@ class RouteCache:
         self._routes: OrderedDict[tuple[str, Point], bytes] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        # The listener's view: the stamp it last read, when that read started (monotonic) and
+        # the state's stamp_writes count before it (a later local write distrusts it).
+        self._known: tuple[str, float, int] | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    # -- the stamp listener -----------------------------------------------------------------
+    def start(self) -> None:
+        """Start the stamp listener on the running event loop (the app's lifespan)."""
+        if self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def aclose(self) -> None:
+        task, self._listener = self._listener, None
+        # Cancelled again until it ends: a cancel that lands in redis-py's read timeout can be
+        # swallowed (the task then waits for its next message forever).
+        for _ in range(50):
+            if task is None or task.done():
+                break
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        self._known = None
+
+    async def _refresh(self) -> None:
+        writes, started = self.state.stamp_writes, time.monotonic()
+        stamp = await self.state.routing_stamp_async()
+        if stamp is not None and writes == self.state.stamp_writes:
+            self._known = (stamp, started, writes)
+        else:
+            self._known = None
+
+    async def _listen(self) -> None:
+        """Subscribe to stamp announcements; re-read the stamp after each (and every
+        :data:`STAMP_CHECK_S`). While it runs, a cached route needs no Redis read."""
+        down = False
+        while True:
+            try:
+                async with self.state.routing_changes() as wait:
+                    while True:
+                        await self._refresh()  # after subscribing: no announcement missed
+                        if down:
+                            logger.info("route stamp listener: Redis is back")
+                            down = False
+                        await wait(STAMP_CHECK_S)
+            except StateUnavailableError as exc:
+                self._known = None
+                if not down:
+                    logger.warning("route stamp listener: %s", exc)
+                    down = True
+                await asyncio.sleep(STAMP_CHECK_S)
+            except Exception:  # noqa: BLE001 - routes fall back to a read per request
+                self._known = None
+                logger.exception("route stamp listener failed")
+                await asyncio.sleep(STAMP_CHECK_S)
+
+    def _trusted_stamp(self) -> str | None:
+        """The listener's stamp while it may stand for a read of this request (or None)."""
+        known = self._known
+        if (
+            known is None
+            or known[2] != self.state.stamp_writes
+            or time.monotonic() - known[1] >= STAMP_TRUST_S
+        ):
+            return None
+        return known[0]
+
+    def cached(self, model_id: str, *, area_id: str | None, point: Point) -> bytes | None:
+        """A cached body answered without any Redis read, while the listener vouches for the
+        snapshot's stamp (None: ask :meth:`route_async`)."""
+        snapshot = self._snapshot
+        if (
+            snapshot is None
+            or snapshot.stamp != self._trusted_stamp()
+            or time.monotonic() >= snapshot.deadline
+        ):
+            return None
+        key = (model_id, self._point(snapshot, area_id, point))
+        with self._lock:
+            body = self._routes.get(key) if self._snapshot is snapshot else None
+            if body is not None:
+                self._routes.move_to_end(key)
+                self.hits += 1
+        return body
 
     def _load(self, stamp: str) -> tuple[_Snapshot, bool]:
         """Read the inputs; ``(snapshot, whether it may be kept for stamp)``."""
@@ -100,8 +205,12 @@ class RouteCache:
         return snapshot, keep
 
     async def route_async(self, model_id: str, *, area_id: str | None, point: Point) -> bytes:
-        """:meth:`route` on the event loop: a cached body after one non-blocking stamp read;
+        """:meth:`route` on the event loop: a cached body without a Redis read while the
+        listener vouches for the stamp (:meth:`cached`), else after one non-blocking stamp read;
         anything else (a re-read, a rebuild, an error) in a worker thread."""
+        body = self.cached(model_id, area_id=area_id, point=point)
+        if body is not None:
+            return body
         stamp = await self.state.routing_stamp_async()
         snapshot = self._snapshot
         if (

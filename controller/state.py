@@ -23,6 +23,10 @@ key                            type    value
 ``ctl:topology``               string  JSON ``{"schema_version", "version", "topology"}``
 ``ctl:placement``              string  JSON placement record (see :meth:`RedisState.save_placement`)
 ``ctl:placement:version``      int     last placement version handed out (INCR)
+``ctl:placement:status``       hash    the stored placement's changing parts: ``version`` (of
+                                       the record they belong to), ``dispatch`` (JSON) and
+                                       ``push:{node_id}`` (JSON push status); rewritten with
+                                       the record, then one field per update
 ``ctl:plan:last``              string  JSON last planning attempt: ``at``, ``trigger``,
                                        ``outcome``, ``error``, ``signature`` (what it saw)
 ``ctl:lock:plan``              string  redis-py lock: one planner at a time across processes;
@@ -56,10 +60,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar, cast
 
@@ -90,6 +95,9 @@ PLAN_ATTEMPT_KEY = f"{PREFIX}plan:last"
 FETCHES_KEY = f"{PREFIX}fetches"
 PLANS_KEY = f"{PREFIX}plans"
 ROUTING_STAMP_KEY = f"{PREFIX}routing:stamp"
+PLACEMENT_STATUS_KEY = f"{PREFIX}placement:status"
+#: Pub/sub channel: every new routing stamp is published here (controller.route_cache listens).
+ROUTING_CHANNEL = f"{PREFIX}routing:changed"
 #: NodeRecord fields a route reads (a heartbeat changing none of them keeps routes cached).
 ROUTED_FIELDS = ("url", "position", "models", "dropping", "cache_policy")
 _SEP = "\x1f"
@@ -109,9 +117,14 @@ def demand_field(area_id: str, model_id: str) -> str:
     return f"{area_id}{_SEP}{model_id}"
 
 
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
 def _known(cls: type, doc: dict[str, Any]) -> dict[str, Any]:
     """The fields of ``doc`` that ``cls`` has (values written by a newer schema are skipped)."""
-    names = {f.name for f in fields(cls)}
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in fields(cls))
     return {k: v for k, v in doc.items() if k in names}
 
 
@@ -151,7 +164,17 @@ class NodeRecord:
 
     @classmethod
     def from_json(cls, text: str) -> NodeRecord:
-        doc = json.loads(text)
+        return cls.from_doc(json.loads(text))
+
+    @classmethod
+    def many_from_json(cls, texts: Sequence[str]) -> list[NodeRecord]:
+        """Records of many stored texts, parsed as one JSON array (one parser call)."""
+        if not texts:
+            return []
+        return [cls.from_doc(doc) for doc in json.loads("[" + ",".join(texts) + "]")]
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> NodeRecord:
         doc.pop("schema_version", None)
         doc["position"] = tuple(float(v) for v in doc.get("position", (0.0, 0.0)))
         doc["models"] = tuple(doc.get("models", ()))
@@ -300,20 +323,102 @@ return 0
 
 # Store the placement only while the plan lock still holds the planner's token (fencing: a
 # planner whose lock expired, paused or partitioned, cannot overwrite its successor's plan).
-# KEYS[1] = ctl:lock:plan; KEYS[2] = ctl:placement; KEYS[3] = ctl:routing:stamp
-# ARGV[1] = the lock token; ARGV[2] = the placement JSON; ARGV[3] = a new routing stamp
+# KEYS[1] = ctl:lock:plan; KEYS[2] = ctl:placement; KEYS[3] = ctl:routing:stamp;
+# KEYS[4] = ctl:placement:status
+# ARGV[1] = the lock token; ARGV[2] = the placement JSON; ARGV[3] = a new routing stamp;
+# ARGV[4] = the channel announcing it; ARGV[5..] = the status hash's field, value pairs
 _FENCED_PLACEMENT_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[4])
+for i = 5, #ARGV, 2 do
+  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+end
 redis.call('SET', KEYS[3], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return 1
+"""
+
+
+# Store one heartbeat, in one round trip.
+# KEYS[1] = ctl:node:{id}; KEYS[2] = ctl:nodes; KEYS[3] = ctl:routing:stamp
+# ARGV[1] = node id; ARGV[2] = the record's JSON object without "registered_at" and "dropping";
+# ARGV[3] = registered_at for a new node (a float's repr); ARGV[4] = TTL (ms); ARGV[5] = a new
+# routing stamp, written (and published on ARGV[6]) when the node is new or a field a route
+# reads (ROUTED_FIELDS) changed.
+# The old record's registered_at and dropping are carried over (dropping only while the report
+# still names one of its models). The body is stored as given plus those two fields (no Lua
+# number re-encoding: a kept registered_at is written with 17 significant digits, exact).
+# Returns 1 when the node was not live before.
+_HEARTBEAT_LUA = """
+local function same(a, b)
+  if a == nil then a = cjson.null end
+  if b == nil then b = cjson.null end
+  if type(a) ~= 'table' or type(b) ~= 'table' then return a == b end
+  if #a ~= #b then return false end
+  for i = 1, #a do
+    if a[i] ~= b[i] then return false end
+  end
+  return true
+end
+local old = redis.call('GET', KEYS[1])
+local new = cjson.decode(ARGV[2])
+local registered = ARGV[3]
+local dropping = '[]'
+local changed = true
+if old then
+  local prev = cjson.decode(old)
+  if type(prev.registered_at) == 'number' then
+    registered = string.format('%.17g', prev.registered_at)
+  end
+  local was = prev.dropping
+  local kept = false
+  if type(was) == 'table' and #was > 0 then
+    local reported = {}
+    for _, m in ipairs(new.models) do reported[m] = true end
+    for _, m in ipairs(was) do
+      if reported[m] then kept = true end
+    end
+    if kept then dropping = cjson.encode(was) end
+  end
+  local dropping_same = kept or type(was) ~= 'table' or #was == 0
+  changed = not (dropping_same and same(prev.url, new.url)
+    and same(prev.position, new.position) and same(prev.models, new.models)
+    and same(prev.cache_policy, new.cache_policy))
+end
+local body = string.sub(ARGV[2], 1, -2) .. ', "dropping": ' .. dropping
+  .. ', "registered_at": ' .. registered .. '}'
+redis.call('SET', KEYS[1], body, 'PX', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[1])
+if changed then
+  redis.call('SET', KEYS[3], ARGV[5])
+  redis.call('PUBLISH', ARGV[6], ARGV[5])
+end
+if old then return 0 end
+return 1
+"""
+
+
+# Set one field of ctl:placement:status if it still belongs to the given placement version.
+# KEYS[1] = ctl:placement:status; ARGV[1] = version; ARGV[2] = field; ARGV[3] = JSON value.
+_STATUS_LUA = """
+if redis.call('HGET', KEYS[1], 'version') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 """
 
 
 def _new_stamp() -> str:
     return uuid.uuid4().hex
+
+
+def _restamp(pipe: Any) -> None:
+    """Queue a new ``ctl:routing:stamp`` and its announcement on ``ctl:routing:changed``."""
+    stamp = _new_stamp()
+    pipe.set(ROUTING_STAMP_KEY, stamp)
+    pipe.publish(ROUTING_CHANNEL, stamp)
 
 
 def decayed(count: float, at_s: float, now_s: float, half_life_s: float) -> float:
@@ -352,6 +457,11 @@ class RedisState:
         self._lease_script = self.client.register_script(_LEASE_LUA)
         self._release_script = self.client.register_script(_RELEASE_LUA)
         self._fenced_placement_script = self.client.register_script(_FENCED_PLACEMENT_LUA)
+        self._heartbeat_script = self.client.register_script(_HEARTBEAT_LUA)
+        self._status_script = self.client.register_script(_STATUS_LUA)
+        #: Writes of this process that may have moved the routing stamp (see _stamping).
+        self.stamp_writes = 0
+        self._stamp_lock = threading.Lock()
 
     def close(self) -> None:
         self.client.close()
@@ -360,6 +470,17 @@ class RedisState:
         if self._aclient is not None:
             await self._aclient.aclose()
             self._aclient = None
+
+    @contextmanager
+    def _stamping(self) -> Iterator[None]:
+        """Around a write that may rewrite the routing stamp: :attr:`stamp_writes` moves once
+        it returned (or failed), so this process's own route cache never trusts a stamp it
+        read before the write (:mod:`controller.route_cache`)."""
+        try:
+            yield
+        finally:
+            with self._stamp_lock:
+                self.stamp_writes += 1
 
     def _call(self, fn: Callable[[], T]) -> T:
         with _redis_errors():
@@ -379,29 +500,29 @@ class RedisState:
         """Store a heartbeat; returns True when the node was not live before (membership change).
 
         Keeps ``registered_at`` of a live node, and its ``dropping`` list while the report still
-        names one of those models (a heartbeat sent before the node applied its plan).
+        names one of those models (a heartbeat sent before the node applied its plan). One round
+        trip (the :data:`_HEARTBEAT_LUA` script): the key's TTL is set by Redis as it stores the
+        record, exactly as a ``SET ... PX`` would.
         """
         ttl_ms = max(1, int(ttl_s * 1000))
-        key = node_key(record.node_id)
-
-        def txn(pipe: Any) -> bool:
-            text = pipe.get(key)
-            doc = json.loads(record.to_json())
-            old: dict[str, Any] = {}
-            if text:
-                old = json.loads(text)
-                doc["registered_at"] = old.get("registered_at", record.registered_at)
-                dropping = old.get("dropping", [])
-                if set(dropping) & set(record.models):
-                    doc["dropping"] = dropping
-            pipe.multi()
-            pipe.set(key, json.dumps(doc, sort_keys=True), px=ttl_ms)
-            pipe.sadd(NODES_KEY, record.node_id)
-            if text is None or any(old.get(f) != doc[f] for f in ROUTED_FIELDS):
-                pipe.set(ROUTING_STAMP_KEY, _new_stamp())
-            return text is None
-
-        return bool(self._transact(txn, key))
+        doc = json.loads(record.to_json())
+        registered_at = doc.pop("registered_at")
+        doc.pop("dropping")  # the script writes both: from the old record, or these defaults
+        with self._stamping():
+            new = self._call(
+                lambda: self._heartbeat_script(
+                    keys=[node_key(record.node_id), NODES_KEY, ROUTING_STAMP_KEY],
+                    args=[
+                        record.node_id,
+                        json.dumps(doc, sort_keys=True),
+                        repr(float(registered_at)),
+                        ttl_ms,
+                        _new_stamp(),
+                        ROUTING_CHANNEL,
+                    ],
+                )
+            )
+        return bool(int(new))
 
     def get_node(self, node_id: str) -> NodeRecord | None:
         text = self._call(lambda: self.client.get(node_key(node_id)))
@@ -435,7 +556,7 @@ class RedisState:
                 self._prune_nodes(dead)
             live_ttls = [int(ms) for t, ms in zip(texts, ttls, strict=False) if t and ms >= 0]
             first = min(live_ttls) / 1000.0 if live_ttls else None
-            return [NodeRecord.from_json(t) for t in texts if t is not None], first
+            return NodeRecord.many_from_json([t for t in texts if t is not None]), first
 
         return self._call(run)
 
@@ -444,7 +565,8 @@ class RedisState:
             keys=[NODES_KEY, *(node_key(n) for n in node_ids)], args=list(node_ids)
         )
         if int(removed):
-            self.client.set(ROUTING_STAMP_KEY, _new_stamp())
+            with self._stamping():
+                _restamp(self.client)
 
     def update_node_models(
         self,
@@ -468,21 +590,23 @@ class RedisState:
                 doc["dropping"] = list(dropping)
             pipe.multi()
             pipe.set(node_key(node_id), json.dumps(doc, sort_keys=True), keepttl=True)
-            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            _restamp(pipe)
             return True
 
-        return bool(self._transact(txn, node_key(node_id)))
+        with self._stamping():
+            return bool(self._transact(txn, node_key(node_id)))
 
     def delete_node(self, node_id: str) -> bool:
         def run() -> bool:
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(node_key(node_id))
             pipe.srem(NODES_KEY, node_id)
-            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
-            deleted, _, _ = pipe.execute()
+            _restamp(pipe)
+            deleted, *_ = pipe.execute()
             return bool(deleted)
 
-        return self._call(run)
+        with self._stamping():
+            return self._call(run)
 
     # -- catalogue ------------------------------------------------------------------------
     def put_model(self, entry: CatalogueEntry) -> None:
@@ -493,10 +617,11 @@ class RedisState:
             pipe.srem(DELETED_MODELS_KEY, entry.model_id)
             pipe.set(CATALOGUE_EPOCH_KEY, uuid.uuid4().hex, nx=True)
             pipe.incr(CATALOGUE_VERSION_KEY)
-            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            _restamp(pipe)
             pipe.execute()
 
-        self._call(run)
+        with self._stamping():
+            self._call(run)
 
     def get_model(self, model_id: str) -> CatalogueEntry | None:
         text = self._call(lambda: self.client.get(model_key(model_id)))
@@ -521,11 +646,12 @@ class RedisState:
             pipe.srem(MODELS_KEY, model_id)
             pipe.sadd(DELETED_MODELS_KEY, model_id)
             pipe.incr(CATALOGUE_VERSION_KEY)
-            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            _restamp(pipe)
             deleted, *_ = pipe.execute()
             return bool(deleted)
 
-        return self._call(run)
+        with self._stamping():
+            return self._call(run)
 
     def model_ids(self) -> tuple[set[str], set[str]]:
         """``(catalogue model ids, deleted model ids)``."""
@@ -563,6 +689,11 @@ class RedisState:
 
     async def routing_stamp_async(self) -> str | None:
         """:meth:`routing_stamp` without blocking the event loop (None: no stamp yet)."""
+        with _redis_errors():
+            stamp = await self._async_client().get(ROUTING_STAMP_KEY)
+        return None if stamp is None else str(stamp)
+
+    def _async_client(self) -> redis.asyncio.Redis:
         if self._aclient is None:
             self._aclient = redis.asyncio.Redis.from_url(
                 self.url,
@@ -571,9 +702,37 @@ class RedisState:
                 socket_connect_timeout=self._timeout_s,
                 retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
             )
-        with _redis_errors():
-            stamp = await self._aclient.get(ROUTING_STAMP_KEY)
-        return None if stamp is None else str(stamp)
+        return self._aclient
+
+    @asynccontextmanager
+    async def routing_changes(self) -> AsyncIterator[Callable[[float], Awaitable[bool]]]:
+        """Subscribed to ``ctl:routing:changed`` (on the event loop): yields ``wait(timeout_s)``,
+        True once at least one new stamp was announced (the backlog is drained), False after
+        ``timeout_s`` without one.
+
+        Raises:
+            StateUnavailableError: Redis is down or the subscription broke.
+        """
+        pubsub = self._async_client().pubsub(ignore_subscribe_messages=True)
+
+        async def wait(timeout_s: float) -> bool:
+            with _redis_errors():
+                got = await pubsub.get_message(timeout=timeout_s)
+                if got is None:
+                    return False
+                while await pubsub.get_message(timeout=0.0) is not None:
+                    pass
+                return True
+
+        try:
+            with _redis_errors():
+                await pubsub.subscribe(ROUTING_CHANNEL)
+            yield wait
+        finally:
+            try:
+                await pubsub.aclose()
+            except (redis.RedisError, OSError):
+                pass
 
     def catalogue_version(self) -> int:
         value = self._call(lambda: self.client.get(CATALOGUE_VERSION_KEY))
@@ -678,18 +837,49 @@ class RedisState:
             doc = {"schema_version": SCHEMA_VERSION, "version": version, "topology": topology}
             pipe.multi()
             pipe.set(TOPOLOGY_KEY, json.dumps(doc, sort_keys=True))
-            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            _restamp(pipe)
             return version
 
-        return int(self._transact(txn, TOPOLOGY_KEY))
+        with self._stamping():
+            return int(self._transact(txn, TOPOLOGY_KEY))
 
     # -- placement ------------------------------------------------------------------------
     def get_placement(self) -> dict[str, Any] | None:
-        text = self._call(lambda: self.client.get(PLACEMENT_KEY))
+        """The stored placement record, its ``push`` and ``dispatch`` from
+        ``ctl:placement:status`` (one round trip)."""
+
+        def run() -> tuple[str | None, dict[str, str]]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(PLACEMENT_KEY)
+            pipe.hgetall(PLACEMENT_STATUS_KEY)
+            text, status = pipe.execute()
+            return text, status
+
+        text, status = self._call(run)
         if not text:
             return None
-        doc: dict[str, Any] = json.loads(cast(str, text))
+        doc: dict[str, Any] = json.loads(text)
+        if status.get("version") != str(doc.get("version")):
+            return doc  # stored before the status hash existed: push/dispatch are inside
+        push = doc.setdefault("push", {})
+        for name, value in status.items():
+            if name.startswith("push:"):
+                push[name[5:]] = json.loads(value)
+        if "dispatch" in status:
+            doc["dispatch"] = json.loads(status["dispatch"])
         return doc
+
+    def placement_version(self) -> int | None:
+        """The stored placement's version (one small read; None: no placement)."""
+
+        def run() -> int | None:
+            value = self.client.hget(PLACEMENT_STATUS_KEY, "version")
+            if value is not None:
+                return int(value)
+            text = self.client.get(PLACEMENT_KEY)
+            return int(json.loads(text).get("version", 0)) if text else None
+
+        return self._call(run)
 
     def next_placement_version(self, floor: int = 0) -> int:
         """A fresh version number above ``floor`` and above every version handed out before
@@ -711,56 +901,59 @@ class RedisState:
         return self._call(run)
 
     def save_placement(self, record: Mapping[str, Any], *, fence: PlanLock | None = None) -> bool:
-        """Store the placement record (``version``, ``solver``, ``servers``, ``push``, ...).
+        """Store the placement record (``version``, ``solver``, ``servers``, ``push``, ...);
+        its ``push`` map and ``dispatch`` go to ``ctl:placement:status``, where each push's
+        outcome is then written alone (:meth:`update_push_status`).
 
         With ``fence``, only while that plan lock is still held (one atomic script): returns
         False, storing nothing, once the lock expired or another planner took it."""
-        doc = {**record, "schema_version": SCHEMA_VERSION}
+        doc = {k: v for k, v in record.items() if k not in ("push", "dispatch")}
+        doc["schema_version"] = SCHEMA_VERSION
+        status: dict[str, str] = {"version": str(record.get("version"))}
+        if "dispatch" in record:
+            status["dispatch"] = json.dumps(record["dispatch"], sort_keys=True)
+        if "push" in record:
+            doc["push"] = {}  # the record names its pushes; their states are in the hash
+            for node_id, push in record["push"].items():
+                status[f"push:{node_id}"] = json.dumps(push, sort_keys=True)
         text = json.dumps(doc, sort_keys=True)
 
         def run() -> bool:
             if fence is not None:
-                keys = [PLAN_LOCK_KEY, PLACEMENT_KEY, ROUTING_STAMP_KEY]
-                args: list[bytes | str] = [fence.token, text, _new_stamp()]
+                keys = [PLAN_LOCK_KEY, PLACEMENT_KEY, ROUTING_STAMP_KEY, PLACEMENT_STATUS_KEY]
+                args: list[bytes | str] = [fence.token, text, _new_stamp(), ROUTING_CHANNEL]
+                for name, value in status.items():
+                    args += [name, value]
                 return bool(self._fenced_placement_script(keys=keys, args=args))
             pipe = self.client.pipeline(transaction=True)
             pipe.set(PLACEMENT_KEY, text)
-            pipe.set(ROUTING_STAMP_KEY, _new_stamp())
+            pipe.delete(PLACEMENT_STATUS_KEY)
+            pipe.hset(PLACEMENT_STATUS_KEY, mapping=cast(Any, status))
+            _restamp(pipe)
             pipe.execute()
             return True
 
-        return self._call(run)
+        with self._stamping():
+            return self._call(run)
 
     def update_push_status(self, version: int, node_id: str, status: Mapping[str, Any]) -> bool:
-        """Set ``push[node_id]`` of the stored placement if it is still ``version``."""
-        return self._update_placement(
-            version, lambda doc: doc.setdefault("push", {}).update({node_id: dict(status)})
-        )
+        """Set ``push[node_id]`` of the stored placement if it is still ``version`` (one script
+        call writing one hash field, whatever the size of the placement)."""
+        return self._set_status(version, f"push:{node_id}", status)
 
     def update_dispatch(self, version: int, dispatch: Mapping[str, Any]) -> bool:
         """Set ``dispatch`` (the push round's state) of the stored placement if it is still
         ``version``."""
-        return self._update_placement(version, lambda doc: doc.update(dispatch=dict(dispatch)))
+        return self._set_status(version, "dispatch", dispatch)
 
-    def _update_placement(self, version: int, change: Callable[[dict[str, Any]], None]) -> bool:
-        """Apply ``change`` to the stored placement document if it is still ``version``
-        (a WATCH transaction: concurrent updates of different fields never lose each other)."""
-
-        def txn(pipe: Any) -> bool:
-            text = pipe.get(PLACEMENT_KEY)
-            if text is None:
-                pipe.multi()
-                return False
-            doc = json.loads(text)
-            if doc.get("version") != version:
-                pipe.multi()
-                return False
-            change(doc)
-            pipe.multi()
-            pipe.set(PLACEMENT_KEY, json.dumps(doc, sort_keys=True))
-            return True
-
-        return bool(self._transact(txn, PLACEMENT_KEY))
+    def _set_status(self, version: int, name: str, value: Mapping[str, Any]) -> bool:
+        text = json.dumps(dict(value), sort_keys=True)
+        done = self._call(
+            lambda: self._status_script(
+                keys=[PLACEMENT_STATUS_KEY], args=[str(version), name, text]
+            )
+        )
+        return bool(int(done))
 
     def save_plan_attempt(self, attempt: Mapping[str, Any]) -> None:
         doc = {**attempt, "schema_version": SCHEMA_VERSION}

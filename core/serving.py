@@ -2,7 +2,8 @@
 
 uvicorn bounds only the idle wait between two requests of a kept-alive connection, so a client
 that connects and sends half a request head holds the connection (and its memory) forever.
-:class:`GuardedH11Protocol` adds the missing bound, as nginx's ``client_header_timeout`` does:
+:class:`GuardedH11Protocol` and :class:`GuardedHttpToolsProtocol` add the missing bound, as
+nginx's ``client_header_timeout`` does:
 
 - a request head (request line and headers) must arrive whole within ``header_timeout_s`` of
   its first byte (or of the connection opening); otherwise the server answers 408
@@ -12,6 +13,11 @@ that connects and sends half a request head holds the connection (and its memory
 
 :func:`run` (the services' entry points) and :func:`config` (tests' in-thread servers) apply
 both, so every server of the project has the same connection policy.
+
+Two HTTP stacks, one policy: ``http="h11"`` (pure Python, the default, on asyncio's selector
+loop: the edge node's direct path writes on that loop's transports, ``edge_node.direct``) and
+``http="httptools"`` (the C parser; with ``loop="uvloop"``, the controller's: a cached route
+answer is a few microseconds of work, so the parser and the loop were most of its cost).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 #: Seconds a server keeps an idle keep-alive connection open (uvicorn's own default is 5 s).
 #: HTTP client pools (httpx, huggingface_hub's 8 download threads) reuse idle connections; a server
@@ -90,20 +97,83 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def protocol(header_timeout_s: float = HEADER_TIMEOUT_S) -> type[GuardedH11Protocol]:
-    """The protocol class with ``header_timeout_s`` (a subclass when it is not the default)."""
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the same deadline for each request head: armed when
+    the connection opens and when a request's first byte is parsed, disarmed when its headers
+    are complete."""
+
+    header_timeout_s: float = HEADER_TIMEOUT_S
+
+    def connection_made(self, transport: Any) -> None:
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_open = True  # the connection's first request head is awaited
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True
+        if self._head_timer is None:
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._disarm()  # the head is complete: the body's timeouts are RequestGuard's
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._head_open:
+            self._disarm()  # idle again: the keep-alive timeout governs the wait
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._head_open or self.transport.is_closing():
+            return
+        self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+_PROTOCOLS: dict[str, type[GuardedH11Protocol] | type[GuardedHttpToolsProtocol]] = {
+    "h11": GuardedH11Protocol,
+    "httptools": GuardedHttpToolsProtocol,
+}
+
+
+def protocol(
+    header_timeout_s: float = HEADER_TIMEOUT_S, *, http: str = "h11"
+) -> type[GuardedH11Protocol] | type[GuardedHttpToolsProtocol]:
+    """The protocol class of ``http`` (``h11`` or ``httptools``) with ``header_timeout_s`` (a
+    subclass when it is not the default)."""
+    base = _PROTOCOLS[http]
     if header_timeout_s == HEADER_TIMEOUT_S:
-        return GuardedH11Protocol
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"header_timeout_s": header_timeout_s})
+        return base
+    return type(base.__name__, (base,), {"header_timeout_s": header_timeout_s})
 
 
 def config(
-    app: Any, *, header_timeout_s: float = HEADER_TIMEOUT_S, **kwargs: Any
+    app: Any, *, header_timeout_s: float = HEADER_TIMEOUT_S, http: str = "h11", **kwargs: Any
 ) -> uvicorn.Config:
-    """A ``uvicorn.Config`` for ``app`` with the project's connection policy."""
+    """A ``uvicorn.Config`` for ``app`` with the project's connection policy (``http``: which
+    parser, module docstring; ``loop`` and the rest go to uvicorn)."""
     kwargs.setdefault("timeout_keep_alive", KEEP_ALIVE_S)
     kwargs.setdefault("log_level", "warning")
-    return uvicorn.Config(app, http=protocol(header_timeout_s), **kwargs)
+    # Never uvicorn's "auto" (uvloop whenever it is installed): the edge needs asyncio's loop.
+    kwargs.setdefault("loop", "asyncio")
+    return uvicorn.Config(app, http=protocol(header_timeout_s, http=http), **kwargs)
 
 
 def run(app: Any, *, host: str, port: int, **kwargs: Any) -> None:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from controller.app import create_app
 from controller.demand import request_probabilities, zipf_prior
-from controller.planner import _next_node
+from controller.holdings import Holdings
 from controller.topology import Topology, default_topology, delivery_ms, reachable_sets
 from tests.controller.conftest import (
     AUTH,
@@ -23,6 +23,12 @@ from tests.controller.conftest import (
 from tests.helpers import plan_and_wait
 
 ORIGIN_AUTH = {"Authorization": f"Bearer {ORIGIN_TOKEN}"}
+
+
+def _next_node(
+    pending: list[str], targets: dict[str, frozenset[str]], held: dict[str, frozenset[str]]
+) -> str | None:
+    return Holdings(targets, held).next_node(pending)
 
 
 def test_next_node_keeps_last_copies_until_peers_fetched_them() -> None:
@@ -39,6 +45,32 @@ def test_next_node_keeps_last_copies_until_peers_fetched_them() -> None:
     assert _next_node(["a", "b"], cyc_targets, cyc_held) is None
     # A node placed to hold x that is not pending any more (its push failed) still protects x.
     assert _next_node(["a"], targets, held) is None
+
+
+def test_holdings_indexes_follow_each_confirmed_change() -> None:
+    """The inverted indexes answer what a walk over every node would, after any change."""
+    import random
+
+    rng = random.Random(7)
+    blocks = [f"b{i}" for i in range(12)]
+    nodes = [f"n{i}" for i in range(6)]
+    targets = {n: frozenset(rng.sample(blocks, 4)) for n in nodes}
+    held = {n: frozenset(rng.sample(blocks, rng.randrange(5))) for n in nodes}
+    holdings = Holdings(targets, held)
+    for step in range(60):
+        node = rng.choice(nodes)
+        held[node] = frozenset(rng.sample(blocks, rng.randrange(6)))
+        holdings.set_held(node, held[node])
+        for b in blocks:
+            assert holdings.holders(b) == {n for n in nodes if b in held[n]}, step
+            assert holdings.lacking(b) == {n for n in nodes if b in targets[n] - held[n]}
+        for n in nodes:
+            anywhere = frozenset().union(*held.values())
+            assert holdings.unheld(n) == targets[n] - anywhere
+            evicts = held[n] - targets[n]
+            wanted = {b for b in evicts for m in nodes if m != n and b in targets[m] - held[m]}
+            only = {b for b in wanted if not any(b in held[m] for m in nodes if m != n)}
+            assert holdings.last_copies(n) == only
 
 
 def test_request_probabilities() -> None:

@@ -14,12 +14,12 @@ import httpx
 import pytest
 import redis
 
-from controller.app import create_app
-from controller.route_cache import RouteCache
+from controller.app import SERVER, create_app
+from controller.route_cache import STAMP_TRUST_S, RouteCache
 from controller.state import node_key
 from core.waiting import wait_until
 from tests.controller.conftest import AUTH, MINI_MODELS, controller_settings
-from tests.helpers import live_server
+from tests.helpers import serve
 
 TOPOLOGY = {"areas": {"near-1": {"x_m": 5, "y_m": 0}, "near-2": {"x_m": 395, "y_m": 0}}}
 
@@ -58,7 +58,7 @@ def make_controller(redis_url: str, mini_origin: str) -> Iterator[Any]:
 
     def make(**extra: Any) -> Controller:
         app = create_app(controller_settings(redis_url, mini_origin, **extra))
-        ctx = live_server(app)
+        ctx = serve(lambda _url: app, **SERVER)  # httptools on uvloop, as `python -m controller`
         url = ctx.__enter__()
         servers.append(ctx)
         return Controller(app, url)
@@ -121,7 +121,11 @@ def test_a_node_that_stops_heartbeating_leaves_the_route(
     # edge-2's last heartbeat goes to a replica with a 1 s expiry; then it stops.
     short = make_controller(heartbeat_expiry_s=1.0)
     short.heartbeat("edge-2", position=[400, 0], models=["tiny-a"])
-    assert ctl.sources("tiny-a", area_id="near-2") == ["edge-2", "edge-1", None]
+    # Another replica's write reaches this one's routes within STAMP_TRUST_S (announced).
+    wait_until(
+        lambda: ctl.sources("tiny-a", area_id="near-2") == ["edge-2", "edge-1", None],
+        what="the other replica's heartbeat reaches the routes",
+    )
     assert ctl.sources("tiny-a", area_id="near-2") == ["edge-2", "edge-1", None]  # cached
     client = redis.Redis.from_url(redis_url)
     try:
@@ -165,3 +169,80 @@ def test_a_thousand_registrations_are_listed_and_a_stopped_one_expires(
     listed = [n["node_id"] for n in ctl.http.get("/v1/status").json()["nodes"]]
     assert listed == [n for n in ids if n != "edge-0007"]
     assert len(ctl.http.get("/v1/nodes").json()["nodes"]) == 999
+
+
+def test_cached_routes_need_no_redis_command_and_follow_other_replicas(
+    make_controller: Any, ctl: Controller, redis_url: str
+) -> None:
+    ctl.heartbeat("edge-1", position=[0, 0], models=["tiny-a"])
+    first = ctl.route("tiny-a", area_id="near-1").content
+    client = redis.Redis.from_url(redis_url)
+
+    def gets() -> int:
+        return int(client.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+    try:
+        wait_until(lambda: ctl.cache.cached("tiny-a", area_id="near-1", point=None) is not None)
+        before = gets()
+        for _ in range(200):
+            assert ctl.route("tiny-a", area_id="near-1").content == first
+        # Only the listener's own reads (one per STAMP_CHECK_S), not one GET per request.
+        assert gets() - before < 50
+        # Another replica's write: this one follows (announced on ctl:routing:changed).
+        other = make_controller()
+        other.heartbeat("edge-1", position=[0, 0], models=[])
+        wait_until(
+            lambda: ctl.sources("tiny-a", area_id="near-1") == [None],
+            what="the other replica's heartbeat reaches the routes",
+        )
+        # A write through this replica is seen by the very next request (read your writes).
+        ctl.heartbeat("edge-1", position=[0, 0], models=["tiny-a"])
+        assert ctl.sources("tiny-a", area_id="near-1") == ["edge-1", None]
+        # With no listener (a lost subscription), the trust in its last read runs out after
+        # STAMP_TRUST_S and requests read the stamp themselves: another replica's write is
+        # still followed.
+        task = ctl.cache._listener
+        assert task is not None
+
+        def cancelled() -> bool:
+            task.get_loop().call_soon_threadsafe(task.cancel)
+            return task.done()
+
+        wait_until(cancelled)
+        other.heartbeat("edge-1", position=[0, 0], models=[])
+        wait_until(
+            lambda: ctl.sources("tiny-a", area_id="near-1") == [None],
+            what="routes follow without the listener",
+        )
+        assert ctl.cache.cached("tiny-a", area_id="near-1", point=None) is None
+        assert STAMP_TRUST_S <= 1.0  # the documented bound (docs/api.md)
+    finally:
+        client.close()
+
+
+def test_the_fast_path_answers_what_fastapi_would(ctl: Controller) -> None:
+    """Cached answers come from controller.api.fast_routes before FastAPI; the same request
+    made unusual (so FastAPI answers it) gives the same body, and bad input still gets
+    FastAPI's errors."""
+    ctl.heartbeat("edge-1", position=[0, 0], models=["tiny-a"])
+    ctl.heartbeat("edge-2", position=[400, 0], models=["tiny-a"])
+    slow = ctl.route("tiny-a", x_m=5, y_m=0)  # a miss: FastAPI's route builds it
+    wait_until(lambda: ctl.cache.cached("tiny-a", area_id=None, point=(5.0, 0.0)) is not None)
+    requests = ctl.app.state.metrics.requests.labels(route="/v1/routes/{model_id}", status="200")
+    before = requests._value.get()
+    fast = ctl.route("tiny-a", x_m=5, y_m=0)
+    assert requests._value.get() == before + 1  # counted as the route's
+    assert fast.content == slow.content
+    assert fast.headers["content-type"] == slow.headers["content-type"] == "application/json"
+    assert fast.headers["content-length"] == slow.headers["content-length"]
+    # The area at that point, and a number FastAPI must parse (5.0e0): the same route.
+    assert ctl.route("tiny-a", area_id="near-1").content == slow.content
+    assert ctl.http.get("/v1/routes/tiny-a?x_m=5.0e0&y_m=-0").content == slow.content
+    assert ctl.http.get("/v1/routes/tiny-a?x_m=+5&y_m=0&other=1").content == slow.content
+    # Bad input is FastAPI's to refuse, cached or not.
+    assert ctl.route("tiny-a", x_m=5).status_code == 400
+    assert ctl.route("tiny-a", x_m="inf", y_m=0).status_code == 422
+    assert ctl.route("tiny-a", x_m=5, y_m=1e9).status_code == 422
+    assert ctl.route("tiny-a", area_id="a" * 201).status_code == 422
+    assert ctl.http.get("/v1/routes/tiny-a?area_id=near-1&area_id=near-2").status_code == 200
+    assert ctl.route("nope", x_m=5, y_m=0).status_code == 404

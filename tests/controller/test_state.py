@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -80,6 +81,72 @@ def test_nodes_expire_and_drop_out(state: RedisState) -> None:
     assert 0 < state.client.pttl(node_key("edge-2")) <= ttl_before
     assert state.update_node_models("edge-1", ["m1"]) is False  # expired: not resurrected
     assert state.get_node("edge-1") is None
+
+
+def _command_calls(state: RedisState) -> dict[str, int]:
+    stats = state.client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def test_a_heartbeat_is_one_command_and_keeps_what_it_must(state: RedisState) -> None:
+    assert state.put_node(node("edge-1", models=("m1",), registered_at=5.25), ttl_s=30) is True
+    state.update_node_models("edge-1", dropping=["m1"])
+    stamp = state.routing_stamp()
+    before = _command_calls(state)
+    later = node("edge-1", models=("m1", "m2"), registered_at=99.0, last_seen=99.0)
+    assert state.put_node(later, ttl_s=30) is False
+    after = _command_calls(state)
+    # One round trip: the script (after its first load); what it runs inside Redis counts too,
+    # but no transaction (WATCH/MULTI/EXEC) and no second client command.
+    delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert delta.pop("evalsha") == 1 and delta.pop("info") == 1
+    assert set(delta) <= {"get", "set", "sadd", "publish"}
+    got = state.get_node("edge-1")
+    assert got is not None and got.registered_at == 5.25 and got.last_seen == 99.0
+    assert got.dropping == ("m1",)  # the report still names m1: the plan is not applied yet
+    assert state.routing_stamp() != stamp  # models changed: routes re-read
+    # The report no longer names m1: dropping ends; an unchanged report keeps the stamp.
+    state.put_node(node("edge-1", models=("m2",), last_seen=100.0), ttl_s=30)
+    got = state.get_node("edge-1")
+    assert got is not None and got.dropping == () and got.registered_at == 5.25
+    stamp = state.routing_stamp()
+    state.put_node(node("edge-1", models=("m2",), last_seen=101.0), ttl_s=30)
+    assert state.routing_stamp() == stamp
+    # Values the Lua side must not round: a large capacity, exact floats, unicode.
+    exact = NodeRecord(
+        node_id="edge-2",
+        url="http://edge-2:1/é",
+        capacity_bytes=2**53 - 1,
+        position=(0.1 + 0.2, -1e-7),
+        registered_at=1764872124.123456789,
+    )
+    state.put_node(exact, ttl_s=30)
+    state.put_node(exact, ttl_s=30)
+    assert state.get_node("edge-2") == exact
+
+
+def test_a_heartbeat_sets_the_exact_expiry(state: RedisState) -> None:
+    """A node that stops heartbeating expires one expiry after its last heartbeat; one that
+    keeps heartbeating never does."""
+    ttl_s = 1.0
+    beat_started = time.monotonic()  # the stored key's expiry counts from after this
+    state.put_node(node("stops"), ttl_s=ttl_s)
+    state.put_node(node("keeps"), ttl_s=ttl_s)
+    assert 900 < state.client.pttl(node_key("stops")) <= 1000  # the full expiry
+    gone_at = None
+    while time.monotonic() - beat_started < 2 * ttl_s:
+        time.sleep(0.1)
+        state.put_node(node("keeps"), ttl_s=ttl_s)
+        asked = time.monotonic()
+        alive = {n.node_id for n in state.live_nodes()}
+        assert "keeps" in alive
+        if asked - beat_started < ttl_s - 0.1:
+            assert "stops" in alive  # before its expiry: still live
+        if "stops" not in alive and gone_at is None:
+            gone_at = time.monotonic() - beat_started
+    assert gone_at is not None and gone_at >= ttl_s  # gone, and not before its expiry
+    assert [n.node_id for n in state.live_nodes()] == ["keeps"]
+    assert 0 < state.client.pttl(node_key("keeps")) <= 1000
 
 
 def test_demand_decays_with_half_life(state: RedisState) -> None:

@@ -1,8 +1,8 @@
 """Connection policy of every service (core.serving): request-head deadline, long keep-alive.
 
-Real uvicorn on an OS-assigned port, raw sockets: a half-sent request head is answered 408 and
-closed; a complete request arriving slowly (within the deadline) and a kept-alive connection
-idle for longer than the head deadline are still served.
+Real uvicorn (both HTTP stacks) on an OS-assigned port, raw sockets: a half-sent request head is
+answered 408 and closed; a complete request arriving slowly (within the deadline) and a
+kept-alive connection idle for longer than the head deadline are still served.
 """
 
 from __future__ import annotations
@@ -27,10 +27,16 @@ async def _hello(_request: Request) -> PlainTextResponse:
     return PlainTextResponse("hello")
 
 
-@pytest.fixture(scope="module")
-def address() -> Iterator[tuple[str, int]]:
+# Both HTTP stacks of core.serving: h11 on asyncio (the default) and httptools on uvloop (the
+# controller's).
+@pytest.fixture(
+    scope="module",
+    params=[{"http": "h11"}, {"http": "httptools", "loop": "uvloop"}],
+    ids=["h11", "httptools"],
+)
+def address(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
     app = Starlette(routes=[Route("/", _hello)])
-    with serve(lambda _url: app, header_timeout_s=HEAD_TIMEOUT_S) as url:
+    with serve(lambda _url: app, header_timeout_s=HEAD_TIMEOUT_S, **request.param) as url:
         parts = urlsplit(url)
         assert parts.hostname and parts.port
         yield parts.hostname, parts.port
