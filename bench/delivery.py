@@ -1,0 +1,284 @@
+"""Delay of model delivery on the testbed vs K users: ``python -m bench.delivery --ks 1,2,4,8,16``.
+
+Issue 17's must-show bench. For each mode it starts one process testbed (test zoo, one edge
+emulating the default one-edge world of :func:`bench.broadcast.world_file`: the delay model's
+20 MHz downlink, backhaul unshaped; ``testbed up --world FILE --objective delay --solver S
+--broadcast-window-s W``), waits for the controller's first placement, then for each K
+releases K SDK client processes in ``area-1`` together (:func:`bench.broadcast.start_clients`),
+each fetching a model drawn from the zoo's popularity (the controller's Zipf prior for
+``area-1``, :func:`testbed.experiment.popularity`; seeded by K, so every mode gets the same
+requests). Per (mode, K) it reports the clients' mean and p95 fetch seconds, the edge's
+airtime, the origin's bytes during the fetches, and beside them the simulator's prediction
+for the same world, placement and requests (``evaluate_delay`` on
+:func:`testbed.world.world_problem`):
+
+- ``coarse``: the ``coarse`` delay solver (whole models), unicast (W = 0); simulated with
+  ``granularity="model"``, ``delivery="unicast"``;
+- ``fine-unicast``: the ``fine-unicast`` solver, unicast (W = 0); block granularity, unicast;
+- ``fine+broadcast``: the ``delay-greedy`` solver with broadcast window W (default 0.5 s);
+  block granularity, broadcast;
+- ``marl`` (decentralised): not built (issue 17 item 5), listed as such.
+
+Writes JSON lines to ``bench/results/delivery.jsonl``, a markdown table
+``bench/results/delivery.md`` and, when matplotlib is importable, ``docs/figures/delivery.png``
+(``--plot-only`` redraws table and plot from the JSON lines, e.g. with another Python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.broadcast import finish_client, radio_stats, start_clients, world_file
+from controller.delay.model import P95, evaluate_delay, percentile_nearest_rank
+from core.manifest import ModelManifest
+from core.world import World
+from testbed import launcher
+from testbed.experiment import popularity
+from testbed.world import world_problem
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "bench" / "results" / "delivery.jsonl"
+TABLE = REPO_ROOT / "bench" / "results" / "delivery.md"
+PLOT = REPO_ROOT / "docs" / "figures" / "delivery.png"
+AREA = "area-1"
+#: mode -> (delay solver, broadcast on); the window of broadcast modes is ``--window-s``.
+MODES: dict[str, tuple[str, bool]] = {
+    "coarse": ("coarse", False),
+    "fine-unicast": ("fine-unicast", False),
+    "fine+broadcast": ("delay-greedy", True),
+}
+NOT_BUILT = {"marl (decentralised)": "not built: issue 17 item 5 (EDGE_AGENT_CHECKPOINT)"}
+
+
+def workload(k: int, catalogue: Sequence[str], seed: int) -> list[str]:
+    """K models drawn from the zoo's popularity in ``area-1`` (same for every mode)."""
+    row = popularity([AREA], catalogue, catalogue)[AREA]
+    rng = random.Random(seed * 1000 + k)
+    return rng.choices(list(row), [row[m] for m in row], k=k)
+
+
+def delivered_blocks(zoo_dir: Path, manifests: dict[str, ModelManifest]) -> dict[str, list[str]]:
+    """Model -> the blocks a client downloads for it: its own, plus its base model's for a
+    LoRA adapter (the SDK fetches an adapter's base too, client/_client.py)."""
+    zoo = json.loads((zoo_dir / "zoo.json").read_text())["models"]
+    by_repo = {m["repo_id"]: m["model_id"] for m in zoo}
+    out: dict[str, list[str]] = {mid: sorted(m.block_sizes()) for mid, m in manifests.items()}
+    for m in zoo:
+        if m["kind"] == "lora" and m["model_id"] in out and by_repo.get(m["base"]) in out:
+            out[m["model_id"]] = sorted({*out[m["model_id"]], *out[by_repo[m["base"]]]})
+    return out
+
+
+def predicted(
+    world: World,
+    manifests: dict[str, ModelManifest],
+    delivered: dict[str, list[str]],
+    held: Sequence[str],
+    requests: Sequence[str],
+    *,
+    capacity: int,
+    coarse: bool,
+    broadcast: bool,
+) -> dict[str, float]:
+    """``evaluate_delay`` for the same world, placement (the models the edge holds) and
+    requests (one slot, user ``area-1#i`` asks for ``requests[i]``; a model is the blocks
+    :func:`delivered_blocks` says a client downloads for it)."""
+    blocks: dict[str, int] = {b: n for m in manifests.values() for b, n in m.block_sizes().items()}
+    problem = world_problem(
+        world,
+        blocks=blocks,
+        models=delivered,
+        capacities={"edge-1": capacity},
+        slots=[{f"{AREA}#{i}": model for i, model in enumerate(requests)}],
+    )
+    if coarse:
+        placement = {"edge-1": list(held)}
+    else:
+        placement = {"edge-1": sorted({b for m in held for b in delivered[m]})}
+    stats = evaluate_delay(
+        problem,
+        placement,
+        granularity="model" if coarse else "block",
+        delivery="broadcast" if broadcast else "unicast",
+    )
+    return {
+        "sim_mean_s": round(stats.mean_s, 3),
+        "sim_p95_s": round(stats.p95_s, 3),
+        "sim_airtime_s": round(stats.makespan_s, 3),
+    }
+
+
+def run_mode(
+    mode: str, ks: Sequence[int], zoo_dir: Path, work: Path, *, window_s: float, seed: int
+) -> list[dict[str, Any]]:
+    """One testbed for ``mode``; one row per K."""
+    solver, broadcast = MODES[mode]
+    window = window_s if broadcast else 0.0
+    world = world_file(work / "world.json")
+    options = launcher.LaunchOptions(
+        state_dir=work / "testbed", edges=1, zoo_dir=zoo_dir, profile="test",
+        controller_port=0, world=str(world), broadcast_window_s=window,
+        objective="delay", solver=solver,
+    )  # fmt: skip
+    started = time.monotonic()
+    state = launcher.up(options)
+    print(f"[{mode}] testbed up in {time.monotonic() - started:.0f} s", flush=True)
+    rows: list[dict[str, Any]] = []
+    try:
+        edge, controller = state["edge_urls"][0], state["controller_url"]
+        catalogue = sorted(
+            m["model_id"] for m in httpx.get(f"{controller}/v1/models", timeout=30).json()["models"]
+        )
+        manifests = {
+            m: ModelManifest.from_dict(
+                httpx.get(f"{controller}/v1/models/{m}", timeout=30).json()["manifest"]
+            )
+            for m in catalogue
+        }
+        held = sorted(
+            m["model_id"] for m in httpx.get(f"{edge}/v1/models", timeout=30).json()["models"]
+        )
+        for k in ks:
+            requests = workload(k, catalogue, seed)
+            radio_before = radio_stats(edge)
+            origin_before = httpx.get(f"{state['origin_url']}/v1/stats", timeout=30).json()
+            procs = start_clients(controller, work / f"k{k}", requests)
+            results = [finish_client(p) for p in procs]
+            radio_after = radio_stats(edge)
+            origin_after = httpx.get(f"{state['origin_url']}/v1/stats", timeout=30).json()
+            seconds = [float(r["seconds"]) for r in results]
+            row: dict[str, Any] = {
+                "mode": mode, "solver": solver, "window_s": window, "k": k,
+                "requests": requests, "held": held,
+                "mean_s": round(sum(seconds) / k, 3),
+                "p95_s": round(percentile_nearest_rank(seconds, P95), 3),
+                "airtime_s": round(radio_after["airtime_s"] - radio_before["airtime_s"], 3),
+                "origin_bytes": origin_after["bytes_served"] - origin_before["bytes_served"],
+                "fetch_s": [round(s, 2) for s in seconds],
+                "load_avg": [round(x, 1) for x in os.getloadavg()],
+            }  # fmt: skip
+            row.update(
+                predicted(
+                    World.load(world),
+                    manifests,
+                    delivered_blocks(zoo_dir, manifests),
+                    held,
+                    requests,
+                    capacity=options.capacity_bytes,
+                    coarse=solver == "coarse",
+                    broadcast=broadcast,
+                )  # fmt: skip
+            )
+            row["mean_err_pct"] = round(100 * (row["mean_s"] / row["sim_mean_s"] - 1), 1)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    finally:
+        launcher.down(work / "testbed")
+    return rows
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """The markdown table of a run (one line per mode and K, then the modes not built)."""
+    coarse = {r["k"]: r["mean_s"] for r in rows if r["mode"] == "coarse"}
+    lines = [
+        "| mode | K | mean s (sim) | p95 s (sim) | airtime s (sim) | origin MB | vs sim"
+        " | vs coarse |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = coarse.get(r["k"])
+        vs = f"{100 * (r['mean_s'] / base - 1):+.0f} %" if base else "-"
+        lines.append(
+            f"| {r['mode']} | {r['k']} | {r['mean_s']:.2f} ({r['sim_mean_s']:.2f})"
+            f" | {r['p95_s']:.2f} ({r['sim_p95_s']:.2f})"
+            f" | {r['airtime_s']:.2f} ({r['sim_airtime_s']:.2f})"
+            f" | {r['origin_bytes'] / 1e6:.1f} | {r['mean_err_pct']:+.0f} % | {vs} |"
+        )
+    for mode, why in NOT_BUILT.items():
+        lines.append(f"| {mode} | - | {why} | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> bool:
+    """Mean delay vs K per mode, measured (solid) and simulated (dashed); False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["k"])
+        ks = [r["k"] for r in mine]
+        (line,) = ax.plot(ks, [r["mean_s"] for r in mine], marker="o", label=f"{mode} (testbed)")
+        ax.plot(
+            ks, [r["sim_mean_s"] for r in mine], linestyle="--", color=line.get_color(),
+            label=f"{mode} (simulator)",
+        )  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ks_all = sorted({r["k"] for r in rows})
+    ax.set_xticks(ks_all, [str(k) for k in ks_all])
+    ax.set_xlabel("K concurrent users (one area, one edge)")
+    ax.set_ylabel("mean model download delay (s)")
+    ax.set_title("Delivery delay vs K (bench/delivery.py)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def last_run(path: Path) -> list[dict[str, Any]]:
+    """The rows of the last run in the JSON lines (rows share a ``run`` stamp)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    last = rows[-1]["run"] if rows else None
+    return [r for r in rows if r.get("run") == last]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.delivery", description=__doc__)
+    parser.add_argument("--ks", default="1,2,4,8,16", help="comma-separated K values")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
+    parser.add_argument("--window-s", type=float, default=0.5, help="broadcast window W")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot-only", action="store_true", help="redraw from the JSON lines")
+    args = parser.parse_args(argv)
+    if not args.plot_only:
+        from testbed.zoo import ensure_test_zoo
+
+        zoo_dir = ensure_test_zoo()
+        ks = [int(x) for x in args.ks.split(",")]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        for mode in args.modes.split(","):
+            with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
+                rows = run_mode(
+                    mode, ks, zoo_dir, Path(tmp), window_s=args.window_s, seed=args.seed
+                )
+            with RESULTS.open("a") as fh:
+                for row in rows:
+                    fh.write(json.dumps({"run": stamp, **row}) + "\n")
+    rows = last_run(RESULTS)
+    TABLE.write_text(table(rows))
+    print(TABLE.read_text(), end="")
+    print(f"plot: {PLOT}" if plot(rows, PLOT) else "plot: matplotlib not installed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
