@@ -78,6 +78,11 @@ class _Snapshot:
     blocks_by_model: dict[str, frozenset[str]]
 
 
+def _fresh(snapshot: _Snapshot | None, stamp: str | None) -> bool:
+    """Whether ``snapshot`` still answers for ``stamp``: same stamp, no node of it expired."""
+    return snapshot is not None and snapshot.stamp == stamp and time.monotonic() < snapshot.deadline
+
+
 class RouteCache:
     """Encoded ``GET /v1/routes/{model_id}`` bodies for one controller process."""
 
@@ -160,13 +165,13 @@ class RouteCache:
         """A cached body answered without any Redis read, while the listener vouches for the
         snapshot's stamp (None: ask :meth:`route_async`)."""
         snapshot = self._snapshot
-        if (
-            snapshot is None
-            or snapshot.stamp != self._trusted_stamp()
-            or time.monotonic() >= snapshot.deadline
-        ):
+        if snapshot is None or not _fresh(snapshot, self._trusted_stamp()):
             return None
-        key = (model_id, self._point(snapshot, area_id, point))
+        return self._hit(snapshot, (model_id, self._point(snapshot, area_id, point)))
+
+    def _hit(self, snapshot: _Snapshot, key: tuple[str, Point]) -> bytes | None:
+        """The cached body of ``key`` while ``snapshot`` is still the current one (a hit moves
+        it to the LRU's end)."""
         with self._lock:
             body = self._routes.get(key) if self._snapshot is snapshot else None
             if body is not None:
@@ -191,11 +196,7 @@ class RouteCache:
     def _current(self) -> tuple[_Snapshot, bool]:
         stamp = self.state.routing_stamp()
         snapshot = self._snapshot
-        if (
-            snapshot is not None
-            and snapshot.stamp == stamp
-            and time.monotonic() < snapshot.deadline
-        ):
+        if snapshot is not None and _fresh(snapshot, stamp):
             return snapshot, True
         snapshot, keep = self._load(stamp)
         if keep:
@@ -213,19 +214,10 @@ class RouteCache:
             return body
         stamp = await self.state.routing_stamp_async()
         snapshot = self._snapshot
-        if (
-            snapshot is not None
-            and snapshot.stamp == stamp
-            and time.monotonic() < snapshot.deadline
-            and model_id in snapshot.catalogue
-        ):
-            key = (model_id, self._point(snapshot, area_id, point))
-            with self._lock:
-                body = self._routes.get(key) if self._snapshot is snapshot else None
-                if body is not None:
-                    self._routes.move_to_end(key)
-                    self.hits += 1
-                    return body
+        if snapshot is not None and _fresh(snapshot, stamp) and model_id in snapshot.catalogue:
+            body = self._hit(snapshot, (model_id, self._point(snapshot, area_id, point)))
+            if body is not None:
+                return body
         return await anyio.to_thread.run_sync(
             functools.partial(self.route, model_id, area_id=area_id, point=point)
         )

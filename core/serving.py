@@ -51,13 +51,45 @@ _TIMEOUT_RESPONSE = (
 )
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request head (module docstring)."""
+class _HeadDeadline:
+    """The request-head timer both protocols share: :meth:`_arm` starts it, :meth:`_disarm`
+    stops it, and when it fires while :meth:`_head_pending` holds, the connection gets the 408
+    and is closed. Mixed in before the uvicorn protocol class."""
 
     header_timeout_s: float = HEADER_TIMEOUT_S
+    _head_timer: asyncio.TimerHandle | None
+    loop: asyncio.AbstractEventLoop
+    transport: Any
+
+    def _head_pending(self) -> bool:
+        raise NotImplementedError
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._head_pending() or self.transport.is_closing():
+            return
+        self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+class GuardedH11Protocol(_HeadDeadline, H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request head (module docstring)."""
 
     def connection_made(self, transport: Any) -> None:
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timer = None
         super().connection_made(transport)
         self._arm()
 
@@ -73,39 +105,20 @@ class GuardedH11Protocol(H11Protocol):
         if not self._in_request():
             self._disarm()  # idle again: the keep-alive timeout governs the wait
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
     def _in_request(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
 
-    def _arm(self) -> None:
-        self._disarm()
-        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
-
-    def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self._in_request() or self.transport.is_closing():
-            return
-        self.transport.write(_TIMEOUT_RESPONSE)
-        self.transport.close()
+    def _head_pending(self) -> bool:
+        return not self._in_request()
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
+class GuardedHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol):
     """uvicorn's httptools protocol with the same deadline for each request head: armed when
     the connection opens and when a request's first byte is parsed, disarmed when its headers
     are complete."""
 
-    header_timeout_s: float = HEADER_TIMEOUT_S
-
     def connection_made(self, transport: Any) -> None:
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_timer = None
         self._head_open = True  # the connection's first request head is awaited
         super().connection_made(transport)
         self._arm()
@@ -126,25 +139,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._head_open:
             self._disarm()  # idle again: the keep-alive timeout governs the wait
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
-
-    def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if not self._head_open or self.transport.is_closing():
-            return
-        self.transport.write(_TIMEOUT_RESPONSE)
-        self.transport.close()
+    def _head_pending(self) -> bool:
+        return self._head_open
 
 
 _PROTOCOLS: dict[str, type[GuardedH11Protocol] | type[GuardedHttpToolsProtocol]] = {
