@@ -105,6 +105,13 @@ def controller_process(
     return ServiceProcess(name, "testbed.cli", env, log_dir, port, args)
 
 
+def origin_process(log_dir: Path, zoo_dir: Path) -> ServiceProcess:
+    """The local Hub origin serving ``zoo_dir`` (``trimcache origin serve``), no link emulation."""
+    port = free_port()
+    args = ("origin", "serve", "--root", str(zoo_dir), "--port", str(port))
+    return ServiceProcess("origin", "testbed.cli", {}, log_dir, port, args)
+
+
 def edge_process(log_dir: Path, node_id: str, **settings: Any) -> ServiceProcess:
     port = free_port()
     # Peers are other test edges on loopback ports picked at start: allow loopback.

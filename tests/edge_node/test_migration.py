@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from client import fetch_model
 from core.digest import sha256_file
 from tests.client.services import AUTH, TOKEN, push_plan
-from tests.controller.procs import ServiceProcess, controller_process, edge_process
+from tests.controller.procs import controller_process, edge_process, origin_process
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -73,18 +73,8 @@ def cluster(
 ) -> Iterator[Cluster]:
     import redis
 
-    from tests.helpers import free_port
-
     tmp = tmp_path_factory.mktemp("migration")
-    port = free_port()
-    origin = ServiceProcess(
-        "origin",
-        "testbed.cli",
-        {},
-        tmp,
-        port,
-        ("origin", "serve", "--root", str(zoo_dir), "--port", str(port)),
-    ).start()
+    origin = origin_process(tmp, zoo_dir).start()
     controller = controller_process(
         tmp,
         redis_url=redis_server,

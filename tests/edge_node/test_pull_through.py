@@ -25,7 +25,7 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 from core.digest import BlockId, sha256_file
 from core.manifest import BlockRef, ModelManifest
 from tests.client.services import AUTH, PLAN_SCHEMA, TOKEN, push_plan
-from tests.controller.procs import ServiceProcess, controller_process, edge_process
+from tests.controller.procs import ServiceProcess, controller_process, edge_process, origin_process
 from tests.faults import read_body
 from tests.helpers import (
     PREDICT_SCRIPT,
@@ -84,15 +84,7 @@ def cluster(
     import redis
 
     tmp = tmp_path_factory.mktemp("pull-through")
-    port = free_port()
-    origin = ServiceProcess(
-        "origin",
-        "testbed.cli",
-        {},
-        tmp,
-        port,
-        ("origin", "serve", "--root", str(zoo_dir), "--port", str(port)),
-    ).start()
+    origin = origin_process(tmp, zoo_dir).start()
     controller = controller_process(
         tmp,
         redis_url=redis_server,
