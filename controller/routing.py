@@ -93,20 +93,20 @@ def build_route(
     home = home_node(nodes, topology, point, model_bytes)
     if home is not None:
         holders.setdefault(home, frozenset())
-    planned = {
-        n.node_id: topology.positions.get(n.node_id, n.position)
-        for n in nodes
-        if not n.cache_policy
-    }
-    everyone = {n.node_id: topology.positions.get(n.node_id, n.position) for n in nodes}
-    serving = delay_routing.serving_edge(everyone, point)
-    if not migration or serving not in planned:  # an on-demand home pulls through itself
-        serving = None
+    per_block = point is not None and (migration or objective == "delay")
+    everyone = (
+        {n.node_id: topology.positions.get(n.node_id, n.position) for n in nodes}
+        if per_block
+        else {}
+    )
+    serving = delay_routing.serving_edge(everyone, point) if migration and per_block else None
+    if serving is not None and by_id[serving].cache_policy:
+        serving = None  # an on-demand home pulls through itself
     options: dict[str, list[delay_routing.BlockOption]] = {}
     costs: delay_routing.RouteCosts | None = None
     # Per-block delivery: with migration or the delay objective (otherwise every block's first
     # candidate simply holds it, or is the origin, and routes stay as they were).
-    if point is not None and (migration or objective == "delay"):
+    if per_block and point is not None:
         costs = delay_routing.route_costs(topology, point, everyone, serving)
         by_holders: dict[tuple[str, ...], list[delay_routing.BlockOption]] = {}
         by_id_order = sorted(holders)
