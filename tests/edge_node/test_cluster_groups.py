@@ -1,0 +1,120 @@
+"""Broadcast groups across the edges of one CoMP cluster (edge_node.cluster_groups).
+
+Two real edge servers of one cluster share a medium dir (airtime ledger + group registry);
+requests for the same blocks at both edges within the window share one transmission per block
+for the whole cluster: the edges' block transmissions sum to the number of blocks, the other
+edge follows each (``followed_blocks``), and the block airtime summed over both is the blocks'
+bytes at the group's rate (the weakest member, at the joint rate of both edges). The registry's
+leader liveness and take-over are checked on the registry itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.delay.problem import Channel
+from core.world import World
+from edge_node.cluster_groups import ClusterGroups
+from testbed.topology import grid_topology
+from testbed.world import build_world, write_world
+from tests.edge_node.conftest import edge_nodes
+from tests.edge_node.test_radio import (
+    _batch,
+    _big_blocks,
+    _manifest,
+    _radio,
+    _together,
+    _write_model,
+)
+
+
+def test_two_edges_of_a_cluster_share_one_transmission_per_block(tmp_path: Path) -> None:
+    _write_model(tmp_path / "repo")
+    layout = grid_topology(2, spacing_m=200.0)
+    doc = build_world(
+        layout, clusters={"c1": ["edge-1", "edge-2"]}, channel=Channel(bandwidth_hz=5e6)
+    )
+    world_file = write_world(tmp_path / "world.json", doc)
+    world = World.from_json(doc)
+    manifest = _manifest(tmp_path, "edge-1")
+    _manifest(tmp_path, "edge-2")
+    blocks = _big_blocks(manifest)
+    ids = [b for b, _ in blocks]
+    with edge_nodes(tmp_path) as make:
+        urls = [
+            make(n, world_file=world_file, medium_dir=tmp_path / "medium", broadcast_window_s=1.0)[
+                0
+            ]
+            for n in ("edge-1", "edge-2")
+        ]
+        bodies = _together([_batch(urls[0], ids), _batch(urls[1], ids, area="area-2")])
+        radios = [_radio(u) for u in urls]
+    total = sum(n for _, n in blocks)
+    assert [len(b) for b in bodies] == [total, total]
+    assert bodies[0] == bodies[1]
+    assert sum(r["block_transmissions"] for r in radios) == len(blocks), radios
+    assert sum(r["followed_blocks"] for r in radios) == len(blocks), radios
+    assert all(r["mid_joins"] == 0 and r["takeovers"] == 0 for r in radios), radios
+    # Every group had both members: group size 2, counted once, by its leader.
+    sizes: dict[str, int] = {}
+    for r in radios:
+        for k, v in r["group_sizes"].items():
+            sizes[k] = sizes.get(k, 0) + v
+    assert sizes == {"2": len(blocks)}, radios
+    both = ("edge-1", "edge-2")
+    rate = min(world.rate(a, both, serving="edge-1") for a in ("area-1", "area-2"))
+    airtime = sum(r["airtime_by_kind_s"]["block"] for r in radios)
+    assert airtime == pytest.approx(total / rate, rel=1e-6)
+    assert sum(r["bytes_delivered"] for r in radios) == 2 * total
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from edge_node.cluster_groups import ClusterGroups
+groups = ClusterGroups(Path(sys.argv[1]), "c1", "edge-1")
+joined = groups.join("b1", 100, "area-1", time.monotonic() + 60)
+assert joined.lead
+print("led", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_dead_leaders_group_is_taken_over_by_a_follower(tmp_path: Path) -> None:
+    leader = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert leader.stdout is not None and leader.stdout.readline().strip() == "led"
+        follower = ClusterGroups(tmp_path, "c1", "edge-2")
+        other = ClusterGroups(tmp_path, "c1", "edge-3")
+        joined = follower.join("b1", 100, "area-2", 0.0)
+        assert not joined.lead and joined.leader == "edge-1"
+        entry = follower.poll("b1")
+        assert follower.alive(entry["token"])
+        assert follower.take_over("b1", joined.gid) is None  # the leader runs: no take-over
+        assert other.join("b1", 100, "area-3", 0.0).gid == joined.gid
+        leader.kill()  # SIGKILL: the kernel drops its token lock
+        leader.wait(timeout=30)
+        assert not follower.alive(entry["token"])
+        assert follower.take_over("b1", joined.gid) == 0
+        # The third edge now follows the new leader, in the same group.
+        entry = other.poll("b1")
+        assert entry["leader"] == "edge-2" and other.alive(entry["token"])
+        assert other.take_over("b1", joined.gid) is None
+        remote = follower.progress("b1", joined.gid, 50)
+        assert remote.areas == ("area-3",) and remote.edges == {"edge-3"}
+        assert follower.finish("b1", joined.gid, 100, complete=True).joined == 1
+        assert other.poll("b1")["state"] == "done"
+        follower.close()
+        other.close()
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait(timeout=30)
+    assert os.path.isdir(tmp_path / "c1.groups")
