@@ -21,7 +21,7 @@ import httpx
 
 from core.auth import bearer_header
 from core.failover import Endpoints
-from core.wire import NodeHeartbeat
+from core.wire import LiveGroup, NodeHeartbeat
 from edge_node.node import EdgeNode
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ def heartbeat_body(node: EdgeNode) -> dict[str, Any]:
         # The controller never hands out a version at or below it, even after losing its state.
         plan_version=node.plan_record.version,
         cache_policy=s.cache_policy,
+        broadcast=None
+        if node.broadcast_report is None
+        else [LiveGroup.model_validate(g) for g in node.broadcast_report()],
     ).model_dump(mode="json")
 
 
