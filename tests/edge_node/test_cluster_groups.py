@@ -118,3 +118,39 @@ def test_a_dead_leaders_group_is_taken_over_by_a_follower(tmp_path: Path) -> Non
             leader.kill()
             leader.wait(timeout=30)
     assert os.path.isdir(tmp_path / "c1.groups")
+
+
+def test_the_live_groups_an_edge_reports_validate_as_a_heartbeat(tmp_path: Path) -> None:
+    import asyncio
+
+    from core.wire import NodeHeartbeat
+    from edge_node.radio import AirtimeLedger, Radio
+
+    world = World.from_json(build_world(grid_topology(1), channel=Channel(bandwidth_hz=5e6)))
+    rate = world.rates["edge-1"]["area-1"]
+
+    async def run() -> list[dict[str, object]]:
+        radio = Radio(
+            world, "edge-1", window_s=0.5, ledger=AirtimeLedger(None),
+            groups=ClusterGroups(tmp_path, "edge-1", "edge-1"),
+        )  # fmt: skip
+        pokes: list[int] = []
+        radio.on_group = lambda: pokes.append(1)
+        member = radio.member()
+        tickets = radio.announce(member, "area-1", [("a" * 64, 1_000_000), ("b" * 64, 2_000_000)])
+        report = radio.live_groups()
+        assert len(pokes) == 2  # a heartbeat now for each group opened
+        radio.leave(member, tickets)
+        await radio.close()
+        return report
+
+    report = asyncio.run(run())
+    assert [g["block_id"] for g in report] == ["a" * 64, "b" * 64]
+    first, second = report
+    # Queued behind the window, one after the other at the area's rate.
+    assert first["starts_in_s"] == pytest.approx(0.5, abs=0.05)
+    assert first["ends_in_s"] == pytest.approx(0.5 + 1_000_000 / rate, abs=0.05)
+    assert second["starts_in_s"] == pytest.approx(first["ends_in_s"], abs=1e-3)
+    assert second["ends_in_s"] == pytest.approx(first["ends_in_s"] + 2_000_000 / rate, abs=0.05)
+    beat = NodeHeartbeat.model_validate({"url": "http://127.0.0.1:1", "broadcast": report})
+    assert beat.broadcast is not None and beat.broadcast[1].size_bytes == 2_000_000
