@@ -116,7 +116,7 @@ def test_joining_costs_the_rest_of_the_group_and_the_missed_head() -> None:
     assert join_ms(g, 0.5, 2.0, now=11.0) == pytest.approx(2.0 + 1000.0 + 250.0)
     topology = Topology.from_json(TOPOLOGY)
     air = delay_routing.airtime_ms(topology, (20.0, 0.0), (220.0, 0.0), 1)
-    route = {
+    route: dict[str, Any] = {
         "sources": [
             {"url": "u1", "kind": "edge", "node_id": "edge-1"},
             {"url": "u2", "kind": "edge", "node_id": "edge-2"},

@@ -70,7 +70,7 @@ def _replicate(state: dict[str, Any]) -> None:
 
 
 def _sum(radios: list[dict[str, Any]], key: str) -> float:
-    return sum(r[key] for r in radios)
+    return float(sum(r[key] for r in radios))
 
 
 @pytest.mark.slow
@@ -86,8 +86,7 @@ def test_two_edges_of_a_cluster_share_each_block_and_survive_a_killed_leader(
     try:
         urls: list[str] = state["edge_urls"]
         _replicate(state)
-        for url in urls:
-            wait_until(lambda url=url: holds_models(url, [MODEL]), timeout_s=300)
+        wait_until(lambda: all(holds_models(u, [MODEL]) for u in urls), timeout_s=300)
         manifest = ModelManifest.from_dict(
             httpx.get(f"{urls[0]}/v1/models/{MODEL}/manifest", timeout=30).json()
         )
@@ -127,8 +126,8 @@ def test_two_edges_of_a_cluster_share_each_block_and_survive_a_killed_leader(
         second = _clients(state, tmp_path / "run-2", AREAS[1:], "b")
 
         def following() -> bool:
-            now = radio_stats(urls[1])
-            return now["bytes_delivered"] - before2["bytes_delivered"] > 5_000_000
+            delivered: int = radio_stats(urls[1])["bytes_delivered"]
+            return delivered - int(before2["bytes_delivered"]) > 5_000_000
 
         wait_until(following, timeout_s=120)
         os.kill(pids["edge-1"], signal.SIGKILL)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,7 +130,7 @@ def test_the_live_groups_an_edge_reports_validate_as_a_heartbeat(tmp_path: Path)
     world = World.from_json(build_world(grid_topology(1), channel=Channel(bandwidth_hz=5e6)))
     rate = world.rates["edge-1"]["area-1"]
 
-    async def run() -> list[dict[str, object]]:
+    async def run() -> list[dict[str, Any]]:
         radio = Radio(
             world, "edge-1", window_s=0.5, ledger=AirtimeLedger(None),
             groups=ClusterGroups(tmp_path, "edge-1", "edge-1"),
