@@ -59,6 +59,11 @@ def _follow_one(radio: Radio, groups: ClusterGroups, job: Job) -> bool:
         again = groups.poll(key)
         if again.get("gid") == gid and again.get("state") in LIVE:
             return moved  # another follower took it over first: follow it
+    prev = entry.get("prev") or {}
+    if prev.get("gid") == gid and prev.get("state") == "done":
+        job.sent = job.size  # it ended; a newer group of the block replaced it since
+        radio._finish(job)
+        return True
     # The entry is gone or a newer group replaced it: send the rest of the block alone.
     logger.info("radio node_id=%s: group of block %s lost; sending the rest", radio.node_id, key)
     job.gid = None

@@ -10,7 +10,8 @@ block under ``EDGE_MEDIUM_DIR/<cluster>.groups/``, each read-modify-written unde
      "token": "<leader's liveness token>", "not_before": <monotonic s>, "sent": 0,
      "state": "queued" | "air" | "done" | "abandoned",
      "members": {"edge-2": {"area-2": 1}},   # waiting members of the *other* edges, by area
-     "joined": {"edge-2": 1}}                # members ever, per other edge
+     "joined": {"edge-2": 1},                # members ever, per other edge
+     "prev": {"gid": "…", "state": "done", "sent": 123}}   # the group this one replaced
 
 - **Leader.** The first edge whose request opens the group (no live entry for the block) is
   its leader: its radio queues the block job as it does for a local group, books the airtime on
@@ -165,10 +166,12 @@ class ClusterGroups:
                 joined[self.node_id] = joined.get(self.node_id, 0) + 1
                 return Joined(False, e["gid"], int(e["sent"]), float(e["not_before"]), e["leader"])
             gid = secrets.token_hex(8)
+            # The group it replaces, for its followers that have not seen its end yet.
+            prev = {k: e[k] for k in ("gid", "state", "sent") if k in e}
             e.clear()
             e.update(
                 gid=gid, block=block_id, size=size, leader=self.node_id, token=self.token,
-                not_before=not_before, sent=0, state="queued", members={}, joined={},
+                not_before=not_before, sent=0, state="queued", members={}, joined={}, prev=prev,
             )  # fmt: skip
             return Joined(True, gid, 0, not_before, self.node_id)
 

@@ -112,6 +112,9 @@ def test_a_dead_leaders_group_is_taken_over_by_a_follower(tmp_path: Path) -> Non
         assert remote.areas == ("area-3",) and remote.edges == {"edge-3"}
         assert follower.finish("b1", joined.gid, 100, complete=True).joined == 1
         assert other.poll("b1")["state"] == "done"
+        # A later request opens a new group; the ended one stays readable for late followers.
+        assert other.join("b1", 100, "area-3", 0.0).lead
+        assert other.poll("b1")["prev"] == {"gid": joined.gid, "state": "done", "sent": 100}
         follower.close()
         other.close()
     finally:
