@@ -10,7 +10,8 @@ each from its own edge:
   model's blocks, the other edge follows each, and the block airtime summed over both edges is
   the model's bytes at the group's rate (the weakest member at the joint rate); each client's
   files are byte-identical to the zoo's and came from its own edge only;
-- the edge leading the groups is SIGKILLed mid-broadcast: the other edge takes its groups over
+- the edge that opened the groups reports them in its heartbeat (the controller keeps them for
+  routing); it is then SIGKILLed mid-broadcast: the other edge takes its groups over
   and its client still gets a complete, correct model from it.
 """
 
@@ -25,8 +26,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from bench.broadcast import finish_client, holds_models, radio_stats, start_clients
+from controller.live_groups import KEY
 from core.manifest import ModelManifest
 from core.world import Link, World
 from testbed.topology import grid_topology
@@ -123,6 +126,10 @@ def test_two_edges_of_a_cluster_share_each_block_and_survive_a_killed_leader(
         before2 = radio_stats(urls[1])
         first = _clients(state, tmp_path / "run-2", AREAS[:1], "a")
         wait_until(lambda: radio_stats(urls[0])["live_groups"] > 0, timeout_s=60)
+        # Its heartbeat carried them to the controller (routing's live groups, in Redis).
+        live = redis.Redis.from_url(state["redis_url"], decode_responses=True)
+        reported = wait_until(lambda: str(live.hget(KEY, "edge-1") or ""), timeout_s=30)
+        assert {row[0] for row in json.loads(reported)} <= set(sizes)
         second = _clients(state, tmp_path / "run-2", AREAS[1:], "b")
 
         def following() -> bool:
