@@ -348,7 +348,8 @@ class Radio:
             if job is None or job.done:
                 job = self._open_group(block_id, size, area, now)
             elif job.leader is not None and self.groups is not None:
-                self.groups.add_member(block_id, str(job.gid), area)
+                if not self.groups.add_member(block_id, str(job.gid), area):
+                    job = self._open_group(block_id, size, area, now)  # it just ended
             if job.sent > 0:
                 join_at = job.sent
                 head = Job("head", join_at, now, members={member: area}, joined=1)

@@ -158,3 +158,77 @@ def test_the_live_groups_an_edge_reports_validate_as_a_heartbeat(tmp_path: Path)
     assert second["ends_in_s"] == pytest.approx(first["ends_in_s"] + 2_000_000 / rate, abs=0.05)
     beat = NodeHeartbeat.model_validate({"url": "http://127.0.0.1:1", "broadcast": report})
     assert beat.broadcast is not None and beat.broadcast[1].size_bytes == 2_000_000
+
+
+def _two_radios(tmp_path: Path, window_s: float) -> tuple[Any, Any, World]:
+    from edge_node.radio import AirtimeLedger, Radio
+
+    layout = grid_topology(2, spacing_m=200.0)
+    world = World.from_json(
+        build_world(
+            layout, clusters={"c1": ["edge-1", "edge-2"]}, channel=Channel(bandwidth_hz=5e6)
+        )
+    )
+    radios = [
+        Radio(
+            world,
+            node,
+            window_s=window_s,
+            ledger=AirtimeLedger(tmp_path / "c1.airtime"),
+            groups=ClusterGroups(tmp_path, "c1", node),
+        )  # fmt: skip
+        for node in ("edge-1", "edge-2")
+    ]
+    return radios[0], radios[1], world
+
+
+def test_a_follower_takes_over_a_group_its_leader_gave_up(tmp_path: Path) -> None:
+    import asyncio
+
+    size = 2_000_000
+
+    async def run() -> tuple[Any, Any]:
+        a, b, _world = _two_radios(tmp_path, 0.3)
+        ma, mb = a.member(), b.member()
+        [ta] = a.announce(ma, "area-1", [("x" * 64, size)])
+        [tb] = b.announce(mb, "area-2", [("x" * 64, size)])
+        assert tb.job.leader == "edge-1"  # edge-2 follows edge-1's group
+        a.leave(ma, [ta])  # the leader's only member goes before the window ends
+        await asyncio.wait_for(b.ready(tb, size), timeout=60)
+        b.leave(mb, [tb])
+        await a.close()
+        await b.close()
+        return a, b
+
+    a, b = asyncio.run(run())
+    assert a.stats.jobs_abandoned == 1 and a.stats.block_transmissions == 0
+    assert b.stats.takeovers == 1 and b.stats.block_transmissions == 1
+    assert b.stats.airtime_s["block"] > 0 and a.stats.airtime_s["block"] == 0
+
+
+def test_a_member_joining_at_another_edge_mid_air_gets_the_rest_then_its_head(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    size = 4_000_000
+
+    async def run() -> tuple[Any, Any, int]:
+        a, b, _world = _two_radios(tmp_path, 0.05)
+        ma, mb = a.member(), b.member()
+        [ta] = a.announce(ma, "area-1", [("y" * 64, size)])
+        await asyncio.wait_for(a.ready(ta, size // 4), timeout=60)  # on the air
+        [tb] = b.announce(mb, "area-2", [("y" * 64, size)])
+        join_at = tb.join_at
+        await asyncio.wait_for(asyncio.gather(a.ready(ta, size), b.ready(tb, size)), timeout=60)
+        a.leave(ma, [ta])
+        b.leave(mb, [tb])
+        await a.close()
+        await b.close()
+        return a, b, join_at
+
+    a, b, join_at = asyncio.run(run())
+    assert 0 < join_at < size
+    assert a.stats.block_transmissions == 1 and b.stats.followed == 1
+    assert b.stats.mid_joins == 1 and b.stats.airtime_s["block"] == 0
+    assert b.stats.airtime_s["head"] > 0  # the missed head, from its own edge
