@@ -23,6 +23,9 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
   charged once, at the rate of its weakest current member (the delay model's rule); the bytes
   go to every member's connection from this node's verified copy, so each client verifies
   them as today. W = 0: no groups, every (request, block) is its own job (unicast).
+  With ``EDGE_MEDIUM_DIR`` a group is the *cluster's*: requests at other edges of the cluster
+  join it too (one edge transmits, the others follow; :mod:`edge_node.cluster_groups`,
+  :mod:`edge_node.cluster_follow`).
 - **No member stalls the others.** The transmitter never waits for a socket: members follow
   the job's progress at their own pace, and a member that goes away is dropped from every job
   it was in (a job nobody waits for any more stops).
