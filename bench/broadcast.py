@@ -44,11 +44,11 @@ FIGURES = ("airtime_s", "bytes_on_air", "bytes_delivered", "block_transmissions"
 CLIENT = """
 import json, os, sys, time
 from client import fetch_model
-model, controller, cache, start = sys.argv[1:5]
+model, controller, cache, start, area = sys.argv[1:6]
 print("ready", flush=True)
 while not os.path.exists(start):
     time.sleep(0.005)
-fetched = fetch_model(model, controller_url=controller, cache_dir=cache, area_id="area-1",
+fetched = fetch_model(model, controller_url=controller, cache_dir=cache, area_id=area,
                       load=False)
 report = {"path": str(fetched.path), "bytes_by_source": fetched.report["bytes_by_source"],
           "seconds": fetched.report["seconds"]}
@@ -68,11 +68,18 @@ def radio_stats(edge_url: str) -> dict[str, Any]:
 
 
 def start_clients(
-    controller_url: str, run_dir: Path, models: Sequence[str]
+    controller_url: str,
+    run_dir: Path,
+    models: Sequence[str],
+    areas: Sequence[str] | None = None,
+    *,
+    name: str = "device",
 ) -> list[subprocess.Popen[str]]:
-    """One client process per model; they fetch together once every one is ready."""
+    """One client process per model (in ``areas[i]``, default ``area-1``); they fetch
+    together once every one is ready."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    start = run_dir / "start"
+    start = run_dir / f"start-{name}"
+    areas = areas if areas is not None else ["area-1"] * len(models)
     procs = [
         subprocess.Popen(
             [
@@ -81,15 +88,16 @@ def start_clients(
                 CLIENT,
                 model,
                 controller_url,
-                str(run_dir / f"device-{i}"),
+                str(run_dir / f"{name}-{i}"),
                 str(start),
+                area,
             ],
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        for i, model in enumerate(models)
+        for i, (model, area) in enumerate(zip(models, areas, strict=True))
     ]
     try:
         for proc in procs:

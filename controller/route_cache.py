@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import anyio.to_thread
 
 from controller.errors import ModelNotFoundError, StateUnavailableError
+from controller.live_groups import LiveGroups
 from controller.planner import Planner
 from controller.routing import build_route
 from controller.state import CatalogueEntry, NodeRecord, RedisState
@@ -100,6 +101,8 @@ class RouteCache:
         # the state's stamp_writes count before it (a later local write distrusts it).
         self._known: tuple[str, float, int] | None = None
         self._listener: asyncio.Task[None] | None = None
+        #: Live broadcast groups: per-block hints on top of the cached bodies (delay objective).
+        self.live = LiveGroups(state)
 
     # -- the stamp listener -----------------------------------------------------------------
     def start(self) -> None:
@@ -167,6 +170,8 @@ class RouteCache:
         snapshot = self._snapshot
         if snapshot is None or not _fresh(snapshot, self._trusted_stamp()):
             return None
+        if self.planner.settings.objective == "delay" and self.live.may_matter():
+            return None  # the route may need a live group's hint (controller.live_groups)
         return self._hit(snapshot, (model_id, self._point(snapshot, area_id, point)))
 
     def _hit(self, snapshot: _Snapshot, key: tuple[str, Point]) -> bytes | None:
@@ -221,6 +226,23 @@ class RouteCache:
         return await anyio.to_thread.run_sync(
             functools.partial(self.route, model_id, area_id=area_id, point=point)
         )
+
+    def context(
+        self, area_id: str | None, point: Point
+    ) -> tuple[Topology, tuple[float, float], dict[str, tuple[float, float]]] | None:
+        """The current snapshot's topology, the client's point and the live nodes' positions
+        (for :mod:`controller.live_groups`); None: no snapshot yet, or no point."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return None
+        where = self._point(snapshot, area_id, point)
+        if where is None:
+            return None
+        topology = snapshot.topology
+        positions = {
+            n.node_id: topology.positions.get(n.node_id, n.position) for n in snapshot.nodes
+        }
+        return topology, where, positions
 
     @staticmethod
     def _point(snapshot: _Snapshot, area_id: str | None, point: Point) -> Point:

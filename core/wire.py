@@ -93,6 +93,18 @@ class ErrorBody(BaseModel):
         return cls(error=ErrorDetail(code=str(code), message=message))
 
 
+class LiveGroup(BaseModel):
+    """A block an edge is broadcasting or has queued (``NodeHeartbeat.broadcast``): its size,
+    the bytes already on the air, and when it is expected to start and end, in seconds from
+    the heartbeat (a negative start: on the air since)."""
+
+    block_id: str = Field(min_length=1, max_length=128)
+    size_bytes: ByteCount
+    sent_bytes: ByteCount = 0
+    starts_in_s: float = Field(ge=-86_400, le=86_400, allow_inf_nan=False)
+    ends_in_s: float = Field(ge=0, le=86_400, allow_inf_nan=False)
+
+
 class NodeHeartbeat(BaseModel):
     """``PUT /v1/nodes/{node_id}``: an edge node registering or renewing its registration."""
 
@@ -110,6 +122,9 @@ class NodeHeartbeat(BaseModel):
     # ``lru`` / ``lfu``: the node caches on demand (EDGE_CACHE_POLICY) and takes no plans;
     # None: it holds the controller's planned placement.
     cache_policy: Literal["lru", "lfu"] | None = None
+    # The blocks its emulated radio is broadcasting or has queued (edges with a world and a
+    # broadcast window); None: not reported. Routing only: never moves the routing stamp.
+    broadcast: list[LiveGroup] | None = Field(default=None, max_length=2000)
 
     # The controller sends plans to this URL: it must be one an HTTP client can request.
     @field_validator("url")
@@ -216,3 +231,6 @@ class RouteDelivery(BaseModel):
     how: DeliveryHow
     migrate_from: int | None = Field(default=None, ge=0)
     expected_ms: float | None = None
+    #: True: ``source`` is broadcasting this block now (or has it queued); the client joins
+    #: its group (``controller/live_groups.py``).
+    broadcast: bool | None = None

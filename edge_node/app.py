@@ -133,6 +133,9 @@ def create_app(settings: Settings) -> FastAPI:
         node.start()
         worker.start()
         heartbeat = Heartbeat(node, client) if settings.controller_url else None
+        if heartbeat is not None and radio is not None and radio.window_s > 0:
+            node.broadcast_report = radio.live_groups  # routing sees the live groups
+            radio.on_group = heartbeat.poke
         if heartbeat is not None:
             heartbeat.start()
             if app.state.ondemand is not None:

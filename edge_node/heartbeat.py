@@ -21,7 +21,7 @@ import httpx
 
 from core.auth import bearer_header
 from core.failover import Endpoints
-from core.wire import NodeHeartbeat
+from core.wire import LiveGroup, NodeHeartbeat
 from edge_node.node import EdgeNode
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,20 @@ def heartbeat_body(node: EdgeNode) -> dict[str, Any]:
         # The controller never hands out a version at or below it, even after losing its state.
         plan_version=node.plan_record.version,
         cache_policy=s.cache_policy,
+        broadcast=_live_groups(node),
     ).model_dump(mode="json")
+
+
+def _live_groups(node: EdgeNode) -> list[LiveGroup] | None:
+    """The radio's live groups for routing (None: not reported; a report that does not
+    validate is left out, so it never costs the node its registration)."""
+    if node.broadcast_report is None:
+        return None
+    try:
+        return [LiveGroup.model_validate(g) for g in node.broadcast_report()]
+    except (ValueError, RuntimeError):
+        logger.exception("heartbeat node_id=%s: live groups left out", node.settings.node_id)
+        return None
 
 
 class Heartbeat:

@@ -120,6 +120,8 @@ class EdgeNode:
         self.repair_fetch: Callable[[BlockId], bool] | None = None
         #: Set by the app: more sections of :meth:`stats` (e.g. ``radio``), name -> snapshot.
         self.extra_stats: dict[str, Callable[[], dict[str, Any]]] = {}
+        #: Set by the app (a radio with a broadcast window): the heartbeat's ``broadcast``.
+        self.broadcast_report: Callable[[], list[dict[str, Any]]] | None = None
 
     # -- background work -----------------------------------------------------------------
     def start(self) -> None:

@@ -23,6 +23,9 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
   charged once, at the rate of its weakest current member (the delay model's rule); the bytes
   go to every member's connection from this node's verified copy, so each client verifies
   them as today. W = 0: no groups, every (request, block) is its own job (unicast).
+  With ``EDGE_MEDIUM_DIR`` a group is the *cluster's*: requests at other edges of the cluster
+  join it too (one edge transmits, the others follow; :mod:`edge_node.cluster_groups`,
+  :mod:`edge_node.cluster_follow`).
 - **No member stalls the others.** The transmitter never waits for a socket: members follow
   the job's progress at their own pace, and a member that goes away is dropped from every job
   it was in (a job nobody waits for any more stops).
@@ -58,6 +61,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.asgi import header_text
 from core.link import ZEROCOPY_EXTENSION
 from core.world import World
+from edge_node.cluster_follow import cluster_follow, live_groups
+from edge_node.cluster_groups import ClusterGroups, Remote
 from edge_node.direct import DIRECT_EXTENSION
 from edge_node.ingest import MIGRATION_HEADER
 from edge_node.link import UNEMULATED_PREFIXES
@@ -139,6 +144,12 @@ class Job:
     started: bool = False
     done: bool = False
     airtime_s: float = 0.0
+    # A cluster group (edge_node.cluster_groups): its id, and the edge that transmits it when
+    # that is another one (this edge then follows: its members get its progress, no airtime).
+    gid: str | None = None
+    leader: str | None = None
+    remote: Remote | None = None  # the other edges' members (a group this edge leads)
+    waiting: int = 0  # members waiting for it now (followed groups are polled while > 0)
 
 
 @dataclass(slots=True)
@@ -155,6 +166,8 @@ class RadioStats:
     mid_joins: int = 0
     members_left: int = 0
     jobs_abandoned: int = 0
+    followed: int = 0  # blocks delivered at another edge's transmission (cluster groups)
+    takeovers: int = 0  # cluster groups this edge took over from a gone leader
 
 
 @dataclass(slots=True)
@@ -184,6 +197,7 @@ class Radio:
         window_s: float,
         ledger: AirtimeLedger,
         holders: Callable[[str], Collection[str]] = lambda _b: (),
+        groups: ClusterGroups | None = None,
     ) -> None:
         if node_id not in world.cluster_of:
             raise ValueError(f"world: this edge {node_id!r} is not in the world's edges")
@@ -193,6 +207,12 @@ class Radio:
         self.window_s = window_s
         self.ledger = ledger
         self.holders = holders
+        #: The cluster's group registry (None: groups form among this edge's requests only).
+        self.groups = groups if window_s > 0 else None
+        #: Called when this edge opens a group (the app: a heartbeat now, for routing).
+        self.on_group: Callable[[], None] | None = None
+        self.following: list[Job] = []
+        self._follower: asyncio.Task[None] | None = None
         self.default_area = world.near_area.get(node_id)
         self.stats = RadioStats()
         self._queue: deque[Job] = deque()
@@ -211,12 +231,13 @@ class Radio:
 
     def _rate(self, job: Job) -> float:
         transmitters: Collection[str] = (self.node_id,)
+        areas: Collection[str] = job.members.values()
         if job.key is not None:
             transmitters = {self.node_id, *self.holders(job.key)}
-        return min(
-            self.world.rate(area, transmitters, serving=self.node_id)
-            for area in job.members.values()
-        )
+        if job.remote is not None and job.remote.areas:
+            transmitters = {*transmitters, *job.remote.edges}
+            areas = [*areas, *job.remote.areas]
+        return min(self.world.rate(area, transmitters, serving=self.node_id) for area in areas)
 
     # -- the transmitter -------------------------------------------------------------------
     def _condition(self) -> asyncio.Condition:
@@ -225,6 +246,10 @@ class Radio:
             self._work = asyncio.Event()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._transmit())
+        if self.groups is not None and (self._follower is None or self._follower.done()):
+            self._follower = asyncio.get_running_loop().create_task(
+                cluster_follow(self, self.groups, self._changed)
+            )
         return self._changed
 
     async def _notify(self) -> None:
@@ -256,7 +281,11 @@ class Radio:
 
     async def _send_job(self, job: Job, changed: asyncio.Condition) -> None:
         """Put ``job`` on the air slice by slice (stops when no member waits for it)."""
-        while job.sent < job.size and job.members:
+        while job.sent < job.size:
+            if job.gid is not None and self.groups is not None:
+                job.remote = self.groups.progress(str(job.key), job.gid, job.sent)
+            if not job.members and not (job.remote and job.remote.areas):
+                break
             rate = self._rate(job)
             n = min(
                 job.size - job.sent,
@@ -282,12 +311,22 @@ class Radio:
             self._queue.remove(job)
         if job.key is not None and self._groups.get(job.key) is job:
             del self._groups[job.key]
+        if job.leader is not None:  # followed: another edge transmitted it
+            if job in self.following:
+                self.following.remove(job)
+            if job.sent >= job.size:
+                self.stats.followed += 1
+            return
+        joined = job.joined
+        if job.gid is not None and self.groups is not None:
+            complete = job.sent >= job.size
+            joined += self.groups.finish(str(job.key), job.gid, job.sent, complete=complete).joined
         if job.sent < job.size:
             self.stats.jobs_abandoned += 1
         if job.kind == "block" and job.sent >= job.size:
             self.stats.block_transmissions += 1
-            self.stats.group_sizes[job.joined] = self.stats.group_sizes.get(job.joined, 0) + 1
-            if job.joined > 1:
+            self.stats.group_sizes[joined] = self.stats.group_sizes.get(joined, 0) + 1
+            if joined > 1:
                 self.stats.broadcast_groups += 1
 
     def _queue_job(self, job: Job) -> None:
@@ -310,11 +349,11 @@ class Radio:
             head: Job | None = None
             join_at = 0
             if job is None or job.done:
-                job = Job("block", size, now + self.window_s, key=block_id)
-                self._queue_job(job)
-                if self.window_s > 0:
-                    self._groups[block_id] = job
-            elif job.sent > 0:
+                job = self._open_group(block_id, size, area, now)
+            elif job.leader is not None and self.groups is not None:
+                if not self.groups.add_member(block_id, str(job.gid), area):
+                    job = self._open_group(block_id, size, area, now)  # it just ended
+            if job.sent > 0:
                 join_at = job.sent
                 head = Job("head", join_at, now, members={member: area}, joined=1)
                 self._queue_job(head)
@@ -324,15 +363,46 @@ class Radio:
             tickets.append(_Ticket(job, join_at, head))
         return tickets
 
+    def _open_group(self, block_id: str, size: int, area: str, now: float) -> Job:
+        """A new block job (a group when W > 0): queued here, or following the cluster's
+        live group of the block led by another edge (:mod:`edge_node.cluster_groups`)."""
+        job = Job("block", size, now + self.window_s, key=block_id)
+        if self.groups is not None:
+            joined = self.groups.join(block_id, size, area, job.not_before)
+            job.gid = joined.gid
+            if not joined.lead:
+                job.leader, job.sent, job.not_before = joined.leader, joined.sent, joined.not_before
+                self.following.append(job)
+        if job.leader is None:
+            self._queue_job(job)
+            if self.on_group is not None and self.window_s > 0:
+                self.on_group()
+        if self.window_s > 0:
+            self._groups[block_id] = job
+        return job
+
+    def lead(self, job: Job, sent: int) -> None:
+        """This edge now transmits a block job it followed, from ``sent`` on (its leader is
+        gone: :func:`cluster_follow`)."""
+        if job in self.following:
+            self.following.remove(job)
+        job.leader, job.sent, job.not_before = None, max(job.sent, sent), time.monotonic()
+        self.stats.takeovers += 1
+        self._queue_job(job)
+
     async def ready(self, ticket: _Ticket, hi: int) -> None:
         """Wait until bytes ``[0, hi)`` of the ticket's block have reached its member."""
         changed = self._condition()
         job, head = ticket.job, ticket.head
-        async with changed:
-            if head is None:
-                await changed.wait_for(lambda: job.sent >= hi or job.done or ticket.gone)
-            else:
-                await changed.wait_for(lambda: (head.done and job.done) or ticket.gone)
+        job.waiting += 1
+        try:
+            async with changed:
+                if head is None:
+                    await changed.wait_for(lambda: job.sent >= hi or job.done or ticket.gone)
+                else:
+                    await changed.wait_for(lambda: (head.done and job.done) or ticket.gone)
+        finally:
+            job.waiting -= 1
 
     async def unicast(self, area: str, nbytes: int) -> None:
         """Send ``nbytes`` that are not part of a whole block, at ``area``'s rate."""
@@ -355,7 +425,9 @@ class Radio:
             for job in (ticket.job, ticket.head):
                 if job is None or job.done or member not in job.members:
                     continue
-                del job.members[member]
+                area = job.members.pop(member)
+                if job.leader is not None and self.groups is not None:
+                    self.groups.remove_member(str(job.key), str(job.gid), area)
                 if job.sent >= job.size:
                     continue  # all on the air already: nothing was left waiting
                 left = True
@@ -370,13 +442,16 @@ class Radio:
         await self._notify()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._follower):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self.ledger.close()
+        if self.groups is not None:
+            self.groups.close()
 
     # -- stats -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -396,7 +471,17 @@ class Radio:
             "members_left": s.members_left,
             "jobs_abandoned": s.jobs_abandoned,
             "queued_jobs": len(self._queue),
+            "cluster_groups": self.groups is not None,
+            "followed_blocks": s.followed,
+            "takeovers": s.takeovers,
+            "live_groups": len(self.live_groups()),
         }
+
+    def live_groups(self) -> list[dict[str, Any]]:
+        """The block jobs this edge has queued or on air, with their expected start and end
+        (seconds from now, at the current rates): ``[{block_id, size_bytes, sent_bytes,
+        starts_in_s, ends_in_s}]`` (the heartbeat's ``broadcast``). Safe from another thread."""
+        return live_groups(self, tuple(self._queue))
 
 
 @dataclass(slots=True)
@@ -642,10 +727,16 @@ def make_radio(settings: Settings, node: Callable[[], EdgeNode | None]) -> Radio
         urls = current.plan_record.peers.get(block_id, ())
         return tuple(world.node_of_url[u] for u in urls if u in world.node_of_url)
 
+    groups = (
+        None
+        if settings.medium_dir is None or settings.broadcast_window_s <= 0
+        else ClusterGroups(settings.medium_dir, cluster, settings.node_id)
+    )
     return Radio(
         world,
         settings.node_id,
         window_s=settings.broadcast_window_s,
         ledger=AirtimeLedger(ledger_path),
         holders=holders,
+        groups=groups,
     )

@@ -50,8 +50,8 @@ class Settings(BaseSettings):
     #: Broadcast window W in seconds (edge_node.radio): requests for one block within it share
     #: one transmission. 0: off (every request's blocks go out on their own).
     broadcast_window_s: float = Field(default=0.0, ge=0, le=60)
-    #: Directory of the clusters' airtime ledgers, shared by the edges of one machine (unset:
-    #: the ledger is in-process, right for a cluster of one edge).
+    #: Directory of the clusters' airtime ledgers and broadcast group registries, shared by
+    #: the edges of one machine (unset: in-process, right for a cluster of one edge).
     medium_dir: Path | None = None
     #: Parallel transfers while applying a plan.
     fetch_workers: int = Field(default=4, ge=1, le=64)

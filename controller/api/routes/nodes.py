@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
+from controller import live_groups
 from controller.api.deps import AuthDep, MetricsDep, NodeAuthDep, SettingsDep, StateDep
 from controller.errors import NodeNotFoundError
 from controller.state import NodeRecord
@@ -61,6 +62,10 @@ def put_node(
         last_seen=now,
     )
     new = state.put_node(record, ttl_s=settings.heartbeat_expiry_s)
+    if body.broadcast is not None:  # routing hints only: not part of the routing stamp
+        live_groups.store(
+            state, node_id, body.broadcast, now=now, keep_s=settings.heartbeat_expiry_s
+        )
     metrics.heartbeats.inc()
     return NodeRegistered(
         node_id=node_id, registered=new, expires_in_s=settings.heartbeat_expiry_s

@@ -34,5 +34,6 @@ async def get_route(
         raise InvalidRequestError("give both x_m and y_m, or neither")
     point = (x_m, y_m) if x_m is not None and y_m is not None else None
     body = await routes.route_async(model_id, area_id=area_id, point=point)
+    body = await routes.live.apply(routes, model_id, area_id=area_id, point=point, body=body)
     metrics.routes.inc()
     return Response(body, media_type="application/json")
