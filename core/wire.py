@@ -108,8 +108,9 @@ class NodeHeartbeat(BaseModel):
     # never hands out a version at or below it (the edges' fencing would refuse it).
     plan_version: Version | None = None
     # ``lru`` / ``lfu``: the node caches on demand (EDGE_CACHE_POLICY) and takes no plans;
-    # None: it holds the controller's planned placement.
-    cache_policy: Literal["lru", "lfu"] | None = None
+    # ``marl``: it runs its trained agent (EDGE_AGENT_CHECKPOINT, decentralised mode) and
+    # takes no plans; None: it holds the controller's planned placement.
+    cache_policy: Literal["lru", "lfu", "marl"] | None = None
 
     # The controller sends plans to this URL: it must be one an HTTP client can request.
     @field_validator("url")
