@@ -121,7 +121,10 @@ def load_policy(path: Path, node_id: str) -> AgentPolicy:
     try:
         doc = torch.load(path, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds on a bad file
-        raise AgentCheckpointError(f"{where}: not a torch checkpoint ({exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:100]  # torch's messages run long
+        raise AgentCheckpointError(
+            f"{where}: not a torch checkpoint ({type(exc).__name__}: {first})"
+        ) from exc
     if not isinstance(doc, Mapping) or doc.get("schema") != CHECKPOINT_SCHEMA:
         raise AgentCheckpointError(f"{where}: not a marl checkpoint (schema {CHECKPOINT_SCHEMA})")
     try:
