@@ -98,6 +98,7 @@ def test_agent_edge_adapts_to_demand_without_a_plan(
         report = fetch(FIRST)
         assert report["bytes_by_kind"]["edge"] > 0
     assert agent()["demand"] == {FIRST: 1.0}
+
     def holds(model_id: str) -> bool:  # held, and the agent's local plan is done
         doc = agent()
         return model_id in doc["held_models"] and doc["applied"] >= 1
