@@ -26,7 +26,9 @@ Every ``EDGE_AGENT_INTERVAL_S`` the loop (a daemon thread, :class:`EdgeAgent`):
    largest Q among those it does not hold that fit the free capacity (``EDGE_CAPACITY_BYTES``),
    until it picks ``stop``; PBs the catalogue lacks cannot be picked;
 5. keeps the models all of whose PBs it picked (a node holds whole models, as a plan does:
-   :func:`controller.delay_planning.whole_models`) and, when that differs from what it holds,
+   :func:`controller.delay_planning.whole_models`), after completing the demanded models it
+   picked some PBs of, most demanded first, while they fit (:func:`complete_models`; a PB set
+   that completes no model would hold nothing); when that differs from what it holds,
    applies it as a local plan through the plan worker (:mod:`edge_node.plans`,
    :func:`edge_node.ingest.apply_plan`: peers from the controller's route first, then the
    origin; everything else evicted; capacity checked), then sends a heartbeat at once.
@@ -217,6 +219,30 @@ def choose_units(
     return [j for j in range(b) if held[j]]
 
 
+def complete_models(
+    chosen: set[str],
+    pbs_of: Mapping[str, set[str]],
+    sizes: Mapping[str, float],
+    shares: Mapping[str, float],
+    *,
+    free_bytes: float,
+) -> set[str]:
+    """``chosen`` PBs plus the missing PBs of the demanded models the agent started (some of
+    their PBs chosen), most demanded first, while they fit ``free_bytes``: the agent acts on
+    PBs but a node holds whole models, and a PB set completing no model would hold nothing."""
+    out, free = set(chosen), free_bytes
+    for model_id in sorted(shares, key=lambda m: (-shares[m], m)):
+        ids = pbs_of.get(model_id, set())
+        missing = ids - out
+        if shares[model_id] <= 0 or not missing or not ids & out:
+            continue
+        extra = sum(sizes.get(u, math.inf) for u in missing)
+        if extra <= free:
+            out |= missing
+            free -= extra
+    return out
+
+
 class DemandWindow:
     """The last N requests that named a model (thread-safe)."""
 
@@ -362,7 +388,13 @@ class EdgeAgent:
             sizes=sizes,
             capacity=float(self.capacity_bytes),
         )
-        chosen = {policy.units[j] for j in picked}
+        chosen = complete_models(
+            {policy.units[j] for j in picked},
+            pbs_of,
+            {u: sizes[i] for i, u in enumerate(policy.units)},
+            shares,
+            free_bytes=self.capacity_bytes - sum(sizes[j] for j in picked),
+        )
         wanted = {m for m, ids in pbs_of.items() if ids and ids <= chosen}
         s = self.status
         s.decisions += 1

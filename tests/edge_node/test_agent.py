@@ -15,7 +15,13 @@ import torch
 from controller.delay import marl
 from controller.delay.model import DelayInstance
 from controller.delay.scenario import tiny_problem
-from edge_node.agent import AgentCheckpointError, choose_units, load_policy, observation
+from edge_node.agent import (
+    AgentCheckpointError,
+    choose_units,
+    complete_models,
+    load_policy,
+    observation,
+)
 
 FAST = marl.MarlConfig(episodes=8, eval_every=4, batch=16, hidden=16, mixing_embed=8)
 
@@ -120,3 +126,13 @@ def test_edge_serve_with_a_bad_checkpoint_exits_with_one_line(tmp_path) -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "not a torch checkpoint" in lines[0], result.stderr
+
+
+def test_picked_pbs_are_completed_to_the_most_demanded_models_that_fit() -> None:
+    pbs_of = {"a": {"p1", "p2"}, "b": {"p3"}, "c": {"p1", "p4"}}
+    sizes = {"p1": 10.0, "p2": 10.0, "p3": 10.0, "p4": 10.0}
+    shares = {"a": 0.5, "b": 0.1, "c": 0.4}
+    # a (most demanded, started) is completed; c no longer fits; b was never started.
+    assert complete_models({"p1"}, pbs_of, sizes, shares, free_bytes=10.0) == {"p1", "p2"}
+    assert complete_models({"p1"}, pbs_of, sizes, shares, free_bytes=20.0) == {"p1", "p2", "p4"}
+    assert complete_models({"p1"}, pbs_of, sizes, {"c": 1.0}, free_bytes=5.0) == {"p1"}
