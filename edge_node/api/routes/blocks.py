@@ -113,13 +113,14 @@ def _batch_pulled(
         raise InvalidRequestError(f"block {foreign[0]} is not a block of model {model_id!r}")
     blocks = [(b, sizes[b]) for b in ids]
     windows = pull.block_windows(blocks)
-    held = not pull.missing_bytes(windows)
-    if held:
-        declare_blocks(raw.scope, blocks)  # the radio may broadcast them (edge_node.radio)
     headers = {"Content-Length": str(sum(n for _, n in blocks))}
+    if not pull.missing_bytes(windows):  # all here: the plain batch path
+        servable = node.ensure_servable(ids)
+        declare_blocks(raw.scope, servable)  # the radio may broadcast them (edge_node.radio)
+        return pieces_response(node, node.blocks_pieces(servable), status_code=200, headers=headers)
     # Pulled blocks live in the pull buffer only while their window is sent (as below).
     return pieces_response(
-        node, pull.serve(repo, windows), status_code=200, headers=headers, zero_copy=held
+        node, pull.serve(repo, windows), status_code=200, headers=headers, zero_copy=False
     )
 
 
