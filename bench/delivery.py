@@ -17,7 +17,13 @@ for the same world, placement and requests (``evaluate_delay`` on
 - ``fine-unicast``: the ``fine-unicast`` solver, unicast (W = 0); block granularity, unicast;
 - ``fine+broadcast``: the ``delay-greedy`` solver with broadcast window W (default 0.5 s);
   block granularity, broadcast;
-- ``marl`` (decentralised): not built (issue 17 item 5), listed as such.
+- ``marl (decentralised)``: no central solver for the edge: it runs a ``marl`` checkpoint
+  locally (``testbed up --agent-checkpoint``, :mod:`edge_node.agent`) trained first on the
+  zoo's PBs in this world (:mod:`testbed.agent`; the reference 100 Mbit/s backhaul in the
+  training instance, since with an unshaped one caching saves nothing in the model); a
+  warm-up of :data:`WARMUP` clients (seed + 1) lets it observe demand and adapt; each row's
+  placement is what the edge holds when the row starts (``agent_changes`` counts local plans
+  the agent applied during the row); simulated like ``fine+broadcast`` (W > 0).
 
 Writes JSON lines to ``bench/results/delivery.jsonl``, a markdown table
 ``bench/results/delivery.md`` and, when matplotlib is importable, ``docs/figures/delivery.png``
@@ -27,6 +33,7 @@ Writes JSON lines to ``bench/results/delivery.jsonl``, a markdown table
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -57,7 +64,15 @@ MODES: dict[str, tuple[str, bool]] = {
     "fine-unicast": ("fine-unicast", False),
     "fine+broadcast": ("delay-greedy", True),
 }
-NOT_BUILT = {"marl (decentralised)": "not built: issue 17 item 5 (EDGE_AGENT_CHECKPOINT)"}
+#: The decentralised mode: every edge runs its own marl agent (broadcast on, like fine+broadcast).
+DECENTRALISED = "marl (decentralised)"
+MODES[DECENTRALISED] = ("marl", True)
+#: Modes the bench lists without numbers (mode -> why).
+NOT_BUILT: dict[str, str] = {}
+#: Requests the decentralised edge observes before the first row.
+WARMUP = 16
+#: The training instance's backhaul when the world leaves it unshaped (reference 100 Mbit/s).
+TRAIN_BACKHAUL_BYTES_PER_S = 12.5e6
 
 
 def workload(k: int, catalogue: Sequence[str], seed: int) -> list[str]:
@@ -125,11 +140,17 @@ def run_mode(
     solver, broadcast = MODES[mode]
     window = window_s if broadcast else 0.0
     world = world_file(work / "world.json")
+    agent = work / "agent.pt" if mode == DECENTRALISED else None
     options = launcher.LaunchOptions(
         state_dir=work / "testbed", edges=1, zoo_dir=zoo_dir, profile="test",
         controller_port=0, world=str(world), broadcast_window_s=window,
-        objective="delay", solver=solver,
+        objective="delay", solver=None if agent else solver,
+        agent_checkpoint=agent, agent_interval_s=1.0,
     )  # fmt: skip
+    if agent is not None:
+        started = time.monotonic()
+        train_agent(agent, zoo_dir, World.load(world), options.capacity_bytes, seed=seed)
+        print(f"[{mode}] agent trained in {time.monotonic() - started:.0f} s", flush=True)
     started = time.monotonic()
     state = launcher.up(options)
     print(f"[{mode}] testbed up in {time.monotonic() - started:.0f} s", flush=True)
@@ -145,10 +166,13 @@ def run_mode(
             )
             for m in catalogue
         }
-        held = sorted(
-            m["model_id"] for m in httpx.get(f"{edge}/v1/models", timeout=30).json()["models"]
-        )
+        if agent is not None:
+            warm_up(controller, edge, work / "warmup", workload(WARMUP, catalogue, seed + 1))
         for k in ks:
+            held = sorted(
+                m["model_id"] for m in httpx.get(f"{edge}/v1/models", timeout=30).json()["models"]
+            )
+            applied = agent_applied(edge) if agent is not None else 0
             requests = workload(k, catalogue, seed)
             radio_before = radio_stats(edge)
             origin_before = httpx.get(f"{state['origin_url']}/v1/stats", timeout=30).json()
@@ -167,6 +191,8 @@ def run_mode(
                 "fetch_s": [round(s, 2) for s in seconds],
                 "load_avg": [round(x, 1) for x in os.getloadavg()],
             }  # fmt: skip
+            if agent is not None:
+                row["agent_changes"] = agent_applied(edge) - applied
             row.update(
                 predicted(
                     World.load(world),
@@ -185,6 +211,47 @@ def run_mode(
     finally:
         launcher.down(work / "testbed")
     return rows
+
+
+def train_agent(out: Path, zoo_dir: Path, world: World, capacity: int, *, seed: int) -> None:
+    """The edge's marl checkpoint for this world and the zoo (testbed/agent.py)."""
+    from testbed.agent import train_checkpoint, zoo_manifests
+
+    manifests = zoo_manifests(zoo_dir)
+
+    def problem_for(blocks, models, slots):
+        problem = world_problem(
+            world, blocks=blocks, models=models, capacities={"edge-1": capacity}, slots=slots
+        )
+        if problem.backhaul_bytes_per_s >= 1e12:  # unshaped: caching would save nothing
+            problem = dataclasses.replace(problem, backhaul_bytes_per_s=TRAIN_BACKHAUL_BYTES_PER_S)
+        return problem
+
+    catalogue = sorted(manifests)
+    train_checkpoint(
+        out, manifests=manifests, problem_for=problem_for, areas=[AREA],
+        popularity=popularity([AREA], catalogue, catalogue), seed=seed,
+    )  # fmt: skip
+
+
+def agent_applied(edge: str) -> int:
+    """Local plans the edge's agent has applied so far."""
+    return int(httpx.get(f"{edge}/v1/agent", timeout=30).json()["applied"])
+
+
+def warm_up(controller: str, edge: str, run_dir: Path, requests: Sequence[str]) -> None:
+    """Clients fetch ``requests``; then wait until the agent has decided on what it saw and
+    holds what it wants (bounded: 120 s)."""
+    for proc in start_clients(controller, run_dir, requests):
+        finish_client(proc)
+    seen = int(httpx.get(f"{edge}/v1/agent", timeout=30).json()["decisions"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        doc = httpx.get(f"{edge}/v1/agent", timeout=30).json()
+        if doc["decisions"] > seen + 1 and doc["held_models"] == doc["wanted_models"]:
+            break
+        time.sleep(0.5)
+    print(f"[{DECENTRALISED}] after warm-up the edge holds {doc['held_models']}", flush=True)
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:

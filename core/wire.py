@@ -120,8 +120,9 @@ class NodeHeartbeat(BaseModel):
     # never hands out a version at or below it (the edges' fencing would refuse it).
     plan_version: Version | None = None
     # ``lru`` / ``lfu``: the node caches on demand (EDGE_CACHE_POLICY) and takes no plans;
-    # None: it holds the controller's planned placement.
-    cache_policy: Literal["lru", "lfu"] | None = None
+    # ``marl``: it runs its trained agent (EDGE_AGENT_CHECKPOINT, decentralised mode) and
+    # takes no plans; None: it holds the controller's planned placement.
+    cache_policy: Literal["lru", "lfu", "marl"] | None = None
     # The blocks its emulated radio is broadcasting or has queued (edges with a world and a
     # broadcast window); None: not reported. Routing only: never moves the routing stamp.
     broadcast: list[LiveGroup] | None = Field(default=None, max_length=2000)

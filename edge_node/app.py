@@ -5,6 +5,7 @@ scrub, the repair worker, the plan worker (:mod:`edge_node.plans`) and (with
 ``controller_url``) the heartbeat, and keeps everything on ``app.state``: ``settings``,
 ``node``, ``plan_progress``, ``plan_worker``, ``http_client``, ``pull`` (Hub requests for what
 the node lacks), ``ondemand`` (the cache policy with ``EDGE_CACHE_POLICY``, else None),
+``agent`` (the decentralised agent with ``EDGE_AGENT_CHECKPOINT``, else None),
 ``metrics_registry``.
 
 Errors: every ``TrimCacheError`` (the ``EdgeError`` tree and core's errors) becomes
@@ -28,6 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.asgi import RequestGuard, header_text, validation_error
 from core.errors import TrimCacheError
 from edge_node import fastbatch
+from edge_node.agent import EdgeAgent, load_policy
+from edge_node.api.routes import agent as agent_routes
 from edge_node.api.routes import blocks, health, hf, models, plan, stats
 from edge_node.catalogue import Catalogue
 from edge_node.errors import RangeNotSatisfiableError, error_header_code
@@ -114,9 +117,23 @@ def create_app(settings: Settings) -> FastAPI:
             follow_redirects=False,
         )
         node.repair_fetch = repair_fetcher(node, client)
-        pull = PullThrough(node, client, Catalogue(settings, client))
+        catalogue = Catalogue(settings, client)
+        pull = PullThrough(node, client, catalogue)
         progress = PlanProgress(version=node.plan_record.version)
         worker = PlanWorker(node, client, progress)
+        # Decentralised mode: a bad checkpoint stops the start here (edge_node.agent).
+        agent = (
+            EdgeAgent(
+                node,
+                load_policy(settings.agent_checkpoint, settings.node_id),
+                catalogue=catalogue,
+                worker=worker,
+                client=client,
+            )
+            if settings.agent_checkpoint is not None
+            else None
+        )
+        app.state.agent = agent
         app.state.settings = settings
         app.state.node = node
         app.state.http_client = client
@@ -137,10 +154,15 @@ def create_app(settings: Settings) -> FastAPI:
             node.broadcast_report = radio.live_groups  # routing sees the live groups
             radio.on_group = heartbeat.poke
         if heartbeat is not None:
+            if agent is not None:  # before the first beat: the controller must never plan it
+                heartbeat.policy = lambda: agent.policy_name
+                agent.on_change = heartbeat.poke
             heartbeat.start()
             if app.state.ondemand is not None:
                 app.state.ondemand.on_change = heartbeat.poke
         app.state.heartbeat = heartbeat
+        if agent is not None:
+            agent.start()
         zerocopy_on, zerocopy_why = zerocopy_status()
         logger.info("zero-copy sendfile %s: %s", "active" if zerocopy_on else "off", zerocopy_why)
         if not settings.auth_token:
@@ -156,6 +178,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            if agent is not None:
+                agent.stop()
             if heartbeat is not None:
                 heartbeat.stop()
             worker.stop()
@@ -168,6 +192,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = EdgeApp(title=f"TrimCache edge node {settings.node_id}", lifespan=lifespan)
     app.state.settings = settings
     app.state.counters = counters
+    app.state.agent = None
 
     @app.exception_handler(TrimCacheError)
     async def _trimcache_error(request: Request, exc: TrimCacheError) -> JSONResponse:
@@ -202,6 +227,7 @@ def create_app(settings: Settings) -> FastAPI:
         blocks.router,
         models.router,
         plan.router,
+        agent_routes.router,
         hf.router,
     ):
         app.include_router(router)

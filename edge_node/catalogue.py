@@ -126,6 +126,13 @@ class Catalogue:
         except httpx.HTTPError as exc:
             raise UpstreamUnavailableError(f"controller {url} did not answer: {exc}") from exc
 
+    def controller_json(self, path: str) -> Any:
+        """``GET {controller}{path}`` as JSON, uncached (UpstreamUnavailableError when no
+        controller answers; httpx.HTTPStatusError on a 4xx)."""
+        response = self._get(path)
+        response.raise_for_status()
+        return response.json()
+
     def _entries(self, repo_id: str, revision: str | None) -> list[dict[str, Any]]:
         params = {"repo_id": repo_id}
         if revision is not None:

@@ -23,6 +23,7 @@ _OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--link-rate-bytes-per-s", "link_rate_bytes_per_s", float, "radio link rate emulation"),
     ("--link-latency-ms", "link_latency_ms", float, "radio link latency emulation"),
     ("--fetch-workers", "fetch_workers", int, "parallel transfers when applying a plan"),
+    ("--agent-checkpoint", "agent_checkpoint", Path, "run this marl agent (decentralised)"),
 )
 
 
@@ -42,5 +43,16 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {
         dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS if getattr(args, dest) is not None
     }
-    serve(Settings(**overrides))
+    settings = Settings(**overrides)
+    check_agent(settings)
+    serve(settings)
     return 0
+
+
+def check_agent(settings: Any) -> None:
+    """Fail before serving when ``EDGE_AGENT_CHECKPOINT`` cannot drive this node (one line:
+    :class:`edge_node.agent.AgentCheckpointError` is a ValueError)."""
+    if settings.agent_checkpoint is not None:
+        from edge_node.agent import load_policy
+
+        load_policy(settings.agent_checkpoint, settings.node_id)

@@ -13,7 +13,8 @@ re-hash of an untrusted block in a worker thread, on-demand caching) stay exactl
 
 - the request is not a peer's migration (``X-TrimCache-Migration``, counted by the route);
 - the body can go straight to the socket (``direct`` offered and a sender slot free), the
-  node emulates no radio link (its middleware is part of the app) and has no cache policy;
+  node emulates no radio link (its middleware is part of the app), has no cache policy and
+  runs no agent (``EDGE_AGENT_CHECKPOINT``: the route counts the request as demand);
 - the body is ``application/json``, at most :data:`MAX_BODY_BYTES`, ``{"block_ids": [...]}``
   (with an optional ``model_id`` string of at most 128 characters, ignored as by the route) of
   1 to :data:`MAX_FAST_IDS` ids (their trust checks run on the event loop: one ``stat`` each);
@@ -91,6 +92,8 @@ def _eligible(scope: Scope, node: object) -> bool:
     settings = node.settings
     if settings.cache_policy is not None or not direct_ready(scope):
         return False
+    if settings.agent_checkpoint is not None:
+        return False  # the agent counts every request naming a model (edge_node.agent)
     if settings.link_rate_bytes_per_s or settings.link_latency_ms > 0:
         return False  # the radio link emulation (inside FastAPI's stack) paces the route
     if settings.world_file is not None:

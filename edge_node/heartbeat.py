@@ -5,7 +5,8 @@ one that answers (:class:`core.failover.Endpoints`: refused, timed out or 5xx tr
 
 Body: :class:`core.wire.NodeHeartbeat` (docs/api.md "Edge node"): ``url``, ``capacity_bytes``,
 ``position`` ``[x_m, y_m]``, ``physical_bytes``, ``models`` (complete models held),
-``blocks_digest``, ``plan_version`` and ``cache_policy``. Runs in a daemon
+``blocks_digest``, ``plan_version`` and ``cache_policy`` (``EDGE_CACHE_POLICY``, or ``marl``
+while the node runs its agent: :mod:`edge_node.agent`). Runs in a daemon
 thread; failures are logged and retried at the next tick, never fatal. :meth:`Heartbeat.poke`
 sends one at once (an on-demand node after a response or an eviction, so routes follow what it
 holds within moments).
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import httpx
 
@@ -27,7 +29,7 @@ from edge_node.node import EdgeNode
 logger = logging.getLogger(__name__)
 
 
-def heartbeat_body(node: EdgeNode) -> dict[str, Any]:
+def heartbeat_body(node: EdgeNode, *, policy: Literal["marl"] | None = None) -> dict[str, Any]:
     s = node.settings
     return NodeHeartbeat(
         url=s.url,
@@ -38,7 +40,7 @@ def heartbeat_body(node: EdgeNode) -> dict[str, Any]:
         blocks_digest=node.blocks_digest(),
         # The controller never hands out a version at or below it, even after losing its state.
         plan_version=node.plan_record.version,
-        cache_policy=s.cache_policy,
+        cache_policy=s.cache_policy or policy,
         broadcast=_live_groups(node),
     ).model_dump(mode="json")
 
@@ -67,6 +69,8 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="edge-heartbeat", daemon=True)
         self.sent = 0
         self.failures = 0
+        #: The node's own cache policy besides EDGE_CACHE_POLICY (the agent's ``marl``).
+        self.policy: Callable[[], Literal["marl"] | None] = lambda: None
 
     def start(self) -> None:
         self._thread.start()
@@ -87,7 +91,7 @@ class Heartbeat:
         path = f"/v1/nodes/{s.node_id}"
         url = f"{self.controllers}{path}"
         headers = bearer_header(s.auth_token)
-        body = heartbeat_body(self.node)
+        body = heartbeat_body(self.node, policy=self.policy())
         try:
             response = self.controllers.call(
                 lambda base: self.client.put(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.failover import parse_urls
@@ -77,13 +77,20 @@ class Settings(BaseSettings):
     #: (edge_node.ondemand) instead of holding the controller's planned placement. Unset (or
     #: empty): planned placement.
     cache_policy: Literal["lru", "lfu"] | None = None
+    #: Decentralised mode (edge_node.agent): the trained ``marl`` checkpoint this node runs
+    #: locally to choose what it caches from the demand it observes (unset: off).
+    agent_checkpoint: Path | None = None
+    #: Seconds between the agent's decisions.
+    agent_interval_s: float = Field(default=5.0, gt=0)
+    #: The observed demand: the last N requests that named a model.
+    agent_window_requests: int = Field(default=64, ge=1, le=1_000_000)
 
     @field_validator("cache_policy", mode="before")
     @classmethod
     def _policy_unset(cls, value: object) -> object:
         return None if value in ("", "planned") else value
 
-    @field_validator("world_file", "medium_dir", mode="before")
+    @field_validator("world_file", "medium_dir", "agent_checkpoint", mode="before")
     @classmethod
     def _path_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -101,6 +108,12 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"expected an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_cache_owner(self) -> Settings:
+        if self.agent_checkpoint is not None and self.cache_policy:
+            raise ValueError("EDGE_AGENT_CHECKPOINT and EDGE_CACHE_POLICY exclude each other")
+        return self
 
     @property
     def controller_urls(self) -> tuple[str, ...]:

@@ -127,6 +127,10 @@ class LaunchOptions:
     # "lru" / "lfu": every edge caches on demand (EDGE_CACHE_POLICY) instead of holding a
     # planned placement; None: planned placement.
     cache_policy: str | None = None
+    # Decentralised mode: every edge runs this trained ``marl`` agent (EDGE_AGENT_CHECKPOINT,
+    # edge_node.agent) every ``agent_interval_s`` instead of holding a planned placement.
+    agent_checkpoint: Path | None = None
+    agent_interval_s: float = 2.0
     # Preferred controller port, used when free (else a random one); 0: always random (tests).
     controller_port: int = DEFAULT_CONTROLLER_PORT
     # Controller replicas on the one Redis (the first on controller_port, the others on random
@@ -726,6 +730,9 @@ def _deployment(
         directory.mkdir(parents=True, exist_ok=True)
     edge_ports = [_free_port(taken) for _ in node_ids]
     extra_env = {"EDGE_CACHE_POLICY": options.cache_policy} if options.cache_policy else {}
+    if options.agent_checkpoint is not None:
+        extra_env["EDGE_AGENT_CHECKPOINT"] = str(Path(options.agent_checkpoint).resolve())
+        extra_env["EDGE_AGENT_INTERVAL_S"] = str(options.agent_interval_s)
     channel: dict[str, float] | None = None
     if options.world is not None:
         world_file = state_dir / "world.json"
@@ -857,7 +864,8 @@ def up(
         say(f"{len(edges)} edge nodes are healthy and registered with the controller")
         # Ready: the catalogue holds every origin repo and every edge applied the placement
         # that covers them (on-demand edges take no placement: only the catalogue counts).
-        planned = [] if options.cache_policy else [s.name for s in edges]
+        own_policy = options.cache_policy or options.agent_checkpoint  # they take no plans
+        planned = [] if own_policy else [s.name for s in edges]
         placement = wait_ready(
             controller_url, origin_url, planned,
             timeout_s=options.ready_timeout_s, say=say, services=started,
@@ -909,6 +917,9 @@ def _state(
                 "data_dir": data_dir,
                 "capacity_bytes": options.capacity_bytes,
                 "cache_policy": options.cache_policy,
+                "agent_checkpoint": (
+                    str(options.agent_checkpoint) if options.agent_checkpoint else None
+                ),
                 "area_id": topology.area_near(service.name).area_id,
             }
             for service, data_dir in zip(edges, deployment.edge_data_dirs, strict=True)

@@ -130,6 +130,11 @@ def add_parsers(subparsers: Any) -> None:
         help="edges cache on demand with this policy instead of holding a planned placement",
     )  # fmt: skip
     up.add_argument(
+        "--agent-checkpoint", type=Path, default=None, metavar="PATH",
+        help="decentralised mode: every edge runs this trained marl agent "
+        "(EDGE_AGENT_CHECKPOINT) instead of holding a planned placement",
+    )  # fmt: skip
+    up.add_argument(
         "--auth-token",
         default=None,
         help="control-plane token (default: $TRIMCACHE_AUTH_TOKEN, else a random one)",
@@ -197,6 +202,11 @@ def _up(args: argparse.Namespace) -> int:
             raise ValueError("--solver marl needs --marl-checkpoint PATH (trained agents)")
         if not args.marl_checkpoint.is_file():
             raise ValueError(f"--marl-checkpoint {args.marl_checkpoint} is not a file")
+    if args.agent_checkpoint is not None:
+        if args.cache_policy:
+            raise ValueError("--agent-checkpoint and --cache-policy exclude each other")
+        if not args.agent_checkpoint.is_file():
+            raise ValueError(f"--agent-checkpoint {args.agent_checkpoint} is not a file")
     state_dir = args.state_dir or paths.cache_home() / "state"
     backhaul_default, radio_default = DEFAULT_LINKS[args.profile]
     options = LaunchOptions(
@@ -214,6 +224,7 @@ def _up(args: argparse.Namespace) -> int:
         objective=args.objective,
         marl_checkpoint=args.marl_checkpoint,
         cache_policy=args.cache_policy,
+        agent_checkpoint=args.agent_checkpoint,
         controller_port=args.controller_port,
         controllers=args.controllers,
         ready_timeout_s=args.ready_timeout_s,

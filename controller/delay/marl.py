@@ -51,7 +51,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -447,8 +447,15 @@ def train(
     config: MarlConfig | None = None,
     engine: str = "local",
     address: str | None = None,
+    variants: Sequence[DelayProblem] = (),
 ) -> Trained:
     """Train the team on one instance (see the module docstring).
+
+    ``variants``: more instances with the same layout (the same requested PBs and nodes) but
+    other demand; episodes cycle through ``problem`` and them (step by step only), so the
+    agents learn to act on the demand they observe rather than on one fixed demand (what an
+    edge running its agent locally needs, :mod:`edge_node.agent`). Greedy evaluations and
+    the returned placement are on ``problem``.
 
     With ``config.parallel_envs = n > 0`` the episodes are rolled out in batches of n by the
     policy as it is at the batch's start, on ``engine`` (``local``: in this process; ``ray``:
@@ -467,9 +474,18 @@ def train(
     check_engine(engine, address)
     if engine != "local" and cfg.parallel_envs == 0:
         raise ValueError("--parallel-envs: must be >= 1 with --engine ray")
+    if variants and cfg.parallel_envs:
+        raise ValueError("marl: variants are trained step by step (parallel_envs=0)")
     instance = DelayInstance(problem)
     game = CacheGame(instance)
     game.max_rounds = _max_rounds(game, cfg.max_rounds)
+    games = [game]
+    for variant in variants:
+        other = CacheGame(DelayInstance(variant))
+        if other.units != game.units or other.nodes != game.nodes:
+            raise ValueError("marl: a variant requests other PBs or has other nodes")
+        other.max_rounds = game.max_rounds
+        games.append(other)
     rng = random.Random(seed)
     with _seeded_torch(seed):
         agent = AgentNet(game.obs_dim, game.n_actions, cfg.hidden)
@@ -588,6 +604,7 @@ def train(
 
         if cfg.parallel_envs == 0:
             for episode in range(cfg.episodes):
+                game = games[episode % len(games)]
                 temp = temperature(episode)
                 x = torch.zeros(game.n_agents, game.n_units)
                 prev = game.empty_mean_s
@@ -605,6 +622,7 @@ def train(
                     if bool(item[8]):
                         break
                 if is_eval_point(episode):
+                    game = games[0]
                     evaluate(episode)
             return trained
         # Batches of parallel_envs episodes rolled out by one frozen policy on the engine,

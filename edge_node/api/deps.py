@@ -8,6 +8,7 @@ import httpx
 from fastapi import Depends, Request
 
 from core.asgi import bearer_dependency
+from edge_node.agent import EdgeAgent
 from edge_node.node import EdgeNode
 from edge_node.ondemand import OnDemandCache
 from edge_node.plans import PlanProgress, PlanWorker
@@ -45,6 +46,11 @@ def get_ondemand(request: Request) -> OnDemandCache | None:
     return ondemand
 
 
+def get_agent(request: Request) -> EdgeAgent | None:
+    agent: EdgeAgent | None = request.app.state.agent
+    return agent
+
+
 def get_http_client(request: Request) -> httpx.Client:
     client: httpx.Client = request.app.state.http_client
     return client
@@ -56,6 +62,7 @@ ProgressDep = Annotated[PlanProgress, Depends(get_progress)]
 PlanWorkerDep = Annotated[PlanWorker, Depends(get_plan_worker)]
 PullDep = Annotated[PullThrough, Depends(get_pull)]
 OnDemandDep = Annotated[OnDemandCache | None, Depends(get_ondemand)]
+AgentDep = Annotated[EdgeAgent | None, Depends(get_agent)]
 HttpClientDep = Annotated[httpx.Client, Depends(get_http_client)]
 #: Control endpoints: ``Authorization: Bearer <EDGE_AUTH_TOKEN>`` or 401 ``unauthorized`` (the
 #: one policy of :mod:`core.auth`: no token configured refuses every write).

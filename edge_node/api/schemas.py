@@ -3,7 +3,7 @@ routes). The plan is a wire message shared with the controller: :class:`core.wir
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.wire import EdgePlan
 
@@ -14,7 +14,9 @@ PlanRequest = EdgePlan
 class BatchRequest(BaseModel):
     block_ids: list[str] = Field(max_length=100_000)
     #: The model the blocks belong to: an on-demand node (``EDGE_CACHE_POLICY``) pulls the
-    #: blocks it lacks through and caches the model; other nodes ignore it.
+    #: blocks it lacks through and caches the model; a node running its agent
+    #: (``EDGE_AGENT_CHECKPOINT``) pulls them through and counts the request as demand; other
+    #: nodes ignore it.
     model_id: str | None = Field(default=None, max_length=128)
     #: Request-time migration: blocks this node lacks are pulled from peer edges (never the
     #: origin) while the answer streams (edge_node.migrate); needs ``model_id``.
@@ -22,3 +24,11 @@ class BatchRequest(BaseModel):
     #: Per block, the peer URL the client's route names to migrate it from (tried first when
     #: the controller's route lists it as a holder; any other URL is ignored).
     migrate_from: dict[str, str] = Field(default_factory=dict, max_length=100_000)
+
+
+class AgentSwitch(BaseModel):
+    """``PUT /v1/agent``: ``enabled`` false hands the node back to the controller's plans."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool

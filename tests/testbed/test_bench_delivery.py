@@ -1,12 +1,13 @@
-"""bench/delivery.py's pure parts: the seeded workload, the table (with the modes not built)
-and the plot. The bench itself runs the testbed (``python -m bench.delivery``)."""
+"""bench/delivery.py's pure parts: the seeded workload, the table (every mode measured, the
+decentralised marl one included) and the plot. The bench itself runs the testbed
+(``python -m bench.delivery``)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
-from bench.delivery import plot, table, workload
+from bench.delivery import DECENTRALISED, plot, table, workload
 
 CATALOGUE = ["m-a", "m-b", "m-c", "m-d"]
 
@@ -28,12 +29,15 @@ def _row(mode: str, k: int, mean: float) -> dict[str, object]:
     }  # fmt: skip
 
 
-def test_table_compares_with_coarse_and_lists_marl_as_not_built(tmp_path: Path) -> None:
+def test_table_compares_with_coarse_including_the_decentralised_mode(tmp_path: Path) -> None:
     rows = [_row("coarse", 4, 10.0), _row("fine+broadcast", 4, 6.0)]
+    rows.append(_row(DECENTRALISED, 4, 5.0))
     text = table(rows)
     assert "| fine+broadcast | 4 | 6.00 (6.00)" in text
     assert text.splitlines()[3].endswith("| -40 % |")
-    assert "marl (decentralised) | - | not built" in text
+    assert text.splitlines()[4].startswith("| marl (decentralised) | 4 | 5.00 (5.00)")
+    assert text.splitlines()[4].endswith("| -50 % |")
+    assert "not built" not in text
     out = tmp_path / "delivery.png"
     if plot(rows, out):
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,7 +1,9 @@
 """Block routes: one block (GET/HEAD, Range) and a streamed batch of whole blocks.
 
 On an on-demand node (``EDGE_CACHE_POLICY``) a batch naming its ``model_id`` is served through
-:func:`edge_node.ondemand.serve` (missing blocks pulled through, the model cached). On other
+:func:`edge_node.ondemand.serve` (missing blocks pulled through, the model cached). On a node
+running its agent (``EDGE_AGENT_CHECKPOINT``) such a batch is counted as demand
+(:mod:`edge_node.agent`) and served by pull-through (the agent decides what to keep). On other
 nodes a batch with ``migrate`` and ``model_id`` migrates the blocks it lacks from peer edges
 (:mod:`edge_node.migrate`); a batch a peer sends for its own migration is counted as migrated
 out.
@@ -18,7 +20,7 @@ from core.asgi import BINARY_RESPONSES
 from core.digest import check_block_id
 from core.hubapi import parse_range, range_headers
 from edge_node import migrate, ondemand
-from edge_node.api.deps import NodeDep, OnDemandDep, PullDep
+from edge_node.api.deps import AgentDep, NodeDep, OnDemandDep, PullDep
 from edge_node.api.routes._body import OCTET, pieces_response
 from edge_node.api.schemas import BatchRequest
 from edge_node.errors import InvalidRequestError
@@ -72,12 +74,16 @@ def get_blocks_batch(
     node: NodeDep,
     pull: PullDep,
     cache: OnDemandDep,
+    agent: AgentDep,
     raw: Request,
     migrating_peer: Annotated[str | None, Header(alias=MIGRATION_HEADER)] = None,
 ) -> Response:
     """The blocks' bytes concatenated in request order; unknown ids are 404 before any byte."""
     if cache is not None and request.model_id is not None:
         return _batch_on_demand(request, request.model_id, node, pull, cache)
+    if agent is not None and agent.enabled and request.model_id is not None:
+        agent.demand.observe(request.model_id)
+        return _batch_pulled(request, request.model_id, node, pull, raw)
     if request.migrate and request.model_id is not None:
         pieces, length, migrated = migrate.serve_batch(
             pull, request.block_ids, request.model_id, request.migrate_from
@@ -93,6 +99,29 @@ def get_blocks_batch(
     declare_blocks(raw.scope, blocks)  # the radio may broadcast them (edge_node.radio)
     headers = {"Content-Length": str(sum(size for _, size in blocks))}
     return pieces_response(node, node.blocks_pieces(blocks), status_code=200, headers=headers)
+
+
+def _batch_pulled(
+    request: BatchRequest, model_id: str, node: NodeDep, pull: PullDep, raw: Request
+) -> Response:
+    """The batch's blocks of ``model_id``: held ones from the store, the rest pulled through."""
+    ids = [check_block_id(b) for b in request.block_ids]
+    repo = pull.find_model(model_id)
+    sizes = repo.manifest.block_sizes()
+    foreign = [b for b in ids if b not in sizes]
+    if foreign:
+        raise InvalidRequestError(f"block {foreign[0]} is not a block of model {model_id!r}")
+    blocks = [(b, sizes[b]) for b in ids]
+    windows = pull.block_windows(blocks)
+    headers = {"Content-Length": str(sum(n for _, n in blocks))}
+    if not pull.missing_bytes(windows):  # all here: the plain batch path
+        servable = node.ensure_servable(ids)
+        declare_blocks(raw.scope, servable)  # the radio may broadcast them (edge_node.radio)
+        return pieces_response(node, node.blocks_pieces(servable), status_code=200, headers=headers)
+    # Pulled blocks live in the pull buffer only while their window is sent (as below).
+    return pieces_response(
+        node, pull.serve(repo, windows), status_code=200, headers=headers, zero_copy=False
+    )
 
 
 def _batch_on_demand(

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from core import hubapi
 from core.asgi import BINARY_RESPONSES
 from edge_node import ondemand
-from edge_node.api.deps import NodeDep, OnDemandDep, PullDep
+from edge_node.api.deps import AgentDep, NodeDep, OnDemandDep, PullDep
 from edge_node.api.routes._body import pieces_response
 from edge_node.hub import file_headers, find_file, model_info, tree
 from edge_node.pull import PullThrough, ServedRepo
@@ -88,10 +88,13 @@ def resolve_get(
     node: NodeDep,
     pull: PullDep,
     cache: OnDemandDep,
+    agent: AgentDep,
     range_header: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
     repo = pull.find_repo(f"{org}/{name}", revision)
     entry = find_file(repo.manifest, path)
+    if agent is not None and agent.enabled:  # the agent's observed demand (edge_node.agent)
+        agent.demand.observe(repo.manifest.model_id)
     headers = file_headers(repo.manifest, entry, _reader(pull, repo))
     span = hubapi.parse_range(range_header, entry.size)
     if span is not None and node.tainted.head_tainted(entry, span[0]):

@@ -11,7 +11,7 @@ from core.manifest import ModelManifest
 from core.wire import EDGE_PLAN_SCHEMA as PLAN_SCHEMA
 from core.wire import PlanAccepted, PlanStatus
 from edge_node.allowlist import check_allowed
-from edge_node.api.deps import AuthDep, NodeDep, PlanWorkerDep, ProgressDep
+from edge_node.api.deps import AgentDep, AuthDep, NodeDep, PlanWorkerDep, ProgressDep
 from edge_node.api.schemas import PlanRequest
 from edge_node.errors import InvalidRequestError
 from edge_node.ingest import Plan
@@ -52,7 +52,14 @@ def _to_plan(request: PlanRequest, settings: Settings) -> Plan:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=PlanAccepted,
 )
-def put_plan(request: PlanRequest, node: NodeDep, worker: PlanWorkerDep) -> PlanAccepted:
+def put_plan(
+    request: PlanRequest, node: NodeDep, worker: PlanWorkerDep, agent: AgentDep
+) -> PlanAccepted:
+    if agent is not None and agent.enabled:
+        raise InvalidRequestError(
+            "this node runs its agent (EDGE_AGENT_CHECKPOINT); it takes no plans until "
+            'PUT /v1/agent {"enabled": false} hands it back'
+        )
     if node.settings.cache_policy:
         raise InvalidRequestError(
             f"this node caches on demand (EDGE_CACHE_POLICY={node.settings.cache_policy}); "
