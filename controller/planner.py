@@ -151,6 +151,8 @@ FALLBACK_SOLVER = "trimcaching-gen"
 #: (and the round) grow with the number of nodes. Each node lists holders in its own order
 #: (controller.holdings.Holdings.peers).
 MAX_PEERS = 4
+#: A plan body is sent pre-encoded (core.wire.EdgePlan.encode).
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -812,31 +814,29 @@ class Planner:
                 best = push.holdings.peers(node_id, block_id, MAX_PEERS)
                 if best:
                     peers[block_id] = [push.urls[p] for p in best]
-        body = EdgePlan(
-            version=push.version,
-            manifests=[push.entries[m].manifest.to_dict() for m in models],
-            peers=peers,
-            origin_url=self.settings.origin_url,
-        ).to_json()
+        # Each model's manifest is encoded once per round (push.manifest_text), not per node.
+        body = EdgePlan.encode(
+            push.version, [push.manifest_text(m) for m in models], peers, self.settings.origin_url
+        )
         # Routes stop naming what this plan evicts before the node starts evicting (and
-        # name again what an earlier plan dropped but this one brings back).
+        # name again what an earlier plan dropped but this one brings back); one round trip
+        # with the "pushing" status.
         dropping = sorted(set(node.models) - set(models))
-        self.state.update_node_models(node_id, dropping=dropping)
         started = time.time()
         pushing = PushStatus(
             status="pushing", version=push.version, at=started, models=push.target_models[node_id]
         )
-        self.state.update_push_status(push.version, node_id, pushing.to_json())
+        self.state.record_push(push.version, node_id, pushing.to_json(), dropping=dropping)
 
         def accepted() -> None:
             with push.lock:
                 push.accepted.add(node_id)
 
-        status = self._push_one(node, body, stop, on_accepted=accepted)
+        status = self._push_one(node, body, push.version, stop, on_accepted=accepted)
         status.update(at=started, version=push.version, models=push.target_models[node_id])
+        held_models: list[str] | None = None
         if status["status"] == "applied":
             held_models = status.get("held_models", models)
-            self.state.update_node_models(node_id, held_models)
             with push.lock:
                 push.holding[node_id] = [m for m in held_models if m in push.entries]
                 push.holdings.set_held(
@@ -854,7 +854,9 @@ class Planner:
             status["retry_at"] = status["at"] + self._backoff_s(attempts)
         if status["status"] == "superseded" and stop.is_set():
             return  # a newer round took over: nothing of this one is recorded
-        self.state.update_push_status(push.version, node_id, PushStatus(**status).to_json())
+        # The confirmed models (applied) and the outcome: one round trip.
+        outcome = PushStatus(**status).to_json()
+        self.state.record_push(push.version, node_id, outcome, models=held_models)
         self.metrics.pushes.labels(status=status["status"]).inc()
 
     def _fitting(
@@ -888,7 +890,8 @@ class Planner:
     def _push_one(
         self,
         node: NodeRecord,
-        body: Mapping[str, Any],
+        body: bytes,
+        version: int,
         stop: threading.Event,
         *,
         on_accepted: Callable[[], None] | None = None,
@@ -903,7 +906,10 @@ class Planner:
         accept_s = min(stall_s, self.settings.push_accept_timeout_s, self.settings.push_timeout_s)
         try:
             response = self.http.put(
-                url, json=dict(body), timeout=httpx.Timeout(accept_s, connect=min(5.0, accept_s))
+                url,
+                content=body,
+                headers=_JSON_HEADERS,
+                timeout=httpx.Timeout(accept_s, connect=min(5.0, accept_s)),
             )
         except httpx.TimeoutException as exc:
             logger.warning("plan push not accepted node_id=%s url=%s: %r", node.node_id, url, exc)
@@ -946,7 +952,7 @@ class Planner:
             now = time.monotonic()
             current = self._plan_status(node, timeout_s=max(poll_s, 1.0))
             if current is not None:
-                outcome = _outcome(current, plan_id, int(body["version"]))
+                outcome = _outcome(current, plan_id, version)
                 if outcome is not None:
                     status.update(outcome)
                     status["seconds"] = round(time.monotonic() - started, 3)
@@ -954,7 +960,7 @@ class Planner:
                         logger.info(
                             "plan applied node_id=%s version=%s fetched=%s",
                             node.node_id,
-                            body["version"],
+                            version,
                             status["fetched_bytes_by_source"],
                         )
                     else:
@@ -962,7 +968,7 @@ class Planner:
                             "plan %s node_id=%s version=%s: %s",
                             status["status"],
                             node.node_id,
-                            body["version"],
+                            version,
                             status.get("error"),
                         )
                     return status
@@ -1160,6 +1166,15 @@ class _Push:
     lock: threading.Lock = field(default_factory=threading.Lock)  # holdings/holding/retaining
     started: dict[str, float] = field(default_factory=dict)  # monotonic start of each push
     accepted: set[str] = field(default_factory=set)  # nodes that answered 202
+    manifests: dict[str, str] = field(default_factory=dict)  # model id -> its manifest JSON
+
+    def manifest_text(self, model_id: str) -> str:
+        """The model's manifest as JSON, encoded once per round (thread-safe: a race encodes
+        it twice, with the same text)."""
+        text = self.manifests.get(model_id)
+        if text is None:
+            text = self.manifests[model_id] = self.entries[model_id].manifest.to_json()
+        return text
 
 
 def _waits_for(node_id: str, push: _Push, busy: set[str], fetching: Mapping[str, str]) -> bool:

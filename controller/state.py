@@ -401,17 +401,90 @@ return 1
 """
 
 
-# Set one field of ctl:placement:status if it still belongs to the given placement version.
-# KEYS[1] = ctl:placement:status; ARGV[1] = version; ARGV[2] = field; ARGV[3] = JSON value.
-_STATUS_LUA = """
-if redis.call('HGET', KEYS[1], 'version') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-return 1
+# set_status(key, version, field, value): set one field of ctl:placement:status if it still
+# belongs to the given placement version; 1 when written.
+_STATUS_FN = """
+local function set_status(key, version, field, value)
+  if redis.call('HGET', key, 'version') ~= version then return 0 end
+  redis.call('HSET', key, field, value)
+  return 1
+end
 """
+# KEYS[1] = ctl:placement:status; ARGV[1] = version; ARGV[2] = field; ARGV[3] = JSON value.
+_STATUS_LUA = _STATUS_FN + "return set_status(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
+
+# set_arrays(key, models, dropping, stamp_key, stamp, channel): a live node record with its
+# "models" and/or "dropping" arrays replaced by the given JSON texts ("" = keep), its TTL kept;
+# the routing stamp rewritten (and published) when the text changed. The rest of the stored
+# text is kept byte for byte (no Lua re-encoding of numbers: cjson would round them). Finds the
+# top-level key (records are flat objects, so a quote before and after the name can only be a
+# key's) and the end of its array (scanning strings and escapes). 0 when the node is not live.
+_NODE_ARRAYS_FN = """
+local function with_array(text, name, value)
+  local at, stop = string.find(text, '"' .. name .. '":', 1, true)
+  if not at then return string.sub(text, 1, -2) .. ', "' .. name .. '": ' .. value .. '}' end
+  local i = stop + 1
+  while string.sub(text, i, i) == ' ' do i = i + 1 end
+  local j, depth, in_str = i, 0, false
+  while j <= #text do
+    local c = string.byte(text, j)
+    if in_str then
+      if c == 92 then j = j + 1 elseif c == 34 then in_str = false end
+    elseif c == 34 then in_str = true
+    elseif c == 91 then depth = depth + 1
+    elseif c == 93 then
+      depth = depth - 1
+      if depth == 0 then break end
+    end
+    j = j + 1
+  end
+  return string.sub(text, 1, i - 1) .. value .. string.sub(text, j + 1)
+end
+local function set_arrays(key, models, dropping, stamp_key, stamp, channel)
+  local old = redis.call('GET', key)
+  if not old then return 0 end
+  local new = old
+  if models ~= '' then new = with_array(new, 'models', models) end
+  if dropping ~= '' then new = with_array(new, 'dropping', dropping) end
+  if new ~= old then
+    redis.call('SET', key, new, 'KEEPTTL')
+    redis.call('SET', stamp_key, stamp)
+    redis.call('PUBLISH', channel, stamp)
+  end
+  return 1
+end
+"""
+# KEYS[1] = ctl:node:{id}; KEYS[2] = ctl:routing:stamp
+# ARGV[1] = models (JSON array, "" = keep); ARGV[2] = dropping (same); ARGV[3] = a new
+# routing stamp; ARGV[4] = the channel announcing it. Returns 1 when the node is live.
+_NODE_ARRAYS_LUA = _NODE_ARRAYS_FN + (
+    "return set_arrays(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[3], ARGV[4])"
+)
+
+# One step of a push (planner): the node's arrays as _NODE_ARRAYS_LUA and its push status as
+# _STATUS_LUA, in one round trip.
+# KEYS[1] = ctl:node:{id}; KEYS[2] = ctl:routing:stamp; KEYS[3] = ctl:placement:status
+# ARGV[1..4] as _NODE_ARRAYS_LUA; ARGV[5] = version; ARGV[6] = field; ARGV[7] = JSON value.
+# Returns 1 when the status was written.
+_PUSH_STEP_LUA = (
+    _NODE_ARRAYS_FN
+    + _STATUS_FN
+    + """
+if ARGV[1] ~= '' or ARGV[2] ~= '' then
+  set_arrays(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[3], ARGV[4])
+end
+return set_status(KEYS[3], ARGV[5], ARGV[6], ARGV[7])
+"""
+)
 
 
 def _new_stamp() -> str:
     return uuid.uuid4().hex
+
+
+def _arrays_args(models: Sequence[str] | None, dropping: Sequence[str] | None) -> list[str]:
+    """ARGV[1..2] of :data:`_NODE_ARRAYS_LUA`: each list as JSON, or "" to keep it."""
+    return ["" if v is None else json.dumps(list(v)) for v in (models, dropping)]
 
 
 def _restamp(pipe: Any) -> None:
@@ -459,6 +532,8 @@ class RedisState:
         self._fenced_placement_script = self.client.register_script(_FENCED_PLACEMENT_LUA)
         self._heartbeat_script = self.client.register_script(_HEARTBEAT_LUA)
         self._status_script = self.client.register_script(_STATUS_LUA)
+        self._node_arrays_script = self.client.register_script(_NODE_ARRAYS_LUA)
+        self._push_step_script = self.client.register_script(_PUSH_STEP_LUA)
         #: Writes of this process that may have moved the routing stamp (see _stamping).
         self.stamp_writes = 0
         self._stamp_lock = threading.Lock()
@@ -576,25 +651,33 @@ class RedisState:
         dropping: Sequence[str] | None = None,
     ) -> bool:
         """Record a node's confirmed complete models (from a plan response) and/or the models
-        a plan tells it to drop (routes stop naming those first); keeps the TTL."""
-
-        def txn(pipe: Any) -> bool:
-            text = pipe.get(node_key(node_id))
-            if text is None:
-                pipe.multi()
-                return False
-            doc = json.loads(text)
-            if models is not None:
-                doc["models"] = list(models)
-            if dropping is not None:
-                doc["dropping"] = list(dropping)
-            pipe.multi()
-            pipe.set(node_key(node_id), json.dumps(doc, sort_keys=True), keepttl=True)
-            _restamp(pipe)
-            return True
-
+        a plan tells it to drop (routes stop naming those first); keeps the TTL. One script
+        call (:data:`_NODE_ARRAYS_LUA`); the routing stamp moves only when a list changed.
+        False when the node is not live (an expired node is not resurrected)."""
+        keys = [node_key(node_id), ROUTING_STAMP_KEY]
+        args = [*_arrays_args(models, dropping), _new_stamp(), ROUTING_CHANNEL]
         with self._stamping():
-            return bool(self._transact(txn, node_key(node_id)))
+            done = self._call(lambda: self._node_arrays_script(keys=keys, args=args))
+        return bool(int(done))
+
+    def record_push(
+        self,
+        version: int,
+        node_id: str,
+        status: Mapping[str, Any],
+        *,
+        models: Sequence[str] | None = None,
+        dropping: Sequence[str] | None = None,
+    ) -> bool:
+        """One push step in one script call: :meth:`update_node_models` with ``models`` and/or
+        ``dropping`` (when given), then :meth:`update_push_status` of ``status``; returns
+        whether the status was written (the stored placement is still ``version``)."""
+        keys = [node_key(node_id), ROUTING_STAMP_KEY, PLACEMENT_STATUS_KEY]
+        args = [*_arrays_args(models, dropping), _new_stamp(), ROUTING_CHANNEL]
+        args += [str(version), f"push:{node_id}", json.dumps(dict(status), sort_keys=True)]
+        with self._stamping():
+            done = self._call(lambda: self._push_step_script(keys=keys, args=args))
+        return bool(int(done))
 
     def delete_node(self, node_id: str) -> bool:
         def run() -> bool:
