@@ -223,8 +223,12 @@ class Planner:
         self.http.close()
 
     # -- reading state --------------------------------------------------------------------
-    def active_topology(self, nodes: Sequence[NodeRecord]) -> ActiveTopology:
-        version, doc = self.state.get_topology()
+    def active_topology(
+        self, nodes: Sequence[NodeRecord], stored: tuple[int, dict[str, Any] | None] | None = None
+    ) -> ActiveTopology:
+        """The topology in force: the stored one (``stored``: as ``RedisState.get_topology``
+        already read, else read here), the file's, or a default one around ``nodes``."""
+        version, doc = self.state.get_topology() if stored is None else stored
         if doc is not None:
             return ActiveTopology(Topology.from_json(doc), version, "stored")
         if self.file_topology is not None:
@@ -233,10 +237,11 @@ class Planner:
             default_topology({n.node_id: n.position for n in nodes}), 0, "default"
         )
 
-    def catalogue(self) -> dict[str, CatalogueEntry]:
+    def catalogue(self, stamp: tuple[str, int] | None = None) -> dict[str, CatalogueEntry]:
         """Every catalogue entry by model id, re-read only when the catalogue's stamp moves
-        (one small Redis round trip per call instead of parsing every manifest)."""
-        stamp = self.state.catalogue_stamp()
+        (one small Redis round trip per call instead of parsing every manifest; none when
+        the caller read ``stamp``, ``RedisState.catalogue_stamp()``, already)."""
+        stamp = self.state.catalogue_stamp() if stamp is None else stamp
         cached = self._catalogue
         if cached is None or cached[0] != stamp:
             entries = {e.model_id: e for e in self.state.list_models()}

@@ -507,6 +507,50 @@ def _redis_errors() -> Iterator[None]:
         raise StateUnavailableError(f"Redis is unavailable: {exc}") from exc
 
 
+def _topology_of(text: str | None) -> tuple[int, dict[str, Any] | None]:
+    """``(version, topology document)`` of the stored ``ctl:topology`` text."""
+    if not text:
+        return 0, None
+    doc = json.loads(text)
+    return int(doc["version"]), doc["topology"]
+
+
+def merged_placement(text: str | None, status: Mapping[str, str]) -> dict[str, Any] | None:
+    """The placement record of its stored ``text`` with ``push`` and ``dispatch`` from the
+    ``ctl:placement:status`` hash (None: no placement)."""
+    if not text:
+        return None
+    doc: dict[str, Any] = json.loads(text)
+    if not status_belongs(doc, status):
+        return doc  # stored before the status hash existed: push/dispatch are inside
+    push = doc.setdefault("push", {})
+    for name, value in status.items():
+        if name.startswith("push:"):
+            push[name[5:]] = json.loads(value)
+    if "dispatch" in status:
+        doc["dispatch"] = json.loads(status["dispatch"])
+    return doc
+
+
+def status_belongs(doc: Mapping[str, Any], status: Mapping[str, str]) -> bool:
+    """Whether the status hash holds the changing parts of the placement record ``doc``."""
+    return status.get("version") == str(doc.get("version"))
+
+
+@dataclass(frozen=True, slots=True)
+class StatusTexts:
+    """What ``GET /v1/status`` reads, as stored (:meth:`RedisState.status_texts`;
+    :mod:`controller.status_view` parses only what changed)."""
+
+    nodes: dict[str, str]  # live node id -> its record's JSON, sorted by id
+    placement: str | None  # ctl:placement
+    placement_status: dict[str, str]  # ctl:placement:status
+    plan_attempt: str | None  # ctl:plan:last
+    catalogue_stamp: tuple[str, int]  # as catalogue_stamp(): (epoch, version)
+    topology: tuple[int, dict[str, Any] | None]  # as get_topology()
+    outcomes: dict[str, int]
+
+
 class RedisState:
     """Typed access to the controller's Redis keys (see the module docstring for the schema)."""
 
@@ -632,6 +676,41 @@ class RedisState:
             live_ttls = [int(ms) for t, ms in zip(texts, ttls, strict=False) if t and ms >= 0]
             first = min(live_ttls) / 1000.0 if live_ttls else None
             return NodeRecord.many_from_json([t for t in texts if t is not None]), first
+
+        return self._call(run)
+
+    def status_texts(self) -> StatusTexts:
+        """Everything ``GET /v1/status`` reads from here, in two round trips whatever the
+        number of nodes (the node ids with the other keys in one pipeline, then one MGET);
+        prunes expired ids as :meth:`live_nodes` does."""
+
+        def run() -> StatusTexts:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.smembers(NODES_KEY)
+            pipe.get(PLACEMENT_KEY)
+            pipe.hgetall(PLACEMENT_STATUS_KEY)
+            pipe.get(PLAN_ATTEMPT_KEY)
+            pipe.mget([CATALOGUE_EPOCH_KEY, CATALOGUE_VERSION_KEY])
+            pipe.get(TOPOLOGY_KEY)
+            pipe.hgetall(OUTCOMES_KEY)
+            members, placement, status, attempt, (epoch, version), topology, outcomes = (
+                pipe.execute()
+            )
+            node_ids = sorted(cast(set[str], members))
+            keys = [node_key(n) for n in node_ids]
+            texts = cast(list[str | None], self.client.mget(keys)) if keys else []
+            dead = [n for n, t in zip(node_ids, texts, strict=True) if t is None]
+            if dead:
+                self._prune_nodes(dead)
+            return StatusTexts(
+                nodes={n: t for n, t in zip(node_ids, texts, strict=True) if t is not None},
+                placement=placement,
+                placement_status=status,
+                plan_attempt=attempt,
+                catalogue_stamp=(str(epoch or ""), int(version or 0)),
+                topology=_topology_of(topology),
+                outcomes={k: int(v) for k, v in outcomes.items()},
+            )
 
         return self._call(run)
 
@@ -905,11 +984,7 @@ class RedisState:
     # -- topology -------------------------------------------------------------------------
     def get_topology(self) -> tuple[int, dict[str, Any] | None]:
         """``(version, topology document)``; ``(0, None)`` when none was stored."""
-        text = self._call(lambda: self.client.get(TOPOLOGY_KEY))
-        if not text:
-            return 0, None
-        doc = json.loads(cast(str, text))
-        return int(doc["version"]), doc["topology"]
+        return _topology_of(cast(str | None, self._call(lambda: self.client.get(TOPOLOGY_KEY))))
 
     def put_topology(self, topology: Mapping[str, Any]) -> int:
         """Store a topology document; returns its new version."""
@@ -939,18 +1014,7 @@ class RedisState:
             return text, status
 
         text, status = self._call(run)
-        if not text:
-            return None
-        doc: dict[str, Any] = json.loads(text)
-        if status.get("version") != str(doc.get("version")):
-            return doc  # stored before the status hash existed: push/dispatch are inside
-        push = doc.setdefault("push", {})
-        for name, value in status.items():
-            if name.startswith("push:"):
-                push[name[5:]] = json.loads(value)
-        if "dispatch" in status:
-            doc["dispatch"] = json.loads(status["dispatch"])
-        return doc
+        return merged_placement(text, status)
 
     def placement_version(self) -> int | None:
         """The stored placement's version (one small read; None: no placement)."""
