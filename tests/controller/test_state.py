@@ -134,7 +134,8 @@ def test_a_node_models_update_is_one_command_and_keeps_the_rest_exact(
     stamp moved only when a list changed; a push status in the same call."""
     tricky = NodeRecord(
         node_id="edge-1",
-        url='http://edge-1:1/"models": ["x"]\\',  # a key-like string, quotes and a backslash
+        url="http://edge-1:1/\\",  # a backslash before the closing quote
+        blocks_digest='"models": ["x"], "dropping": [',  # key-like, stored before the keys
         capacity_bytes=2**53 - 1,
         position=(0.1 + 0.2, -1e-7),
         models=("a]", 'b"[', "c"),
@@ -142,6 +143,7 @@ def test_a_node_models_update_is_one_command_and_keeps_the_rest_exact(
         last_seen=1764872125.987654321,
     )
     state.put_node(tricky, ttl_s=30)
+    assert not state.update_node_models("nobody", ["m"])  # not live; loads the script
     ttl_before = state.client.pttl(node_key("edge-1"))
     stamp = state.routing_stamp()
     before = _command_calls(state)
