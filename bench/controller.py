@@ -28,9 +28,14 @@ average) go to ``bench/results/controller_wrk.jsonl``.
 with ``--connections``): ``route_rps`` is their sum, ``route_rps_by_replica`` each one's, side by
 side with the 1-replica row of the same run.
 
+``--status-plans`` (with ``--wrk``; ``--duration 0`` skips wrk itself): ``/v1/status`` is also
+timed while the controller plans and pushes over all those nodes, plan after plan
+(:func:`_status_during_plans`), with ``--status-heartbeats`` heartbeats/s meanwhile.
+
 ``--plan-nodes N[,N...]``: one plan over N simulated registrations (:func:`run_plan_case`):
 plan time and its phases (read, problem, solve + replan decision, store), then the push round
-to closed ports; rows to ``bench/results/controller_plan.jsonl``.
+to closed ports; rows to ``bench/results/controller_plan.jsonl``. With ``--tree DIR`` (repeat)
+each size runs once per tree, side by side (another tree's code in a subprocess).
 """
 
 from __future__ import annotations
@@ -359,7 +364,11 @@ def _status_during_plans(http: Any, redis_url: str, args: argparse.Namespace) ->
     rounds: list[float] = []
     plans: list[float] = []
     beats = [0]
-    node_ids = [n["node_id"] for n in http.get("/v1/nodes").json()["nodes"]]
+    # Heartbeats repeat each node's registration (an edge's usual, unchanged report).
+    bodies = {
+        n["node_id"]: {k: n[k] for k in ("url", "capacity_bytes", "position", "models")}
+        for n in http.get("/v1/nodes").json()["nodes"]
+    }
     with redis.Redis.from_url(redis_url, decode_responses=True) as client:
 
         def cycles() -> None:
@@ -381,11 +390,12 @@ def _status_during_plans(http: Any, redis_url: str, args: argparse.Namespace) ->
 
             gap = 1.0 / args.status_heartbeats
             with httpx.Client(base_url=str(http.base_url), headers=http.headers) as beat:
-                for node_id in itertools.cycle(node_ids):
-                    if stop.wait(gap):
+                next_at = time.monotonic()
+                for node_id in itertools.cycle(list(bodies)):
+                    next_at += gap  # a steady rate: a slow answer is caught up on
+                    if stop.wait(max(0.0, next_at - time.monotonic())):
                         return
-                    body = {"url": "http://127.0.0.1:9", "capacity_bytes": args.capacity_mb * 10**6}
-                    beat.put(f"/v1/nodes/{node_id}", json=body).raise_for_status()
+                    beat.put(f"/v1/nodes/{node_id}", json=bodies[node_id]).raise_for_status()
                     beats[0] += 1
 
         workers = [threading.Thread(target=cycles, daemon=True)]
