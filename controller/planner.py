@@ -706,6 +706,7 @@ class Planner:
         # Block -> the node of this round fetching it (no peer holds it yet).
         fetching: dict[str, str] = {}
         claimed: dict[str, list[str]] = {}  # node -> the blocks of ``fetching`` it claimed
+        blocked: dict[str, tuple[str, str]] = {}  # waiting node -> (block, its fetcher)
         retained: list[str] = []
 
         def start(node_id: str, prior: Mapping[str, Any]) -> None:
@@ -731,7 +732,7 @@ class Planner:
             while (pending or inflight) and not stop.is_set():
                 busy = set(pending) | set(inflight.values()) if pending else set()
                 for node_id in list(pending):
-                    if not _waits_for(node_id, push, busy, fetching):
+                    if not _waits_for(node_id, push, busy, fetching, blocked):
                         pending.remove(node_id)
                         start(node_id, pushes.get(node_id, {}))
                 if pending and not inflight:
@@ -1182,28 +1183,58 @@ class _Push:
         return text
 
 
-def _waits_for(node_id: str, push: _Push, busy: set[str], fetching: Mapping[str, str]) -> bool:
+def _waits_for(
+    node_id: str,
+    push: _Push,
+    busy: set[str],
+    fetching: Mapping[str, str],
+    blocked: dict[str, tuple[str, str]] | None = None,
+) -> bool:
     """Whether ``node_id`` must wait before its push starts: its evictions would remove the
     last confirmed copy of a block a node still in the round (``busy``) is placed to hold, or it
     needs a block no node holds yet that another node of the round is fetching (it copies it
     from that peer afterwards, so the origin serves each block once) - unless that node has
     not accepted its plan within :data:`CLAIM_ACCEPT_S`. Costs the node's own blocks, not the
-    number of nodes (:class:`~controller.holdings.Holdings`)."""
+    number of nodes (:class:`~controller.holdings.Holdings`).
+
+    ``blocked`` remembers the fetch a node last waited for: while that one still makes it
+    wait (the same test as below, on one block), the answer is True without walking the
+    node's blocks again (the round asks every pending node at every wake-up: measured 74,000
+    calls, 3 s, in a 1,000-node round before)."""
     with push.lock:
         holdings = push.holdings
+        claim_by = time.monotonic() - CLAIM_ACCEPT_S
+        last = blocked.get(node_id) if blocked is not None else None
+        if last is not None and not holdings.is_held(last[0]):
+            if _fetcher(last[0], node_id, push, fetching, claim_by) == last[1]:
+                return True
         for block_id in holdings.last_copies(node_id):
             if any(m in busy for m in holdings.lacking(block_id) if m != node_id):
                 return True
-        claim_by = time.monotonic() - CLAIM_ACCEPT_S
         for block_id in holdings.unheld(node_id):
-            n = fetching.get(block_id)
-            if (
-                n is not None
-                and n != node_id
-                and (n in push.accepted or push.started.get(n, 0.0) > claim_by)
-            ):
+            fetcher = _fetcher(block_id, node_id, push, fetching, claim_by)
+            if fetcher is not None:
+                if blocked is not None:
+                    blocked[node_id] = (block_id, fetcher)
                 return True
+    if blocked is not None:
+        blocked.pop(node_id, None)
     return False
+
+
+def _fetcher(
+    block_id: str, node_id: str, push: _Push, fetching: Mapping[str, str], claim_by: float
+) -> str | None:
+    """The other node of the round fetching ``block_id`` that ``node_id`` waits for (it
+    accepted its plan, or started less than CLAIM_ACCEPT_S ago), or None."""
+    n = fetching.get(block_id)
+    if (
+        n is not None
+        and n != node_id
+        and (n in push.accepted or push.started.get(n, 0.0) > claim_by)
+    ):
+        return n
+    return None
 
 
 def _outcome(current: PlanStatus, plan_id: str, version: int) -> dict[str, Any] | None:
