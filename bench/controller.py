@@ -28,9 +28,14 @@ average) go to ``bench/results/controller_wrk.jsonl``.
 with ``--connections``): ``route_rps`` is their sum, ``route_rps_by_replica`` each one's, side by
 side with the 1-replica row of the same run.
 
+``--status-plans`` (with ``--wrk``; ``--duration 0`` skips wrk itself): ``/v1/status`` is also
+timed while the controller plans and pushes over all those nodes, plan after plan
+(:func:`_status_during_plans`), with ``--status-heartbeats`` heartbeats/s meanwhile.
+
 ``--plan-nodes N[,N...]``: one plan over N simulated registrations (:func:`run_plan_case`):
 plan time and its phases (read, problem, solve + replan decision, store), then the push round
-to closed ports; rows to ``bench/results/controller_plan.jsonl``.
+to closed ports; rows to ``bench/results/controller_plan.jsonl``. With ``--tree DIR`` (repeat)
+each size runs once per tree, side by side (another tree's code in a subprocess).
 """
 
 from __future__ import annotations
@@ -302,16 +307,13 @@ def run_wrk_case(tree: Path, args: argparse.Namespace, replicas: int = 1) -> dic
                     for path in paths:
                         httpx.get(f"{replica_url}{path}", timeout=60).raise_for_status()
                 load_before = os.getloadavg()
-                row = _wrk_all(urls, paths, work, args)
+                row = _wrk_all(urls, paths, work, args) if args.duration > 0 else {"non_2xx": 0}
                 load_after = os.getloadavg()
                 more = [f"status-{n:04d}" for n in range(args.status_nodes - n_nodes)]
                 _register(http, more, [[] for _ in more], args)
                 listed = len(http.get("/v1/status").json()["nodes"])
-                times = []
-                for _ in range(args.status_requests):
-                    started = time.perf_counter()
-                    http.get("/v1/status").raise_for_status()
-                    times.append((time.perf_counter() - started) * 1000)
+                times = _status_times(http, args.status_requests)
+                during = _status_during_plans(http, redis_url, args) if args.status_plans else {}
         finally:
             stop_processes(procs)
     times.sort()
@@ -331,8 +333,91 @@ def run_wrk_case(tree: Path, args: argparse.Namespace, replicas: int = 1) -> dic
         "status_nodes": listed,
         "status_ms_p50": round(statistics.median(times), 2),
         "status_ms_p99": round(times[min(len(times) - 1, int(0.99 * len(times)))], 2),
+        **during,
         "loadavg_before": [round(v, 2) for v in load_before],
         "loadavg_after": [round(v, 2) for v in load_after],
+    }
+
+
+def _status_times(http: Any, count: int) -> list[float]:
+    """Milliseconds of ``count`` sequential ``GET /v1/status`` (the body read, not parsed)."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        http.get("/v1/status").raise_for_status()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def _status_during_plans(http: Any, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``GET /v1/status`` timed while the controller plans and pushes over every registered
+    node: plan cycles run back to back in a thread (each deletes ``ctl:placement`` so the plan
+    is a first one, stored and pushed to every node, then ``POST /v1/placement:plan`` and
+    waiting for the round's ``dispatch`` to be ``done``), optionally with ``--status-heartbeats``
+    heartbeats/s re-sent for the registered nodes, while ``--status-requests`` requests are
+    timed (median, p99 and the load average over that window)."""
+    import threading
+
+    import redis
+
+    stop = threading.Event()
+    rounds: list[float] = []
+    plans: list[float] = []
+    beats = [0]
+    # Heartbeats repeat each node's registration (an edge's usual, unchanged report).
+    bodies = {
+        n["node_id"]: {k: n[k] for k in ("url", "capacity_bytes", "position", "models")}
+        for n in http.get("/v1/nodes").json()["nodes"]
+    }
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+
+        def cycles() -> None:
+            while not stop.is_set():
+                client.delete("ctl:placement")
+                started = time.perf_counter()
+                http.post("/v1/placement:plan").raise_for_status()
+                planned = time.perf_counter()
+                while not stop.is_set():
+                    dispatch = client.hget("ctl:placement:status", "dispatch")
+                    if dispatch and json.loads(dispatch).get("state") == "done":
+                        rounds.append(time.perf_counter() - planned)
+                        break
+                    time.sleep(0.05)
+                plans.append(planned - started)
+
+        def heartbeats() -> None:
+            import httpx
+
+            gap = 1.0 / args.status_heartbeats
+            with httpx.Client(base_url=str(http.base_url), headers=http.headers) as beat:
+                next_at = time.monotonic()
+                for node_id in itertools.cycle(list(bodies)):
+                    next_at += gap  # a steady rate: a slow answer is caught up on
+                    if stop.wait(max(0.0, next_at - time.monotonic())):
+                        return
+                    beat.put(f"/v1/nodes/{node_id}", json=bodies[node_id]).raise_for_status()
+                    beats[0] += 1
+
+        workers = [threading.Thread(target=cycles, daemon=True)]
+        if args.status_heartbeats > 0:
+            workers.append(threading.Thread(target=heartbeats, daemon=True))
+        for worker in workers:
+            worker.start()
+        time.sleep(0.5)  # the first plan is being computed
+        load_before = os.getloadavg()
+        times = sorted(_status_times(http, args.status_requests))
+        load_after = os.getloadavg()
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=600)
+    return {
+        "plan_status_ms_p50": round(statistics.median(times), 2),
+        "plan_status_ms_p99": round(times[min(len(times) - 1, int(0.99 * len(times)))], 2),
+        "plan_status_ms_max": round(times[-1], 2),
+        "plan_cycles_s": [round(v, 2) for v in plans],
+        "plan_rounds_s": [round(v, 2) for v in rounds],
+        "plan_heartbeats": beats[0],
+        "plan_loadavg": [round(v, 2) for v in load_before + load_after],
     }
 
 
@@ -409,16 +494,51 @@ def run_plan_case(n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_plans(args: argparse.Namespace) -> None:
+    """``--plan-nodes``: every size, for each ``--tree`` (default this one; another tree's
+    controller code runs in a subprocess with that tree first on ``sys.path``, this bench
+    measuring it)."""
+    import logging
+    import sys
+
+    logging.disable(logging.WARNING)  # one line per failed push, as in the subprocess
+    trees = [t.resolve() for t in (args.tree or [REPO_ROOT])]
     rows = []
     with (args.out / "controller_plan.jsonl").open("a") as out:
         for n_nodes in args.plan_nodes:
-            row = run_plan_case(n_nodes, args)
-            rows.append(row)
-            out.write(json.dumps(row, sort_keys=True) + "\n")
-    print(f"{'nodes':>5} {'models':>6} {'plan s':>7} {'dispatch s':>10}  phases s / pushes / load")
+            for tree in trees:
+                if tree == REPO_ROOT:
+                    row = {**run_plan_case(n_nodes, args), "tree": str(tree)}
+                else:
+                    # ``-c`` (not the script's path): sys.path[0] is then the tree (cwd).
+                    bench_argv = ["bench", "--plan-one", "1", "--plan-nodes", str(n_nodes)]
+                    for name in ("blocks", "shared", "families", "capacity_mb", "solver", "seed"):
+                        bench_argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+                    bench_argv += ["--models", str(args.models[-1])]
+                    bench_argv += ["--plan-timeout", str(args.plan_timeout)]
+                    script = str(Path(__file__).resolve())
+                    code = f"import runpy, sys; sys.argv = {bench_argv!r}; "
+                    code += f"runpy.run_path({script!r}, run_name='__main__')"
+                    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONWARNINGS": "ignore"}
+                    done = subprocess.run(
+                        [sys.executable, "-c", code],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                        cwd=tree,
+                    )
+                    row = {**json.loads(done.stdout.splitlines()[-1]), "tree": str(tree)}
+                row["git_sha"] = _git_sha(tree)
+                rows.append(row)
+                out.write(json.dumps(row, sort_keys=True) + "\n")
+    print(
+        f"{'tree':<26} {'sha':<8} {'nodes':>5} {'models':>6} {'plan s':>7} {'dispatch s':>10}  "
+        "phases s / pushes / load"
+    )
     for r in rows:
         print(
-            f"{r['nodes']:>5} {r['models']:>6} {r['plan_s']:>7} {r['dispatch_s']:>10}  "
+            f"{r['tree'][-26:]:<26} {r['git_sha']:<8} {r['nodes']:>5} {r['models']:>6} "
+            f"{r['plan_s']:>7} {r['dispatch_s']:>10}  "
             f"{r['timings_s']} {r['push_statuses']} {r['loadavg']}"
         )
 
@@ -449,11 +569,21 @@ def run_wrk(args: argparse.Namespace) -> None:
     )
     for r in rows:
         print(
-            f"{r['tree'][-26:]:<26} {r['git_sha']:<8} {r['replicas']:>8} {r['route_rps']!s:>11} "
+            f"{r['tree'][-26:]:<26} {r['git_sha']:<8} {r['replicas']:>8} "
+            f"{r.get('route_rps')!s:>11} "
             f"{_first(r.get('route_latency_p50')):>8} {_first(r.get('route_latency_p99')):>8} "
             f"{r['non_2xx']:>6} {r['status_nodes']:>12} {r['status_ms_p50']:>7} "
             f"{r['status_ms_p99']:>7}  {r['loadavg_before']}"
         )
+    for r in rows:
+        if "plan_status_ms_p99" in r:
+            print(
+                f"{r['tree'][-26:]:<26} status while planning + pushing: "
+                f"p50 {r['plan_status_ms_p50']} ms, p99 {r['plan_status_ms_p99']} ms, "
+                f"max {r['plan_status_ms_max']} ms; plans {r['plan_cycles_s']} s, "
+                f"rounds {r['plan_rounds_s']} s, heartbeats {r['plan_heartbeats']}, "
+                f"load {r['plan_loadavg']}"
+            )
 
 
 def _first(value: Any) -> str:
@@ -500,10 +630,25 @@ def main() -> None:
         "--plan-nodes", type=_ints, help="plan over N simulated nodes (comma list; docstring)"
     )
     parser.add_argument("--plan-timeout", type=float, default=600.0, help="push round bound, s")
+    parser.add_argument("--plan-one", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--status-plans",
+        action="store_true",
+        help="also time /v1/status while plans run back to back (--wrk; --duration 0: no wrk)",
+    )
+    parser.add_argument(
+        "--status-heartbeats", type=float, default=0.0, help="heartbeats/s meanwhile"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.wrk:
         run_wrk(args)
+        return
+    if args.plan_one:  # one tree's row of run_plans (its subprocess): JSON on stdout
+        import logging
+
+        logging.disable(logging.WARNING)
+        print(json.dumps(run_plan_case(args.plan_nodes[0], args)))
         return
     if args.plan_nodes:
         run_plans(args)

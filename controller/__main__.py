@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from controller.app import SERVER, create_app
+from controller.app import SERVER, create_app, freeze_startup_objects
 from controller.settings import Settings
 from core import serving
 
@@ -18,7 +18,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
     settings = Settings()
-    serving.run(create_app(settings), host=settings.host, port=settings.port, **SERVER)
+    app = create_app(settings)
+    freeze_startup_objects()
+    serving.run(app, host=settings.host, port=settings.port, **SERVER)
 
 
 if __name__ == "__main__":

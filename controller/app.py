@@ -11,6 +11,7 @@ Shutdown stops both and closes the client. Redis may be down at startup: request
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import time
@@ -34,6 +35,7 @@ from controller.api.routes import (
     routing,
     topology,
 )
+from controller.api.status_view import StatusView
 from controller.dashboard import routes as dashboard
 from controller.errors import StateUnavailableError
 from controller.indexer import OriginIndexer
@@ -55,6 +57,16 @@ SERVER = {
 }
 
 
+def freeze_startup_objects() -> None:
+    """Keep what startup built (modules, the app's routes, pydantic schemas: ~110,000
+    objects) out of every later garbage collection: the entry points call it once the app is
+    built. A full collection then walks the live data only (measured during a 1,000-node push
+    round: 147 full collections of 45-377 ms, 22 s in all over 70 s, before; a fraction after;
+    README scale rows)."""
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> FastAPI:
     """Build the controller app. ``transport`` replaces the HTTP transport to edge nodes
     (tests only; production talks to real nodes)."""
@@ -73,6 +85,7 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
         app.state.metrics = metrics
         route_cache = RouteCache(state, planner, settings.origin_url)
         app.state.route_cache = route_cache
+        app.state.status_view = StatusView()
         route_cache.start()
         if settings.auto_plan:
             planner.start()

@@ -61,6 +61,10 @@ class Holdings:
         """Nodes whose confirmed holdings include ``block_id``."""
         return frozenset(self._holders.get(block_id, _NONE))
 
+    def is_held(self, block_id: str) -> bool:
+        """Whether some node's confirmed holdings include ``block_id``."""
+        return block_id in self._holders
+
     def lacking(self, block_id: str) -> frozenset[str]:
         """Nodes placed to hold ``block_id`` that have not confirmed it."""
         return frozenset(self._lacking.get(block_id, _NONE))

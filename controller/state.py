@@ -401,17 +401,90 @@ return 1
 """
 
 
-# Set one field of ctl:placement:status if it still belongs to the given placement version.
-# KEYS[1] = ctl:placement:status; ARGV[1] = version; ARGV[2] = field; ARGV[3] = JSON value.
-_STATUS_LUA = """
-if redis.call('HGET', KEYS[1], 'version') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-return 1
+# set_status(key, version, field, value): set one field of ctl:placement:status if it still
+# belongs to the given placement version; 1 when written.
+_STATUS_FN = """
+local function set_status(key, version, field, value)
+  if redis.call('HGET', key, 'version') ~= version then return 0 end
+  redis.call('HSET', key, field, value)
+  return 1
+end
 """
+# KEYS[1] = ctl:placement:status; ARGV[1] = version; ARGV[2] = field; ARGV[3] = JSON value.
+_STATUS_LUA = _STATUS_FN + "return set_status(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
+
+# set_arrays(key, models, dropping, stamp_key, stamp, channel): a live node record with its
+# "models" and/or "dropping" arrays replaced by the given JSON texts ("" = keep), its TTL kept;
+# the routing stamp rewritten (and published) when the text changed. The rest of the stored
+# text is kept byte for byte (no Lua re-encoding of numbers: cjson would round them). Finds the
+# top-level key (records are flat objects, so a quote before and after the name can only be a
+# key's) and the end of its array (scanning strings and escapes). 0 when the node is not live.
+_NODE_ARRAYS_FN = """
+local function with_array(text, name, value)
+  local at, stop = string.find(text, '"' .. name .. '":', 1, true)
+  if not at then return string.sub(text, 1, -2) .. ', "' .. name .. '": ' .. value .. '}' end
+  local i = stop + 1
+  while string.sub(text, i, i) == ' ' do i = i + 1 end
+  local j, depth, in_str = i, 0, false
+  while j <= #text do
+    local c = string.byte(text, j)
+    if in_str then
+      if c == 92 then j = j + 1 elseif c == 34 then in_str = false end
+    elseif c == 34 then in_str = true
+    elseif c == 91 then depth = depth + 1
+    elseif c == 93 then
+      depth = depth - 1
+      if depth == 0 then break end
+    end
+    j = j + 1
+  end
+  return string.sub(text, 1, i - 1) .. value .. string.sub(text, j + 1)
+end
+local function set_arrays(key, models, dropping, stamp_key, stamp, channel)
+  local old = redis.call('GET', key)
+  if not old then return 0 end
+  local new = old
+  if models ~= '' then new = with_array(new, 'models', models) end
+  if dropping ~= '' then new = with_array(new, 'dropping', dropping) end
+  if new ~= old then
+    redis.call('SET', key, new, 'KEEPTTL')
+    redis.call('SET', stamp_key, stamp)
+    redis.call('PUBLISH', channel, stamp)
+  end
+  return 1
+end
+"""
+# KEYS[1] = ctl:node:{id}; KEYS[2] = ctl:routing:stamp
+# ARGV[1] = models (JSON array, "" = keep); ARGV[2] = dropping (same); ARGV[3] = a new
+# routing stamp; ARGV[4] = the channel announcing it. Returns 1 when the node is live.
+_NODE_ARRAYS_LUA = _NODE_ARRAYS_FN + (
+    "return set_arrays(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[3], ARGV[4])"
+)
+
+# One step of a push (planner): the node's arrays as _NODE_ARRAYS_LUA and its push status as
+# _STATUS_LUA, in one round trip.
+# KEYS[1] = ctl:node:{id}; KEYS[2] = ctl:routing:stamp; KEYS[3] = ctl:placement:status
+# ARGV[1..4] as _NODE_ARRAYS_LUA; ARGV[5] = version; ARGV[6] = field; ARGV[7] = JSON value.
+# Returns 1 when the status was written.
+_PUSH_STEP_LUA = (
+    _NODE_ARRAYS_FN
+    + _STATUS_FN
+    + """
+if ARGV[1] ~= '' or ARGV[2] ~= '' then
+  set_arrays(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[3], ARGV[4])
+end
+return set_status(KEYS[3], ARGV[5], ARGV[6], ARGV[7])
+"""
+)
 
 
 def _new_stamp() -> str:
     return uuid.uuid4().hex
+
+
+def _arrays_args(models: Sequence[str] | None, dropping: Sequence[str] | None) -> list[str]:
+    """ARGV[1..2] of :data:`_NODE_ARRAYS_LUA`: each list as JSON, or "" to keep it."""
+    return ["" if v is None else json.dumps(list(v)) for v in (models, dropping)]
 
 
 def _restamp(pipe: Any) -> None:
@@ -432,6 +505,50 @@ def _redis_errors() -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StateUnavailableError(f"Redis is unavailable: {exc}") from exc
+
+
+def _topology_of(text: str | None) -> tuple[int, dict[str, Any] | None]:
+    """``(version, topology document)`` of the stored ``ctl:topology`` text."""
+    if not text:
+        return 0, None
+    doc = json.loads(text)
+    return int(doc["version"]), doc["topology"]
+
+
+def merged_placement(text: str | None, status: Mapping[str, str]) -> dict[str, Any] | None:
+    """The placement record of its stored ``text`` with ``push`` and ``dispatch`` from the
+    ``ctl:placement:status`` hash (None: no placement)."""
+    if not text:
+        return None
+    doc: dict[str, Any] = json.loads(text)
+    if not status_belongs(doc, status):
+        return doc  # stored before the status hash existed: push/dispatch are inside
+    push = doc.setdefault("push", {})
+    for name, value in status.items():
+        if name.startswith("push:"):
+            push[name[5:]] = json.loads(value)
+    if "dispatch" in status:
+        doc["dispatch"] = json.loads(status["dispatch"])
+    return doc
+
+
+def status_belongs(doc: Mapping[str, Any], status: Mapping[str, str]) -> bool:
+    """Whether the status hash holds the changing parts of the placement record ``doc``."""
+    return status.get("version") == str(doc.get("version"))
+
+
+@dataclass(frozen=True, slots=True)
+class StatusTexts:
+    """What ``GET /v1/status`` reads, as stored (:meth:`RedisState.status_texts`;
+    :mod:`controller.status_view` parses only what changed)."""
+
+    nodes: dict[str, str]  # live node id -> its record's JSON, sorted by id
+    placement: str | None  # ctl:placement
+    placement_status: dict[str, str]  # ctl:placement:status
+    plan_attempt: str | None  # ctl:plan:last
+    catalogue_stamp: tuple[str, int]  # as catalogue_stamp(): (epoch, version)
+    topology: tuple[int, dict[str, Any] | None]  # as get_topology()
+    outcomes: dict[str, int]
 
 
 class RedisState:
@@ -459,6 +576,8 @@ class RedisState:
         self._fenced_placement_script = self.client.register_script(_FENCED_PLACEMENT_LUA)
         self._heartbeat_script = self.client.register_script(_HEARTBEAT_LUA)
         self._status_script = self.client.register_script(_STATUS_LUA)
+        self._node_arrays_script = self.client.register_script(_NODE_ARRAYS_LUA)
+        self._push_step_script = self.client.register_script(_PUSH_STEP_LUA)
         #: Writes of this process that may have moved the routing stamp (see _stamping).
         self.stamp_writes = 0
         self._stamp_lock = threading.Lock()
@@ -560,6 +679,41 @@ class RedisState:
 
         return self._call(run)
 
+    def status_texts(self) -> StatusTexts:
+        """Everything ``GET /v1/status`` reads from here, in two round trips whatever the
+        number of nodes (the node ids with the other keys in one pipeline, then one MGET);
+        prunes expired ids as :meth:`live_nodes` does."""
+
+        def run() -> StatusTexts:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.smembers(NODES_KEY)
+            pipe.get(PLACEMENT_KEY)
+            pipe.hgetall(PLACEMENT_STATUS_KEY)
+            pipe.get(PLAN_ATTEMPT_KEY)
+            pipe.mget([CATALOGUE_EPOCH_KEY, CATALOGUE_VERSION_KEY])
+            pipe.get(TOPOLOGY_KEY)
+            pipe.hgetall(OUTCOMES_KEY)
+            members, placement, status, attempt, (epoch, version), topology, outcomes = (
+                pipe.execute()
+            )
+            node_ids = sorted(cast(set[str], members))
+            keys = [node_key(n) for n in node_ids]
+            texts = cast(list[str | None], self.client.mget(keys)) if keys else []
+            dead = [n for n, t in zip(node_ids, texts, strict=True) if t is None]
+            if dead:
+                self._prune_nodes(dead)
+            return StatusTexts(
+                nodes={n: t for n, t in zip(node_ids, texts, strict=True) if t is not None},
+                placement=placement,
+                placement_status=status,
+                plan_attempt=attempt,
+                catalogue_stamp=(str(epoch or ""), int(version or 0)),
+                topology=_topology_of(topology),
+                outcomes={k: int(v) for k, v in outcomes.items()},
+            )
+
+        return self._call(run)
+
     def _prune_nodes(self, node_ids: Sequence[str]) -> None:
         removed = self._prune_script(
             keys=[NODES_KEY, *(node_key(n) for n in node_ids)], args=list(node_ids)
@@ -576,25 +730,33 @@ class RedisState:
         dropping: Sequence[str] | None = None,
     ) -> bool:
         """Record a node's confirmed complete models (from a plan response) and/or the models
-        a plan tells it to drop (routes stop naming those first); keeps the TTL."""
-
-        def txn(pipe: Any) -> bool:
-            text = pipe.get(node_key(node_id))
-            if text is None:
-                pipe.multi()
-                return False
-            doc = json.loads(text)
-            if models is not None:
-                doc["models"] = list(models)
-            if dropping is not None:
-                doc["dropping"] = list(dropping)
-            pipe.multi()
-            pipe.set(node_key(node_id), json.dumps(doc, sort_keys=True), keepttl=True)
-            _restamp(pipe)
-            return True
-
+        a plan tells it to drop (routes stop naming those first); keeps the TTL. One script
+        call (:data:`_NODE_ARRAYS_LUA`); the routing stamp moves only when a list changed.
+        False when the node is not live (an expired node is not resurrected)."""
+        keys = [node_key(node_id), ROUTING_STAMP_KEY]
+        args = [*_arrays_args(models, dropping), _new_stamp(), ROUTING_CHANNEL]
         with self._stamping():
-            return bool(self._transact(txn, node_key(node_id)))
+            done = self._call(lambda: self._node_arrays_script(keys=keys, args=args))
+        return bool(int(done))
+
+    def record_push(
+        self,
+        version: int,
+        node_id: str,
+        status: Mapping[str, Any],
+        *,
+        models: Sequence[str] | None = None,
+        dropping: Sequence[str] | None = None,
+    ) -> bool:
+        """One push step in one script call: :meth:`update_node_models` with ``models`` and/or
+        ``dropping`` (when given), then :meth:`update_push_status` of ``status``; returns
+        whether the status was written (the stored placement is still ``version``)."""
+        keys = [node_key(node_id), ROUTING_STAMP_KEY, PLACEMENT_STATUS_KEY]
+        args = [*_arrays_args(models, dropping), _new_stamp(), ROUTING_CHANNEL]
+        args += [str(version), f"push:{node_id}", json.dumps(dict(status), sort_keys=True)]
+        with self._stamping():
+            done = self._call(lambda: self._push_step_script(keys=keys, args=args))
+        return bool(int(done))
 
     def delete_node(self, node_id: str) -> bool:
         def run() -> bool:
@@ -822,11 +984,7 @@ class RedisState:
     # -- topology -------------------------------------------------------------------------
     def get_topology(self) -> tuple[int, dict[str, Any] | None]:
         """``(version, topology document)``; ``(0, None)`` when none was stored."""
-        text = self._call(lambda: self.client.get(TOPOLOGY_KEY))
-        if not text:
-            return 0, None
-        doc = json.loads(cast(str, text))
-        return int(doc["version"]), doc["topology"]
+        return _topology_of(cast(str | None, self._call(lambda: self.client.get(TOPOLOGY_KEY))))
 
     def put_topology(self, topology: Mapping[str, Any]) -> int:
         """Store a topology document; returns its new version."""
@@ -856,18 +1014,7 @@ class RedisState:
             return text, status
 
         text, status = self._call(run)
-        if not text:
-            return None
-        doc: dict[str, Any] = json.loads(text)
-        if status.get("version") != str(doc.get("version")):
-            return doc  # stored before the status hash existed: push/dispatch are inside
-        push = doc.setdefault("push", {})
-        for name, value in status.items():
-            if name.startswith("push:"):
-                push[name[5:]] = json.loads(value)
-        if "dispatch" in status:
-            doc["dispatch"] = json.loads(status["dispatch"])
-        return doc
+        return merged_placement(text, status)
 
     def placement_version(self) -> int | None:
         """The stored placement's version (one small read; None: no placement)."""

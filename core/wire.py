@@ -23,6 +23,8 @@ objects. Pure: pydantic only (no web framework, no HTTP client).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -155,6 +157,21 @@ class EdgePlan(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True)
+
+    @staticmethod
+    def encode(
+        version: int,
+        manifest_texts: Sequence[str],
+        peers: Mapping[str, Sequence[str]],
+        origin_url: str | None,
+    ) -> bytes:
+        """The JSON body of ``EdgePlan(version, manifests, peers, origin_url)`` built from
+        manifests already encoded (``ModelManifest.to_json()``): a push round encodes each
+        model's manifest once, not once per node (nor a pydantic dump of it, then a JSON
+        encode). Same document as ``to_json()`` of that plan."""
+        head = json.dumps({"schema": EDGE_PLAN_SCHEMA, "version": version})
+        tail = json.dumps({"peers": peers, "origin_url": origin_url})
+        return f'{head[:-1]}, "manifests": [{",".join(manifest_texts)}], {tail[1:]}'.encode()
 
 
 class PlanProgressCounts(BaseModel):

@@ -335,3 +335,34 @@ def test_replan_keeps_a_placement_that_still_pays_and_replaces_an_invalid_one(
     fourth = plan_and_wait(controller)
     assert fourth["version"] > third["version"]
     assert fourth["last_plan"]["decision"]["current_invalid"] == "server edge-3 joined"
+
+
+def test_a_remembered_wait_ends_as_soon_as_its_fetch_does() -> None:
+    """_waits_for with the round's ``blocked`` memory answers exactly as without it: a node
+    waiting for a peer's fetch of an unheld block waits while that fetch holds, and not once
+    the block is held, the fetcher ended, or its claim expired unaccepted."""
+    from controller import planner
+
+    def push(holdings: Holdings) -> planner._Push:
+        return planner._Push(1, {}, {}, {}, holdings, {}, {})
+
+    targets = {"a": frozenset({"b1"}), "b": frozenset({"b1", "b2"})}
+    for end in ("held", "ended", "expired"):
+        holdings = Holdings(targets, {"a": frozenset(), "b": frozenset()})
+        state = push(holdings)
+        state.started["a"] = time.monotonic()
+        fetching = {"b1": "a", "b2": "b"}
+        blocked: dict[str, tuple[str, str]] = {}
+        for _ in range(2):  # the walk, then the remembered fetch
+            assert planner._waits_for("b", state, {"a", "b"}, fetching, blocked)
+            assert planner._waits_for("b", state, {"a", "b"}, fetching)
+        assert blocked == {"b": ("b1", "a")}
+        if end == "held":
+            holdings.set_held("a", frozenset({"b1"}))
+        elif end == "ended":
+            del fetching["b1"]
+        else:
+            state.started["a"] = time.monotonic() - planner.CLAIM_ACCEPT_S - 1
+        assert not planner._waits_for("b", state, {"a", "b"}, fetching)
+        assert not planner._waits_for("b", state, {"a", "b"}, fetching, blocked)
+        assert "b" not in blocked

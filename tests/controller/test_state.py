@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -123,6 +124,58 @@ def test_a_heartbeat_is_one_command_and_keeps_what_it_must(state: RedisState) ->
     state.put_node(exact, ttl_s=30)
     state.put_node(exact, ttl_s=30)
     assert state.get_node("edge-2") == exact
+
+
+def test_a_node_models_update_is_one_command_and_keeps_the_rest_exact(
+    state: RedisState,
+) -> None:
+    """update_node_models / record_push: one script call (no WATCH/MULTI/EXEC), only the
+    lists replaced (every other stored byte kept: no number re-encoding), the TTL kept, the
+    stamp moved only when a list changed; a push status in the same call."""
+    tricky = NodeRecord(
+        node_id="edge-1",
+        url="http://edge-1:1/\\",  # a backslash before the closing quote
+        blocks_digest='"models": ["x"], "dropping": [',  # key-like, stored before the keys
+        capacity_bytes=2**53 - 1,
+        position=(0.1 + 0.2, -1e-7),
+        models=("a]", 'b"[', "c"),
+        registered_at=1764872124.123456789,
+        last_seen=1764872125.987654321,
+    )
+    state.put_node(tricky, ttl_s=30)
+    assert not state.update_node_models("nobody", ["m"])  # not live; loads the script
+    ttl_before = state.client.pttl(node_key("edge-1"))
+    stamp = state.routing_stamp()
+    before = _command_calls(state)
+    assert state.update_node_models("edge-1", ["a]", "d"], dropping=['b"['])
+    after = _command_calls(state)
+    delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert delta.pop("evalsha") == 1 and delta.pop("info") == 1
+    assert set(delta) <= {"get", "set", "publish"}
+    got = state.get_node("edge-1")
+    assert got is not None
+    assert got == dataclasses.replace(tricky, models=("a]", "d"), dropping=('b"[',))
+    assert 0 < state.client.pttl(node_key("edge-1")) <= ttl_before
+    assert state.routing_stamp() != stamp
+    # The same lists again: nothing written, the stamp stays (routes stay cached).
+    stamp = state.routing_stamp()
+    text = state.client.get(node_key("edge-1"))
+    assert state.update_node_models("edge-1", ["a]", "d"], dropping=['b"['])
+    assert state.routing_stamp() == stamp and state.client.get(node_key("edge-1")) == text
+    # One push step: the node's dropping and its push status together, fenced by version.
+    state.save_placement({"version": 4, "servers": {}, "push": {}})
+    assert state.record_push(4, "edge-1", {"status": "pushing", "version": 4}, dropping=[])
+    assert state.get_node("edge-1").dropping == ()  # type: ignore[union-attr]
+    assert state.get_placement()["push"]["edge-1"]["status"] == "pushing"  # type: ignore[index]
+    assert not state.record_push(3, "edge-1", {"status": "applied"}, models=["z"])
+    assert state.get_node("edge-1").models == ("z",)  # type: ignore[union-attr]
+    assert state.get_placement()["push"]["edge-1"]["status"] == "pushing"  # type: ignore[index]
+    # A record without the key (an older writer): the list is added.
+    state.client.set(
+        node_key("old"), json.dumps({"node_id": "old", "url": "u", "capacity_bytes": 1})
+    )
+    assert state.update_node_models("old", dropping=["m"])
+    assert state.get_node("old").dropping == ("m",)  # type: ignore[union-attr]
 
 
 def test_a_heartbeat_sets_the_exact_expiry(state: RedisState) -> None:

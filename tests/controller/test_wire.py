@@ -120,3 +120,20 @@ def test_every_wire_message_round_trips(
         refused = httpx.put(f"{edge_url}/v1/plan", json=stale.to_json(), headers=AUTH)
         assert refused.status_code == 409
         assert ErrorBody.model_validate_json(refused.content).error.code == ErrorCode.stale_plan
+
+
+def test_a_plan_encoded_from_manifest_texts_is_the_plan_document() -> None:
+    """EdgePlan.encode (one manifest encoding per push round) == EdgePlan(...).to_json()."""
+    import json
+
+    from core.manifest import ModelManifest
+
+    manifests = [ModelManifest(f"m{i}", f"o/m{i}", "a" * 40, ()) for i in range(2)]
+    peers = {"b" * 64: ["http://edge-2:1", "http://é:2"]}
+    for origin in (None, "http://origin:1"):
+        body = EdgePlan.encode(7, [m.to_json() for m in manifests], peers, origin)
+        plan = EdgePlan(
+            version=7, manifests=[m.to_dict() for m in manifests], peers=peers, origin_url=origin
+        )
+        assert json.loads(body) == plan.to_json()
+        assert EdgePlan.model_validate_json(body) == plan

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.api.deps import MetricsDep, PlannerDep, SettingsDep, StateDep
-from controller.api.routes.nodes import node_view
-from controller.api.routes.placement import attempt_view, placement_view
+from controller.api.routes.placement import attempt_view
+from controller.api.status_view import StatusView, encode_status
 from controller.errors import StateUnavailableError
 
 router = APIRouter(tags=["health"])
+
+
+async def get_status_view(request: Request) -> StatusView:
+    view: StatusView = request.app.state.status_view
+    return view
+
+
+StatusViewDep = Annotated[StatusView, Depends(get_status_view)]
 
 
 @router.get("/healthz")
@@ -56,30 +65,31 @@ def demand_view(outcomes: Mapping[str, int]) -> dict[str, Any]:
 
 
 @router.get("/v1/status")
-def status(state: StateDep, planner: PlannerDep, settings: SettingsDep) -> JSONResponse:
-    # A fixed number of Redis round trips whatever the number of nodes (live_nodes: SMEMBERS
-    # + one MGET), and straight to JSON (FastAPI's encoder would walk every node view).
+def status(
+    state: StateDep, planner: PlannerDep, settings: SettingsDep, view: StatusViewDep
+) -> Response:
+    # Two Redis round trips whatever the number of nodes (the catalogue's entries are read
+    # only when its stamp moved); the node views and the placement are encoded from caches
+    # keyed by the stored texts (controller.api.status_view), the rest here.
     now = time.time()
-    nodes = state.live_nodes()
-    view = planner.active_topology(nodes)
-    attempt = attempt_view(state.get_plan_attempt())
-    placement = placement_view(state.get_placement(), settings.solver)
-    return JSONResponse(
-        {
-            "nodes": [node_view(n, now) for n in nodes],
-            "placement": placement,
-            "last_plan": attempt,
-            "catalogue": {
-                "models": len(planner.catalogue()),
-                "version": state.catalogue_version(),
-            },
-            "topology": {
-                "source": view.source,
-                "version": view.version,
-                "areas": len(view.topology.areas),
-            },
-            "demand": demand_view(state.outcomes()),
-            "expected_hit_ratio": placement.get("hit_ratio", 0.0),
-            "solver": settings.solver,
-        }
-    )
+    texts = state.status_texts()
+    nodes = view.nodes(texts.nodes)
+    topology = planner.active_topology([n.record for n in nodes], texts.topology)
+    placement, hit_ratio = view.placement(texts.placement, texts.placement_status, settings.solver)
+    attempt = json.loads(texts.plan_attempt) if texts.plan_attempt else None
+    rest = {
+        "last_plan": attempt_view(attempt),
+        "catalogue": {
+            "models": len(planner.catalogue(texts.catalogue_stamp)),
+            "version": texts.catalogue_stamp[1],
+        },
+        "topology": {
+            "source": topology.source,
+            "version": topology.version,
+            "areas": len(topology.topology.areas),
+        },
+        "demand": demand_view(texts.outcomes),
+        "expected_hit_ratio": hit_ratio,
+        "solver": settings.solver,
+    }
+    return Response(encode_status(nodes, now, placement, rest), media_type="application/json")

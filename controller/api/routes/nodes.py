@@ -20,6 +20,11 @@ router = APIRouter(tags=["nodes"])
 NodeId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
+def age_s(node: NodeRecord, now_s: float) -> float:
+    """Seconds since the node's last heartbeat, as views show it."""
+    return round(max(0.0, now_s - node.last_seen), 3)
+
+
 def node_view(node: NodeRecord, now_s: float | None = None) -> dict[str, Any]:
     now = time.time() if now_s is None else now_s
     return {
@@ -35,7 +40,7 @@ def node_view(node: NodeRecord, now_s: float | None = None) -> dict[str, Any]:
         "cache_policy": node.cache_policy,
         "registered_at": node.registered_at,
         "last_seen": node.last_seen,
-        "age_s": round(max(0.0, now - node.last_seen), 3),
+        "age_s": age_s(node, now),
     }
 
 
