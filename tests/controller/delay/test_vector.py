@@ -98,7 +98,7 @@ def _golden_cases() -> list[dict[str, Any]]:
     return cases
 
 
-@pytest.mark.parametrize("evaluator", ["vector", "reference"])
+@pytest.mark.parametrize("evaluator", ["incremental", "vector", "reference"])
 def test_greedy_placements_are_the_previous_implementations(evaluator):
     cases = _golden_cases()
     assert len(cases) == 24
