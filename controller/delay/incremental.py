@@ -511,14 +511,23 @@ class IncrementalDelay:
 
     def _variant_change(self, t: int, es: tuple[int, ...], variants: Ints) -> Floats:
         """(K,) change of slot t's sum when each variant node also holds entries ``es``."""
+        s = self.schedules[t]
         jobs_l, key_l, tau_l, prep_l = [], [], [], []
         for e in es:
             entry = self.entries[t][e]
             a, p = self._with_node(t, e, variants)
-            jobs_l.append(entry.jobs)
+            prep = np.repeat(p[:, np.newaxis], len(entry.jobs), axis=1)
+            # Jobs no row changes keep their place: leaving them out of X is exact.
+            moved = ((a != s.tau[entry.jobs]) | (prep != s.prep[entry.jobs])).any(axis=0)
+            if not moved.all():
+                a, prep = a[:, moved], prep[:, moved]
+            jobs = entry.jobs[moved]
+            jobs_l.append(jobs)
             tau_l.append(a)
-            prep_l.append(np.repeat(p[:, np.newaxis], len(entry.jobs), axis=1))
-            key_l.append(self._keys(t, entry.jobs, a))
+            prep_l.append(prep)
+            key_l.append(self._keys(t, jobs, a))
+        if not sum(len(j) for j in jobs_l):
+            return np.zeros(len(variants))
         return self._slot_change(
             t, np.concatenate(jobs_l), np.hstack(key_l), np.hstack(tau_l), np.hstack(prep_l)
         )
