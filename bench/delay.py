@@ -350,7 +350,7 @@ def scale(args: argparse.Namespace, emit: Any) -> None:
     for spec, paths in _scale_specs(args):
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for path in paths:
-            for solver in CLASSICAL:
+            for solver in args.scale_solvers.split(","):
                 if path != "incremental" and solver == "trimcaching-gen":
                     continue  # trimcaching-gen has no delay evaluator inside: one path
                 if path == "reference" and solver not in args.reference_solvers.split(","):
@@ -359,7 +359,14 @@ def scale(args: argparse.Namespace, emit: Any) -> None:
                     sys.executable, "-m", "bench.delay", "--scale-one", spec,
                     "--path", path, "--solver", solver, "--tight-gb", str(args.tight_gb),
                 ]  # fmt: skip
-                proc = subprocess.run(cmd, capture_output=True, text=True)
+                try:
+                    proc = subprocess.run(
+                        cmd, capture_output=True, text=True, timeout=args.row_timeout
+                    )
+                except subprocess.TimeoutExpired:
+                    late = f"not done in {args.row_timeout:.0f} s"
+                    say(f"   {spec:<16}{'':<24}{path:<13}{solver:<17}{late}")
+                    continue
                 if proc.returncode:
                     say(f"   {spec:<16}{'':<24}{path:<13}{solver:<17}FAILED")
                     say(proc.stderr[-1500:])
@@ -404,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-factors", default="1,10")
     parser.add_argument("--scale-sizes", default="10000,200,5000")
     parser.add_argument("--vector-max-models", type=int, default=1000)
+    parser.add_argument("--scale-solvers", default=",".join(CLASSICAL))
+    parser.add_argument(
+        "--row-timeout", type=float, default=None, help="seconds per scale row (then skipped)"
+    )
     parser.add_argument("--reference-max-factor", type=int, default=1)
     parser.add_argument("--reference-solvers", default="coarse,fine-unicast,delay-greedy")
     parser.add_argument("--scale-one", help=argparse.SUPPRESS)

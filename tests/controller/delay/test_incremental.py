@@ -17,6 +17,7 @@ import pytest
 from controller.delay import evaluate_delay
 from controller.delay.incremental import IncrementalDelay
 from controller.delay.model import DelayInstance
+from controller.delay.problem import DelayProblem
 from controller.delay.scenario import (
     DelayScenario,
     make_delay_problem,
@@ -28,7 +29,9 @@ from controller.delay.solvers import _Evaluator, solve_trimcaching_gen
 RTOL = 1e-9
 
 
-def _grown(seed: int, factor: int, *, cluster_size: int = 0, capacity_gb: float = 0.4):
+def _grown(
+    seed: int, factor: int, *, cluster_size: int = 0, capacity_gb: float = 0.4
+) -> DelayProblem:
     scenario = dataclasses.replace(
         DelayScenario(),
         n_servers=6 * factor,
@@ -41,7 +44,7 @@ def _grown(seed: int, factor: int, *, cluster_size: int = 0, capacity_gb: float 
     return make_delay_problem(scenario, seed=seed)
 
 
-def _problems():
+def _problems() -> list[DelayProblem]:
     return [
         tiny_problem(seed=1),
         _grown(0, 1),
