@@ -13,15 +13,21 @@
    to first reach 95 % of the return the plain learner ends with (its learning curve's best);
    ``--curves PATH`` writes the mean learning curves to CSV + PNG.
 
-4. Scale (``--scale``, instead of 1-3): the medium instance (part 2, seed 0, ``--tight-gb``)
-   grown by each factor of ``--scale-factors`` (default 1,10; :func:`scale_scenario`:
-   factor x the nodes, users and models per family, area x sqrt(factor) so densities stay,
-   6 slots): per classical solver build time, solve time (``wall`` and process ``cpu``),
-   peak RSS (each (factor, path, solver) in its own subprocess), mean delay and its ratio to
-   ``coarse``. Paths: ``vector`` (the greedy on :class:`controller.delay.vector.VectorDelay`)
-   and, up to ``--reference-max-factor`` (default 1), ``reference`` (the same greedy on the
-   reference ``slot_delays``, the previous implementation's evaluator; for
-   ``--reference-solvers``); ``same`` says whether the placement equals the first path's.
+4. Scale (``--scale``, instead of 1-3): per classical solver build time, solve time (``wall``
+   and process ``cpu``), peak RSS (each (instance, path, solver) in its own subprocess), mean
+   delay, its ratio to ``coarse`` and a check of the result (the incremental evaluator's
+   request delays against ``evaluate_delay``'s, which every result reports). Instances:
+   the medium instance (part 2, seed 0, ``--tight-gb``) grown by each factor of
+   ``--scale-factors`` (default 1,10; :func:`scale_scenario`: factor x the nodes, users and
+   models per family, area x sqrt(factor) so densities stay, 6 slots), then each
+   ``MODELS,NODES,USERS`` of ``--scale-sizes`` (default 10000,200,5000;
+   :func:`controller.delay.scenario.scaled_delay_problem`, same recipe and densities).
+   Paths (the greedy's evaluator): ``incremental`` (the default,
+   :class:`controller.delay.incremental.IncrementalDelay`), ``vector`` (the previous default,
+   :class:`controller.delay.vector.VectorDelay`; on the factor instances and on sizes up to
+   ``--vector-max-models``, default 1000) and ``reference`` (``slot_delays``; factors up to
+   ``--reference-max-factor``, default 1, for ``--reference-solvers``); ``same`` says
+   whether the placement equals the incremental path's.
 
 Instances come from seeds (no downloads). Prints a table and appends JSON lines (part, seed,
 solver, mean_s, wall_s, git sha) to ``bench/results/delay.jsonl``. Never part of ``make test``.
@@ -35,6 +41,7 @@ import datetime as dt
 import functools
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -44,7 +51,12 @@ from typing import Any
 
 from bench.placement import _git_sha, _peak_rss_mb, _seeds
 from controller.delay import DELAY_SOLVERS, evaluate_delay
-from controller.delay.scenario import DelayScenario, make_delay_problem, tiny_problem
+from controller.delay.scenario import (
+    DelayScenario,
+    make_delay_problem,
+    scaled_delay_problem,
+    tiny_problem,
+)
 from controller.delay.solvers import EVALUATORS, solve_optimal
 from core.fsutil import atomic_write_text
 
@@ -252,12 +264,23 @@ def scale_scenario(factor: int, capacity_gb: float) -> DelayScenario:
     )
 
 
+def _scale_problem(spec: str, capacity_gb: float) -> Any:
+    """``x<factor>`` (the medium instance grown, :func:`scale_scenario`) or
+    ``MODELS,NODES,USERS`` (:func:`controller.delay.scenario.scaled_delay_problem`)."""
+    if spec.startswith("x"):
+        return make_delay_problem(scale_scenario(int(spec[1:]), capacity_gb), seed=0)
+    n_models, n_nodes, n_users = (int(x) for x in spec.split(","))
+    return scaled_delay_problem(n_models, n_nodes, n_users, capacity_gb=capacity_gb, seed=0)
+
+
 def scale_one(args: argparse.Namespace) -> int:
-    """One (factor, path, solver) measurement in this process: a JSON line on stdout."""
+    """One (instance, path, solver) measurement in this process: a JSON line on stdout."""
     from controller.delay import solvers
+    from controller.delay.incremental import IncrementalDelay
+    from controller.delay.model import DelayInstance
 
     started = time.perf_counter()
-    p = make_delay_problem(scale_scenario(args.scale_one, args.tight_gb), seed=0)
+    p = _scale_problem(args.scale_one, args.tight_gb)
     build_s = time.perf_counter() - started
     solve: Any = DELAY_SOLVERS[args.solver]
     if args.solver != "trimcaching-gen":
@@ -270,6 +293,14 @@ def scale_one(args: argparse.Namespace) -> int:
     started, cpu_started = time.perf_counter(), time.process_time()
     r = solve(p, seed=0)
     wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+    peak = _peak_rss_mb()
+    # r.delay is the reference evaluate_delay's; check the incremental evaluator on it too
+    instance = DelayInstance(p, granularity=r.granularity)
+    fast = IncrementalDelay(instance, r.delivery).evaluate(r.placement)
+    worst = max(
+        abs(x - y) / max(abs(y), 1e-300)
+        for x, y in zip(fast.request_delays_s, r.delay.request_delays_s, strict=True)
+    )
     row = {
         "models": len(p.models),
         "blocks": len(p.blocks),
@@ -280,44 +311,69 @@ def scale_one(args: argparse.Namespace) -> int:
         "solve_s": r.solve_seconds,
         "wall_s": wall_s,
         "cpu_s": cpu_s,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak,
         "mean_s": r.delay.mean_s,
+        "units_placed": sum(len(ids) for ids in r.placement.values()),
+        "check_rel": worst,
         "placement": {n: list(ids) for n, ids in r.placement.items()},
     }
     sys.stdout.write(json.dumps(row) + "\n")
     return 0
 
 
+def _scale_specs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(instance spec, evaluator paths) in table order."""
+    specs: list[tuple[str, list[str]]] = []
+    for factor in (int(x) for x in args.scale_factors.split(",") if x):
+        paths = ["incremental", "vector"]
+        if factor <= args.reference_max_factor:
+            paths.append("reference")
+        specs.append((f"x{factor}", paths))
+    for size in (x for x in args.scale_sizes.split(";") if x):
+        n_models = int(size.split(",")[0])
+        paths = ["incremental"] + (["vector"] if n_models <= args.vector_max_models else [])
+        specs.append((size, paths))
+    return specs
+
+
 def scale(args: argparse.Namespace, emit: Any) -> None:
-    """Every (factor, path, solver) in its own subprocess; one table."""
+    """Every (instance, path, solver) in its own subprocess; one table."""
     say(
-        f"\n4. scale: the medium instance x factor ({args.tight_gb} GB/node, seed 0, 6 slots);"
-        " each row its own process"
+        f"\n4. scale ({args.tight_gb} GB/node, seed 0, 6 slots); each row its own process;"
+        " load average at start: " + " ".join(f"{x:.1f}" for x in os.getloadavg())
     )
     say(
-        f"   {'factor':<7}{'models x nodes x users':<24}{'path':<11}{'solver':<17}"
-        f"{'build s':>8}{'solve s':>9}{'cpu s':>7}{'peak MB':>9}{'mean delay s':>14}"
-        f"{'/coarse':>9}{'same':>6}"
+        f"   {'instance':<16}{'models x nodes x users':<24}{'path':<13}{'solver':<17}"
+        f"{'build s':>8}{'solve s':>9}{'cpu s':>8}{'peak MB':>9}{'mean delay s':>14}"
+        f"{'/coarse':>9}{'same':>6}{'check':>9}"
     )
-    for factor in (int(x) for x in args.scale_factors.split(",")):
-        paths = ["vector", "reference"] if factor <= args.reference_max_factor else ["vector"]
+    for spec, paths in _scale_specs(args):
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for path in paths:
-            for solver in CLASSICAL:
-                if path == "reference" and solver not in args.reference_solvers.split(","):
+            for solver in args.scale_solvers.split(","):
+                if path != "incremental" and solver == "trimcaching-gen":
                     continue  # trimcaching-gen has no delay evaluator inside: one path
+                if path == "reference" and solver not in args.reference_solvers.split(","):
+                    continue
                 cmd = [
-                    sys.executable, "-m", "bench.delay", "--scale-one", str(factor),
+                    sys.executable, "-m", "bench.delay", "--scale-one", spec,
                     "--path", path, "--solver", solver, "--tight-gb", str(args.tight_gb),
                 ]  # fmt: skip
-                proc = subprocess.run(cmd, capture_output=True, text=True)
+                try:
+                    proc = subprocess.run(
+                        cmd, capture_output=True, text=True, timeout=args.row_timeout
+                    )
+                except subprocess.TimeoutExpired:
+                    late = f"not done in {args.row_timeout:.0f} s"
+                    say(f"   {spec:<16}{'':<24}{path:<13}{solver:<17}{late}")
+                    continue
                 if proc.returncode:
-                    say(f"   {factor:<7}{'':<24}{path:<11}{solver:<17}FAILED")
+                    say(f"   {spec:<16}{'':<24}{path:<13}{solver:<17}FAILED")
                     say(proc.stderr[-1500:])
                     continue
                 rows[path, solver] = json.loads(proc.stdout.strip().splitlines()[-1])
+        coarse = rows.get((paths[0], "coarse"), {}).get("mean_s")
         for path in paths:
-            coarse = rows.get((path, "coarse"), rows.get(("vector", "coarse"), {})).get("mean_s")
             for solver in CLASSICAL:
                 row = rows.get((path, solver))
                 if row is None:
@@ -327,14 +383,18 @@ def scale(args: argparse.Namespace, emit: Any) -> None:
                 size = f"{row['models']} x {row['nodes']} x {row['users']}"
                 ratio = row["mean_s"] / coarse if coarse else math.nan
                 say(
-                    f"   {factor:<7}{size:<24}{path:<11}{solver:<17}{row['build_s']:>8.1f}"
-                    f"{row['wall_s']:>9.2f}{row['cpu_s']:>7.2f}{row['peak_rss_mb']:>9.0f}"
-                    f"{row['mean_s']:>14.3f}{ratio:>9.3f}{same:>6}"
+                    f"   {spec:<16}{size:<24}{path:<13}{solver:<17}{row['build_s']:>8.1f}"
+                    f"{row['wall_s']:>9.2f}{row['cpu_s']:>8.2f}{row['peak_rss_mb']:>9.0f}"
+                    f"{row['mean_s']:>14.3f}{ratio:>9.3f}{same:>6}{row['check_rel']:>9.1e}"
                 )
-                emit(f"scale/{factor}/{path}", 0, solver, row["mean_s"], row["wall_s"])
+                emit(f"scale/{spec}/{path}", 0, solver, row["mean_s"], row["wall_s"])
     say(
-        "   (solve s = the call's wall time incl. the reference evaluation of the result;"
-        " 'same': the placement equals the first path's)"
+        "   (solve s = the call's wall time incl. the reference evaluate_delay of the result;"
+        " 'same': the placement equals the first path's; 'check': the largest relative"
+        " difference of the incremental evaluator's request delays from evaluate_delay's"
+        " on the result; load average at end: "
+        + " ".join(f"{x:.1f}" for x in os.getloadavg())
+        + ")"
     )
 
 
@@ -349,10 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curves", default=None, help="write learning curves to PATH.csv/.png")
     parser.add_argument("--scale", action="store_true", help="run the scale table only")
     parser.add_argument("--scale-factors", default="1,10")
+    parser.add_argument("--scale-sizes", default="10000,200,5000")
+    parser.add_argument("--vector-max-models", type=int, default=1000)
+    parser.add_argument("--scale-solvers", default=",".join(CLASSICAL))
+    parser.add_argument(
+        "--row-timeout", type=float, default=None, help="seconds per scale row (then skipped)"
+    )
     parser.add_argument("--reference-max-factor", type=int, default=1)
     parser.add_argument("--reference-solvers", default="coarse,fine-unicast,delay-greedy")
-    parser.add_argument("--scale-one", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--path", choices=EVALUATORS, default="vector", help=argparse.SUPPRESS)
+    parser.add_argument("--scale-one", help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=EVALUATORS, default="incremental", help=argparse.SUPPRESS)
     parser.add_argument("--solver", choices=CLASSICAL, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.scale_one:

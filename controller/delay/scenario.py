@@ -153,3 +153,69 @@ def tiny_problem(
         slots=sample_slots(popularity, 3, rng),
         popularity=popularity,
     )
+
+
+def scaled_delay_problem(
+    n_models: int, n_nodes: int, n_users: int, *, capacity_gb: float, seed: int = 0
+) -> DelayProblem:
+    """A large instance (10,000 models x 200 nodes x 5,000 users) without per-user tables.
+
+    :func:`make_delay_problem`'s recipe at any size: ``n_models // 4`` fine-tuned models per
+    family over the four default architectures (``sharing`` 0.5), ``n_nodes`` nodes on the
+    jittered grid with the area grown so the node density of :class:`DelayScenario`'s
+    defaults (6 nodes on 800 m x 800 m) stays, users dropped in a uniformly chosen node's
+    coverage disc, 6 slots. Each user requests from a Zipf(0.8) law over its own random
+    ranking of the models (the law of :func:`~controller.wireless.zipf_requests`), but the
+    ranks are drawn directly, so no ``users x models`` popularity table is built (it would
+    hold 50 million entries at 10k x 5k); ``popularity`` is left empty.
+
+    Example:
+        >>> p = scaled_delay_problem(8, 3, 5, capacity_gb=0.5, seed=0)
+        >>> len(p.models), len(p.servers), len(p.users), len(p.slots)
+        (8, 3, 5, 6)
+    """
+    if n_models % 4 or n_models < 4:
+        raise ValueError(f"n_models must be a positive multiple of 4, got {n_models}")
+    base = DelayScenario()
+    scenario = DelayScenario(
+        n_servers=n_nodes,
+        n_users=n_users,
+        models_per_family=n_models // 4,
+        capacity_gb=capacity_gb,
+        area_m=base.area_m * math.sqrt(n_nodes / base.n_servers),
+    )
+    library = architecture_library(
+        scenario.models_per_family, archs=scenario.archs, sharing=scenario.sharing, seed=seed
+    )
+    rng = np.random.default_rng(seed + 7)
+    topo = random_topology(scenario.n_servers, 0, area_m=scenario.area_m, seed=seed)
+    servers = {
+        n: {"capacity": int(scenario.capacity_gb * GB), "position": [float(x), float(y)]}
+        for n, (x, y) in zip(topo.server_ids, topo.server_xy_m.tolist(), strict=True)
+    }
+    radius = scenario.channel.coverage_m * 0.98
+    homes = rng.integers(n_nodes, size=n_users)
+    r = radius * np.sqrt(rng.uniform(size=n_users))
+    a = rng.uniform(0, 2 * math.pi, size=n_users)
+    xy = topo.server_xy_m[homes] + np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
+    users = {f"u{i}": [float(x), float(y)] for i, (x, y) in enumerate(xy.tolist())}
+    model_ids = list(library.models)
+    weights = 1.0 / np.arange(1, n_models + 1, dtype=np.float64) ** scenario.zipf_exponent
+    ranks = rng.choice(n_models, size=(n_users, scenario.n_slots), p=weights / weights.sum())
+    picks = np.empty_like(ranks)
+    for u in range(n_users):
+        picks[u] = rng.permutation(n_models)[ranks[u]]  # user u's rank r -> its r-th model
+    slots = [
+        {f"u{u}": model_ids[int(m)] for u, m in enumerate(picks[:, t].tolist())}
+        for t in range(scenario.n_slots)
+    ]
+    return DelayProblem(
+        blocks=library.blocks,
+        models=library.models,
+        servers=servers,
+        users=users,
+        channel=scenario.channel,
+        backhaul_bytes_per_s=scenario.backhaul_bytes_per_s,
+        migration_bytes_per_s=scenario.migration_bytes_per_s,
+        slots=slots,
+    )

@@ -15,8 +15,10 @@ code, so "reported == evaluate_delay()" holds by construction (and is tested).
   delay reduction is not submodular (a second holder adds SNR, a schedule can reorder), so
   lazy evaluation is a heuristic here, not a proof of picking the eager maximum; a re-
   evaluation only touches the slots that request the PB. Gains come from
-  :class:`~controller.delay.vector.VectorDelay` (numpy; the first pass evaluates each
-  candidate at every node in one call per slot) and are rounded to :data:`GAIN_QUANTUM` of
+  :class:`~controller.delay.incremental.IncrementalDelay` (numpy; the first pass evaluates
+  each candidate at every node in one call per slot, nodes out of reach of its requesters as
+  one class, each gain in time proportional to the jobs and requesters it changes) and are
+  rounded to :data:`GAIN_QUANTUM` of
   the empty-cache total, so the reference evaluator (``evaluator="reference"``) picks the same
   placement (tested). It stops when no pair fits or reduces the delay. On small instances
   (at most :data:`MAX_ENUMERATED_PICKS` pairs) it is
@@ -47,6 +49,9 @@ from collections.abc import Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
+import numpy as np
+
+from controller.delay.incremental import IncrementalDelay
 from controller.delay.model import DelayInstance
 from controller.delay.problem import (
     DelayProblem,
@@ -62,9 +67,10 @@ from controller.placement.problem import Status
 # greedy_placement): far below any gain that matters, far above float rounding (~1e-15).
 GAIN_QUANTUM = 1e-9
 
-# How the greedy computes gains: vectorised (default) or with the reference slot_delays.
-Evaluator = Literal["vector", "reference"]
-EVALUATORS: tuple[Evaluator, ...] = ("vector", "reference")
+# How the greedy computes gains: incremental (default; sparse, per-user deltas), vectorised
+# over whole slots (the previous default) or with the reference slot_delays.
+Evaluator = Literal["incremental", "vector", "reference"]
+EVALUATORS: tuple[Evaluator, ...] = ("incremental", "vector", "reference")
 
 # Up to this many (node, candidate) pairs the greedy is also rerun from every pair as its
 # forced first pick (partial enumeration, as trimcaching-gen does) and the best run is kept.
@@ -184,6 +190,8 @@ class _Gains(Protocol):
 
 
 def _make_evaluator(instance: DelayInstance, delivery: Delivery, evaluator: Evaluator) -> _Gains:
+    if evaluator == "incremental":
+        return IncrementalDelay(instance, delivery)
     if evaluator == "vector":
         return VectorDelay(instance, delivery)
     if evaluator == "reference":
@@ -196,7 +204,7 @@ def greedy_placement(
     *,
     delivery: Delivery,
     first: tuple[str, int] | None = None,
-    evaluator: Evaluator = "vector",
+    evaluator: Evaluator = "incremental",
 ) -> tuple[dict[str, list[str]], int]:
     """Lazy greedy on marginal delay reduction per marginal byte (see module docstring).
 
@@ -207,9 +215,11 @@ def greedy_placement(
     again with their lower cost.
 
     ``first`` = (node, candidate index) forces the first pick (partial enumeration).
-    ``evaluator`` computes the gains: ``"vector"`` (:class:`VectorDelay`, the default) or
-    ``"reference"`` (:meth:`DelayInstance.slot_delays` itself; slow, for checks and the
-    bench's before/after rows). Both give the same placement (tested).
+    ``evaluator`` computes the gains: ``"incremental"`` (:class:`IncrementalDelay`, the
+    default: sparse reach, per-user deltas, 10k-model scale), ``"vector"``
+    (:class:`VectorDelay`, whole slots re-scheduled per gain) or ``"reference"``
+    (:meth:`DelayInstance.slot_delays` itself; slow, for checks and the bench's before/after
+    rows). All give the same placement (tested).
 
     Returns:
         (node id -> units in the order added, number of gain evaluations).
@@ -252,10 +262,12 @@ def greedy_placement(
     for c, bundle in enumerate(bundles):
         cost = sum(instance.unit_bytes[u] for u in bundle)
         fits = [n for n in instance.nodes if cost <= free[n]]
-        for node_id, g in zip(fits, quantise(ev.gains(fits, bundle)), strict=True):
-            evaluations += 1
-            if g > 0:
-                heap.append((-g / max(cost, 1), ties[node_id] + c, node_id, c))
+        evaluations += len(fits)
+        # the same rounding as quantise (half to even), on the whole row at once
+        first_gains = np.rint(np.asarray(ev.gains(fits, bundle)) / quantum)
+        for i in np.flatnonzero(first_gains > 0).tolist():
+            g = int(first_gains[i])
+            heap.append((-g / max(cost, 1), ties[fits[i]] + c, fits[i], c))
     heapq.heapify(heap)  # pops follow (key, unique tie): the push order does not matter
     if first is not None:
         heapq.heappush(heap, (-math.inf, -1, first[0], first[1]))  # popped first
@@ -303,7 +315,7 @@ def candidate_count(instance: DelayInstance) -> int:
 
 
 def best_greedy_placement(
-    instance: DelayInstance, *, delivery: Delivery, evaluator: Evaluator = "vector"
+    instance: DelayInstance, *, delivery: Delivery, evaluator: Evaluator = "incremental"
 ) -> tuple[dict[str, list[str]], int]:
     """The greedy, plus on small instances the greedy from every forced first pick; the
     placement with the lowest mean delay wins (ties: the plain greedy, then pick order)."""
@@ -350,7 +362,7 @@ def solve_delay_greedy(
     *,
     seed: int | None = None,
     time_limit_s: float | None = None,
-    evaluator: Evaluator = "vector",
+    evaluator: Evaluator = "incremental",
 ) -> DelayResult:
     """``delay-greedy``: PB caching, CoMP broadcast, lazy marginal-delay-per-byte greedy.
 
@@ -371,7 +383,7 @@ def solve_fine_unicast(
     *,
     seed: int | None = None,
     time_limit_s: float | None = None,
-    evaluator: Evaluator = "vector",
+    evaluator: Evaluator = "incremental",
 ) -> DelayResult:
     """``fine-unicast``: PB caching, one unicast job per user and PB."""
     del seed, time_limit_s
@@ -385,7 +397,7 @@ def solve_coarse(
     *,
     seed: int | None = None,
     time_limit_s: float | None = None,
-    evaluator: Evaluator = "vector",
+    evaluator: Evaluator = "incremental",
 ) -> DelayResult:
     """``coarse``: whole-model caching with unicast delivery (the main baseline)."""
     del seed, time_limit_s
@@ -394,22 +406,64 @@ def solve_coarse(
     )
 
 
-def to_placement_problem(problem: DelayProblem) -> Any:
+# Above this many (user, model) cells trimcaching-gen's placement problem is built as arrays
+# (PlacementProblem.from_arrays): the dict form expands to users x covering nodes x models
+# reachable entries (150 million at 10k models x 5k users).
+ARRAY_PROBLEM_CELLS = 2_000_000
+
+
+def to_placement_problem(
+    problem: DelayProblem, *, instance: DelayInstance | None = None, arrays: bool | None = None
+) -> Any:
     """The first system's placement problem of a delay problem.
 
     Requests are the slots' empirical frequencies (each user's share of its requests over all
-    slots); every node covering a user (its ``K_u``) reaches every model.
+    slots); every node covering a user (its ``K_u``) reaches every model. ``arrays`` (default:
+    above :data:`ARRAY_PROBLEM_CELLS` users x models) builds the same problem in the
+    array-backed form (requests as a users x models matrix, reach as a threshold every
+    covering node meets), on which the greedy picks the same placement (tested).
     """
+    import numpy as np
+
+    from controller.placement.arrays import ArrayForm
     from controller.placement.problem import PlacementProblem
 
-    instance = DelayInstance(problem)
+    if instance is None:
+        instance = DelayInstance(problem)
     n_slots = len(problem.slots)
+    all_models = list(problem.models)
+    if arrays is None:
+        arrays = len(problem.users) * len(all_models) > ARRAY_PROBLEM_CELLS
+    if arrays:
+        users = list(problem.users)
+        model_index = {m: i for i, m in enumerate(all_models)}
+        node_index = {n: i for i, n in enumerate(problem.servers)}
+        prob = np.zeros((len(users), len(all_models)))
+        for slot in problem.slots:
+            rows = [i for i, u in enumerate(users) if u in slot]
+            cols = [model_index[slot[users[i]]] for i in rows]
+            np.add.at(prob, (rows, cols), 1.0 / n_slots)
+        np.minimum(prob, 1.0, out=prob)
+        spb = np.full((len(users), len(node_index)), np.inf)
+        for i, u in enumerate(users):
+            spb[i, [node_index[n] for n in instance.cover[u]]] = 1.0
+        form = ArrayForm(
+            user_ids=tuple(users),
+            prob=prob,
+            seconds_per_byte=spb,
+            budget=np.ones(len(all_models)),
+        )
+        return PlacementProblem.from_arrays(
+            blocks=problem.blocks,
+            models=problem.models,
+            servers={n: e.capacity for n, e in problem.servers.items()},
+            arrays=form,
+        )
     requests: dict[str, dict[str, float]] = {u: {} for u in problem.users}
     for slot in problem.slots:
         for user_id, model_id in slot.items():
             row = requests[user_id]
             row[model_id] = row.get(model_id, 0.0) + 1.0 / n_slots
-    all_models = list(problem.models)
     return PlacementProblem(
         blocks=problem.blocks,
         models=problem.models,
@@ -420,14 +474,23 @@ def to_placement_problem(problem: DelayProblem) -> Any:
 
 
 def solve_trimcaching_gen(
-    problem: DelayProblem, *, seed: int | None = None, time_limit_s: float | None = None
+    problem: DelayProblem,
+    *,
+    seed: int | None = None,
+    time_limit_s: float | None = None,
+    arrays: bool | None = None,
 ) -> DelayResult:
-    """``trimcaching-gen``: the hit-ratio greedy's placement, evaluated on delay."""
+    """``trimcaching-gen``: the hit-ratio greedy's placement, evaluated on delay
+    (``arrays``: see :func:`to_placement_problem`)."""
     from controller.placement import greedy
 
     start = time.perf_counter()
-    hit = greedy.solve(to_placement_problem(problem), seed=seed, time_limit_s=time_limit_s)
     instance = DelayInstance(problem)
+    hit = greedy.solve(
+        to_placement_problem(problem, instance=instance, arrays=arrays),
+        seed=seed,
+        time_limit_s=time_limit_s,
+    )
     return make_delay_result(
         instance,
         hit.blocks_by_server(),
