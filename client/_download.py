@@ -262,7 +262,13 @@ class Downloader:
                 runs = contiguous_runs(items, max_bytes=self._opts.range_bytes)
                 tasks.extend(_Task(index, "range", run) for run in runs)
             else:
-                tasks.extend(_Task(index, "batch", run) for run in self._plan_edge(items))
+                # Blocks the edge pulls (migrate / via the origin) travel apart from those it
+                # holds: a batch starts once its pulled blocks are in, the held ones need not wait.
+                pulled = [i for i in items if self._route.pulled(i.block_id, index)]
+                held = [i for i in items if not self._route.pulled(i.block_id, index)]
+                for group in (held, pulled):
+                    if group:
+                        tasks.extend(_Task(index, "batch", run) for run in self._plan_edge(group))
         # Largest first, so the long transfers start early and the tail stays short.
         tasks.sort(key=lambda t: -total_bytes(t.items))
         return tasks
@@ -397,8 +403,11 @@ class Downloader:
                 for i in items
                 if (url := self._route.migrate_from(i.block_id, task.source)) is not None
             }
-            if hints:
+            via = [i.block_id for i in items if self._route.via_origin(i.block_id, task.source)]
+            if hints or via:
                 doc.update(migrate=True, migrate_from=hints)
+            if via:
+                doc["via_origin"] = via
             body = json.dumps(doc).encode()
             self._stream(source, "POST", f"{source.url}/v1/blocks:batch", items, out, body=body)
             return

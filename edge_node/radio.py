@@ -8,7 +8,8 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
   this edge plus the edges of its cluster the last plan says hold the block (CoMP: the world's
   joint rate for that set, computed by the delay model).
 - **One shared medium per cluster.** Airtime, not bytes, is the scarce resource. Each edge runs
-  one transmitter task that sends jobs one after another, in slices of ~20 ms of airtime; every
+  one transmitter task that sends jobs one after another (which one next, and the broadcast
+  window per user: :mod:`edge_node.airorder`), in slices of ~20 ms of airtime; every
   slice is booked on the cluster's :class:`AirtimeLedger` and its bytes go out when its airtime
   has passed. The ledger is one small file per cluster under ``EDGE_MEDIUM_DIR`` taken with
   ``flock`` for each booking (``busy_until`` on the machine's monotonic clock): the edges of a
@@ -17,7 +18,8 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
   ``EDGE_MEDIUM_DIR`` the ledger is in-process (a cluster of one edge).
 - **Broadcast** (``EDGE_BROADCAST_WINDOW_S`` = W > 0). A response announces every block it will
   send when it starts. The first request for a block queues a *group* job that goes on air no
-  earlier than W later; every request for that block until the job ends joins it: before the
+  earlier than the end of its user's window (W after the user's first request of a fetch);
+  every request for that block until the job ends joins it: before the
   job started, it gets the whole block from it; while it is on air, it gets the rest from it
   and the missed head afterwards (a head job at its own rate). The airtime of a group is
   charged once, at the rate of its weakest current member (the delay model's rule); the bytes
@@ -58,6 +60,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.asgi import header_text
 from core.link import ZEROCOPY_EXTENSION
 from core.world import World
+from edge_node.airorder import UserWindows, next_due, pick
 from edge_node.direct import DIRECT_EXTENSION
 from edge_node.ingest import MIGRATION_HEADER
 from edge_node.link import UNEMULATED_PREFIXES
@@ -67,6 +70,9 @@ from edge_node.settings import Settings
 logger = logging.getLogger(__name__)
 
 AREA_HEADER = "x-trimcache-area"
+#: The client (user) a request belongs to (the SDK sends one id per client): the unit of the
+#: downlink's order and of the broadcast window (edge_node.airorder).
+USER_HEADER = "x-trimcache-user"
 MIGRATION_HEADER_BYTES = MIGRATION_HEADER.lower().encode()
 #: Where a route leaves the block layout of its body for the radio (:class:`RadioScope`).
 SCOPE_KEY = "trimcache.radio"
@@ -166,7 +172,7 @@ class _Ticket:
 
 
 class Radio:
-    """The downlink of one edge node: a FIFO of jobs and the task that puts them on air.
+    """The downlink of one edge node: its queued jobs and the task that puts them on air.
 
     Args:
         world: the world (rates, clusters).
@@ -198,6 +204,9 @@ class Radio:
         self._queue: deque[Job] = deque()
         self._groups: dict[str, Job] = {}
         self._next_member = 0
+        self._user_of: dict[int, str] = {}  # member -> user (edge_node.airorder)
+        self._windows = UserWindows(window_s)
+        self._opened: set[int] = set()
         self._changed: asyncio.Condition | None = None
         self._work: asyncio.Event | None = None  # set when a job is queued
         self._task: asyncio.Task[None] | None = None
@@ -236,15 +245,19 @@ class Radio:
         changed, work = self._changed, self._work
         assert changed is not None and work is not None
         while True:
-            while not self._queue:
+            now = time.monotonic()
+            picked = pick(
+                self._queue, now, broadcast=self.window_s > 0, rate=self._rate, user_of=self._user
+            )
+            if picked is None:  # nothing due: wait for new work or the next window's end
                 work.clear()
-                await work.wait()
-            job = self._queue[0]
-            delay = job.not_before - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if job.done:  # everyone left while it waited for its window
+                due = next_due(self._queue)
+                try:
+                    await asyncio.wait_for(work.wait(), None if due is None else max(0, due - now))
+                except TimeoutError:
+                    pass
                 continue
+            job = picked
             job.started = True
             try:
                 await self._send_job(job, changed)
@@ -296,21 +309,30 @@ class Radio:
             self._work.set()
 
     # -- members ---------------------------------------------------------------------------
-    def member(self) -> int:
+    def member(self, user: str | None = None) -> int:
         self._next_member += 1
+        if user:
+            self._user_of[self._next_member] = user
         return self._next_member
+
+    def _user(self, member: int) -> str:
+        return self._user_of.get(member) or f"request-{member}"
 
     def announce(self, member: int, area: str, blocks: Sequence[tuple[str, int]]) -> list[_Ticket]:
         """Tickets for the whole blocks a response will send, in body order."""
         now = time.monotonic()
         tickets: list[_Ticket] = []
+        hold_until = now
+        if blocks and self.window_s > 0:
+            hold_until = self._windows.open(self._user(member), now)
+            self._opened.add(member)
         for block_id, size in blocks:
             self.stats.block_requests += 1
             job = self._groups.get(block_id) if self.window_s > 0 else None
             head: Job | None = None
             join_at = 0
             if job is None or job.done:
-                job = Job("block", size, now + self.window_s, key=block_id)
+                job = Job("block", size, hold_until, key=block_id)
                 self._queue_job(job)
                 if self.window_s > 0:
                     self._groups[block_id] = job
@@ -363,6 +385,10 @@ class Radio:
                     self._finish(job)  # nobody waits for it: never goes on air
         if left:
             self.stats.members_left += 1
+        if member in self._opened:
+            self._opened.discard(member)
+            self._windows.close(self._user(member), time.monotonic())
+        self._user_of.pop(member, None)
 
     async def disconnected(self, member: int, tickets: Sequence[_Ticket]) -> None:
         """The member's client went away mid-response: leave now and wake its waits."""
@@ -440,6 +466,7 @@ class RadioMiddleware:
             await self.app(scope, receive, send)
             return
         requested = None
+        user: str | None = None
         for key, value in scope.get("headers") or ():
             if key.lower() == MIGRATION_HEADER_BYTES:
                 # A peer edge migrating blocks: the edge-to-edge link, not this downlink.
@@ -447,6 +474,8 @@ class RadioMiddleware:
                 return
             if key.lower() == AREA_HEADER.encode():
                 requested = value.decode("latin-1").strip()
+            elif key.lower() == USER_HEADER.encode():
+                user = value.decode("latin-1").strip()[:128]
         area = self.radio.area_for(requested)
         if area is None:
             message = f"unknown user area {requested!r} in {AREA_HEADER}"
@@ -469,7 +498,7 @@ class RadioMiddleware:
         holder = RadioScope()
         scope = {**scope, "extensions": extensions, SCOPE_KEY: holder}
         radio = self.radio
-        member = radio.member()
+        member = radio.member(user)
         state: dict[str, Any] = {"tickets": [], "offset": 0, "starts": [], "layout": []}
 
         async def paced(message: Message) -> None:
