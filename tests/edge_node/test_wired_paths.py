@@ -202,9 +202,9 @@ def test_a_block_nobody_holds_comes_from_the_origin_through_the_serving_edge_rad
     airtime = radio_after["airtime_s"] - radio_before["airtime_s"]
     assert airtime >= sum(blocks.values()) / rate * (1 - 1e-6)
     # The backhaul's line time (lower bound): the largest pulled block, plus its latency.
-    rate = BACKHAUL.rate_bytes_per_s
-    assert rate is not None
-    assert elapsed >= BACKHAUL.latency_ms / 1000 + max(lacking.values()) / rate
+    line = BACKHAUL.rate_bytes_per_s
+    assert line is not None
+    assert elapsed >= BACKHAUL.latency_ms / 1000 + max(lacking.values()) / line
 
 
 def test_a_migration_crosses_the_emulated_edge_link(cluster: Cluster, tmp_path: Path) -> None:
