@@ -113,6 +113,7 @@ class _Task:
     source: int
     kind: TaskKind
     items: list[Span]
+    pulled: bool = False  # the edge pulls these blocks (migrate / via the origin) first
 
 
 @dataclass(slots=True)
@@ -263,14 +264,17 @@ class Downloader:
                 tasks.extend(_Task(index, "range", run) for run in runs)
             else:
                 # Blocks the edge pulls (migrate / via the origin) travel apart from those it
-                # holds: a batch starts once its pulled blocks are in, the held ones need not wait.
+                # holds, in one batch sent first: the edge answers it once they are in, and its
+                # radio sends the held ones meanwhile.
                 pulled = [i for i in items if self._route.pulled(i.block_id, index)]
                 held = [i for i in items if not self._route.pulled(i.block_id, index)]
-                for group in (held, pulled):
-                    if group:
-                        tasks.extend(_Task(index, "batch", run) for run in self._plan_edge(group))
-        # Largest first, so the long transfers start early and the tail stays short.
-        tasks.sort(key=lambda t: -total_bytes(t.items))
+                if pulled:
+                    tasks.append(_Task(index, "batch", pulled, pulled=True))
+                if held:
+                    tasks.extend(_Task(index, "batch", run) for run in self._plan_edge(held))
+        # Pulled batches, then largest first, so the long transfers start early and the tail
+        # stays short.
+        tasks.sort(key=lambda t: (not t.pulled, -total_bytes(t.items)))
         return tasks
 
     def _plan_edge(self, items: list[Span]) -> list[list[Span]]:

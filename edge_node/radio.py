@@ -28,8 +28,9 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
 - **No member stalls the others.** The transmitter never waits for a socket: members follow
   the job's progress at their own pace, and a member that goes away is dropped from every job
   it was in (a job nobody waits for any more stops).
-- Bytes that are not whole blocks of a batch or block GET (JSON, Hub files, ranges, blocks this
-  edge migrates in for a client) are sent as unicast jobs at the client's rate. Control paths
+- Bytes that are not whole blocks of a batch or block GET (JSON, Hub files, ranges) are sent as
+  unicast jobs at the client's rate; blocks this edge pulls for a client (migrated from a peer,
+  or via the origin: edge_node.migrate) are whole blocks like held ones. Control paths
   (``edge_node.link.UNEMULATED_PREFIXES``) and peer edges' migration requests
   (``X-TrimCache-Migration``: the edge-to-edge link) are left alone.
 
@@ -78,6 +79,8 @@ MIGRATION_HEADER_BYTES = MIGRATION_HEADER.lower().encode()
 SCOPE_KEY = "trimcache.radio"
 #: Airtime per slice: the granularity of sharing the medium and of mid-air joins.
 SLICE_S = 0.02
+#: Wake-up jitter a booking absorbs (one slice; edge_node.radio.AirtimeLedger.book).
+JITTER_S = SLICE_S
 MIN_SLICE_BYTES = 16 * 1024
 MAX_SLICE_BYTES = 1 << 20
 JobKind = Literal["block", "head", "bytes"]
@@ -104,8 +107,12 @@ class AirtimeLedger:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def book(self, seconds: float) -> float:
-        """Reserve ``seconds`` of airtime as soon as the medium is free; return its end."""
-        now = time.monotonic()
+        """Reserve ``seconds`` of airtime as soon as the medium is free; return its end.
+
+        A booking may start up to :data:`JITTER_S` in the past when the medium was free then:
+        a transmitter that woke up late (a loaded machine) continues where the medium became
+        free instead of losing the gap (the airtime charged is the same)."""
+        now = time.monotonic() - JITTER_S
         if self._fd is None:
             start = max(now, self._busy_until)
             self._busy_until = start + seconds
