@@ -71,6 +71,44 @@ def pick(
     return min(enumerate(due), key=lambda ij: (user_left(ij[1]), ij[0]))[1]
 
 
+class Picker:
+    """:func:`pick` with the unicast decision kept between picks: the user picked stays the one
+    with the least airtime left (its own only shrinks) until new jobs are queued, so picks do
+    not rescan the whole queue at every block (K users x their blocks)."""
+
+    def __init__(self) -> None:
+        self._user: str | None = None
+        self._stale = True
+
+    def queued(self) -> None:
+        """New jobs were queued: the next pick decides again."""
+        self._stale = True
+
+    def next(
+        self,
+        queue: Iterable[J],
+        now: float,
+        *,
+        broadcast: bool,
+        rate: Callable[[J], float],
+        user_of: Callable[[int], str],
+    ) -> J | None:
+        if not broadcast and not self._stale and self._user is not None:
+            user = self._user
+            for job in queue:
+                if (
+                    not job.done
+                    and job.members
+                    and job.not_before <= now
+                    and any(user_of(m) == user for m in job.members)
+                ):
+                    return job
+        picked = pick(queue, now, broadcast=broadcast, rate=rate, user_of=user_of)
+        self._stale = False
+        self._user = None if picked is None else user_of(next(iter(picked.members)))
+        return picked
+
+
 def next_due(queue: Iterable[J]) -> float | None:
     """When the earliest waiting job's window ends (None: nothing waits)."""
     times = [j.not_before for j in queue if not j.done and j.members]

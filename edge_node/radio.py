@@ -61,7 +61,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.asgi import header_text
 from core.link import ZEROCOPY_EXTENSION
 from core.world import World
-from edge_node.airorder import UserWindows, next_due, pick
+from edge_node.airorder import Picker, UserWindows, next_due
 from edge_node.direct import DIRECT_EXTENSION
 from edge_node.ingest import MIGRATION_HEADER
 from edge_node.link import UNEMULATED_PREFIXES
@@ -214,6 +214,9 @@ class Radio:
         self._user_of: dict[int, str] = {}  # member -> user (edge_node.airorder)
         self._windows = UserWindows(window_s)
         self._opened: set[int] = set()
+        self._picker = Picker()
+        self._rates: dict[tuple[str | None, tuple[str, ...]], float] = {}
+        self._rates_at = 0.0
         self._changed: asyncio.Condition | None = None
         self._work: asyncio.Event | None = None  # set when a job is queued
         self._task: asyncio.Task[None] | None = None
@@ -226,6 +229,19 @@ class Radio:
         return requested if requested in self.world.areas else None
 
     def _rate(self, job: Job) -> float:
+        # Memoised for a second (the transmitters follow the last plan): the order is
+        # computed over every queued job.
+        now = time.monotonic()
+        if now - self._rates_at > 1.0:
+            self._rates.clear()
+            self._rates_at = now
+        key = (job.key, tuple(sorted(set(job.members.values()))))
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = self._rates[key] = self._compute_rate(job)
+        return rate
+
+    def _compute_rate(self, job: Job) -> float:
         transmitters: Collection[str] = (self.node_id,)
         if job.key is not None:
             transmitters = {self.node_id, *self.holders(job.key)}
@@ -253,7 +269,7 @@ class Radio:
         assert changed is not None and work is not None
         while True:
             now = time.monotonic()
-            picked = pick(
+            picked = self._picker.next(
                 self._queue, now, broadcast=self.window_s > 0, rate=self._rate, user_of=self._user
             )
             if picked is None:  # nothing due: wait for new work or the next window's end
@@ -312,6 +328,7 @@ class Radio:
 
     def _queue_job(self, job: Job) -> None:
         self._queue.append(job)
+        self._picker.queued()
         if self._work is not None:
             self._work.set()
 
