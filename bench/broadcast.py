@@ -40,16 +40,19 @@ MODELS = ("bert-sst2", "bert-spam", "bert-question")
 RESULTS = REPO_ROOT / "bench" / "results" / "broadcast.jsonl"
 FIGURES = ("airtime_s", "bytes_on_air", "bytes_delivered", "block_transmissions", "group_sizes")
 
-# One client process: "ready" once imported, fetches when the start file appears.
+# One client process: "ready" once imported, fetches when the start file appears. Its read
+# timeout is 120 s: on a shared downlink serving the shortest user first, the K-th user's first
+# byte waits for the others' airtime (about 36 s at K = 16 in bench.delivery), more than the
+# SDK's default 30 s.
 CLIENT = """
 import json, os, sys, time
-from client import fetch_model
+from client import Client
 model, controller, cache, start, area = sys.argv[1:6]
 print("ready", flush=True)
 while not os.path.exists(start):
     time.sleep(0.005)
-fetched = fetch_model(model, controller_url=controller, cache_dir=cache, area_id=area,
-                      load=False)
+with Client(controller_url=controller, cache_dir=cache, area_id=area, timeout_s=120.0) as c:
+    fetched = c.fetch(model, load=False)
 report = {"path": str(fetched.path), "bytes_by_source": fetched.report["bytes_by_source"],
           "seconds": fetched.report["seconds"]}
 print(json.dumps(report))

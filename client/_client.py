@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,6 +85,9 @@ DEFAULT_CACHE_DIR = "~/.cache/trimcache"
 LOCAL = "local"
 #: The user area on data requests to edge nodes (edge_node.radio).
 AREA_HEADER = "X-TrimCache-Area"
+#: One random id per client, on data requests: an emulated downlink orders and groups its
+#: transmissions per user (edge_node.airorder).
+USER_HEADER = "X-TrimCache-User"
 PHASES = ("route", "verify", "download", "assemble", "load")
 
 Mode = Literal["controller", "edge", "origin"]
@@ -215,7 +219,10 @@ class Client:
             verify=tls_context(),
         )
         # The user area goes to the edges too: their emulated radio serves that area's rate.
-        self._wire = Wire(timeout_s, headers={AREA_HEADER: area_id} if area_id else None)
+        headers = {USER_HEADER: uuid.uuid4().hex}
+        if area_id:
+            headers[AREA_HEADER] = area_id
+        self._wire = Wire(timeout_s, headers=headers)
 
     def close(self) -> None:
         self._http.close()

@@ -113,6 +113,7 @@ class _Task:
     source: int
     kind: TaskKind
     items: list[Span]
+    pulled: bool = False  # the edge pulls these blocks (migrate / via the origin) first
 
 
 @dataclass(slots=True)
@@ -262,9 +263,18 @@ class Downloader:
                 runs = contiguous_runs(items, max_bytes=self._opts.range_bytes)
                 tasks.extend(_Task(index, "range", run) for run in runs)
             else:
-                tasks.extend(_Task(index, "batch", run) for run in self._plan_edge(items))
-        # Largest first, so the long transfers start early and the tail stays short.
-        tasks.sort(key=lambda t: -total_bytes(t.items))
+                # Blocks the edge pulls (migrate / via the origin) travel apart from those it
+                # holds, in one batch sent first: the edge answers it once they are in, and its
+                # radio sends the held ones meanwhile.
+                pulled = [i for i in items if self._route.pulled(i.block_id, index)]
+                held = [i for i in items if not self._route.pulled(i.block_id, index)]
+                if pulled:
+                    tasks.append(_Task(index, "batch", pulled, pulled=True))
+                if held:
+                    tasks.extend(_Task(index, "batch", run) for run in self._plan_edge(held))
+        # Pulled batches, then largest first, so the long transfers start early and the tail
+        # stays short.
+        tasks.sort(key=lambda t: (not t.pulled, -total_bytes(t.items)))
         return tasks
 
     def _plan_edge(self, items: list[Span]) -> list[list[Span]]:
@@ -397,8 +407,11 @@ class Downloader:
                 for i in items
                 if (url := self._route.migrate_from(i.block_id, task.source)) is not None
             }
-            if hints:
+            via = [i.block_id for i in items if self._route.via_origin(i.block_id, task.source)]
+            if hints or via:
                 doc.update(migrate=True, migrate_from=hints)
+            if via:
+                doc["via_origin"] = via
             body = json.dumps(doc).encode()
             self._stream(source, "POST", f"{source.url}/v1/blocks:batch", items, out, body=body)
             return

@@ -6,8 +6,9 @@ alone). Invariant: every block of the manifest has a non-empty candidate list, a
 has an origin it is the last candidate of every block ("ending at the origin").
 
 ``delivery`` (optional in the answer) says per block how its first candidate serves it: it
-holds it, or it *migrates* it from a neighbour edge (``migrate_from``) while it sends it; the
-download asks a migrating edge with ``"migrate": true`` (client._download).
+holds it, it *migrates* it from a neighbour edge (``migrate_from``), or it pulls it from the
+origin (``how: "origin"`` with an edge as ``source``) while it sends it; the download asks such
+an edge with ``"migrate": true`` (+ ``migrate_from`` / ``via_origin``, client._download).
 """
 
 from __future__ import annotations
@@ -62,6 +63,21 @@ class Route:
         if d is None or d.how != "migrate" or d.source != source or d.migrate_from is None:
             return None
         return self.sources[d.migrate_from].url
+
+    def via_origin(self, block_id: BlockId, source: int) -> bool:
+        """Whether edge ``source`` delivers ``block_id`` from the origin (it pulls it over the
+        backhaul and sends it on its radio), when the route says so."""
+        d = self.delivery.get(block_id)
+        return (
+            d is not None
+            and d.how == "origin"
+            and d.source == source
+            and self.sources[source].kind == "edge"
+        )
+
+    def pulled(self, block_id: BlockId, source: int) -> bool:
+        """Whether edge ``source`` pulls ``block_id`` to serve it (migrate or via origin)."""
+        return self.migrate_from(block_id, source) is not None or self.via_origin(block_id, source)
 
     def candidates(self, block_id: BlockId) -> tuple[int, ...]:
         return self.blocks[block_id]

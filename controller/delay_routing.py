@@ -11,7 +11,10 @@ gamma from :func:`~controller.delay.model.snr_linear` with the topology's channe
 - ``migrate``: the serving edge h lacks b and a neighbour n holds it: n sends b to h over the
   edge-to-edge link, h delivers it: ``prep + airtime(h)`` with ``prep = 8 S / backhaul_bps``
   (section 3's migration). The holder chosen is the one nearest to h (ties by id);
-- ``origin``: ``8 S / origin_bps + airtime(h)`` (section 3's cloud fetch).
+- ``origin``: ``8 S / origin_bps + airtime(h)`` (section 3's cloud fetch): for a block no
+  node holds, the serving edge pulls b from the origin over the backhaul and delivers it on
+  its radio, as the model says (H_b empty); for a held block, and with no serving edge, the
+  origin is the client's own last resort (it reads the origin itself).
 
 Every option adds the topology's ``latency_ms``. The block's delivery is the option with the
 least expected time; exact ties prefer ``held``, then ``migrate``, then ``origin`` (then node
@@ -47,7 +50,7 @@ Point = tuple[float, float]
 
 
 class BlockOption(NamedTuple):
-    """One way a block reaches the client: who sends it (None: the origin) and how, with its
+    """One way a block reaches the client: who sends it (None: the origin itself) and how, with its
     cost in milliseconds per byte of the block. Every option adds the same ``latency_ms``, so
     the ranking of a block's options does not depend on its size; tuples order by cost, then
     held < migrate < origin, then node id."""
@@ -130,7 +133,10 @@ def block_options(costs: RouteCosts, holders: Sequence[str]) -> list[BlockOption
         dist = costs.to_serving_m
         source = min(holders, key=lambda n: (dist[n], n))
         options.append(BlockOption(costs.migrate_ms_per_byte + last_hop, MIGRATE, serving, source))
-    options.append(BlockOption(costs.origin_ms_per_byte + last_hop, ORIGIN, None))
+    # A block nobody holds comes from the cloud through the serving edge (the model's rule:
+    # H_b empty); for a held block the origin stays the client's own last resort.
+    via = serving if not holders else None
+    options.append(BlockOption(costs.origin_ms_per_byte + last_hop, ORIGIN, via))
     options.sort(key=lambda o: (o.ms_per_byte, o.rank, o.node_id or ""))
     return options
 

@@ -20,7 +20,9 @@ Request-time migration (:mod:`controller.delay_routing`, ``migration``: setting
 *serving edge* (the nearest planned node). ``delivery[block]`` says per block which source
 serves it and how (``held`` | ``migrate`` | ``origin``), by the delay model's expected time;
 when migrating is fastest, the serving edge is listed first in ``blocks[block]`` (it pulls the
-block from ``migrate_from`` over the edge-to-edge link while it sends it), before the holders.
+block from ``migrate_from`` over the edge-to-edge link while it sends it), before the holders;
+a block to fetch from the cloud is ``origin`` *via the serving edge*, listed first too (it pulls
+the block over the backhaul and sends it on its radio, the delay model's cloud path).
 With ``objective="delay"`` every block's candidates are ordered by the same per-block expected
 delay instead of by the whole model's delivery time.
 """
@@ -118,7 +120,9 @@ def build_route(
             options[block_id] = found
     # The serving edge is a source when it migrates some block (a delay route: when it could).
     considered = {b: opts if objective == "delay" else opts[:1] for b, opts in options.items()}
-    if serving is not None and any(o.how == "migrate" for v in considered.values() for o in v):
+    if serving is not None and any(
+        o.how != "held" and o.node_id == serving for v in considered.values() for o in v
+    ):
         holders.setdefault(serving, frozenset())
     positions = {n: topology.positions.get(n, by_id[n].position) for n in holders}
     if point is not None:
@@ -158,7 +162,7 @@ def build_route(
                 ranked = delay_routing.order_by_delay(ranked_options, index, origin_index)
                 ranked_by_options[id(ranked_options)] = ranked
             listed = ranked[:-1] + [i for i in listed if i not in ranked] + [origin_index]
-        elif ranked_options[0].how == "migrate":
+        elif ranked_options[0].how != "held" and ranked_options[0].node_id is not None:
             listed = [index[ranked_options[0].node_id or ""], *listed]
         blocks[block_id] = listed
         template = templates.get((id(ranked_options), listed[0]))
@@ -187,7 +191,10 @@ def _delivery(
     :class:`core.wire.RouteDelivery`, built as a plain dict) without ``expected_ms``, and the
     option's cost per byte (None: an on-demand home, which pulls the block through itself)."""
     want = None if first == origin else order[first]
-    option = next((o for o in options if o.node_id == want), None)
+    if want is None:  # the client reads the origin itself
+        option = next((o for o in options if o.how == "origin"), None)
+    else:
+        option = next((o for o in options if o.node_id == want), None)
     if option is None:
         return {"source": first, "how": "held"}, None
     out: dict[str, Any] = {"source": first, "how": option.how}

@@ -14,6 +14,8 @@ paths it leaves alone:
   they keep their zero-copy path but never bypass the limiter.
 - Paths starting with one of ``unemulated`` (control and observability) are neither delayed nor
   paced; :class:`LinkCounters` counts both kinds of request, so tests check the split by count.
+- A request carrying :data:`WIRED_HEADER` comes from an edge node that emulates this link on its
+  own side (``edge_node.wired``, per block transfer): it is left alone, so it is emulated once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from core.ratelimit import TokenBucket
 
 #: The ASGI message type of a zero-copy file slice (uvicorn + ``loop.sendfile``).
 ZEROCOPY_EXTENSION = "http.response.zerocopysend"
+#: Sent by an edge node on requests whose wired link it emulates itself (``edge_node.wired``).
+WIRED_HEADER = "X-TrimCache-Wired"
+_WIRED = WIRED_HEADER.lower().encode()
 #: Idle-link credit: absorbs the senders' wake-up jitter without letting a burst beat the rate.
 BURST_S = 0.02
 
@@ -73,7 +78,11 @@ class LinkEmulationMiddleware:
         self.counters = counters if counters is not None else LinkCounters()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path", "").startswith(self.unemulated):
+        if (
+            scope["type"] != "http"
+            or scope.get("path", "").startswith(self.unemulated)
+            or any(k.lower() == _WIRED for k, _v in scope.get("headers") or ())
+        ):
             self.counters.unemulated_requests += 1
             await self.app(scope, receive, send)
             return

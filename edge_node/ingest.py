@@ -61,6 +61,7 @@ from core.transfer import (
 )
 from edge_node.errors import PlanSupersededError, StalePlanError, UpstreamUnavailableError
 from edge_node.node import EdgeNode, PlanRecord
+from edge_node.wired import WIRED_HEADER, LinkKind, Transfer, wired_links
 
 logger = logging.getLogger(__name__)
 
@@ -117,14 +118,25 @@ class Fetcher:
         on_stored: Callable[[str, BlockId, int], None] | None = None,
         cancel: threading.Event | None = None,
         peer_headers: Mapping[str, str] | None = None,
+        transfers_since: float | None = None,
     ) -> None:
         self.node = node
+        # Emulated wired links: every transfer counts from this instant (a pull), else from
+        # its own request (edge_node.wired.WiredLinks.start).
+        self._since = transfers_since
         # Extra headers of peer batch requests (a migration names itself: edge_node.migrate).
         self._peer_headers = dict(peer_headers or {})
         self.client = client
         self.store = node.store if store is None else store
         self._on_stored = on_stored
         self._cancel = cancel
+        # The world's backhaul and edge links, emulated per transfer (edge_node.wired).
+        self._wired = wired_links(node.settings.world_file)
+
+    def _start(self, kind: LinkKind, spans: Sequence[Span]) -> Transfer | None:
+        if self._wired is None:
+            return None
+        return self._wired.start(kind, [s.length for s in spans], since=self._since)
 
     def check_cancelled(self) -> None:
         """Raise :class:`PlanSupersededError` once the plan this fetch serves was replaced."""
@@ -160,13 +172,21 @@ class Fetcher:
         return True
 
     def _store_body(
-        self, response: httpx.Response, spans: Sequence[Span], source: str, stored: set[BlockId]
+        self,
+        response: httpx.Response,
+        spans: Sequence[Span],
+        source: str,
+        stored: set[BlockId],
+        transfer: Transfer | None = None,
     ) -> None:
         """Cut the body at the spans' lengths and store each block; ``stored`` gets the ids kept
-        (filled as they land, so a transfer that dies midway keeps what it verified)."""
+        (filled as they land, so a transfer that dies midway keeps what it verified). On an
+        emulated wired link a block counts as arrived after its line time (``transfer``)."""
         body = split_body(self._chunks(response), [s.length for s in spans])
-        for span, pieces in zip(spans, body, strict=True):
+        for index, (span, pieces) in enumerate(zip(spans, body, strict=True)):
             if self._store_from(pieces, span.block_id, span.length):
+                if transfer is not None:
+                    transfer.hold(index)
                 stored.add(span.block_id)
                 self._stored(source, span.block_id, span.length)
 
@@ -175,6 +195,7 @@ class Fetcher:
         self.check_cancelled()
         stored: set[BlockId] = set()
         ids = [b.block_id for b in blocks]
+        transfer = self._start("edge", blocks)
         try:
             with self.client.stream(
                 "POST",
@@ -191,7 +212,7 @@ class Fetcher:
                         len(ids),
                     )
                     return stored
-                self._store_body(response, blocks, peer_url, stored)
+                self._store_body(response, blocks, peer_url, stored, transfer)
         except (httpx.HTTPError, ShortBodyError) as exc:
             logger.warning("peer %s failed mid-transfer: %s", peer_url, exc)
         return stored
@@ -203,6 +224,9 @@ class Fetcher:
         first = run[0]
         url = hf_hub_url(first.repo_id, first.path, revision=first.revision, endpoint=origin_url)
         headers = {"Accept-Encoding": "identity", **byte_range(run)}
+        transfer = self._start("backhaul", run)
+        if transfer is not None:
+            headers[WIRED_HEADER] = "emulated"  # the origin does not shape it a second time
         try:
             with self.client.stream("GET", url, headers=headers) as response:
                 if response.status_code == 200 and first.offset != 0:
@@ -211,7 +235,7 @@ class Fetcher:
                     response.read()
                     logger.warning("origin %s answered %s for %s", url, response.status_code, url)
                     return stored
-                self._store_body(response, run, origin_url, stored)
+                self._store_body(response, run, origin_url, stored, transfer)
         except (httpx.HTTPError, ShortBodyError) as exc:
             logger.warning("origin %s failed mid-transfer: %s", origin_url, exc)
         return stored

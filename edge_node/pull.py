@@ -77,6 +77,7 @@ class PullBuffer:
         self._refs: dict[BlockId, int] = {}
         self._sizes: dict[BlockId, int] = {}
         self._reserved = 0
+        self._pulling: dict[BlockId, threading.Event] = {}  # blocks being pulled (claim)
 
     @property
     def reserved_bytes(self) -> int:
@@ -109,6 +110,31 @@ class PullBuffer:
                     self._reserved += size
                 self._refs[block_id] += 1
 
+    def claim(
+        self, blocks: Mapping[BlockId, int]
+    ) -> tuple[dict[BlockId, int], dict[BlockId, threading.Event]]:
+        """Split ``blocks`` (referenced by the caller) into those the caller pulls now and
+        those another caller is pulling (with the event set when that pull ends)."""
+        mine: dict[BlockId, int] = {}
+        others: dict[BlockId, threading.Event] = {}
+        with self._cond:
+            for block_id, size in blocks.items():
+                event = self._pulling.get(block_id)
+                if event is None:
+                    self._pulling[block_id] = threading.Event()
+                    mine[block_id] = size
+                else:
+                    others[block_id] = event
+        return mine, others
+
+    def settle(self, blocks: Iterable[BlockId]) -> None:
+        """The caller's pull of ``blocks`` (from :meth:`claim`) ended, stored or not."""
+        with self._cond:
+            for block_id in blocks:
+                event = self._pulling.pop(block_id, None)
+                if event is not None:
+                    event.set()
+
     def release(self, block_ids: Iterable[BlockId]) -> None:
         """Drop one reference on each block; a block nobody uses any more is deleted."""
         unused: list[BlockId] = []
@@ -134,7 +160,8 @@ class ServedRepo:
     manifest: ModelManifest
     sources: Sources | None = None
     #: A request-time migration (edge_node.migrate): missing blocks come from peer edges
-    #: only (never the origin), peers are told so, and the node counts them as migrated.
+    #: (the origin only when ``sources`` names it: blocks delivered via the origin), peers are
+    #: told so, and the node counts what peers sent as migrated.
     migration: bool = False
 
 
@@ -262,12 +289,15 @@ class PullThrough:
             pieces.append((source, lo, hi))
         return self._windows(pieces)
 
-    def block_windows(self, blocks: Iterable[tuple[BlockId, int]]) -> list[Window]:
-        """Whole blocks ``(id, size)``, concatenated in order, cut into pull windows."""
-        return self._windows([(BlockRef(b, 0, n), 0, n) for b, n in blocks])
+    def block_windows(
+        self, blocks: Iterable[tuple[BlockId, int]], *, window_bytes: int | None = None
+    ) -> list[Window]:
+        """Whole blocks ``(id, size)``, concatenated in order, cut into pull windows (of
+        ``window_bytes`` missing bytes; default ``EDGE_PULL_WINDOW_BYTES``)."""
+        return self._windows([(BlockRef(b, 0, n), 0, n) for b, n in blocks], window_bytes)
 
-    def _windows(self, pieces: Iterable[_Segment]) -> list[Window]:
-        limit = self.node.settings.pull_window_bytes
+    def _windows(self, pieces: Iterable[_Segment], window_bytes: int | None = None) -> list[Window]:
+        limit = window_bytes or self.node.settings.pull_window_bytes
         segments = list(pieces)
         # The common case, a held model all of whose blocks are trusted: one check for all.
         refs = [source.block_id for source, _, _ in segments if isinstance(source, BlockRef)]
@@ -306,29 +336,16 @@ class PullThrough:
         window.pulled = dict(window.missing)
         try:
             need = {b: n for b, n in window.missing.items() if not self.buffer.store.has(b)}
-            if need:
-                sources = self.sources(repo)
-                origin_url = None if repo.migration else sources.origin_url or settings.origin_url
-                fetcher = Fetcher(
-                    self.node,
-                    self.client,
-                    store=self.buffer.store,
-                    on_stored=self._counter(repo),
-                    peer_headers=migration_headers(self.node.node_id) if repo.migration else None,
-                )
-                left = fetch_blocks(
-                    fetcher,
-                    need,
-                    located=locate_blocks([repo.manifest]),
-                    peers=sources.peers,
-                    origin_url=origin_url,
-                    workers=settings.fetch_workers,
-                )
-                if left:
-                    raise UpstreamUnavailableError(
-                        f"{len(left)} blocks of {repo.manifest.repo_id!r} came from no peer "
-                        f"nor the origin (e.g. {sorted(left)[0]})"
-                    )
+            # One pull per block: blocks another response is pulling right now are waited
+            # for, not fetched twice (then fetched here only if that pull failed).
+            mine, others = self.buffer.claim(need)
+            try:
+                self._fetch(repo, mine)
+            finally:
+                self.buffer.settle(mine)
+            for event in others.values():
+                event.wait(settings.fetch_timeout_s)
+            self._fetch(repo, {b: need[b] for b in others if not self.buffer.store.has(b)})
             self._keep_placed(window.missing)
         except BaseException:
             self.buffer.release(window.pulled)
@@ -336,12 +353,45 @@ class PullThrough:
             raise
         return window
 
-    def _counter(self, repo: ServedRepo) -> Callable[[str, BlockId, int], None]:
+    def _fetch(self, repo: ServedRepo, need: Mapping[BlockId, int]) -> None:
+        """Fetch ``need`` into the buffer (UpstreamUnavailableError: some came from nowhere)."""
+        settings = self.node.settings
+        if need:
+            sources = self.sources(repo)
+            # A migration reads the origin only for blocks it delivers via the origin
+            # (edge_node.migrate.prefer leaves the origin in its sources then).
+            fallback = None if repo.migration else settings.origin_url
+            origin_url = sources.origin_url or fallback
+            fetcher = Fetcher(
+                self.node,
+                self.client,
+                store=self.buffer.store,
+                on_stored=self._counter(repo, origin_url),
+                peer_headers=migration_headers(self.node.node_id) if repo.migration else None,
+                transfers_since=time.monotonic(),  # the pull's transfers start together
+            )
+            left = fetch_blocks(
+                fetcher,
+                need,
+                located=locate_blocks([repo.manifest]),
+                peers=sources.peers,
+                origin_url=origin_url,
+                workers=settings.fetch_workers,
+            )
+            if left:
+                raise UpstreamUnavailableError(
+                    f"{len(left)} blocks of {repo.manifest.repo_id!r} came from no peer "
+                    f"nor the origin (e.g. {sorted(left)[0]})"
+                )
+
+    def _counter(
+        self, repo: ServedRepo, origin_url: str | None
+    ) -> Callable[[str, BlockId, int], None]:
         counters = self.node.counters
 
         def stored(source: str, _block_id: BlockId, nbytes: int) -> None:
             counters.add_pulled(source, nbytes)
-            if repo.migration:
+            if repo.migration and source != origin_url:  # from a peer edge
                 counters.add_migrated_in(nbytes)
 
         return stored

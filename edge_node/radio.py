@@ -8,7 +8,8 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
   this edge plus the edges of its cluster the last plan says hold the block (CoMP: the world's
   joint rate for that set, computed by the delay model).
 - **One shared medium per cluster.** Airtime, not bytes, is the scarce resource. Each edge runs
-  one transmitter task that sends jobs one after another, in slices of ~20 ms of airtime; every
+  one transmitter task that sends jobs one after another (which one next, and the broadcast
+  window per user: :mod:`edge_node.airorder`), in slices of ~20 ms of airtime; every
   slice is booked on the cluster's :class:`AirtimeLedger` and its bytes go out when its airtime
   has passed. The ledger is one small file per cluster under ``EDGE_MEDIUM_DIR`` taken with
   ``flock`` for each booking (``busy_until`` on the machine's monotonic clock): the edges of a
@@ -17,7 +18,8 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
   ``EDGE_MEDIUM_DIR`` the ledger is in-process (a cluster of one edge).
 - **Broadcast** (``EDGE_BROADCAST_WINDOW_S`` = W > 0). A response announces every block it will
   send when it starts. The first request for a block queues a *group* job that goes on air no
-  earlier than W later; every request for that block until the job ends joins it: before the
+  earlier than the end of its user's window (W after the user's first request of a fetch);
+  every request for that block until the job ends joins it: before the
   job started, it gets the whole block from it; while it is on air, it gets the rest from it
   and the missed head afterwards (a head job at its own rate). The airtime of a group is
   charged once, at the rate of its weakest current member (the delay model's rule); the bytes
@@ -29,8 +31,9 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
 - **No member stalls the others.** The transmitter never waits for a socket: members follow
   the job's progress at their own pace, and a member that goes away is dropped from every job
   it was in (a job nobody waits for any more stops).
-- Bytes that are not whole blocks of a batch or block GET (JSON, Hub files, ranges, blocks this
-  edge migrates in for a client) are sent as unicast jobs at the client's rate. Control paths
+- Bytes that are not whole blocks of a batch or block GET (JSON, Hub files, ranges) are sent as
+  unicast jobs at the client's rate; blocks this edge pulls for a client (migrated from a peer,
+  or via the origin: edge_node.migrate) are whole blocks like held ones. Control paths
   (``edge_node.link.UNEMULATED_PREFIXES``) and peer edges' migration requests
   (``X-TrimCache-Migration``: the edge-to-edge link) are left alone.
 
@@ -61,6 +64,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.asgi import header_text
 from core.link import ZEROCOPY_EXTENSION
 from core.world import World
+from edge_node.airorder import Picker, UserWindows, next_due
 from edge_node.cluster_follow import cluster_follow, live_groups
 from edge_node.cluster_groups import ClusterGroups, Remote
 from edge_node.direct import DIRECT_EXTENSION
@@ -72,11 +76,16 @@ from edge_node.settings import Settings
 logger = logging.getLogger(__name__)
 
 AREA_HEADER = "x-trimcache-area"
+#: The client (user) a request belongs to (the SDK sends one id per client): the unit of the
+#: downlink's order and of the broadcast window (edge_node.airorder).
+USER_HEADER = "x-trimcache-user"
 MIGRATION_HEADER_BYTES = MIGRATION_HEADER.lower().encode()
 #: Where a route leaves the block layout of its body for the radio (:class:`RadioScope`).
 SCOPE_KEY = "trimcache.radio"
 #: Airtime per slice: the granularity of sharing the medium and of mid-air joins.
 SLICE_S = 0.02
+#: Wake-up jitter a booking absorbs (one slice; edge_node.radio.AirtimeLedger.book).
+JITTER_S = SLICE_S
 MIN_SLICE_BYTES = 16 * 1024
 MAX_SLICE_BYTES = 1 << 20
 JobKind = Literal["block", "head", "bytes"]
@@ -103,8 +112,12 @@ class AirtimeLedger:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def book(self, seconds: float) -> float:
-        """Reserve ``seconds`` of airtime as soon as the medium is free; return its end."""
-        now = time.monotonic()
+        """Reserve ``seconds`` of airtime as soon as the medium is free; return its end.
+
+        A booking may start up to :data:`JITTER_S` in the past when the medium was free then:
+        a transmitter that woke up late (a loaded machine) continues where the medium became
+        free instead of losing the gap (the airtime charged is the same)."""
+        now = time.monotonic() - JITTER_S
         if self._fd is None:
             start = max(now, self._busy_until)
             self._busy_until = start + seconds
@@ -179,7 +192,7 @@ class _Ticket:
 
 
 class Radio:
-    """The downlink of one edge node: a FIFO of jobs and the task that puts them on air.
+    """The downlink of one edge node: its queued jobs and the task that puts them on air.
 
     Args:
         world: the world (rates, clusters).
@@ -218,6 +231,12 @@ class Radio:
         self._queue: deque[Job] = deque()
         self._groups: dict[str, Job] = {}
         self._next_member = 0
+        self._user_of: dict[int, str] = {}  # member -> user (edge_node.airorder)
+        self._windows = UserWindows(window_s)
+        self._opened: set[int] = set()
+        self._picker = Picker()
+        self._rates: dict[tuple[str | None, tuple[str, ...]], float] = {}
+        self._rates_at = 0.0
         self._changed: asyncio.Condition | None = None
         self._work: asyncio.Event | None = None  # set when a job is queued
         self._task: asyncio.Task[None] | None = None
@@ -230,6 +249,19 @@ class Radio:
         return requested if requested in self.world.areas else None
 
     def _rate(self, job: Job) -> float:
+        # Memoised for a second (the transmitters follow the last plan): the order is
+        # computed over every queued job.
+        now = time.monotonic()
+        if now - self._rates_at > 1.0:
+            self._rates.clear()
+            self._rates_at = now
+        key = (job.key, tuple(sorted(set(job.members.values()))))
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = self._rates[key] = self._compute_rate(job)
+        return rate
+
+    def _compute_rate(self, job: Job) -> float:
         transmitters: Collection[str] = (self.node_id,)
         areas: Collection[str] = job.members.values()
         if job.key is not None:
@@ -261,15 +293,19 @@ class Radio:
         changed, work = self._changed, self._work
         assert changed is not None and work is not None
         while True:
-            while not self._queue:
+            now = time.monotonic()
+            picked = self._picker.next(
+                self._queue, now, broadcast=self.window_s > 0, rate=self._rate, user_of=self._user
+            )
+            if picked is None:  # nothing due: wait for new work or the next window's end
                 work.clear()
-                await work.wait()
-            job = self._queue[0]
-            delay = job.not_before - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if job.done:  # everyone left while it waited for its window
+                due = next_due(self._queue)
+                try:
+                    await asyncio.wait_for(work.wait(), None if due is None else max(0, due - now))
+                except TimeoutError:
+                    pass
                 continue
+            job = picked
             job.started = True
             try:
                 await self._send_job(job, changed)
@@ -331,28 +367,38 @@ class Radio:
 
     def _queue_job(self, job: Job) -> None:
         self._queue.append(job)
+        self._picker.queued()
         if self._work is not None:
             self._work.set()
 
     # -- members ---------------------------------------------------------------------------
-    def member(self) -> int:
+    def member(self, user: str | None = None) -> int:
         self._next_member += 1
+        if user:
+            self._user_of[self._next_member] = user
         return self._next_member
+
+    def _user(self, member: int) -> str:
+        return self._user_of.get(member) or f"request-{member}"
 
     def announce(self, member: int, area: str, blocks: Sequence[tuple[str, int]]) -> list[_Ticket]:
         """Tickets for the whole blocks a response will send, in body order."""
         now = time.monotonic()
         tickets: list[_Ticket] = []
+        hold_until = now
+        if blocks and self.window_s > 0:
+            hold_until = self._windows.open(self._user(member), now)
+            self._opened.add(member)
         for block_id, size in blocks:
             self.stats.block_requests += 1
             job = self._groups.get(block_id) if self.window_s > 0 else None
             head: Job | None = None
             join_at = 0
             if job is None or job.done:
-                job = self._open_group(block_id, size, area, now)
+                job = self._open_group(block_id, size, area, hold_until)
             elif job.leader is not None and self.groups is not None:
                 if not self.groups.add_member(block_id, str(job.gid), area):
-                    job = self._open_group(block_id, size, area, now)  # it just ended
+                    job = self._open_group(block_id, size, area, hold_until)  # it just ended
             if job.sent > 0:
                 join_at = job.sent
                 head = Job("head", join_at, now, members={member: area}, joined=1)
@@ -363,10 +409,11 @@ class Radio:
             tickets.append(_Ticket(job, join_at, head))
         return tickets
 
-    def _open_group(self, block_id: str, size: int, area: str, now: float) -> Job:
-        """A new block job (a group when W > 0): queued here, or following the cluster's
-        live group of the block led by another edge (:mod:`edge_node.cluster_groups`)."""
-        job = Job("block", size, now + self.window_s, key=block_id)
+    def _open_group(self, block_id: str, size: int, area: str, not_before: float) -> Job:
+        """A new block job (a group when W > 0) on air no earlier than ``not_before`` (the
+        user's window end): queued here, or following the cluster's live group of the block
+        led by another edge (:mod:`edge_node.cluster_groups`)."""
+        job = Job("block", size, not_before, key=block_id)
         if self.groups is not None:
             joined = self.groups.join(block_id, size, area, job.not_before)
             job.gid = joined.gid
@@ -435,6 +482,10 @@ class Radio:
                     self._finish(job)  # nobody waits for it: never goes on air
         if left:
             self.stats.members_left += 1
+        if member in self._opened:
+            self._opened.discard(member)
+            self._windows.close(self._user(member), time.monotonic())
+        self._user_of.pop(member, None)
 
     async def disconnected(self, member: int, tickets: Sequence[_Ticket]) -> None:
         """The member's client went away mid-response: leave now and wake its waits."""
@@ -525,6 +576,7 @@ class RadioMiddleware:
             await self.app(scope, receive, send)
             return
         requested = None
+        user: str | None = None
         for key, value in scope.get("headers") or ():
             if key.lower() == MIGRATION_HEADER_BYTES:
                 # A peer edge migrating blocks: the edge-to-edge link, not this downlink.
@@ -532,6 +584,8 @@ class RadioMiddleware:
                 return
             if key.lower() == AREA_HEADER.encode():
                 requested = value.decode("latin-1").strip()
+            elif key.lower() == USER_HEADER.encode():
+                user = value.decode("latin-1").strip()[:128]
         area = self.radio.area_for(requested)
         if area is None:
             message = f"unknown user area {requested!r} in {AREA_HEADER}"
@@ -554,7 +608,7 @@ class RadioMiddleware:
         holder = RadioScope()
         scope = {**scope, "extensions": extensions, SCOPE_KEY: holder}
         radio = self.radio
-        member = radio.member()
+        member = radio.member(user)
         state: dict[str, Any] = {"tickets": [], "offset": 0, "starts": [], "layout": []}
 
         async def paced(message: Message) -> None:

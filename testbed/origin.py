@@ -36,7 +36,9 @@ Invariants:
 - Hashes are computed lazily per repo and cached until a file's size or mtime changes.
 - Link emulation: ``latency_ms`` is added once per Hub request (an ASGI middleware), and
   ``rate_bytes_per_s`` paces every body through one shared token bucket
-  (:class:`core.ratelimit.TokenBucket`), as one backhaul link would.
+  (:class:`core.ratelimit.TokenBucket`), as one backhaul link would; a request carrying
+  :data:`core.link.WIRED_HEADER` (an edge that emulates the backhaul itself, per transfer:
+  ``edge_node.wired``) is neither delayed nor paced here.
 - Request bodies and their read time are bounded (:class:`core.asgi.RequestGuard`); error headers
   are latin-1 safe (:func:`core.asgi.header_text`), so any path gives its 404, never a 500.
 """
@@ -73,7 +75,7 @@ from core.hubapi import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
-from core.link import LinkCounters, LinkEmulationMiddleware
+from core.link import WIRED_HEADER, LinkCounters, LinkEmulationMiddleware
 from core.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -516,7 +518,8 @@ def create_app(
             status_code=status,
             headers=headers,
             count=lambda n: stats.add_bytes(repo_id, n),
-            shaper=shaper,
+            # An edge that emulates the backhaul itself (per transfer, edge_node.wired).
+            shaper=None if request.headers.get(WIRED_HEADER) else shaper,
         )
 
     return app

@@ -12,8 +12,10 @@ follows design.md's "Reference delay model". In short, for each slot:
   their homes, which join ``T_b``; ``prep_b`` = that transfer time, 0 when none [3].
 - broadcast: one job per b at ``W log2(1 + min_u (sum sqrt gamma)^2)``; unicast: one job per
   (u, b) at u's own joint SNR [4].
-- schedule: one downlink, jobs in order ``|G_b|/tau_b`` descending (unicast: tau ascending),
-  ties by id; ``start = max(previous end, prep_b)`` [5]; ``D_u`` = end of u's last job.
+- schedule: one downlink, jobs in order ``|G_b|/tau_b`` descending, ties by id (unicast:
+  shortest user first: users by their summed airtime ascending, ties by user id, a user's
+  jobs by prep then PB id); ``start = max(previous end, prep_b)`` [5]; ``D_u`` = end of u's
+  last job.
 - ``mean_s``, ``p95_s`` (nearest rank) over all (slot, user) requests; ``makespan_s`` = mean
   over slots of the slot's largest ``D_u`` [6].
 
@@ -212,8 +214,8 @@ class DelayInstance:
         w = self.bandwidth_hz
         mig = self.problem.migration_bytes_per_s
         cloud = self.problem.backhaul_bytes_per_s
-        # jobs: (sort key, tie-break id, tau, prep, users)
-        jobs: list[tuple[float, tuple[str, str], float, float, tuple[str, ...]]] = []
+        # jobs: (sort key, tie-break, tau, prep, users)
+        jobs: list[tuple[float, tuple[str, float, str], float, float, tuple[str, ...]]] = []
         for unit, group in slot.unit_users.items():
             size = self.unit_bytes[unit]
             held = holders.get(unit, frozenset())
@@ -231,11 +233,17 @@ class DelayInstance:
             if delivery == "broadcast":
                 tau = airtime_s(size, min(snrs), w)
                 key = -math.inf if tau == 0 else -len(group) / tau
-                jobs.append((key, (unit, ""), tau, prep, group))
+                jobs.append((key, (unit, 0.0, ""), tau, prep, group))
             else:
                 for u, snr in zip(group, snrs, strict=True):
                     tau = airtime_s(size, snr, w)
-                    jobs.append((tau, (unit, u), tau, prep, (u,)))
+                    jobs.append((0.0, (u, prep, unit), tau, prep, (u,)))
+        if delivery != "broadcast":
+            # [5] unicast: shortest user first (its summed airtime), then its jobs by prep.
+            total: dict[str, float] = {}
+            for job in sorted(jobs, key=lambda j: j[1][2]):  # summed in PB id order
+                total[job[4][0]] = total.get(job[4][0], 0.0) + job[2]
+            jobs = [(round(total[j[4][0]], 9), *j[1:]) for j in jobs]
         jobs.sort(key=lambda j: (j[0], j[1]))
         delays = dict.fromkeys(slot.users, 0.0)
         end = 0.0

@@ -11,7 +11,8 @@ preparation time) cached. The rules are the reference ones, step by step
   ``H_b`` is empty) to their homes, which join ``T_b``; joint SNR ``(sum sqrt gamma)^2`` is
   a matrix product (with the CSI-error rule when ``csi_error_var > 0``);
 - jobs ordered by the reference key with a stable sort (jobs are laid out in the reference
-  tie order: unit id, then user id), and the schedule ``end_k = max(end_{k-1}, prep_k) +
+  tie order: unit id, then user id; unicast: a lexsort by the user's summed airtime, user
+  id, prep, unit id), and the schedule ``end_k = max(end_{k-1}, prep_k) +
   tau_k`` in closed form: ``end_k = C_k + max(0, max_{j<=k} (prep_j - C_{j-1}))`` with ``C``
   the cumulative airtime (``numpy.maximum.accumulate``).
 
@@ -53,6 +54,8 @@ class _SlotArrays:
     user_starts: Ints  # offsets of each requesting user's run in ``by_user``
     run_user: Ints  # the slot-local user index of each run
     n_users: int
+    pair_run: Ints  # (P,) the run (requesting user) of each pair
+    pair_user_rank: Ints  # (P,) the rank of each pair's user id among the slot's users
 
 
 class VectorDelay:
@@ -127,6 +130,10 @@ class VectorDelay:
         by_user = np.argsort(local_arr, kind="stable").astype(np.intp)
         present = local_arr[by_user]
         starts = np.flatnonzero(np.r_[True, present[1:] != present[:-1]]).astype(np.intp)
+        pair_run = np.empty(len(local_arr), dtype=np.intp)
+        pair_run[by_user] = np.cumsum(np.r_[True, present[1:] != present[:-1]]) - 1
+        rank = {u: i for i, u in enumerate(sorted(slot_users))}
+        user_rank = np.array([rank[u] for u in slot_users], dtype=np.intp)
         return _SlotArrays(
             entry_unit=np.array(entry_unit, dtype=np.intp),
             entry_users=tuple(entry_users),
@@ -137,6 +144,8 @@ class VectorDelay:
             user_starts=starts,
             run_user=present[starts],
             n_users=len(slot_users),
+            pair_run=pair_run,
+            pair_user_rank=user_rank[local_arr] if len(local_arr) else local_arr,
         )
 
     # -- one entry's jobs, for K holder variants at once -------------------------------------
@@ -209,6 +218,19 @@ class VectorDelay:
 
     # -- the schedule -----------------------------------------------------------------------
 
+    def _unicast_order(self, t: int, tau: Floats, prep: Floats) -> Ints:
+        """Per row, the unicast jobs shortest user first: by the user's summed airtime
+        (rounded as the reference rounds it), user id, prep, PB id."""
+        s = self.slots[t]
+        if tau.shape[1] == 0:
+            return np.zeros(tau.shape, dtype=np.intp)
+        runs = np.add.reduceat(tau[:, s.by_user], s.user_starts, axis=1)
+        total = np.round(runs[:, s.pair_run], 9)
+        rows = tau.shape[0]
+        unit = np.broadcast_to(s.pair_entry, (rows, len(s.pair_entry)))
+        user = np.broadcast_to(s.pair_user_rank, (rows, len(s.pair_entry)))
+        return np.lexsort((unit, prep, user, total), axis=1).astype(np.intp)
+
     def _job_order(self, key: Floats, hint: Ints | None) -> Ints:
         """Per row, the jobs by (key, job index): a stable argsort. With ``hint`` (the order
         of the current state, which each variant changes in a few jobs only) the keys are
@@ -241,7 +263,10 @@ class VectorDelay:
     def _current_sum(self, t: int) -> float:
         """Slot t's summed delay in the current state (its job order is kept as a hint)."""
         hint = self._order[t] if t < len(self._order) else None
-        order = self._job_order(self._key[t], hint)
+        if self.delivery == "broadcast":
+            order = self._job_order(self._key[t], hint)
+        else:
+            order = self._unicast_order(t, self._tau[t], self._prep[t])
         if hint is None:
             self._order.append(order[0])
         else:
@@ -267,7 +292,10 @@ class VectorDelay:
             prep = np.repeat(self._prep[t], len(nodes), axis=0)
             for e in by_slot[t]:
                 self._set_entry(t, e, key, tau, prep, nodes)
-            order = self._job_order(key, self._order[t])
+            if self.delivery == "broadcast":
+                order = self._job_order(key, self._order[t])
+            else:
+                order = self._unicast_order(t, tau, prep)
             total += self.slot_sum[t] - self._slot_delays(t, order, tau, prep).sum(axis=1)
         return [float(g) for g in total]
 
@@ -297,7 +325,10 @@ class VectorDelay:
                 key, tau, prep = np.zeros((1, n_jobs)), np.zeros((1, n_jobs)), np.zeros((1, n_jobs))
                 for e in range(len(s.entry_unit)):
                     self._set_entry(t, e, key, tau, prep, None)
-                order = self._job_order(key, None)
+                if self.delivery == "broadcast":
+                    order = self._job_order(key, None)
+                else:
+                    order = self._unicast_order(t, tau, prep)
                 per_slot.append(self._slot_delays(t, order, tau, prep)[0].tolist())
         finally:
             self.holders = saved

@@ -18,12 +18,17 @@ class BatchRequest(BaseModel):
     #: (``EDGE_AGENT_CHECKPOINT``) pulls them through and counts the request as demand; other
     #: nodes ignore it.
     model_id: str | None = Field(default=None, max_length=128)
-    #: Request-time migration: blocks this node lacks are pulled from peer edges (never the
-    #: origin) while the answer streams (edge_node.migrate); needs ``model_id``.
+    #: Request-time migration: blocks this node lacks are pulled from peer edges (the origin
+    #: only for ``via_origin`` blocks) while the answer streams (edge_node.migrate); needs
+    #: ``model_id``.
     migrate: bool = False
     #: Per block, the peer URL the client's route names to migrate it from (tried first when
     #: the controller's route lists it as a holder; any other URL is ignored).
     migrate_from: dict[str, str] = Field(default_factory=dict, max_length=100_000)
+    #: With ``migrate``: blocks the client's route says this node delivers from the origin
+    #: (the delay model's cloud path): those it lacks are pulled from the origin over the
+    #: backhaul, not from peers.
+    via_origin: list[str] = Field(default_factory=list, max_length=100_000)
 
 
 class AgentSwitch(BaseModel):

@@ -70,7 +70,9 @@ def test_the_serving_edge_migrates_what_only_a_far_neighbour_holds() -> None:
         "how": "held",
         "expected_ms": route["delivery"][S]["expected_ms"],
     }
-    assert route["delivery"][B]["how"] == "origin" and route["blocks"][B] == [origin]
+    # B, held by nobody: the cloud path of the model, via the serving edge (then the origin).
+    assert route["delivery"][B]["how"] == "origin" and route["delivery"][B]["source"] == near
+    assert route["blocks"][B] == [near, origin]
     # The wire model round-trips every entry, and the SDK reads them.
     for doc in route["delivery"].values():
         assert RouteDelivery.model_validate(doc).model_dump(exclude_none=True) == doc
@@ -78,6 +80,9 @@ def test_the_serving_edge_migrates_what_only_a_far_neighbour_holds() -> None:
     assert parsed.migrate_from(BlockId(A), near) == "http://far"
     assert parsed.migrate_from(BlockId(A), far) is None  # far holds A: it does not migrate it
     assert parsed.migrate_from(BlockId(S), near) is None
+    assert parsed.via_origin(BlockId(B), near) and not parsed.via_origin(BlockId(A), near)
+    assert parsed.pulled(BlockId(B), near) and parsed.pulled(BlockId(A), near)
+    assert not parsed.pulled(BlockId(S), near)
 
 
 def test_without_migration_or_position_routes_are_as_before() -> None:
@@ -132,9 +137,9 @@ def test_with_the_delay_objective_candidates_follow_expected_delay() -> None:
     assert _expected_ms(topology, "origin", NEAR.position) < _expected_ms(
         topology, "held", FAR.position
     )
-    # S: both hold it, the near one first; B: the origin alone.
+    # S: both hold it, the near one first; B: nobody holds it, the serving edge pulls it.
     assert route["blocks"][S] == [near, far, origin]
-    assert route["blocks"][B] == [origin]
+    assert route["blocks"][B] == [near, origin]
     # Without migration A's candidates are its holder, then the origin.
     no_migration = _route(objective="delay", migration=False, topology=topology)
     n2 = _names(no_migration)
@@ -146,7 +151,11 @@ def test_block_options_order_and_ties() -> None:
     costs = delay_routing.route_costs(_topology(), CLIENT, here, "x")
     options = delay_routing.block_options(costs, ["w", "x"])
     # Equal costs: ties by node id; the serving edge holds it, so no migration option.
+    # The origin stays the client's last resort for a held block.
     assert [(o.node_id, o.how) for o in options] == [("w", "held"), ("x", "held"), (None, "origin")]
+    # Held by nobody: the serving edge fetches it from the origin (the model's cloud path).
+    [nobody] = delay_routing.block_options(costs, [])
+    assert (nobody.node_id, nobody.how) == ("x", "origin")
     lacking = delay_routing.block_options(costs, ["w"])
     assert [(o.node_id, o.how, o.migrate_from) for o in lacking][:2] == [
         ("w", "held", None),

@@ -85,10 +85,11 @@ def get_blocks_batch(
         agent.demand.observe(request.model_id)
         return _batch_pulled(request, request.model_id, node, pull, raw)
     if request.migrate and request.model_id is not None:
-        pieces, length, migrated = migrate.serve_batch(
-            pull, request.block_ids, request.model_id, request.migrate_from
+        pieces, layout, migrated = migrate.serve_batch(
+            pull, request.block_ids, request.model_id, request.migrate_from, request.via_origin
         )
-        headers = {"Content-Length": str(length)}
+        declare_blocks(raw.scope, layout)  # pulled blocks go out on this node's radio too
+        headers = {"Content-Length": str(sum(n for _, n in layout))}
         # Migrated blocks live in the pull buffer only while their window is sent (as below).
         return pieces_response(
             node, pieces, status_code=200, headers=headers, zero_copy=not migrated
