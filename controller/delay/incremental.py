@@ -1,5 +1,11 @@
 """Incremental delay for large instances: gains in time proportional to what they change.
 
+Broadcast delivery only (``delay-greedy``, ``trimcaching-gen``): the unicast schedule is
+shortest user first (docs/delay-model.md section 5), where one job's airtime moves every job of
+its user, which the per-job shifts below do not follow; unicast gains come from
+:class:`~controller.delay.vector.VectorDelay` (:func:`controller.delay.solvers.greedy_placement`
+picks it).
+
 :class:`IncrementalDelay` has the interface of :class:`~controller.delay.vector.VectorDelay`
 (``slot_sum``, ``gains``, ``add``, ``evaluate``) and the same rules (docs/delay-model.md
 sections 3-5), but a gain costs about the size of the change, not of the slot:
@@ -34,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.delay.model import DelayInstance
-from controller.delay.problem import DELIVERIES, DelayStats, Delivery
+from controller.delay.problem import DelayStats, Delivery
 
 # Entries with at least this many requesters are "wide" (see IncrementalDelay's caches).
 WIDE_ENTRY_USERS = 16
@@ -49,14 +55,14 @@ class _Entry:
     """One (unit, requesters) entry of a slot with its requesters' covering pairs."""
 
     unit: int
-    users: Ints  # global user indices, sorted by user id (the unicast tie order)
+    users: Ints  # global user indices, sorted by user id
     local: Ints  # the same users' slot-local indices
     pair_node: Ints  # covering (user, node) pairs, grouped by user
     pair_sq: Floats
     pair_gamma: Floats
     starts: Ints  # first pair of each user
     reach: Ints  # sorted nodes covering any requester
-    jobs: Ints  # the entry's job indices (broadcast: [e]; unicast: one per requester)
+    jobs: Ints  # the entry's job index: [e]
 
 
 @dataclass(slots=True)
@@ -84,11 +90,14 @@ class _Schedule:
 
 
 class IncrementalDelay:
-    """Incremental delay of one instance under one delivery rule (see the module docstring)."""
+    """Incremental delay of one instance under broadcast delivery (see the module docstring)."""
 
-    def __init__(self, instance: DelayInstance, delivery: Delivery) -> None:
-        if delivery not in DELIVERIES:
-            raise ValueError(f"delivery must be one of {DELIVERIES}, got {delivery!r}")
+    def __init__(self, instance: DelayInstance, delivery: Delivery = "broadcast") -> None:
+        if delivery != "broadcast":
+            raise ValueError(
+                f"IncrementalDelay computes broadcast delivery only, got {delivery!r} "
+                "(unicast: controller.delay.vector.VectorDelay)"
+            )
         self.instance = instance
         self.delivery: Delivery = delivery
         problem = instance.problem
@@ -154,12 +163,8 @@ class IncrementalDelay:
             flat = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
             starts = (np.cumsum(counts) - counts).astype(np.intp)
             first = len(job_users)
-            if self.delivery == "broadcast":
-                job_users.append(loc.tolist())
-                job_group.append(float(len(ordered)))
-            else:
-                job_users.extend([int(v)] for v in loc)
-                job_group.extend([1.0] * len(ordered))
+            job_users.append(loc.tolist())
+            job_group.append(float(len(ordered)))
             node = self._cov_node[flat]
             entries.append(
                 _Entry(
@@ -209,15 +214,12 @@ class IncrementalDelay:
         else:
             power = np.add.reduceat(np.where(on, entry.pair_gamma, 0.0), entry.starts, axis=1)
             snr = (1.0 - err) * amplitude**2 / (1.0 + err * power)
-        if self.delivery == "broadcast":
-            snr = snr.min(axis=1, keepdims=True)
+        snr = snr.min(axis=1, keepdims=True)  # broadcast: the weakest requester's rate
         if size == 0:
             return np.zeros_like(snr), prep
         return 8.0 * size / (self.instance.bandwidth_hz * np.log2(1.0 + snr)), prep
 
     def _keys(self, t: int, jobs: Ints, tau: Floats) -> Floats:
-        if self.delivery == "unicast":
-            return tau
         g = self.job_group[t][jobs]
         with np.errstate(divide="ignore"):
             return np.where(tau == 0, -np.inf, -g / tau)

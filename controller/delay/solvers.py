@@ -191,7 +191,10 @@ class _Gains(Protocol):
 
 def _make_evaluator(instance: DelayInstance, delivery: Delivery, evaluator: Evaluator) -> _Gains:
     if evaluator == "incremental":
-        return IncrementalDelay(instance, delivery)
+        # IncrementalDelay follows broadcast schedules only (its module docstring)
+        if delivery == "broadcast":
+            return IncrementalDelay(instance, delivery)
+        return VectorDelay(instance, delivery)
     if evaluator == "vector":
         return VectorDelay(instance, delivery)
     if evaluator == "reference":
@@ -215,8 +218,9 @@ def greedy_placement(
     again with their lower cost.
 
     ``first`` = (node, candidate index) forces the first pick (partial enumeration).
-    ``evaluator`` computes the gains: ``"incremental"`` (:class:`IncrementalDelay`, the
-    default: sparse reach, per-user deltas, 10k-model scale), ``"vector"``
+    ``evaluator`` computes the gains: ``"incremental"`` (the default: :class:`IncrementalDelay`
+    for broadcast, sparse reach, per-user deltas, 10k-model scale; :class:`VectorDelay` for
+    unicast, whose shortest-user-first schedule it does not follow), ``"vector"``
     (:class:`VectorDelay`, whole slots re-scheduled per gain) or ``"reference"``
     (:meth:`DelayInstance.slot_delays` itself; slow, for checks and the bench's before/after
     rows). All give the same placement (tested).

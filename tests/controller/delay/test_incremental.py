@@ -17,14 +17,15 @@ import pytest
 from controller.delay import evaluate_delay
 from controller.delay.incremental import IncrementalDelay
 from controller.delay.model import DelayInstance
-from controller.delay.problem import DelayProblem
+from controller.delay.problem import DelayProblem, Delivery
 from controller.delay.scenario import (
     DelayScenario,
     make_delay_problem,
     scaled_delay_problem,
     tiny_problem,
 )
-from controller.delay.solvers import _Evaluator, solve_trimcaching_gen
+from controller.delay.solvers import _Evaluator, _make_evaluator, solve_trimcaching_gen
+from controller.delay.vector import VectorDelay
 
 RTOL = 1e-9
 
@@ -55,9 +56,9 @@ def _problems() -> list[DelayProblem]:
 
 
 @pytest.mark.parametrize("granularity", ["block", "model"])
-@pytest.mark.parametrize("delivery", ["broadcast", "unicast"])
 @pytest.mark.parametrize("csi", [0.0, 0.3])
-def test_gains_agree_with_the_reference_through_adds(granularity, delivery, csi):
+def test_gains_agree_with_the_reference_through_adds(granularity, csi):
+    delivery: Delivery = "broadcast"
     for k, p in enumerate(_problems()):
         instance = DelayInstance(p, granularity=granularity, csi_error_var=csi)
         ref, inc = _Evaluator(instance, delivery), IncrementalDelay(instance, delivery)
@@ -81,8 +82,8 @@ def test_gains_agree_with_the_reference_through_adds(granularity, delivery, csi)
         assert inc.fast_rows > 0
 
 
-@pytest.mark.parametrize("delivery", ["broadcast", "unicast"])
-def test_evaluate_agrees_with_evaluate_delay(delivery):
+def test_evaluate_agrees_with_evaluate_delay():
+    delivery: Delivery = "broadcast"
     for k, p in enumerate(_problems()):
         instance = DelayInstance(p)
         inc = IncrementalDelay(instance, delivery)
@@ -93,6 +94,14 @@ def test_evaluate_agrees_with_evaluate_delay(delivery):
         got = inc.evaluate(placement)
         for x, y in zip(got.request_delays_s, want.request_delays_s, strict=True):
             assert abs(x - y) <= RTOL * max(abs(y), 1e-300)
+
+
+def test_unicast_is_refused_and_the_greedy_takes_the_vector_evaluator_for_it():
+    instance = DelayInstance(tiny_problem(seed=1))
+    with pytest.raises(ValueError, match="broadcast delivery only"):
+        IncrementalDelay(instance, "unicast")
+    assert isinstance(_make_evaluator(instance, "unicast", "incremental"), VectorDelay)
+    assert isinstance(_make_evaluator(instance, "broadcast", "incremental"), IncrementalDelay)
 
 
 def test_trimcaching_gen_array_problem_gives_the_dict_problems_placement():
