@@ -235,7 +235,7 @@ class Radio:
         self._windows = UserWindows(window_s)
         self._opened: set[int] = set()
         self._picker = Picker()
-        self._rates: dict[tuple[str | None, tuple[str, ...]], float] = {}
+        self._rates: dict[tuple[str | None, tuple[str, ...], tuple[str, ...]], float] = {}
         self._rates_at = 0.0
         self._changed: asyncio.Condition | None = None
         self._work: asyncio.Event | None = None  # set when a job is queued
@@ -255,7 +255,12 @@ class Radio:
         if now - self._rates_at > 1.0:
             self._rates.clear()
             self._rates_at = now
-        key = (job.key, tuple(sorted(set(job.members.values()))))
+        areas = set(job.members.values())
+        edges: tuple[str, ...] = ()
+        if job.remote is not None and job.remote.areas:  # a cluster group's other edges
+            areas.update(job.remote.areas)
+            edges = tuple(sorted(job.remote.edges))
+        key = (job.key, tuple(sorted(areas)), edges)
         rate = self._rates.get(key)
         if rate is None:
             rate = self._rates[key] = self._compute_rate(job)
