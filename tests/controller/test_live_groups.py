@@ -5,8 +5,8 @@ group beats the block's own expected delay, and only that block; the routing sta
 move (route bodies stay cached); a group that ends too late, or has ended, changes nothing.
 
 Two nodes hold ``tiny-a`` (their heartbeats report it); the client's area is 20 m from edge-1
-and 200 m from edge-2. A 10 kHz channel makes a 32 KiB block's airtime about a second, so a
-group ending in 0.4 s is the faster way.
+and 200 m from edge-2. A 1 kHz channel makes a 32 KiB block's airtime several seconds, so a
+group ending in 3 s is the faster way, however late a loaded machine answers within those 3 s.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ TOPOLOGY = {
     "schema": "trimcache.topology/v1",
     "areas": {"area-1": {"x_m": 20.0, "y_m": 0.0}},
     "positions": {"edge-1": [0.0, 0.0], "edge-2": [220.0, 0.0]},
-    "channel": {"bandwidth_hz": 1e4, "latency_ms": 2.0},
+    "channel": {"bandwidth_hz": 1e3, "latency_ms": 2.0},
 }
 MODEL = MINI_MODELS[0]
 
@@ -79,11 +79,11 @@ def test_a_block_in_a_live_group_is_routed_to_the_edge_broadcasting_it(
     block = max(sizes, key=lambda b: (sizes[b], b))
     assert all(c[0] == 0 for c in before["blocks"].values())
     unicast_ms = before["delivery"][block]["expected_ms"]
-    assert unicast_ms > 600, before["delivery"][block]  # the 10 kHz channel: ~1 s a block
+    assert unicast_ms > 4000, before["delivery"][block]  # the 1 kHz channel: seconds a block
 
     stamp = redis.Redis.from_url(redis_url).get(ROUTING_STAMP_KEY)
     group = {"block_id": block, "size_bytes": sizes[block], "sent_bytes": 0}
-    _beat(controller, "edge-2", [{**group, "starts_in_s": 0.2, "ends_in_s": 0.4}])
+    _beat(controller, "edge-2", [{**group, "starts_in_s": 2.0, "ends_in_s": 3.0}])
     assert redis.Redis.from_url(redis_url).get(ROUTING_STAMP_KEY) == stamp  # no re-route
     time.sleep(0.3)  # the controller's view of live groups is at most 0.25 s old
     hinted = _route(controller)
