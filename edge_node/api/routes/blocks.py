@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from core.asgi import BINARY_RESPONSES
-from core.digest import check_block_id
+from core.digest import BlockId, check_block_id
 from core.hubapi import parse_range, range_headers
 from edge_node import migrate, ondemand
 from edge_node.api.deps import AgentDep, NodeDep, OnDemandDep, PullDep
@@ -25,6 +25,7 @@ from edge_node.api.routes._body import OCTET, pieces_response
 from edge_node.api.schemas import BatchRequest
 from edge_node.errors import InvalidRequestError
 from edge_node.ingest import MIGRATION_HEADER
+from edge_node.pull import ServedRepo
 from edge_node.radio import declare_blocks
 
 router = APIRouter(tags=["blocks"])
@@ -102,17 +103,25 @@ def get_blocks_batch(
     return pieces_response(node, node.blocks_pieces(blocks), status_code=200, headers=headers)
 
 
-def _batch_pulled(
-    request: BatchRequest, model_id: str, node: NodeDep, pull: PullDep, raw: Request
-) -> Response:
-    """The batch's blocks of ``model_id``: held ones from the store, the rest pulled through."""
+def _model_blocks(
+    request: BatchRequest, model_id: str, pull: PullDep
+) -> tuple[list[BlockId], ServedRepo, list[tuple[BlockId, int]]]:
+    """The batch's block ids checked, ``model_id``'s repo, and (block id, size) per block;
+    a block that is not one of the model's is a 400."""
     ids = [check_block_id(b) for b in request.block_ids]
     repo = pull.find_model(model_id)
     sizes = repo.manifest.block_sizes()
     foreign = [b for b in ids if b not in sizes]
     if foreign:
         raise InvalidRequestError(f"block {foreign[0]} is not a block of model {model_id!r}")
-    blocks = [(b, sizes[b]) for b in ids]
+    return ids, repo, [(b, sizes[b]) for b in ids]
+
+
+def _batch_pulled(
+    request: BatchRequest, model_id: str, node: NodeDep, pull: PullDep, raw: Request
+) -> Response:
+    """The batch's blocks of ``model_id``: held ones from the store, the rest pulled through."""
+    ids, repo, blocks = _model_blocks(request, model_id, pull)
     windows = pull.block_windows(blocks)
     headers = {"Content-Length": str(sum(n for _, n in blocks))}
     if not pull.missing_bytes(windows):  # all here: the plain batch path
@@ -132,13 +141,7 @@ def _batch_on_demand(
     pull: PullDep,
     cache: ondemand.OnDemandCache,
 ) -> Response:
-    ids = [check_block_id(b) for b in request.block_ids]
-    repo = pull.find_model(model_id)
-    sizes = repo.manifest.block_sizes()
-    foreign = [b for b in ids if b not in sizes]
-    if foreign:
-        raise InvalidRequestError(f"block {foreign[0]} is not a block of model {model_id!r}")
-    blocks = [(b, sizes[b]) for b in ids]
+    ids, repo, blocks = _model_blocks(request, model_id, pull)
     pieces, headers = ondemand.serve(
         cache,
         pull,
