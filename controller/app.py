@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.api.fast_routes import RouteFastPath
 from controller.api.routes import (
+    agents,
     demand,
     health,
     models,
@@ -135,6 +136,7 @@ def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = No
 
     for module in (
         nodes,
+        agents,
         models,
         demand,
         topology,

@@ -40,6 +40,8 @@ key                            type    value
                                        first, trimmed to the last ``keep`` (the dashboard's log)
 ``ctl:plans``                  hash    placement version -> JSON plan summary as the dashboard
                                        last saw it (trimmed to the newest ``keep`` versions)
+``ctl:agents:taken``           set     ids of decentralised nodes the controller took over
+                                       (``POST /v1/agents:takeover``) and has not released
 ``ctl:routing:stamp``          string  random token, rewritten by every write a route may
                                        depend on: a node joining, leaving or changing its url,
                                        position, holdings or policy; a catalogue add/remove; a
@@ -96,6 +98,7 @@ FETCHES_KEY = f"{PREFIX}fetches"
 PLANS_KEY = f"{PREFIX}plans"
 ROUTING_STAMP_KEY = f"{PREFIX}routing:stamp"
 PLACEMENT_STATUS_KEY = f"{PREFIX}placement:status"
+AGENTS_TAKEN_KEY = f"{PREFIX}agents:taken"
 #: Pub/sub channel: every new routing stamp is published here (controller.route_cache listens).
 ROUTING_CHANNEL = f"{PREFIX}routing:changed"
 #: NodeRecord fields a route reads (a heartbeat changing none of them keeps routes cached).
@@ -769,6 +772,42 @@ class RedisState:
 
         with self._stamping():
             return self._call(run)
+
+    def set_node_policy(self, node_id: str, cache_policy: str | None) -> bool:
+        """Set a live node's ``cache_policy`` as the node itself confirmed it (a decentralised
+        node handed to the controller or back: :mod:`controller.agents`), before its next
+        heartbeat says the same; keeps the TTL and every other field. Moves the routing stamp
+        when the policy changed. False when the node is not live."""
+
+        def txn(pipe: Any) -> bool:
+            text = pipe.get(node_key(node_id))
+            if not text:
+                return False
+            doc = json.loads(text)
+            if doc.get("cache_policy") == cache_policy:
+                return True
+            doc["cache_policy"] = cache_policy
+            pipe.multi()
+            pipe.set(node_key(node_id), json.dumps(doc, sort_keys=True), keepttl=True)
+            _restamp(pipe)
+            return True
+
+        with self._stamping():
+            return bool(self._transact(txn, node_key(node_id)))
+
+    def mark_taken_over(self, node_ids: Sequence[str], *, taken: bool) -> None:
+        """Remember (``taken``) or forget the decentralised nodes the controller took over
+        (``ctl:agents:taken``), so a release without node ids knows which to hand back."""
+        if not node_ids:
+            return
+        if taken:
+            self._call(lambda: self.client.sadd(AGENTS_TAKEN_KEY, *node_ids))
+        else:
+            self._call(lambda: self.client.srem(AGENTS_TAKEN_KEY, *node_ids))
+
+    def taken_over(self) -> set[str]:
+        """The node ids :meth:`mark_taken_over` remembers (live or not)."""
+        return set(cast(set[str], self._call(lambda: self.client.smembers(AGENTS_TAKEN_KEY))))
 
     # -- catalogue ------------------------------------------------------------------------
     def put_model(self, entry: CatalogueEntry) -> None:

@@ -14,6 +14,9 @@ model             built by                         parsed by
 :class:`PlanStatus`  ``GET /v1/plan`` (edge node)     ``controller.planner``
 :class:`RouteSource`  ``controller.routing``          ``client._route``
 :class:`RouteDelivery`  ``controller.delay_routing``  ``client._route``
+:class:`AgentSwitch`  ``controller.agents``           ``PUT /v1/agent`` (edge node)
+:class:`AgentHandover`  ``trimcache agents``          ``POST /v1/agents:takeover|release``
+:class:`AgentOutcome`  ``controller.agents``          ``trimcache agents``
 ================  ===============================  =============================================
 
 Manifests travel in their own versioned JSON form (:meth:`core.manifest.ModelManifest.to_dict`),
@@ -34,6 +37,10 @@ from core.errors import ErrorCode
 
 __all__ = [
     "EDGE_PLAN_SCHEMA",
+    "AgentHandover",
+    "AgentOutcome",
+    "AgentOutcomeKind",
+    "AgentSwitch",
     "MAX_BYTES",
     "MAX_VERSION",
     "EdgePlan",
@@ -78,6 +85,11 @@ def check_http_url(value: str) -> str:
     if any(c.isspace() for c in value):
         raise ValueError("a URL has no whitespace")
     return value
+
+
+#: A node id as the controller's paths accept it (``/v1/nodes/{node_id}``).
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+NodeIdText = Annotated[str, Field(pattern=NODE_ID_PATTERN)]
 
 
 class ErrorDetail(BaseModel):
@@ -252,3 +264,52 @@ class RouteDelivery(BaseModel):
     #: True: ``source`` is broadcasting this block now (or has it queued); the client joins
     #: its group (``controller/live_groups.py``).
     broadcast: bool | None = None
+
+
+class AgentSwitch(BaseModel):
+    """``PUT /v1/agent`` on an edge node: ``enabled`` false hands the node back to the
+    controller's plans, true resumes its agent (decentralised mode)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+
+
+class AgentHandover(BaseModel):
+    """``POST /v1/agents:takeover`` / ``POST /v1/agents:release`` on the controller.
+
+    ``node_ids`` names the nodes (each must be live); left out: every node announcing
+    ``cache_policy: "marl"`` (takeover), every node the controller took over (release)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_ids: list[NodeIdText] | None = Field(default=None, min_length=1, max_length=10_000)
+
+    @field_validator("node_ids")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("node_ids must not repeat an id")
+        return value
+
+
+#: What a takeover or release did on one node: the edge switched its agent (``taken`` /
+#: ``released``), answered that it runs no agent (``not_agent``), could not be reached
+#: (``unreachable``) or refused (``failed``: ``code``, ``http_status``).
+AgentOutcomeKind = Literal["taken", "released", "not_agent", "unreachable", "failed"]
+
+
+class AgentOutcome(BaseModel):
+    """One node of a takeover/release answer (``nodes[i]``)."""
+
+    node_id: str
+    outcome: AgentOutcomeKind
+    url: str
+    code: str | None = None
+    error: str | None = None
+    http_status: int | None = None
+    #: The edge's ``GET /v1/agent`` document as ``PUT /v1/agent`` answered it.
+    agent: dict[str, Any] | None = None
+    #: After the plan the takeover triggered: the node is a server of the stored placement
+    #: (takeover), or no longer is (release); None when nothing was planned.
+    planned: bool | None = None

@@ -39,7 +39,9 @@ it the *home* of clients near it, so their requests for models it lacks reach it
 pull-through, :mod:`edge_node.pull`, and counted as demand). ``PUT /v1/plan`` is refused while
 the agent is on. ``PUT /v1/agent {"enabled": false}`` hands the node back to the controller
 (the agent stops deciding, the next heartbeat announces no policy, the planner plans the node
-again and its plans are accepted); ``{"enabled": true}`` resumes the agent.
+again and its plans are accepted); ``{"enabled": true}`` resumes the agent. The controller
+does both for an operator and plans at once (``POST /v1/agents:takeover|release``,
+:mod:`controller.agents`, ``trimcache agents``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "client.cli",
     "testbed.launcher_cli",
     "testbed.models_cli",
+    "testbed.agents_cli",
     "testbed.experiment_cli",
 )
 

@@ -34,11 +34,16 @@ DEFAULT_CONTROLLER_URL = "http://127.0.0.1:8080"
 MIB = 1024 * 1024
 
 
-class ModelsCommandError(TrimCacheError):
-    """The controller could not be found or reached, or refused the request."""
+class ControllerCommandError(TrimCacheError):
+    """The controller could not be found or reached, or refused the request (also the
+    error of ``trimcache agents``, which finds the controller the same way)."""
 
-    code = "models_command_failed"
+    code = "controller_command_failed"
     exit_code = 1
+
+
+#: The former name.
+ModelsCommandError = ControllerCommandError
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,8 @@ class Target:
     token: str | None
 
 
-def add_parsers(subparsers: Any) -> None:
+def controller_options() -> argparse.ArgumentParser:
+    """The ``--controller`` / ``--dir`` options (a parent parser) :func:`resolve_target` reads."""
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("which controller")
     where.add_argument(
@@ -61,6 +67,11 @@ def add_parsers(subparsers: Any) -> None:
         "--dir", type=Path, default=None, metavar="STATE_DIR", dest="state_dir",
         help="a testbed's state dir (default: $TRIMCACHE_CONTROLLER_URL, else the last testbed)",
     )  # fmt: skip
+    return common
+
+
+def add_parsers(subparsers: Any) -> None:
+    common = controller_options()
     models = subparsers.add_parser("models", help="list, add or remove catalogue models")
     sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
@@ -94,13 +105,13 @@ def resolve_target(controller: str | None, state_dir: Path | None) -> Target:
         try:
             state = load_state(directory)
         except TestbedError as exc:
-            raise ModelsCommandError(f"{why} {directory}: {exc}") from exc
+            raise ControllerCommandError(f"{why} {directory}: {exc}") from exc
         return state if state is not None and state.get("controller_url") else None
 
     if state_dir is not None:
         state = testbed(state_dir, "--dir")
         if state is None:
-            raise ModelsCommandError(
+            raise ControllerCommandError(
                 f"no running testbed in {state_dir} (start one: trimcache testbed up --dir "
                 f"{state_dir})"
             )
@@ -126,7 +137,9 @@ def _urls(state: dict[str, Any]) -> str:
     return ",".join(state.get("controller_urls") or [str(state["controller_url"])])
 
 
-def _request(target: Target, method: str, path: str, **kwargs: Any) -> Any:
+def request_json(target: Target, method: str, path: str, **kwargs: Any) -> Any:
+    """``method path`` on the target controller; its JSON answer (ControllerCommandError on a
+    4xx/5xx, with the controller's error code and message, or when none answers)."""
     headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
     try:  # to the first replica that answers (a comma-separated URL list: core.failover)
         response = Endpoints(parse_urls(target.url)).call(
@@ -137,7 +150,7 @@ def _request(target: Target, method: str, path: str, **kwargs: Any) -> Any:
             retry_on=lambda r: r.status_code >= 500,
         )
     except httpx.HTTPError as exc:
-        raise ModelsCommandError(
+        raise ControllerCommandError(
             f"cannot reach the controller at {target.url} (from {target.source}): {exc}; "
             "start a testbed (trimcache testbed up) or pass --controller URL / --dir STATE_DIR"
         ) from exc
@@ -151,17 +164,17 @@ def _request(target: Target, method: str, path: str, **kwargs: Any) -> Any:
             detail = f"{error.get('code')}: {error.get('message')}"
         else:
             detail = response.text[:200] or response.reason_phrase
-        raise ModelsCommandError(
+        raise ControllerCommandError(
             f"controller {target.url} answered {response.status_code} ({detail})"
         )
     if doc is None:
-        raise ModelsCommandError(f"controller {target.url} answered a non-JSON body on {path}")
+        raise ControllerCommandError(f"controller {target.url} answered a non-JSON body on {path}")
     return doc
 
 
 def _ls(args: argparse.Namespace) -> int:
     target = resolve_target(args.controller, args.state_dir)
-    doc = _request(target, "GET", "/v1/models")
+    doc = request_json(target, "GET", "/v1/models")
     if args.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
@@ -189,7 +202,7 @@ def _add(args: argparse.Namespace) -> int:
     target = resolve_target(args.controller, args.state_dir)
     model_id = args.model_id or model_id_for(args.repo_id)
     body = {"model_id": model_id, "repo_id": args.repo_id, "revision": args.revision}
-    doc = _request(target, "POST", "/v1/models", json=body)
+    doc = request_json(target, "POST", "/v1/models", json=body)
     sys.stdout.write(
         f"{doc['model_id']}: {doc['repo_id']}@{str(doc['revision'])[:12]}, "
         f"{doc['total_bytes'] / MIB:.1f} MiB in {doc['blocks']} blocks\n"
@@ -200,6 +213,6 @@ def _add(args: argparse.Namespace) -> int:
 def _rm(args: argparse.Namespace) -> int:
     target = resolve_target(args.controller, args.state_dir)
     for model_id in args.model_ids:
-        _request(target, "DELETE", f"/v1/models/{model_id}")
+        request_json(target, "DELETE", f"/v1/models/{model_id}")
         sys.stdout.write(f"removed {model_id}\n")
     return 0

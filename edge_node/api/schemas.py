@@ -3,9 +3,11 @@ routes). The plan is a wire message shared with the controller: :class:`core.wir
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from core.wire import EdgePlan
+from core.wire import AgentSwitch, EdgePlan
+
+__all__ = ["AgentSwitch", "BatchRequest", "PlanRequest"]
 
 #: The plan body (the same model the controller's planner builds).
 PlanRequest = EdgePlan
@@ -29,11 +31,3 @@ class BatchRequest(BaseModel):
     #: (the delay model's cloud path): those it lacks are pulled from the origin over the
     #: backhaul, not from peers.
     via_origin: list[str] = Field(default_factory=list, max_length=100_000)
-
-
-class AgentSwitch(BaseModel):
-    """``PUT /v1/agent``: ``enabled`` false hands the node back to the controller's plans."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool

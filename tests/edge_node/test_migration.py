@@ -11,21 +11,15 @@ edge-1: a client in area-1 is routed to edge-1, which migrates from edge-2 every
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import fetch_model
-from core.digest import sha256_file
-from tests.client.services import AUTH, TOKEN, push_plan
-from tests.controller.procs import controller_process, edge_process, origin_process
-from tests.helpers import wait_until
+from tests.edge_node.conftest import Cluster, edge_cluster, sha256_tree
 
 pytestmark = pytest.mark.slow
 
@@ -41,95 +35,20 @@ TOPOLOGY = {
 }
 
 
-@dataclass
-class Cluster:
-    zoo: Path
-    origin: str
-    controller: str
-    edges: dict[str, str]
-    models: dict[str, str]  # model_id -> repo_id
-
-    def stats(self, node_id: str) -> dict[str, Any]:
-        stats: dict[str, Any] = httpx.get(f"{self.edges[node_id]}/v1/stats").json()
-        return stats
-
-    def origin_stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = httpx.get(f"{self.origin}/v1/stats").json()
-        return stats
-
-    def model_blocks(self, model_id: str) -> dict[str, int]:
-        doc = httpx.get(f"{self.controller}/v1/models/{model_id}").json()["manifest"]
-        return {row[0]: int(row[2]) for f in doc["files"] for row in f["blocks"]}
-
-
-def _holds(controller: str, model_id: str, url: str) -> bool:
-    sources = httpx.get(f"{controller}/v1/routes/{model_id}").json()["sources"]
-    return url in {s["url"] for s in sources}
-
-
 @pytest.fixture(scope="module")
 def cluster(
     zoo_dir: Path, redis_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    import redis
-
-    tmp = tmp_path_factory.mktemp("migration")
-    origin = origin_process(tmp, zoo_dir).start()
-    controller = controller_process(
-        tmp,
-        redis_url=redis_server,
-        origin_url=origin.url,
-        auto_plan="false",
-        heartbeat_expiry_s=60,
-        auth_token=TOKEN,
-        migration="on",
-    ).start()
-    processes = [origin, controller]
-    try:
-        catalogue = json.loads((zoo_dir / "zoo.json").read_text())["models"]
-        models = {m["model_id"]: m["repo_id"] for m in catalogue}
-        for model_id in (MODEL, "bert-sst2", UNHELD):
-            body = {"model_id": model_id, "repo_id": models[model_id]}
-            r = httpx.post(f"{controller.url}/v1/models", json=body, timeout=300, headers=AUTH)
-            assert r.status_code == 201, r.text
-        r = httpx.put(f"{controller.url}/v1/topology", json=TOPOLOGY, headers=AUTH)
-        assert r.status_code == 200, r.text
-        edges: dict[str, str] = {}
-        for node_id in HELD:
-            edge = edge_process(
-                tmp,
-                node_id,
-                data_dir=tmp / node_id,
-                capacity_bytes=500_000_000,
-                controller_url=controller.url,
-                origin_url=origin.url,
-                auth_token=TOKEN,
-                heartbeat_interval_s=0.3,
-                catalogue_ttl_s=0.5,
-                durable="false",
-                scrub_on_start="false",
-            ).start()
-            processes.append(edge)
-            edges[node_id] = edge.url
-        for node_id, held in HELD.items():
-            if held:
-                push_plan(edges[node_id], controller.url, origin.url, held)
-        wait_until(lambda: _holds(controller.url, MODEL, edges["edge-2"]))
-        wait_until(lambda: _holds(controller.url, "bert-sst2", edges["edge-1"]))
-        yield Cluster(zoo_dir, origin.url, controller.url, edges, models)
-    finally:
-        for process in reversed(processes):
-            process.stop()
-        redis.Redis.from_url(redis_server).flushdb()
-
-
-def _sha256_tree(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every regular file under ``root`` (hidden ones skipped)."""
-    return {
-        str(p.relative_to(root)): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    }
+    with edge_cluster(
+        tmp_path_factory.mktemp("migration"),
+        zoo_dir,
+        redis_server,
+        held=HELD,
+        index=(MODEL, "bert-sst2", UNHELD),
+        topology=TOPOLOGY,
+        controller={"migration": "on"},
+    ) as running:
+        yield running
 
 
 def test_route_sends_the_client_to_its_serving_edge_which_migrates(cluster: Cluster) -> None:
@@ -176,7 +95,7 @@ def test_a_block_held_only_by_a_neighbour_is_migrated_and_served(
     fetched_from = {src for src, n in report["bytes_by_source"].items() if src != "local" and n}
     assert fetched_from == {cluster.edges["edge-1"]}, report["bytes_by_source"]
     assert report["bytes_fetched"] == sum(blocks.values())
-    assert _sha256_tree(fetched.path) == _sha256_tree(cluster.zoo / "repos" / cluster.models[MODEL])
+    assert sha256_tree(fetched.path) == sha256_tree(cluster.zoo / "repos" / cluster.models[MODEL])
     # The origin was not asked for anything.
     origin_after = cluster.origin_stats()
     assert origin_after["requests"] == origin_before["requests"]

@@ -13,7 +13,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,9 @@ from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
 from core.digest import BlockId, sha256_file
-from core.manifest import BlockRef, ModelManifest
+from core.manifest import BlockRef
 from tests.client.services import AUTH, PLAN_SCHEMA, TOKEN, push_plan
-from tests.controller.procs import ServiceProcess, controller_process, edge_process, origin_process
+from tests.edge_node.conftest import Cluster, edge_cluster, sha256_tree
 from tests.faults import read_body
 from tests.helpers import (
     PREDICT_SCRIPT,
@@ -47,95 +46,20 @@ CAPACITY_BYTES = 200_000_000
 TTL_S = 0.5
 
 
-@dataclass
-class Cluster:
-    zoo: Path
-    origin: ServiceProcess
-    controller_process: ServiceProcess
-    controller: str
-    edges: dict[str, str]
-    models: dict[str, str]  # model_id -> repo_id
-    tmp: Path
-
-    def manifest(self, model_id: str) -> ModelManifest:
-        doc = httpx.get(f"{self.controller}/v1/models/{model_id}").json()["manifest"]
-        return ModelManifest.from_dict(doc)
-
-    def stats(self, node_id: str) -> dict[str, Any]:
-        stats: dict[str, Any] = httpx.get(f"{self.edges[node_id]}/v1/stats").json()
-        return stats
-
-    def repo_dir(self, model_id: str) -> Path:
-        return self.zoo / "repos" / self.models[model_id]
-
-    def held_blocks(self, node_id: str) -> set[str]:
-        return {b for m in HELD[node_id] for b in self.manifest(m).block_sizes()}
-
-
-def _routed(controller: str, model_id: str, urls: set[str]) -> bool:
-    sources = httpx.get(f"{controller}/v1/routes/{model_id}").json()["sources"]
-    return urls <= {s["url"] for s in sources}
-
-
 @pytest.fixture(scope="module")
 def cluster(
     zoo_dir: Path, redis_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    import redis
-
-    tmp = tmp_path_factory.mktemp("pull-through")
-    origin = origin_process(tmp, zoo_dir).start()
-    controller = controller_process(
-        tmp,
-        redis_url=redis_server,
-        origin_url=origin.url,
-        auto_plan="false",
-        heartbeat_expiry_s=60,
-        auth_token=TOKEN,
-    ).start()
-    processes = [origin, controller]
-    try:
-        catalogue = json.loads((zoo_dir / "zoo.json").read_text())["models"]
-        models = {m["model_id"]: m["repo_id"] for m in catalogue}
-        for model_id, repo_id in models.items():
-            body = {"model_id": model_id, "repo_id": repo_id}
-            r = httpx.post(f"{controller.url}/v1/models", json=body, timeout=300, headers=AUTH)
-            assert r.status_code == 201, r.text
-        edges: dict[str, str] = {}
-        for node_id in HELD:
-            edge = edge_process(
-                tmp,
-                node_id,
-                data_dir=tmp / node_id,
-                capacity_bytes=CAPACITY_BYTES,
-                controller_url=controller.url,
-                origin_url=origin.url,
-                auth_token=TOKEN,
-                heartbeat_interval_s=0.3,
-                catalogue_ttl_s=TTL_S,
-                pull_window_bytes=WINDOW_BYTES[node_id],
-                durable="false",
-                scrub_on_start="false",
-            ).start()
-            processes.append(edge)
-            edges[node_id] = edge.url
-        for node_id, held in HELD.items():
-            push_plan(edges[node_id], controller.url, origin.url, held)
-        wanted = [(m, edges[n]) for n, held in HELD.items() for m in held]
-        wait_until(lambda: all(_routed(controller.url, m, {url}) for m, url in wanted))
-        yield Cluster(zoo_dir, origin, controller, controller.url, edges, models, tmp)
-    finally:
-        for process in reversed(processes):
-            process.stop()
-        redis.Redis.from_url(redis_server).flushdb()
-
-
-def _zoo_files(repo_dir: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(repo_dir)): sha256_file(p)
-        for p in sorted(repo_dir.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(repo_dir).parts)
-    }
+    with edge_cluster(
+        tmp_path_factory.mktemp("pull-through"),
+        zoo_dir,
+        redis_server,
+        held=HELD,
+        capacity_bytes=CAPACITY_BYTES,
+        catalogue_ttl_s=TTL_S,
+        edge={n: {"pull_window_bytes": w} for n, w in WINDOW_BYTES.items()},
+    ) as running:
+        yield running
 
 
 def _buffered_files(data_dir: Path) -> list[Path]:
@@ -147,8 +71,8 @@ def test_every_edge_serves_every_catalogued_model(cluster: Cluster, tmp_path: Pa
     for node_id, url in cluster.edges.items():
         for model_id, repo_id in cluster.models.items():
             path = snapshot_download(repo_id, endpoint=url, cache_dir=tmp_path / node_id)
-            got = _zoo_files(Path(path))
-            assert got == _zoo_files(cluster.repo_dir(model_id)), (node_id, model_id)
+            got = sha256_tree(Path(path))
+            assert got == sha256_tree(cluster.repo_dir(model_id)), (node_id, model_id)
     for node_id in cluster.edges:
         after = cluster.stats(node_id)
         # Nothing the plan does not place was kept, and nothing transient is left behind.
@@ -292,7 +216,7 @@ def test_corrupt_peer_blocks_are_never_delivered(cluster: Cluster, tmp_path: Pat
         r = httpx.put(f"{cluster.controller}/v1/nodes/liar", json=body, headers=AUTH)
         assert r.status_code == 200, r.text
         try:
-            wait_until(lambda: _routed(cluster.controller, "minilm-base", {liar}))
+            wait_until(lambda: cluster.routes_to("minilm-base", {liar}))
             time.sleep(2 * TTL_S)  # the edges' cached routes expire
             edge = cluster.edges["edge-2"]
             before = cluster.stats("edge-2")["bytes_pulled_by_source"]
@@ -304,11 +228,11 @@ def test_corrupt_peer_blocks_are_never_delivered(cluster: Cluster, tmp_path: Pat
             assert sha256_file(Path(path)) == base.file("model.safetensors").sha256
             after = cluster.stats("edge-2")["bytes_pulled_by_source"]
             assert liar not in after
-            assert after.get(cluster.origin.url, 0) > before.get(cluster.origin.url, 0)
+            assert after.get(cluster.origin, 0) > before.get(cluster.origin, 0)
 
             # With the origin down, blocks only the liar offers come from nowhere valid: the
             # transfer fails and no file appears, rather than a complete wrong one.
-            cluster.origin.stop()
+            cluster.origin_process.stop()
             try:
                 victim = max(only_origin, key=lambda b: b.length)
                 url = f"{edge}/{base.repo_id}/resolve/main/model.safetensors"
@@ -354,7 +278,7 @@ def test_corrupt_peer_blocks_are_never_delivered(cluster: Cluster, tmp_path: Pat
                 assert not list((tmp_path / "down").rglob("model.safetensors"))
                 assert _buffered_files(cluster.tmp / "edge-2") == []
             finally:
-                cluster.origin.start()
+                cluster.origin_process.start()
         finally:
             httpx.delete(f"{cluster.controller}/v1/nodes/liar", headers=AUTH)
 
@@ -402,7 +326,7 @@ def test_pulled_blocks_the_plan_places_are_kept(cluster: Cluster, tmp_path: Path
         assert r.state == "failed" and r.result["error_code"] == "upstream_unavailable", r.status
         assert "bert-sst2" not in cluster.stats("edge-2")["models"]
         path = snapshot_download(sst2.repo_id, endpoint=edge2, cache_dir=tmp_path)
-        assert _zoo_files(Path(path)) == _zoo_files(cluster.repo_dir("bert-sst2"))
+        assert sha256_tree(Path(path)) == sha256_tree(cluster.repo_dir("bert-sst2"))
         after = cluster.stats("edge-2")
         assert after["bytes_pulled_kept"] - before["bytes_pulled_kept"] == sum(missing.values())
         assert after["physical_bytes"] == before["physical_bytes"] + sum(missing.values())
@@ -410,7 +334,7 @@ def test_pulled_blocks_the_plan_places_are_kept(cluster: Cluster, tmp_path: Path
         assert "bert-sst2" in after["models"]
         assert _buffered_files(cluster.tmp / "edge-2") == []
     finally:
-        push_plan(edge2, cluster.controller, cluster.origin.url, HELD["edge-2"])
+        push_plan(edge2, cluster.controller, cluster.origin, HELD["edge-2"])
     assert cluster.stats("edge-2")["physical_bytes"] == before["physical_bytes"]
 
 
@@ -424,7 +348,7 @@ def test_held_models_are_served_while_the_controller_is_down(
         for model_id in HELD["edge-1"]:
             repo_id = cluster.models[model_id]
             path = snapshot_download(repo_id, endpoint=edge1, cache_dir=tmp_path)
-            assert _zoo_files(Path(path)) == _zoo_files(cluster.repo_dir(model_id))
+            assert sha256_tree(Path(path)) == sha256_tree(cluster.repo_dir(model_id))
         r = httpx.get(f"{edge1}/api/models/{cluster.models['bert-question']}")
         assert r.status_code == 502 and r.headers["x-error-code"] == "upstream_unavailable"
         assert "controller" in r.json()["error"]["message"]

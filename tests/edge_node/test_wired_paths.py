@@ -11,10 +11,8 @@ MiniLM base layers, shared with ``bert-sst2``, are on edge-1).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +20,10 @@ import httpx
 import pytest
 
 from client import fetch_model
-from core.digest import sha256_file
 from core.world import Link, World
 from testbed.topology import EdgeSite, SiteLayout, UserArea
 from testbed.world import build_world, write_world
-from tests.client.services import AUTH, TOKEN, push_plan
-from tests.controller.procs import controller_process, edge_process, origin_process
-from tests.helpers import wait_until
+from tests.edge_node.conftest import Cluster, edge_cluster, sha256_tree
 
 pytestmark = pytest.mark.slow
 
@@ -55,99 +50,29 @@ TOPOLOGY = {
 }
 
 
-@dataclass
-class Cluster:
-    zoo: Path
-    origin: str
-    controller: str
-    edges: dict[str, str]
-    models: dict[str, str]  # model_id -> repo_id
-    world: World
-
-    def stats(self, node_id: str) -> dict[str, Any]:
-        stats: dict[str, Any] = httpx.get(f"{self.edges[node_id]}/v1/stats").json()
-        return stats
-
-    def origin_stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = httpx.get(f"{self.origin}/v1/stats").json()
-        return stats
-
-    def model_blocks(self, model_id: str) -> dict[str, int]:
-        doc = httpx.get(f"{self.controller}/v1/models/{model_id}").json()["manifest"]
-        return {row[0]: int(row[2]) for f in doc["files"] for row in f["blocks"]}
-
-
-def _holds(controller: str, model_id: str, url: str) -> bool:
-    sources = httpx.get(f"{controller}/v1/routes/{model_id}").json()["sources"]
-    return url in {s["url"] for s in sources}
+@pytest.fixture(scope="module")
+def world_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_world(
+        tmp_path_factory.mktemp("wired-world") / "world.json",
+        build_world(LAYOUT, radio_latency_ms=0.0, backhaul=BACKHAUL, edge_links=EDGE_LINK),
+    )
 
 
 @pytest.fixture(scope="module")
 def cluster(
-    zoo_dir: Path, redis_server: str, tmp_path_factory: pytest.TempPathFactory
+    zoo_dir: Path, redis_server: str, tmp_path_factory: pytest.TempPathFactory, world_file: Path
 ) -> Iterator[Cluster]:
-    import redis
-
-    tmp = tmp_path_factory.mktemp("wired")
-    world_file = write_world(
-        tmp / "world.json",
-        build_world(LAYOUT, radio_latency_ms=0.0, backhaul=BACKHAUL, edge_links=EDGE_LINK),
-    )
-    origin = origin_process(tmp, zoo_dir).start()
-    controller = controller_process(
-        tmp,
-        redis_url=redis_server,
-        origin_url=origin.url,
-        auto_plan="false",
-        heartbeat_expiry_s=60,
-        auth_token=TOKEN,
-        migration="on",
-    ).start()
-    processes = [origin, controller]
-    try:
-        catalogue = json.loads((zoo_dir / "zoo.json").read_text())["models"]
-        models = {m["model_id"]: m["repo_id"] for m in catalogue}
-        for model_id in (MIGRATED, "bert-sst2", UNHELD):
-            body = {"model_id": model_id, "repo_id": models[model_id]}
-            r = httpx.post(f"{controller.url}/v1/models", json=body, timeout=300, headers=AUTH)
-            assert r.status_code == 201, r.text
-        r = httpx.put(f"{controller.url}/v1/topology", json=TOPOLOGY, headers=AUTH)
-        assert r.status_code == 200, r.text
-        edges: dict[str, str] = {}
-        for node_id in HELD:
-            edge = edge_process(
-                tmp,
-                node_id,
-                data_dir=tmp / node_id,
-                capacity_bytes=500_000_000,
-                controller_url=controller.url,
-                origin_url=origin.url,
-                auth_token=TOKEN,
-                heartbeat_interval_s=0.3,
-                catalogue_ttl_s=0.5,
-                durable="false",
-                scrub_on_start="false",
-                world_file=str(world_file),
-            ).start()
-            processes.append(edge)
-            edges[node_id] = edge.url
-        for node_id, held in HELD.items():
-            push_plan(edges[node_id], controller.url, origin.url, held)
-        wait_until(lambda: _holds(controller.url, MIGRATED, edges["edge-2"]), timeout_s=120)
-        wait_until(lambda: _holds(controller.url, "bert-sst2", edges["edge-1"]), timeout_s=120)
-        yield Cluster(zoo_dir, origin.url, controller.url, edges, models, World.load(world_file))
-    finally:
-        for process in reversed(processes):
-            process.stop()
-        redis.Redis.from_url(redis_server).flushdb()
-
-
-def _sha256_tree(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    }
+    with edge_cluster(
+        tmp_path_factory.mktemp("wired"),
+        zoo_dir,
+        redis_server,
+        held=HELD,
+        index=(MIGRATED, "bert-sst2", UNHELD),
+        topology=TOPOLOGY,
+        controller={"migration": "on"},
+        edge={node_id: {"world_file": str(world_file)} for node_id in HELD},
+    ) as running:
+        yield running
 
 
 def _fetch(cluster: Cluster, model_id: str, device: Path) -> tuple[dict[str, Any], float]:
@@ -156,14 +81,14 @@ def _fetch(cluster: Cluster, model_id: str, device: Path) -> tuple[dict[str, Any
         model_id, controller_url=cluster.controller, cache_dir=device, area_id="area-1", load=False
     )
     elapsed = time.monotonic() - started
-    assert _sha256_tree(fetched.path) == _sha256_tree(
+    assert sha256_tree(fetched.path) == sha256_tree(
         cluster.zoo / "repos" / cluster.models[model_id]
     )
     return fetched.report, elapsed
 
 
 def test_a_block_nobody_holds_comes_from_the_origin_through_the_serving_edge_radio(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, world_file: Path, tmp_path: Path
 ) -> None:
     blocks = cluster.model_blocks(UNHELD)
     lacking = {b: n for b, n in blocks.items() if b not in cluster.model_blocks("bert-sst2")}
@@ -198,7 +123,7 @@ def test_a_block_nobody_holds_comes_from_the_origin_through_the_serving_edge_rad
     radio_before, radio_after = before["radio"], after["radio"]
     on_air = radio_after["bytes_on_air"] - radio_before["bytes_on_air"]
     assert on_air >= sum(blocks.values())
-    rate = cluster.world.rate("area-1", ["edge-1"], serving="edge-1")
+    rate = World.load(world_file).rate("area-1", ["edge-1"], serving="edge-1")
     airtime = radio_after["airtime_s"] - radio_before["airtime_s"]
     assert airtime >= sum(blocks.values()) / rate * (1 - 1e-6)
     # The backhaul's line time (lower bound): the largest pulled block, plus its latency.

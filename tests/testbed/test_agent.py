@@ -9,7 +9,10 @@ manifests, one instance per hot model). Real SDK fetches into fresh device cache
 - after clients ask for one model, the agent caches it without any controller plan, within its
   capacity, and routes name the edge for it (the origin's counter stays still on a new fetch);
 - when demand shifts to another model, the agent evicts the first and caches the second;
-- ``PUT /v1/agent {"enabled": false}`` hands the node back: the controller plans it again.
+- ``PUT /v1/agent {"enabled": false}`` hands the node back: the controller plans it again;
+- ``trimcache agents release|takeover`` (``POST /v1/agents:release|takeover``) do the same from
+  the controller's side: the agent resumes and the placement drops the node, then the node is
+  taken over and planned again at once.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from client import Client
 from testbed import launcher
 from testbed.agent import single_edge_problem, train_checkpoint, zoo_manifests
 from testbed.topology import grid_topology
-from tests.helpers import wait_until
+from tests.helpers import run_cli, wait_until
 
 FIRST, SECOND = "minilm-base", "bert-question"
 MIB = 1024 * 1024
@@ -156,3 +159,20 @@ def test_agent_edge_adapts_to_demand_without_a_plan(
     wait_until(
         lambda: edge["node_id"] in _json(f"{controller}/v1/placement")["servers"], timeout_s=60
     )
+
+    # 4. From the controller's side (``trimcache agents``, the operator's commands): release
+    # resumes the agent and the placement drops the node; takeover plans it again at once.
+    tb = ["--dir", str(tmp_path / "tb")]
+    released = run_cli("agents", "release", "--node", edge["node_id"], *tb, timeout_s=120)
+    assert released.returncode == 0, released.stderr
+    assert released.stdout.splitlines()[0] == f"{edge['node_id']}: released"
+    assert agent()["enabled"] is True
+    assert _json(f"{controller}/v1/nodes")["nodes"][0]["cache_policy"] == "marl"
+    assert edge["node_id"] not in _json(f"{controller}/v1/placement")["servers"]
+    listed = run_cli("agents", "ls", *tb, timeout_s=120)
+    assert listed.returncode == 0 and " on " in listed.stdout.splitlines()[1], listed.stdout
+    taken = run_cli("agents", "takeover", *tb, timeout_s=120)
+    assert taken.returncode == 0, taken.stderr
+    assert f"{edge['node_id']}: taken, in the new placement" in taken.stdout.splitlines()
+    assert agent()["enabled"] is False
+    assert edge["node_id"] in _json(f"{controller}/v1/placement")["servers"]

@@ -11,13 +11,19 @@ from controller import live_groups
 from controller.api.deps import AuthDep, MetricsDep, NodeAuthDep, SettingsDep, StateDep
 from controller.errors import NodeNotFoundError
 from controller.state import NodeRecord
-from core.wire import MAX_BYTES, MAX_VERSION, NodeHeartbeat, NodeRegistered
+from core.wire import (
+    MAX_BYTES,
+    MAX_VERSION,
+    NODE_ID_PATTERN,
+    NodeHeartbeat,
+    NodeRegistered,
+)
 
 __all__ = ["MAX_BYTES", "MAX_VERSION", "router"]
 
 router = APIRouter(tags=["nodes"])
 
-NodeId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+NodeId = Annotated[str, Path(pattern=NODE_ID_PATTERN)]
 
 
 def age_s(node: NodeRecord, now_s: float) -> float:
