@@ -74,9 +74,9 @@ retried by the background loop (:meth:`Planner.tick`) with exponential backoff f
 process still pushes, and ``pending``/``pushing`` pushes while the round refreshed
 ``dispatch.alive_at`` within :data:`ROUND_DEAD_S` (a round elsewhere; a silent one died with
 its process, and its pushes are retried).
-The loop also re-plans when membership or the topology change (after ``settle_s`` of quiet),
-every ``plan_interval_s``, and re-pushes the current plan to a node whose reported models
-drift from it.
+The loop also re-plans when membership (a node's cache policy included) or the topology
+change (after ``settle_s`` of quiet), every ``plan_interval_s``, and re-pushes the current
+plan to a node whose reported models drift from it.
 """
 
 from __future__ import annotations
@@ -302,11 +302,16 @@ class Planner:
         return adopted
 
     def signature(self, nodes: Sequence[NodeRecord], view: ActiveTopology) -> str:
-        """What triggers a re-plan by itself: membership (and each node's place and capacity)
-        and the topology. Catalogue and demand changes wait for the periodic or a manual plan,
-        so indexing a batch of models does not re-plan (and move blocks) after each one."""
+        """What triggers a re-plan by itself: membership (and each node's place, capacity and
+        cache policy: a decentralised node handed back to the controller is planned without
+        waiting for the interval) and the topology. Catalogue and demand changes wait for the
+        periodic or a manual plan, so indexing a batch of models does not re-plan (and move
+        blocks) after each one."""
         doc = {
-            "nodes": [[n.node_id, n.url, n.capacity_bytes, list(n.position)] for n in nodes],
+            "nodes": [
+                [n.node_id, n.url, n.capacity_bytes, list(n.position), n.cache_policy]
+                for n in nodes
+            ],
             "topology": [view.source, view.version],
         }
         return json.dumps(doc, sort_keys=True)

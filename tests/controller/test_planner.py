@@ -227,6 +227,24 @@ def test_catalogue_rebuilt_from_edge_reports(
     assert controller.get("/v1/models/tiny-a").status_code == 404
 
 
+def test_a_node_handed_back_by_its_agent_is_planned_without_a_manual_plan(
+    controller: TestClient, edges: Any
+) -> None:
+    url = edges("edge-1", None)
+    register(controller, "edge-1", url, None, cache_policy="marl")
+    assert "edge-1" not in plan_and_wait(controller)["servers"]  # the agent decides there
+    planner = controller.app.state.planner  # type: ignore[attr-defined]
+    now = time.time()
+    assert planner.tick(now_s=now) is None  # nothing changed
+    register(controller, "edge-1", url, None)  # the agent is off: no policy any more
+    assert planner.tick(now_s=now) is None  # the change settles first
+    assert planner.tick(now_s=now + planner.settings.settle_s) == "plan"
+    assert planner.wait_rounds(timeout_s=120)
+    placement = controller.get("/v1/placement").json()
+    assert placement["servers"]["edge-1"]["models"]
+    assert placement["push"]["edge-1"]["status"] == "applied"
+
+
 @pytest.mark.parametrize("solver", ["trimcaching-spec", "independent", "popularity", "optimal"])
 def test_every_solver_plans_and_spec_falls_back(
     redis_url: str, mini_origin: str, edges: Any, solver: str
