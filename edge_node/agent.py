@@ -39,13 +39,15 @@ it the *home* of clients near it, so their requests for models it lacks reach it
 pull-through, :mod:`edge_node.pull`, and counted as demand). ``PUT /v1/plan`` is refused while
 the agent is on. ``PUT /v1/agent {"enabled": false}`` hands the node back to the controller
 (the agent stops deciding, the next heartbeat announces no policy, the planner plans the node
-again and its plans are accepted); ``{"enabled": true}`` resumes the agent. The controller
-does both for an operator and plans at once (``POST /v1/agents:takeover|release``,
+again and its plans are accepted); ``{"enabled": true}`` resumes the agent. The switch is
+kept in ``DATA_DIR/agent.json``, so a node handed back stays handed back when it restarts. The
+controller does both for an operator and plans at once (``POST /v1/agents:takeover|release``,
 :mod:`controller.agents`, ``trimcache agents``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -61,6 +63,7 @@ import httpx
 from core.blocks import group_by_sharing
 from core.digest import BlockId
 from core.errors import ManifestError, TrimCacheError
+from core.fsutil import atomic_write_json
 from core.manifest import ModelManifest
 from edge_node.catalogue import Catalogue
 from edge_node.errors import UpstreamUnavailableError
@@ -76,6 +79,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_SCHEMA = "trimcache.marl-checkpoint/v1"
 #: What the heartbeat announces as the node's ``cache_policy`` while the agent is on.
 POLICY: Literal["marl"] = "marl"
+#: The agent's on/off state under the data dir (:meth:`EdgeAgent.set_enabled`).
+STATE_FILE = "agent.json"
 #: The agent network's layers in its state dict (``marl.AgentNet``: Linear, ReLU, Linear,
 #: ReLU, Linear).
 _LAYERS = ("net.0", "net.2", "net.4")
@@ -280,6 +285,16 @@ class AgentStatus:
     last_error: str | None = None
 
 
+def _read_enabled(path: Path) -> bool:
+    """The agent's saved on/off state (:data:`STATE_FILE`); on when none was saved or the
+    file cannot be read (a node's first start; a torn file is never written: atomic)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(doc, dict) and doc.get("enabled") is False)
+
+
 class EdgeAgent:
     """The decentralised agent loop of one node (see the module docstring)."""
 
@@ -302,7 +317,10 @@ class EdgeAgent:
         self.capacity_bytes = settings.capacity_bytes
         self.demand = DemandWindow(settings.agent_window_requests)
         self.status = AgentStatus()
-        self.enabled = True
+        #: Whether the agent decides (``PUT /v1/agent``), kept across restarts in
+        #: ``DATA_DIR/agent.json``: a node handed to the controller stays handed over.
+        self._state_path = settings.data_dir / STATE_FILE
+        self.enabled = _read_enabled(self._state_path)
         #: Set by the app: a heartbeat now (after the node's holdings changed).
         self.on_change: Callable[[], None] | None = None
         self._manifests: dict[str, ModelManifest] = {}
@@ -316,6 +334,9 @@ class EdgeAgent:
         return POLICY if self.enabled else None
 
     def set_enabled(self, enabled: bool) -> None:
+        atomic_write_json(
+            self._state_path, {"enabled": enabled}, durable=self.node.settings.durable
+        )
         self.enabled = enabled
         logger.info("agent node_id=%s %s", self.node.node_id, "on" if enabled else "handed back")
         if self.on_change is not None:

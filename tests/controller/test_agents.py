@@ -58,36 +58,47 @@ def controller(redis_url: str, mini_origin: str) -> Iterator[httpx.Client]:
 EdgeMaker = Callable[..., str]
 
 
+def edge_app(
+    node_id: str, url: str, data_dir: Path, *, origin: str, controller: str, checkpoint: Path | None
+) -> Any:
+    """An edge app heartbeating to ``controller``, with the agent of ``checkpoint`` or none."""
+    from edge_node.app import create_app as create_edge
+    from edge_node.settings import Settings as EdgeSettings
+
+    return create_edge(
+        EdgeSettings(
+            node_id=node_id,
+            data_dir=data_dir,
+            capacity_bytes=10**8,
+            auth_token=TOKEN,
+            origin_url=origin,
+            controller_url=controller,
+            public_url=url,
+            heartbeat_interval_s=0.2,
+            agent_checkpoint=checkpoint,
+            agent_interval_s=0.5,
+            allowed_hosts="127.0.0.1",
+            durable=False,
+            scrub_on_start=False,
+        )
+    )
+
+
 @pytest.fixture
 def edge(
     tmp_path: Path, mini_origin: str, controller: httpx.Client, checkpoint: Path
 ) -> Iterator[EdgeMaker]:
     """``make(node_id, agent=True) -> url``: a live edge heartbeating to the controller, with
     the checkpoint (``agent``) or without; stopped after the test."""
-    from edge_node.app import create_app as create_edge
-    from edge_node.settings import Settings as EdgeSettings
-
     with ExitStack() as stack:
 
         def make(node_id: str, *, agent: bool = True) -> str:
             def build(url: str) -> Any:
-                return create_edge(
-                    EdgeSettings(
-                        node_id=node_id,
-                        data_dir=tmp_path / node_id,
-                        capacity_bytes=10**8,
-                        auth_token=TOKEN,
-                        origin_url=mini_origin,
-                        controller_url=str(controller.base_url).rstrip("/"),
-                        public_url=url,
-                        heartbeat_interval_s=0.2,
-                        agent_checkpoint=checkpoint if agent else None,
-                        agent_interval_s=0.5,
-                        allowed_hosts="127.0.0.1",
-                        durable=False,
-                        scrub_on_start=False,
-                    )
-                )
+                return edge_app(
+                    node_id, url, tmp_path / node_id, origin=mini_origin,
+                    controller=str(controller.base_url).rstrip("/"),
+                    checkpoint=checkpoint if agent else None,
+                )  # fmt: skip
 
             url: str = stack.enter_context(serve(build))
             return url
@@ -237,3 +248,30 @@ def test_cli_lines_and_exit_codes(
     out = capsys.readouterr()
     [error] = out.err.splitlines()
     assert "404" in error and "node_not_found" in error and out.out == ""
+
+
+def test_a_node_handed_back_stays_handed_back_across_a_restart(
+    controller: httpx.Client, checkpoint: Path, mini_origin: str, tmp_path: Path
+) -> None:
+    def build(url: str) -> Any:
+        return edge_app(
+            AGENT_NODE, url, tmp_path / AGENT_NODE, origin=mini_origin,
+            controller=str(controller.base_url).rstrip("/"), checkpoint=checkpoint,
+        )  # fmt: skip
+
+    with serve(build) as url:
+        wait_until(lambda: registered(controller, AGENT_NODE))
+        assert node(controller, AGENT_NODE)["cache_policy"] == "marl"
+        off = httpx.put(f"{url}/v1/agent", json={"enabled": False}, headers=AUTH, timeout=10)
+        assert off.status_code == 200 and off.json()["enabled"] is False
+        wait_until(lambda: node(controller, AGENT_NODE)["cache_policy"] is None)
+    with serve(build) as url:  # the same data dir: the switch was kept
+        assert httpx.get(f"{url}/v1/agent", timeout=10).json()["enabled"] is False
+        wait_until(lambda: node(controller, AGENT_NODE)["url"] == url)
+        assert node(controller, AGENT_NODE)["cache_policy"] is None
+        on = httpx.put(f"{url}/v1/agent", json={"enabled": True}, headers=AUTH, timeout=10)
+        assert on.status_code == 200
+    with serve(build) as url:
+        assert httpx.get(f"{url}/v1/agent", timeout=10).json()["enabled"] is True
+        wait_until(lambda: node(controller, AGENT_NODE)["url"] == url)
+        assert node(controller, AGENT_NODE)["cache_policy"] == "marl"
