@@ -276,8 +276,8 @@ def _scale_problem(spec: str, capacity_gb: float) -> Any:
 def scale_one(args: argparse.Namespace) -> int:
     """One (instance, path, solver) measurement in this process: a JSON line on stdout."""
     from controller.delay import solvers
-    from controller.delay.incremental import IncrementalDelay
     from controller.delay.model import DelayInstance
+    from controller.delay.unicast import incremental_delay
 
     started = time.perf_counter()
     p = _scale_problem(args.scale_one, args.tight_gb)
@@ -296,7 +296,7 @@ def scale_one(args: argparse.Namespace) -> int:
     peak = _peak_rss_mb()
     # r.delay is the reference evaluate_delay's; check the incremental evaluator on it too
     instance = DelayInstance(p, granularity=r.granularity)
-    fast = IncrementalDelay(instance, r.delivery).evaluate(r.placement)
+    fast = incremental_delay(instance, r.delivery).evaluate(r.placement)
     worst = max(
         abs(x - y) / max(abs(y), 1e-300)
         for x, y in zip(fast.request_delays_s, r.delay.request_delays_s, strict=True)

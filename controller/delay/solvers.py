@@ -51,7 +51,6 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from controller.delay.incremental import IncrementalDelay
 from controller.delay.model import DelayInstance
 from controller.delay.problem import (
     DelayProblem,
@@ -60,6 +59,7 @@ from controller.delay.problem import (
     Granularity,
     NodeHolding,
 )
+from controller.delay.unicast import incremental_delay
 from controller.delay.vector import VectorDelay
 from controller.placement.problem import Status
 
@@ -191,10 +191,7 @@ class _Gains(Protocol):
 
 def _make_evaluator(instance: DelayInstance, delivery: Delivery, evaluator: Evaluator) -> _Gains:
     if evaluator == "incremental":
-        # IncrementalDelay follows broadcast schedules only (its module docstring)
-        if delivery == "broadcast":
-            return IncrementalDelay(instance, delivery)
-        return VectorDelay(instance, delivery)
+        return incremental_delay(instance, delivery)
     if evaluator == "vector":
         return VectorDelay(instance, delivery)
     if evaluator == "reference":
