@@ -23,7 +23,8 @@
    ``MODELS,NODES,USERS`` of ``--scale-sizes`` (default 10000,200,5000;
    :func:`controller.delay.scenario.scaled_delay_problem`, same recipe and densities).
    Paths (the greedy's evaluator): ``incremental`` (the default,
-   :class:`controller.delay.incremental.IncrementalDelay`), ``vector`` (the previous default,
+   :class:`controller.delay.incremental.IncrementalDelay`, unicast
+   :class:`controller.delay.unicast.UnicastDelay`), ``vector`` (the previous default,
    :class:`controller.delay.vector.VectorDelay`; on the factor instances and on sizes up to
    ``--vector-max-models``, default 1000) and ``reference`` (``slot_delays``; factors up to
    ``--reference-max-factor``, default 1, for ``--reference-solvers``); ``same`` says

@@ -1,10 +1,10 @@
 """Incremental delay for large instances: gains in time proportional to what they change.
 
-Broadcast delivery only (``delay-greedy``, ``trimcaching-gen``): the unicast schedule is
-shortest user first (docs/delay-model.md section 5), where one job's airtime moves every job of
-its user, which the per-job shifts below do not follow; unicast gains come from
-:class:`~controller.delay.vector.VectorDelay` (:func:`controller.delay.solvers.greedy_placement`
-picks it).
+Broadcast delivery (``delay-greedy``, ``trimcaching-gen``). The unicast schedule is shortest
+user first (docs/delay-model.md section 5), where one job's airtime moves every job of its
+user; :class:`controller.delay.unicast.UnicastDelay` is this class with one schedule item per
+user (it reuses the compiled entries, reach, caches and slot change below), and
+:func:`controller.delay.unicast.incremental_delay` picks the class of a delivery rule.
 
 :class:`IncrementalDelay` has the interface of :class:`~controller.delay.vector.VectorDelay`
 (``slot_sum``, ``gains``, ``add``, ``evaluate``) and the same rules (docs/delay-model.md

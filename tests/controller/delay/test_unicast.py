@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from controller.delay import evaluate_delay
+from controller.delay import evaluate_delay, incremental
 from controller.delay.model import DelayInstance
 from controller.delay.problem import Channel, DelayProblem
 from controller.delay.scenario import scaled_delay_problem, tiny_problem
@@ -64,7 +64,13 @@ def _close(a: float, b: float, scale: float) -> bool:
 
 @pytest.mark.parametrize("granularity", ["block", "model"])
 @pytest.mark.parametrize("csi", [0.0, 0.3])
-def test_gains_and_slot_sums_agree_with_the_reference_through_adds(granularity, csi):
+@pytest.mark.parametrize("wide", [incremental.WIDE_ENTRY_USERS, 2])
+def test_gains_and_slot_sums_agree_with_the_reference_through_adds(
+    granularity, csi, wide, monkeypatch
+):
+    # wide=2: nearly every entry is wide, so the shared base states and the per-node job
+    # differences (UnicastDelay._base, _diff) and their invalidation on adds are exercised
+    monkeypatch.setattr(incremental, "WIDE_ENTRY_USERS", wide)
     for k, p in enumerate(_all_problems()):
         instance = DelayInstance(p, granularity=granularity, csi_error_var=csi)
         ref, inc = _Evaluator(instance, "unicast"), UnicastDelay(instance)
@@ -86,6 +92,8 @@ def test_gains_and_slot_sums_agree_with_the_reference_through_adds(granularity, 
             for a, b in zip(ref.slot_sum, inc.slot_sum, strict=True):
                 assert _close(a, b, scale)
         assert inc.fast_rows > 0
+        if wide == 2 and granularity == "block":
+            assert inc._diff_cache or inc._entry_cache
 
 
 @pytest.mark.parametrize("granularity", ["block", "model"])
