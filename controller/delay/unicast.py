@@ -4,19 +4,24 @@ The unicast schedule (docs/delay-model.md section 5) runs each user's jobs back 
 by their summed airtime ``A_u`` (rounded to 1e-9 s) ascending, ties by user id, a user's own
 jobs by prep then PB id. So the slot is a schedule of *users*, each one item with airtime
 ``A_u`` and an effective preparation time ``s_u = max_j (prep_j - c_j)`` over its jobs in its
-own order (``c_j`` = the user's airtime before job j): with ``C`` the cumulative airtime of the
-users before u, job j of u starts at ``max(end before, prep_j)`` and the user's block ends at
-``C_u + max(0, max_{v <= u} (s_v - C_v))``, the broadcast recurrence of
+own order (``c_j`` = the user's airtime before job j): with ``C_v`` the airtime of the users
+up to and including v (``C_{v-1}``: before v), each job starts at ``max(end before, prep_j)``
+and u's block ends at ``C_u + max(0, max_{v <= u} (s_v - C_{v-1}))``, the recurrence of
 :class:`~controller.delay.incremental.IncrementalDelay` with one "job" per user, weight 1
 (a user's delay is the end of its block) and key ``(round(A_u, 9), user rank)``.
 
 :class:`UnicastDelay` is that class with unicast items: it shares the compiled sparse reach
 and entries (``_compile``, ``_entry_jobs``), the class-of-nodes trick and caches (``gains``),
-and the piecewise-shift slot change with its exact slack front (``_slot_change``). What it adds
+the schedule arrays (``_schedule``) and the insertion ranks (``_insert_rank``). What it adds
 is the per-(user, PB) job state of each slot and the step from a candidate's changed jobs to
 its changed users: a candidate (node, units) changes the airtime/prep of its requesters' jobs;
 those users' ``A_u`` and ``s_u`` are recomputed from all their jobs (a few per user), they move
-in the user order, and every other user shifts by a piecewise-constant amount.
+in the user order, and every other user shifts by a piecewise-constant amount
+(:meth:`UnicastDelay._moved_change`: the prefix/suffix-sum change of ``IncrementalDelay``'s
+``_slot_change`` with weight 1 per item, and each candidate node with its own moved users,
+so a node moves only the users it covers). A widely requested PB with no holder yet first
+turns every requester's cloud fetch into a migration whichever node takes it: that shared
+step is applied once per slot to a base schedule (:meth:`UnicastDelay._base`).
 
 ``A_u`` is summed in PB id order from 0 as the reference sums it; the rounding is numpy's
 (as :class:`~controller.delay.vector.VectorDelay`'s). The sums differ from the reference's by
