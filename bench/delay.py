@@ -23,7 +23,8 @@
    ``MODELS,NODES,USERS`` of ``--scale-sizes`` (default 10000,200,5000;
    :func:`controller.delay.scenario.scaled_delay_problem`, same recipe and densities).
    Paths (the greedy's evaluator): ``incremental`` (the default,
-   :class:`controller.delay.incremental.IncrementalDelay`), ``vector`` (the previous default,
+   :class:`controller.delay.incremental.IncrementalDelay`, unicast
+   :class:`controller.delay.unicast.UnicastDelay`), ``vector`` (the previous default,
    :class:`controller.delay.vector.VectorDelay`; on the factor instances and on sizes up to
    ``--vector-max-models``, default 1000) and ``reference`` (``slot_delays``; factors up to
    ``--reference-max-factor``, default 1, for ``--reference-solvers``); ``same`` says
@@ -276,8 +277,8 @@ def _scale_problem(spec: str, capacity_gb: float) -> Any:
 def scale_one(args: argparse.Namespace) -> int:
     """One (instance, path, solver) measurement in this process: a JSON line on stdout."""
     from controller.delay import solvers
-    from controller.delay.incremental import IncrementalDelay
     from controller.delay.model import DelayInstance
+    from controller.delay.unicast import incremental_delay
 
     started = time.perf_counter()
     p = _scale_problem(args.scale_one, args.tight_gb)
@@ -296,7 +297,7 @@ def scale_one(args: argparse.Namespace) -> int:
     peak = _peak_rss_mb()
     # r.delay is the reference evaluate_delay's; check the incremental evaluator on it too
     instance = DelayInstance(p, granularity=r.granularity)
-    fast = IncrementalDelay(instance, r.delivery).evaluate(r.placement)
+    fast = incremental_delay(instance, r.delivery).evaluate(r.placement)
     worst = max(
         abs(x - y) / max(abs(y), 1e-300)
         for x, y in zip(fast.request_delays_s, r.delay.request_delays_s, strict=True)

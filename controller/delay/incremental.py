@@ -1,10 +1,10 @@
 """Incremental delay for large instances: gains in time proportional to what they change.
 
-Broadcast delivery only (``delay-greedy``, ``trimcaching-gen``): the unicast schedule is
-shortest user first (docs/delay-model.md section 5), where one job's airtime moves every job of
-its user, which the per-job shifts below do not follow; unicast gains come from
-:class:`~controller.delay.vector.VectorDelay` (:func:`controller.delay.solvers.greedy_placement`
-picks it).
+Broadcast delivery (``delay-greedy``, ``trimcaching-gen``). The unicast schedule is shortest
+user first (docs/delay-model.md section 5), where one job's airtime moves every job of its
+user; :class:`controller.delay.unicast.UnicastDelay` is this class with one schedule item per
+user (it reuses the compiled entries, reach, caches and slot change below), and
+:func:`controller.delay.unicast.incremental_delay` picks the class of a delivery rule.
 
 :class:`IncrementalDelay` has the interface of :class:`~controller.delay.vector.VectorDelay`
 (``slot_sum``, ``gains``, ``add``, ``evaluate``) and the same rules (docs/delay-model.md
@@ -92,11 +92,14 @@ class _Schedule:
 class IncrementalDelay:
     """Incremental delay of one instance under broadcast delivery (see the module docstring)."""
 
+    # The delivery rule this class schedules (the unicast sibling sets "unicast").
+    DELIVERY: Delivery = "broadcast"
+
     def __init__(self, instance: DelayInstance, delivery: Delivery = "broadcast") -> None:
-        if delivery != "broadcast":
+        if delivery != self.DELIVERY:
             raise ValueError(
-                f"IncrementalDelay computes broadcast delivery only, got {delivery!r} "
-                "(unicast: controller.delay.vector.VectorDelay)"
+                f"{type(self).__name__} computes {self.DELIVERY} delivery only, got "
+                f"{delivery!r} (controller.delay.unicast.incremental_delay picks the class)"
             )
         self.instance = instance
         self.delivery: Delivery = delivery
@@ -195,7 +198,8 @@ class IncrementalDelay:
     # -- one entry's jobs for K holder rows ---------------------------------------------------
 
     def _entry_jobs(self, entry: _Entry, held: Bools, any_held: Bools) -> tuple[Floats, Floats]:
-        """(airtime (K, jobs of the entry), prep (K,)) for K holder rows ``held`` (K, N)."""
+        """(airtime (K, jobs of the entry), prep (K,)) for K holder rows ``held`` (K, N);
+        unicast: airtime (K, requesters)."""
         size = float(self.sizes[entry.unit])
         on = held[:, entry.pair_node]  # (K, pairs): the pair's node transmits
         missing = ~np.logical_or.reduceat(on, entry.starts, axis=1)  # (K, g)
@@ -214,7 +218,8 @@ class IncrementalDelay:
         else:
             power = np.add.reduceat(np.where(on, entry.pair_gamma, 0.0), entry.starts, axis=1)
             snr = (1.0 - err) * amplitude**2 / (1.0 + err * power)
-        snr = snr.min(axis=1, keepdims=True)  # broadcast: the weakest requester's rate
+        if self.DELIVERY == "broadcast":
+            snr = snr.min(axis=1, keepdims=True)  # the weakest requester's rate
         if size == 0:
             return np.zeros_like(snr), prep
         return 8.0 * size / (self.instance.bandwidth_hz * np.log2(1.0 + snr)), prep

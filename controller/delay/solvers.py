@@ -15,7 +15,8 @@ code, so "reported == evaluate_delay()" holds by construction (and is tested).
   delay reduction is not submodular (a second holder adds SNR, a schedule can reorder), so
   lazy evaluation is a heuristic here, not a proof of picking the eager maximum; a re-
   evaluation only touches the slots that request the PB. Gains come from
-  :class:`~controller.delay.incremental.IncrementalDelay` (numpy; the first pass evaluates
+  :class:`~controller.delay.incremental.IncrementalDelay` (unicast:
+  :class:`~controller.delay.unicast.UnicastDelay`; numpy; the first pass evaluates
   each candidate at every node in one call per slot, nodes out of reach of its requesters as
   one class, each gain in time proportional to the jobs and requesters it changes) and are
   rounded to :data:`GAIN_QUANTUM` of
@@ -51,7 +52,6 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from controller.delay.incremental import IncrementalDelay
 from controller.delay.model import DelayInstance
 from controller.delay.problem import (
     DelayProblem,
@@ -60,6 +60,7 @@ from controller.delay.problem import (
     Granularity,
     NodeHolding,
 )
+from controller.delay.unicast import incremental_delay
 from controller.delay.vector import VectorDelay
 from controller.placement.problem import Status
 
@@ -191,10 +192,7 @@ class _Gains(Protocol):
 
 def _make_evaluator(instance: DelayInstance, delivery: Delivery, evaluator: Evaluator) -> _Gains:
     if evaluator == "incremental":
-        # IncrementalDelay follows broadcast schedules only (its module docstring)
-        if delivery == "broadcast":
-            return IncrementalDelay(instance, delivery)
-        return VectorDelay(instance, delivery)
+        return incremental_delay(instance, delivery)
     if evaluator == "vector":
         return VectorDelay(instance, delivery)
     if evaluator == "reference":
@@ -218,9 +216,9 @@ def greedy_placement(
     again with their lower cost.
 
     ``first`` = (node, candidate index) forces the first pick (partial enumeration).
-    ``evaluator`` computes the gains: ``"incremental"`` (the default: :class:`IncrementalDelay`
-    for broadcast, sparse reach, per-user deltas, 10k-model scale; :class:`VectorDelay` for
-    unicast, whose shortest-user-first schedule it does not follow), ``"vector"``
+    ``evaluator`` computes the gains: ``"incremental"`` (the default,
+    :func:`~controller.delay.unicast.incremental_delay`: ``IncrementalDelay`` for broadcast,
+    ``UnicastDelay`` for unicast; sparse reach, per-user deltas, 10k-model scale), ``"vector"``
     (:class:`VectorDelay`, whole slots re-scheduled per gain) or ``"reference"``
     (:meth:`DelayInstance.slot_delays` itself; slow, for checks and the bench's before/after
     rows). All give the same placement (tested).

@@ -1,10 +1,11 @@
 """The incremental delay (controller.delay.incremental) against the reference evaluator.
 
-IncrementalDelay is the greedy solvers' default evaluator (10k-model scale): its gains come
-from per-user deltas, not a re-run schedule, so here they are checked against the reference
-`slot_delays` (solvers._Evaluator) on random instances through sequences of adds, and its
-evaluate against evaluate_delay. The golden placements are in test_vector.py (parametrised
-over every evaluator).
+IncrementalDelay (broadcast) and its unicast sibling UnicastDelay (controller.delay.unicast)
+are the greedy solvers' default evaluators (10k-model scale): their gains come from per-user
+deltas, not a re-run schedule, so here they are checked against the reference `slot_delays`
+(solvers._Evaluator) on random instances through sequences of adds, and their evaluate against
+evaluate_delay (unicast: test_unicast.py). The golden placements are in test_vector.py
+(parametrised over every evaluator).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from controller.delay.scenario import (
     tiny_problem,
 )
 from controller.delay.solvers import _Evaluator, _make_evaluator, solve_trimcaching_gen
+from controller.delay.unicast import UnicastDelay
 from controller.delay.vector import VectorDelay
 
 RTOL = 1e-9
@@ -96,12 +98,15 @@ def test_evaluate_agrees_with_evaluate_delay():
             assert abs(x - y) <= RTOL * max(abs(y), 1e-300)
 
 
-def test_unicast_is_refused_and_the_greedy_takes_the_vector_evaluator_for_it():
+def test_each_class_refuses_the_other_delivery_and_the_greedy_picks_by_delivery():
     instance = DelayInstance(tiny_problem(seed=1))
     with pytest.raises(ValueError, match="broadcast delivery only"):
         IncrementalDelay(instance, "unicast")
-    assert isinstance(_make_evaluator(instance, "unicast", "incremental"), VectorDelay)
-    assert isinstance(_make_evaluator(instance, "broadcast", "incremental"), IncrementalDelay)
+    with pytest.raises(ValueError, match="unicast delivery only"):
+        UnicastDelay(instance, "broadcast")
+    assert type(_make_evaluator(instance, "unicast", "incremental")) is UnicastDelay
+    assert type(_make_evaluator(instance, "broadcast", "incremental")) is IncrementalDelay
+    assert type(_make_evaluator(instance, "unicast", "vector")) is VectorDelay
 
 
 def test_trimcaching_gen_array_problem_gives_the_dict_problems_placement():
