@@ -12,12 +12,18 @@ interpreter. It is started on the first job and kept. A worker that dies (killed
 memory) is replaced and the job run once more in a fresh one; a second death raises
 :class:`PlanWorkerError`. The caller keeps the plan lock, its renewal and the fenced store
 (:mod:`controller.planner`): a worker never touches Redis.
+
+A worker ends with the controller, however that ends: it checks every
+:data:`PARENT_CHECK_S` that the controller process still exists and exits when it does not
+(a pool worker otherwise waits for its next job forever once its parent was killed, and
+keeps the fork server alive with it).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +37,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Imported once by the fork server, so every worker starts with them.
 PRELOAD = ["controller.plan_worker"]
+#: How often a worker looks whether the controller process that started it still exists.
+PARENT_CHECK_S = 1.0
 
 
 class PlanWorkerError(RuntimeError):
@@ -78,7 +86,12 @@ class PlanWorker:
             if self._pool is None:
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(PRELOAD)
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=context,
+                    initializer=_exit_with,
+                    initargs=(os.getpid(),),
+                )
             return self._pool
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
@@ -86,3 +99,19 @@ class PlanWorker:
             if self._pool is pool:
                 self._pool = None
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _exit_with(parent_pid: int) -> None:
+    """In the worker: exit as soon as the process ``parent_pid`` is gone (module docstring)."""
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass  # exists (another user's pid would mean reuse: keep waiting)
+            threading.Event().wait(PARENT_CHECK_S)
+
+    threading.Thread(target=watch, name="plan-worker-parent", daemon=True).start()

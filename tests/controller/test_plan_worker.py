@@ -28,6 +28,7 @@ from controller.state import (
 )
 from core.digest import BlockId
 from core.manifest import BlockRef, FileEntry, ModelManifest
+from tests.helpers import wait_until
 
 MODELS = [f"m{i}" for i in range(6)]
 NODES = [f"edge-{n}" for n in range(8)]
@@ -218,3 +219,34 @@ def test_the_worker_computes_exactly_what_the_thread_computes() -> None:
         return dataclasses.replace(c, pid=0, problem_s=0.0, solve_s=0.0, solve_seconds=0.0)
 
     assert plain(remote) == plain(computed)
+
+
+def _gone(pid: int) -> bool:
+    """The process no longer runs (no such pid, or a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_the_worker_ends_with_a_killed_controller(tmp_path: Path) -> None:
+    """SIGKILL of the process that started the worker: the worker (and with it the fork
+    server) exits by itself instead of waiting for a job forever."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, time\n"
+        "from controller.plan_worker import PlanWorker\n"
+        "print(PlanWorker().run(os.getpid), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        worker_pid = int(parent.stdout.readline())
+        assert not _gone(worker_pid)
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+    wait_until(lambda: _gone(worker_pid), timeout_s=30, what="the orphaned worker exits")
