@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from controller.app import SERVER, create_app, tune_interpreter
+from controller.app import SERVER, create_app, freeze_startup_objects
 from controller.settings import Settings
 from core import serving
 
@@ -19,7 +19,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
     settings = Settings()
     app = create_app(settings)
-    tune_interpreter(settings)
+    freeze_startup_objects()
     serving.run(app, host=settings.host, port=settings.port, **SERVER)
 
 

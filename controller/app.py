@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,22 +57,14 @@ SERVER = {
 }
 
 
-def tune_interpreter(settings: Settings) -> None:
-    """What the entry points do once the app is built, for request latency under load:
-
-    - keep what startup built (modules, the app's routes, pydantic schemas: ~110,000 objects)
-      out of every later garbage collection, so a full collection walks the live data only
-      (measured during a 1,000-node push round: 147 full collections of 45-377 ms, 22 s in
-      all over 70 s, before; a fraction after; README scale rows);
-    - ``sys.setswitchinterval(settings.gil_switch_interval_s)``: a request thread that waits
-      for the GIL behind a push worker's CPU work gets it after this long, not after
-      CPython's 5 ms. A ``/v1/status`` answer gives the GIL up and takes it back a dozen times
-      (Redis reads, the thread hops), each a wait behind the push workers while a round over
-      1,000 nodes is pushed (measured: README scale rows).
-    """
+def freeze_startup_objects() -> None:
+    """Keep what startup built (modules, the app's routes, pydantic schemas: ~110,000
+    objects) out of every later garbage collection: the entry points call it once the app is
+    built. A full collection then walks the live data only (measured during a 1,000-node push
+    round: 147 full collections of 45-377 ms, 22 s in all over 70 s, before; a fraction after;
+    README scale rows)."""
     gc.collect()
     gc.freeze()
-    sys.setswitchinterval(settings.gil_switch_interval_s)
 
 
 def create_app(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> FastAPI:

@@ -46,7 +46,7 @@ def add_serve_parser(subparsers: Any) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from controller.app import SERVER, create_app, tune_interpreter
+    from controller.app import SERVER, create_app, freeze_startup_objects
     from controller.settings import Settings
     from core import serving
 
@@ -59,6 +59,6 @@ def _run_serve(args: argparse.Namespace) -> int:
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     app = create_app(settings)
-    tune_interpreter(settings)
+    freeze_startup_objects()
     serving.run(app, host=settings.host, port=settings.port, **SERVER)
     return 0

@@ -75,9 +75,6 @@ class Settings(BaseSettings):
     # worker process of this controller (controller.plan_worker; requests do not wait behind
     # it for the GIL), or "thread", the planning thread itself.
     plan_worker: Literal["process", "thread"] = "process"
-    # sys.setswitchinterval of the controller process (controller.app.tune_interpreter): how
-    # long a thread waiting for the GIL waits before the holder must give it up (CPython: 5 ms).
-    gil_switch_interval_s: float = Field(default=0.001, gt=0, le=0.1)
     # The cross-process plan lock, and the leader lease of the controller replica that runs the
     # background loop (controller.leader), expire this long after their holder stopped
     # renewing them: a crashed (even SIGKILLed) replica is replaced within this and a third.
