@@ -58,9 +58,9 @@ edge does not answer the PUT within ``push_accept_timeout_s`` (a hung edge), and
 
 Pushes are fenced by the version instead of the lock: every plan carries its version and edges
 refuse a version older than the one they applied (or are applying); a round stops
-dispatching as soon as the stored placement is a newer one (a newer round in this process
-also stops it at once), and nothing a stopped round learns is recorded over the newer one
-(``update_push_status`` is conditional on the version). The plan lock (TTL
+dispatching once the stored placement is a newer one (it looks every ROUND_CHECK_S; a newer
+round in this process stops it at once), and nothing a stopped round learns is recorded
+over the newer one (``update_push_status`` is conditional on the version). The plan lock (TTL
 ``plan_lock_ttl_s``, renewed by a helper thread that shares the lock's token) serialises
 computing, storing and dispatching, and fences the store itself: the placement is written only
 while the lock still holds this planner's token (one Redis script), so a planner whose lock
@@ -1084,8 +1084,8 @@ def _waits_for(
     the node's blocks again (the round asks every pending node at every wake-up: measured
     74,000 calls, 3 s, in a 1,000-node round before; and with the memo kept only while the
     fetcher stayed the same, every pending node walked its blocks again each time a fetch of
-    the common blocks ended: most of the CPU of a 1,000-node round whose pushes fail at
-    once, profiled)."""
+    the common blocks ended: a quarter of the GIL time of a 1,000-node round whose pushes
+    fail at once, profiled)."""
     with push.lock:
         holdings = push.holdings
         claim_by = time.monotonic() - CLAIM_ACCEPT_S
