@@ -30,7 +30,9 @@ side with the 1-replica row of the same run.
 
 ``--status-plans`` (with ``--wrk``; ``--duration 0`` skips wrk itself): ``/v1/status`` is also
 timed while the controller plans and pushes over all those nodes, plan after plan
-(:func:`_status_during_plans`), with ``--status-heartbeats`` heartbeats/s meanwhile.
+(:func:`_status_during_plans`), with ``--status-heartbeats`` heartbeats/s meanwhile; also
+by the phase each request started in (``plan``: ``POST /v1/placement:plan`` running, ``push``:
+its push round, ``other``: between them).
 
 ``--plan-nodes N[,N...]``: one plan over N simulated registrations (:func:`run_plan_case`):
 plan time and its phases (read, problem, solve + replan decision, store), then the push round
@@ -339,14 +341,38 @@ def run_wrk_case(tree: Path, args: argparse.Namespace, replicas: int = 1) -> dic
     }
 
 
-def _status_times(http: Any, count: int) -> list[float]:
-    """Milliseconds of ``count`` sequential ``GET /v1/status`` (the body read, not parsed)."""
+def _status_times(http: Any, count: int, starts: list[float] | None = None) -> list[float]:
+    """Milliseconds of ``count`` sequential ``GET /v1/status`` (the body read, not parsed);
+    ``starts`` gets each request's ``perf_counter()`` start."""
     times = []
     for _ in range(count):
         started = time.perf_counter()
         http.get("/v1/status").raise_for_status()
         times.append((time.perf_counter() - started) * 1000)
+        if starts is not None:
+            starts.append(started)
     return times
+
+
+def _by_phase(
+    times: list[float], starts: list[float], spans: list[tuple[str, float, float]]
+) -> dict[str, dict[str, float | int]]:
+    """The requests grouped by the phase of the plan cycle they started in (``spans``:
+    (phase, start, end) in ``perf_counter()`` time; "other" outside every span): count, p50
+    and p99 ms of each."""
+    groups: dict[str, list[float]] = {}
+    for ms, at in zip(times, starts, strict=True):
+        phase = next((name for name, a, b in spans if a <= at < b), "other")
+        groups.setdefault(phase, []).append(ms)
+    out: dict[str, dict[str, float | int]] = {}
+    for phase, values in sorted(groups.items()):
+        values.sort()
+        out[phase] = {
+            "n": len(values),
+            "p50": round(statistics.median(values), 2),
+            "p99": round(values[min(len(values) - 1, int(0.99 * len(values)))], 2),
+        }
+    return out
 
 
 def _status_during_plans(http: Any, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -363,6 +389,7 @@ def _status_during_plans(http: Any, redis_url: str, args: argparse.Namespace) ->
     stop = threading.Event()
     rounds: list[float] = []
     plans: list[float] = []
+    spans: list[tuple[str, float, float]] = []  # ("plan" | "push", start, end)
     beats = [0]
     # Heartbeats repeat each node's registration (an edge's usual, unchanged report).
     bodies = {
@@ -377,12 +404,14 @@ def _status_during_plans(http: Any, redis_url: str, args: argparse.Namespace) ->
                 started = time.perf_counter()
                 http.post("/v1/placement:plan").raise_for_status()
                 planned = time.perf_counter()
+                spans.append(("plan", started, planned))
                 while not stop.is_set():
                     dispatch = client.hget("ctl:placement:status", "dispatch")
                     if dispatch and json.loads(dispatch).get("state") == "done":
                         rounds.append(time.perf_counter() - planned)
                         break
                     time.sleep(0.05)
+                spans.append(("push", planned, time.perf_counter()))
                 plans.append(planned - started)
 
         def heartbeats() -> None:
@@ -405,12 +434,16 @@ def _status_during_plans(http: Any, redis_url: str, args: argparse.Namespace) ->
             worker.start()
         time.sleep(0.5)  # the first plan is being computed
         load_before = os.getloadavg()
-        times = sorted(_status_times(http, args.status_requests))
+        starts: list[float] = []
+        times = _status_times(http, args.status_requests, starts)
         load_after = os.getloadavg()
         stop.set()
         for worker in workers:
             worker.join(timeout=600)
+    phases = _by_phase(times, starts, spans)
+    times.sort()
     return {
+        "plan_status_by_phase": phases,
         "plan_status_ms_p50": round(statistics.median(times), 2),
         "plan_status_ms_p99": round(times[min(len(times) - 1, int(0.99 * len(times)))], 2),
         "plan_status_ms_max": round(times[-1], 2),
@@ -582,7 +615,7 @@ def run_wrk(args: argparse.Namespace) -> None:
                 f"p50 {r['plan_status_ms_p50']} ms, p99 {r['plan_status_ms_p99']} ms, "
                 f"max {r['plan_status_ms_max']} ms; plans {r['plan_cycles_s']} s, "
                 f"rounds {r['plan_rounds_s']} s, heartbeats {r['plan_heartbeats']}, "
-                f"load {r['plan_loadavg']}"
+                f"load {r['plan_loadavg']}; by phase {r['plan_status_by_phase']}"
             )
 
 

@@ -9,6 +9,10 @@ The only module that turns state into actions on edge nodes. Internal logic of
    from their registration), blocks are *parameter blocks* (:func:`core.group_by_sharing` over the
    catalogue manifests), users are topology areas with probabilities from
    :mod:`controller.demand`, reachability from :mod:`controller.topology`;
+   steps 2-4 are :func:`controller.plan_compute.compute`, run in the planner's worker process
+   (:mod:`controller.plan_worker`, ``plan_worker`` "process", the default: its CPU work does
+   not hold this process's GIL against the requests) or in this thread ("thread"); the
+   lock, its renewal and the fenced store stay here;
 3. run the configured solver (if it raises, ``trimcaching-gen`` instead) twice: from scratch
    and warm-started from the current placement (what each node is meant to hold, mapped onto
    the new problem's parameter blocks); an exception or an ``infeasible`` result keeps the old
@@ -54,9 +58,9 @@ edge does not answer the PUT within ``push_accept_timeout_s`` (a hung edge), and
 
 Pushes are fenced by the version instead of the lock: every plan carries its version and edges
 refuse a version older than the one they applied (or are applying); a round stops
-dispatching as soon as the stored placement is a newer one (a newer round in this process
-also stops it at once), and nothing a stopped round learns is recorded over the newer one
-(``update_push_status`` is conditional on the version). The plan lock (TTL
+dispatching once the stored placement is a newer one (it looks every ROUND_CHECK_S; a newer
+round in this process stops it at once), and nothing a stopped round learns is recorded
+over the newer one (``update_push_status`` is conditional on the version). The plan lock (TTL
 ``plan_lock_ttl_s``, renewed by a helper thread that shares the lock's token) serialises
 computing, storing and dispatching, and fences the store itself: the placement is written only
 while the lock still holds this planner's token (one Redis script), so a planner whose lock
@@ -99,27 +103,19 @@ from typing import Any
 
 import httpx
 
-from controller import delay_planning
-from controller.adapters import base_models, with_base_sizes, with_bases
-from controller.demand import request_probabilities
+from controller import plan_compute
 from controller.errors import StateUnavailableError
 from controller.holdings import Holdings
 from controller.leader import Leadership
 from controller.metrics import Metrics
-from controller.placement import (
-    SOLVERS,
-    PlacementProblem,
-    PlacementResult,
-    ReplanDecision,
-    decide_replan,
-    make_result,
-)
+from controller.placement import PlacementProblem
+from controller.plan_worker import PlanWorker
 from controller.records import DispatchState, PlacementRecord, PushStatus, ServerPlacement
 from controller.routing import held_blocks
 from controller.settings import Settings
 from controller.state import CatalogueEntry, NodeRecord, PlanLock, RedisState
-from controller.topology import Topology, default_topology, reachable_sets
-from core import ModelManifest, TrimCacheError, group_by_sharing
+from controller.topology import Topology, default_topology
+from core import ModelManifest, TrimCacheError
 from core.background import LoopThread
 from core.digest import BlockId
 from core.errors import ErrorCode
@@ -146,7 +142,6 @@ RETRIED_STATUSES = frozenset(
     {"failed", "unreachable", "stalled", "retained", "superseded", "pending", "pushing", None}
 )
 IN_FLIGHT_STATUSES = frozenset({"pending", "pushing"})
-FALLBACK_SOLVER = "trimcaching-gen"
 #: Peers named per block in a plan: a block held by many nodes must not make every plan body
 #: (and the round) grow with the number of nodes. Each node lists holders in its own order
 #: (controller.holdings.Holdings.peers).
@@ -212,9 +207,13 @@ class Planner:
         self._rounds_done = threading.Condition(self._rounds_lock)
         self._rounds: dict[int, tuple[int, threading.Event]] = {}
         self._active: set[str] = set()
+        # The plan's CPU work runs here when plan_worker is "process" (controller.plan_worker).
+        self._worker = PlanWorker() if settings.plan_worker == "process" else None
 
     def close(self) -> None:
         self.stop()
+        if self._worker is not None:
+            self._worker.close()
         with self._rounds_lock:
             for _version, stop in self._rounds.values():
                 stop.set()
@@ -236,6 +235,18 @@ class Planner:
         return ActiveTopology(
             default_topology({n.node_id: n.position for n in nodes}), 0, "default"
         )
+
+    def topology_summary(
+        self, node_count: int, stored: tuple[int, dict[str, Any] | None]
+    ) -> tuple[str, int, int]:
+        """``(source, version, areas)`` of :meth:`active_topology` without building it (the
+        default topology has one area per node; ``GET /v1/status`` asks on every request)."""
+        version, doc = stored
+        if doc is not None:
+            return "stored", version, len(doc.get("areas", {}))
+        if self.file_topology is not None:
+            return "file", 0, len(self.file_topology.areas)
+        return "default", 0, node_count
 
     def catalogue(self, stamp: tuple[str, int] | None = None) -> dict[str, CatalogueEntry]:
         """Every catalogue entry by model id, re-read only when the catalogue's stamp moves
@@ -323,38 +334,10 @@ class Planner:
         catalogue: Sequence[CatalogueEntry],
         view: ActiveTopology,
     ) -> PlacementProblem:
-        manifests = [e.manifest for e in catalogue]
-        groups = group_by_sharing(manifests)
-        blocks = {g.pb_id: g.size_bytes for g in groups}
-        # An adapter needs its base model too (controller.adapters).
-        bases = base_models([e.summary() for e in catalogue])
-        models = with_bases(
-            {
-                m.model_id: tuple(g.pb_id for g in groups if m.model_id in g.model_ids)
-                for m in manifests
-            },
-            bases,
-        )
-        total = sum(blocks.values())
-        servers = {n.node_id: (n.capacity_bytes if n.capacity_bytes >= 0 else total) for n in nodes}
-        topology = view.topology
-        positions = {n.node_id: topology.positions.get(n.node_id, n.position) for n in nodes}
-        model_ids = [m.model_id for m in manifests]
+        """The placement problem of ``nodes`` now (:func:`controller.plan_compute.build_problem`
+        on the stored demand)."""
         counts = self.state.demand_counts(half_life_s=self.settings.demand_half_life_s)
-        probs = request_probabilities(topology.areas, model_ids, counts)
-        max_weight = max((a.weight for a in topology.areas.values()), default=1.0) or 1.0
-        requests = {
-            area_id: {m: p * topology.areas[area_id].weight / max_weight for m, p in row.items()}
-            for area_id, row in probs.items()
-        }
-        sizes = with_base_sizes({m.model_id: m.total_bytes for m in manifests}, bases)
-        reachable = {
-            area_id: {n: frozenset(ms) for n, ms in by_node.items()}
-            for area_id, by_node in reachable_sets(topology, positions, sizes).items()
-        }
-        return PlacementProblem(
-            blocks=blocks, models=models, servers=servers, requests=requests, reachable=reachable
-        )
+        return plan_compute.build_problem(nodes, catalogue, view.topology, counts)
 
     # -- planning -------------------------------------------------------------------------
     @contextmanager
@@ -420,17 +403,16 @@ class Planner:
         }
         clock.lap("read")
 
-        result: PlacementResult | None = None
-        problem: PlacementProblem | None = None
+        result: plan_compute.Computed | None = None
         solver_name = self.settings.planning_solver
         if nodes and catalogue:
             try:
-                problem = self.build_problem(nodes, catalogue, view)
-                clock.lap("problem")
-                decision, solver_name = self._decide(
-                    problem, previous, catalogue, attempt, nodes=nodes, view=view
-                )
-                clock.lap("solve")
+                result = self._compute(nodes, catalogue, view, previous)
+                attempt.update(result.attempt)
+                clock.lap("compute")
+                clock.timings["problem"] = round(result.problem_s, 4)
+                clock.timings["solve"] = round(result.solve_s, 4)
+                solver_name = result.solver
             except StateUnavailableError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a solver failure must not stop the loop
@@ -439,24 +421,23 @@ class Planner:
                 self.state.save_plan_attempt(attempt)
                 self.metrics.plans.labels(outcome="error").inc()
                 return previous or {"version": 0, "servers": {}}
-            result = decision.chosen
             if result.status == "infeasible":
                 attempt.update(outcome="infeasible", error="the solver found no feasible placement")
                 self.state.save_plan_attempt(attempt)
                 self.metrics.plans.labels(outcome="infeasible").inc()
                 return previous or {"version": 0, "servers": {}}
-            if previous is not None and not decision.replace:
+            if previous is not None and not result.replace:
                 # Nothing moves and the version stays: edges have nothing to re-fetch.
                 attempt.update(outcome="kept", version=previous.get("version", 0))
                 self.state.save_plan_attempt(attempt)
                 self.metrics.plans.labels(outcome="kept").inc()
-                if decision.current_hit_ratio is not None:  # what is held, on today's demand
-                    self.metrics.expected_hit_ratio.set(decision.current_hit_ratio)
+                if result.current_hit_ratio is not None:  # what is held, on today's demand
+                    self.metrics.expected_hit_ratio.set(result.current_hit_ratio)
                 logger.info(
                     "placement kept version=%s trigger=%s: %s",
                     previous.get("version"),
                     trigger,
-                    decision.reason,
+                    result.reason,
                 )
                 return previous
 
@@ -469,12 +450,10 @@ class Planner:
         version = self.state.next_placement_version(floor=max(applied, default=0))
         servers: dict[str, ServerPlacement] = {}
         for node in nodes:
-            placed = result.servers.get(node.node_id) if result is not None else None
-            servers[node.node_id] = ServerPlacement(
-                models=list(placed.models) if placed else [],
-                blocks=list(placed.blocks) if placed else [],
-                used_bytes=placed.used_bytes if placed else 0,
+            models, blocks, used = (
+                result.servers.get(node.node_id, ([], [], 0)) if result else ([], [], 0)
             )
+            servers[node.node_id] = ServerPlacement(models=models, blocks=blocks, used_bytes=used)
         record = PlacementRecord(
             version=version,
             solver=solver_name,
@@ -486,11 +465,11 @@ class Planner:
             planned_by=self.replica_id,
             topology=view.source,
             nodes={n.node_id: n.url for n in nodes},
-            problem={
-                "areas": len(problem.requests) if problem else 0,
-                "models": len(problem.models) if problem else len(catalogue),
-                "parameter_blocks": len(problem.blocks) if problem else 0,
-            },
+            problem=(
+                result.problem
+                if result is not None
+                else {"areas": 0, "models": len(catalogue), "parameter_blocks": 0}
+            ),
             servers=servers,
             # Which revision each placed model had: a re-indexed model invalidates the plan.
             revisions={e.model_id: e.revision for e in catalogue},
@@ -523,97 +502,26 @@ class Planner:
         self._dispatch(doc, nodes, catalogue)
         return doc
 
-    def _decide(
+    def _compute(
         self,
-        problem: PlacementProblem,
-        previous: Mapping[str, Any] | None,
+        nodes: Sequence[NodeRecord],
         catalogue: Sequence[CatalogueEntry],
-        attempt: dict[str, Any],
-        *,
-        nodes: Sequence[NodeRecord],
         view: ActiveTopology,
-    ) -> tuple[ReplanDecision, str]:
-        """Solve from scratch and warm-started from the current placement, then decide whether
-        the best candidate pays for its moves; the decision goes into ``attempt``. With the
-        delay objective: :meth:`_decide_delay`."""
-        current, invalid = current_placement(previous, catalogue, problem)
-        if self.settings.objective == "delay":
-            return self._decide_delay(problem, current, invalid, attempt, nodes, view)
-        cold = self._solve(problem, attempt)
-        candidates = [cold]
-        if current and cold[0].status != "infeasible":
-            warm = self._solve(problem, attempt, current=current)
-            if warm[0].status != "infeasible":
-                candidates.insert(0, warm)  # first: exact ties go to the warm start
-        decision = decide_replan(
-            problem,
-            current,
-            [result for result, _ in candidates],
-            min_gain=self.settings.replan_min_gain,
-            move_cost_per_gib=self.settings.replan_move_cost_per_gib,
-            invalid=invalid,
+        previous: Mapping[str, Any] | None,
+    ) -> plan_compute.Computed:
+        """The plan's CPU work (:func:`controller.plan_compute.compute`) on the demand read
+        now: in the worker process (``plan_worker`` "process") or in this thread."""
+        job = plan_compute.PlanJob(
+            settings=self.settings,
+            nodes=list(nodes),
+            catalogue=list(catalogue),
+            topology=plan_compute.PlainTopology.of(view.topology),
+            demand_counts=self.state.demand_counts(half_life_s=self.settings.demand_half_life_s),
+            previous=previous,
         )
-        name = next(n for result, n in candidates if result is decision.chosen)
-        warm_chosen = len(candidates) == 2 and decision.chosen is candidates[0][0]
-        attempt["decision"] = {**decision.to_json(), "warm_start": warm_chosen}
-        return decision, name
-
-    def _decide_delay(
-        self,
-        problem: PlacementProblem,
-        current: Mapping[str, frozenset[str]],
-        invalid: str | None,
-        attempt: dict[str, Any],
-        nodes: Sequence[NodeRecord],
-        view: ActiveTopology,
-    ) -> tuple[ReplanDecision, str]:
-        """The delay objective: a delay solver over the delay model (controller.delay_planning)."""
-        settings = self.settings
-        topology = view.topology
-        positions = {n.node_id: topology.positions.get(n.node_id, n.position) for n in nodes}
-        dp = delay_planning.delay_problem(problem, positions, topology, seed=settings.solver_seed)
-        name = settings.delay_solver
-        if dp is None:  # no covered area has demand: nothing to minimise, hold nothing new
-            candidate = make_result(problem, {}, solver=name)
-            attempt["delay"] = {"solver": name, "skipped": "no covered area with demand"}
-            return decide_replan(problem, current, [candidate], min_gain=1.0), name
-        candidate = delay_planning.solve(
-            problem,
-            dp,
-            solver=name,
-            seed=settings.solver_seed,
-            time_limit_s=settings.solver_time_limit_s,
-            marl_checkpoint=settings.marl_checkpoint,
-        )
-        decision, numbers = delay_planning.decide(problem, dp, current, candidate, invalid=invalid)
-        attempt["decision"] = {**decision.to_json(), "warm_start": False}
-        attempt["delay"] = {"solver": name, "slots": len(dp.slots), **numbers}
-        return decision, name
-
-    def _solve(
-        self,
-        problem: PlacementProblem,
-        attempt: dict[str, Any],
-        *,
-        current: Mapping[str, frozenset[str]] | None = None,
-    ) -> tuple[PlacementResult, str]:
-        """Run the configured solver (warm-started from ``current`` when given); if it raises
-        (e.g. ``trimcaching-spec`` on an instance with too many shared blocks), fall back to
-        ``trimcaching-gen`` and note it in ``attempt``."""
-        name = self.settings.solver
-        kwargs: dict[str, Any] = {
-            "seed": self.settings.solver_seed,
-            "time_limit_s": self.settings.solver_time_limit_s,
-            "current": current,
-        }
-        try:
-            return SOLVERS[name](problem, **kwargs), name
-        except Exception as exc:
-            if name == FALLBACK_SOLVER:
-                raise
-            logger.warning("solver %s failed (%s); falling back to %s", name, exc, FALLBACK_SOLVER)
-            attempt["fallback_from"] = {"solver": name, "error": f"{type(exc).__name__}: {exc}"}
-            return SOLVERS[FALLBACK_SOLVER](problem, **kwargs), FALLBACK_SOLVER
+        if self._worker is None:
+            return plan_compute.compute(job)
+        return self._worker.compute(job)
 
     def repush(self, node_ids: Sequence[str]) -> None:
         """Push the current placement again to some nodes (failed or drifted ones), in the
@@ -704,6 +612,7 @@ class Planner:
         dispatch = DispatchState(started_at=time.time(), alive_at=time.time()).model_dump()
         self.state.update_dispatch(version, dispatch)
         alive_next = time.monotonic() + ROUND_ALIVE_S
+        check_next = time.monotonic() + ROUND_CHECK_S
         inflight: dict[Future[None], str] = {}
         # Ended pushes, in order (waiting on all in-flight futures at once costs every one of
         # them per wake-up: quadratic in a round over many nodes).
@@ -758,10 +667,16 @@ class Planner:
                     ended(node_id)
                     if node_id in push.retaining:
                         retained.append(node_id)
-                if self._superseded(version):
-                    stop.set()
-                elif time.monotonic() >= alive_next:
-                    alive_next = time.monotonic() + ROUND_ALIVE_S
+                # One look at the stored version per ROUND_CHECK_S, not per ended push (a
+                # round over 1,000 nodes ends pushes hundreds of times a second).
+                now = time.monotonic()
+                if now >= check_next:
+                    check_next = now + ROUND_CHECK_S
+                    if self._superseded(version):
+                        stop.set()
+                        continue
+                if now >= alive_next:
+                    alive_next = now + ROUND_ALIVE_S
                     dispatch["alive_at"] = time.time()
                     self.state.update_dispatch(version, dispatch)
             # Nodes that kept last copies get their exact plan once the new holders confirmed.
@@ -1113,40 +1028,6 @@ class Planner:
         self.leadership.stop()
 
 
-def current_placement(
-    previous: Mapping[str, Any] | None,
-    catalogue: Sequence[CatalogueEntry],
-    problem: PlacementProblem,
-) -> tuple[dict[str, frozenset[str]], str | None]:
-    """The stored placement as server id -> parameter blocks *of the new problem*, and why it
-    cannot stay when the catalogue alone says so (else None).
-
-    Placements are compared by the models each node holds, never by the stored ``pb-`` ids:
-    a parameter block's id depends on which models share it, so adding a model renames blocks
-    nobody moved. Nodes of the stored placement that are no longer live stay in the result
-    (the pure :func:`~controller.placement.invalid_reason` reports them as gone).
-    """
-    if previous is None or not previous.get("servers"):
-        return {}, "no placement yet"
-    entries = {e.model_id: e for e in catalogue}
-    revisions: Mapping[str, str] | None = previous.get("revisions")
-    invalid: str | None = None
-    current: dict[str, frozenset[str]] = {}
-    for node_id, placed in previous["servers"].items():
-        blocks: set[str] = set()
-        for model_id in placed.get("models", []):
-            entry = entries.get(model_id)
-            if entry is None or model_id not in problem.models:
-                invalid = invalid or f"model {model_id} left the catalogue"
-                continue
-            if revisions is not None and revisions.get(model_id) != entry.revision:
-                invalid = invalid or f"model {model_id} was re-indexed"
-                continue
-            blocks.update(problem.models[model_id])
-        current[node_id] = frozenset(blocks)
-    return current, invalid
-
-
 class _PhaseClock:
     """Wall seconds of a plan's phases (``timings_s`` of the plan attempt)."""
 
@@ -1202,21 +1083,30 @@ def _waits_for(
     not accepted its plan within :data:`CLAIM_ACCEPT_S`. Costs the node's own blocks, not the
     number of nodes (:class:`~controller.holdings.Holdings`).
 
-    ``blocked`` remembers the fetch a node last waited for: while that one still makes it
-    wait (the same test as below, on one block), the answer is True without walking the
-    node's blocks again (the round asks every pending node at every wake-up: measured 74,000
-    calls, 3 s, in a 1,000-node round before)."""
+    ``blocked`` remembers the block a node last waited for: while some fetch of it still
+    makes the node wait (the same test as below, on one block; its fetcher may have changed:
+    when one fetcher ends, the next node claims the block), the answer is True without walking
+    the node's blocks again (the round asks every pending node at every wake-up: measured
+    74,000 calls, 3 s, in a 1,000-node round before; and with the memo kept only while the
+    fetcher stayed the same, every pending node walked its blocks again each time a fetch of
+    the common blocks ended: a quarter of the GIL time of a 1,000-node round whose pushes
+    fail at once, profiled)."""
     with push.lock:
         holdings = push.holdings
         claim_by = time.monotonic() - CLAIM_ACCEPT_S
         last = blocked.get(node_id) if blocked is not None else None
-        if last is not None and not holdings.is_held(last[0]):
-            if _fetcher(last[0], node_id, push, fetching, claim_by) == last[1]:
+        if blocked is not None and last is not None and not holdings.is_held(last[0]):
+            fetcher = _fetcher(last[0], node_id, push, fetching, claim_by)
+            if fetcher is not None:
+                if fetcher != last[1]:
+                    blocked[node_id] = (last[0], fetcher)
                 return True
         for block_id in holdings.last_copies(node_id):
             if any(m in busy for m in holdings.lacking(block_id) if m != node_id):
                 return True
-        for block_id in holdings.unheld(node_id):
+        for block_id in holdings.targets.get(node_id, ()):
+            if holdings.is_held(block_id):
+                continue
             fetcher = _fetcher(block_id, node_id, push, fetching, claim_by)
             if fetcher is not None:
                 if blocked is not None:

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     push_accept_timeout_s: float = Field(default=10.0, gt=0)
     # Pushes run concurrently on this many threads (each follows one node's plan).
     push_workers: int = Field(default=16, ge=1, le=256)
+    # Where a plan's CPU work (problem, solver runs, replan decision) runs: "process", a
+    # worker process of this controller (controller.plan_worker; requests do not wait behind
+    # it for the GIL), or "thread", the planning thread itself.
+    plan_worker: Literal["process", "thread"] = "process"
     # The cross-process plan lock, and the leader lease of the controller replica that runs the
     # background loop (controller.leader), expire this long after their holder stopped
     # renewing them: a crashed (even SIGKILLed) replica is replaced within this and a third.

@@ -74,7 +74,7 @@ def status(
     now = time.time()
     texts = state.status_texts()
     nodes = view.nodes(texts.nodes)
-    topology = planner.active_topology([n.record for n in nodes], texts.topology)
+    source, version, areas = planner.topology_summary(len(nodes), texts.topology)
     placement, hit_ratio = view.placement(texts.placement, texts.placement_status, settings.solver)
     attempt = json.loads(texts.plan_attempt) if texts.plan_attempt else None
     rest = {
@@ -83,11 +83,7 @@ def status(
             "models": len(planner.catalogue(texts.catalogue_stamp)),
             "version": texts.catalogue_stamp[1],
         },
-        "topology": {
-            "source": topology.source,
-            "version": topology.version,
-            "areas": len(topology.topology.areas),
-        },
+        "topology": {"source": source, "version": version, "areas": areas},
         "demand": demand_view(texts.outcomes),
         "expected_hit_ratio": hit_ratio,
         "solver": settings.solver,
