@@ -19,7 +19,9 @@ requesters gains only "the unit has a holder somewhere", which the first holder 
   pushed back unchanged (the heap is the same afterwards) and evaluated grouped by their
   missing units, one ``gains(nodes, units)`` call per group: the evaluator takes many nodes
   at once (:class:`~controller.delay.incremental.IncrementalDelay` evaluates the nodes out
-  of reach of the requesters as one).
+  of reach of the requesters as one); groups of fewer than :data:`MANY_BELOW` pairs go
+  together to the evaluator's ``gains_many`` when it has one (IncrementalDelay: one change
+  per slot for many candidates, each at its own node).
 - **slot-exact invalidation**: a pick (node, units) changes only the slots that request
   those units (and that node's missing units), so a memo survives the pick when its pair is
   on another node and its missing units' slots are all untouched: the evaluator would
@@ -47,14 +49,21 @@ MIN_SWEEP = 100_000
 HeapEntry = tuple[float, int, str, int]  # (-ratio, tie index, node, bundle)
 Missing = Callable[[str, int], tuple[list[str], int]]
 BatchGains = Callable[[Sequence[str], Sequence[str]], list[int]]
+ManyGains = Callable[[Sequence[tuple[str, Sequence[str]]]], list[int]]
+
+# Groups of fewer pairs than this go to the evaluator's gains_many together, when it has one.
+MANY_BELOW = 4
 
 
 class FreshGains:
     """Quantised gains of (node, bundle) pairs under the current placement (module docstring)."""
 
-    def __init__(self, instance: DelayInstance, gains: BatchGains) -> None:
+    def __init__(
+        self, instance: DelayInstance, gains: BatchGains, many: ManyGains | None = None
+    ) -> None:
         self._slots_of_unit = instance.slots_of_unit
         self._gains = gains
+        self._many = many
         # pair -> (gain, number of picks when computed, slots of its missing units)
         self._memo: dict[tuple[str, int], tuple[int, int, tuple[int, ...]]] = {}
         self._swept = MIN_SWEEP
@@ -131,8 +140,17 @@ class FreshGains:
         groups: dict[tuple[str, ...], list[tuple[str, int]]] = {}
         for pair, (rest, _cost) in batch.items():
             groups.setdefault(tuple(rest), []).append(pair)
+        few: list[tuple[str, int]] = []
         for rest_units, pairs in groups.items():
+            if self._many is not None and len(pairs) < MANY_BELOW:
+                few.extend(pairs)
+                continue
             values = self._gains([n for n, _ in pairs], rest_units)
             self.rows += len(pairs)
             for pair, g in zip(pairs, values, strict=True):
                 self.put(pair[0], pair[1], rest_units, g, batch[pair][1])
+        if few and self._many is not None:
+            values = self._many([(n, batch[n, c][0]) for n, c in few])
+            self.rows += len(few)
+            for pair, g in zip(few, values, strict=True):
+                self.put(pair[0], pair[1], batch[pair][0], g, batch[pair][1])

@@ -288,7 +288,14 @@ def greedy_placement(
     heapq.heapify(heap)  # pops follow (key, unique tie): the push order does not matter
     if first is not None:
         heapq.heappush(heap, (-math.inf, -1, first[0], first[1]))  # popped first
-    fresh = FreshGains(instance, lambda nodes, units: quantise(ev.gains(nodes, units)))
+    many = None
+    if isinstance(ev, IncrementalDelay):
+        gains_many = ev.gains_many
+
+        def many(requests: Sequence[tuple[str, Sequence[str]]]) -> list[int]:
+            return quantise(gains_many(requests))
+
+    fresh = FreshGains(instance, lambda nodes, units: quantise(ev.gains(nodes, units)), many)
 
     def gain(node_id: str, c: int, units: list[str]) -> int:
         """The quantised gain of (node, bundle c) now (``units``: its missing units)."""
