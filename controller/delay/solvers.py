@@ -14,7 +14,9 @@ code, so "reported == evaluate_delay()" holds by construction (and is tested).
   re-evaluated and taken when its fresh ratio is still >= the next key. Unlike coverage, the
   delay reduction is not submodular (a second holder adds SNR, a schedule can reorder), so
   lazy evaluation is a heuristic here, not a proof of picking the eager maximum; a re-
-  evaluation only touches the slots that request the PB. Gains come from
+  evaluation only touches the slots that request the PB. The re-evaluations come in batches
+  (:mod:`controller.delay.lazy`: the stale tops the loop pops next, evaluated together) with
+  the same pops and picks as one gain call per pop (``lazy="single"``). Gains come from
   :class:`~controller.delay.incremental.IncrementalDelay` (numpy; the first pass evaluates
   each candidate at every node in one call per slot, nodes out of reach of its requesters as
   one class, each gain in time proportional to the jobs and requesters it changes) and are
