@@ -28,7 +28,10 @@
    :class:`controller.delay.vector.VectorDelay`; on the factor instances and on sizes up to
    ``--vector-max-models``, default 1000) and ``reference`` (``slot_delays``; factors up to
    ``--reference-max-factor``, default 1, for ``--reference-solvers``); ``same`` says
-   whether the placement equals the incremental path's.
+   whether the placement equals the incremental path's. ``--scale-lazy`` (default
+   ``batched``) lists the greedy's lazy loops to run per path (``batched``: the default
+   :mod:`controller.delay.lazy` prefetches; ``single``: one gain call per pop, the loop
+   before it; its rows are named ``PATH+single``), so both run side by side in one table.
 
 Instances come from seeds (no downloads). Prints a table and appends JSON lines (part, seed,
 solver, mean_s, wall_s, git sha) to ``bench/results/delay.jsonl``. Never part of ``make test``.
@@ -58,7 +61,7 @@ from controller.delay.scenario import (
     scaled_delay_problem,
     tiny_problem,
 )
-from controller.delay.solvers import EVALUATORS, solve_optimal
+from controller.delay.solvers import EVALUATORS, LAZY_LOOPS, solve_optimal
 from core.fsutil import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -290,7 +293,7 @@ def scale_one(args: argparse.Namespace) -> int:
             "fine-unicast": solvers.solve_fine_unicast,
             "delay-greedy": solvers.solve_delay_greedy,
         }[args.solver]
-        solve = functools.partial(solve, evaluator=args.path)
+        solve = functools.partial(solve, evaluator=args.path, lazy=args.lazy)
     started, cpu_started = time.perf_counter(), time.process_time()
     r = solve(p, seed=0)
     wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
@@ -334,7 +337,11 @@ def _scale_specs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         n_models = int(size.split(",")[0])
         paths = ["incremental"] + (["vector"] if n_models <= args.vector_max_models else [])
         specs.append((size, paths))
-    return specs
+    loops = [x for x in args.scale_lazy.split(",") if x]
+    return [
+        (spec, [p if loop == "batched" else f"{p}+{loop}" for p in paths for loop in loops])
+        for spec, paths in specs
+    ]
 
 
 def scale(args: argparse.Namespace, emit: Any) -> None:
@@ -344,21 +351,23 @@ def scale(args: argparse.Namespace, emit: Any) -> None:
         " load average at start: " + " ".join(f"{x:.1f}" for x in os.getloadavg())
     )
     say(
-        f"   {'instance':<16}{'models x nodes x users':<24}{'path':<13}{'solver':<17}"
+        f"   {'instance':<16}{'models x nodes x users':<24}{'path':<20}{'solver':<17}"
         f"{'build s':>8}{'solve s':>9}{'cpu s':>8}{'peak MB':>9}{'mean delay s':>14}"
         f"{'/coarse':>9}{'same':>6}{'check':>9}"
     )
     for spec, paths in _scale_specs(args):
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for path in paths:
+            evaluator, _, loop = path.partition("+")
             for solver in args.scale_solvers.split(","):
                 if path != "incremental" and solver == "trimcaching-gen":
                     continue  # trimcaching-gen has no delay evaluator inside: one path
-                if path == "reference" and solver not in args.reference_solvers.split(","):
+                if evaluator == "reference" and solver not in args.reference_solvers.split(","):
                     continue
                 cmd = [
                     sys.executable, "-m", "bench.delay", "--scale-one", spec,
-                    "--path", path, "--solver", solver, "--tight-gb", str(args.tight_gb),
+                    "--path", evaluator, "--lazy", loop or "batched", "--solver", solver,
+                    "--tight-gb", str(args.tight_gb),
                 ]  # fmt: skip
                 try:
                     proc = subprocess.run(
@@ -366,10 +375,10 @@ def scale(args: argparse.Namespace, emit: Any) -> None:
                     )
                 except subprocess.TimeoutExpired:
                     late = f"not done in {args.row_timeout:.0f} s"
-                    say(f"   {spec:<16}{'':<24}{path:<13}{solver:<17}{late}")
+                    say(f"   {spec:<16}{'':<24}{path:<20}{solver:<17}{late}")
                     continue
                 if proc.returncode:
-                    say(f"   {spec:<16}{'':<24}{path:<13}{solver:<17}FAILED")
+                    say(f"   {spec:<16}{'':<24}{path:<20}{solver:<17}FAILED")
                     say(proc.stderr[-1500:])
                     continue
                 rows[path, solver] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -384,7 +393,7 @@ def scale(args: argparse.Namespace, emit: Any) -> None:
                 size = f"{row['models']} x {row['nodes']} x {row['users']}"
                 ratio = row["mean_s"] / coarse if coarse else math.nan
                 say(
-                    f"   {spec:<16}{size:<24}{path:<13}{solver:<17}{row['build_s']:>8.1f}"
+                    f"   {spec:<16}{size:<24}{path:<20}{solver:<17}{row['build_s']:>8.1f}"
                     f"{row['wall_s']:>9.2f}{row['cpu_s']:>8.2f}{row['peak_rss_mb']:>9.0f}"
                     f"{row['mean_s']:>14.3f}{ratio:>9.3f}{same:>6}{row['check_rel']:>9.1e}"
                 )
@@ -417,10 +426,14 @@ def main(argv: list[str] | None = None) -> int:
         "--row-timeout", type=float, default=None, help="seconds per scale row (then skipped)"
     )
     parser.add_argument("--reference-max-factor", type=int, default=1)
+    parser.add_argument(
+        "--scale-lazy", default="batched", help="greedy lazy loops, e.g. batched,single"
+    )
     parser.add_argument("--reference-solvers", default="coarse,fine-unicast,delay-greedy")
     parser.add_argument("--scale-one", help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=EVALUATORS, default="incremental", help=argparse.SUPPRESS)
     parser.add_argument("--solver", choices=CLASSICAL, help=argparse.SUPPRESS)
+    parser.add_argument("--lazy", choices=LAZY_LOOPS, default="batched", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.scale_one:
         return scale_one(args)

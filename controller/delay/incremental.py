@@ -45,6 +45,9 @@ from controller.delay.problem import DelayStats, Delivery
 # Entries with at least this many requesters are "wide" (see IncrementalDelay's caches).
 WIDE_ENTRY_USERS = 16
 
+# IncrementalDelay.gains_many stacks at most this many entries of a slot into one change.
+MANY_ENTRIES = 16
+
 Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
 Ints = npt.NDArray[np.intp]
@@ -495,6 +498,84 @@ class IncrementalDelay:
         if len(far):
             out[far] = total[-1]
         return out.tolist()
+
+    def gains_many(self, requests: Sequence[tuple[str, Collection[str]]]) -> list[float]:
+        """:meth:`gains` of several (node, units) candidates, each at its own node.
+
+        Per slot, the candidates' changed jobs are stacked into one change: a row sets the
+        jobs of its own entries and leaves the others' at their current values (a job whose
+        key, airtime and preparation stay is not moved, so this is exact), in chunks of at
+        most :data:`MANY_ENTRIES` entries. Candidates whose entries are all wide and cached
+        read the cache, as in :meth:`gains`. Slots are summed in the same order as there.
+        """
+        total = np.zeros(len(requests))
+        per_slot: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+        for r, (_node_id, units) in enumerate(requests):
+            by_slot: dict[int, list[int]] = {}
+            for unit in units:
+                for t, e in self.entries_of.get(self.unit_index[unit], ()):
+                    by_slot.setdefault(t, []).append(e)
+            for t, found in by_slot.items():
+                per_slot.setdefault(t, []).append((r, tuple(sorted(found))))
+        nodes = np.array([self.node_index[n] for n, _ in requests], dtype=np.intp)
+        for t in sorted(per_slot):
+            todo: list[tuple[int, tuple[int, ...]]] = []
+            for r, es in per_slot[t]:
+                cached = (
+                    self._change_cache[t].get(es) if all(self._wide(t, e) for e in es) else None
+                )
+                if cached is not None and not np.isnan(cached[nodes[r]]):
+                    total[r] -= cached[nodes[r]]
+                else:
+                    todo.append((r, es))
+            todo.sort(key=lambda row: row[1])
+            chunk: list[tuple[int, tuple[int, ...]]] = []
+            union: set[int] = set()
+            for r, es in todo:
+                if chunk and len(union.union(es)) > MANY_ENTRIES:
+                    self._many_change(t, chunk, nodes, total)
+                    chunk, union = [], set()
+                chunk.append((r, es))
+                union.update(es)
+            if chunk:
+                self._many_change(t, chunk, nodes, total)
+        out: list[float] = total.tolist()
+        return out
+
+    def _many_change(
+        self, t: int, chunk: list[tuple[int, tuple[int, ...]]], nodes: Ints, total: Floats
+    ) -> None:
+        """Subtract from ``total[r]`` slot t's change when node ``nodes[r]`` also holds
+        entries ``es`` of each (r, es) of ``chunk``."""
+        s = self.schedules[t]
+        es_all = sorted({e for _, es in chunk for e in es})
+        col = {e: i for i, e in enumerate(es_all)}
+        jobs = np.array([self.entries[t][e].jobs[0] for e in es_all], dtype=np.intp)
+        k_rows = len(chunk)
+        tau = np.repeat(s.tau[jobs][np.newaxis], k_rows, axis=0)
+        prep = np.repeat(s.prep[jobs][np.newaxis], k_rows, axis=0)
+        rows_of: dict[int, list[int]] = {}
+        for i, (_r, es) in enumerate(chunk):
+            for e in es:
+                rows_of.setdefault(e, []).append(i)
+        row_node = nodes[[r for r, _ in chunk]]
+        for e, idx in rows_of.items():
+            a, p = self._with_node(t, e, row_node[idx])
+            tau[idx, col[e]] = a[:, 0]
+            prep[idx, col[e]] = p
+        moved = ((tau != s.tau[jobs]) | (prep != s.prep[jobs])).any(axis=0)
+        change = np.zeros(k_rows)
+        if moved.any():
+            jobs, tau, prep = jobs[moved], tau[:, moved], prep[:, moved]
+            change = self._slot_change(t, jobs, self._keys(t, jobs, tau), tau, prep)
+        for i, (r, es) in enumerate(chunk):
+            total[r] -= change[i]
+            if all(self._wide(t, e) for e in es):  # kept as gains() keeps it
+                cached = self._change_cache[t].get(es)
+                if cached is None:
+                    cached = np.full(self.n_nodes, np.nan)
+                    self._change_cache[t][es] = cached
+                cached[row_node[i]] = change[i]
 
     def _wide(self, t: int, e: int) -> bool:
         return len(self.entries[t][e].users) >= WIDE_ENTRY_USERS

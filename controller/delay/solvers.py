@@ -14,7 +14,9 @@ code, so "reported == evaluate_delay()" holds by construction (and is tested).
   re-evaluated and taken when its fresh ratio is still >= the next key. Unlike coverage, the
   delay reduction is not submodular (a second holder adds SNR, a schedule can reorder), so
   lazy evaluation is a heuristic here, not a proof of picking the eager maximum; a re-
-  evaluation only touches the slots that request the PB. Gains come from
+  evaluation only touches the slots that request the PB. The re-evaluations come in batches
+  (:mod:`controller.delay.lazy`: the stale tops the loop pops next, evaluated together) with
+  the same pops and picks as one gain call per pop (``lazy="single"``). Gains come from
   :class:`~controller.delay.incremental.IncrementalDelay` (unicast:
   :class:`~controller.delay.unicast.UnicastDelay`; numpy; the first pass evaluates
   each candidate at every node in one call per slot, nodes out of reach of its requesters as
@@ -52,6 +54,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from controller.delay.incremental import IncrementalDelay
+from controller.delay.lazy import FreshGains
 from controller.delay.model import DelayInstance
 from controller.delay.problem import (
     DelayProblem,
@@ -72,6 +76,12 @@ GAIN_QUANTUM = 1e-9
 # over whole slots (the previous default) or with the reference slot_delays.
 Evaluator = Literal["incremental", "vector", "reference"]
 EVALUATORS: tuple[Evaluator, ...] = ("incremental", "vector", "reference")
+
+# How the greedy's lazy loop gets a popped pair's fresh gain: from batched prefetches of the
+# stale tops it pops next (default; controller.delay.lazy) or one gain call per pop (the
+# previous loop). Both pick the same placement (tested).
+LazyLoop = Literal["batched", "single"]
+LAZY_LOOPS: tuple[LazyLoop, ...] = ("batched", "single")
 
 # Up to this many (node, candidate) pairs the greedy is also rerun from every pair as its
 # forced first pick (partial enumeration, as trimcaching-gen does) and the best run is kept.
@@ -206,6 +216,7 @@ def greedy_placement(
     delivery: Delivery,
     first: tuple[str, int] | None = None,
     evaluator: Evaluator = "incremental",
+    lazy: LazyLoop = "batched",
 ) -> tuple[dict[str, list[str]], int]:
     """Lazy greedy on marginal delay reduction per marginal byte (see module docstring).
 
@@ -221,11 +232,16 @@ def greedy_placement(
     ``UnicastDelay`` for unicast; sparse reach, per-user deltas, 10k-model scale), ``"vector"``
     (:class:`VectorDelay`, whole slots re-scheduled per gain) or ``"reference"``
     (:meth:`DelayInstance.slot_delays` itself; slow, for checks and the bench's before/after
-    rows). All give the same placement (tested).
+    rows). All give the same placement (tested). ``lazy`` = ``"batched"`` (default) reads a
+    popped pair's gain from :class:`~controller.delay.lazy.FreshGains`, which evaluates the
+    stale tops the loop pops next in one call per group of missing units; ``"single"`` makes
+    one gain call per pop. Same pops, pushes and picks (tested).
 
     Returns:
         (node id -> units in the order added, number of gain evaluations).
     """
+    if lazy not in LAZY_LOOPS:
+        raise ValueError(f"lazy must be one of {LAZY_LOOPS}, got {lazy!r}")
     problem = instance.problem
     ev = _make_evaluator(instance, delivery, evaluator)
     free = {n: problem.servers[n].capacity for n in instance.nodes}
@@ -273,12 +289,33 @@ def greedy_placement(
     heapq.heapify(heap)  # pops follow (key, unique tie): the push order does not matter
     if first is not None:
         heapq.heappush(heap, (-math.inf, -1, first[0], first[1]))  # popped first
+    many = None
+    # gains_many stacks broadcast job changes; UnicastDelay's items are users: plain gains.
+    if isinstance(ev, IncrementalDelay) and ev.DELIVERY == "broadcast":
+        gains_many = ev.gains_many
+
+        def many(requests: Sequence[tuple[str, Sequence[str]]]) -> list[int]:
+            return quantise(gains_many(requests))
+
+    fresh = FreshGains(instance, lambda nodes, units: quantise(ev.gains(nodes, units)), many)
+
+    def gain(node_id: str, c: int, units: list[str]) -> int:
+        """The quantised gain of (node, bundle c) now (``units``: its missing units)."""
+        if lazy == "single":
+            return quantise(ev.gains([node_id], units))[0]
+        g = fresh.get(node_id, c)
+        if g is None:
+            fresh.prefetch(heap, node_id, c, units, missing, free)
+            g = fresh.get(node_id, c)
+            assert g is not None
+        return g
+
     while heap:
         _key, tie, node_id, c = heapq.heappop(heap)
         units, cost = missing(node_id, c)
         if not units or cost > free[node_id]:
             continue  # done, or capacity only shrinks: never feasible again
-        g = quantise(ev.gains([node_id], units))[0]
+        g = gain(node_id, c, units)
         evaluations += 1
         if g <= 0:
             continue
@@ -291,12 +328,15 @@ def greedy_placement(
             held[node_id].add(unit)
             placement[node_id].append(unit)
         free[node_id] -= cost
+        fresh.picked(node_id, units)
         # Cost drops: bundles sharing the new units are cheaper now; re-key them.
         for other in sorted({o for u in units for o in containing.get(u, ()) if o != c}):
             rest, new_cost = missing(node_id, other)
             if rest and new_cost <= free[node_id]:
                 g = quantise(ev.gains([node_id], rest))[0]
                 evaluations += 1
+                if lazy == "batched":
+                    fresh.put(node_id, other, rest, g, new_cost)
                 if g > 0:
                     heapq.heappush(
                         heap, (-g / max(new_cost, 1), ties[node_id] + other, node_id, other)
@@ -317,11 +357,17 @@ def candidate_count(instance: DelayInstance) -> int:
 
 
 def best_greedy_placement(
-    instance: DelayInstance, *, delivery: Delivery, evaluator: Evaluator = "incremental"
+    instance: DelayInstance,
+    *,
+    delivery: Delivery,
+    evaluator: Evaluator = "incremental",
+    lazy: LazyLoop = "batched",
 ) -> tuple[dict[str, list[str]], int]:
     """The greedy, plus on small instances the greedy from every forced first pick; the
     placement with the lowest mean delay wins (ties: the plain greedy, then pick order)."""
-    placement, evaluations = greedy_placement(instance, delivery=delivery, evaluator=evaluator)
+    placement, evaluations = greedy_placement(
+        instance, delivery=delivery, evaluator=evaluator, lazy=lazy
+    )
     per_node = candidate_count(instance)
     if per_node * len(instance.nodes) > MAX_ENUMERATED_PICKS:
         return placement, evaluations
@@ -329,7 +375,7 @@ def best_greedy_placement(
     for node_id in instance.nodes:
         for c in range(per_node):
             trial, n_eval = greedy_placement(
-                instance, delivery=delivery, first=(node_id, c), evaluator=evaluator
+                instance, delivery=delivery, first=(node_id, c), evaluator=evaluator, lazy=lazy
             )
             evaluations += n_eval
             mean = instance.evaluate(trial, delivery=delivery).mean_s
@@ -345,10 +391,13 @@ def _greedy_solver(
     granularity: Granularity,
     delivery: Delivery,
     evaluator: Evaluator,
+    lazy: LazyLoop,
 ) -> DelayResult:
     start = time.perf_counter()
     instance = DelayInstance(problem, granularity=granularity)
-    placement, evaluations = best_greedy_placement(instance, delivery=delivery, evaluator=evaluator)
+    placement, evaluations = best_greedy_placement(
+        instance, delivery=delivery, evaluator=evaluator, lazy=lazy
+    )
     return make_delay_result(
         instance,
         placement,
@@ -365,6 +414,7 @@ def solve_delay_greedy(
     seed: int | None = None,
     time_limit_s: float | None = None,
     evaluator: Evaluator = "incremental",
+    lazy: LazyLoop = "batched",
 ) -> DelayResult:
     """``delay-greedy``: PB caching, CoMP broadcast, lazy marginal-delay-per-byte greedy.
 
@@ -376,7 +426,12 @@ def solve_delay_greedy(
     """
     del seed, time_limit_s
     return _greedy_solver(
-        problem, name="delay-greedy", granularity="block", delivery="broadcast", evaluator=evaluator
+        problem,
+        name="delay-greedy",
+        granularity="block",
+        delivery="broadcast",
+        evaluator=evaluator,
+        lazy=lazy,
     )
 
 
@@ -386,11 +441,17 @@ def solve_fine_unicast(
     seed: int | None = None,
     time_limit_s: float | None = None,
     evaluator: Evaluator = "incremental",
+    lazy: LazyLoop = "batched",
 ) -> DelayResult:
     """``fine-unicast``: PB caching, one unicast job per user and PB."""
     del seed, time_limit_s
     return _greedy_solver(
-        problem, name="fine-unicast", granularity="block", delivery="unicast", evaluator=evaluator
+        problem,
+        name="fine-unicast",
+        granularity="block",
+        delivery="unicast",
+        evaluator=evaluator,
+        lazy=lazy,
     )
 
 
@@ -400,11 +461,17 @@ def solve_coarse(
     seed: int | None = None,
     time_limit_s: float | None = None,
     evaluator: Evaluator = "incremental",
+    lazy: LazyLoop = "batched",
 ) -> DelayResult:
     """``coarse``: whole-model caching with unicast delivery (the main baseline)."""
     del seed, time_limit_s
     return _greedy_solver(
-        problem, name="coarse", granularity="model", delivery="unicast", evaluator=evaluator
+        problem,
+        name="coarse",
+        granularity="model",
+        delivery="unicast",
+        evaluator=evaluator,
+        lazy=lazy,
     )
 
 
