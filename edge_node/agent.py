@@ -39,7 +39,10 @@ it the *home* of clients near it, so their requests for models it lacks reach it
 pull-through, :mod:`edge_node.pull`, and counted as demand). ``PUT /v1/plan`` is refused while
 the agent is on. ``PUT /v1/agent {"enabled": false}`` hands the node back to the controller
 (the agent stops deciding, the next heartbeat announces no policy, the planner plans the node
-again and its plans are accepted); ``{"enabled": true}`` resumes the agent.
+again and its plans are accepted); ``{"enabled": true}`` resumes the agent. ``"frozen": true``
+keeps the node's cache as it is: the agent still observes demand and decides
+(``wanted_models``) but applies nothing until ``"frozen": false`` (a measurement against a
+known placement: bench/delivery.py).
 """
 
 from __future__ import annotations
@@ -301,6 +304,10 @@ class EdgeAgent:
         self.demand = DemandWindow(settings.agent_window_requests)
         self.status = AgentStatus()
         self.enabled = True
+        #: Frozen: the node keeps its cache (the agent observes demand and decides, but
+        #: applies no plan), e.g. while a measurement runs against a known placement
+        #: (bench/delivery.py).
+        self.frozen = False
         #: Set by the app: a heartbeat now (after the node's holdings changed).
         self.on_change: Callable[[], None] | None = None
         self._manifests: dict[str, ModelManifest] = {}
@@ -318,6 +325,12 @@ class EdgeAgent:
         logger.info("agent node_id=%s %s", self.node.node_id, "on" if enabled else "handed back")
         if self.on_change is not None:
             self.on_change()
+
+    def set_frozen(self, frozen: bool) -> None:
+        # Under the decision lock: once this returns, no decision of before is being applied.
+        with self._lock:
+            self.frozen = frozen
+        logger.info("agent node_id=%s %s", self.node.node_id, "frozen" if frozen else "thawed")
 
     def start(self) -> None:
         self._thread.start()
@@ -355,8 +368,8 @@ class EdgeAgent:
             wanted = self._decide(manifests, shares, holdings)
             held = {m.model_id for m in self.node.complete_models()}
             placed = {m.model_id for m in self.node.manifests()}
-            if wanted == held and wanted == placed:
-                return False
+            if self.frozen or (wanted == held and wanted == placed):
+                return False  # frozen: decided (``wanted_models``), not applied
             return self._apply(sorted(wanted))
 
     def _decide(
@@ -495,6 +508,7 @@ class EdgeAgent:
         s = self.status
         return {
             "enabled": self.enabled,
+            "frozen": self.frozen,
             "policy": POLICY,
             "checkpoint": str(self.policy.path),
             "node_index": self.policy.index,

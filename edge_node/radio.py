@@ -181,6 +181,7 @@ class RadioStats:
     jobs_abandoned: int = 0
     followed: int = 0  # blocks delivered at another edge's transmission (cluster groups)
     takeovers: int = 0  # cluster groups this edge took over from a gone leader
+    air_end: float = 0.0  # when this edge's last booked airtime ends (monotonic s)
 
 
 @dataclass(slots=True)
@@ -334,6 +335,7 @@ class Radio:
             )
             tau = n / rate
             end = self.ledger.book(tau)
+            self.stats.air_end = max(self.stats.air_end, end)
             wait = end - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -392,8 +394,11 @@ class Radio:
         tickets: list[_Ticket] = []
         hold_until = now
         if blocks and self.window_s > 0:
+            gathering = self._windows.gather_end(now)
             hold_until = self._windows.open(self._user(member), now)
             self._opened.add(member)
+            if gathering is not None and hold_until > gathering:
+                self._extend_window(gathering, hold_until)
         for block_id, size in blocks:
             self.stats.block_requests += 1
             job = self._groups.get(block_id) if self.window_s > 0 else None
@@ -413,6 +418,13 @@ class Radio:
             job.joined += 1
             tickets.append(_Ticket(job, join_at, head))
         return tickets
+
+    def _extend_window(self, end: float, new_end: float) -> None:
+        """The gathering window that ended at ``end`` now ends at ``new_end`` (a new user
+        joined it, edge_node.airorder.UserWindows): its queued jobs wait for the new end."""
+        for job in self._queue:
+            if not job.started and job.not_before == end:
+                job.not_before = new_end
 
     def _open_group(self, block_id: str, size: int, area: str, not_before: float) -> Job:
         """A new block job (a group when W > 0) on air no earlier than ``not_before`` (the
@@ -524,6 +536,9 @@ class Radio:
             "broadcast_groups": s.broadcast_groups,
             "group_sizes": {str(k): v for k, v in sorted(s.group_sizes.items())},
             "mid_joins": s.mid_joins,
+            "air_end_monotonic_s": round(s.air_end, 6),
+            "windows": self._windows.windows,
+            "window_fetches": self._windows.fetches,
             "members_left": s.members_left,
             "jobs_abandoned": s.jobs_abandoned,
             "queued_jobs": len(self._queue),

@@ -32,8 +32,11 @@ class BatchRequest(BaseModel):
 
 
 class AgentSwitch(BaseModel):
-    """``PUT /v1/agent``: ``enabled`` false hands the node back to the controller's plans."""
+    """``PUT /v1/agent``: ``enabled`` false hands the node back to the controller's plans;
+    ``frozen`` true keeps the node's cache as it is (the agent observes demand but applies no
+    plan) until ``frozen`` false; left out: unchanged."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool
+    frozen: bool | None = None

@@ -8,6 +8,7 @@ manifests, one instance per hot model). Real SDK fetches into fresh device cache
   clients near it to it;
 - after clients ask for one model, the agent caches it without any controller plan, within its
   capacity, and routes name the edge for it (the origin's counter stays still on a new fetch);
+- frozen (``PUT /v1/agent {"frozen": true}``), it decides on shifted demand but keeps its cache;
 - when demand shifts to another model, the agent evicts the first and caches the second;
 - ``PUT /v1/agent {"enabled": false}`` hands the node back: the controller plans it again.
 """
@@ -125,8 +126,32 @@ def test_agent_edge_adapts_to_demand_without_a_plan(
     assert report["bytes_pulled_by_edges"] == {}
     assert _json(f"{origin}/v1/stats")["bytes_served"] == before
 
-    # 2. Demand shifts to SECOND: once it dominates what the edge observes, the agent evicts
-    # FIRST (one model fits) and caches SECOND.
+    # 2. Frozen, the agent decides on the shifted demand but keeps the cache as it is.
+    token = {"Authorization": f"Bearer {state['auth_token']}"}
+
+    def put_agent(body: dict[str, Any]) -> dict[str, Any]:
+        reply = httpx.put(f"{edge_url}/v1/agent", json=body, headers=token, timeout=10)
+        assert reply.status_code == 200, reply.text
+        doc: dict[str, Any] = reply.json()
+        return doc
+
+    assert put_agent({"enabled": True, "frozen": True})["frozen"] is True
+    applied = agent()["applied"]
+    for _ in range(12):
+        fetch(SECOND)
+        try:
+            wait_until(lambda: SECOND in agent()["wanted_models"], timeout_s=5)
+            break
+        except TimeoutError:
+            continue
+    doc = agent()
+    assert SECOND in doc["wanted_models"], doc  # decided ...
+    assert doc["applied"] == applied and FIRST in doc["held_models"]  # ... not applied
+    assert SECOND not in doc["held_models"]
+    assert put_agent({"enabled": True, "frozen": False})["frozen"] is False
+
+    # 3. Thawed: demand has shifted to SECOND; the agent evicts FIRST (one model fits) and
+    # caches SECOND.
     for _ in range(12):
         fetch(SECOND)
         try:
@@ -145,8 +170,7 @@ def test_agent_edge_adapts_to_demand_without_a_plan(
     assert first_source.get("node_id") == edge["node_id"]
     assert _json(f"{controller}/v1/placement")["servers"] == {}
 
-    # 3. Take over: the edge is handed back and the controller plans it again.
-    token = {"Authorization": f"Bearer {state['auth_token']}"}
+    # 4. Take over: the edge is handed back and the controller plans it again.
     refused = httpx.put(f"{edge_url}/v1/plan", json={}, headers=token, timeout=10)
     assert refused.status_code in (400, 422)
     reply = httpx.put(f"{edge_url}/v1/agent", json={"enabled": False}, headers=token, timeout=10)
