@@ -18,7 +18,9 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
   ``EDGE_MEDIUM_DIR`` the ledger is in-process (a cluster of one edge).
 - **Broadcast** (``EDGE_BROADCAST_WINDOW_S`` = W > 0). A response announces every block it will
   send when it starts. The first request for a block queues a *group* job that goes on air no
-  earlier than the end of its user's window (W after the user's first request of a fetch);
+  earlier than the end of its user's window (W after the user's first request of a fetch;
+  users who start while a window is open are gathered into it, which then ends W after the
+  last of them: :class:`edge_node.airorder.UserWindows`);
   every request for that block until the job ends joins it: before the
   job started, it gets the whole block from it; while it is on air, it gets the rest from it
   and the missed head afterwards (a head job at its own rate). The airtime of a group is

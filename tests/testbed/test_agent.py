@@ -1,7 +1,7 @@
 """Decentralised mode on the real test-profile testbed (``testbed up --agent-checkpoint``).
 
-One testbed (Redis, origin, controller, one edge with room for one model of the test zoo) whose
-edge runs a ``marl`` checkpoint trained here (seeded, seconds: testbed/agent.py on the zoo's
+One testbed (Redis, origin, controller, one edge with room for one model of the test zoo,
+emulating the default world's radio) whose edge runs a ``marl`` checkpoint trained here (seeded, seconds: testbed/agent.py on the zoo's
 manifests, one instance per hot model). Real SDK fetches into fresh device caches:
 
 - the controller plans nothing for the edge (it announces ``cache_policy: marl``) and routes
@@ -58,7 +58,7 @@ def agent_testbed(tmp_path: Path, zoo_dir: Path) -> Iterator[dict[str, Any]]:
         launcher.LaunchOptions(
             state_dir=state_dir, edges=1, zoo_dir=zoo_dir, capacity_bytes=CAPACITY,
             profile="test", agent_checkpoint=checkpoint, agent_interval_s=0.5,
-            controller_port=0, timeout_s=120,
+            controller_port=0, timeout_s=120, world="default",
         )
     )  # fmt: skip
     try:
@@ -99,6 +99,11 @@ def test_agent_edge_adapts_to_demand_without_a_plan(
         report = fetch(FIRST)
         assert report["bytes_by_kind"]["edge"] > 0
     assert agent()["demand"] == {FIRST: 1.0}
+    # Pulled through, the blocks still go out on the edge's radio as whole blocks (a broadcast
+    # edge groups them with other requests), not as unicast bytes.
+    radio = _json(f"{edge_url}/v1/stats")["radio"]
+    assert radio["block_requests"] > 0
+    assert radio["airtime_by_kind_s"]["bytes"] < 0.01 * radio["airtime_by_kind_s"]["block"], radio
 
     def holds(model_id: str) -> bool:  # held, and the agent's local plan is done
         doc = agent()
