@@ -2,7 +2,8 @@
 
 One testbed (Redis, origin, controller, one edge with room for one model of the test zoo,
 emulating the default world's radio) whose edge runs a ``marl`` checkpoint trained here
-(seeded, seconds: testbed/agent.py on the zoo's manifests, one instance per hot model). Real SDK fetches into fresh device caches:
+(seeded, seconds: testbed/agent.py on the zoo's manifests, one instance per hot model). Real
+SDK fetches into fresh device caches:
 
 - the controller plans nothing for the edge (it announces ``cache_policy: marl``) and routes
   clients near it to it;
