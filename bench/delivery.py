@@ -33,8 +33,8 @@ for the same world, placement and requests (``evaluate_delay`` on
   after the row; simulated like ``fine+broadcast`` (W > 0).
 
 Per-row evidence beside the figures: the edge's radio counters during the row (``radio``:
-airtime by job kind, block transmissions, group sizes, mid-air joins, broadcast windows and
-the fetches they gathered), each client's release offset and route seconds, the mean seconds
+airtime by job kind, block transmissions, group sizes, mid-air joins, broadcast windows),
+each client's release offset and route seconds, the mean seconds
 per fetch phase, when the radio's last airtime ended (``air_end_s``, from the release) and how
 long after it the clients finished on average (``tail_after_air_s``: receiving, verifying and
 writing K models on one machine, which the delay model does not have).

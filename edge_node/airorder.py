@@ -13,12 +13,10 @@ applies (pure: no I/O, no clock of its own):
     per-(user, PB) airtime order interleaves users so that everyone ends late.
   - broadcast (W > 0): among the jobs whose window has passed, the most requesters per
     second of airtime left first (the model's ``|G_b| / tau_b`` descending), ties by arrival.
-- **Window per user, gathered** (:class:`UserWindows`): a user's window starts at its first
-  request and covers every request it makes until it has been idle for W (an adapter and
-  then its base model, a model in several batches), so a user pays the hold once per fetch,
-  not once per request; users who start fetching while a window is open join it, and it then
-  ends W after the last of them (capped), so a burst of users is one slot whose groups are
-  all known before the first block goes on the air, as the delay model assumes.
+- **Window per user** (:class:`UserWindows`): a user's window starts at its first request
+  and covers every request it makes until it has been idle for W (an adapter and then its
+  base model, a model in several batches): a group job waits for its creator's window only,
+  so a user pays the hold once per fetch, not once per request.
 """
 
 from __future__ import annotations
@@ -117,67 +115,27 @@ def next_due(queue: Iterable[J]) -> float | None:
     return min(times) if times else None
 
 
-#: A gathering window ends at most this many W after it opened (a steady stream of new
-#: users must not hold the medium for ever).
-GATHER_CAP_WINDOWS = 10
-
-
 class UserWindows:
-    """Per user, the end of its current broadcast window, and the *gathering* of the users
-    who start a fetch close together into one window (the delay model's slot: every user of
-    a slot asks at t = 0, so every block's group is known before anything goes on the air).
-
-    - A request starts a *new fetch* of its user when the user has no response under way
-      and has been idle for W or more; otherwise it continues the user's fetch, whose window
-      stays what it was (its end may have passed: the request's blocks are due at once).
-    - A new fetch that arrives while a window is open joins it, and the window then ends W
-      after this arrival (never earlier than it did, never later than
-      :data:`GATHER_CAP_WINDOWS` x W after it opened); else it opens a window ending W later.
-      So users whose requests reach the edge spread over more than W (each within W of the
-      one before) still share one window, and a lone user waits W.
-    """
+    """Per user, the end of its current broadcast window: a new window starts with a request
+    when the user has no response under way and has been idle for W or more."""
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
-        self._window_of: dict[str, int] = {}  # user -> its window
-        self._ends: dict[int, float] = {}  # window -> its end
-        self._current: int | None = None  # the window new fetches join while it is open
-        self._next = 0
-        self._opened_at = 0.0
+        self._end: dict[str, float] = {}
         self._live: dict[str, int] = {}
         self._idle_since: dict[str, float] = {}
-        self.windows = 0  # windows opened
-        self.fetches = 0  # new fetches (each is in one window)
-
-    def gather_end(self, now: float) -> float | None:
-        """The end of the window a new fetch would join now (None: none is open)."""
-        if self._current is None:
-            return None
-        end = self._ends[self._current]
-        return end if now < end else None
+        self.windows = 0  # windows opened (one per fetch)
 
     def open(self, user: str, now: float) -> float:
         """A request of ``user`` starts: the end of its window."""
         live = self._live.get(user, 0)
         idle = self._idle_since.get(user)
-        if user not in self._window_of or (
-            live == 0 and (idle is None or now - idle >= self.window_s)
-        ):
-            if self.gather_end(now) is not None:
-                assert self._current is not None
-                cap = self._opened_at + GATHER_CAP_WINDOWS * self.window_s
-                end = self._ends[self._current]
-                self._ends[self._current] = max(end, min(cap, now + self.window_s))
-            else:
-                self._current, self._next = self._next, self._next + 1
-                self._opened_at = now
-                self._ends[self._current] = now + self.window_s
-                self.windows += 1
-            self._window_of[user] = self._current
-            self.fetches += 1
+        if live == 0 and (idle is None or now - idle >= self.window_s):
+            self._end[user] = now + self.window_s
+            self.windows += 1
         self._live[user] = live + 1
         self._idle_since.pop(user, None)
-        return self._ends[self._window_of[user]]
+        return self._end[user]
 
     def close(self, user: str, now: float) -> None:
         """A request of ``user`` that :meth:`open` counted has ended."""
@@ -191,6 +149,4 @@ class UserWindows:
             stale = [u for u, t in self._idle_since.items() if now - t > self.window_s + 60]
             for u in stale:
                 self._idle_since.pop(u, None)
-                self._window_of.pop(u, None)
-            used = set(self._window_of.values()) | {self._current}
-            self._ends = {w: t for w, t in self._ends.items() if w in used}
+                self._end.pop(u, None)

@@ -18,9 +18,7 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
   ``EDGE_MEDIUM_DIR`` the ledger is in-process (a cluster of one edge).
 - **Broadcast** (``EDGE_BROADCAST_WINDOW_S`` = W > 0). A response announces every block it will
   send when it starts. The first request for a block queues a *group* job that goes on air no
-  earlier than the end of its user's window (W after the user's first request of a fetch;
-  users who start while a window is open are gathered into it, which then ends W after the
-  last of them: :class:`edge_node.airorder.UserWindows`);
+  earlier than the end of its user's window (W after the user's first request of a fetch);
   every request for that block until the job ends joins it: before the
   job started, it gets the whole block from it; while it is on air, it gets the rest from it
   and the missed head afterwards (a head job at its own rate). The airtime of a group is
@@ -396,11 +394,8 @@ class Radio:
         tickets: list[_Ticket] = []
         hold_until = now
         if blocks and self.window_s > 0:
-            gathering = self._windows.gather_end(now)
             hold_until = self._windows.open(self._user(member), now)
             self._opened.add(member)
-            if gathering is not None and hold_until > gathering:
-                self._extend_window(gathering, hold_until)
         for block_id, size in blocks:
             self.stats.block_requests += 1
             job = self._groups.get(block_id) if self.window_s > 0 else None
@@ -420,13 +415,6 @@ class Radio:
             job.joined += 1
             tickets.append(_Ticket(job, join_at, head))
         return tickets
-
-    def _extend_window(self, end: float, new_end: float) -> None:
-        """The gathering window that ended at ``end`` now ends at ``new_end`` (a new user
-        joined it, edge_node.airorder.UserWindows): its queued jobs wait for the new end."""
-        for job in self._queue:
-            if not job.started and job.not_before == end:
-                job.not_before = new_end
 
     def _open_group(self, block_id: str, size: int, area: str, not_before: float) -> Job:
         """A new block job (a group when W > 0) on air no earlier than ``not_before`` (the
@@ -540,7 +528,6 @@ class Radio:
             "mid_joins": s.mid_joins,
             "air_end_monotonic_s": round(s.air_end, 6),
             "windows": self._windows.windows,
-            "window_fetches": self._windows.fetches,
             "members_left": s.members_left,
             "jobs_abandoned": s.jobs_abandoned,
             "queued_jobs": len(self._queue),

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from edge_node.airorder import GATHER_CAP_WINDOWS, Picker, UserWindows, next_due, pick
+from edge_node.airorder import Picker, UserWindows, next_due, pick
 from edge_node.radio import Job
 
 RATE = 1e6  # bytes/s for every job
@@ -86,23 +84,3 @@ def test_a_users_window_covers_its_fetch_until_it_is_idle_for_w() -> None:
     windows.close("u", 12.0)
     assert windows.open("u", 13.0) == 13.5  # idle for 1 s >= W: a new fetch, a new window
     assert windows.open("v", 13.0) == 13.5  # users are independent
-
-
-def test_users_who_start_while_a_window_is_open_are_gathered_into_it() -> None:
-    windows = UserWindows(0.5)
-    assert windows.gather_end(0.0) is None
-    assert windows.open("a", 0.0) == 0.5
-    assert windows.gather_end(0.2) == 0.5
-    # b starts within a's window: one window, now ending W after b.
-    assert windows.open("b", 0.3) == 0.8
-    assert windows.open("a", 0.4) == 0.8  # a continues its fetch: the same (extended) window
-    # c starts within the extended window, after a's own W: gathered too.
-    assert windows.open("c", 0.7) == 1.2
-    assert windows.gather_end(1.2) is None
-    assert windows.open("d", 1.3) == 1.8  # after the window: a new one
-    # A steady stream of new users is gathered at most GATHER_CAP_WINDOWS x W.
-    stream = UserWindows(0.5)
-    ends = [stream.open(f"u{i}", 0.4 * i) for i in range(14)]
-    assert ends == sorted(ends)
-    assert ends[12] == GATHER_CAP_WINDOWS * 0.5  # arrived at 4.8 s: capped at 5 s
-    assert ends[13] == pytest.approx(0.4 * 13 + 0.5)  # after the cap: a new window

@@ -13,7 +13,6 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -190,10 +189,6 @@ def test_the_ledger_serialises_bookings_across_processes(tmp_path: Path) -> None
         b.close()
 
 
-def _announced(url: str, blocks: int) -> bool:
-    return bool(_radio(url)["block_requests"] == blocks)
-
-
 def _wait_for(check: Callable[[], bool], timeout_s: float = 60.0) -> None:
     import time
 
@@ -201,42 +196,6 @@ def _wait_for(check: Callable[[], bool], timeout_s: float = 60.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.005)
-
-
-@pytest.mark.parametrize("node", [4.0], indirect=True)
-def test_requests_that_start_while_the_window_is_open_are_gathered(
-    node: tuple[str, Any], model_store: tuple[Path, ModelManifest, Path]
-) -> None:
-    # a, then b 2.5 s later, then c 2.5 s after b: c starts more than W = 4 s after a, but
-    # within the window b extended, so nothing has gone on the air yet and all three share
-    # each block (a window per request would have sent a's groups before c came).
-    import time
-
-    url, _app = node
-    blocks = _big_blocks(model_store[1])
-    ids = [b for b, _ in blocks]
-    bodies: list[bytes] = []
-    threads = []
-    first = time.monotonic()
-    for i in range(3):
-        if i:
-            _wait_for(partial(_announced, url, 4 * i))
-            time.sleep(2.5)
-        thread = threading.Thread(target=lambda: bodies.append(_batch(url, ids)()))
-        thread.start()
-        threads.append(thread)
-    assert time.monotonic() - first > 4.0  # c came after a's own window
-    for thread in threads:
-        thread.join(timeout=120)
-    expected = b"".join(
-        (model_store[0] / "edge-1").joinpath("blocks", "sha256", b[:2], b).read_bytes() for b in ids
-    )
-    assert bodies == [expected] * 3
-    radio = _radio(url)
-    assert radio["block_transmissions"] == 4, radio
-    assert radio["group_sizes"] == {"3": 4}
-    assert radio["mid_joins"] == 0
-    assert radio["airtime_by_kind_s"]["head"] == 0
 
 
 @pytest.mark.parametrize("node", [0.05], indirect=True)
