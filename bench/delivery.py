@@ -279,7 +279,6 @@ def radio_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
                 "broadcast_groups",
                 "mid_joins",
                 "windows",
-                "window_fetches",
             )  # fmt: skip
         },
         "group_sizes": {size: n for size, n in sizes.items() if n},
