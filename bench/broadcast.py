@@ -40,7 +40,8 @@ MODELS = ("bert-sst2", "bert-spam", "bert-question")
 RESULTS = REPO_ROOT / "bench" / "results" / "broadcast.jsonl"
 FIGURES = ("airtime_s", "bytes_on_air", "bytes_delivered", "block_transmissions", "group_sizes")
 
-# One client process: "ready" once imported, fetches when the start file appears. Its read
+# One client process: "ready" once imported, fetches when the start file appears. It reports
+# when it was released and finished on the machine's monotonic clock (the edge's too). Its read
 # timeout is 120 s: on a shared downlink serving the shortest user first, the K-th user's first
 # byte waits for the others' airtime (about 36 s at K = 16 in bench.delivery), more than the
 # SDK's default 30 s.
@@ -51,10 +52,13 @@ model, controller, cache, start, area = sys.argv[1:6]
 print("ready", flush=True)
 while not os.path.exists(start):
     time.sleep(0.005)
+released = time.monotonic()
 with Client(controller_url=controller, cache_dir=cache, area_id=area, timeout_s=120.0) as c:
     fetched = c.fetch(model, load=False)
 report = {"path": str(fetched.path), "bytes_by_source": fetched.report["bytes_by_source"],
-          "seconds": fetched.report["seconds"]}
+          "seconds": fetched.report["seconds"], "released_at": released,
+          "finished_at": time.monotonic(),
+          "phase_seconds": fetched.report.get("phase_seconds", {})}
 print(json.dumps(report))
 """
 

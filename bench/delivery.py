@@ -25,9 +25,19 @@ for the same world, placement and requests (``evaluate_delay`` on
   locally (``testbed up --agent-checkpoint``, :mod:`edge_node.agent`) trained first on the
   zoo's PBs in this world (:mod:`testbed.agent`; the reference 100 Mbit/s backhaul in the
   training instance, since with an unshaped one caching saves nothing in the model); a
-  warm-up of :data:`WARMUP` clients (seed + 1) lets it observe demand and adapt; each row's
-  placement is what the edge holds when the row starts (``agent_changes`` counts local plans
-  the agent applied during the row); simulated like ``fine+broadcast`` (W > 0).
+  warm-up of :data:`WARMUP` clients (seed + 1) lets it observe demand and adapt; before each
+  row the agent settles on the demand it has seen (it decided twice and holds what it wants),
+  then it is frozen for the row (``PUT /v1/agent {"frozen": true}``: it keeps observing and
+  deciding, applies nothing), so the placement the simulator gets is the one the edge held
+  throughout the row (``agent_changes``, local plans applied during the row, is 0); thawed
+  after the row; simulated like ``fine+broadcast`` (W > 0).
+
+Per-row evidence beside the figures: the edge's radio counters during the row (``radio``:
+airtime by job kind, block transmissions, group sizes, mid-air joins, broadcast windows),
+each client's release offset and route seconds, the mean seconds
+per fetch phase, when the radio's last airtime ended (``air_end_s``, from the release) and how
+long after it the clients finished on average (``tail_after_air_s``: receiving, verifying and
+writing K models on one machine, which the delay model does not have).
 
 Writes JSON lines to ``bench/results/delivery.jsonl``, a markdown table
 ``bench/results/delivery.md`` and, when matplotlib is importable, ``docs/figures/delivery.png``
@@ -183,6 +193,9 @@ def run_mode(
         if agent is not None:
             warm_up(controller, edge, work / "warmup", workload(WARMUP, catalogue, seed + 1))
         for k in ks:
+            if agent is not None:  # settle on the demand seen so far, then hold still
+                settle(edge)
+                freeze(edge, state["auth_token"], frozen=True)
             held = sorted(
                 m["model_id"] for m in httpx.get(f"{edge}/v1/models", timeout=30).json()["models"]
             )
@@ -191,9 +204,12 @@ def run_mode(
             radio_before = radio_stats(edge)
             origin_before = httpx.get(f"{state['origin_url']}/v1/stats", timeout=30).json()
             procs = start_clients(controller, work / f"k{k}", requests)
+            released = time.monotonic()
             results = [finish_client(p) for p in procs]
             radio_after = radio_stats(edge)
             origin_after = httpx.get(f"{state['origin_url']}/v1/stats", timeout=30).json()
+            if agent is not None:
+                freeze(edge, state["auth_token"], frozen=False)
             seconds = [float(r["seconds"]) for r in results]
             row: dict[str, Any] = {
                 "mode": mode, "solver": solver, "window_s": window, "k": k,
@@ -203,6 +219,22 @@ def run_mode(
                 "airtime_s": round(radio_after["airtime_s"] - radio_before["airtime_s"], 3),
                 "origin_bytes": origin_after["bytes_served"] - origin_before["bytes_served"],
                 "fetch_s": [round(s, 2) for s in seconds],
+                "radio": radio_delta(radio_before, radio_after),
+                "released_s": [round(float(r["released_at"]) - released, 3) for r in results],
+                # The radio's last airtime ended this long after the release; the clients
+                # finished (mean) this long after it: verifying, writing and the loopback
+                # copies of K devices on one machine, which the delay model does not have.
+                "air_end_s": round(radio_after["air_end_monotonic_s"] - released, 3),
+                "tail_after_air_s": round(
+                    sum(float(r["finished_at"]) for r in results) / k
+                    - radio_after["air_end_monotonic_s"],
+                    3,
+                ),
+                "route_s": [round(float(r["phase_seconds"].get("route", 0.0)), 3) for r in results],
+                "phases_mean_s": {
+                    phase: round(sum(float(r["phase_seconds"][phase]) for r in results) / k, 3)
+                    for phase in results[0]["phase_seconds"]
+                },
                 "load_avg": [round(x, 1) for x in os.getloadavg()],
             }  # fmt: skip
             if agent is not None:
@@ -225,6 +257,32 @@ def run_mode(
     finally:
         launcher.down(work / "testbed")
     return rows
+
+
+def radio_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The edge's radio counters during a row (airtime by kind, groups, their sizes, mid-air
+    joins): the per-request evidence behind a row's airtime."""
+    sizes = {
+        size: n - int(before["group_sizes"].get(size, 0))
+        for size, n in after["group_sizes"].items()
+    }
+    return {
+        "airtime_by_kind_s": {
+            kind: round(v - before["airtime_by_kind_s"].get(kind, 0.0), 3)
+            for kind, v in after["airtime_by_kind_s"].items()
+        },
+        **{
+            key: after[key] - before[key]
+            for key in (
+                "block_requests",
+                "block_transmissions",
+                "broadcast_groups",
+                "mid_joins",
+                "windows",
+            )  # fmt: skip
+        },
+        "group_sizes": {size: n for size, n in sizes.items() if n},
+    }
 
 
 def train_agent(out: Path, zoo_dir: Path, world: World, capacity: int, *, seed: int) -> None:
@@ -254,10 +312,16 @@ def agent_applied(edge: str) -> int:
 
 
 def warm_up(controller: str, edge: str, run_dir: Path, requests: Sequence[str]) -> None:
-    """Clients fetch ``requests``; then wait until the agent has decided on what it saw and
-    holds what it wants (bounded: 120 s)."""
+    """Clients fetch ``requests``; then the agent settles (:func:`settle`)."""
     for proc in start_clients(controller, run_dir, requests):
         finish_client(proc)
+    held = settle(edge)
+    print(f"[{DECENTRALISED}] after warm-up the edge holds {held}", flush=True)
+
+
+def settle(edge: str) -> list[str]:
+    """Wait until the agent has decided (twice) on the demand it has seen and holds what it
+    wants (bounded: 120 s); the models it holds."""
     seen = int(httpx.get(f"{edge}/v1/agent", timeout=30).json()["decisions"])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -265,7 +329,19 @@ def warm_up(controller: str, edge: str, run_dir: Path, requests: Sequence[str]) 
         if doc["decisions"] > seen + 1 and doc["held_models"] == doc["wanted_models"]:
             break
         time.sleep(0.5)
-    print(f"[{DECENTRALISED}] after warm-up the edge holds {doc['held_models']}", flush=True)
+    held: list[str] = doc["held_models"]
+    return held
+
+
+def freeze(edge: str, token: str, *, frozen: bool) -> None:
+    """Freeze (or thaw) the edge's agent: while frozen it keeps its cache (``PUT /v1/agent``),
+    so a row is measured against the placement it started with, the one the simulator gets."""
+    httpx.put(
+        f"{edge}/v1/agent",
+        json={"enabled": True, "frozen": frozen},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).raise_for_status()
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:

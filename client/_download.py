@@ -265,22 +265,29 @@ class Downloader:
             else:
                 # Blocks the edge pulls (migrate / via the origin) travel apart from those it
                 # holds, in one batch sent first: the edge answers it once they are in, and its
-                # radio sends the held ones meanwhile.
+                # radio sends the held ones meanwhile. The held ones then take the source's
+                # other connections only, so every request of the fetch is in flight from the
+                # start: a broadcast edge groups blocks by the requests it has when they go
+                # on the air, and a batch queued behind the pull would come seconds late.
                 pulled = [i for i in items if self._route.pulled(i.block_id, index)]
                 held = [i for i in items if not self._route.pulled(i.block_id, index)]
                 if pulled:
                     tasks.append(_Task(index, "batch", pulled, pulled=True))
                 if held:
-                    tasks.extend(_Task(index, "batch", run) for run in self._plan_edge(held))
+                    runs = self._plan_edge(
+                        held, connections=self._opts.connections_per_source - bool(pulled)
+                    )
+                    tasks.extend(_Task(index, "batch", run) for run in runs)
         # Pulled batches, then largest first, so the long transfers start early and the tail
         # stays short.
         tasks.sort(key=lambda t: (not t.pulled, -total_bytes(t.items)))
         return tasks
 
-    def _plan_edge(self, items: list[Span]) -> list[list[Span]]:
-        """Split the blocks, in file order, into a few batches of about equal bytes."""
+    def _plan_edge(self, items: list[Span], *, connections: int) -> list[list[Span]]:
+        """Split the blocks, in file order, into a few batches of about equal bytes (one per
+        connection, more only past ``batch_bytes``)."""
         total = total_bytes(items)
-        count = max(self._opts.connections_per_source, -(-total // max(1, self._opts.batch_bytes)))
+        count = max(connections, 1, -(-total // max(1, self._opts.batch_bytes)))
         count = min(count, max(1, total // READ_CHUNK_BYTES), len(items))
         return even_batches(items, parts=count)
 

@@ -268,11 +268,14 @@ class RouteDelivery(BaseModel):
 
 class AgentSwitch(BaseModel):
     """``PUT /v1/agent`` on an edge node: ``enabled`` false hands the node back to the
-    controller's plans, true resumes its agent (decentralised mode)."""
+    controller's plans, true resumes its agent (decentralised mode); ``frozen`` true keeps the
+    node's cache as it is (the agent observes demand but applies no plan) until ``frozen``
+    false; left out: unchanged."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool
+    frozen: bool | None = None
 
 
 class AgentHandover(BaseModel):

@@ -42,7 +42,10 @@ the agent is on. ``PUT /v1/agent {"enabled": false}`` hands the node back to the
 again and its plans are accepted); ``{"enabled": true}`` resumes the agent. The switch is
 kept in ``DATA_DIR/agent.json``, so a node handed back stays handed back when it restarts. The
 controller does both for an operator and plans at once (``POST /v1/agents:takeover|release``,
-:mod:`controller.agents`, ``trimcache agents``).
+:mod:`controller.agents`, ``trimcache agents``). ``"frozen": true``
+keeps the node's cache as it is: the agent still observes demand and decides
+(``wanted_models``) but applies nothing until ``"frozen": false`` (a measurement against a
+known placement: bench/delivery.py).
 """
 
 from __future__ import annotations
@@ -321,6 +324,10 @@ class EdgeAgent:
         #: ``DATA_DIR/agent.json``: a node handed to the controller stays handed over.
         self._state_path = settings.data_dir / STATE_FILE
         self.enabled = _read_enabled(self._state_path)
+        #: Frozen: the node keeps its cache (the agent observes demand and decides, but
+        #: applies no plan), e.g. while a measurement runs against a known placement
+        #: (bench/delivery.py).
+        self.frozen = False
         #: Set by the app: a heartbeat now (after the node's holdings changed).
         self.on_change: Callable[[], None] | None = None
         self._manifests: dict[str, ModelManifest] = {}
@@ -341,6 +348,12 @@ class EdgeAgent:
         logger.info("agent node_id=%s %s", self.node.node_id, "on" if enabled else "handed back")
         if self.on_change is not None:
             self.on_change()
+
+    def set_frozen(self, frozen: bool) -> None:
+        # Under the decision lock: once this returns, no decision of before is being applied.
+        with self._lock:
+            self.frozen = frozen
+        logger.info("agent node_id=%s %s", self.node.node_id, "frozen" if frozen else "thawed")
 
     def start(self) -> None:
         self._thread.start()
@@ -378,8 +391,8 @@ class EdgeAgent:
             wanted = self._decide(manifests, shares, holdings)
             held = {m.model_id for m in self.node.complete_models()}
             placed = {m.model_id for m in self.node.manifests()}
-            if wanted == held and wanted == placed:
-                return False
+            if self.frozen or (wanted == held and wanted == placed):
+                return False  # frozen: decided (``wanted_models``), not applied
             return self._apply(sorted(wanted))
 
     def _decide(
@@ -518,6 +531,7 @@ class EdgeAgent:
         s = self.status
         return {
             "enabled": self.enabled,
+            "frozen": self.frozen,
             "policy": POLICY,
             "checkpoint": str(self.policy.path),
             "node_index": self.policy.index,

@@ -124,6 +124,7 @@ class UserWindows:
         self._end: dict[str, float] = {}
         self._live: dict[str, int] = {}
         self._idle_since: dict[str, float] = {}
+        self.windows = 0  # windows opened (one per fetch)
 
     def open(self, user: str, now: float) -> float:
         """A request of ``user`` starts: the end of its window."""
@@ -131,6 +132,7 @@ class UserWindows:
         idle = self._idle_since.get(user)
         if live == 0 and (idle is None or now - idle >= self.window_s):
             self._end[user] = now + self.window_s
+            self.windows += 1
         self._live[user] = live + 1
         self._idle_since.pop(user, None)
         return self._end[user]

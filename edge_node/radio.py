@@ -181,6 +181,7 @@ class RadioStats:
     jobs_abandoned: int = 0
     followed: int = 0  # blocks delivered at another edge's transmission (cluster groups)
     takeovers: int = 0  # cluster groups this edge took over from a gone leader
+    air_end: float = 0.0  # when this edge's last booked airtime ends (monotonic s)
 
 
 @dataclass(slots=True)
@@ -334,6 +335,7 @@ class Radio:
             )
             tau = n / rate
             end = self.ledger.book(tau)
+            self.stats.air_end = max(self.stats.air_end, end)
             wait = end - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -524,6 +526,8 @@ class Radio:
             "broadcast_groups": s.broadcast_groups,
             "group_sizes": {str(k): v for k, v in sorted(s.group_sizes.items())},
             "mid_joins": s.mid_joins,
+            "air_end_monotonic_s": round(s.air_end, 6),
+            "windows": self._windows.windows,
             "members_left": s.members_left,
             "jobs_abandoned": s.jobs_abandoned,
             "queued_jobs": len(self._queue),

@@ -1,13 +1,15 @@
 """Decentralised mode on the real test-profile testbed (``testbed up --agent-checkpoint``).
 
-One testbed (Redis, origin, controller, one edge with room for one model of the test zoo) whose
-edge runs a ``marl`` checkpoint trained here (seeded, seconds: testbed/agent.py on the zoo's
-manifests, one instance per hot model). Real SDK fetches into fresh device caches:
+One testbed (Redis, origin, controller, one edge with room for one model of the test zoo,
+emulating the default world's radio) whose edge runs a ``marl`` checkpoint trained here
+(seeded, seconds: testbed/agent.py on the zoo's manifests, one instance per hot model). Real
+SDK fetches into fresh device caches:
 
 - the controller plans nothing for the edge (it announces ``cache_policy: marl``) and routes
   clients near it to it;
 - after clients ask for one model, the agent caches it without any controller plan, within its
   capacity, and routes name the edge for it (the origin's counter stays still on a new fetch);
+- frozen (``PUT /v1/agent {"frozen": true}``), it decides on shifted demand but keeps its cache;
 - when demand shifts to another model, the agent evicts the first and caches the second;
 - ``PUT /v1/agent {"enabled": false}`` hands the node back: the controller plans it again;
 - ``trimcache agents release|takeover`` (``POST /v1/agents:release|takeover``) do the same from
@@ -60,7 +62,7 @@ def agent_testbed(tmp_path: Path, zoo_dir: Path) -> Iterator[dict[str, Any]]:
         launcher.LaunchOptions(
             state_dir=state_dir, edges=1, zoo_dir=zoo_dir, capacity_bytes=CAPACITY,
             profile="test", agent_checkpoint=checkpoint, agent_interval_s=0.5,
-            controller_port=0, timeout_s=120,
+            controller_port=0, timeout_s=120, world="default",
         )
     )  # fmt: skip
     try:
@@ -101,6 +103,11 @@ def test_agent_edge_adapts_to_demand_without_a_plan(
         report = fetch(FIRST)
         assert report["bytes_by_kind"]["edge"] > 0
     assert agent()["demand"] == {FIRST: 1.0}
+    # Pulled through, the blocks still go out on the edge's radio as whole blocks (a broadcast
+    # edge groups them with other requests), not as unicast bytes.
+    radio = _json(f"{edge_url}/v1/stats")["radio"]
+    assert radio["block_requests"] > 0
+    assert radio["airtime_by_kind_s"]["bytes"] < 0.01 * radio["airtime_by_kind_s"]["block"], radio
 
     def holds(model_id: str) -> bool:  # held, and the agent's local plan is done
         doc = agent()
@@ -128,8 +135,32 @@ def test_agent_edge_adapts_to_demand_without_a_plan(
     assert report["bytes_pulled_by_edges"] == {}
     assert _json(f"{origin}/v1/stats")["bytes_served"] == before
 
-    # 2. Demand shifts to SECOND: once it dominates what the edge observes, the agent evicts
-    # FIRST (one model fits) and caches SECOND.
+    # 2. Frozen, the agent decides on the shifted demand but keeps the cache as it is.
+    token = {"Authorization": f"Bearer {state['auth_token']}"}
+
+    def put_agent(body: dict[str, Any]) -> dict[str, Any]:
+        reply = httpx.put(f"{edge_url}/v1/agent", json=body, headers=token, timeout=10)
+        assert reply.status_code == 200, reply.text
+        doc: dict[str, Any] = reply.json()
+        return doc
+
+    assert put_agent({"enabled": True, "frozen": True})["frozen"] is True
+    applied = agent()["applied"]
+    for _ in range(12):
+        fetch(SECOND)
+        try:
+            wait_until(lambda: SECOND in agent()["wanted_models"], timeout_s=5)
+            break
+        except TimeoutError:
+            continue
+    doc = agent()
+    assert SECOND in doc["wanted_models"], doc  # decided ...
+    assert doc["applied"] == applied and FIRST in doc["held_models"]  # ... not applied
+    assert SECOND not in doc["held_models"]
+    assert put_agent({"enabled": True, "frozen": False})["frozen"] is False
+
+    # 3. Thawed: demand has shifted to SECOND; the agent evicts FIRST (one model fits) and
+    # caches SECOND.
     for _ in range(12):
         fetch(SECOND)
         try:
@@ -148,8 +179,7 @@ def test_agent_edge_adapts_to_demand_without_a_plan(
     assert first_source.get("node_id") == edge["node_id"]
     assert _json(f"{controller}/v1/placement")["servers"] == {}
 
-    # 3. Take over: the edge is handed back and the controller plans it again.
-    token = {"Authorization": f"Bearer {state['auth_token']}"}
+    # 4. Take over: the edge is handed back and the controller plans it again.
     refused = httpx.put(f"{edge_url}/v1/plan", json={}, headers=token, timeout=10)
     assert refused.status_code in (400, 422)
     reply = httpx.put(f"{edge_url}/v1/agent", json={"enabled": False}, headers=token, timeout=10)

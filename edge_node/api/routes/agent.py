@@ -28,7 +28,9 @@ def get_agent(agent: AgentDep) -> dict[str, Any]:
 @router.put("/v1/agent", dependencies=[AuthDep])
 def put_agent(body: AgentSwitch, agent: AgentDep) -> dict[str, Any]:
     """``enabled: false``: the agent stops deciding and the controller plans the node again;
-    ``true``: the agent decides again (and plans are refused)."""
+    ``true``: the agent decides again (and plans are refused). ``frozen``: see AgentSwitch."""
     found = _agent(agent)
+    if body.frozen is not None:
+        found.set_frozen(body.frozen)
     found.set_enabled(body.enabled)
     return found.to_dict()

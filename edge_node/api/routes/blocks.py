@@ -128,6 +128,9 @@ def _batch_pulled(
         servable = node.ensure_servable(ids)
         declare_blocks(raw.scope, servable)  # the radio may broadcast them (edge_node.radio)
         return pieces_response(node, node.blocks_pieces(servable), status_code=200, headers=headers)
+    # The body is the blocks, whole, in order, pulled ones included: the radio groups them as
+    # any batch (else every byte of the request went out as its own unicast).
+    declare_blocks(raw.scope, blocks)
     # Pulled blocks live in the pull buffer only while their window is sent (as below).
     return pieces_response(
         node, pull.serve(repo, windows), status_code=200, headers=headers, zero_copy=False
