@@ -620,15 +620,20 @@ class IncrementalDelay:
             t, np.concatenate(jobs_l), np.hstack(key_l), np.hstack(tau_l), np.hstack(prep_l)
         )
 
-    def add(self, node_id: str, unit: str) -> None:
-        """``node_id`` now holds ``unit``: update its slots' jobs and schedules."""
+    def _mark_held(self, node_id: str, unit: str) -> list[tuple[int, list[int]]]:
+        """Record that ``node_id`` holds ``unit``; the (slot, entries) requesting it, by slot."""
         b = self.unit_index[unit]
         self.holders[b, self.node_index[node_id]] = True
         self.any_held[b] = True
         touched: dict[int, list[int]] = {}
         for t, e in self.entries_of.get(b, ()):
             touched.setdefault(t, []).append(e)
-        for t, es in sorted(touched.items()):
+        return sorted(touched.items())
+
+    def add(self, node_id: str, unit: str) -> None:
+        """``node_id`` now holds ``unit``: update its slots' jobs and schedules."""
+        b = self.unit_index[unit]
+        for t, es in self._mark_held(node_id, unit):
             s = self.schedules[t]
             key, tau, prep = s.key.copy(), s.tau.copy(), s.prep.copy()
             for e in es:

@@ -354,12 +354,7 @@ class UnicastDelay(IncrementalDelay):
     def add(self, node_id: str, unit: str) -> None:
         """``node_id`` now holds ``unit``: update its slots' jobs, users and schedules."""
         b = self.unit_index[unit]
-        self.holders[b, self.node_index[node_id]] = True
-        self.any_held[b] = True
-        touched: dict[int, list[int]] = {}
-        for t, e in self.entries_of.get(b, ()):
-            touched.setdefault(t, []).append(e)
-        for t, es in sorted(touched.items()):
+        for t, es in self._mark_held(node_id, unit):
             ptr = self._entry_ptr[t]
             for e in es:
                 entry = self.entries[t][e]
