@@ -10,7 +10,6 @@ evaluator's gains_many (many candidates, each at its own node) against its gains
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import pytest
@@ -19,21 +18,13 @@ from controller.delay.incremental import IncrementalDelay
 from controller.delay.lazy import FreshGains
 from controller.delay.model import DelayInstance
 from controller.delay.problem import DelayProblem
-from controller.delay.scenario import DelayScenario, make_delay_problem, scaled_delay_problem
+from controller.delay.scenario import scaled_delay_problem
 from controller.delay.solvers import greedy_placement, solve_delay_greedy
+from tests.controller.delay.test_incremental import _grown as grown
 
 
 def _grown(seed: int, factor: int, capacity_gb: float, *, cluster_size: int = 0) -> DelayProblem:
-    scenario = dataclasses.replace(
-        DelayScenario(),
-        n_servers=6 * factor,
-        n_users=24 * factor,
-        models_per_family=3 * factor,
-        area_m=800.0 * factor**0.5,
-        capacity_gb=capacity_gb,
-        cluster_size=cluster_size,
-    )
-    return make_delay_problem(scenario, seed=seed)
+    return grown(seed, factor, capacity_gb=capacity_gb, cluster_size=cluster_size)
 
 
 def _broadcast_cases() -> list[tuple[str, DelayProblem, float]]:
