@@ -238,7 +238,8 @@ def test_the_worker_ends_with_a_killed_controller(tmp_path: Path) -> None:
     code = (
         "import os, time\n"
         "from controller.plan_worker import PlanWorker\n"
-        "print(PlanWorker().run(os.getpid), flush=True)\n"
+        "worker = PlanWorker()  # kept: a collected pool shuts its worker down\n"
+        "print(worker.run(os.getpid), flush=True)\n"
         "time.sleep(600)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
