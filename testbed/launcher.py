@@ -240,12 +240,19 @@ def _running(process: psutil.Process) -> bool:
         return True  # exists, but we may not look at it
 
 
+#: How far two readings of one process's start time may differ. psutil derives it from the boot
+#: time in /proc/stat, whole seconds of wall clock minus uptime: when the clock is stepped (NTP on
+#: a machine that just booted) a later reading moves by a second. A reused pid starts later.
+START_TIME_SLACK_S = 2.0
+
+
 def process_alive(pid: int, create_time: float | None = None) -> bool:
-    """Whether ``pid`` runs (not a zombie) and, when given, started at ``create_time``."""
+    """Whether ``pid`` runs (not a zombie) and, when given, started at ``create_time``
+    (within :data:`START_TIME_SLACK_S`)."""
     _reap(pid)
     try:
         process = psutil.Process(pid)
-        same = create_time is None or process.create_time() == create_time
+        same = create_time is None or abs(process.create_time() - create_time) <= START_TIME_SLACK_S
     except psutil.NoSuchProcess:
         return False
     except psutil.Error:

@@ -133,9 +133,22 @@ def test_a_recycled_pid_is_never_signalled(
 ) -> None:
     started = launcher._create_time(sleeper.pid)
     assert started is not None
-    impostor = Service("old", "edge", "http://x", sleeper.pid, started - 1, tmp_path / "log")
+    earlier = started - 10 * launcher.START_TIME_SLACK_S
+    impostor = Service("old", "edge", "http://x", sleeper.pid, earlier, tmp_path / "log")
     assert launcher.stop_services([impostor], grace_s=1) == []
     assert sleeper.poll() is None
+
+
+def test_a_clock_step_does_not_disown_a_service(
+    sleeper: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    """psutil's start time moves by a whole second when the wall clock is stepped (it is boot
+    time, in whole seconds, plus ticks): the service recorded before the step is still ours."""
+    started = launcher._create_time(sleeper.pid)
+    assert started is not None
+    recorded = Service("sleeper", "edge", "http://x", sleeper.pid, started - 1.0, tmp_path / "log")
+    assert launcher.stop_services([recorded], grace_s=5) == ["sleeper"]
+    assert sleeper.poll() is not None
 
 
 def test_status_and_down_without_a_testbed(tmp_path: Path) -> None:
