@@ -1,7 +1,8 @@
 """Delay of model delivery on the testbed vs K users: ``python -m bench.delivery --ks 1,2,4,8,16``.
 
 Issue 17's must-show bench. For each mode it starts one process testbed (test zoo, one edge
-emulating the one-edge world of :func:`world_file`: the delay model's 20 MHz downlink, the
+emulating the one-edge world of :func:`world_file`: the delay model's 20 MHz downlink
+(``--bandwidth-mhz``), the
 default backhaul emulated (12.5 MB/s, 30 ms); blocks the edge lacks come from the origin
 through the edge and its radio, the model's cloud path; ``testbed up --world FILE
 --objective delay --solver S --broadcast-window-s W``), waits for the controller's first
@@ -60,13 +61,20 @@ from typing import Any
 import httpx
 
 from bench.broadcast import finish_client, radio_stats, start_clients
+from controller.adapters import base_models, with_bases
 from controller.delay.model import P95, evaluate_delay, percentile_nearest_rank
 from core.manifest import ModelManifest
 from core.world import World
 from testbed import launcher
 from testbed.experiment import popularity
 from testbed.topology import grid_topology
-from testbed.world import DEFAULT_BACKHAUL, build_world, world_problem, write_world
+from testbed.world import (
+    DEFAULT_BACKHAUL,
+    DEFAULT_CHANNEL,
+    build_world,
+    world_problem,
+    write_world,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results" / "delivery.jsonl"
@@ -90,11 +98,15 @@ WARMUP = 16
 TRAIN_BACKHAUL_BYTES_PER_S = 12.5e6
 
 
-def world_file(path: Path) -> Path:
-    """The one-edge world of the bench: the delay model's 20 MHz downlink and the default
-    emulated backhaul (12.5 MB/s, 30 ms; edge_node.wired), so blocks the edge lacks take the
-    model's cloud path (backhaul, then the edge's radio)."""
-    doc = build_world(grid_topology(1), backhaul=DEFAULT_BACKHAUL, radio_latency_ms=0.0)
+def world_file(path: Path, *, bandwidth_hz: float = DEFAULT_CHANNEL.bandwidth_hz) -> Path:
+    """The one-edge world of the bench: the delay model's reference downlink (20 MHz unless
+    ``bandwidth_hz`` says otherwise) and the default emulated backhaul (12.5 MB/s, 30 ms;
+    edge_node.wired), so blocks the edge lacks take the model's cloud path (backhaul, then the
+    edge's radio)."""
+    channel = dataclasses.replace(DEFAULT_CHANNEL, bandwidth_hz=bandwidth_hz)
+    doc = build_world(
+        grid_topology(1), channel=channel, backhaul=DEFAULT_BACKHAUL, radio_latency_ms=0.0
+    )
     return write_world(path, doc)
 
 
@@ -105,16 +117,14 @@ def workload(k: int, catalogue: Sequence[str], seed: int) -> list[str]:
     return rng.choices(list(row), [row[m] for m in row], k=k)
 
 
-def delivered_blocks(zoo_dir: Path, manifests: dict[str, ModelManifest]) -> dict[str, list[str]]:
+def delivered_blocks(
+    rows: Sequence[dict[str, Any]], models: dict[str, list[str]]
+) -> dict[str, list[str]]:
     """Model -> the blocks a client downloads for it: its own, plus its base model's for a
-    LoRA adapter (the SDK fetches an adapter's base too, client/_client.py)."""
-    zoo = json.loads((zoo_dir / "zoo.json").read_text())["models"]
-    by_repo = {m["repo_id"]: m["model_id"] for m in zoo}
-    out: dict[str, list[str]] = {mid: sorted(m.block_sizes()) for mid, m in manifests.items()}
-    for m in zoo:
-        if m["kind"] == "lora" and m["model_id"] in out and by_repo.get(m["base"]) in out:
-            out[m["model_id"]] = sorted({*out[m["model_id"]], *out[by_repo[m["base"]]]})
-    return out
+    LoRA adapter (the route names the base and the SDK fetches it alongside, client/_client.py).
+    ``rows`` are the catalogue's (``GET /v1/models``); the adapter -> base rule is the
+    controller's (:func:`controller.adapters.base_models`)."""
+    return {m: sorted(b) for m, b in with_bases(models, base_models(rows)).items()}
 
 
 def predicted(
@@ -158,12 +168,19 @@ def predicted(
 
 
 def run_mode(
-    mode: str, ks: Sequence[int], zoo_dir: Path, work: Path, *, window_s: float, seed: int
+    mode: str,
+    ks: Sequence[int],
+    zoo_dir: Path,
+    work: Path,
+    *,
+    window_s: float,
+    seed: int,
+    bandwidth_hz: float = DEFAULT_CHANNEL.bandwidth_hz,
 ) -> list[dict[str, Any]]:
     """One testbed for ``mode``; one row per K."""
     solver, broadcast = MODES[mode]
     window = window_s if broadcast else 0.0
-    world = world_file(work / "world.json")
+    world = world_file(work / "world.json", bandwidth_hz=bandwidth_hz)
     agent = work / "agent.pt" if mode == DECENTRALISED else None
     options = launcher.LaunchOptions(
         state_dir=work / "testbed", edges=1, zoo_dir=zoo_dir, profile="test",
@@ -181,9 +198,8 @@ def run_mode(
     rows: list[dict[str, Any]] = []
     try:
         edge, controller = state["edge_urls"][0], state["controller_url"]
-        catalogue = sorted(
-            m["model_id"] for m in httpx.get(f"{controller}/v1/models", timeout=30).json()["models"]
-        )
+        catalogue_rows = httpx.get(f"{controller}/v1/models", timeout=30).json()["models"]
+        catalogue = sorted(m["model_id"] for m in catalogue_rows)
         manifests = {
             m: ModelManifest.from_dict(
                 httpx.get(f"{controller}/v1/models/{m}", timeout=30).json()["manifest"]
@@ -213,6 +229,7 @@ def run_mode(
             seconds = [float(r["seconds"]) for r in results]
             row: dict[str, Any] = {
                 "mode": mode, "solver": solver, "window_s": window, "k": k,
+                "bandwidth_mhz": bandwidth_hz / 1e6,
                 "requests": requests, "held": held,
                 "mean_s": round(sum(seconds) / k, 3),
                 "p95_s": round(percentile_nearest_rank(seconds, P95), 3),
@@ -243,7 +260,9 @@ def run_mode(
                 predicted(
                     World.load(world),
                     manifests,
-                    delivered_blocks(zoo_dir, manifests),
+                    delivered_blocks(
+                        catalogue_rows, {m: sorted(f.block_sizes()) for m, f in manifests.items()}
+                    ),
                     held,
                     requests,
                     capacity=options.capacity_bytes,
@@ -413,6 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
     parser.add_argument("--window-s", type=float, default=0.1, help="broadcast window W")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--bandwidth-mhz",
+        type=float,
+        default=DEFAULT_CHANNEL.bandwidth_hz / 1e6,
+        help="the world's reference downlink bandwidth (MHz)",
+    )
     parser.add_argument("--plot-only", action="store_true", help="redraw from the JSON lines")
     args = parser.parse_args(argv)
     if not args.plot_only:
@@ -425,8 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for mode in args.modes.split(","):
             with tempfile.TemporaryDirectory(prefix="bench-delivery-") as tmp:
                 rows = run_mode(
-                    mode, ks, zoo_dir, Path(tmp), window_s=args.window_s, seed=args.seed
-                )
+                    mode, ks, zoo_dir, Path(tmp), window_s=args.window_s, seed=args.seed,
+                    bandwidth_hz=args.bandwidth_mhz * 1e6,
+                )  # fmt: skip
             with RESULTS.open("a") as fh:
                 for row in rows:
                     fh.write(json.dumps({"run": stamp, **row}) + "\n")

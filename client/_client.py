@@ -20,7 +20,10 @@ Internal logic of a fetch (:meth:`Client.fetch`):
    with per-block fallback (``_download``);
 4. assemble: copy repeated blocks to their other places, fsync when durable, rename the dir
    to ``cache_dir/models/<model_id>/`` (the files' sha256 follow from the verified blocks);
-5. load: transformers (and peft for a LoRA adapter, whose base model is fetched the same way);
+5. load: transformers (and peft for a LoRA adapter, whose base model is fetched the same way:
+   when the controller's route names it (``base_model_id``), in a second thread as soon as the
+   adapter's route is known, so both models' blocks are requested together; otherwise after
+   the adapter, from its ``adapter_config.json``);
 6. report the request and timings to the controller (best effort: never fails the fetch).
 
 Controller replicas: ``controller_url`` may list several (a comma-separated string or a
@@ -43,11 +46,14 @@ origin's URL. The repo id is ``repo_id=`` if given, else the one of the model's 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +217,7 @@ class Client:
         self.cache = DeviceCache(cache_path, durable=durable)
         self.options = options or DownloadOptions()
         self._origin_urls: set[str] = set()
+        self._local = threading.local()
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
@@ -392,7 +399,16 @@ class Client:
         raise ModelNotFoundError(f"base model {base_repo} of the adapter is not registered")
 
     # -- fetching --------------------------------------------------------------------------
-    _progress: FetchProgress | None = None
+    @property
+    def _progress(self) -> FetchProgress | None:
+        """The UI hooks of the fetch running in this thread (an adapter's base is fetched in
+        another thread, without hooks)."""
+        progress: FetchProgress | None = getattr(self._local, "progress", None)
+        return progress
+
+    @_progress.setter
+    def _progress(self, progress: FetchProgress | None) -> None:
+        self._local.progress = progress
 
     def fetch(
         self,
@@ -424,20 +440,75 @@ class Client:
                 and the model is not in the device cache.
             DiskFullError: the device cache is out of space.
         """
+        return self._fetch_model(
+            model_id, repo_id=repo_id, revision=revision, load=load, progress=progress
+        )
+
+    def _fetch_model(
+        self,
+        model_id: str,
+        *,
+        repo_id: str | None,
+        revision: str,
+        load: bool,
+        progress: FetchProgress | None,
+        defer: frozenset[BlockId] = frozenset(),
+        after: threading.Event | None = None,
+    ) -> FetchedModel:
+        """:meth:`fetch`; ``defer``: blocks to copy from another model's files once ``after``
+        is set (the adapter this base is fetched alongside) rather than download twice."""
         check_model_id(model_id)
         self._progress = progress
         start = time.perf_counter()
         timer = _Timer(dict.fromkeys(PHASES, 0.0))
         try:
-            fetched = self._fetch(model_id, repo_id, revision, timer)
-            if fetched.is_adapter:
-                base_repo = _adapter_base(fetched.path)
-                assert base_repo is not None
-                base_id = self._base_model_id(base_repo)
-                base = self.fetch(base_id, repo_id=base_repo, revision=revision, load=False)
-                self._progress = progress
-                fetched.base_path = base.path
-                _merge_base_report(fetched.report, base.report, timer)
+            # A LoRA adapter's route names its base: the base is fetched in a second thread
+            # from then on, so its blocks go out together with the adapter's (one broadcast
+            # window of this user), not after them; the blocks both share (tokenizer files)
+            # it copies from the adapter's files when the adapter is done. The pool's exit
+            # waits for the base's fetch.
+            adapter_done = threading.Event()
+            with ThreadPoolExecutor(1, thread_name_prefix="trimcache-base") as pool:
+                base_fetch: list[Future[FetchedModel]] = []
+
+                def routed(route: Route) -> None:
+                    if route.base_model_id is None:
+                        return
+                    job = functools.partial(
+                        self._fetch_model,
+                        route.base_model_id,
+                        repo_id=None,
+                        revision=revision,
+                        load=False,
+                        progress=None,
+                        defer=frozenset(route.manifest.block_sizes()),
+                        after=adapter_done,
+                    )
+                    base_fetch.append(pool.submit(job))
+
+                try:
+                    fetched = self._fetch(
+                        model_id,
+                        repo_id,
+                        revision,
+                        timer,
+                        on_route=routed,
+                        defer=defer,
+                        after=after,
+                    )
+                finally:
+                    adapter_done.set()
+                if fetched.is_adapter:
+                    if base_fetch:
+                        base = base_fetch[0].result()
+                    else:  # no controller route (edge, origin, offline): the base after
+                        base_repo = _adapter_base(fetched.path)
+                        assert base_repo is not None
+                        base_id = self._base_model_id(base_repo)
+                        base = self.fetch(base_id, repo_id=base_repo, revision=revision, load=False)
+                        self._progress = progress
+                    fetched.base_path = base.path
+                    _merge_base_report(fetched.report, base.report, timer)
             if load:
                 if progress is not None:
                     progress.on_phase(model_id, "load")
@@ -466,7 +537,15 @@ class Client:
         return fetched
 
     def _fetch(
-        self, model_id: str, repo_id: str | None, revision: str, timer: _Timer
+        self,
+        model_id: str,
+        repo_id: str | None,
+        revision: str,
+        timer: _Timer,
+        *,
+        on_route: Callable[[Route], None] | None = None,
+        defer: frozenset[BlockId] = frozenset(),
+        after: threading.Event | None = None,
     ) -> FetchedModel:
         progress = self._progress
         cache = self.cache
@@ -491,6 +570,8 @@ class Client:
                 manifest = route.manifest
                 cache.put_manifest(manifest)
                 self._origin_urls.update(s.url for s in route.sources if s.kind == "origin")
+            if on_route is not None:
+                on_route(route)
             sizes = manifest.block_sizes()
             report: dict[str, Any] = {
                 "model_id": model_id,
@@ -515,7 +596,7 @@ class Client:
             elif cache.is_assembled(manifest):
                 local_ids = set(sizes)
             else:
-                local_ids, download = self._write_files(route, timer)
+                local_ids, download = self._write_files(route, timer, defer=defer, after=after)
         local_bytes = sum(sizes[b] for b in local_ids)
         report["bytes_by_source"] = {LOCAL: local_bytes, **download.bytes_by_source}
         report["blocks_by_source"] = {LOCAL: len(local_ids), **download.blocks_by_source}
@@ -530,8 +611,19 @@ class Client:
         ]
         return FetchedModel(model_id, path, report)
 
-    def _write_files(self, route: Route, timer: _Timer) -> tuple[set[BlockId], DownloadResult]:
+    def _write_files(
+        self,
+        route: Route,
+        timer: _Timer,
+        *,
+        defer: frozenset[BlockId] = frozenset(),
+        after: threading.Event | None = None,
+    ) -> tuple[set[BlockId], DownloadResult]:
         """Verify/copy local blocks, download the rest in place, publish the files.
+
+        Blocks in ``defer`` are not downloaded at first: once ``after`` is set they are copied
+        from the cache's complete models (another fetch brings them), and what is still
+        missing then is downloaded.
 
         Returns:
             The blocks that came from the device itself, and what the download moved.
@@ -557,7 +649,15 @@ class Client:
                 )
                 progress.on_phase(manifest.model_id, "download")
             with timer.phase("download"):
-                download = self._download(route, writer, list(missing))
+                download = self._download(route, writer, [b for b in missing if b not in defer])
+            if any(b in defer for b in missing):
+                if after is not None:
+                    after.wait()  # not a phase of this model: the other fetch's time
+                with timer.phase("verify"):
+                    local_ids |= set(writer.copy_in(self.cache.block_index()))
+                    rest = writer.missing()
+                with timer.phase("download"):
+                    _add_download(download, self._download(route, writer, list(rest)))
             if progress is not None:
                 progress.on_phase(manifest.model_id, "assemble")
             with timer.phase("assemble"):
@@ -627,6 +727,17 @@ class Client:
                 logger.info("demand report refused: %s %s", response.status_code, response.text)
         except httpx.HTTPError as exc:  # reporting is best effort: never fail the fetch
             logger.info("demand report failed: %s", exc)
+
+
+def _add_download(total: DownloadResult, more: DownloadResult) -> None:
+    for url, n in more.bytes_by_source.items():
+        total.bytes_by_source[url] = total.bytes_by_source.get(url, 0) + n
+    for url, n in more.blocks_by_source.items():
+        total.blocks_by_source[url] = total.blocks_by_source.get(url, 0) + n
+    for url, n in more.pulled_by_source.items():
+        total.pulled_by_source[url] = total.pulled_by_source.get(url, 0) + n
+    total.failures.extend(more.failures)
+    total.wasted_bytes += more.wasted_bytes
 
 
 def _merge_base_report(report: dict[str, Any], base: Mapping[str, Any], timer: _Timer) -> None:

@@ -9,6 +9,8 @@ has an origin it is the last candidate of every block ("ending at the origin").
 holds it, it *migrates* it from a neighbour edge (``migrate_from``), or it pulls it from the
 origin (``how: "origin"`` with an edge as ``source``) while it sends it; the download asks such
 an edge with ``"migrate": true`` (+ ``migrate_from`` / ``via_origin``, client._download).
+``base_model_id`` (optional) names a LoRA adapter's base model, which the SDK then fetches at
+the same time as the adapter (client._client).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Literal
 
 from core.digest import BlockId
 from core.errors import ManifestError
-from core.manifest import ModelManifest
+from core.manifest import ModelManifest, check_model_id
 from core.wire import DeliveryHow, RouteDelivery, RouteSource
 
 from ._errors import ClientError
@@ -56,6 +58,8 @@ class Route:
     sources: tuple[Source, ...]
     blocks: Mapping[BlockId, tuple[int, ...]]
     delivery: Mapping[BlockId, Delivery] = field(default_factory=dict)
+    #: A LoRA adapter's base model (the controller names it): fetched alongside the adapter.
+    base_model_id: str | None = None
 
     def migrate_from(self, block_id: BlockId, source: int) -> str | None:
         """The URL ``source`` migrates ``block_id`` from, when the route says it does."""
@@ -116,6 +120,9 @@ def parse_route(data: Any) -> Route:
         parsed_delivery = {
             BlockId(b): RouteDelivery.model_validate(d) for b, d in raw_delivery.items()
         }
+        base_model_id = data.get("base_model_id")
+        if base_model_id is not None:
+            base_model_id = check_model_id(base_model_id)
     except (KeyError, TypeError, AttributeError, ValueError, ManifestError) as exc:
         raise ClientError(f"malformed route from controller: {exc}") from exc
     origins = [i for i, s in enumerate(sources) if s.kind == "origin"]
@@ -138,7 +145,7 @@ def parse_route(data: Any) -> Route:
         if d.source >= len(sources) or (d.migrate_from or 0) >= len(sources):
             raise ClientError(f"malformed route: bad delivery indexes for block {block_id}")
         delivery[block_id] = Delivery(d.source, d.how, d.migrate_from)
-    return Route(manifest.model_id, manifest, sources, blocks, delivery)
+    return Route(manifest.model_id, manifest, sources, blocks, delivery, base_model_id)
 
 
 def single_source_route(manifest: ModelManifest, source: Source) -> Route:

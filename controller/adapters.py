@@ -1,13 +1,15 @@
 """LoRA adapters in the placement problem: an adapter is usable only together with its base model.
 
 A repo with ``adapter_config.json`` (PEFT) is an adapter; its ``base_model_name_or_path`` names
-the base model's repo. The SDK fetches an adapter and then its base (``client.Client.fetch``),
-so a request for an adapter is served by edges only when the adapter's blocks *and* the base's
-are there. The placement problem counts that by giving an adapter the block set "adapter blocks
-plus base blocks" (:func:`with_bases`): solvers, :func:`~controller.placement.evaluate` and the
-simulator then see an adapter as a hit only where both are held (one server holding the union,
-the problem's model of a hit), and its storage as what the base does not already bring. Its
-size for the deadline (reachability) is the adapter's bytes plus the base's.
+the base model's repo. The route of an adapter names its base (``base_model_id``, from
+:func:`base_models`: controller.route_cache) and the SDK fetches both at once
+(``client.Client.fetch``), so a request for an adapter is served by edges only when the
+adapter's blocks *and* the base's are there. The placement problem counts that by giving an
+adapter the block set "adapter blocks plus base blocks" (:func:`with_bases`): solvers,
+:func:`~controller.placement.evaluate` and the simulator then see an adapter as a hit only where
+both are held (one server holding the union, the problem's model of a hit), and its storage as
+what the base does not already bring. Its size for the deadline (reachability) is the adapter's
+bytes plus the base's.
 
 Where the base comes from: :func:`read_base_repo` reads ``adapter_config.json`` from the origin
 when the adapter is indexed (:func:`controller.indexer.add_model`) and the catalogue entry keeps

@@ -1,8 +1,9 @@
 """Route answers cached per routing state: one Redis GET per request instead of a rebuild.
 
 A route (:func:`controller.routing.build_route`) depends only on the catalogue entry of the
-model, the live nodes (url, position, confirmed holdings, dropping, cache policy), the active
-topology, the client's point (from its area or x/y) and the origin URL. This module keeps:
+model (and, for a LoRA adapter, which catalogued model is its base), the live nodes (url,
+position, confirmed holdings, dropping, cache policy), the active topology, the client's point
+(from its area or x/y) and the origin URL. This module keeps:
 
 - a *snapshot* of those inputs (live nodes, catalogue, topology, block sets) tagged with the
   ``ctl:routing:stamp`` token it was read under and a *deadline*: the read time plus the
@@ -49,6 +50,7 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 
+from controller.adapters import base_models
 from controller.errors import ModelNotFoundError, StateUnavailableError
 from controller.live_groups import LiveGroups
 from controller.planner import Planner
@@ -77,6 +79,8 @@ class _Snapshot:
     catalogue: dict[str, CatalogueEntry]
     topology: Topology
     blocks_by_model: dict[str, frozenset[str]]
+    #: Adapter model id -> its base's (:func:`controller.adapters.base_models`).
+    bases: dict[str, str]
 
 
 def _fresh(snapshot: _Snapshot | None, stamp: str | None) -> bool:
@@ -194,7 +198,13 @@ class RouteCache:
         held = [catalogue[m] for m in sorted(held_ids) if m in catalogue]
         deadline = started + first_expiry_s if first_expiry_s is not None else float("inf")
         snapshot = _Snapshot(
-            stamp, deadline, nodes, catalogue, topology, self.planner.blocks_by_model(held)
+            stamp,
+            deadline,
+            nodes,
+            catalogue,
+            topology,
+            self.planner.blocks_by_model(held),
+            base_models([e.summary() for e in catalogue.values()]),
         )
         return snapshot, self.state.routing_stamp() == stamp
 
@@ -281,6 +291,7 @@ class RouteCache:
                 origin_url=self.origin_url,
                 objective=self.planner.settings.objective,
                 migration=self.planner.settings.route_migration,
+                base_model_id=snapshot.bases.get(model_id),
             ),
             ensure_ascii=False,
             allow_nan=False,

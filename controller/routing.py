@@ -74,11 +74,15 @@ def build_route(
     origin_url: str,
     objective: str = "hit-ratio",
     migration: bool = False,
+    base_model_id: str | None = None,
 ) -> dict[str, Any]:
     """The route document of ``GET /v1/routes/{model_id}`` (see docs/api.md).
 
     ``point`` is the client's position (from its area or x/y); ``None`` ranks edges by how
     many of the model's bytes they hold, with ``expected_ms`` the in-coverage radio time.
+    ``base_model_id``: for a LoRA adapter, the catalogued model of its base
+    (:func:`controller.adapters.base_models`), named in the route so the client fetches both
+    at once.
     """
     manifest = entry.manifest
     sizes: dict[str, int] = dict(manifest.block_sizes().items())
@@ -181,6 +185,8 @@ def build_route(
     }
     if delivery:
         route["delivery"] = delivery
+    if base_model_id is not None:
+        route["base_model_id"] = base_model_id
     return route
 
 

@@ -14,7 +14,7 @@ applies (pure: no I/O, no clock of its own):
   - broadcast (W > 0): among the jobs whose window has passed, the most requesters per
     second of airtime left first (the model's ``|G_b| / tau_b`` descending), ties by arrival.
 - **Window per user** (:class:`UserWindows`): a user's window starts at its first request
-  and covers every request it makes until it has been idle for W (an adapter and then its
+  and covers every request it makes until it has been idle for W (an adapter and its
   base model, a model in several batches): a group job waits for its creator's window only,
   so a user pays the hold once per fetch, not once per request.
 """

@@ -9,13 +9,15 @@ replaces the byte-rate link emulation (:mod:`edge_node.link`). What it owns:
   joint rate for that set, computed by the delay model).
 - **One shared medium per cluster.** Airtime, not bytes, is the scarce resource. Each edge runs
   one transmitter task that sends jobs one after another (which one next, and the broadcast
-  window per user: :mod:`edge_node.airorder`), in slices of ~20 ms of airtime; every
-  slice is booked on the cluster's :class:`AirtimeLedger` and its bytes go out when its airtime
-  has passed. The ledger is one small file per cluster under ``EDGE_MEDIUM_DIR`` taken with
-  ``flock`` for each booking (``busy_until`` on the machine's monotonic clock): the edges of a
-  cluster are processes on one machine, and a lock-protected "medium busy until" is the whole
-  state a time-shared channel needs, with no extra process to start or to fail. Without
-  ``EDGE_MEDIUM_DIR`` the ledger is in-process (a cluster of one edge).
+  window per user: :mod:`edge_node.airorder`), in slices of ~20 ms of airtime; every slice is
+  booked on the cluster's :class:`AirtimeLedger` and its bytes go out when its airtime has
+  passed: every member's connection gets a block in pieces of at most 1 MiB as they pass
+  (``RadioMiddleware._pace``), not the whole block once its airtime is over. The ledger is one
+  small file per cluster under ``EDGE_MEDIUM_DIR`` taken with ``flock`` for each booking
+  (``busy_until`` on the machine's monotonic clock): the edges of a cluster are processes on one
+  machine, and a lock-protected "medium busy until" is the whole state a time-shared channel
+  needs, with no extra process to start or to fail. Without ``EDGE_MEDIUM_DIR`` the ledger is
+  in-process (a cluster of one edge).
 - **Broadcast** (``EDGE_BROADCAST_WINDOW_S`` = W > 0). A response announces every block it will
   send when it starts. The first request for a block queues a *group* job that goes on air no
   earlier than the end of its user's window (W after the user's first request of a fetch);
@@ -51,7 +53,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -638,7 +640,7 @@ class RadioMiddleware:
                 more = message.get("more_body", False)
                 view = memoryview(body)
                 pos = 0
-                for lo, hi in await self._pace(state, area, len(body)):
+                async for lo, hi in self._pace(state, area, len(body)):
                     chunk = bytes(view[pos : pos + (hi - lo)])
                     pos += hi - lo
                     await send({"type": kind, "body": chunk, "more_body": more or pos < len(body)})
@@ -651,7 +653,7 @@ class RadioMiddleware:
                 offset: int = message["offset"]
                 more = message.get("more_body", False)
                 done = 0
-                for lo, hi in await self._pace(state, area, count):
+                async for lo, hi in self._pace(state, area, count):
                     n = hi - lo
                     await send(
                         {
@@ -687,9 +689,13 @@ class RadioMiddleware:
                 watcher.cancel()
             radio.leave(member, state["tickets"])
 
-    async def _pace(self, state: dict[str, Any], area: str, nbytes: int) -> list[tuple[int, int]]:
-        """Wait for the airtime of the next ``nbytes`` of the body; return its body spans
-        (pieces of at most one block each, in order)."""
+    async def _pace(
+        self, state: dict[str, Any], area: str, nbytes: int
+    ) -> AsyncIterator[tuple[int, int]]:
+        """The body spans of the next ``nbytes`` of the body, each once its airtime has passed:
+        pieces of at most :data:`MAX_SLICE_BYTES` within one block, in order, so a member gets
+        a block's bytes as they go on the air, not the whole block after its airtime (a burst
+        per block to K connections falls behind the medium's pace)."""
         tickets: list[_Ticket] = state["tickets"]
         if tickets and tickets[0].gone:
             # The response's own send path takes an OSError as "the client went away".
@@ -697,19 +703,21 @@ class RadioMiddleware:
         lo = state["offset"]
         hi = lo + nbytes
         state["offset"] = hi
-        spans: list[tuple[int, int]] = []
         if tickets:
             starts: list[int] = state["starts"]
             for index, a, b in _segments(state["layout"], starts, lo, hi):
-                await self.radio.ready(tickets[index], b - starts[index])
-                spans.append((a, b))
-            lo = spans[-1][1] if spans else lo
+                for p in range(a, b, MAX_SLICE_BYTES):
+                    q = min(b, p + MAX_SLICE_BYTES)
+                    await self.radio.ready(tickets[index], q - starts[index])
+                    if tickets[index].gone:
+                        raise ClientGoneError("the client went away mid-broadcast")
+                    yield p, q
+                lo = b
         # Bytes outside whole blocks (no layout, or past it): unicast at the client's rate.
         for a in range(lo, hi, MAX_SLICE_BYTES):
             b = min(hi, a + MAX_SLICE_BYTES)
             await self.radio.unicast(area, b - a)
-            spans.append((a, b))
-        return spans
+            yield a, b
 
 
 class RadioCollector(Collector):

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from client import Client, ModelNotFoundError, fetch_model
@@ -67,6 +68,51 @@ def test_lora_adapter_on_its_base(stack: Stack, tmp_path: Path) -> None:
     # The adapter repo ships the base's tokenizer files: those blocks are already local.
     assert base_report["bytes_fetched"] + base_report["bytes_local"] == base.unique_bytes
     assert base_report["bytes_local"] > 0
+
+
+class _HoldAdapter:
+    """Progress hooks that hold the adapter's download until blocks of its base are verified
+    on the device: only a base fetched alongside the adapter gets there (a base fetched after
+    the adapter would never start, and the wait fails)."""
+
+    def __init__(self, partial_dir: Path, manifest_id: str) -> None:
+        self.partial_dir, self.manifest_id = partial_dir, manifest_id
+        self.base_blocks_first = 0
+
+    def on_phase(self, model_id: str, phase: str) -> None:
+        pass
+
+    def on_plan(self, model_id: str, **_: Any) -> None:
+        from client._files import read_journal
+
+        self.base_blocks_first = wait_until(
+            lambda: len(read_journal(self.partial_dir, self.manifest_id)),
+            timeout_s=60,
+            what="base blocks verified while the adapter's download waits",
+        )
+
+    def on_bytes(self, source_url: str, nbytes: int) -> None:
+        pass
+
+
+def test_an_adapters_base_is_fetched_alongside_it(stack: Stack, tmp_path: Path) -> None:
+    route = httpx.get(f"{stack.controller}/v1/routes/minilm-lora-topic", timeout=30).json()
+    assert route["base_model_id"] == "minilm-base"
+    assert "base_model_id" not in httpx.get(f"{stack.controller}/v1/routes/minilm-base").json()
+    base = stack.manifest("minilm-base")
+    hold = _HoldAdapter(tmp_path / "models" / ".partial-minilm-base", base.manifest_id)
+    with Client(controller_url=stack.controller, cache_dir=tmp_path) as client:
+        model = client.fetch("minilm-lora-topic", load=False, progress=hold)
+    assert hold.base_blocks_first > 0
+    assert model.base_path is not None
+    assert_zoo_files(model.path, stack.zoo / "repos" / ORG / "minilm-lora-topic")
+    assert_zoo_files(model.base_path, stack.zoo / "repos" / ORG / "minilm-base")
+    # The blocks both share (tokenizer files) moved once: the base copied them from the adapter.
+    base_report = model.report["base"]
+    assert base_report["bytes_local"] > 0
+    assert base_report["bytes_fetched"] + base_report["bytes_local"] == base.unique_bytes
+    adapter_bytes = model.report["bytes_fetched"] - base_report["bytes_fetched"]
+    assert adapter_bytes == stack.manifest("minilm-lora-topic").unique_bytes
 
 
 def test_unknown_model_cli(stack: Stack, tmp_path: Path) -> None:

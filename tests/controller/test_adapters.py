@@ -97,6 +97,9 @@ def test_the_catalogue_records_the_base_and_the_planner_counts_it(
         rows = {m["model_id"]: m for m in client.get("/v1/models").json()["models"]}
         assert rows["lora"]["base_repo_id"] == "mini/base"
         assert rows["base"]["base_repo_id"] is None
+        # The adapter's route names its base (the SDK fetches both at once); the base's none.
+        assert client.get("/v1/routes/lora").json()["base_model_id"] == "base"
+        assert "base_model_id" not in client.get("/v1/routes/base").json()
         body = {"url": "http://127.0.0.1:9", "capacity_bytes": None, "position": [0, 0]}
         assert client.put("/v1/nodes/edge-1", json=body, headers=AUTH).status_code == 200
         planner = client.app.state.planner  # type: ignore[attr-defined]

@@ -320,3 +320,39 @@ def test_the_edges_of_a_cluster_share_one_downlink(tmp_path: Path) -> None:
     assert all(s > 0 for s in spent)
     assert elapsed >= 0.95 * sum(spent), (elapsed, spent)  # one medium: never both at once
     assert (tmp_path / "medium" / "c1.airtime").exists()
+
+
+def test_a_block_reaches_its_client_in_pieces_as_its_airtime_passes(
+    model_store: tuple[Path, ModelManifest, Path], tmp_path: Path
+) -> None:
+    # A 1 MHz downlink (~2 MB/s here): one 6 MB block is on the air for ~3 s, sent in
+    # pieces of at most 1 MiB. The client's first bytes come while the block is still on the
+    # air (the medium's counter is below the block's size then); whole-block sending would
+    # hold every byte until the block's airtime had passed (the counter at its size).
+    base, manifest, _world = model_store
+    world_file = write_world(
+        tmp_path / "slow.json", build_world(grid_topology(1), channel=Channel(bandwidth_hz=1e6))
+    )
+    block_id, size = _big_blocks(manifest)[0]
+    expected = (base / "edge-1").joinpath("blocks", "sha256", block_id[:2], block_id).read_bytes()
+    with edge_nodes(base) as make:
+        url, _app = make("edge-1", world_file=world_file, broadcast_window_s=0.0)
+        seen_on_air: list[int] = []
+        body = bytearray()
+        with httpx.stream(
+            "POST",
+            f"{url}/v1/blocks:batch",
+            json={"block_ids": [block_id]},
+            headers={"X-TrimCache-Area": "area-1"},
+            timeout=120,
+        ) as response:
+            response.raise_for_status()
+            for chunk in response.iter_raw():
+                if not body:
+                    seen_on_air.append(_radio(url)["bytes_on_air"])
+                body += chunk
+        radio = _radio(url)
+    assert bytes(body) == expected
+    assert 0 < seen_on_air[0] < size, (seen_on_air, size)
+    assert radio["bytes_on_air"] == size
+    assert radio["block_transmissions"] == 1

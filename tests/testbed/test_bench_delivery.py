@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from bench.delivery import DECENTRALISED, plot, table, workload
+from bench.delivery import DECENTRALISED, delivered_blocks, plot, table, workload, world_file
+from core.world import World
 
 CATALOGUE = ["m-a", "m-b", "m-c", "m-d"]
 
@@ -41,3 +43,18 @@ def test_table_compares_with_coarse_including_the_decentralised_mode(tmp_path: P
     out = tmp_path / "delivery.png"
     if plot(rows, out):
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_adapter_is_delivered_with_its_base_by_the_catalogues_rule() -> None:
+    rows: list[dict[str, Any]] = [
+        {"model_id": "base", "repo_id": "o/base", "base_repo_id": None},
+        {"model_id": "lora", "repo_id": "o/lora", "base_repo_id": "o/base"},
+    ]
+    models = {"base": ["b0", "b1"], "lora": ["a0", "b1"]}
+    assert delivered_blocks(rows, models) == {"base": ["b0", "b1"], "lora": ["a0", "b0", "b1"]}
+
+
+def test_the_world_takes_the_reference_bandwidth(tmp_path: Path) -> None:
+    default = World.load(world_file(tmp_path / "20.json")).rates["edge-1"]["area-1"]
+    narrow = World.load(world_file(tmp_path / "10.json", bandwidth_hz=10e6))
+    assert narrow.rates["edge-1"]["area-1"] < default
