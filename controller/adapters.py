@@ -61,11 +61,17 @@ def read_base_repo(origin_url: str, manifest: ModelManifest, *, timeout_s: float
     return base
 
 
+#: (adapter model id, base repo) pairs already warned about: the route cache and every plan call
+#: :func:`base_models`, so a missing base is logged once per process, not at every reload.
+_warned_missing: set[tuple[str, str]] = set()
+
+
 def base_models(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """Adapter model id -> the model id of its base, for adapters whose base is catalogued.
 
     ``rows`` are catalogue rows (:meth:`CatalogueEntry.summary`, the rows of
-    ``GET /v1/models``): ``model_id``, ``repo_id`` and ``base_repo_id``.
+    ``GET /v1/models``): ``model_id``, ``repo_id`` and ``base_repo_id``. An adapter whose base
+    is not catalogued is left out (and logged once).
     """
     by_repo = {str(r["repo_id"]): str(r["model_id"]) for r in rows}
     out: dict[str, str] = {}
@@ -75,9 +81,10 @@ def base_models(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
             continue
         base = by_repo.get(str(base_repo))
         if base is None or base == row["model_id"]:
-            logger.warning(
-                "adapter model_id=%s: base %s is not in the catalogue", row["model_id"], base_repo
-            )
+            key = (str(row["model_id"]), str(base_repo))
+            if key not in _warned_missing:
+                _warned_missing.add(key)
+                logger.warning("adapter model_id=%s: base %s is not in the catalogue", *key)
             continue
         out[str(row["model_id"])] = base
     return out

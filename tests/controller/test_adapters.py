@@ -5,6 +5,7 @@ building its placement problem)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,17 @@ def test_an_adapter_is_a_hit_only_with_its_base() -> None:
     assert with_base_sizes({"base-m": 11, "lora-m": 1}, {"lora-m": "base-m"})["lora-m"] == 12
 
 
-def test_base_models_needs_the_base_in_the_catalogue() -> None:
+def test_base_models_needs_the_base_in_the_catalogue(caplog: pytest.LogCaptureFixture) -> None:
     rows: list[dict[str, Any]] = [
         {"model_id": "b", "repo_id": "org/b", "base_repo_id": None},
         {"model_id": "l", "repo_id": "org/l", "base_repo_id": "org/b"},
         {"model_id": "orphan", "repo_id": "org/o", "base_repo_id": "org/missing"},
     ]
-    assert base_models(rows) == {"l": "b"}
+    with caplog.at_level(logging.WARNING, logger="controller.adapters"):
+        assert base_models(rows) == {"l": "b"}
+        assert base_models(rows) == {"l": "b"}  # every route-cache reload calls it again
+    missing = [r for r in caplog.records if "org/missing" in r.getMessage()]
+    assert len(missing) == 1
 
 
 @pytest.fixture
