@@ -42,7 +42,7 @@ PRELOAD = ["controller.plan_worker"]
 #: The worker's niceness above the controller's: a plan is background work, so on a busy
 #: machine the controller's requests get the CPU before the solver (the plan takes longer
 #: only while they need it).
-WORKER_NICE = 10
+WORKER_NICE = 5
 #: How often a worker looks whether the controller process that started it still exists.
 PARENT_CHECK_S = 1.0
 
