@@ -46,7 +46,11 @@ The only module that turns state into actions on edge nodes. Internal logic of
    (``push[node].retained``); it gets its exact plan once the new holders confirmed (later
    in the same round, or by the loop's drift repair). A placed model therefore never loses
    its last edge copy to a handover that did not complete. The round ends with
-   ``dispatch.state`` ``done``.
+   ``dispatch.state`` ``done``. A waiting node is asked again only when a push it may wait
+   on ended (:mod:`controller.round_waits`); the outcomes of pushes that ended together are
+   recorded in one Redis round trip (:meth:`RedisState.record_pushes`), and at most
+   :data:`PUSH_CPU_SLOTS` workers build plan bodies at once, so the round leaves the request
+   threads the GIL.
 
 A push is ``PUT /v1/plan`` (the edge validates it and answers 202 with a ``plan_id``), then
 ``GET /v1/plan`` every :data:`PROGRESS_POLL_S` until the edge reports that plan ``applied``
