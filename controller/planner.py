@@ -48,9 +48,7 @@ The only module that turns state into actions on edge nodes. Internal logic of
    its last edge copy to a handover that did not complete. The round ends with
    ``dispatch.state`` ``done``. A waiting node is asked again only when a push it may wait
    on ended (:mod:`controller.round_waits`); the outcomes of pushes that ended together are
-   recorded in one Redis round trip (:meth:`RedisState.record_pushes`), and at most
-   :data:`PUSH_CPU_SLOTS` workers build plan bodies at once, so the round leaves the request
-   threads the GIL.
+   recorded in one Redis round trip (:meth:`RedisState.record_pushes`).
 
 A push is ``PUT /v1/plan`` (the edge validates it and answers 202 with a ``plan_id``), then
 ``GET /v1/plan`` every :data:`PROGRESS_POLL_S` until the edge reports that plan ``applied``
@@ -153,11 +151,6 @@ IN_FLIGHT_STATUSES = frozenset({"pending", "pushing"})
 MAX_PEERS = 4
 #: Threads asking the nodes of a first plan the version they applied (_applied_versions).
 PROBE_WORKERS = 4
-#: Push workers building a plan body at once (the CPU-heavy part of a push: peers, manifests,
-#: encoding): the others wait on the network, so a round over many nodes leaves the event loop
-#: and the request threads a core instead of contending with every push worker for the GIL.
-PUSH_CPU_SLOTS = 2
-_CPU_SLOTS = threading.BoundedSemaphore(PUSH_CPU_SLOTS)
 #: A plan body is sent pre-encoded (core.wire.EdgePlan.encode).
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -751,11 +744,10 @@ class Planner:
     ) -> _Ended | None:
         """Push one node its plan (retaining last copies, see the module docstring); returns
         the outcome to record (:meth:`_record_ended`; None: nothing to record). Runs on a push
-        worker; the body is built under one of :data:`PUSH_CPU_SLOTS`."""
+        worker."""
         if stop.is_set():
             return None
-        with _CPU_SLOTS:
-            models, kept, body = self._plan_body(node, push)
+        models, kept, body = self._plan_body(node, push)
         node_id = node.node_id
         # Routes stop naming what this plan evicts before the node starts evicting (and
         # name again what an earlier plan dropped but this one brings back); one round trip
