@@ -36,7 +36,9 @@ its push round, ``other``: between them).
 
 ``--plan-nodes N[,N...]``: one plan over N simulated registrations (:func:`run_plan_case`):
 plan time and its phases (read, problem, solve + replan decision, store), then the push round
-to closed ports; rows to ``bench/results/controller_plan.jsonl``. With ``--tree DIR`` (repeat)
+to closed ports (its wall time, ``dispatch_s``, and this process's CPU seconds over it,
+``dispatch_cpu_s``: the dispatcher's and the push workers'); rows to
+``bench/results/controller_plan.jsonl``. With ``--tree DIR`` (repeat)
 each size runs once per tree, side by side (another tree's code in a subprocess).
 """
 
@@ -494,8 +496,12 @@ def run_plan_case(n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
                 started = time.perf_counter()
                 record_doc = planner.plan(trigger="bench")
                 plan_s = time.perf_counter() - started
+                cpu_before = time.process_time()
                 finished = planner.wait_rounds(timeout_s=args.plan_timeout)
                 round_s = time.perf_counter() - started - plan_s
+                # This process's CPU over the round: the dispatcher and the push workers (this
+                # thread only waits; Redis and the plan worker are other processes).
+                round_cpu_s = time.process_time() - cpu_before
                 attempt = state.get_plan_attempt() or {}
                 placement = state.get_placement() or {}
             finally:
@@ -518,6 +524,7 @@ def run_plan_case(n_nodes: int, args: argparse.Namespace) -> dict[str, Any]:
         "plan_s": round(plan_s, 3),
         "timings_s": attempt.get("timings_s"),
         "dispatch_s": round(round_s, 3),
+        "dispatch_cpu_s": round(round_cpu_s, 3),
         "dispatch_done": finished and (placement.get("dispatch") or {}).get("state") == "done",
         "push_statuses": statuses,
         "hit_ratio": round(placement.get("hit_ratio", 0.0), 4),
@@ -565,13 +572,13 @@ def run_plans(args: argparse.Namespace) -> None:
                 rows.append(row)
                 out.write(json.dumps(row, sort_keys=True) + "\n")
     print(
-        f"{'tree':<26} {'sha':<8} {'nodes':>5} {'models':>6} {'plan s':>7} {'dispatch s':>10}  "
-        "phases s / pushes / load"
+        f"{'tree':<26} {'sha':<8} {'nodes':>5} {'models':>6} {'plan s':>7} {'dispatch s':>10} "
+        f"{'cpu s':>6}  phases s / pushes / load"
     )
     for r in rows:
         print(
             f"{r['tree'][-26:]:<26} {r['git_sha']:<8} {r['nodes']:>5} {r['models']:>6} "
-            f"{r['plan_s']:>7} {r['dispatch_s']:>10}  "
+            f"{r['plan_s']:>7} {r['dispatch_s']:>10} {r['dispatch_cpu_s']:>6}  "
             f"{r['timings_s']} {r['push_statuses']} {r['loadavg']}"
         )
 

@@ -4,7 +4,8 @@ the solver runs, the replan decision) outside the controller process.
 Why: that work is ~1 s of pure-Python CPU per plan over 1,000 nodes. In a thread of the
 controller it holds the GIL against every request thread, and ``GET /v1/status`` (a ~1 MB
 answer whose reads and writes each give the GIL up and wait to get it back) waited behind it
-(README, the #18 scale rows). In its own process it costs the API a pipe read.
+(README, the #18 scale rows). In its own process (niced, :data:`WORKER_NICE`) it costs the
+API a pipe read.
 
 One process, started from a ``forkserver`` (never ``fork``: the controller has threads and
 sockets), with this module's imports preloaded, so a new worker is a fork of a warm
@@ -21,6 +22,7 @@ keeps the fork server alive with it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -37,6 +39,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Imported once by the fork server, so every worker starts with them.
 PRELOAD = ["controller.plan_worker"]
+#: The worker's niceness above the controller's: a plan is background work, so on a busy
+#: machine the controller's requests get the CPU before the solver (the plan takes longer
+#: only while they need it).
+WORKER_NICE = 5
 #: How often a worker looks whether the controller process that started it still exists.
 PARENT_CHECK_S = 1.0
 
@@ -102,7 +108,10 @@ class PlanWorker:
 
 
 def _exit_with(parent_pid: int) -> None:
-    """In the worker: exit as soon as the process ``parent_pid`` is gone (module docstring)."""
+    """In the worker: lower its CPU priority by :data:`WORKER_NICE` and exit as soon as the
+    process ``parent_pid`` is gone (module docstring)."""
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
 
     def watch() -> None:
         while True:

@@ -46,7 +46,9 @@ The only module that turns state into actions on edge nodes. Internal logic of
    (``push[node].retained``); it gets its exact plan once the new holders confirmed (later
    in the same round, or by the loop's drift repair). A placed model therefore never loses
    its last edge copy to a handover that did not complete. The round ends with
-   ``dispatch.state`` ``done``.
+   ``dispatch.state`` ``done``. A waiting node is asked again only when a push it may wait
+   on ended (:mod:`controller.round_waits`); the outcomes of pushes that ended together are
+   recorded in one Redis round trip (:meth:`RedisState.record_pushes`).
 
 A push is ``PUT /v1/plan`` (the edge validates it and answers 202 with a ``plan_id``), then
 ``GET /v1/plan`` every :data:`PROGRESS_POLL_S` until the edge reports that plan ``applied``
@@ -111,6 +113,7 @@ from controller.metrics import Metrics
 from controller.placement import PlacementProblem
 from controller.plan_worker import PlanWorker
 from controller.records import DispatchState, PlacementRecord, PushStatus, ServerPlacement
+from controller.round_waits import RoundWaits, Wait
 from controller.routing import held_blocks
 from controller.settings import Settings
 from controller.state import CatalogueEntry, NodeRecord, PlanLock, RedisState
@@ -146,6 +149,8 @@ IN_FLIGHT_STATUSES = frozenset({"pending", "pushing"})
 #: (and the round) grow with the number of nodes. Each node lists holders in its own order
 #: (controller.holdings.Holdings.peers).
 MAX_PEERS = 4
+#: Threads asking the nodes of a first plan the version they applied (_applied_versions).
+PROBE_WORKERS = 4
 #: A plan body is sent pre-encoded (core.wire.EdgePlan.encode).
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -446,7 +451,8 @@ class Planner:
             return previous or {"version": 0, "servers": {}}
         applied = [n.plan_version for n in nodes if n.plan_version is not None]
         if previous is None:  # a first plan, or Redis lost its state: ask the nodes themselves
-            applied += self._applied_versions(nodes)
+            # (those whose registration tells no applied version: it is the one they report)
+            applied += self._applied_versions([n for n in nodes if n.plan_version is None])
         version = self.state.next_placement_version(floor=max(applied, default=0))
         servers: dict[str, ServerPlacement] = {}
         for node in nodes:
@@ -606,24 +612,29 @@ class Planner:
         urls = {n: live[n].url for n in live}
         holdings = Holdings(targets, held)
         push = _Push(version, entries, blocks_by_model, target_models, holdings, holding, urls)
-        pending = sorted(n for n in targets if only is None or n in only)
+        pending = {n for n in targets if only is None or n in only}
         with self._rounds_lock:
             self._active.update(pending)
         dispatch = DispatchState(started_at=time.time(), alive_at=time.time()).model_dump()
         self.state.update_dispatch(version, dispatch)
         alive_next = time.monotonic() + ROUND_ALIVE_S
         check_next = time.monotonic() + ROUND_CHECK_S
-        inflight: dict[Future[None], str] = {}
+        inflight: dict[Future[_Ended | None], str] = {}
         # Ended pushes, in order (waiting on all in-flight futures at once costs every one of
         # them per wake-up: quadratic in a round over many nodes).
-        finished: queue.SimpleQueue[Future[None]] = queue.SimpleQueue()
+        finished: queue.SimpleQueue[Future[_Ended | None]] = queue.SimpleQueue()
         # Block -> the node of this round fetching it (no peer holds it yet).
         fetching: dict[str, str] = {}
         claimed: dict[str, list[str]] = {}  # node -> the blocks of ``fetching`` it claimed
-        blocked: dict[str, tuple[str, str]] = {}  # waiting node -> (block, its fetcher)
+        # The pending nodes that wait, by what they wait on: an ended push wakes only the nodes
+        # whose wait it may have ended (controller.round_waits), not every waiting node.
+        waits = RoundWaits()
+        busy = set(pending)  # nodes whose push has not ended: pending or in flight
         retained: list[str] = []
 
         def start(node_id: str, prior: Mapping[str, Any]) -> None:
+            pending.discard(node_id)
+            waits.discard(node_id)
             with push.lock:
                 push.started[node_id] = time.monotonic()
                 push.accepted.discard(node_id)
@@ -634,39 +645,56 @@ class Planner:
             inflight[future] = node_id
             future.add_done_callback(finished.put)
 
-        def ended(node_id: str) -> None:
+        def ended(node_id: str) -> set[str]:
+            busy.discard(node_id)
             for block_id in claimed.pop(node_id, ()):
                 if fetching.get(block_id) == node_id:
                     del fetching[block_id]
             if node_id not in push.retaining:  # a retaining node gets its exact plan below
                 with self._rounds_lock:
                     self._active.discard(node_id)
+            with push.lock:
+                held_now = push.holdings.held.get(node_id, frozenset())
+            return waits.ended(node_id, held_now)
 
+        def claim_lapsed(node_id: str) -> bool:
+            return node_id not in push.accepted and push.started.get(node_id, 0.0) <= (
+                time.monotonic() - CLAIM_ACCEPT_S
+            )
+
+        ask = set(pending)  # the pending nodes whose wait is to be (re)decided
         try:
             while (pending or inflight) and not stop.is_set():
-                busy = set(pending) | set(inflight.values()) if pending else set()
-                for node_id in list(pending):
-                    if not _waits_for(node_id, push, busy, fetching, blocked):
-                        pending.remove(node_id)
+                for node_id in sorted(ask):
+                    if node_id not in pending:
+                        continue
+                    why = _wait_reason(node_id, push, busy, fetching)
+                    if why is None:
                         start(node_id, pushes.get(node_id, {}))
+                    else:
+                        waits.wait(node_id, why)
+                ask = set()
                 if pending and not inflight:
                     # Every remaining node waits for another pending one (a swap): one gets a
                     # retaining plan (see _push_node) and the others follow.
+                    order = sorted(pending)
                     with push.lock:
-                        node_id = holdings.next_node(pending) or pending[0]
-                    pending.remove(node_id)
+                        node_id = holdings.next_node(order) or order[0]
                     start(node_id, pushes.get(node_id, {}))
                 done = []
                 with contextlib.suppress(queue.Empty):
                     done.append(finished.get(timeout=ROUND_CHECK_S))
                     while True:
                         done.append(finished.get_nowait())
+                # The outcomes of the pushes that ended together: one Redis round trip.
+                self._record_ended([f.result() for f in done], version)
                 for future in done:
                     node_id = inflight.pop(future)
-                    future.result()
-                    ended(node_id)
+                    ask |= ended(node_id)
                     if node_id in push.retaining:
                         retained.append(node_id)
+                if waits:
+                    ask |= waits.expired(claim_lapsed)
                 # One look at the stored version per ROUND_CHECK_S, not per ended push (a
                 # round over 1,000 nodes ends pushes hundreds of times a second).
                 now = time.monotonic()
@@ -689,9 +717,11 @@ class Planner:
                     again.append(
                         self._pool.submit(self._push_node, live[node_id], push, prior, stop)
                     )
-            for future in again:
-                future.result()
+            self._record_ended([future.result() for future in again], version)
         finally:
+            # Pushes still running when the round stopped record their own outcome.
+            for future in inflight:
+                future.add_done_callback(lambda f: self._record_ended([f.result()], version))
             with self._rounds_lock:
                 self._active.difference_update(pending)
                 self._active.difference_update(inflight.values())
@@ -711,39 +741,14 @@ class Planner:
 
     def _push_node(
         self, node: NodeRecord, push: _Push, prior: Mapping[str, Any], stop: threading.Event
-    ) -> None:
-        """Push one node its plan (retaining last copies, see the module docstring) and record
-        the outcome (runs on a push worker)."""
+    ) -> _Ended | None:
+        """Push one node its plan (retaining last copies, see the module docstring); returns
+        the outcome to record (:meth:`_record_ended`; None: nothing to record). Runs on a push
+        worker."""
         if stop.is_set():
-            return
+            return None
+        models, kept, body = self._plan_body(node, push)
         node_id = node.node_id
-        with push.lock:
-            models = list(push.target_models[node_id])
-            keep = push.holdings.last_copies(node_id)
-            kept: list[str] = []
-            if keep:
-                kept = [
-                    m
-                    for m in push.holding[node_id]
-                    if m not in models and push.blocks_by_model[m] & keep
-                ]
-                models = self._fitting(node, kept, models, push.entries)
-                push.retaining.add(node_id)
-            else:
-                push.retaining.discard(node_id)
-            needed = (
-                frozenset().union(*(push.blocks_by_model[m] for m in models))
-                - push.holdings.held[node_id]
-            )
-            peers: dict[str, list[str]] = {}
-            for block_id in sorted(needed):
-                best = push.holdings.peers(node_id, block_id, MAX_PEERS)
-                if best:
-                    peers[block_id] = [push.urls[p] for p in best]
-        # Each model's manifest is encoded once per round (push.manifest_text), not per node.
-        body = EdgePlan.encode(
-            push.version, [push.manifest_text(m) for m in models], peers, self.settings.origin_url
-        )
         # Routes stop naming what this plan evicts before the node starts evicting (and
         # name again what an earlier plan dropped but this one brings back); one round trip
         # with the "pushing" status.
@@ -779,11 +784,50 @@ class Planner:
             status["attempts"] = attempts
             status["retry_at"] = status["at"] + self._backoff_s(attempts)
         if status["status"] == "superseded" and stop.is_set():
-            return  # a newer round took over: nothing of this one is recorded
-        # The confirmed models (applied) and the outcome: one round trip.
-        outcome = PushStatus(**status).to_json()
-        self.state.record_push(push.version, node_id, outcome, models=held_models)
-        self.metrics.pushes.labels(status=status["status"]).inc()
+            return None  # a newer round took over: nothing of this one is recorded
+        return _Ended(node_id, PushStatus(**status).to_json(), held_models)
+
+    def _record_ended(self, outcomes: Sequence[_Ended | None], version: int) -> None:
+        """Record the outcomes of pushes that ended (their confirmed models when applied, and
+        the push status) in one Redis round trip (:meth:`RedisState.record_pushes`)."""
+        steps = [o for o in outcomes if o is not None]
+        if not steps:
+            return
+        self.state.record_pushes(version, [(o.node_id, o.status, o.held_models) for o in steps])
+        for o in steps:
+            self.metrics.pushes.labels(status=o.status["status"]).inc()
+
+    def _plan_body(self, node: NodeRecord, push: _Push) -> tuple[list[str], list[str], bytes]:
+        """``(the models of node's plan, those kept for last copies, the encoded plan)``."""
+        node_id = node.node_id
+        with push.lock:
+            models = list(push.target_models[node_id])
+            keep = push.holdings.last_copies(node_id)
+            kept: list[str] = []
+            if keep:
+                kept = [
+                    m
+                    for m in push.holding[node_id]
+                    if m not in models and push.blocks_by_model[m] & keep
+                ]
+                models = self._fitting(node, kept, models, push.entries)
+                push.retaining.add(node_id)
+            else:
+                push.retaining.discard(node_id)
+            needed = (
+                frozenset().union(*(push.blocks_by_model[m] for m in models))
+                - push.holdings.held[node_id]
+            )
+            peers: dict[str, list[str]] = {}
+            for block_id in sorted(needed):
+                best = push.holdings.peers(node_id, block_id, MAX_PEERS)
+                if best:
+                    peers[block_id] = [push.urls[p] for p in best]
+        # Each model's manifest is encoded once per round (push.manifest_text), not per node.
+        body = EdgePlan.encode(
+            push.version, [push.manifest_text(m) for m in models], peers, self.settings.origin_url
+        )
+        return models, kept, body
 
     def _fitting(
         self,
@@ -922,10 +966,14 @@ class Planner:
 
     def _applied_versions(self, nodes: Sequence[NodeRecord]) -> list[int]:
         """The placement versions the nodes report having applied (``GET /v1/plan``)."""
-        versions = []
-        # Asked all at once (not on the push pool, which hung pushes may fill): a hung node
-        # costs the timeout once, not once per node.
-        with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as probe:
+        versions: list[int] = []
+        if not nodes:
+            return versions
+        # Asked on a pool of their own (not the push pool, which hung pushes may fill), of
+        # PROBE_WORKERS threads: a hung node costs the timeout once per PROBE_WORKERS nodes,
+        # and the probe leaves the request threads the GIL (16 threads probing 1,000 nodes
+        # made GET /v1/status wait behind them while a first plan was stored).
+        with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, len(nodes))) as probe:
             answers = list(probe.map(lambda n: self._plan_status(n, timeout_s=2.0), nodes))
         for current in answers:
             if current is not None and current.version is not None:
@@ -1041,6 +1089,15 @@ class _PhaseClock:
         self._at = now
 
 
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """An ended push's outcome, to record (:meth:`Planner._record_ended`)."""
+
+    node_id: str
+    status: dict[str, Any]  # the push status (PushStatus JSON)
+    held_models: list[str] | None  # the node's confirmed models (applied), else None
+
+
 @dataclass(slots=True)
 class _Push:
     """One push round's working state: what each node is meant to hold and has confirmed
@@ -1069,52 +1126,31 @@ class _Push:
         return text
 
 
-def _waits_for(
-    node_id: str,
-    push: _Push,
-    busy: set[str],
-    fetching: Mapping[str, str],
-    blocked: dict[str, tuple[str, str]] | None = None,
-) -> bool:
-    """Whether ``node_id`` must wait before its push starts: its evictions would remove the
-    last confirmed copy of a block a node still in the round (``busy``) is placed to hold, or it
-    needs a block no node holds yet that another node of the round is fetching (it copies it
-    from that peer afterwards, so the origin serves each block once) - unless that node has
-    not accepted its plan within :data:`CLAIM_ACCEPT_S`. Costs the node's own blocks, not the
-    number of nodes (:class:`~controller.holdings.Holdings`).
-
-    ``blocked`` remembers the block a node last waited for: while some fetch of it still
-    makes the node wait (the same test as below, on one block; its fetcher may have changed:
-    when one fetcher ends, the next node claims the block), the answer is True without walking
-    the node's blocks again (the round asks every pending node at every wake-up: measured
-    74,000 calls, 3 s, in a 1,000-node round before; and with the memo kept only while the
-    fetcher stayed the same, every pending node walked its blocks again each time a fetch of
-    the common blocks ended: a quarter of the GIL time of a 1,000-node round whose pushes
-    fail at once, profiled)."""
+def _wait_reason(
+    node_id: str, push: _Push, busy: set[str], fetching: Mapping[str, str]
+) -> Wait | None:
+    """Why ``node_id`` must wait before its push starts (None: it need not): its evictions
+    would remove the last confirmed copy of a block a node still in the round (``busy``) is
+    placed to hold, or it needs a block no node holds yet that another node of the round is
+    fetching (it copies it from that peer afterwards, so the origin serves each block once) -
+    unless that node has not accepted its plan within :data:`CLAIM_ACCEPT_S`. Costs the node's
+    own blocks, not the number of nodes (:class:`~controller.holdings.Holdings`); the round asks
+    a waiting node again only when its answer may have changed
+    (:class:`~controller.round_waits.RoundWaits`)."""
     with push.lock:
         holdings = push.holdings
-        claim_by = time.monotonic() - CLAIM_ACCEPT_S
-        last = blocked.get(node_id) if blocked is not None else None
-        if blocked is not None and last is not None and not holdings.is_held(last[0]):
-            fetcher = _fetcher(last[0], node_id, push, fetching, claim_by)
-            if fetcher is not None:
-                if fetcher != last[1]:
-                    blocked[node_id] = (last[0], fetcher)
-                return True
         for block_id in holdings.last_copies(node_id):
-            if any(m in busy for m in holdings.lacking(block_id) if m != node_id):
-                return True
+            for m in holdings.lacking(block_id):
+                if m != node_id and m in busy:
+                    return Wait(on=m, block_id=block_id, fetch=False)
+        claim_by = time.monotonic() - CLAIM_ACCEPT_S
         for block_id in holdings.targets.get(node_id, ()):
             if holdings.is_held(block_id):
                 continue
             fetcher = _fetcher(block_id, node_id, push, fetching, claim_by)
             if fetcher is not None:
-                if blocked is not None:
-                    blocked[node_id] = (block_id, fetcher)
-                return True
-    if blocked is not None:
-        blocked.pop(node_id, None)
-    return False
+                return Wait(on=fetcher, block_id=block_id, fetch=True)
+    return None
 
 
 def _fetcher(

@@ -761,6 +761,29 @@ class RedisState:
             done = self._call(lambda: self._push_step_script(keys=keys, args=args))
         return bool(int(done))
 
+    def record_pushes(
+        self,
+        version: int,
+        steps: Sequence[tuple[str, Mapping[str, Any], Sequence[str] | None]],
+    ) -> list[bool]:
+        """Several :meth:`record_push` steps in one pipeline (one round trip): for each
+        ``(node_id, status, models)``, the node's confirmed ``models`` (when not None), then its
+        push status; returns whether each status was written (as :meth:`record_push`)."""
+        if not steps:
+            return []
+
+        def run() -> list[bool]:
+            pipe = self.client.pipeline(transaction=False)
+            for node_id, status, models in steps:
+                keys = [node_key(node_id), ROUTING_STAMP_KEY, PLACEMENT_STATUS_KEY]
+                args = [*_arrays_args(models, None), _new_stamp(), ROUTING_CHANNEL]
+                args += [str(version), f"push:{node_id}", json.dumps(dict(status), sort_keys=True)]
+                self._push_step_script(keys=keys, args=args, client=pipe)
+            return [bool(int(done)) for done in pipe.execute()]
+
+        with self._stamping():
+            return self._call(run)
+
     def delete_node(self, node_id: str) -> bool:
         def run() -> bool:
             pipe = self.client.pipeline(transaction=True)

@@ -355,11 +355,13 @@ def test_replan_keeps_a_placement_that_still_pays_and_replaces_an_invalid_one(
     assert fourth["last_plan"]["decision"]["current_invalid"] == "server edge-3 joined"
 
 
-def test_a_remembered_wait_ends_as_soon_as_its_fetch_does() -> None:
-    """_waits_for with the round's ``blocked`` memory answers exactly as without it: a node
-    waiting for a peer's fetch of an unheld block waits while that fetch holds, and not once
-    the block is held, the fetcher ended, or its claim expired unaccepted."""
+def test_a_wait_names_the_fetch_it_waits_for_and_ends_with_it() -> None:
+    """_wait_reason: a node needing a block no node holds waits on the node of the round
+    fetching it (the reason the round indexes it by), and not once the block is held, the
+    fetcher ended, or its claim expired unaccepted; a node whose evictions remove a last copy
+    waits on the node placed to hold it while that node is in the round."""
     from controller import planner
+    from controller.round_waits import Wait
 
     def push(holdings: Holdings) -> planner._Push:
         return planner._Push(1, {}, {}, {}, holdings, {}, {})
@@ -370,17 +372,20 @@ def test_a_remembered_wait_ends_as_soon_as_its_fetch_does() -> None:
         state = push(holdings)
         state.started["a"] = time.monotonic()
         fetching = {"b1": "a", "b2": "b"}
-        blocked: dict[str, tuple[str, str]] = {}
-        for _ in range(2):  # the walk, then the remembered fetch
-            assert planner._waits_for("b", state, {"a", "b"}, fetching, blocked)
-            assert planner._waits_for("b", state, {"a", "b"}, fetching)
-        assert blocked == {"b": ("b1", "a")}
+        assert planner._wait_reason("b", state, {"a", "b"}, fetching) == Wait("a", "b1", True)
+        assert planner._wait_reason("a", state, {"a", "b"}, fetching) is None
         if end == "held":
             holdings.set_held("a", frozenset({"b1"}))
         elif end == "ended":
             del fetching["b1"]
         else:
             state.started["a"] = time.monotonic() - planner.CLAIM_ACCEPT_S - 1
-        assert not planner._waits_for("b", state, {"a", "b"}, fetching)
-        assert not planner._waits_for("b", state, {"a", "b"}, fetching, blocked)
-        assert "b" not in blocked
+        assert planner._wait_reason("b", state, {"a", "b"}, fetching) is None
+    # "old" holds the only copy of x, which "new" is placed to hold: "old" waits on "new".
+    holdings = Holdings(
+        {"old": frozenset(), "new": frozenset({"x"})},
+        {"old": frozenset({"x"}), "new": frozenset()},
+    )
+    state = push(holdings)
+    assert planner._wait_reason("old", state, {"old", "new"}, {}) == Wait("new", "x", False)
+    assert planner._wait_reason("old", state, {"old"}, {}) is None  # "new" left the round

@@ -178,6 +178,51 @@ def test_a_node_models_update_is_one_command_and_keeps_the_rest_exact(
     assert state.get_node("old").dropping == ("m",)  # type: ignore[union-attr]
 
 
+def test_record_pushes_writes_what_record_push_writes_one_at_a_time(redis_url: str) -> None:
+    """record_pushes (the outcomes of pushes that ended together, one pipeline) leaves Redis
+    exactly as record_push called once per step: the confirmed models of applied nodes, the
+    push statuses, and nothing for a version that is no longer the stored one."""
+    steps: list[tuple[str, dict[str, object], list[str] | None]] = [
+        ("edge-1", {"status": "applied", "version": 7, "held_models": ["a", "b"]}, ["a", "b"]),
+        ("edge-2", {"status": "failed", "version": 7, "attempts": 1, "code": "x"}, None),
+        ("gone", {"status": "unreachable", "version": 7}, None),  # not live: status only
+    ]
+
+    def stored(s: RedisState) -> tuple[dict[str, object], dict[str, object]]:
+        nodes: dict[str, object] = {
+            n: s.client.get(node_key(n)) for n in ("edge-1", "edge-2", "gone")
+        }
+        status = s.client.hgetall("ctl:placement:status")  # decoded: str keys
+        return nodes, {str(k): v for k, v in status.items() if str(k).startswith("push:")}
+
+    results: list[tuple[dict[str, object], dict[str, object]]] = []
+    for batched in (False, True):
+        s = RedisState(redis_url)
+        try:
+            s.client.flushdb()
+            for n in ("edge-1", "edge-2"):
+                s.put_node(node(n, models=("old",)), ttl_s=30)
+            s.save_placement({"version": 7, "servers": {}, "push": {}})
+            stamp = s.routing_stamp()
+            if batched:
+                assert s.record_pushes(7, steps) == [True, True, True]
+                assert s.record_pushes(6, steps[:1]) == [False]  # fenced by the version
+                assert s.record_pushes(7, []) == []
+            else:
+                assert [s.record_push(7, n, st, models=m) for n, st, m in steps] == [True] * 3
+                assert not s.record_push(6, *steps[0][:2], models=steps[0][2])
+            assert s.routing_stamp() != stamp  # edge-1's models changed: routes re-read
+            results.append(stored(s))
+            record = s.get_placement()
+            assert record is not None
+            assert record["push"]["edge-1"]["status"] == "applied"
+            assert s.get_node("edge-1").models == ("a", "b")  # type: ignore[union-attr]
+            assert s.get_node("edge-2").models == ("old",)  # type: ignore[union-attr]
+        finally:
+            s.close()
+    assert results[0] == results[1]  # the same node records and push statuses
+
+
 def test_a_heartbeat_sets_the_exact_expiry(state: RedisState) -> None:
     """A node that stops heartbeating expires one expiry after its last heartbeat; one that
     keeps heartbeating never does."""
