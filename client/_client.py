@@ -657,7 +657,7 @@ class Client:
                     local_ids |= set(writer.copy_in(self.cache.block_index()))
                     rest = writer.missing()
                 with timer.phase("download"):
-                    _add_download(download, self._download(route, writer, list(rest)))
+                    download.add(self._download(route, writer, list(rest)))
             if progress is not None:
                 progress.on_phase(manifest.model_id, "assemble")
             with timer.phase("assemble"):
@@ -727,17 +727,6 @@ class Client:
                 logger.info("demand report refused: %s %s", response.status_code, response.text)
         except httpx.HTTPError as exc:  # reporting is best effort: never fail the fetch
             logger.info("demand report failed: %s", exc)
-
-
-def _add_download(total: DownloadResult, more: DownloadResult) -> None:
-    for url, n in more.bytes_by_source.items():
-        total.bytes_by_source[url] = total.bytes_by_source.get(url, 0) + n
-    for url, n in more.blocks_by_source.items():
-        total.blocks_by_source[url] = total.blocks_by_source.get(url, 0) + n
-    for url, n in more.pulled_by_source.items():
-        total.pulled_by_source[url] = total.pulled_by_source.get(url, 0) + n
-    total.failures.extend(more.failures)
-    total.wasted_bytes += more.wasted_bytes
 
 
 def _merge_base_report(report: dict[str, Any], base: Mapping[str, Any], timer: _Timer) -> None:

@@ -136,6 +136,18 @@ class DownloadResult:
     #: answer this download: an edge cache miss, per edge URL.
     pulled_by_source: dict[str, int] = field(default_factory=dict)
 
+    def add(self, more: DownloadResult) -> None:
+        """Count ``more`` (a later download of the same fetch) into this one."""
+        for total, extra in (
+            (self.bytes_by_source, more.bytes_by_source),
+            (self.blocks_by_source, more.blocks_by_source),
+            (self.pulled_by_source, more.pulled_by_source),
+        ):
+            for url, n in extra.items():
+                total[url] = total.get(url, 0) + n
+        self.failures.extend(more.failures)
+        self.wasted_bytes += more.wasted_bytes
+
 
 class _Check:
     """One block's running sha256 in the store stage; ``ok`` is set at its last byte."""

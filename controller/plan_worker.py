@@ -95,7 +95,7 @@ class PlanWorker:
                 self._pool = ProcessPoolExecutor(
                     max_workers=1,
                     mp_context=context,
-                    initializer=_exit_with,
+                    initializer=_init_worker,
                     initargs=(os.getpid(),),
                 )
             return self._pool
@@ -107,7 +107,7 @@ class PlanWorker:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _exit_with(parent_pid: int) -> None:
+def _init_worker(parent_pid: int) -> None:
     """In the worker: lower its CPU priority by :data:`WORKER_NICE` and exit as soon as the
     process ``parent_pid`` is gone (module docstring)."""
     with contextlib.suppress(OSError):

@@ -490,6 +490,21 @@ def _arrays_args(models: Sequence[str] | None, dropping: Sequence[str] | None) -
     return ["" if v is None else json.dumps(list(v)) for v in (models, dropping)]
 
 
+def _push_step(
+    version: int,
+    node_id: str,
+    status: Mapping[str, Any],
+    models: Sequence[str] | None,
+    dropping: Sequence[str] | None,
+) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of one push step (the push-step script: the node's lists, then its push
+    status, fenced by ``version``)."""
+    keys = [node_key(node_id), ROUTING_STAMP_KEY, PLACEMENT_STATUS_KEY]
+    args = [*_arrays_args(models, dropping), _new_stamp(), ROUTING_CHANNEL]
+    args += [str(version), f"push:{node_id}", json.dumps(dict(status), sort_keys=True)]
+    return keys, args
+
+
 def _restamp(pipe: Any) -> None:
     """Queue a new ``ctl:routing:stamp`` and its announcement on ``ctl:routing:changed``."""
     stamp = _new_stamp()
@@ -754,9 +769,7 @@ class RedisState:
         """One push step in one script call: :meth:`update_node_models` with ``models`` and/or
         ``dropping`` (when given), then :meth:`update_push_status` of ``status``; returns
         whether the status was written (the stored placement is still ``version``)."""
-        keys = [node_key(node_id), ROUTING_STAMP_KEY, PLACEMENT_STATUS_KEY]
-        args = [*_arrays_args(models, dropping), _new_stamp(), ROUTING_CHANNEL]
-        args += [str(version), f"push:{node_id}", json.dumps(dict(status), sort_keys=True)]
+        keys, args = _push_step(version, node_id, status, models, dropping)
         with self._stamping():
             done = self._call(lambda: self._push_step_script(keys=keys, args=args))
         return bool(int(done))
@@ -775,9 +788,7 @@ class RedisState:
         def run() -> list[bool]:
             pipe = self.client.pipeline(transaction=False)
             for node_id, status, models in steps:
-                keys = [node_key(node_id), ROUTING_STAMP_KEY, PLACEMENT_STATUS_KEY]
-                args = [*_arrays_args(models, None), _new_stamp(), ROUTING_CHANNEL]
-                args += [str(version), f"push:{node_id}", json.dumps(dict(status), sort_keys=True)]
+                keys, args = _push_step(version, node_id, status, models, None)
                 self._push_step_script(keys=keys, args=args, client=pipe)
             return [bool(int(done)) for done in pipe.execute()]
 
