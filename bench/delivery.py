@@ -440,11 +440,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--plot-only", action="store_true", help="redraw from the JSON lines")
     args = parser.parse_args(argv)
+    try:
+        ks = [int(x) for x in args.ks.split(",")]
+    except ValueError:
+        parser.error(f"--ks: comma-separated integers, not {args.ks!r}")
+    if any(k < 1 for k in ks):
+        parser.error("--ks: every K must be >= 1")
+    unknown = sorted(set(args.modes.split(",")) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(unknown)} (known: {', '.join(MODES)})")
+    if args.bandwidth_mhz <= 0:
+        parser.error("--bandwidth-mhz must be > 0")
     if not args.plot_only:
         from testbed.zoo import ensure_test_zoo
 
         zoo_dir = ensure_test_zoo()
-        ks = [int(x) for x in args.ks.split(",")]
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         for mode in args.modes.split(","):

@@ -8,6 +8,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bench import delivery
 from bench.delivery import DECENTRALISED, delivered_blocks, plot, table, workload, world_file
 from core.world import World
 
@@ -58,3 +61,21 @@ def test_the_world_takes_the_reference_bandwidth(tmp_path: Path) -> None:
     default = World.load(world_file(tmp_path / "20.json")).rates["edge-1"]["area-1"]
     narrow = World.load(world_file(tmp_path / "10.json", bandwidth_hz=10e6))
     assert narrow.rates["edge-1"]["area-1"] < default
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bandwidth-mhz", "0"], "--bandwidth-mhz must be > 0"),
+        (["--ks", "1,x"], "--ks: comma-separated integers"),
+        (["--ks", "0"], "every K must be >= 1"),
+        (["--modes", "coarse,nope"], "--modes: unknown nope"),
+    ],
+)
+def test_bad_arguments_are_one_error_line_before_any_testbed(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        delivery.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
